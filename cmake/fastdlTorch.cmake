@@ -1,0 +1,34 @@
+# fastdl_torch_target(torch_dir with_cuda nvidia_root abi)
+#
+# Defines the imported target fastdl::torch: torch's headers and libraries (plus the CUDA
+# runtime and torch's CUDA libraries when with_cuda), found from the torch package folder.
+# Shared by fastdl's own build and by fastdlConfig.cmake, so C++ programs get the same.
+#
+# We do not use find_package(Torch): for a CUDA build of torch it insists on a complete CUDA
+# toolkit (cuDNN, NVRTC, cuBLAS ... headers and libraries) even for CPU-only code, which a bare
+# nvcc install lacks; the headers and libraries fastdl needs are all in the torch and
+# nvidia-* wheels.
+macro(fastdl_torch_target torch_dir with_cuda nvidia_root abi)
+  if(NOT TARGET fastdl::torch)
+    add_library(fastdl::torch INTERFACE IMPORTED)
+    set(_fastdl_torch_libs
+      "${torch_dir}/lib/libtorch.so" "${torch_dir}/lib/libtorch_cpu.so" "${torch_dir}/lib/libc10.so")
+    set(_fastdl_torch_includes
+      "${torch_dir}/include" "${torch_dir}/include/torch/csrc/api/include")
+    if(${with_cuda})
+      list(APPEND _fastdl_torch_libs
+        "${torch_dir}/lib/libtorch_cuda.so" "${torch_dir}/lib/libc10_cuda.so")
+      find_package(CUDAToolkit REQUIRED)
+      list(APPEND _fastdl_torch_libs CUDA::cudart)
+      # torch's CUDA headers include cuBLAS/cuSPARSE/... headers: take them from the wheels
+      # when the toolkit lacks them.
+      if(NOT "${nvidia_root}" STREQUAL "" AND EXISTS "${nvidia_root}/include")
+        list(APPEND _fastdl_torch_includes "${nvidia_root}/include")
+      endif()
+    endif()
+    set_target_properties(fastdl::torch PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${_fastdl_torch_includes}"
+      INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=${abi}"
+      INTERFACE_LINK_LIBRARIES "${_fastdl_torch_libs}")
+  endif()
+endmacro()

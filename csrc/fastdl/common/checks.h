@@ -1,0 +1,54 @@
+// Argument checks shared by every op's front file. Each raises c10::Error (RuntimeError in
+// Python) with a message that names the op, the argument, what was expected and what came.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string_view>
+
+namespace fastdl::checks {
+
+// Floating point tensors only: float32/float64 everywhere, float16/bfloat16 on CUDA.
+inline void floating(const at::Tensor& t, std::string_view op, std::string_view name) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
+  const auto dtype = t.scalar_type();
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && t.is_cuda()),
+              op, ": ", name, " must be float32 or float64 (float16/bfloat16 on CUDA), got ",
+              dtype, " on ", t.device());
+}
+
+inline void same_device(const at::Tensor& t, const at::Tensor& ref, std::string_view op,
+                        std::string_view name, std::string_view ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on the same device as ",
+              ref_name, " (", ref.device(), "), got ", t.device());
+}
+
+inline void rank_at_least(const at::Tensor& t, int64_t rank, std::string_view op,
+                          std::string_view name) {
+  TORCH_CHECK(t.dim() >= rank, op, ": ", name, " must have at least ", rank,
+              " dimensions, got shape ", t.sizes());
+}
+
+// A per-feature parameter (weight, bias, running stats): a tensor of `shape` on the input's
+// device, of the input's dtype, or float32 when the input is a half type (mixed precision).
+inline void parameter(const std::optional<at::Tensor>& t, const at::Tensor& input,
+                      at::IntArrayRef shape, std::string_view op, std::string_view name) {
+  if (!t.has_value() || !t->defined()) {
+    return;
+  }
+  same_device(*t, input, op, name, "input");
+  const auto dtype = t->scalar_type();
+  const bool half_input = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(dtype == input.scalar_type() || (half_input && dtype == at::kFloat), op, ": ",
+              name, " must have the input's dtype (", input.scalar_type(),
+              half_input ? " or float32" : "", "), got ", dtype);
+  TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
+              t->sizes());
+}
+
+inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+}  // namespace fastdl::checks

@@ -1,0 +1,81 @@
+// CPU kernel helpers: vectorised row reductions (at::vec::Vectorized, several accumulators
+// for instruction-level parallelism and accuracy) and per-thread reduction buffers.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fastdl::cpu {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline T horizontal_sum(const Vec<T>& v) {
+  T lanes[Vec<T>::size()];
+  v.store(lanes);
+  T s = 0;
+  for (int64_t i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
+  return s;
+}
+
+// sum_i f(x[i]) for a vector-capable f (called with Vec<T> and with T), four accumulators.
+template <typename T, typename F>
+inline T reduce_sum(const T* x, int64_t n, const F& f) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    a0 += f(Vec<T>::loadu(x + i));
+    a1 += f(Vec<T>::loadu(x + i + L));
+    a2 += f(Vec<T>::loadu(x + i + 2 * L));
+    a3 += f(Vec<T>::loadu(x + i + 3 * L));
+  }
+  for (; i + L <= n; i += L) a0 += f(Vec<T>::loadu(x + i));
+  T s = horizontal_sum<T>((a0 + a1) + (a2 + a3));
+  for (; i < n; ++i) s += f(x[i]);
+  return s;
+}
+
+// Two-pass mean and biased variance of x[0..n): exact enough for any data, and the second
+// pass reads x from cache.
+template <typename T>
+inline std::pair<T, T> mean_var(const T* x, int64_t n) {
+  if (n == 0) return {T(0), T(0)};
+  const T mean = reduce_sum<T>(x, n, [](auto v) { return v; }) / T(n);
+  const T var = reduce_sum<T>(x, n, [mean](auto v) {
+                  const auto d = v - decltype(v)(mean);
+                  return d * d;
+                }) / T(n);
+  return {mean, var};
+}
+
+// Per-thread accumulation buffers for column sums over rows (weight/bias gradients): each
+// parallel_for task adds into the row of its thread, then the rows are summed.
+template <typename T>
+class ThreadColumnSums {
+ public:
+  ThreadColumnSums(int64_t columns, int64_t buffers)
+      : columns_(columns), data_(static_cast<size_t>(columns * std::max<int64_t>(buffers, 1)), T(0)) {}
+  T* row(int64_t thread) { return data_.data() + thread * columns_; }
+  // out[c] = sum over threads of row(t)[c].
+  void sum_into(T* out) const {
+    const int64_t threads = static_cast<int64_t>(data_.size()) / std::max<int64_t>(columns_, 1);
+    at::parallel_for(0, columns_, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        T s = 0;
+        for (int64_t t = 0; t < threads; ++t) s += data_[t * columns_ + c];
+        out[c] = s;
+      }
+    });
+  }
+
+ private:
+  int64_t columns_;
+  std::vector<T> data_;
+};
+
+}  // namespace fastdl::cpu

@@ -1,0 +1,8 @@
+// fastdl's public C++ API: include this and link fastdl::fastdl (find_package(fastdl)).
+// Every function calls its op through the torch dispatcher, so autograd, autocast and
+// CPU/CUDA dispatch work as they do from Python.
+#pragma once
+
+#include "fastdl/build_info.h"
+#include "fastdl/norm/batch_norm.h"
+#include "fastdl/norm/layer_norm.h"

@@ -1,0 +1,180 @@
+// layer_norm CPU kernels: parallel over rows, vectorised along each row. Forward is two-pass
+// per row (the row stays in cache); backward computes the input gradient row by row and
+// accumulates the weight/bias gradients in per-thread buffers.
+#include "fastdl/common/cpu_vec.h"
+#include "fastdl/norm/layer_norm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace fastdl {
+namespace {
+
+using cpu::Vec;
+
+// Rows per parallel task: enough work (~16k elements) to pay for scheduling.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+template <typename T>
+void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_out, T* rstd_out,
+                    int64_t rows, int64_t cols, double eps) {
+  constexpr int64_t L = Vec<T>::size();
+  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* xr = x + r * cols;
+      T* yr = y + r * cols;
+      const auto [mean, var] = cpu::mean_var(xr, cols);
+      const T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
+      mean_out[r] = mean;
+      rstd_out[r] = rstd;
+      // y = (x - mean) * rstd * w + b, as x * scale + shift before the affine part.
+      const T scale = rstd;
+      const T shift = -mean * rstd;
+      int64_t i = 0;
+      for (; i + L <= cols; i += L) {
+        auto v = Vec<T>::loadu(xr + i) * Vec<T>(scale) + Vec<T>(shift);
+        if (weight) v = v * Vec<T>::loadu(weight + i);
+        if (bias) v = v + Vec<T>::loadu(bias + i);
+        v.store(yr + i);
+      }
+      for (; i < cols; ++i) {
+        T v = xr[i] * scale + shift;
+        if (weight) v *= weight[i];
+        if (bias) v += bias[i];
+        yr[i] = v;
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, const T* weight,
+                     T* dx, T* dweight, T* dbias, int64_t rows, int64_t cols) {
+  constexpr int64_t L = Vec<T>::size();
+  const bool column_sums = dweight || dbias;
+  const int64_t threads = at::get_num_threads();
+  cpu::ThreadColumnSums<T> dweight_parts(column_sums ? cols : 0, threads);
+  cpu::ThreadColumnSums<T> dbias_parts(column_sums ? cols : 0, threads);
+  const T inv_cols = cols > 0 ? T(1) / T(cols) : T(0);
+
+  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    T* dw_acc = dweight ? dweight_parts.row(tid) : nullptr;
+    T* db_acc = dbias ? dbias_parts.row(tid) : nullptr;
+    for (int64_t r = begin; r < end; ++r) {
+      const T* dyr = dy + r * cols;
+      const T* xr = x + r * cols;
+      const T m = mean[r];
+      const T s = rstd[r];
+      if (dx) {
+        // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
+        Vec<T> sum_g(T(0)), sum_gx(T(0));
+        int64_t i = 0;
+        for (; i + L <= cols; i += L) {
+          auto g = Vec<T>::loadu(dyr + i);
+          if (weight) g = g * Vec<T>::loadu(weight + i);
+          const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
+          sum_g += g;
+          sum_gx += g * xhat;
+        }
+        T a = cpu::horizontal_sum(sum_g), b = cpu::horizontal_sum(sum_gx);
+        for (; i < cols; ++i) {
+          const T g = weight ? dyr[i] * weight[i] : dyr[i];
+          a += g;
+          b += g * (xr[i] - m) * s;
+        }
+        const T mean_g = a * inv_cols, mean_gx = b * inv_cols;
+        T* dxr = dx + r * cols;
+        i = 0;
+        for (; i + L <= cols; i += L) {
+          auto g = Vec<T>::loadu(dyr + i);
+          if (weight) g = g * Vec<T>::loadu(weight + i);
+          const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
+          (Vec<T>(s) * (g - Vec<T>(mean_g) - xhat * Vec<T>(mean_gx))).store(dxr + i);
+        }
+        for (; i < cols; ++i) {
+          const T g = weight ? dyr[i] * weight[i] : dyr[i];
+          dxr[i] = s * (g - mean_g - (xr[i] - m) * s * mean_gx);
+        }
+      }
+      if (column_sums) {
+        int64_t i = 0;
+        for (; i + L <= cols; i += L) {
+          const auto d = Vec<T>::loadu(dyr + i);
+          if (dw_acc) {
+            const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
+            (Vec<T>::loadu(dw_acc + i) + d * xhat).store(dw_acc + i);
+          }
+          if (db_acc) (Vec<T>::loadu(db_acc + i) + d).store(db_acc + i);
+        }
+        for (; i < cols; ++i) {
+          if (dw_acc) dw_acc[i] += dyr[i] * (xr[i] - m) * s;
+          if (db_acc) db_acc[i] += dyr[i];
+        }
+      }
+    }
+  });
+  if (dweight) dweight_parts.sum_into(dweight);
+  if (dbias) dbias_parts.sum_into(dbias);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  const auto shape = detail::check_layer_norm_forward(input, normalized_shape, weight, bias, eps);
+  const auto x = input.contiguous();
+  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  const auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  auto output = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto stats_shape = detail::layer_norm_stats_shape(x, normalized_shape.size());
+  auto mean = at::empty(stats_shape, x.options());
+  auto rstd = at::empty(stats_shape, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_forward_cpu", [&] {
+    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(),
+                             w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                             output.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
+                             rstd.mutable_data_ptr<scalar_t>(), shape.rows, shape.cols, eps);
+  });
+  return {output, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+    std::array<bool, 3> output_mask) {
+  const auto shape = detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean,
+                                                       rstd, weight);
+  const auto dy = grad_output.contiguous();
+  const auto x = input.contiguous();
+  const auto m = mean.contiguous();
+  const auto s = rstd.contiguous();
+  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  at::Tensor dx, dw, db;
+  if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const auto param_options = w.defined() ? w.options() : x.options();
+  if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, param_options);
+  if (output_mask[2]) db = at::empty(normalized_shape, param_options);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_backward_cpu", [&] {
+    backward_kernel<scalar_t>(
+        dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(),
+        s.const_data_ptr<scalar_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
+        dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr,
+        dw.defined() ? dw.mutable_data_ptr<scalar_t>() : nullptr,
+        db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr, shape.rows, shape.cols);
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_cpu);
+  m.impl("layer_norm_backward", &layer_norm_backward_cpu);
+}
+
+}  // namespace fastdl

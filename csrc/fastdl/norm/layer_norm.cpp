@@ -1,0 +1,199 @@
+// layer_norm: schema, argument checks, autograd, autocast and the C++ entry points.
+// Kernels: cpu/layer_norm.cpp and cuda/layer_norm.cu.
+#include "fastdl/norm/layer_norm.h"
+
+#include "fastdl/common/autocast.h"
+#include "fastdl/common/autograd.h"
+#include "fastdl/common/checks.h"
+#include "fastdl/common/dispatch.h"
+
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fastdl {
+namespace {
+constexpr const char* kOp = "fastdl.layer_norm";
+
+using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, at::IntArrayRef, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, double);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, at::IntArrayRef, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, std::array<bool, 3>);
+}  // namespace
+
+namespace detail {
+
+LayerNormShape check_layer_norm_forward(const at::Tensor& input, at::IntArrayRef normalized_shape,
+                                        const std::optional<at::Tensor>& weight,
+                                        const std::optional<at::Tensor>& bias, double eps) {
+  checks::floating(input, kOp, "input");
+  const auto nd = static_cast<int64_t>(normalized_shape.size());
+  TORCH_CHECK(nd >= 1, kOp, ": normalized_shape must have at least one dimension, got []");
+  for (auto s : normalized_shape) {
+    TORCH_CHECK(s >= 0, kOp, ": normalized_shape must be non-negative, got ", normalized_shape);
+  }
+  TORCH_CHECK(input.dim() >= nd && input.sizes().slice(input.dim() - nd).equals(normalized_shape),
+              kOp, ": normalized_shape ", normalized_shape,
+              " must match the trailing dimensions of input, got input of shape ", input.sizes());
+  checks::parameter(weight, input, normalized_shape, kOp, "weight");
+  checks::parameter(bias, input, normalized_shape, kOp, "bias");
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite non-negative number, got ", eps);
+  int64_t cols = 1;
+  for (auto s : normalized_shape) cols *= s;
+  int64_t rows = 1;
+  for (int64_t d = 0; d < input.dim() - nd; ++d) rows *= input.size(d);
+  return {rows, cols};
+}
+
+LayerNormShape check_layer_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                         at::IntArrayRef normalized_shape, const at::Tensor& mean,
+                                         const at::Tensor& rstd,
+                                         const std::optional<at::Tensor>& weight) {
+  const auto shape = check_layer_norm_forward(input, normalized_shape, weight, std::nullopt, 0.0);
+  checks::floating(grad_output, kOp, "grad_output");
+  checks::same_device(grad_output, input, kOp, "grad_output", "input");
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(),
+              kOp, ": grad_output must match input (", input.scalar_type(), input.sizes(), "), got ",
+              grad_output.scalar_type(), grad_output.sizes());
+  for (const auto* stat : {&mean, &rstd}) {
+    TORCH_CHECK(stat->defined() && stat->numel() == shape.rows && stat->device() == input.device(),
+                kOp, ": mean and rstd must hold one value per row (", shape.rows, ") on ",
+                input.device(), ", got ", stat->defined() ? stat->sizes() : at::IntArrayRef{});
+  }
+  return shape;
+}
+
+std::vector<int64_t> layer_norm_stats_shape(const at::Tensor& input, int64_t normalized_ndim) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  for (int64_t d = input.dim() - normalized_ndim; d < input.dim(); ++d) shape[d] = 1;
+  return shape;
+}
+
+}  // namespace detail
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               at::IntArrayRef normalized_shape, const at::Tensor& weight,
+                               const at::Tensor& bias, double eps) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, mean, rstd] = FASTDL_OP("layer_norm_forward", ForwardSig)
+                                    .call(input, normalized_shape, autograd::as_optional(weight),
+                                          autograd::as_optional(bias), eps);
+    ctx->save_for_backward({input, mean, rstd, weight});
+    ctx->saved_data["normalized_shape"] = normalized_shape.vec();
+    ctx->mark_non_differentiable({mean, rstd});
+    return {output, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto normalized_shape = ctx->saved_data["normalized_shape"].toIntVector();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      ctx->needs_input_grad(2)};
+    if (!grads[0].defined()) {
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    auto [grad_input, grad_weight, grad_bias] =
+        FASTDL_OP("layer_norm_backward", BackwardSig)
+            .call(grads[0], saved[0], normalized_shape, saved[1], saved[2],
+                  autograd::as_optional(saved[3]), mask);
+    return {grad_input, at::Tensor(), grad_weight, grad_bias, at::Tensor()};
+  }
+};
+
+class LayerNormBackwardFunction : public torch::autograd::Function<LayerNormBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad_output,
+                               const at::Tensor& input, at::IntArrayRef normalized_shape,
+                               const at::Tensor& mean, const at::Tensor& rstd,
+                               const at::Tensor& weight, std::array<bool, 3> mask) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [gi, gw, gb] = FASTDL_OP("layer_norm_backward", BackwardSig)
+                            .call(grad_output, input, normalized_shape, mean, rstd,
+                                  autograd::as_optional(weight), mask);
+    return {gi, gw, gb};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    autograd::no_double_backward("fastdl.layer_norm_backward");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autograd(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  auto out = LayerNormFunction::apply(input, normalized_shape, autograd::or_undefined(weight),
+                                      autograd::or_undefined(bias), eps);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+    std::array<bool, 3> mask) {
+  auto out = LayerNormBackwardFunction::apply(grad_output, input, normalized_shape, mean, rstd,
+                                              autograd::or_undefined(weight), mask);
+  return {out[0], out[1], out[2]};
+}
+
+// torch runs layer_norm in float32 under autocast; so do we.
+template <c10::DeviceType device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  autocast::BelowAutocast<device> below;
+  return FASTDL_OP("layer_norm_forward", ForwardSig)
+      .call(autocast::to_float<device>(input), normalized_shape, autocast::to_float<device>(weight),
+            autocast::to_float<device>(bias), eps);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
+    const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
+  return FASTDL_OP("layer_norm_forward", ForwardSig).call(input, normalized_shape, weight, bias, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
+    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
+    std::array<bool, 3> output_mask) {
+  return FASTDL_OP("layer_norm_backward", BackwardSig)
+      .call(grad_output, input, normalized_shape, mean, rstd, weight, output_mask);
+}
+
+at::Tensor layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
+                      const std::optional<at::Tensor>& weight,
+                      const std::optional<at::Tensor>& bias, double eps) {
+  return std::get<0>(layer_norm_forward(input, normalized_shape, weight, bias, eps));
+}
+
+TORCH_LIBRARY_FRAGMENT(fastdl, m) {
+  m.def("layer_norm_forward(Tensor input, int[] normalized_shape, Tensor? weight=None, "
+        "Tensor? bias=None, float eps=1e-05) -> (Tensor output, Tensor mean, Tensor rstd)");
+  m.def("layer_norm_backward(Tensor grad_output, Tensor input, int[] normalized_shape, "
+        "Tensor mean, Tensor rstd, Tensor? weight, bool[3] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_autograd);
+  m.impl("layer_norm_backward", &layer_norm_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("layer_norm_forward", &layer_norm_forward_autocast<c10::DeviceType::CUDA>);
+}
+
+}  // namespace fastdl

@@ -1,0 +1,24 @@
+// fastdl._C: importing it loads libfastdl, whose static initialisers register the ops in the
+// torch dispatcher (torch.ops.fastdl.*). Itself it exposes only the build information.
+#include "fastdl/build_info.h"
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastdl native module: build information (the ops live under torch.ops.fastdl)";
+  m.def(
+      "build_info",
+      [] {
+        const auto info = fastdl::build_info();
+        py::dict d;
+        d["version"] = info.version;
+        d["torch"] = info.torch;
+        d["cuda"] = info.cuda;
+        d["cuda_archs"] = info.cuda_archs;
+        return d;
+      },
+      "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs.");
+}

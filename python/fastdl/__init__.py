@@ -1,0 +1,32 @@
+"""fastdl: hand-written CPU and CUDA kernels for PyTorch layers.
+
+Ops are registered in the torch dispatcher as ``torch.ops.fastdl.*``; ``fastdl.functional``
+wraps them with torch.nn.functional's signatures and ``fastdl.nn`` gives drop-in modules.
+"""
+
+import os as _os
+
+import torch as _torch  # loads libtorch before libfastdl
+
+from . import _C  # noqa: F401  (loading it registers the ops)
+from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
+from . import functional, nn
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info() -> dict:
+    """What this build contains.
+
+    Returns a dict with ``version`` (fastdl), ``torch`` (the torch version it was built
+    against), ``cuda`` (True when the CUDA kernels were compiled) and ``cuda_archs``.
+    """
+    return dict(_C.build_info())
+
+
+def cmake_prefix_path() -> str:
+    """The folder to add to ``CMAKE_PREFIX_PATH`` for ``find_package(fastdl)`` in C++."""
+    return _os.path.join(_os.path.dirname(_C.__file__), "share", "cmake")
+
+
+__all__ = ["build_info", "cmake_prefix_path", "functional", "nn", "__version__"]

@@ -1,0 +1,43 @@
+"""Fake (meta) kernels: output shapes and dtypes of every fastdl op without running it, so
+the ops trace under torch.compile(fullgraph=True), torch.export and FakeTensor."""
+
+from __future__ import annotations
+
+import torch
+from torch.library import register_fake
+
+
+def _stats_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics are float32 for half inputs, else the input's dtype (as the kernels)."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _grad_like(needed: bool, t: torch.Tensor | None, shape=None, like: torch.Tensor | None = None):
+    if not needed:
+        return None
+    if t is not None:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+    return like.new_empty(shape)
+
+
+@register_fake("fastdl::layer_norm_forward")
+def _layer_norm_forward(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    nd = len(normalized_shape)
+    torch._check(
+        tuple(input.shape[input.dim() - nd:]) == tuple(normalized_shape),
+        lambda: f"fastdl.layer_norm: normalized_shape {list(normalized_shape)} must match the "
+        f"trailing dimensions of input, got input of shape {list(input.shape)}",
+    )
+    stats_shape = list(input.shape[: input.dim() - nd]) + [1] * nd
+    out = torch.empty_like(input, memory_format=torch.contiguous_format)
+    dtype = _stats_dtype(input)
+    return out, input.new_empty(stats_shape, dtype=dtype), input.new_empty(stats_shape, dtype=dtype)
+
+
+@register_fake("fastdl::layer_norm_backward")
+def _layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight, output_mask):
+    param = weight if weight is not None else input
+    grad_input = _grad_like(output_mask[0], input)
+    grad_weight = param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
+    grad_bias = param.new_empty(normalized_shape) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias

@@ -1,0 +1,6 @@
+"""Drop-in replacements for torch.nn layers, backed by fastdl's kernels."""
+
+from .convert import ConversionReport, convert
+from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "ConversionReport", "LayerNorm", "convert"]
