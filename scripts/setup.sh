@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Prepares a machine for fastdl and builds it: a virtual environment in .venv (reused when
+# present), torch and the build/test dependencies from PyPI, then an editable build with the
+# CUDA kernels compiled whenever torch has CUDA and nvcc is found.
+#
+#   FASTDL_TORCH   torch requirement (default torch==2.14.1, the CUDA 13.0 build)
+#   FASTDL_CUDA    AUTO | ON | OFF (default AUTO)
+#   FASTDL_CUDA_ARCHS  CUDA architectures (default 90 here: the H100/H200 we run on)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq ccache) >/dev/null 2>&1 || echo "setup: ccache not installed (builds will be slower)"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+echo "setup: installing dependencies"
+python -m pip install -q --upgrade pip
+python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
+  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest
+
+echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90})"
+start=$(date +%s)
+FASTDL_CUDA_ARCHS="${FASTDL_CUDA_ARCHS:-90}" python -m pip install -q --no-build-isolation --no-deps -e .
+python -c "import fastdl; print('setup: built', fastdl.build_info())"
+echo "setup: build took $(( $(date +%s) - start )) s"
