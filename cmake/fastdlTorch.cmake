@@ -18,7 +18,8 @@ macro(fastdl_torch_target torch_dir with_cuda nvidia_root abi)
     if(${with_cuda})
       list(APPEND _fastdl_torch_libs
         "${torch_dir}/lib/libtorch_cuda.so" "${torch_dir}/lib/libc10_cuda.so")
-      find_package(CUDAToolkit REQUIRED)
+      include(CMakeFindDependencyMacro)
+      find_dependency(CUDAToolkit)
       list(APPEND _fastdl_torch_libs CUDA::cudart)
       # torch's CUDA headers include cuBLAS/cuSPARSE/... headers: take them from the wheels
       # when the toolkit lacks them.
@@ -29,6 +30,7 @@ macro(fastdl_torch_target torch_dir with_cuda nvidia_root abi)
     set_target_properties(fastdl::torch PROPERTIES
       INTERFACE_INCLUDE_DIRECTORIES "${_fastdl_torch_includes}"
       INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=${abi}"
+      INTERFACE_COMPILE_FEATURES cxx_std_20
       INTERFACE_LINK_LIBRARIES "${_fastdl_torch_libs}")
   endif()
 endmacro()

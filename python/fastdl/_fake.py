@@ -41,3 +41,31 @@ def _layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weigh
     grad_weight = param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
     grad_bias = param.new_empty(normalized_shape) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
+
+
+def _batch_norm_memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+@register_fake("fastdl::batch_norm_forward")
+def _batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    torch._check(input.dim() >= 2, lambda: f"fastdl.batch_norm: input must have shape (N, C) or (N, C, *), got {list(input.shape)}")
+    channels = input.shape[1]
+    out = torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
+    dtype = _stats_dtype(input)
+    return out, input.new_empty((channels,), dtype=dtype), input.new_empty((channels,), dtype=dtype)
+
+
+@register_fake("fastdl::batch_norm_backward")
+def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, training, output_mask):
+    channels = input.shape[1]
+    param = weight if weight is not None else input
+    grad_input = (torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
+                  if output_mask[0] else None)
+    grad_weight = param.new_empty((channels,)) if output_mask[1] and weight is not None else None
+    grad_bias = param.new_empty((channels,)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias

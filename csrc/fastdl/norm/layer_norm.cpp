@@ -80,13 +80,14 @@ using torch::autograd::variable_list;
 class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               at::IntArrayRef normalized_shape, const at::Tensor& weight,
-                               const at::Tensor& bias, double eps) {
+                               at::IntArrayRef normalized_shape,
+                               const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, double eps) {
+    autograd::InputEdges::save(ctx, {true, autograd::present(weight), autograd::present(bias)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, mean, rstd] = FASTDL_OP("layer_norm_forward", ForwardSig)
-                                    .call(input, normalized_shape, autograd::as_optional(weight),
-                                          autograd::as_optional(bias), eps);
-    ctx->save_for_backward({input, mean, rstd, weight});
+    auto [output, mean, rstd] =
+        FASTDL_OP("layer_norm_forward", ForwardSig).call(input, normalized_shape, weight, bias, eps);
+    autograd::save_with_optional(ctx, {input, mean, rstd}, weight);
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->mark_non_differentiable({mean, rstd});
     return {output, mean, rstd};
@@ -95,41 +96,24 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto normalized_shape = ctx->saved_data["normalized_shape"].toIntVector();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      ctx->needs_input_grad(2)};
+    const std::array<bool, 3> mask = {autograd::InputEdges::needs_grad(ctx, 0),
+                                      autograd::InputEdges::needs_grad(ctx, 1),
+                                      autograd::InputEdges::needs_grad(ctx, 2)};
     if (!grads[0].defined()) {
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     auto [grad_input, grad_weight, grad_bias] =
         FASTDL_OP("layer_norm_backward", BackwardSig)
             .call(grads[0], saved[0], normalized_shape, saved[1], saved[2],
-                  autograd::as_optional(saved[3]), mask);
+                  autograd::saved_optional(saved, 3), mask);
     return {grad_input, at::Tensor(), grad_weight, grad_bias, at::Tensor()};
-  }
-};
-
-class LayerNormBackwardFunction : public torch::autograd::Function<LayerNormBackwardFunction> {
- public:
-  static variable_list forward(AutogradContext*, const at::Tensor& grad_output,
-                               const at::Tensor& input, at::IntArrayRef normalized_shape,
-                               const at::Tensor& mean, const at::Tensor& rstd,
-                               const at::Tensor& weight, std::array<bool, 3> mask) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [gi, gw, gb] = FASTDL_OP("layer_norm_backward", BackwardSig)
-                            .call(grad_output, input, normalized_shape, mean, rstd,
-                                  autograd::as_optional(weight), mask);
-    return {gi, gw, gb};
-  }
-  static variable_list backward(AutogradContext*, variable_list) {
-    autograd::no_double_backward("fastdl.layer_norm_backward");
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autograd(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
-  auto out = LayerNormFunction::apply(input, normalized_shape, autograd::or_undefined(weight),
-                                      autograd::or_undefined(bias), eps);
+  auto out = LayerNormFunction::apply(input, normalized_shape, weight, bias, eps);
   return {out[0], out[1], out[2]};
 }
 
@@ -137,9 +121,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
     const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
     std::array<bool, 3> mask) {
-  auto out = LayerNormBackwardFunction::apply(grad_output, input, normalized_shape, mean, rstd,
-                                              autograd::or_undefined(weight), mask);
-  return {out[0], out[1], out[2]};
+  return autograd::not_differentiable(
+      "fastdl.layer_norm_backward", {grad_output, input, weight.value_or(at::Tensor())}, [&] {
+        return FASTDL_OP("layer_norm_backward", BackwardSig)
+            .call(grad_output, input, normalized_shape, mean, rstd, weight, mask);
+      });
 }
 
 // torch runs layer_norm in float32 under autocast; so do we.

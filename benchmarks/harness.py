@@ -1,0 +1,389 @@
+"""Benchmark harness: the Case API, the agreement check, timing and the report.
+
+A :class:`Case` is one op at one shape, dtype and device. ``make_inputs()`` builds the
+positional arguments; ``fastdl`` and ``torch`` (the reference) are both called with them.
+For each case the harness
+
+1. gives each side its own copy of the arguments, made once, so state an op updates in
+   place (running statistics) evolves alike on both sides and no timed call pays for a clone;
+2. runs each side once and checks with ``torch.testing.assert_close`` and the case's
+   tolerances that the outputs agree, that tensor arguments agree afterwards (in-place
+   updates), and, for fwd+bwd, that the gradients of every argument with ``requires_grad``
+   agree. A disagreement makes the row MISMATCH, an exception makes it ERROR (the other
+   side is still timed); neither stops the run;
+3. times both sides with ``torch.utils.benchmark.Timer.blocked_autorange`` in alternating
+   rounds, for at least ``min_time`` seconds each, and reports the median time per call,
+   GB/s (and TFLOP/s) from the case's work counts and, on CUDA, the peak memory.
+
+Modes: ``fwd`` calls the op under ``torch.no_grad()``; ``fwd+bwd`` calls it with autograd,
+then ``torch.autograd.grad(outputs, inputs_with_requires_grad, grad_outputs)`` with fixed
+random output gradients (the same tensors for both sides).
+
+Peak memory (CUDA only) is ``max_memory_allocated`` over one call after
+``reset_peak_memory_stats``, less what was allocated before it (the inputs), as
+``anchors/measure_gpu.py`` measures it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.benchmark import Timer
+
+FWD, FWD_BWD = "fwd", "fwd+bwd"
+SIDES = ("torch", "fastdl")
+ROUNDS = 5  # alternations of torch and fastdl per measurement
+
+
+@dataclasses.dataclass
+class Case:
+    """One op at one shape, dtype and device.
+
+    Attributes:
+        op: the op's name, what ``--ops`` filters on (``"layer_norm"``).
+        shape: a short label for the table (``"2048x1024"``, ``"16x64x32x32 train"``).
+        dtype, device: of the inputs (``device`` is ``"cpu"`` or ``"cuda"``).
+        make_inputs: returns the tuple of positional arguments, built on ``device``; tensors
+            to differentiate have ``requires_grad=True``. Called once, after seeding the RNG.
+        fastdl, torch: callables taking those arguments, returning a tensor or a (nested)
+            tuple/list of tensors.
+        modes: which of ``"fwd"`` and ``"fwd+bwd"`` to time.
+        bytes_fwd, bytes_fwd_bwd: bytes a call must move at least, for GB/s (0: not shown).
+        flops_fwd, flops_fwd_bwd: floating-point operations of a call, for TFLOP/s (0: not shown).
+        atol, rtol: tolerances of the agreement check, both or neither (None: assert_close's
+            defaults for the dtype).
+    """
+
+    op: str
+    shape: str
+    dtype: torch.dtype
+    device: str
+    make_inputs: Callable[[], tuple]
+    fastdl: Callable[..., Any]
+    torch: Callable[..., Any]
+    modes: tuple[str, ...] = (FWD, FWD_BWD)
+    bytes_fwd: int = 0
+    bytes_fwd_bwd: int = 0
+    flops_fwd: float = 0
+    flops_fwd_bwd: float = 0
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.op} {self.device} {self.dtype_name} {self.shape}"
+
+    def work(self, mode: str) -> tuple[float, float]:
+        """(bytes, flops) of one call in ``mode``."""
+        return (self.bytes_fwd, self.flops_fwd) if mode == FWD else (self.bytes_fwd_bwd, self.flops_fwd_bwd)
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of the report: a case in one mode. Times in ms, memory in MiB."""
+
+    op: str
+    shape: str
+    dtype: str
+    device: str
+    mode: str
+    status: str = "ok"  # ok | MISMATCH | ERROR
+    message: str = ""
+    torch_ms: Optional[float] = None
+    fastdl_ms: Optional[float] = None
+    speedup: Optional[float] = None  # torch_ms / fastdl_ms
+    torch_iqr_ms: Optional[float] = None
+    fastdl_iqr_ms: Optional[float] = None
+    torch_gbps: Optional[float] = None
+    fastdl_gbps: Optional[float] = None
+    torch_tflops: Optional[float] = None
+    fastdl_tflops: Optional[float] = None
+    torch_peak_mib: Optional[float] = None
+    fastdl_peak_mib: Optional[float] = None
+    torch_blocks: int = 0  # timed blocks behind the median
+    fastdl_blocks: int = 0
+
+    def fail(self, status: str, message: str) -> None:
+        """Mark the row; the first failure's status wins, messages accumulate."""
+        if self.status == "ok" or (self.status == "MISMATCH" and status == "ERROR"):
+            self.status = status
+        self.message = "; ".join(filter(None, [self.message, message]))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _leaves(obj) -> list:
+    """The leaves of nested tuples/lists, in order."""
+    if isinstance(obj, (tuple, list)):
+        return [leaf for item in obj for leaf in _leaves(item)]
+    return [obj]
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    return [t for t in _leaves(obj) if isinstance(t, torch.Tensor)]
+
+
+def _copy(obj):
+    """A copy of nested arguments with fresh tensors (same values, strides, requires_grad)."""
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_copy(item) for item in obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone().requires_grad_(obj.requires_grad)
+    return obj
+
+
+def _error(side: str, exc: BaseException) -> str:
+    return f"{side}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+
+
+class _Side:
+    """One side (torch or fastdl) of a case: its callable and its own arguments."""
+
+    def __init__(self, fn: Callable, args: tuple):
+        self.fn, self.args = fn, args
+        self.diff_inputs = [t for t in _tensors(args) if t.requires_grad]
+
+    def forward(self, grad: bool) -> list[torch.Tensor]:
+        with torch.set_grad_enabled(grad):
+            return _tensors(self.fn(*self.args))
+
+    def backward(self, outputs: list[torch.Tensor], grads: list) -> tuple:
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        return torch.autograd.grad([o for o, _ in pairs], self.diff_inputs, [g for _, g in pairs])
+
+    def step(self, mode: str, grads: list) -> Callable[[], Any]:
+        """The timed call."""
+        if mode == FWD:
+            return lambda: self.forward(False)
+        return lambda: self.backward(self.forward(True), grads)
+
+
+def _compare(what: str, got: list, want: list, case: Case) -> str:
+    """'' when fastdl's tensors agree with torch's, else why not (one line)."""
+    if len(got) != len(want):
+        return f"{what}: fastdl gives {len(got)} tensors, torch {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want)):
+        try:
+            torch.testing.assert_close(g, w, atol=case.atol, rtol=case.rtol)
+        except AssertionError as exc:
+            return f"{what} {i}: {' '.join(str(exc).split())}"
+    return ""
+
+
+def _check(case: Case, sides: dict[str, _Side], rows: dict[str, Result]) -> tuple[list, dict[str, set]]:
+    """Run each side once and compare; marks ``rows``. Returns the output gradients for
+    fwd+bwd and, per mode, the sides that raised (they are not timed)."""
+    failed: dict[str, set] = {mode: set() for mode in rows}
+
+    def fail(modes, side: str, exc: Exception) -> None:
+        for mode in modes:
+            failed[mode].add(side)
+            rows[mode].fail("ERROR", _error(side, exc))
+
+    def mismatch(modes, problem: str) -> None:
+        for mode in modes if problem else ():
+            rows[mode].fail("MISMATCH", problem)
+
+    need_bwd = FWD_BWD in rows
+    outputs, grads = {}, []
+    for name, side in sides.items():
+        try:
+            outputs[name] = side.forward(need_bwd)
+        except Exception as exc:  # noqa: BLE001 (an op failing is a result, not a crash)
+            fail(rows, name, exc)
+    if len(outputs) == 2:
+        fastdl_args, torch_args = _tensors(sides["fastdl"].args), _tensors(sides["torch"].args)
+        mismatch(rows, _compare("output", outputs["fastdl"], outputs["torch"], case)
+                 or _compare("argument after the call", fastdl_args, torch_args, case))
+    if need_bwd and "torch" not in outputs:
+        failed[FWD_BWD].add("fastdl")  # no output gradients to use without the reference
+    if need_bwd and "torch" in outputs:
+        gen = torch.Generator(case.device).manual_seed(1)
+        grads = [torch.empty_like(o).normal_(generator=gen) if o.requires_grad else None for o in outputs["torch"]]
+        input_grads = {}
+        for name in outputs:
+            try:
+                input_grads[name] = list(sides[name].backward(outputs[name], grads))
+            except Exception as exc:  # noqa: BLE001
+                fail([FWD_BWD], name, exc)
+        if len(input_grads) == 2:
+            mismatch([FWD_BWD], _compare("gradient of input", input_grads["fastdl"], input_grads["torch"], case))
+    return grads, failed
+
+
+def _time_alternately(steps: dict[str, Callable], min_time: float) -> dict[str, list[float]]:
+    """Seconds per call of each step, one value per timed block; the steps take turns in
+    ``ROUNDS`` rounds (the first of each round alternating) of ``min_time / ROUNDS`` each."""
+    timers = {
+        name: Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+        for name, step in steps.items()
+    }
+    for step in steps.values():  # warm-up
+        step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    for _ in range(ROUNDS):
+        for name in order:
+            times[name] += timers[name].blocked_autorange(min_run_time=min_time / ROUNDS).times
+        order.reverse()
+    return times
+
+
+def _peak_mib(step: Callable) -> float:
+    """Peak CUDA memory one call allocates beyond what is allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def run_case(case: Case, min_time: float) -> list[Result]:
+    """Check and time one case; one Result per mode. Never raises for a failing op."""
+    rows = {m: Result(case.op, case.shape, case.dtype_name, case.device, m) for m in case.modes}
+    sides: dict[str, _Side] = {}
+    try:
+        torch.manual_seed(0)
+        args = case.make_inputs()
+        sides = {"fastdl": _Side(case.fastdl, args), "torch": _Side(case.torch, _copy(args))}
+        del args
+        grads, failed = _check(case, sides, rows)
+        for mode, row in rows.items():
+            steps = {s: sides[s].step(mode, grads) for s in SIDES if s not in failed[mode]}
+            if not steps:
+                continue
+            try:
+                _fill(row, case, mode, steps, _time_alternately(steps, min_time))
+            except Exception as exc:  # noqa: BLE001
+                row.fail("ERROR", _error("timing", exc))
+    except Exception as exc:  # noqa: BLE001 (make_inputs or the harness itself)
+        for row in rows.values():
+            row.fail("ERROR", _error("case", exc))
+    finally:
+        sides.clear()
+        gc.collect()
+        if case.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return list(rows.values())
+
+
+def _fill(row: Result, case: Case, mode: str, steps: dict, times: dict[str, list[float]]) -> None:
+    nbytes, flops = case.work(mode)
+    for side, ts in times.items():
+        median = statistics.median(ts)
+        q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (median,) * 3
+        setattr(row, f"{side}_ms", median * 1e3)
+        setattr(row, f"{side}_iqr_ms", (q3 - q1) * 1e3)
+        setattr(row, f"{side}_blocks", len(ts))
+        setattr(row, f"{side}_gbps", nbytes / median / 1e9 if nbytes else None)
+        setattr(row, f"{side}_tflops", flops / median / 1e12 if flops else None)
+        if case.device.startswith("cuda"):
+            setattr(row, f"{side}_peak_mib", _peak_mib(steps[side]))
+    if row.torch_ms and row.fastdl_ms:
+        row.speedup = row.torch_ms / row.fastdl_ms
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Where the numbers come from: machine, versions, fastdl build."""
+    import fastdl
+
+    cuda = torch.cuda.is_available()
+    return {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),  # 1 minute, before the run: others' load
+        "gpu": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "fastdl": fastdl.build_info(),
+    }
+
+
+def header(env: dict) -> str:
+    """One line naming the machine and the versions."""
+    gpu = ", ".join(env["gpu"]) or "none"
+    info = env["fastdl"]
+    return (
+        f"Machine: {env['cpu']} ({env['cpu_cores']} cores, {env['torch_threads']} torch threads, "
+        f"load {env['load_average']}), "
+        f"GPU: {gpu}; torch {env['torch']}"
+        + (f" (cuDNN {env['cudnn']})" if env["cudnn"] else "")
+        + f"; fastdl {info.get('version')} (cuda={info.get('cuda')}, archs={info.get('cuda_archs')}); {env['date']}"
+    )
+
+
+def _num(x: Optional[float], fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _gbps(x: Optional[float]) -> str:
+    return _num(x, ".0f" if x is not None and x >= 100 else ".1f")
+
+
+def markdown(results: list[Result]) -> str:
+    """The report table (TFLOP/s only when some case counts flops), then each problem once."""
+    flops = any(r.fastdl_tflops or r.torch_tflops for r in results)
+    head = ["op", "shape", "dtype", "device", "mode", "torch ms", "fastdl ms", "speedup", "GB/s"]
+    head += ["TFLOP/s"] * flops + ["peak MiB fastdl", "peak MiB torch", "status"]
+    table = []
+    for r in results:
+        cells = [r.op, r.shape, r.dtype, r.device, r.mode, _num(r.torch_ms, ".3f"), _num(r.fastdl_ms, ".3f"),
+                 _num(r.speedup, ".2f") + "x" * (r.speedup is not None), _gbps(r.fastdl_gbps)]
+        cells += [_num(r.fastdl_tflops, ".1f")] * flops
+        cells += [_num(r.fastdl_peak_mib, ".1f"), _num(r.torch_peak_mib, ".1f"), r.status]
+        table.append(cells)
+    widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(c) for c in table]
+    notes: dict[tuple, list[str]] = {}
+    for r in results:
+        if r.message:
+            notes.setdefault((r.op, r.shape, r.dtype, r.device, r.status, r.message), []).append(r.mode)
+    if notes:
+        out.append("")
+        out += [f"- {op} {shape} {dtype} {dev} ({', '.join(modes)}): {st}: {msg}"
+                for (op, shape, dtype, dev, st, msg), modes in notes.items()]
+    return "\n".join(out)
+
+
+def write_json(path: str, env: dict, results: list[Result]) -> None:
+    """``{"environment": {...}, "results": [one record per row, all its fields]}``."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"environment": env, "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
+        f.write("\n")

@@ -1,0 +1,300 @@
+// batch_norm CPU kernels. The input is seen as [outer, C, inner] (NC* layouts: outer = N,
+// inner = spatial; channels-last and (N, C): inner = 1), and everything reduces to two
+// layout-generic passes:
+//   channel_sums:   per channel, sum_i f(a_i, b_i, p_c) for two functions at once;
+//   channel_affine: out_i = a_i * k1_c + b_i * k2_c + k3_c.
+// Forward = statistics (one pass of shifted sums) + affine; backward = sums of dy and
+// dy * (x - mean) + affine. Parallel over channels when the inner run is long, over rows with
+// per-thread accumulators otherwise; vectorised along the contiguous dim.
+#include "fastdl/common/cpu_vec.h"
+#include "fastdl/norm/batch_norm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+namespace fastdl {
+namespace {
+
+using cpu::Vec;
+using detail::BatchNormShape;
+
+// Inner runs at least this long are reduced per channel; shorter ones row by row.
+constexpr int64_t kPlanarMinInner = 16;
+// Rows summed in T before flushing into the double accumulators (bounds rounding growth).
+constexpr int64_t kFlushRows = 64;
+
+// sums1[c] = sum f1(a, b, p[c]), sums2[c] = sum f2(a, b, p[c]) over the channel's elements.
+// f(Vec a, Vec b, Vec p) and f(T a, T b, T p) both return (value1, value2).
+template <typename T, typename F>
+void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, double* sums1,
+                  double* sums2, const F& f) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t C = s.channels, inner = s.inner, outer = s.outer;
+  if (inner >= kPlanarMinInner) {
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double t1 = 0, t2 = 0;
+        const Vec<T> pv(p[c]);
+        for (int64_t o = 0; o < outer; ++o) {
+          const int64_t base = (o * C + c) * inner;
+          Vec<T> v1(T(0)), v2(T(0));
+          int64_t i = 0;
+          for (; i + L <= inner; i += L) {
+            const auto [x1, x2] = f(Vec<T>::loadu(a + base + i), Vec<T>::loadu(b + base + i), pv);
+            v1 += x1;
+            v2 += x2;
+          }
+          T r1 = cpu::horizontal_sum(v1), r2 = cpu::horizontal_sum(v2);
+          for (; i < inner; ++i) {
+            const auto [x1, x2] = f(a[base + i], b[base + i], p[c]);
+            r1 += x1;
+            r2 += x2;
+          }
+          t1 += r1;
+          t2 += r2;
+        }
+        sums1[c] = t1;
+        sums2[c] = t2;
+      }
+    });
+    return;
+  }
+  // Row-wise: a row is one outer index, R = C * inner contiguous values; element j of a row
+  // belongs to channel j / inner.
+  const int64_t R = C * inner;
+  std::vector<T> p_row(R);
+  for (int64_t j = 0; j < R; ++j) p_row[j] = p[j / inner];
+  const int64_t threads = at::get_num_threads();
+  cpu::ThreadColumnSums<double> part1(R, threads), part2(R, threads);
+  at::parallel_for(0, outer, std::max<int64_t>(1, 4096 / std::max<int64_t>(R, 1)),
+                   [&](int64_t begin, int64_t end) {
+    const int64_t tid = at::get_thread_num();
+    double* acc1 = part1.row(tid);
+    double* acc2 = part2.row(tid);
+    std::vector<T> blk1(R), blk2(R);
+    for (int64_t o0 = begin; o0 < end; o0 += kFlushRows) {
+      std::fill(blk1.begin(), blk1.end(), T(0));
+      std::fill(blk2.begin(), blk2.end(), T(0));
+      for (int64_t o = o0; o < std::min(end, o0 + kFlushRows); ++o) {
+        const T* ar = a + o * R;
+        const T* br = b + o * R;
+        int64_t j = 0;
+        for (; j + L <= R; j += L) {
+          const auto [x1, x2] = f(Vec<T>::loadu(ar + j), Vec<T>::loadu(br + j), Vec<T>::loadu(p_row.data() + j));
+          (Vec<T>::loadu(blk1.data() + j) + x1).store(blk1.data() + j);
+          (Vec<T>::loadu(blk2.data() + j) + x2).store(blk2.data() + j);
+        }
+        for (; j < R; ++j) {
+          const auto [x1, x2] = f(ar[j], br[j], p_row[j]);
+          blk1[j] += x1;
+          blk2[j] += x2;
+        }
+      }
+      for (int64_t j = 0; j < R; ++j) {
+        acc1[j] += blk1[j];
+        acc2[j] += blk2[j];
+      }
+    }
+  });
+  std::vector<double> row1(R), row2(R);
+  part1.sum_into(row1.data());
+  part2.sum_into(row2.data());
+  for (int64_t c = 0; c < C; ++c) {
+    double t1 = 0, t2 = 0;
+    for (int64_t i = 0; i < inner; ++i) {
+      t1 += row1[c * inner + i];
+      t2 += row2[c * inner + i];
+    }
+    sums1[c] = t1;
+    sums2[c] = t2;
+  }
+}
+
+// out = a * k1[c] + b * k2[c] + k3[c]; b may be null (then k2 is ignored).
+template <typename T>
+void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1, const T* k2,
+                    const T* k3, T* out) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t C = s.channels, inner = s.inner;
+  if (inner >= kPlanarMinInner) {
+    at::parallel_for(0, s.outer * C, std::max<int64_t>(1, 16384 / inner), [&](int64_t begin, int64_t end) {
+      for (int64_t oc = begin; oc < end; ++oc) {
+        const int64_t c = oc % C, base = oc * inner;
+        const Vec<T> v1(k1[c]), v2(b ? k2[c] : T(0)), v3(k3[c]);
+        int64_t i = 0;
+        for (; i + L <= inner; i += L) {
+          auto v = Vec<T>::loadu(a + base + i) * v1 + v3;
+          if (b) v = v + Vec<T>::loadu(b + base + i) * v2;
+          v.store(out + base + i);
+        }
+        for (; i < inner; ++i) {
+          out[base + i] = a[base + i] * k1[c] + (b ? b[base + i] * k2[c] : T(0)) + k3[c];
+        }
+      }
+    });
+    return;
+  }
+  const int64_t R = C * inner;
+  std::vector<T> r1(R), r2(R), r3(R);
+  for (int64_t j = 0; j < R; ++j) {
+    r1[j] = k1[j / inner];
+    r2[j] = b ? k2[j / inner] : T(0);
+    r3[j] = k3[j / inner];
+  }
+  at::parallel_for(0, s.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(R, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t base = o * R;
+      int64_t j = 0;
+      for (; j + L <= R; j += L) {
+        auto v = Vec<T>::loadu(a + base + j) * Vec<T>::loadu(r1.data() + j) + Vec<T>::loadu(r3.data() + j);
+        if (b) v = v + Vec<T>::loadu(b + base + j) * Vec<T>::loadu(r2.data() + j);
+        v.store(out + base + j);
+      }
+      for (; j < R; ++j) out[base + j] = a[base + j] * r1[j] + (b ? b[base + j] * r2[j] : T(0)) + r3[j];
+    }
+  });
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
+  const auto shape = detail::check_batch_norm_forward(input, weight, bias, running_mean,
+                                                      running_var, training, momentum, eps);
+  const auto x = detail::batch_norm_layout(input, shape);
+  auto output = at::empty_like(x);  // keeps x's layout
+  const int64_t C = shape.channels;
+  auto save_mean = at::zeros({C}, x.options());
+  auto save_invstd = at::zeros({C}, x.options());
+  const bool update_running = training && running_mean.has_value() && running_mean->defined();
+  const int64_t n = shape.per_channel();
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_forward_cpu", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    T* mean = save_mean.mutable_data_ptr<T>();
+    T* invstd = save_invstd.mutable_data_ptr<T>();
+    if (training) {
+      if (n == 0) return;  // empty batch: nothing to normalise, running stats untouched
+      // One pass of sums shifted by each channel's first value: var = (S2 - S1^2/n) / n
+      // stays accurate when the shift is close to the mean, as one sample of it is.
+      std::vector<T> shift(C);
+      for (int64_t c = 0; c < C; ++c) shift[c] = xp[c * shape.inner];
+      std::vector<double> s1(C), s2(C);
+      channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), [](auto a, auto, auto p) {
+        const auto d = a - p;
+        return std::make_pair(d, d * d);
+      });
+      for (int64_t c = 0; c < C; ++c) {
+        const double m1 = s1[c] / n;
+        const double var = std::max(s2[c] / n - m1 * m1, 0.0);
+        mean[c] = static_cast<T>(shift[c] + m1);
+        invstd[c] = static_cast<T>(1.0 / std::sqrt(var + eps));
+        if (update_running) {
+          T* rm = running_mean->mutable_data_ptr<T>();
+          T* rv = running_var->mutable_data_ptr<T>();
+          const double unbiased = n > 1 ? var * n / (n - 1) : var;
+          rm[c] = static_cast<T>((1 - momentum) * rm[c] + momentum * (shift[c] + m1));
+          rv[c] = static_cast<T>((1 - momentum) * rv[c] + momentum * unbiased);
+        }
+      }
+    } else {
+      const auto rm = running_mean->contiguous();
+      const auto rv = running_var->contiguous();
+      for (int64_t c = 0; c < C; ++c) {
+        mean[c] = rm.const_data_ptr<T>()[c];
+        invstd[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(rv.const_data_ptr<T>()[c]) + eps));
+      }
+    }
+    // y = x * scale + (bias - mean * scale), scale = invstd * weight.
+    const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+    const auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    std::vector<T> scale(C), offset(C);
+    for (int64_t c = 0; c < C; ++c) {
+      scale[c] = invstd[c] * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
+      offset[c] = (b.defined() ? b.const_data_ptr<T>()[c] : T(0)) - mean[c] * scale[c];
+    }
+    channel_affine<T>(shape, xp, nullptr, scale.data(), nullptr, offset.data(), output.mutable_data_ptr<T>());
+  });
+  return {output, save_mean, save_invstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    std::array<bool, 3> output_mask) {
+  const auto shape = detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
+  const auto x = detail::batch_norm_layout(input, shape);
+  const auto dy = detail::batch_norm_layout(grad_output, shape);
+  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  const int64_t C = shape.channels;
+  const int64_t n = shape.per_channel();
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty_like(x);
+  if (output_mask[1] && w.defined()) grad_weight = at::empty({C}, w.options());
+  if (output_mask[2]) grad_bias = at::empty({C}, x.options());
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_backward_cpu", [&] {
+    using T = scalar_t;
+    const auto mean_c = save_mean.contiguous();
+    const auto invstd_c = save_invstd.contiguous();
+    const T* mean = mean_c.const_data_ptr<T>();
+    const T* invstd = invstd_c.const_data_ptr<T>();
+    // sum_dy[c] = sum dy, sum_dyx[c] = sum dy * (x - mean).
+    std::vector<double> sum_dy(C, 0.0), sum_dyx(C, 0.0);
+    const bool need_sums = grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
+    if (need_sums && n > 0) {
+      channel_sums<T>(shape, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean, sum_dy.data(),
+                      sum_dyx.data(), [](auto g, auto xv, auto m) { return std::make_pair(g, g * (xv - m)); });
+    }
+    if (grad_weight.defined()) {
+      T* gw = grad_weight.mutable_data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) gw[c] = static_cast<T>(sum_dyx[c] * invstd[c]);
+    }
+    if (grad_bias.defined()) {
+      T* gb = grad_bias.mutable_data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<T>(sum_dy[c]);
+    }
+    if (grad_input.defined() && n > 0) {
+      // Training: dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * w
+      //              = dy * k1 + x * k2 + k3. Evaluation: dx = dy * invstd * w.
+      std::vector<T> k1(C), k2(C), k3(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const double ws = w.defined() ? static_cast<double>(w.const_data_ptr<T>()[c]) : 1.0;
+        const double is = invstd[c];
+        k1[c] = static_cast<T>(is * ws);
+        if (training) {
+          const double k2c = -is * is * is * ws * sum_dyx[c] / n;
+          k2[c] = static_cast<T>(k2c);
+          k3[c] = static_cast<T>(-is * ws * sum_dy[c] / n - mean[c] * k2c);
+        } else {
+          k2[c] = T(0);
+          k3[c] = T(0);
+        }
+      }
+      channel_affine<T>(shape, dy.const_data_ptr<T>(), training ? x.const_data_ptr<T>() : nullptr,
+                        k1.data(), k2.data(), k3.data(), grad_input.mutable_data_ptr<T>());
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("batch_norm_forward", &batch_norm_forward_cpu);
+  m.impl("batch_norm_backward", &batch_norm_backward_cpu);
+}
+
+}  // namespace fastdl
