@@ -11,9 +11,10 @@ For each case the harness
    updates), and, for fwd+bwd, that the gradients of every argument with ``requires_grad``
    agree. A disagreement makes the row MISMATCH, an exception makes it ERROR (the other
    side is still timed); neither stops the run;
-3. times both sides with ``torch.utils.benchmark.Timer.blocked_autorange`` in alternating
-   rounds, for at least ``min_time`` seconds each, and reports the median time per call,
-   GB/s (and TFLOP/s) from the case's work counts and, on CUDA, the peak memory.
+3. times both sides in alternating blocks of calls (wall clock, between
+   ``torch.cuda.synchronize()`` calls on CUDA), for at least ``min_time`` seconds each,
+   and reports the median time per call over the blocks, GB/s (and TFLOP/s) from the
+   case's work counts and, on CUDA, the peak memory.
 
 Modes: ``fwd`` calls the op under ``torch.no_grad()``; ``fwd+bwd`` calls it with autograd,
 then ``torch.autograd.grad(outputs, inputs_with_requires_grad, grad_outputs)`` with fixed
@@ -32,15 +33,16 @@ import json
 import os
 import platform
 import statistics
+import time
 from datetime import datetime
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.benchmark import Timer
 
 FWD, FWD_BWD = "fwd", "fwd+bwd"
 SIDES = ("torch", "fastdl")
-ROUNDS = 5  # alternations of torch and fastdl per measurement
+BLOCKS = 20  # timed blocks per side and measurement, aimed at
+MIN_BLOCKS = 5  # for ops slower than min_time / BLOCKS
 
 
 @dataclasses.dataclass
@@ -87,7 +89,9 @@ class Case:
 
     def work(self, mode: str) -> tuple[float, float]:
         """(bytes, flops) of one call in ``mode``."""
-        return (self.bytes_fwd, self.flops_fwd) if mode == FWD else (self.bytes_fwd_bwd, self.flops_fwd_bwd)
+        if mode == FWD:
+            return self.bytes_fwd, self.flops_fwd
+        return self.bytes_fwd_bwd, self.flops_fwd_bwd
 
 
 @dataclasses.dataclass
@@ -212,7 +216,8 @@ def _check(case: Case, sides: dict[str, _Side], rows: dict[str, Result]) -> tupl
         failed[FWD_BWD].add("fastdl")  # no output gradients to use without the reference
     if need_bwd and "torch" in outputs:
         gen = torch.Generator(case.device).manual_seed(1)
-        grads = [torch.empty_like(o).normal_(generator=gen) if o.requires_grad else None for o in outputs["torch"]]
+        grads = [torch.empty_like(o).normal_(generator=gen) if o.requires_grad else None
+                 for o in outputs["torch"]]
         input_grads = {}
         for name in outputs:
             try:
@@ -220,24 +225,37 @@ def _check(case: Case, sides: dict[str, _Side], rows: dict[str, Result]) -> tupl
             except Exception as exc:  # noqa: BLE001
                 fail([FWD_BWD], name, exc)
         if len(input_grads) == 2:
-            mismatch([FWD_BWD], _compare("gradient of input", input_grads["fastdl"], input_grads["torch"], case))
+            mismatch([FWD_BWD], _compare("gradient of input", input_grads["fastdl"],
+                                         input_grads["torch"], case))
     return grads, failed
 
 
-def _time_alternately(steps: dict[str, Callable], min_time: float) -> dict[str, list[float]]:
-    """Seconds per call of each step, one value per timed block; the steps take turns in
-    ``ROUNDS`` rounds (the first of each round alternating) of ``min_time / ROUNDS`` each."""
-    timers = {
-        name: Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-        for name, step in steps.items()
-    }
-    for step in steps.values():  # warm-up
-        step()
+def _time_alternately(steps: dict[str, Callable], min_time: float, cuda: bool) -> dict[str, list[float]]:
+    """Seconds per call of each step, one value per block of calls. After a warm-up, blocks
+    of about ``min_time / BLOCKS`` seconds of each step take turns until every step has run
+    ``min_time`` seconds and ``MIN_BLOCKS`` blocks. On CUDA a block is timed between
+    ``torch.cuda.synchronize()`` calls."""
+
+    def block(step: Callable, number: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(number):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / number
+
+    number = {}
+    for name, step in steps.items():
+        step()  # warm-up
+        per_call = min(block(step, 1) for _ in range(3))
+        number[name] = max(1, round(min_time / BLOCKS / per_call))
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
-    for _ in range(ROUNDS):
+    while any(len(ts) < MIN_BLOCKS or sum(ts) * number[n] < min_time for n, ts in times.items()):
         for name in order:
-            times[name] += timers[name].blocked_autorange(min_run_time=min_time / ROUNDS).times
+            times[name].append(block(steps[name], number[name]))
         order.reverse()
     return times
 
@@ -267,7 +285,8 @@ def run_case(case: Case, min_time: float) -> list[Result]:
             if not steps:
                 continue
             try:
-                _fill(row, case, mode, steps, _time_alternately(steps, min_time))
+                times = _time_alternately(steps, min_time, cuda=case.device.startswith("cuda"))
+                _fill(row, case, mode, steps, times)
             except Exception as exc:  # noqa: BLE001
                 row.fail("ERROR", _error("timing", exc))
     except Exception as exc:  # noqa: BLE001 (make_inputs or the harness itself)
@@ -340,7 +359,8 @@ def header(env: dict) -> str:
         f"load {env['load_average']}), "
         f"GPU: {gpu}; torch {env['torch']}"
         + (f" (cuDNN {env['cudnn']})" if env["cudnn"] else "")
-        + f"; fastdl {info.get('version')} (cuda={info.get('cuda')}, archs={info.get('cuda_archs')}); {env['date']}"
+        + f"; fastdl {info.get('version')} (cuda={info.get('cuda')}, archs={info.get('cuda_archs')})"
+        + f"; {env['date']}"
     )
 
 
@@ -348,8 +368,13 @@ def _num(x: Optional[float], fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def _gbps(x: Optional[float]) -> str:
-    return _num(x, ".0f" if x is not None and x >= 100 else ".1f")
+def _ms(x: Optional[float]) -> str:
+    return _num(x, ".4f" if x is not None and x < 0.1 else ".3f")
+
+
+def _rate(x: Optional[float]) -> str:
+    """GB/s or TFLOP/s with about three significant digits."""
+    return _num(x, ".2f" if x is None or x < 10 else ".1f" if x < 100 else ".0f")
 
 
 def markdown(results: list[Result]) -> str:
@@ -359,9 +384,9 @@ def markdown(results: list[Result]) -> str:
     head += ["TFLOP/s"] * flops + ["peak MiB fastdl", "peak MiB torch", "status"]
     table = []
     for r in results:
-        cells = [r.op, r.shape, r.dtype, r.device, r.mode, _num(r.torch_ms, ".3f"), _num(r.fastdl_ms, ".3f"),
-                 _num(r.speedup, ".2f") + "x" * (r.speedup is not None), _gbps(r.fastdl_gbps)]
-        cells += [_num(r.fastdl_tflops, ".1f")] * flops
+        cells = [r.op, r.shape, r.dtype, r.device, r.mode, _ms(r.torch_ms), _ms(r.fastdl_ms),
+                 _num(r.speedup, ".2f") + "x" * (r.speedup is not None), _rate(r.fastdl_gbps)]
+        cells += [_rate(r.fastdl_tflops)] * flops
         cells += [_num(r.fastdl_peak_mib, ".1f"), _num(r.torch_peak_mib, ".1f"), r.status]
         table.append(cells)
     widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]

@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                    help="where to run (default: all available)")
     p.add_argument("--ops", default="", help="comma-separated op names to run (default: all)")
-    p.add_argument("--json", default=None, help="output file (default: benchmarks/results/<device>-<date>.json)")
+    p.add_argument("--json", default=None,
+                   help="output file (default: benchmarks/results/<device>-<date>.json)")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of timing per side and mode (default: 0.2 with --quick, else 1.0)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -69,8 +70,8 @@ def main(argv=None) -> int:
     for i, case in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {case.label} ...", end=" ", file=sys.stderr, flush=True)
         rows = harness.run_case(case, min_time)
-        print(", ".join(f"{r.mode} {r.status}" + (f" {r.speedup:.2f}x" if r.speedup else "") for r in rows),
-              file=sys.stderr, flush=True)
+        summary = (f"{r.mode} {r.status}" + (f" {r.speedup:.2f}x" if r.speedup else "") for r in rows)
+        print(", ".join(summary), file=sys.stderr, flush=True)
         results += rows
 
     path = args.json or os.path.join(

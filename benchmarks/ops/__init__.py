@@ -26,5 +26,6 @@ def collect(devices: list[str], quick: bool) -> tuple[list[Case], list[Result]]:
             for device in devices:
                 cases += module.cases(device, quick)
         except Exception as exc:  # noqa: BLE001 (one broken family must not stop the others)
-            errors.append(Result(family, "-", "-", ",".join(devices), "-", "ERROR", f"{type(exc).__name__}: {exc}"))
+            message = f"{type(exc).__name__}: {exc}"
+            errors.append(Result(family, "-", "-", ",".join(devices), "-", "ERROR", message))
     return cases, errors

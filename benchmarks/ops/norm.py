@@ -56,7 +56,8 @@ def batch_norm_case(device: str, dtype: torch.dtype, shape: tuple[int, ...], tra
         running_var = (0.5 + torch.rand(channels)).to(device, dtype)
         return (x.requires_grad_(training), running_mean, running_var, w, b, training, 0.1, 1e-5)
 
-    label = "x".join(map(str, shape)) + (" train" if training else " eval") + (" channels_last" * channels_last)
+    label = "x".join(map(str, shape)) + (" train" if training else " eval")
+    label += " channels_last" * channels_last
     activation = math.prod(shape) * dtype.itemsize
     return Case("batch_norm", label, dtype, device, make_inputs,
                 fastdl.functional.batch_norm, F.batch_norm,

@@ -54,6 +54,11 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
   checks::parameter(running_var, input, {c}, kOp, "running_var");
+  for (const auto& [stat, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
+    // Updated in place by the kernels, so they cannot be replaced by contiguous copies.
+    TORCH_CHECK(!checks::present(*stat) || (*stat)->is_contiguous(), kOp, ": ", name,
+                " must be contiguous");
+  }
   TORCH_CHECK_VALUE(checks::present(running_mean) == checks::present(running_var), kOp,
                     ": running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || checks::present(running_mean), kOp,

@@ -7,6 +7,7 @@
 // dy * (x - mean) + affine. Parallel over channels when the inner run is long, over rows with
 // per-thread accumulators otherwise; vectorised along the contiguous dim.
 #include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
 
 #include <ATen/Dispatch.h>
@@ -163,7 +164,7 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
 
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+  return data_or_null<T>(t);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
@@ -218,8 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
       }
     }
     // y = x * scale + (bias - mean * scale), scale = invstd * weight.
-    const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
-    const auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    const auto w = contiguous_or_undefined(weight);
+    const auto b = contiguous_or_undefined(bias);
     std::vector<T> scale(C), offset(C);
     for (int64_t c = 0; c < C; ++c) {
       scale[c] = invstd[c] * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
@@ -237,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   const auto shape = detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
   const auto x = detail::batch_norm_layout(input, shape);
   const auto dy = detail::batch_norm_layout(grad_output, shape);
-  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  const auto w = contiguous_or_undefined(weight);
   const int64_t C = shape.channels;
   const int64_t n = shape.per_channel();
   at::Tensor grad_input, grad_weight, grad_bias;

@@ -2,6 +2,7 @@
 // per row (the row stays in cache); backward computes the input gradient row by row and
 // accumulates the weight/bias gradients in per-thread buffers.
 #include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/tensors.h"
 #include "fastdl/norm/layer_norm.h"
 
 #include <ATen/Dispatch.h>
@@ -127,16 +128,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
   const auto shape = detail::check_layer_norm_forward(input, normalized_shape, weight, bias, eps);
   const auto x = input.contiguous();
-  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
-  const auto b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  const auto w = contiguous_or_undefined(weight);
+  const auto b = contiguous_or_undefined(bias);
   auto output = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto stats_shape = detail::layer_norm_stats_shape(x, normalized_shape.size());
   auto mean = at::empty(stats_shape, x.options());
   auto rstd = at::empty(stats_shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_forward_cpu", [&] {
     forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(),
-                             w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-                             b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                             data_or_null<scalar_t>(w),
+                             data_or_null<scalar_t>(b),
                              output.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
                              rstd.mutable_data_ptr<scalar_t>(), shape.rows, shape.cols, eps);
   });
@@ -153,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   const auto x = input.contiguous();
   const auto m = mean.contiguous();
   const auto s = rstd.contiguous();
-  const auto w = weight.has_value() && weight->defined() ? weight->contiguous() : at::Tensor();
+  const auto w = contiguous_or_undefined(weight);
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto param_options = w.defined() ? w.options() : x.options();
@@ -162,10 +163,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_backward_cpu", [&] {
     backward_kernel<scalar_t>(
         dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(),
-        s.const_data_ptr<scalar_t>(), w.defined() ? w.const_data_ptr<scalar_t>() : nullptr,
-        dx.defined() ? dx.mutable_data_ptr<scalar_t>() : nullptr,
-        dw.defined() ? dw.mutable_data_ptr<scalar_t>() : nullptr,
-        db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr, shape.rows, shape.cols);
+        s.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(w),
+        mutable_data_or_null<scalar_t>(dx),
+        mutable_data_or_null<scalar_t>(dw),
+        mutable_data_or_null<scalar_t>(db), shape.rows, shape.cols);
   });
   return {dx, dw, db};
 }

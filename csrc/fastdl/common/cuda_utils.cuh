@@ -1,0 +1,136 @@
+// CUDA kernel helpers shared by the op families: accumulation types, Welford statistics,
+// warp and block reductions of small structs, launch checks.
+#pragma once
+
+#include <ATen/AccumulateType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cstdint>
+
+namespace fastdl::cuda {
+
+// float for half/bfloat16/float inputs, double for double.
+template <typename T>
+using acc_t = at::acc_type<T, /*is_cuda=*/true>;
+
+constexpr int kWarpSize = 32;
+
+// The reduction states below are aggregates without initialisers, so they can live in
+// shared memory; value-initialise them (`Welford<float> w{};`) to start from zero.
+
+// Running mean / sum of squared deviations of n values; combine() merges two partial states
+// exactly (Chan et al.), so any reduction tree gives the same statistics.
+template <typename A>
+struct Welford {
+  A mean;
+  A m2;
+  A n;
+
+  __device__ __forceinline__ void add(A x) {
+    n += 1;
+    const A delta = x - mean;
+    mean += delta / n;
+    m2 += delta * (x - mean);
+  }
+
+  __device__ __forceinline__ void combine(const Welford& o) {
+    if (o.n == 0) return;
+    if (n == 0) {
+      *this = o;
+      return;
+    }
+    const A total = n + o.n;
+    const A delta = o.mean - mean;
+    const A w = o.n / total;
+    mean += delta * w;
+    m2 += o.m2 + delta * delta * n * w;
+    n = total;
+  }
+
+  __device__ __forceinline__ Welford shfl_down(int offset) const {
+    Welford o{};
+    o.mean = __shfl_down_sync(0xffffffff, mean, offset);
+    o.m2 = __shfl_down_sync(0xffffffff, m2, offset);
+    o.n = __shfl_down_sync(0xffffffff, n, offset);
+    return o;
+  }
+};
+
+// Two running sums (used for gradient reductions).
+template <typename A>
+struct SumPair {
+  A a;
+  A b;
+
+  __device__ __forceinline__ void combine(const SumPair& o) {
+    a += o.a;
+    b += o.b;
+  }
+
+  __device__ __forceinline__ SumPair shfl_down(int offset) const {
+    return {__shfl_down_sync(0xffffffff, a, offset), __shfl_down_sync(0xffffffff, b, offset)};
+  }
+};
+
+// Reduces a state over a warp; lane 0 holds the result.
+template <typename S>
+__device__ __forceinline__ S warp_reduce(S s) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) s.combine(s.shfl_down(offset));
+  return s;
+}
+
+// Reduces a state over a 1-D block (blockDim.x a multiple of 32, at most 1024) and returns
+// the result to every thread. `scratch` holds 32 states in shared memory.
+template <typename S>
+__device__ __forceinline__ S block_reduce_all(S s, S* scratch) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  s = warp_reduce(s);
+  __syncthreads();  // scratch may still be read by a previous reduction
+  if (lane == 0) scratch[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    S t = lane < warps ? scratch[lane] : S{};
+    t = warp_reduce(t);
+    if (lane == 0) scratch[0] = t;
+  }
+  __syncthreads();
+  return scratch[0];
+}
+
+// Reads VEC consecutive values as one aligned vector load.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, int VEC>
+__device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, VEC>*>(p);
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& pack) {
+  *reinterpret_cast<Pack<T, VEC>*>(p) = pack;
+}
+
+// The widest vector (up to 16 bytes) that divides `n` and keeps every pointer aligned.
+template <typename T>
+inline int pack_width(int64_t n, std::initializer_list<const void*> ptrs) {
+  int vec = 16 / static_cast<int>(sizeof(T));
+  while (vec > 1) {
+    bool ok = n % vec == 0;
+    for (const void* p : ptrs) {
+      ok = ok && (p == nullptr || reinterpret_cast<uintptr_t>(p) % (sizeof(T) * vec) == 0);
+    }
+    if (ok) break;
+    vec /= 2;
+  }
+  return vec;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace fastdl::cuda

@@ -1,0 +1,414 @@
+// batch_norm CUDA kernels. The input is [outer, C, inner] (NC* layouts: outer = N,
+// inner = spatial; channels-last and (N, C): inner = 1). Three steps, in forward and backward:
+//  1. per-channel partial reductions (Welford statistics in forward; sum(dy) and
+//     sum(dy * (x - mean)) in backward) over blocks of the batch, into a small buffer:
+//       planar_reduce_kernel    (inner >= 32): a block per (channel, slice of the batch);
+//       interleaved_reduce_kernel (inner < 32): 32 adjacent columns x 8 row threads, coalesced
+//                                  along C for channels-last;
+//  2. one thread per channel merges its partials: statistics, running-stat update, and the
+//     three per-channel coefficients of step 3;
+//  3. channel_affine_kernel: out = a * k1[c] + b * k2[c] + k3[c] (forward: y from x; backward:
+//     dx from dy and x), vectorised along the contiguous dim.
+// Half types are read and written as such, accumulated in float; weight, bias and running
+// stats may be float32 for half inputs.
+#include "fastdl/common/cuda_utils.cuh"
+#include "fastdl/common/tensors.h"
+#include "fastdl/norm/batch_norm.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace fastdl {
+namespace {
+
+using cuda::acc_t;
+using detail::BatchNormShape;
+
+constexpr int kPlanarMinInner = 32;
+constexpr int kReduceThreads = 256;
+constexpr int kColTile = 32;
+constexpr int kRowThreads = 8;
+
+// Forward reduction: Welford statistics of x.
+template <typename T>
+struct StatsReduce {
+  using A = acc_t<T>;
+  using State = cuda::Welford<A>;
+  const T* x;
+  __device__ __forceinline__ void add(State& s, int64_t idx, int64_t) const {
+    s.add(static_cast<A>(x[idx]));
+  }
+};
+
+// Backward reduction: a = sum(dy), b = sum(dy * (x - mean)).
+template <typename T>
+struct GradReduce {
+  using A = acc_t<T>;
+  using State = cuda::SumPair<A>;
+  const T* dy;
+  const T* x;
+  const A* mean;
+  __device__ __forceinline__ void add(State& s, int64_t idx, int64_t c) const {
+    const A g = static_cast<A>(dy[idx]);
+    s.a += g;
+    s.b += g * (static_cast<A>(x[idx]) - mean[c]);
+  }
+};
+
+// grid (C, splits): block (c, y) reduces outer indices [y * outer_per_split, ...) of channel c
+// into partials[c * splits + y].
+template <typename Op>
+__global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ partials, int64_t outer,
+                                     int64_t channels, int64_t inner, int64_t outer_per_split) {
+  using State = typename Op::State;
+  __shared__ State scratch[cuda::kWarpSize];
+  const int64_t c = blockIdx.x;
+  const int64_t o0 = blockIdx.y * outer_per_split;
+  const int64_t o1 = min(outer, o0 + outer_per_split);
+  State s{};
+  for (int64_t o = o0; o < o1; ++o) {
+    const int64_t base = (o * channels + c) * inner;
+    for (int64_t i = threadIdx.x; i < inner; i += blockDim.x) op.add(s, base + i, c);
+  }
+  s = cuda::block_reduce_all(s, scratch);
+  if (threadIdx.x == 0) partials[c * gridDim.y + blockIdx.y] = s;
+}
+
+// Rows of R = C * inner values; grid (ceil(R / 32), splits), block (32, 8). Column j belongs
+// to channel j / inner; its partial goes to partials[c * (inner * splits) + (j % inner) * splits + y].
+template <typename Op>
+__global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict__ partials,
+                                          int64_t outer, int64_t channels, int64_t inner,
+                                          int64_t outer_per_split) {
+  using State = typename Op::State;
+  __shared__ State tile[kRowThreads][kColTile];
+  const int64_t R = channels * inner;
+  const int64_t j = blockIdx.x * kColTile + threadIdx.x;
+  const int64_t o0 = blockIdx.y * outer_per_split;
+  const int64_t o1 = min(outer, o0 + outer_per_split);
+  State s{};
+  if (j < R) {
+    const int64_t c = j / inner;
+    for (int64_t o = o0 + threadIdx.y; o < o1; o += kRowThreads) op.add(s, o * R + j, c);
+  }
+  tile[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < R) {
+    for (int k = 1; k < kRowThreads; ++k) s.combine(tile[k][threadIdx.x]);
+    const int64_t c = j / inner;
+    partials[c * (inner * gridDim.y) + (j % inner) * gridDim.y + blockIdx.y] = s;
+  }
+}
+
+// Launches the reduction of `op` over the problem; returns partials of shape [C, count].
+template <typename Op>
+at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape, const at::TensorOptions& options,
+                              int64_t& count) {
+  using State = typename Op::State;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t C = shape.channels, outer = shape.outer, inner = shape.inner;
+  static_assert(sizeof(State) % sizeof(float) == 0, "reduction states are made of floats/doubles");
+  auto alloc = [&](int64_t n) {
+    return at::empty({static_cast<int64_t>(n * sizeof(State))}, options.dtype(at::kByte));
+  };
+  if (inner >= kPlanarMinInner) {
+    // Enough blocks to fill the GPU ~4 times, each with at least ~16k elements.
+    int64_t splits = std::min<int64_t>(outer, std::max<int64_t>(1, cuda::ceil_div(4 * sms, C)));
+    splits = std::max<int64_t>(1, std::min<int64_t>(splits, outer * inner / 16384));
+    const int64_t per_split = cuda::ceil_div(outer, splits);
+    splits = cuda::ceil_div(outer, per_split);
+    auto buf = alloc(C * splits);
+    planar_reduce_kernel<Op><<<dim3(C, splits), kReduceThreads, 0, stream>>>(
+        op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    count = splits;
+    return buf;
+  }
+  const int64_t col_tiles = cuda::ceil_div(C * inner, kColTile);
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(outer, 4 * kRowThreads),
+                                                          cuda::ceil_div(4 * sms, col_tiles)));
+  const int64_t per_split = cuda::ceil_div(outer, splits);
+  splits = cuda::ceil_div(outer, per_split);
+  auto buf = alloc(C * inner * splits);
+  interleaved_reduce_kernel<Op><<<dim3(col_tiles, splits), dim3(kColTile, kRowThreads), 0, stream>>>(
+      op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  count = inner * splits;
+  return buf;
+}
+
+// Per channel: merge the Welford partials; save mean/invstd; update running stats; forward
+// coefficients k1 = invstd * w, k3 = b - mean * k1.
+template <typename T, typename P>
+__global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict__ partials, int64_t count,
+                                      int64_t channels, const P* __restrict__ weight,
+                                      const P* __restrict__ bias, P* __restrict__ running_mean,
+                                      P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
+                                      acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
+                                      acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
+  using A = acc_t<T>;
+  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  cuda::Welford<A> s{};
+  for (int64_t k = 0; k < count; ++k) s.combine(partials[c * count + k]);
+  const A var = s.n > 0 ? s.m2 / s.n : A(0);
+  const A invstd = rsqrt(var + eps);
+  save_mean[c] = s.mean;
+  save_invstd[c] = invstd;
+  if (running_mean) {
+    const A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
+    running_mean[c] = static_cast<P>((1 - momentum) * static_cast<A>(running_mean[c]) + momentum * s.mean);
+    running_var[c] = static_cast<P>((1 - momentum) * static_cast<A>(running_var[c]) + momentum * unbiased);
+  }
+  const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
+  k1[c] = scale;
+  k3[c] = (bias ? static_cast<A>(bias[c]) : A(0)) - s.mean * scale;
+}
+
+// Evaluation: statistics from the running ones.
+template <typename T, typename P>
+__global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ weight,
+                                     const P* __restrict__ bias, const P* __restrict__ running_mean,
+                                     const P* __restrict__ running_var, acc_t<T> eps,
+                                     acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
+                                     acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
+  using A = acc_t<T>;
+  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  const A mean = static_cast<A>(running_mean[c]);
+  const A invstd = rsqrt(static_cast<A>(running_var[c]) + eps);
+  save_mean[c] = mean;
+  save_invstd[c] = invstd;
+  const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
+  k1[c] = scale;
+  k3[c] = (bias ? static_cast<A>(bias[c]) : A(0)) - mean * scale;
+}
+
+// Backward, per channel: grad_weight = sum(dy * (x - mean)) * invstd, grad_bias = sum(dy), and
+// dx = dy * k1 + x * k2 + k3 (training) or dy * k1 (evaluation).
+template <typename T, typename P>
+__global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__ partials, int64_t count,
+                                     int64_t channels, int64_t n, bool training,
+                                     const P* __restrict__ weight, const acc_t<T>* __restrict__ mean,
+                                     const acc_t<T>* __restrict__ invstd, P* __restrict__ grad_weight,
+                                     P* __restrict__ grad_bias, acc_t<T>* __restrict__ k1,
+                                     acc_t<T>* __restrict__ k2, acc_t<T>* __restrict__ k3) {
+  using A = acc_t<T>;
+  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  cuda::SumPair<A> s{};
+  if (partials) {
+    for (int64_t k = 0; k < count; ++k) s.combine(partials[c * count + k]);
+  }
+  const A is = invstd[c];
+  const A w = weight ? static_cast<A>(weight[c]) : A(1);
+  if (grad_weight) grad_weight[c] = static_cast<P>(s.b * is);
+  if (grad_bias) grad_bias[c] = static_cast<P>(s.a);
+  k1[c] = is * w;
+  if (training) {
+    const A k2c = -is * is * is * w * s.b / n;
+    k2[c] = k2c;
+    k3[c] = -is * w * s.a / n - mean[c] * k2c;
+  } else {
+    k2[c] = 0;
+    k3[c] = 0;
+  }
+}
+
+// out = a * k1[c] + b * k2[c] + k3[c] over all elements (b may be null). VEC consecutive
+// elements share a channel (planar, inner % VEC == 0) or are VEC consecutive channels
+// (interleaved, inner == 1, C % VEC == 0).
+template <typename T, int VEC, bool INTERLEAVED>
+__global__ void channel_affine_kernel(const T* __restrict__ a, const T* __restrict__ b,
+                                      const acc_t<T>* __restrict__ k1, const acc_t<T>* __restrict__ k2,
+                                      const acc_t<T>* __restrict__ k3, T* __restrict__ out,
+                                      int64_t numel, int64_t channels, int64_t inner) {
+  using A = acc_t<T>;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * VEC;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i < numel; i += stride) {
+    const auto ap = cuda::load_pack<T, VEC>(a + i);
+    cuda::Pack<T, VEC> bp{};
+    if (b) bp = cuda::load_pack<T, VEC>(b + i);
+    cuda::Pack<T, VEC> op;
+    const int64_t c0 = INTERLEAVED ? i % channels : (i / inner) % channels;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const int64_t c = INTERLEAVED ? c0 + k : c0;
+      A v = static_cast<A>(ap.v[k]) * k1[c] + k3[c];
+      if (b) v += static_cast<A>(bp.v[k]) * k2[c];
+      op.v[k] = static_cast<T>(v);
+    }
+    cuda::store_pack<T, VEC>(out + i, op);
+  }
+}
+
+template <typename T>
+void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, const acc_t<T>* k1,
+                           const acc_t<T>* k2, const acc_t<T>* k3, T* out, int64_t numel) {
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const bool interleaved = shape.inner == 1;
+  const int64_t run = interleaved ? shape.channels : shape.inner;  // values sharing the pattern
+  const int vec = cuda::pack_width<T>(run, {a, b, out});
+  const int threads = 256;
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
+  const int64_t C = shape.channels, inner = shape.inner;
+#define FASTDL_AFFINE(V, I) \
+  channel_affine_kernel<T, V, I><<<blocks, threads, 0, stream>>>(a, b, k1, k2, k3, out, numel, C, inner)
+  if (interleaved) {
+    switch (vec) {
+      case 8: FASTDL_AFFINE(8, true); break;
+      case 4: FASTDL_AFFINE(4, true); break;
+      case 2: FASTDL_AFFINE(2, true); break;
+      default: FASTDL_AFFINE(1, true); break;
+    }
+  } else {
+    switch (vec) {
+      case 8: FASTDL_AFFINE(8, false); break;
+      case 4: FASTDL_AFFINE(4, false); break;
+      case 2: FASTDL_AFFINE(2, false); break;
+      default: FASTDL_AFFINE(1, false); break;
+    }
+  }
+#undef FASTDL_AFFINE
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Parameters (weight, bias, running stats) are float32 while the input is a half type.
+bool float_params(const at::Tensor& x, std::initializer_list<const std::optional<at::Tensor>*> params) {
+  for (const auto* p : params) {
+    if (p->has_value() && (*p)->defined()) {
+      return (*p)->scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
+    }
+  }
+  return false;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
+  const auto shape = detail::check_batch_norm_forward(input, weight, bias, running_mean,
+                                                      running_var, training, momentum, eps);
+  const bool mixed = float_params(input, {&weight, &bias, &running_mean, &running_var});
+  for (const auto* p : {&weight, &bias, &running_mean, &running_var}) {
+    TORCH_CHECK(!p->has_value() || !(*p)->defined() ||
+                    ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
+                "fastdl.batch_norm: weight, bias and running stats must share one dtype");
+  }
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto x = detail::batch_norm_layout(input, shape);
+  const auto w = contiguous_or_undefined(weight), b = contiguous_or_undefined(bias);
+  auto output = at::empty_like(x);
+  const int64_t C = shape.channels;
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto save_mean = at::zeros({C}, x.options().dtype(acc));
+  auto save_invstd = at::zeros({C}, x.options().dtype(acc));
+  if (training && shape.per_channel() == 0) return {output, save_mean, save_invstd};
+  auto coef = at::empty({2, C}, x.options().dtype(acc));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int threads = 128;
+  const int64_t blocks = cuda::ceil_div(C, threads);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_forward_cuda", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    auto run = [&](auto param_tag) {
+      using P = decltype(param_tag);
+      A* k1 = coef[0].mutable_data_ptr<A>();
+      A* k3 = coef[1].mutable_data_ptr<A>();
+      if (training) {
+        int64_t count = 0;
+        const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape, x.options(), count);
+        finalize_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(
+            reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()), count, C,
+            data_or_null<P>(w), data_or_null<P>(b), mutable_data_or_null<P>(running_mean.value_or(at::Tensor())),
+            mutable_data_or_null<P>(running_var.value_or(at::Tensor())), static_cast<A>(momentum), static_cast<A>(eps),
+            save_mean.mutable_data_ptr<A>(), save_invstd.mutable_data_ptr<A>(), k1, k3);
+      } else {
+        finalize_eval_kernel<T, P><<<blocks, threads, 0, stream>>>(
+            C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(running_mean.value_or(at::Tensor())),
+            data_or_null<P>(running_var.value_or(at::Tensor())), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+            save_invstd.mutable_data_ptr<A>(), k1, k3);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (x.numel() > 0) {
+        launch_channel_affine<T>(shape, x.const_data_ptr<T>(), nullptr, k1, nullptr, k3,
+                                 output.mutable_data_ptr<T>(), x.numel());
+      }
+    };
+    if (mixed) run(float{}); else run(T{});
+  });
+  return {output, save_mean, save_invstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+    std::array<bool, 3> output_mask) {
+  const auto shape = detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto x = detail::batch_norm_layout(input, shape);
+  const auto dy = detail::batch_norm_layout(grad_output, shape);
+  const auto w = contiguous_or_undefined(weight);
+  const bool mixed = w.defined() && w.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
+  const int64_t C = shape.channels;
+  const int64_t n = shape.per_channel();
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto mean = save_mean.contiguous().to(acc);
+  const auto invstd = save_invstd.contiguous().to(acc);
+  const auto param_options = x.options().dtype(w.defined() ? w.scalar_type() : x.scalar_type());
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty_like(x);
+  if (output_mask[1] && w.defined()) grad_weight = at::zeros({C}, param_options);
+  if (output_mask[2]) grad_bias = at::zeros({C}, param_options);
+  if (n == 0) return {grad_input, grad_weight, grad_bias};
+  auto coef = at::empty({3, C}, x.options().dtype(acc));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const int threads = 128;
+  const int64_t blocks = cuda::ceil_div(C, threads);
+  const bool need_sums = grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_backward_cuda", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    auto run = [&](auto param_tag) {
+      using P = decltype(param_tag);
+      int64_t count = 0;
+      at::Tensor partials;
+      if (need_sums) {
+        partials = reduce_per_channel(GradReduce<T>{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean.const_data_ptr<A>()},
+                                      shape, x.options(), count);
+      }
+      A* k1 = coef[0].mutable_data_ptr<A>();
+      A* k2 = coef[1].mutable_data_ptr<A>();
+      A* k3 = coef[2].mutable_data_ptr<A>();
+      finalize_grad_kernel<T, P><<<blocks, threads, 0, stream>>>(
+          partials.defined() ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr()) : nullptr,
+          count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
+          invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
+          mutable_data_or_null<P>(grad_bias), k1, k2, k3);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (grad_input.defined()) {
+        launch_channel_affine<T>(shape, dy.const_data_ptr<T>(), training ? x.const_data_ptr<T>() : nullptr,
+                                 k1, k2, k3, grad_input.mutable_data_ptr<T>(), x.numel());
+      }
+    };
+    if (mixed) run(float{}); else run(T{});
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+  m.impl("batch_norm_forward", &batch_norm_forward_cuda);
+  m.impl("batch_norm_backward", &batch_norm_backward_cuda);
+}
+
+}  // namespace fastdl

@@ -1,0 +1,102 @@
+"""The built package: build information, registered ops, the C++ package files."""
+
+import os
+import re
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fastdl
+
+OPS = ["layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward"]
+
+
+def test_build_info_keys_and_types():
+    info = fastdl.build_info()
+    assert {"version", "torch", "cuda", "cuda_archs"} <= set(info)
+    assert isinstance(info["version"], str) and re.match(r"^\d+\.\d+\.\d+", info["version"])
+    assert info["version"] == fastdl.__version__
+    assert isinstance(info["torch"], str)
+    # Built against the torch that is running (the extension is tied to torch's C++ ABI).
+    assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cuda_archs"], list)
+    assert all(isinstance(a, str) and a for a in info["cuda_archs"])
+    assert bool(info["cuda_archs"]) == info["cuda"]
+
+
+def test_build_info_is_a_copy():
+    info = fastdl.build_info()
+    info["cuda"] = "changed"
+    assert fastdl.build_info()["cuda"] != "changed"
+
+
+def test_version_matches_distribution_metadata():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        dist_version = version("fastdl")
+    except PackageNotFoundError:
+        pytest.skip("fastdl is not installed as a distribution")
+    assert dist_version == fastdl.__version__
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_registered(op):
+    assert hasattr(torch.ops.fastdl, op)
+    qualname = f"fastdl::{op}"
+    for key in ("CPU", "Autograd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), f"{op}: no {key} kernel"
+    assert isinstance(getattr(torch.ops.fastdl, op).default, torch._ops.OpOverload)
+
+
+@pytest.mark.parametrize("op", ["layer_norm_forward", "batch_norm_forward"])
+def test_autocast_kernel_registered(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdl::{op}", "AutocastCPU")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_kernels_match_build_info(op):
+    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdl::{op}", "CUDA")
+    assert has_cuda_kernel == fastdl.build_info()["cuda"]
+
+
+def test_fake_kernels_registered():
+    """Every op runs under FakeTensorMode (what torch.compile and torch.export trace with)."""
+    with FakeTensorMode():
+        x = torch.empty(4, 3, 5)
+        w = torch.empty(3)
+        out, mean, rstd = torch.ops.fastdl.layer_norm_forward(x, [5], None, None, 1e-5)
+        assert out.shape == x.shape and mean.shape == (4, 3, 1) and rstd.shape == (4, 3, 1)
+        gi, gw, gb = torch.ops.fastdl.layer_norm_backward(out, x, [5], mean, rstd, None,
+                                                          [True, False, False])
+        assert gi.shape == x.shape and gw is None and gb is None
+        rm, rv = torch.empty(3), torch.empty(3)
+        out, sm, si = torch.ops.fastdl.batch_norm_forward(x, w, w, rm, rv, True, 0.1, 1e-5)
+        assert out.shape == x.shape and sm.shape == (3,) and si.shape == (3,)
+        gi, gw, gb = torch.ops.fastdl.batch_norm_backward(out, x, w, sm, si, True, [True, True, True])
+        assert gi.shape == x.shape and gw.shape == (3,) and gb.shape == (3,)
+
+
+def test_cmake_prefix_path_has_config():
+    prefix = fastdl.cmake_prefix_path()
+    assert os.path.isdir(prefix)
+    found = [os.path.join(root, f) for root, _, files in os.walk(prefix) for f in files
+             if f == "fastdlConfig.cmake"]
+    assert found, f"no fastdlConfig.cmake under {prefix}"
+    assert any(f for root, _, files in os.walk(prefix) for f in files
+               if f == "fastdlConfigVersion.cmake")
+    text = open(found[0]).read()
+    assert "fastdl" in text
+
+
+def test_public_api():
+    import fastdl.functional as F
+    import fastdl.nn as fnn
+
+    for name in ("layer_norm", "batch_norm"):
+        assert callable(getattr(F, name)) and getattr(F, name).__doc__
+    for name in ("LayerNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert"):
+        assert hasattr(fnn, name)
+    assert fastdl.build_info.__doc__ and fastdl.cmake_prefix_path.__doc__

@@ -1,0 +1,550 @@
+"""fastdl layer_norm (op, functional, module) against torch.nn.functional.layer_norm."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastdl
+import fastdl.functional as FF
+import fastdl.nn as fnn
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+                     assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
+                     assert_unchanged, check_compile, check_compile_module, check_gradcheck,
+                     check_opcheck, compare_with_torch, device_dtypes)
+
+OP = torch.ops.fastdl.layer_norm_forward
+OP_BACKWARD = torch.ops.fastdl.layer_norm_backward
+
+# (input shape, normalized_shape): 1-3 normalized dims, odd sizes, size 1, rows of one element,
+# a row longer than any vector width with a remainder.
+SHAPES = [
+    ((3, 5), (5,)),
+    ((2, 3, 7), (7,)),
+    ((2, 3, 7), (3, 7)),
+    ((2, 3, 4, 5), (3, 4, 5)),
+    ((5,), (5,)),
+    ((1, 1), (1,)),
+    ((4, 1), (1,)),
+    ((1, 2, 3), (2, 3)),
+    ((3, 67), (67,)),
+    ((2, 515), (515,)),
+]
+AFFINE = ["weight_bias", "weight", "bias", "none"]
+
+
+def _params(ns, device, dtype, affine, param_dtype=None):
+    param_dtype = param_dtype or dtype
+    w = (torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
+         if affine in ("weight_bias", "weight") else None)
+    b = (torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
+         if affine in ("weight_bias", "bias") else None)
+    return w, b
+
+
+def _fns(ns, eps=1e-5):
+    ours = lambda x, w, b: FF.layer_norm(x, ns, w, b, eps)  # noqa: E731
+    ref = lambda x, w, b: F.layer_norm(x, ns, w, b, eps)  # noqa: E731
+    return ours, ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward and gradients against torch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape, ns", SHAPES, ids=[f"{s}-{n}" for s, n in SHAPES])
+@pytest.mark.parametrize("affine", AFFINE)
+def test_forward_backward(device, dtype, shape, ns, affine):
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    w, b = _params(ns, device, dtype, affine)
+    out, ref, _, _ = compare_with_torch(*_fns(ns), [x, w, b], dtype)
+    assert out.dtype == dtype and out.is_contiguous()
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("eps", [1e-5, 1e-2, 0.0])
+def test_eps(device, dtype, eps):
+    x = torch.randn(4, 9, device=device, dtype=dtype).requires_grad_()
+    w, b = _params((9,), device, dtype, "weight_bias")
+    compare_with_torch(*_fns((9,), eps), [x, w, b], dtype)
+
+
+def _noncontiguous_cases(device, dtype):
+    """(name, input, normalized_shape, weight, grad_output): strided views of every kind."""
+    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    return [
+        ("transposed", mk(7, 4).t(), (7,), mk(7), None),
+        ("sliced_cols", mk(3, 10)[:, ::2], (5,), mk(5), None),
+        ("sliced_rows", mk(6, 5)[::2], (5,), mk(5), None),
+        ("permuted_4d", mk(2, 5, 3, 4).permute(0, 2, 3, 1), (4, 5), mk(4, 5), None),
+        ("strided_weight", mk(3, 5), (5,), mk(10)[::2], None),
+        ("strided_grad", mk(3, 5), (5,), mk(5), mk(5, 3).t()),
+        ("offset_view", mk(4, 6)[1:, 1:], (5,), mk(5), None),
+    ]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("case", range(7), ids=["transposed", "sliced_cols", "sliced_rows",
+                                                "permuted_4d", "strided_weight", "strided_grad",
+                                                "offset_view"])
+def test_noncontiguous(device, dtype, case):
+    name, x, ns, w, grad = _noncontiguous_cases(device, dtype)[case]
+    x.requires_grad_()
+    w.requires_grad_()
+    b = torch.randn(ns, device=device, dtype=dtype).requires_grad_()
+    assert not (x.is_contiguous() and w.is_contiguous() and (grad is None or grad.is_contiguous()))
+    if grad is not None:
+        grad = grad.to(dtype)
+    compare_with_torch(*_fns(ns), [x, w, b], dtype, grad_output=grad)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_expanded_input(device, dtype):
+    """A stride-0 (broadcast) input: every row is the same."""
+    base = torch.randn(1, 6, device=device, dtype=dtype).requires_grad_()
+    w, b = _params((6,), device, dtype, "weight_bias")
+    compare_with_torch(lambda x, w, b: FF.layer_norm(x.expand(4, 6), (6,), w, b),
+                       lambda x, w, b: F.layer_norm(x.expand(4, 6), (6,), w, b), [base, w, b], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_offset_is_stable(device):
+    """Rows with a large mean and small spread (Welford / two-pass, not E[x^2] - E[x]^2):
+    float32 error vs a float64 reference at most twice torch's float32 error."""
+    x = 1000.0 + 0.01 * torch.randn(8, 257, device=device, dtype=torch.float64)
+    ref = F.layer_norm(x, (257,))
+    ours = FF.layer_norm(x.float(), (257,)).double()
+    theirs = F.layer_norm(x.float(), (257,)).double()
+    err, torch_err = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
+    assert err <= 2 * torch_err + 1e-4, (err, torch_err)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape, ns", [((3, 5), (5,)), ((2, 3, 4), (3, 4)), ((1, 2, 3, 4), (2, 3, 4))])
+def test_statistics_match_aten(device, dtype, shape, ns):
+    """The op's mean and rstd outputs are aten.native_layer_norm's (shape (*, 1, ..., 1))."""
+    x = torch.randn(shape, device=device, dtype=dtype)
+    out, mean, rstd = OP(x, list(ns), None, None, 1e-5)
+    ref_out, ref_mean, ref_rstd = torch.ops.aten.native_layer_norm(x, list(ns), None, None, 1e-5)
+    stats_dtype = torch.float32 if dtype in HALF_DTYPES else dtype
+    assert mean.shape == ref_mean.shape and rstd.shape == ref_rstd.shape
+    assert mean.dtype == stats_dtype and rstd.dtype == stats_dtype
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype in HALF_DTYPES else {}
+    torch.testing.assert_close(mean, ref_mean.to(stats_dtype), **tol)
+    torch.testing.assert_close(rstd, ref_rstd.to(stats_dtype), **tol)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, True),
+                                  (False, False, True), (False, False, False)])
+def test_backward_op_output_mask(device, dtype, mask):
+    """The backward op computes exactly the gradients output_mask asks for."""
+    x = torch.randn(3, 6, device=device, dtype=dtype)
+    w = torch.randn(6, device=device, dtype=dtype)
+    g = torch.randn(3, 6, device=device, dtype=dtype)
+    _, mean, rstd = OP(x, [6], w, None, 1e-5)
+    gi, gw, gb = OP_BACKWARD(g, x, [6], mean, rstd, w, list(mask))
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, torch.zeros_like(w)))
+    F.layer_norm(xr, (6,), wr, br).backward(g)
+    for got, want, needed in ((gi, xr.grad, mask[0]), (gw, wr.grad, mask[1]), (gb, br.grad, mask[2])):
+        assert (got is not None) == needed
+        if needed:
+            assert_close_to_reference(got, want, dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_only_some_inputs_require_grad(device, dtype):
+    x = torch.randn(3, 5, device=device, dtype=dtype)
+    w, b = _params((5,), device, dtype, "weight_bias")
+    b.requires_grad_(False)
+    compare_with_torch(*_fns((5,)), [x, w, b], dtype)
+    x.requires_grad_()
+    w.requires_grad_(False)
+    compare_with_torch(*_fns((5,)), [x, w, b], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_grad_mode(device):
+    x = torch.randn(3, 5, device=device, requires_grad=True)
+    with torch.no_grad():
+        y = FF.layer_norm(x, (5,))
+    assert not y.requires_grad
+    torch.testing.assert_close(y, F.layer_norm(x.detach(), (5,)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, ns", [((0, 4), (4,)), ((2, 0, 3), (3,)), ((3, 0), (0,))])
+def test_empty(device, shape, ns):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = torch.randn(ns, device=device, requires_grad=True)
+    compare_with_torch(*_fns(ns), [x, w, None], torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, opcheck, compile, export, autocast
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", AFFINE)
+def test_gradcheck(device, affine):
+    x = torch.randn(2, 3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    w, b = _params((3, 4), device, torch.float64, affine)
+    check_gradcheck(lambda *a: FF.layer_norm(a[0], (3, 4), *a[1:]), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_noncontiguous(device):
+    x = torch.randn(5, 3, device=device, dtype=torch.float64).t().requires_grad_()
+    w = torch.randn(10, device=device, dtype=torch.float64)[::2].requires_grad_()
+    b = torch.randn(5, device=device, dtype=torch.float64, requires_grad=True)
+    check_gradcheck(lambda x, w, b: FF.layer_norm(x, (5,), w, b), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_raises(device):
+    x = torch.randn(2, 5, device=device, dtype=torch.float64, requires_grad=True)
+    w, b = _params((5,), device, torch.float64, "weight_bias")
+    assert_no_double_backward(lambda x, w, b: FF.layer_norm(x, (5,), w, b), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_error_message(device):
+    x = torch.randn(2, 5, device=device, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(FF.layer_norm(x, (5,)).pow(2).sum(), x, create_graph=True)
+    assert_raises_naming(RuntimeError, lambda: g.sum().backward(), "layer_norm", "double backward")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("affine", AFFINE)
+def test_opcheck_forward(device, dtype, affine):
+    x = torch.randn(3, 2, 5, device=device, dtype=dtype, requires_grad=True)
+    w, b = _params((2, 5), device, dtype, affine)
+    check_opcheck(OP, (x, [2, 5], w, b, 1e-5))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, True)])
+def test_opcheck_backward(device, dtype, mask):
+    x = torch.randn(3, 5, device=device, dtype=dtype)
+    w = torch.randn(5, device=device, dtype=dtype)
+    _, mean, rstd = OP(x, [5], w, None, 1e-5)
+    g = torch.randn(3, 5, device=device, dtype=dtype)
+    check_opcheck(OP_BACKWARD, (g, x, [5], mean, rstd, w, list(mask)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_noncontiguous(device):
+    x = torch.randn(7, 4, device=device).t().requires_grad_()
+    check_opcheck(OP, (x, [7], torch.randn(7, device=device, requires_grad=True), None, 1e-5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_functional(device):
+    x = torch.randn(4, 3, 5, device=device, requires_grad=True)
+    w, b = _params((3, 5), device, torch.float32, "weight_bias")
+    check_compile(lambda x, w, b: FF.layer_norm(x, (3, 5), w, b), x, w, b)
+    check_compile(lambda x: FF.layer_norm(x * 2, 5) + 1, torch.randn(2, 5, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_module(device):
+    model = nn.Sequential(nn.Linear(5, 6), fnn.LayerNorm(6), nn.ReLU(), fnn.LayerNorm(6, bias=False))
+    check_compile_module(model.to(device), torch.randn(3, 5, device=device, requires_grad=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_dynamic_shapes(device):
+    f = torch.compile(lambda x: FF.layer_norm(x, (x.shape[-1],)), fullgraph=True,
+                      backend="aot_eager", dynamic=True)
+    for shape in [(3, 5), (4, 7), (2, 9)]:
+        x = torch.randn(shape, device=device)
+        torch.testing.assert_close(f(x), F.layer_norm(x, (shape[-1],)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_inductor(device):
+    x = torch.randn(4, 6, device=device, requires_grad=True)
+    w, b = _params((6,), device, torch.float32, "weight_bias")
+    check_compile(lambda x, w, b: torch.relu(FF.layer_norm(x, (6,), w, b)), x, w, b,
+                  backend="inductor")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export(device):
+    model = nn.Sequential(nn.Linear(5, 6), fnn.LayerNorm(6), nn.Tanh(),
+                          fnn.LayerNorm(6, elementwise_affine=False)).to(device).eval()
+    x = torch.randn(3, 5, device=device)
+    ep = torch.export.export(model, (x,))
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.fastdl.layer_norm_forward.default) == 2
+    x2 = torch.randn(3, 5, device=device)
+    torch.testing.assert_close(ep.module()(x2), model(x2))
+
+
+def test_autocast_cpu():
+    """CPU autocast: fastdl's layer_norm runs in float32 and returns float32 (layer_norm.cpp:
+    "torch runs layer_norm in float32 under autocast; so do we"). Note: torch itself has no
+    AutocastCPU kernel for layer_norm and returns the input's dtype (bfloat16) there."""
+    x = torch.randn(4, 8)
+    w, b = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    xb = x.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = FF.layer_norm(xb, (8,), w, b)
+        y_from_float = FF.layer_norm(x, (8,), w, b)
+    assert y.dtype == torch.float32 and y_from_float.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(xb.detach().float(), (8,), w, b))
+    y.sum().backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+    assert w.grad is not None and w.grad.dtype == torch.float32
+
+
+def test_autocast_cpu_after_linear():
+    lin = nn.Linear(8, 8)
+    x = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(x)
+        assert h.dtype == torch.bfloat16
+        y = FF.layer_norm(h, (8,))
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(h.float(), (8,)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_autocast_cuda(dtype):
+    """CUDA autocast: torch runs layer_norm in float32 and returns float32; so does fastdl."""
+    x = torch.randn(4, 8, device="cuda", dtype=dtype)
+    w = torch.randn(8, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        ours = FF.layer_norm(x, (8,), w)
+        theirs = F.layer_norm(x, (8,), w)
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("shape, ns", [((3, 5), (5,)), ((2, 3, 7), (3, 7)), ((4, 1030), (1030,))])
+def test_half_input_float32_params_cuda(dtype, shape, ns):
+    """Half inputs with float32 weight and bias (mixed precision)."""
+    x = torch.randn(shape, device="cuda", dtype=dtype, requires_grad=True)
+    w, b = _params(ns, "cuda", dtype, "weight_bias", param_dtype=torch.float32)
+    out = FF.layer_norm(x, ns, w, b)
+    assert out.dtype == dtype
+    half_w, half_b = (t.detach().to(dtype).requires_grad_() for t in (w, b))
+    compare_with_torch(*_fns(ns), [x, w, b], dtype, baseline_args=[x, half_w, half_b])
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_normalized_shape(device):
+    x = torch.randn(2, 3, 4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (3,)), "normalized_shape", "[3]", "[2, 3, 4]")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4, 3)), "normalized_shape")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, ()), "normalized_shape")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (-4,)), "normalized_shape")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_rank(device):
+    x = torch.randn(4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (2, 4)), "normalized_shape", "[4]")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(torch.tensor(1.0, device=device), (1,)),
+                         "normalized_shape")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_weight_bias_shape(device):
+    x = torch.randn(2, 3, 4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(3, device=device)),
+                         "weight", "[4]", "[3]")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(3, device=device)),
+                         "bias", "[4]", "[3]")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (3, 4), torch.ones(12, device=device)),
+                         "weight")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_weight_bias_dtype(device):
+    x = torch.randn(2, 4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(4, device=device, dtype=torch.float64)),
+                         "weight", "Double")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(4, device=device, dtype=torch.int64)),
+                         "bias")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+def test_bad_weight_bias_device():
+    x = torch.randn(2, 4, device="cuda")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(4)), "weight", "device")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(4)), "bias", "device")
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x.cpu(), (4,), torch.ones(4, device="cuda")),
+                         "weight", "device")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_bad_input_dtype(device, dtype):
+    x = torch.ones(2, 4, device=device).to(dtype)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,)), "input", "float32")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_on_cpu_raises(dtype):
+    x = torch.randn(2, 4, dtype=dtype)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,)), "input", "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("eps", [-1.0, float("nan"), float("inf")])
+def test_bad_eps(device, eps):
+    x = torch.randn(2, 4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), eps=eps), "eps")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_bad_input(device):
+    x = torch.randn(3, 5, device=device)
+    _, mean, rstd = OP(x, [5], None, None, 1e-5)
+    g = torch.randn(3, 5, device=device)
+    mask = [True, False, False]
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g[:2], x, [5], mean, rstd, None, mask),
+                         "grad_output")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g.double(), x, [5], mean, rstd, None, mask),
+                         "grad_output")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, [5], mean[:2], rstd, None, mask), "mean")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, [4], mean, rstd, None, mask),
+                         "normalized_shape")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_inputs_unchanged(device, dtype):
+    x = torch.randn(3, 7, device=device, dtype=dtype).t().requires_grad_()
+    w, b = _params((3,), device, dtype, "weight_bias")
+    g = torch.randn(7, 3, device=device, dtype=dtype)
+
+    def run():
+        FF.layer_norm(x, (3,), w, b).backward(g)
+        out, mean, rstd = OP(x.detach(), [3], w.detach(), b.detach(), 1e-5)
+        OP_BACKWARD(g, x.detach(), [3], mean, rstd, w.detach(), [True, True, True])
+
+    assert_unchanged([x, w, b, g], run)
+
+
+def test_bad_input_leaves_inputs_unchanged():
+    x = torch.randn(2, 4)
+    w = torch.ones(3)
+    assert_unchanged([x, w], lambda: pytest.raises(RuntimeError, FF.layer_norm, x, (4,), w))
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
+
+LN_ARGS = [
+    dict(normalized_shape=5),
+    dict(normalized_shape=(3, 5)),
+    dict(normalized_shape=[2, 3, 5]),
+    dict(normalized_shape=5, elementwise_affine=False),
+    dict(normalized_shape=5, bias=False),
+    dict(normalized_shape=(3, 5), eps=1e-3),
+]
+LN_IDS = ["int", "tuple", "list3", "no_affine", "no_bias", "eps"]
+
+
+def _input_for(normalized_shape, device="cpu", dtype=torch.float32):
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return torch.randn((2, 3) + ns, device=device, dtype=dtype)
+
+
+def _randomise(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    return module
+
+
+@pytest.mark.parametrize("kwargs", LN_ARGS, ids=LN_IDS)
+def test_module_mirrors_torch(kwargs):
+    ours, theirs = fnn.LayerNorm(**kwargs), nn.LayerNorm(**kwargs)
+    assert isinstance(ours, nn.LayerNorm)
+    assert ours.extra_repr() == theirs.extra_repr()
+    assert repr(ours) == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    sd_ours, sd_theirs = ours.state_dict(), theirs.state_dict()
+    assert list(sd_ours) == list(sd_theirs)
+    for k in sd_ours:  # same init
+        assert sd_ours[k].shape == sd_theirs[k].shape and torch.equal(sd_ours[k], sd_theirs[k])
+    for attr in ("normalized_shape", "eps", "elementwise_affine"):
+        assert getattr(ours, attr) == getattr(theirs, attr)
+
+
+@pytest.mark.parametrize("device, dtype", device_dtypes(only=(torch.float32, torch.float64)))
+@pytest.mark.parametrize("kwargs", LN_ARGS, ids=LN_IDS)
+def test_module_forward_backward(device, dtype, kwargs):
+    theirs = _randomise(nn.LayerNorm(**kwargs, device=device, dtype=dtype))
+    ours = fnn.LayerNorm(**kwargs, device=device, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    x = _input_for(kwargs["normalized_shape"], device, dtype)
+    for mode in ("train", "eval"):
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo, yt = ours(xo), theirs(xt)
+        assert_close_to_reference(yo, yt, dtype)
+        g = torch.randn_like(yt)
+        yo.backward(g)
+        yt.backward(g)
+        assert_close_to_reference(xo.grad, xt.grad, dtype, name="grad input")
+        for (n, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+            assert_close_to_reference(p.grad, q.grad, dtype, name=f"grad {n}")
+            p.grad, q.grad = None, None
+
+
+@pytest.mark.parametrize("kwargs", LN_ARGS, ids=LN_IDS)
+def test_module_state_dict_both_ways(kwargs):
+    theirs = _randomise(nn.LayerNorm(**kwargs))
+    ours = fnn.LayerNorm(**kwargs)
+    assert not ours.load_state_dict(theirs.state_dict(), strict=True).missing_keys
+    x = _input_for(kwargs["normalized_shape"])
+    torch.testing.assert_close(ours(x), theirs(x))
+    _randomise(ours)
+    back = nn.LayerNorm(**kwargs)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    torch.testing.assert_close(back(x), ours(x))
+
+
+def test_module_from_torch_shares_parameters():
+    theirs = _randomise(nn.LayerNorm(6))
+    ours = fnn.LayerNorm.from_torch(theirs)
+    assert type(ours) is fnn.LayerNorm
+    assert ours.weight is theirs.weight and ours.bias is theirs.bias
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.raises(TypeError):
+        fnn.LayerNorm.from_torch(nn.BatchNorm1d(6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_deepcopy_and_to(device):
+    m = _randomise(fnn.LayerNorm(4))
+    m2 = copy.deepcopy(m).to(device=device, dtype=torch.float64)
+    assert type(m2) is fnn.LayerNorm and m2.weight.dtype == torch.float64
+    x = torch.randn(2, 4, device=device, dtype=torch.float64)
+    torch.testing.assert_close(m2(x), F.layer_norm(x, (4,), m2.weight, m2.bias))
+
+
+def test_module_bad_input():
+    m = fnn.LayerNorm((3, 5))
+    assert_raises_naming(RuntimeError, lambda: m(torch.randn(2, 5, 3)), "normalized_shape")
