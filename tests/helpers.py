@@ -7,8 +7,9 @@ Parametrisation
     ``DEVICE_DTYPES`` / ``device_dtypes()``  every (device, dtype) pair, marks included.
 
 Checks
-    ``assert_close_to_reference``    per-dtype tolerances; half types judged against torch's own
-                                     half-precision error (the flash-attention convention).
+    ``assert_close_to_reference``    per-dtype tolerances (float64 tight, float32 ~1e-5); half
+                                     types judged against torch's own half-precision error vs a
+                                     float64 reference (the flash-attention convention).
     ``outputs_and_grads``            run a function forward and backward on fresh leaf copies.
     ``compare_with_torch``           forward and every gradient of a fastdl function vs torch's.
     ``check_gradcheck`` / ``assert_no_double_backward``   float64 gradcheck / gradgradcheck.
@@ -39,7 +40,8 @@ __all__ = [
     "CUDA_AVAILABLE", "DEVICES", "DEVICE_DTYPES", "HALF_DTYPES", "TOLERANCES",
     "assert_close_to_reference", "assert_no_double_backward", "assert_raises_naming",
     "assert_unchanged", "check_compile", "check_compile_module", "check_gradcheck",
-    "check_opcheck", "clone_tree", "compare_with_torch", "device_dtypes", "devices", "dtypes_for", "outputs_and_grads",
+    "check_opcheck", "clone_tree", "compare_with_torch", "device_dtypes", "devices",
+    "dtypes_for", "outputs_and_grads",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -109,20 +111,30 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 HALF_ATOL = {torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
+def _max_error(a: torch.Tensor, ref: torch.Tensor) -> float:
+    if not ref.numel():
+        return 0.0
+    err = (a.double() - ref).abs().max().item()
+    return err if err == err else float("inf")  # NaN is never close
+
+
 def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor],
                               dtype: Optional[torch.dtype] = None, *,
                               baseline: Optional[torch.Tensor] = None, name: str = "output",
                               rtol: Optional[float] = None, atol: Optional[float] = None) -> None:
-    """Assert fastdl's ``actual`` matches the reference ``expected``.
+    """Assert fastdl's ``actual`` (computed in ``dtype``) matches the reference ``expected``.
 
-    float32 / float64: ``expected`` is torch's result in the same dtype (or a float64 reference);
-    tolerances from :data:`TOLERANCES` unless ``rtol``/``atol`` are given.
+    Without ``baseline``: ``expected`` is torch's result in the same dtype (or a float64
+    reference) and the tolerances are :data:`TOLERANCES` (float64 tight, float32 ~1e-5)
+    unless ``rtol``/``atol`` are given.
 
-    float16 / bfloat16 (the flash-attention convention): ``expected`` is a high-precision
-    reference (torch on float64 or float32 copies of the inputs) and ``baseline`` is torch's
-    own result in the half dtype. fastdl's error must be at most twice torch's plus a small
-    slack: ``max|actual - expected| <= 2 * max|baseline - expected| + atol``. Without a
-    ``baseline`` a fixed tolerance is used.
+    With ``baseline`` (the flash-attention convention): ``expected`` is a high-precision
+    reference (torch on float64 copies of the inputs) and ``baseline`` is torch's own result
+    in ``dtype``. fastdl's error may be at most twice torch's plus a small slack,
+    ``max|actual - expected| <= 2 * max|baseline - expected| + atol * max(1, max|expected|)``.
+    float16/bfloat16 are judged by this rule alone (``atol`` from :data:`HALF_ATOL`); float32
+    passes when it is within :data:`TOLERANCES` of ``baseline`` *or* meets this rule, so
+    cases where torch's float32 result is itself noisy (ill-conditioned inputs) do not fail.
 
     ``None`` on both sides (e.g. a gradient that is not computed) passes.
     """
@@ -134,23 +146,27 @@ def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional
     dtype = dtype or actual.dtype
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.device.type == expected.device.type, f"{name}: device {actual.device} != {expected.device}"
-    if dtype in HALF_DTYPES and baseline is not None:
+    default_rtol, default_atol = TOLERANCES[dtype]
+    rtol = default_rtol if rtol is None else rtol
+    if baseline is not None and dtype != torch.float64:
         assert baseline.shape == expected.shape, f"{name}: baseline shape {tuple(baseline.shape)}"
         ref = expected.double()
-        err = (actual.double() - ref).abs().max().item() if ref.numel() else 0.0
-        torch_err = (baseline.double() - ref).abs().max().item() if ref.numel() else 0.0
+        err, torch_err = _max_error(actual, ref), _max_error(baseline, ref)
         scale = max(1.0, ref.abs().max().item() if ref.numel() else 1.0)
-        slack = (atol if atol is not None else HALF_ATOL[dtype]) * scale
-        assert err == err and err <= 2 * torch_err + slack, (
-            f"{name} ({dtype}): max error {err:.3g} vs the reference exceeds 2 x torch's "
-            f"{torch_err:.3g} + {slack:.3g}")
-        return
-    default_rtol, default_atol = TOLERANCES[dtype]
+        slack = (atol if atol is not None else HALF_ATOL.get(dtype, default_atol)) * scale
+        if err <= 2 * torch_err + slack:
+            return
+        if dtype in HALF_DTYPES:
+            raise AssertionError(f"{name} ({dtype}): max error {err:.3g} vs the float64 reference "
+                                 f"exceeds 2 x torch's {torch_err:.3g} + {slack:.3g}")
+        expected = baseline  # float32: fall through to the plain comparison with torch
     torch.testing.assert_close(
         actual.to(expected.dtype) if dtype in HALF_DTYPES else actual, expected,
-        rtol=default_rtol if rtol is None else rtol, atol=default_atol if atol is None else atol,
+        rtol=rtol, atol=default_atol if atol is None else atol,
         equal_nan=True, check_dtype=dtype not in HALF_DTYPES,
-        msg=lambda m: f"{name} ({dtype}): {m}")
+        msg=lambda m: f"{name} ({dtype}): {m}" + (
+            f"\n(and its error vs the float64 reference, {err:.3g}, exceeds 2 x torch's "
+            f"{torch_err:.3g} + {slack:.3g})" if baseline is not None and dtype != torch.float64 else ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +241,9 @@ def compare_with_torch(fastdl_fn: Callable, torch_fn: Callable, args: Sequence,
     Both run on their own fresh copies of ``args`` (tensors requiring grad get gradients),
     backward the same ``grad_output`` (random by default) through the first output, and every
     output tensor and argument gradient is compared with :func:`assert_close_to_reference`.
-    For half dtypes the reference is ``torch_fn`` on float64 copies and the baseline is
-    ``torch_fn`` on ``baseline_args`` (default ``args``) in the half dtype.
+    float64 is compared with torch directly; float32 and half dtypes with a float64 reference
+    (``torch_fn`` on float64 copies) and torch's result on ``baseline_args`` (default ``args``)
+    as the baseline, by the rules of :func:`assert_close_to_reference`.
 
     Returns ``(fastdl_out, torch_out, fastdl_args, torch_args)`` (torch's in ``dtype``; the
     argument copies each side ran on, e.g. running statistics it updated) for further checks.
@@ -238,12 +255,12 @@ def compare_with_torch(fastdl_fn: Callable, torch_fn: Callable, args: Sequence,
         grad_output = torch.randn(probe.shape, dtype=probe.dtype, device=probe.device)
     out, grads, our_args = outputs_and_grads(fastdl_fn, args, grad_output)
     base_out, base_grads, torch_args = outputs_and_grads(torch_fn, baseline_args or args, grad_output)
-    if dtype in HALF_DTYPES:
-        ref_out, ref_grads, _ = outputs_and_grads(torch_fn, _upcast(list(args)), grad_output.double())
-        bases = _tensors(base_out)
-    else:  # torch in the same dtype is the reference; no baseline
+    if dtype == torch.float64:  # torch in float64 is the reference; no baseline
         ref_out, ref_grads = base_out, base_grads
         bases, base_grads = [None] * len(_tensors(ref_out)), [None] * len(args)
+    else:  # float64 reference, torch in `dtype` as the baseline (see assert_close_to_reference)
+        ref_out, ref_grads, _ = outputs_and_grads(torch_fn, _upcast(list(args)), grad_output.double())
+        bases = _tensors(base_out)
     outs, refs = _tensors(out), _tensors(ref_out)
     assert len(outs) == len(refs), f"{len(outs)} outputs vs torch's {len(refs)}"
     for i, (a, e, b) in enumerate(zip(outs, refs, bases)):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fastdl
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
@@ -120,6 +120,19 @@ def test_large_offset_is_stable(device):
     theirs = F.layer_norm(x.float(), (257,)).double()
     err, torch_err = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
     assert err <= 2 * torch_err + 1e-4, (err, torch_err)
+
+
+@pytest.mark.parametrize("device, dtype", device_dtypes(only=(torch.float32, torch.float64)))
+@pytest.mark.parametrize("value", [1.5, 1000.0, -12345.0])
+def test_constant_rows_give_bias(device, dtype, value):
+    """A constant row has x - mean == 0 exactly, so the output is exactly the bias (torch gives
+    exactly 0 without affine). Catches computing y as x * rstd - mean * rstd, whose rounding
+    error grows with |mean| * rstd (here rstd = 1/sqrt(eps) ~ 316)."""
+    x = torch.full((3, 8), value, device=device, dtype=dtype)
+    b = torch.randn(8, device=device, dtype=dtype)
+    torch.testing.assert_close(F.layer_norm(x, (8,)), torch.zeros_like(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(FF.layer_norm(x, (8,)), torch.zeros_like(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(FF.layer_norm(x, (8,), None, b), b.expand_as(x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
@@ -286,18 +299,19 @@ def test_export(device):
 
 
 def test_autocast_cpu():
-    """CPU autocast: fastdl's layer_norm runs in float32 and returns float32 (layer_norm.cpp:
-    "torch runs layer_norm in float32 under autocast; so do we"). Note: torch itself has no
-    AutocastCPU kernel for layer_norm and returns the input's dtype (bfloat16) there."""
+    """CPU autocast: like torch (which has no CPU autocast rule for layer_norm), the output
+    keeps the input's dtype; fastdl computes half inputs in float32 (layer_norm.cpp)."""
     x = torch.randn(4, 8)
     w, b = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
     xb = x.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = FF.layer_norm(xb, (8,), w, b)
         y_from_float = FF.layer_norm(x, (8,), w, b)
-    assert y.dtype == torch.float32 and y_from_float.dtype == torch.float32
-    torch.testing.assert_close(y, F.layer_norm(xb.detach().float(), (8,), w, b))
-    y.sum().backward()
+        y_torch = F.layer_norm(xb.detach(), (8,), w, b)
+    assert y.dtype == y_torch.dtype == torch.bfloat16
+    assert y_from_float.dtype == torch.float32
+    torch.testing.assert_close(y, F.layer_norm(xb.detach().float(), (8,), w, b).bfloat16())
+    y.float().sum().backward()
     assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
     assert w.grad is not None and w.grad.dtype == torch.float32
 
@@ -309,8 +323,9 @@ def test_autocast_cpu_after_linear():
         h = lin(x)
         assert h.dtype == torch.bfloat16
         y = FF.layer_norm(h, (8,))
-    assert y.dtype == torch.float32
-    torch.testing.assert_close(y, F.layer_norm(h.float(), (8,)))
+        y_torch = F.layer_norm(h, (8,))
+    assert y.dtype == y_torch.dtype
+    torch.testing.assert_close(y, F.layer_norm(h.float(), (8,)).to(y.dtype))
 
 
 @pytest.mark.cuda

@@ -40,17 +40,56 @@ inline T reduce_sum(const T* x, int64_t n, const F& f) {
   return s;
 }
 
-// Two-pass mean and biased variance of x[0..n): exact enough for any data, and the second
-// pass reads x from cache.
+// (sum_i f1(x[i]), sum_i f2(x[i])) in one pass, four accumulators each; f returns both.
+template <typename T, typename F>
+inline std::pair<T, T> reduce_sum2(const T* x, int64_t n, const F& f) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> a[4] = {Vec<T>(T(0)), Vec<T>(T(0)), Vec<T>(T(0)), Vec<T>(T(0))};
+  Vec<T> b[4] = {Vec<T>(T(0)), Vec<T>(T(0)), Vec<T>(T(0)), Vec<T>(T(0))};
+  int64_t i = 0;
+  for (; i + 4 * L <= n; i += 4 * L) {
+    for (int k = 0; k < 4; ++k) {
+      const auto [u, v] = f(Vec<T>::loadu(x + i + k * L));
+      a[k] += u;
+      b[k] += v;
+    }
+  }
+  for (; i + L <= n; i += L) {
+    const auto [u, v] = f(Vec<T>::loadu(x + i));
+    a[0] += u;
+    b[0] += v;
+  }
+  T sa = horizontal_sum<T>((a[0] + a[1]) + (a[2] + a[3]));
+  T sb = horizontal_sum<T>((b[0] + b[1]) + (b[2] + b[3]));
+  for (; i < n; ++i) {
+    const auto [u, v] = f(x[i]);
+    sa += u;
+    sb += v;
+  }
+  return {sa, sb};
+}
+
+// Mean and biased variance of x[0..n). One pass of sums shifted by x[0]; when the shift is
+// far from the mean relative to the spread (where the shifted formula loses digits), the
+// variance is recomputed exactly around the mean.
 template <typename T>
 inline std::pair<T, T> mean_var(const T* x, int64_t n) {
   if (n == 0) return {T(0), T(0)};
-  const T mean = reduce_sum<T>(x, n, [](auto v) { return v; }) / T(n);
-  const T var = reduce_sum<T>(x, n, [mean](auto v) {
-                  const auto d = v - decltype(v)(mean);
-                  return d * d;
-                }) / T(n);
-  return {mean, var};
+  const T shift = x[0];
+  const auto [s1, s2] = reduce_sum2<T>(x, n, [shift](auto v) {
+    const auto d = v - decltype(v)(shift);
+    return std::make_pair(d, d * d);
+  });
+  const T d = s1 / T(n);
+  const T mean = shift + d;
+  T var = s2 / T(n) - d * d;
+  if (!(d * d <= T(64) * var)) {
+    var = reduce_sum<T>(x, n, [mean](auto v) {
+            const auto e = v - decltype(v)(mean);
+            return e * e;
+          }) / T(n);
+  }
+  return {mean, std::max(var, T(0))};
 }
 
 // Per-thread accumulation buffers for column sums over rows (weight/bias gradients): each

@@ -54,17 +54,14 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
   checks::parameter(running_var, input, {c}, kOp, "running_var");
-  for (const auto& [stat, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
-    // Updated in place by the kernels, so they cannot be replaced by contiguous copies.
-    TORCH_CHECK(!checks::present(*stat) || (*stat)->is_contiguous(), kOp, ": ", name,
-                " must be contiguous");
-  }
   TORCH_CHECK_VALUE(checks::present(running_mean) == checks::present(running_var), kOp,
                     ": running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || checks::present(running_mean), kOp,
               ": running_mean and running_var are required when training=False");
   TORCH_CHECK(std::isfinite(momentum), kOp, ": momentum must be finite, got ", momentum);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite non-negative number, got ", eps);
+  // As torch: a constant channel would divide by zero.
+  TORCH_CHECK_VALUE(!training || eps > 0, kOp, ": eps must be positive during training, got ", eps);
   const auto shape = shape_of(input);
   TORCH_CHECK_VALUE(!training || shape.per_channel() != 1, kOp,
                     ": expected more than 1 value per channel when training, got input size ",

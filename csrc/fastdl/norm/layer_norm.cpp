@@ -128,15 +128,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_autograd(
       });
 }
 
-// torch runs layer_norm in float32 under autocast; so do we.
+// Autocast, as torch: on CUDA layer_norm runs in float32 and returns float32; on CPU torch has
+// no autocast rule for it and returns the input's dtype, which we keep (our CPU kernels compute
+// half inputs in float32 and cast the output back).
 template <c10::DeviceType device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
   autocast::BelowAutocast<device> below;
-  return FASTDL_OP("layer_norm_forward", ForwardSig)
-      .call(autocast::to_float<device>(input), normalized_shape, autocast::to_float<device>(weight),
-            autocast::to_float<device>(bias), eps);
+  auto [output, mean, rstd] =
+      FASTDL_OP("layer_norm_forward", ForwardSig)
+          .call(autocast::to_float<device>(input), normalized_shape, autocast::to_float<device>(weight),
+                autocast::to_float<device>(bias), eps);
+  if (device == c10::DeviceType::CPU) output = output.to(input.scalar_type());
+  return {output, mean, rstd};
 }
 
 }  // namespace

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
+import copy
 
-import torch
 from torch import nn
 
 
@@ -15,21 +14,14 @@ class FastdlModule:
 
     @classmethod
     def from_torch(cls, module: nn.Module) -> nn.Module:
-        """A fastdl module holding ``module``'s parameters and buffers (the same tensor
-        objects, so optimizers keep working) and its training mode."""
+        """A fastdl module that is ``module`` in all but its class: the same parameter and
+        buffer tensors (so optimizers keep working), hyper-parameters, training mode and
+        hooks. The containers (parameter, buffer and hook dicts) are copies, so later
+        changes to one module do not leak into the other."""
         if type(module) is not cls.torch_type:
             raise TypeError(f"{cls.__name__}.from_torch expects a {cls.torch_type.__name__}, "
                             f"got {type(module).__name__}")
         new = cls.__new__(cls)
-        nn.Module.__init__(new)
-        # Public attributes (hyper-parameters such as eps, momentum, normalized_shape).
-        for key, value in vars(module).items():
-            if not key.startswith("_") or key in ("_version",):
-                setattr(new, key, value)
-        for name, param in module._parameters.items():
-            new._parameters[name] = param
-        for name, buf in module._buffers.items():
-            new._buffers[name] = buf
-        new._non_persistent_buffers_set = set(module._non_persistent_buffers_set)
-        new.train(module.training)
+        new.__dict__.update({key: copy.copy(value) if isinstance(value, (dict, set, list)) else value
+                             for key, value in vars(module).items()})
         return new

@@ -9,6 +9,7 @@
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
+#include "fastdl/norm/batch_norm_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -179,6 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
   auto save_mean = at::zeros({C}, x.options());
   auto save_invstd = at::zeros({C}, x.options());
   const bool update_running = training && running_mean.has_value() && running_mean->defined();
+  ContiguousInPlace running_mean_io(update_running ? running_mean : std::nullopt);
+  ContiguousInPlace running_var_io(update_running ? running_var : std::nullopt);
   const int64_t n = shape.per_channel();
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_forward_cpu", [&] {
@@ -203,11 +206,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
         mean[c] = static_cast<T>(shift[c] + m1);
         invstd[c] = static_cast<T>(1.0 / std::sqrt(var + eps));
         if (update_running) {
-          T* rm = running_mean->mutable_data_ptr<T>();
-          T* rv = running_var->mutable_data_ptr<T>();
+          T* rm = running_mean_io.work().mutable_data_ptr<T>();
+          T* rv = running_var_io.work().mutable_data_ptr<T>();
           const double unbiased = n > 1 ? var * n / (n - 1) : var;
-          rm[c] = static_cast<T>((1 - momentum) * rm[c] + momentum * (shift[c] + m1));
-          rv[c] = static_cast<T>((1 - momentum) * rv[c] + momentum * unbiased);
+          rm[c] = static_cast<T>(detail::bn_running_update<double>(rm[c], shift[c] + m1, momentum));
+          rv[c] = static_cast<T>(detail::bn_running_update<double>(rv[c], unbiased, momentum));
         }
       }
     } else {
@@ -223,11 +226,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
     const auto b = contiguous_or_undefined(bias);
     std::vector<T> scale(C), offset(C);
     for (int64_t c = 0; c < C; ++c) {
-      scale[c] = invstd[c] * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
-      offset[c] = (b.defined() ? b.const_data_ptr<T>()[c] : T(0)) - mean[c] * scale[c];
+      detail::bn_output_coefficients<T>(mean[c], invstd[c], w.defined() ? w.const_data_ptr<T>()[c] : T(1),
+                                        b.defined() ? b.const_data_ptr<T>()[c] : T(0), scale[c], offset[c]);
     }
     channel_affine<T>(shape, xp, nullptr, scale.data(), nullptr, offset.data(), output.mutable_data_ptr<T>());
   });
+  running_mean_io.commit();
+  running_var_io.commit();
   return {output, save_mean, save_invstd};
 }
 
@@ -268,21 +273,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
       for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<T>(sum_dy[c]);
     }
     if (grad_input.defined() && n > 0) {
-      // Training: dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * w
-      //              = dy * k1 + x * k2 + k3. Evaluation: dx = dy * invstd * w.
+      // dx = dy * k1 + x * k2 + k3 (batch_norm_math.h).
       std::vector<T> k1(C), k2(C), k3(C);
       for (int64_t c = 0; c < C; ++c) {
-        const double ws = w.defined() ? static_cast<double>(w.const_data_ptr<T>()[c]) : 1.0;
-        const double is = invstd[c];
-        k1[c] = static_cast<T>(is * ws);
-        if (training) {
-          const double k2c = -is * is * is * ws * sum_dyx[c] / n;
-          k2[c] = static_cast<T>(k2c);
-          k3[c] = static_cast<T>(-is * ws * sum_dy[c] / n - mean[c] * k2c);
-        } else {
-          k2[c] = T(0);
-          k3[c] = T(0);
-        }
+        double c1, c2, c3;
+        detail::bn_input_grad_coefficients<double>(
+            mean[c], invstd[c], w.defined() ? static_cast<double>(w.const_data_ptr<T>()[c]) : 1.0,
+            sum_dy[c], sum_dyx[c], static_cast<double>(n), training, c1, c2, c3);
+        k1[c] = static_cast<T>(c1);
+        k2[c] = static_cast<T>(c2);
+        k3[c] = static_cast<T>(c3);
       }
       channel_affine<T>(shape, dy.const_data_ptr<T>(), training ? x.const_data_ptr<T>() : nullptr,
                         k1.data(), k2.data(), k3.data(), grad_input.mutable_data_ptr<T>());

@@ -32,18 +32,17 @@ void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_ou
       const T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
       mean_out[r] = mean;
       rstd_out[r] = rstd;
-      // y = (x - mean) * rstd * w + b, as x * scale + shift before the affine part.
-      const T scale = rstd;
-      const T shift = -mean * rstd;
+      // y = (x - mean) * rstd * w + b; subtracting first keeps constant rows exact.
+      const Vec<T> mean_v(mean), rstd_v(rstd);
       int64_t i = 0;
       for (; i + L <= cols; i += L) {
-        auto v = Vec<T>::loadu(xr + i) * Vec<T>(scale) + Vec<T>(shift);
+        auto v = (Vec<T>::loadu(xr + i) - mean_v) * rstd_v;
         if (weight) v = v * Vec<T>::loadu(weight + i);
         if (bias) v = v + Vec<T>::loadu(bias + i);
         v.store(yr + i);
       }
       for (; i < cols; ++i) {
-        T v = xr[i] * scale + shift;
+        T v = (xr[i] - mean) * rstd;
         if (weight) v *= weight[i];
         if (bias) v += bias[i];
         yr[i] = v;

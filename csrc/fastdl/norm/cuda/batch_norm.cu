@@ -14,6 +14,7 @@
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
+#include "fastdl/norm/batch_norm_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -162,12 +163,11 @@ __global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict_
   save_invstd[c] = invstd;
   if (running_mean) {
     const A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
-    running_mean[c] = static_cast<P>((1 - momentum) * static_cast<A>(running_mean[c]) + momentum * s.mean);
-    running_var[c] = static_cast<P>((1 - momentum) * static_cast<A>(running_var[c]) + momentum * unbiased);
+    running_mean[c] = static_cast<P>(detail::bn_running_update(static_cast<A>(running_mean[c]), s.mean, momentum));
+    running_var[c] = static_cast<P>(detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
   }
-  const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
-  k1[c] = scale;
-  k3[c] = (bias ? static_cast<A>(bias[c]) : A(0)) - s.mean * scale;
+  detail::bn_output_coefficients(s.mean, invstd, weight ? static_cast<A>(weight[c]) : A(1),
+                                 bias ? static_cast<A>(bias[c]) : A(0), k1[c], k3[c]);
 }
 
 // Evaluation: statistics from the running ones.
@@ -184,9 +184,8 @@ __global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ wei
   const A invstd = rsqrt(static_cast<A>(running_var[c]) + eps);
   save_mean[c] = mean;
   save_invstd[c] = invstd;
-  const A scale = invstd * (weight ? static_cast<A>(weight[c]) : A(1));
-  k1[c] = scale;
-  k3[c] = (bias ? static_cast<A>(bias[c]) : A(0)) - mean * scale;
+  detail::bn_output_coefficients(mean, invstd, weight ? static_cast<A>(weight[c]) : A(1),
+                                 bias ? static_cast<A>(bias[c]) : A(0), k1[c], k3[c]);
 }
 
 // Backward, per channel: grad_weight = sum(dy * (x - mean)) * invstd, grad_bias = sum(dy), and
@@ -209,15 +208,7 @@ __global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__
   const A w = weight ? static_cast<A>(weight[c]) : A(1);
   if (grad_weight) grad_weight[c] = static_cast<P>(s.b * is);
   if (grad_bias) grad_bias[c] = static_cast<P>(s.a);
-  k1[c] = is * w;
-  if (training) {
-    const A k2c = -is * is * is * w * s.b / n;
-    k2[c] = k2c;
-    k3[c] = -is * w * s.a / n - mean[c] * k2c;
-  } else {
-    k2[c] = 0;
-    k3[c] = 0;
-  }
+  detail::bn_input_grad_coefficients(mean[c], is, w, s.a, s.b, static_cast<A>(n), training, k1[c], k2[c], k3[c]);
 }
 
 // out = a * k1[c] + b * k2[c] + k3[c] over all elements (b may be null). VEC consecutive
@@ -310,6 +301,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
   auto save_mean = at::zeros({C}, x.options().dtype(acc));
   auto save_invstd = at::zeros({C}, x.options().dtype(acc));
   if (training && shape.per_channel() == 0) return {output, save_mean, save_invstd};
+  ContiguousInPlace running_mean_io(training ? running_mean : std::nullopt);
+  ContiguousInPlace running_var_io(training ? running_var : std::nullopt);
+  const auto rm_eval = training ? at::Tensor() : contiguous_or_undefined(running_mean);
+  const auto rv_eval = training ? at::Tensor() : contiguous_or_undefined(running_var);
   auto coef = at::empty({2, C}, x.options().dtype(acc));
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int threads = 128;
@@ -327,13 +322,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
         const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape, x.options(), count);
         finalize_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(
             reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()), count, C,
-            data_or_null<P>(w), data_or_null<P>(b), mutable_data_or_null<P>(running_mean.value_or(at::Tensor())),
-            mutable_data_or_null<P>(running_var.value_or(at::Tensor())), static_cast<A>(momentum), static_cast<A>(eps),
+            data_or_null<P>(w), data_or_null<P>(b), mutable_data_or_null<P>(running_mean_io.work()),
+            mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum), static_cast<A>(eps),
             save_mean.mutable_data_ptr<A>(), save_invstd.mutable_data_ptr<A>(), k1, k3);
       } else {
         finalize_eval_kernel<T, P><<<blocks, threads, 0, stream>>>(
-            C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(running_mean.value_or(at::Tensor())),
-            data_or_null<P>(running_var.value_or(at::Tensor())), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+            C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(rm_eval),
+            data_or_null<P>(rv_eval), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
             save_invstd.mutable_data_ptr<A>(), k1, k3);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -344,6 +339,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
     };
     if (mixed) run(float{}); else run(T{});
   });
+  running_mean_io.commit();
+  running_var_io.commit();
   return {output, save_mean, save_invstd};
 }
 

@@ -1,0 +1,796 @@
+"""fastdl batch_norm (op, functional, BatchNorm1d/2d/3d) against torch.nn.functional.batch_norm."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+import fastdl.functional as FF
+import fastdl.nn as fnn
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+                     assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
+                     assert_unchanged, check_compile, check_compile_module, check_gradcheck,
+                     check_opcheck, compare_with_torch, device_dtypes)
+
+OP = torch.ops.fastdl.batch_norm_forward
+OP_BACKWARD = torch.ops.fastdl.batch_norm_backward
+
+# (N, C) and (N, C, *) for BatchNorm1d/2d/3d: odd sizes, C = 1, spatial size 1, N = 1 with
+# spatial positions (still more than one value per channel), a larger-ish odd case.
+SHAPES = [
+    (5, 3),
+    (4, 3, 7),
+    (2, 3, 5, 4),
+    (2, 3, 3, 2, 3),
+    (3, 1, 5),
+    (2, 4, 1, 1),
+    (2, 3, 1),
+    (1, 3, 5),
+    (7, 5, 9),
+    (2, 6, 17, 3),
+]
+MODES = ["train_running", "train_no_running", "eval"]
+AFFINE = ["weight_bias", "weight", "bias", "none"]
+
+
+def _inputs(shape, device, dtype, affine, mode, param_dtype=None):
+    """x (requires grad), weight, bias, running_mean, running_var, training."""
+    c = shape[1]
+    param_dtype = param_dtype or dtype
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    w = (torch.randn(c, device=device, dtype=param_dtype).requires_grad_()
+         if affine in ("weight_bias", "weight") else None)
+    b = (torch.randn(c, device=device, dtype=param_dtype).requires_grad_()
+         if affine in ("weight_bias", "bias") else None)
+    if mode == "train_no_running":
+        rm = rv = None
+    else:
+        rm = torch.randn(c, device=device, dtype=param_dtype)
+        rv = torch.rand(c, device=device, dtype=param_dtype) + 0.5
+    return x, w, b, rm, rv, mode != "eval"
+
+
+def _fns(training, momentum=0.1, eps=1e-5):
+    ours = lambda x, w, b, rm, rv: FF.batch_norm(x, rm, rv, w, b, training, momentum, eps)  # noqa: E731
+    ref = lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, training, momentum, eps)  # noqa: E731
+    return ours, ref
+
+
+def _check_running(our_args, torch_args, dtype):
+    for i, name in ((3, "running_mean"), (4, "running_var")):
+        if our_args[i] is not None:
+            assert our_args[i].dtype == torch_args[i].dtype
+            assert_close_to_reference(our_args[i], torch_args[i], dtype, name=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward, gradients and running statistics against torch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("affine", AFFINE)
+def test_forward_backward(device, dtype, shape, mode, affine):
+    x, w, b, rm, rv, training = _inputs(shape, device, dtype, affine, mode)
+    out, ref, ours_args, torch_args = compare_with_torch(*_fns(training), [x, w, b, rm, rv], dtype)
+    assert out.dtype == dtype and out.stride() == ref.stride()
+    _check_running(ours_args, torch_args, dtype)
+    if mode == "eval":  # eval never touches the running statistics
+        assert torch.equal(ours_args[3], rm) and torch.equal(ours_args[4], rv)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 5, 2, 3, 4), (2, 3, 1, 5), (4, 2, 3, 1)],
+                         ids=["2d", "3d", "h1", "w1"])
+@pytest.mark.parametrize("mode", MODES)
+def test_channels_last(device, dtype, shape, mode):
+    """Channels-last inputs work and keep their layout in the output and grad_input, as torch."""
+    x, w, b, rm, rv, training = _inputs(shape, device, dtype, "weight_bias", mode)
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = x.detach().to(memory_format=fmt).requires_grad_()
+    out, ref, ours_args, torch_args = compare_with_torch(*_fns(training), [x, w, b, rm, rv], dtype)
+    assert out.is_contiguous(memory_format=fmt) and out.stride() == ref.stride()
+    _check_running(ours_args, torch_args, dtype)
+    # grad_input's layout as torch's
+    for fn, xx in zip(_fns(training), (x.detach().clone(memory_format=fmt).requires_grad_(),
+                                        x.detach().clone(memory_format=fmt).requires_grad_())):
+        fn(xx, w, b, None if rm is None else rm.clone(), None if rv is None else rv.clone()).sum().backward()
+        assert xx.grad.is_contiguous(memory_format=fmt), "grad_input lost channels-last"
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("grad_fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_fmt", ["contiguous", "channels_last"])
+def test_mixed_layouts_of_input_and_grad(device, dtype, x_fmt, grad_fmt):
+    fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    x, w, b, rm, rv, _ = _inputs((2, 3, 4, 5), device, dtype, "weight_bias", "train_running")
+    x = x.detach().to(memory_format=fmt[x_fmt]).requires_grad_()
+    g = torch.randn(2, 3, 4, 5, device=device, dtype=dtype).to(memory_format=fmt[grad_fmt])
+    compare_with_torch(*_fns(True), [x, w, b, rm, rv], dtype, grad_output=g)
+
+
+def _noncontiguous_cases(device, dtype):
+    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype)  # noqa: E731
+    return {
+        "transposed_nc": mk(3, 4).t(),                      # (N, C) with C fastest... reversed
+        "transposed_batch": mk(3, 4, 5).transpose(0, 1),    # (4, 3, 5)
+        "sliced_spatial": mk(2, 3, 10)[:, :, ::2],
+        "sliced_channels": mk(2, 6, 5)[:, ::2],
+        "permuted_4d": mk(2, 4, 5, 3).permute(0, 3, 1, 2),  # channels-last-like but not exact
+        "offset_view": mk(3, 4, 6)[1:, 1:, 1:],
+    }
+
+
+NONCONTIG = ["transposed_nc", "transposed_batch", "sliced_spatial", "sliced_channels",
+             "permuted_4d", "offset_view"]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("case", NONCONTIG)
+@pytest.mark.parametrize("mode", MODES)
+def test_noncontiguous(device, dtype, case, mode):
+    x = _noncontiguous_cases(device, dtype)[case].requires_grad_()
+    c = x.shape[1]
+    _, w, b, rm, rv, training = _inputs((2, c), device, dtype, "weight_bias", mode)
+    w = torch.randn(2 * c, device=device, dtype=dtype)[::2].requires_grad_()  # strided weight
+    out, ref, ours_args, torch_args = compare_with_torch(*_fns(training), [x, w, b, rm, rv], dtype)
+    _check_running(ours_args, torch_args, dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_noncontiguous_running_stats(device, dtype):
+    """Strided running_mean / running_var views are updated in place, through the view."""
+    x = torch.randn(4, 3, 5, device=device, dtype=dtype)
+    store_ours = torch.zeros(3, 2, device=device, dtype=dtype)
+    store_ours[:, 1] = 1
+    store_torch = store_ours.clone()
+    FF.batch_norm(x, store_ours[:, 0], store_ours[:, 1], training=True, momentum=0.3)
+    F.batch_norm(x, store_torch[:, 0], store_torch[:, 1], training=True, momentum=0.3)
+    assert_close_to_reference(store_ours, store_torch, dtype)
+    assert not torch.equal(store_ours[:, 0], torch.zeros(3, device=device, dtype=dtype))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("momentum", [0.0, 0.1, 0.5, 1.0])
+def test_momentum_and_unbiased_running_var(device, dtype, momentum):
+    """running = (1 - momentum) * running + momentum * batch stat, with the unbiased variance."""
+    x = torch.randn(3, 2, 4, device=device, dtype=dtype)
+    rm = torch.randn(2, device=device, dtype=dtype)
+    rv = torch.rand(2, device=device, dtype=dtype) + 0.5
+    rm0, rv0 = rm.clone(), rv.clone()
+    FF.batch_norm(x, rm, rv, training=True, momentum=momentum)
+    xd = x.double().transpose(0, 1).reshape(2, -1)
+    want_m = (1 - momentum) * rm0.double() + momentum * xd.mean(1)
+    want_v = (1 - momentum) * rv0.double() + momentum * xd.var(1, unbiased=True)
+    assert_close_to_reference(rm, want_m.to(dtype), dtype, name="running_mean")
+    assert_close_to_reference(rv, want_v.to(dtype), dtype, name="running_var")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("eps", [1e-5, 1e-1, 0.0])
+def test_eps(device, dtype, eps):
+    x, w, b, rm, rv, _ = _inputs((4, 3, 5), device, dtype, "weight_bias", "train_running")
+    for training in (True, False) if eps > 0 else (False,):  # torch rejects eps=0 in training
+        compare_with_torch(*_fns(training, eps=eps), [x, w, b, rm, rv], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eps_zero_in_training_rejected_like_torch(device):
+    """torch.nn.functional.batch_norm raises ValueError("batch_norm eps must be positive during
+    training, but got 0.0"); a drop-in must reject it too (a constant channel would divide by 0)."""
+    x = torch.randn(4, 3, device=device)
+    assert_raises_naming(ValueError, lambda: F.batch_norm(x, None, None, training=True, eps=0.0), "eps")
+    assert_raises_naming(ValueError, lambda: FF.batch_norm(x, None, None, training=True, eps=0.0), "eps")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_offset_is_stable(device):
+    """Channels with a large mean and small spread (Welford / two-pass): float32 error vs a
+    float64 reference at most twice torch's float32 error."""
+    x = 1000.0 + 0.01 * torch.randn(16, 3, 40, device=device, dtype=torch.float64)
+    ref = F.batch_norm(x, None, None, training=True)
+    ours = FF.batch_norm(x.float(), None, None, training=True).double()
+    theirs = F.batch_norm(x.float(), None, None, training=True).double()
+    err, torch_err = (ours - ref).abs().max().item(), (theirs - ref).abs().max().item()
+    assert err <= 2 * torch_err + 1e-4, (err, torch_err)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 5), (2, 3, 4, 5)])
+def test_statistics_match_aten(device, dtype, shape):
+    """In training, save_mean / save_invstd are aten.native_batch_norm's batch statistics."""
+    x = torch.randn(shape, device=device, dtype=dtype)
+    _, mean, invstd = OP(x, None, None, None, None, True, 0.1, 1e-5)
+    _, ref_mean, ref_invstd = torch.ops.aten.native_batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+    stats_dtype = torch.float32 if dtype in HALF_DTYPES else dtype
+    assert mean.shape == (shape[1],) and invstd.shape == (shape[1],)
+    assert mean.dtype == stats_dtype and invstd.dtype == stats_dtype
+    tol = dict(rtol=1e-3, atol=1e-3) if dtype in HALF_DTYPES else {}
+    torch.testing.assert_close(mean, ref_mean.to(stats_dtype), **tol)
+    torch.testing.assert_close(invstd, ref_invstd.to(stats_dtype), **tol)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, True),
+                                  (False, False, True), (False, False, False)])
+def test_backward_op_output_mask(device, dtype, training, mask):
+    x = torch.randn(3, 4, 5, device=device, dtype=dtype)
+    w = torch.randn(4, device=device, dtype=dtype)
+    rm, rv = torch.randn(4, device=device, dtype=dtype), torch.rand(4, device=device, dtype=dtype) + 1
+    g = torch.randn(3, 4, 5, device=device, dtype=dtype)
+    _, mean, invstd = OP(x, w, None, rm.clone(), rv.clone(), training, 0.1, 1e-5)
+    gi, gw, gb = OP_BACKWARD(g, x, w, mean, invstd, training, list(mask))
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, torch.zeros_like(w)))
+    F.batch_norm(xr, rm.clone(), rv.clone(), wr, br, training).backward(g)
+    for got, want, needed in ((gi, xr.grad, mask[0]), (gw, wr.grad, mask[1]), (gb, br.grad, mask[2])):
+        assert (got is not None) == needed
+        if needed:
+            assert_close_to_reference(got, want, dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_only_some_inputs_require_grad(device, dtype):
+    x, w, b, rm, rv, _ = _inputs((4, 3, 5), device, dtype, "weight_bias", "train_running")
+    b.requires_grad_(False)
+    compare_with_torch(*_fns(True), [x, w, b, rm, rv], dtype)
+    x.requires_grad_(False)
+    compare_with_torch(*_fns(True), [x, w, b, rm, rv], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_with_batch_of_one(device):
+    """N = 1 (and a single value per channel) is fine in eval."""
+    for shape in [(1, 3), (1, 3, 1), (1, 3, 1, 1), (1, 3, 4)]:
+        x, w, b, rm, rv, _ = _inputs(shape, device, torch.float32, "weight_bias", "eval")
+        compare_with_torch(*_fns(False), [x, w, b, rm, rv], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 2, 2)])
+def test_empty_batch(device, mode, shape):
+    """An empty batch works as in torch (output empty; running stats as torch leaves them)."""
+    x, w, b, rm, rv, training = _inputs(shape, device, torch.float32, "weight_bias", mode)
+    ours_rm, ours_rv = (None, None) if rm is None else (rm.clone(), rv.clone())
+    out = FF.batch_norm(x, ours_rm, ours_rv, w, b, training)
+    ref = F.batch_norm(x, rm, rv, w, b, training)
+    assert out.shape == ref.shape == x.shape
+    if rm is not None:
+        torch.testing.assert_close(ours_rm, rm, equal_nan=True)
+        torch.testing.assert_close(ours_rv, rv, equal_nan=True)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, opcheck, compile, export, autocast
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("affine", ["weight_bias", "weight", "none"])
+def test_gradcheck(device, mode, affine):
+    x, w, b, rm, rv, training = _inputs((3, 2, 4), device, torch.float64, affine, mode)
+    # running stats change at every call in training; gradcheck must not see them (momentum 0)
+    check_gradcheck(lambda x, w, b: FF.batch_norm(x, rm, rv, w, b, training, 0.0), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_channels_last(device):
+    x = torch.randn(2, 3, 2, 3, device=device, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
+    check_gradcheck(lambda x, w, b: FF.batch_norm(x, None, None, w, b, True), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+def test_double_backward_raises(device, training):
+    x, w, b, rm, rv, _ = _inputs((3, 2, 4), device, torch.float64, "weight_bias", "eval")
+    assert_no_double_backward(lambda x, w, b: FF.batch_norm(x, rm, rv, w, b, training, 0.0), [x, w, b])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_error_message(device):
+    x = torch.randn(3, 2, 4, device=device, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(FF.batch_norm(x, None, None, training=True).pow(2).sum(), x,
+                               create_graph=True)
+    assert_raises_naming(RuntimeError, lambda: g.sum().backward(), "batch_norm", "double backward")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("affine", ["weight_bias", "none"])
+def test_opcheck_forward(device, dtype, mode, affine):
+    """Includes the mutating form (training with running statistics)."""
+    x, w, b, rm, rv, training = _inputs((3, 4, 5), device, dtype, affine, mode)
+    check_opcheck(OP, (x, w, b, rm, rv, training, 0.1, 1e-5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_forward_channels_last(device):
+    x, w, b, rm, rv, _ = _inputs((2, 3, 4, 5), device, torch.float32, "weight_bias", "train_running")
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    check_opcheck(OP, (x, w, b, rm, rv, True, 0.1, 1e-5))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, True)])
+def test_opcheck_backward(device, dtype, training, mask):
+    x = torch.randn(3, 4, 5, device=device, dtype=dtype)
+    w = torch.randn(4, device=device, dtype=dtype)
+    rm, rv = torch.randn(4, device=device, dtype=dtype), torch.rand(4, device=device, dtype=dtype) + 1
+    _, mean, invstd = OP(x, w, None, rm, rv, training, 0.1, 1e-5)
+    g = torch.randn_like(x)
+    check_opcheck(OP_BACKWARD, (g, x, w, mean, invstd, training, list(mask)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_compile_functional(device, mode):
+    """Compiled == eager, including the in-place running-statistics update."""
+    x, w, b, rm, rv, training = _inputs((4, 3, 5), device, torch.float32, "weight_bias", mode)
+    check_compile(lambda x, w, b, rm, rv: FF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5),
+                  x, w, b, rm, rv)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_channels_last(device):
+    x = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    out = check_compile(lambda x: FF.batch_norm(x, None, None, training=True), x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train", [True, False])
+def test_compile_module(device, train):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), fnn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 4), fnn.BatchNorm1d(4, momentum=0.2)).to(device)
+    # (momentum=None is not used here: torch's own BatchNorm computes 1 / float(num_batches_tracked)
+    # in forward, which fullgraph compile cannot trace either.)
+    model.train(train)
+    if not train:
+        _randomise_buffers(model)
+    check_compile_module(model, torch.randn(5, 2, 4, 4, device=device, requires_grad=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_inductor(device):
+    x, w, b, rm, rv, _ = _inputs((4, 3, 5), device, torch.float32, "weight_bias", "train_running")
+    check_compile(lambda x, w, b, rm, rv: torch.relu(FF.batch_norm(x, rm, rv, w, b, True)),
+                  x, w, b, rm, rv, backend="inductor")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export_eval(device):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), fnn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 4), fnn.BatchNorm1d(4)).to(device).eval()
+    _randomise_buffers(model)
+    x = torch.randn(2, 2, 4, 4, device=device)
+    ep = torch.export.export(model, (x,))
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.fastdl.batch_norm_forward.default) == 2
+    x2 = torch.randn(2, 2, 4, 4, device=device)
+    torch.testing.assert_close(ep.module()(x2), model(x2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export_train_updates_buffers(device):
+    model = nn.Sequential(nn.Linear(3, 4), fnn.BatchNorm1d(4)).to(device).train()
+    ref = copy.deepcopy(model)
+    x = torch.randn(5, 3, device=device)
+    ep = torch.export.export(copy.deepcopy(model), (x,))
+    exported = ep.module()
+    torch.testing.assert_close(exported(x), ref(x))
+    torch.testing.assert_close(exported.state_dict()["1.running_mean"], ref[1].running_mean)
+    torch.testing.assert_close(exported.state_dict()["1.running_var"], ref[1].running_var)
+    assert int(exported.state_dict()["1.num_batches_tracked"]) == 1
+
+
+def test_autocast_cpu():
+    """CPU autocast: batch_norm returns the input's dtype, as torch's does (batch_norm.cpp:
+    a half input is computed in float32 and cast back); running stats stay float32."""
+    x = torch.randn(4, 3, 5)
+    xb = x.bfloat16().requires_grad_()
+    w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    trm, trv = rm.clone(), rv.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = FF.batch_norm(xb, rm, rv, w, b, training=True)
+        theirs = F.batch_norm(xb.detach(), trm, trv, w.detach(), b.detach(), training=True)
+        ours_f32 = FF.batch_norm(x, None, None, w, b, training=True)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert ours_f32.dtype == torch.float32
+    assert rm.dtype == rv.dtype == torch.float32
+    ref = F.batch_norm(xb.detach().double(), None, None, w.detach().double(), b.detach().double(), True)
+    assert_close_to_reference(ours, ref, torch.bfloat16, baseline=theirs)
+    torch.testing.assert_close(rm, trm, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(rv, trv, rtol=1e-3, atol=1e-3)
+    ours.float().sum().backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+    assert w.grad is not None and w.grad.dtype == torch.float32
+
+
+def test_autocast_cpu_module_after_conv():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), fnn.BatchNorm2d(3))
+    ref = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3))
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 2, 5, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = model(x), ref(x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(model[1].running_mean, ref[1].running_mean, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_autocast_cuda(dtype):
+    """CUDA autocast: torch's batch_norm keeps the input's dtype; so does fastdl."""
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), fnn.BatchNorm2d(3)).cuda()
+    ref = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)).cuda()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(2, 2, 5, 5, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        ours, theirs = model(x), ref(x)
+    assert ours.dtype == theirs.dtype == dtype
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+    assert model[1].running_mean.dtype == torch.float32
+    torch.testing.assert_close(model[1].running_mean, ref[1].running_mean, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape, channels_last", [((4, 3, 7), False), ((2, 3, 5, 4), False),
+                                                  ((2, 3, 5, 4), True), ((8, 64, 9, 9), True)])
+def test_half_input_float32_params_cuda(dtype, mode, shape, channels_last):
+    """Half inputs with float32 weight, bias and running statistics (mixed precision)."""
+    x, w, b, rm, rv, training = _inputs(shape, "cuda", dtype, "weight_bias", mode,
+                                        param_dtype=torch.float32)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    out, ref, ours_args, torch_args = compare_with_torch(*_fns(training), [x, w, b, rm, rv], dtype)
+    assert out.dtype == dtype and out.stride() == ref.stride()
+    _check_running(ours_args, torch_args, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_rank(device):
+    for x in (torch.randn(3, device=device), torch.tensor(1.0, device=device)):
+        assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=True), "input", "(N, C)")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_bad_parameter_shape(device, name):
+    x = torch.randn(4, 3, 5, device=device)
+    args = dict(weight=torch.ones(3, device=device), bias=torch.zeros(3, device=device),
+                running_mean=torch.zeros(3, device=device), running_var=torch.ones(3, device=device))
+    args[name] = torch.ones(4, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=True, **args), name, "[3]", "[4]")
+    args[name] = torch.ones(1, 3, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=False, **args), name, "[3]")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_bad_parameter_dtype(device, name):
+    x = torch.randn(4, 3, 5, device=device)
+    args = dict(weight=torch.ones(3, device=device), bias=torch.zeros(3, device=device),
+                running_mean=torch.zeros(3, device=device), running_var=torch.ones(3, device=device))
+    args[name] = args[name].double()
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=True, **args), name, "Double")
+    args[name] = args[name].long()
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=True, **args), name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_bad_parameter_device(name):
+    x = torch.randn(4, 3, 5, device="cuda")
+    args = dict(weight=torch.ones(3, device="cuda"), bias=torch.zeros(3, device="cuda"),
+                running_mean=torch.zeros(3, device="cuda"), running_var=torch.ones(3, device="cuda"))
+    args[name] = args[name].cpu()
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=True, **args), name, "device")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_bad_input_dtype(device, dtype):
+    x = torch.ones(4, 3, device=device).to(dtype)
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=True), "input", "float32")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_on_cpu_raises(dtype):
+    x = torch.randn(4, 3, dtype=dtype)
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=True), "input", "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1), (1, 3, 1, 1), (1, 3, 1, 1, 1)])
+def test_training_with_one_value_per_channel(device, shape):
+    """torch raises ValueError here; so does fastdl (functional and modules)."""
+    x = torch.randn(shape, device=device)
+    assert_raises_naming(ValueError, lambda: F.batch_norm(x, None, None, training=True), "value per channel")
+    assert_raises_naming(ValueError, lambda: FF.batch_norm(x, None, None, training=True), "value per channel")
+    module = {2: fnn.BatchNorm1d, 3: fnn.BatchNorm1d, 4: fnn.BatchNorm2d, 5: fnn.BatchNorm3d}[len(shape)]
+    assert_raises_naming(ValueError, lambda: module(3).to(device)(x), "value per channel")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_running_mean_without_running_var(device):
+    x = torch.randn(4, 3, device=device)
+    s = torch.zeros(3, device=device)
+    for training in (True, False):
+        assert_raises_naming(ValueError, lambda: FF.batch_norm(x, s, None, training=training),
+                             "running_mean", "running_var")
+        assert_raises_naming(ValueError, lambda: FF.batch_norm(x, None, s, training=training),
+                             "running_mean", "running_var")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_without_running_stats(device):
+    x = torch.randn(4, 3, device=device)
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=False), "running_mean")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_momentum_and_eps(device):
+    x = torch.randn(4, 3, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    for m in (float("nan"), float("inf")):
+        assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, rm, rv, training=True, momentum=m), "momentum")
+    for e in (-1.0, float("nan"), float("inf")):
+        assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, rm, rv, training=True, eps=e), "eps")
+    assert torch.equal(rm, torch.zeros(3, device=device)) and torch.equal(rv, torch.ones(3, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_bad_input(device):
+    x = torch.randn(4, 3, 5, device=device)
+    _, mean, invstd = OP(x, None, None, None, None, True, 0.1, 1e-5)
+    g = torch.randn_like(x)
+    mask = [True, False, False]
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g[:2], x, None, mean, invstd, True, mask), "grad_output")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g.double(), x, None, mean, invstd, True, mask), "grad_output")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, None, mean[:2], invstd, True, mask), "save_mean")
+    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, torch.ones(2, device=device), mean, invstd, True, mask),
+                         "weight")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_inputs_unchanged(device, dtype, mode):
+    """Only running_mean / running_var change, and only in training."""
+    x, w, b, rm, rv, training = _inputs((4, 3, 5), device, dtype, "weight_bias", mode)
+    x = x.detach().transpose(0, 2).requires_grad_()  # (5, 3, 4), non-contiguous
+    g = torch.randn(5, 3, 4, device=device, dtype=dtype)
+    allow = [rm, rv] if training and rm is not None else []
+
+    def run():
+        FF.batch_norm(x, rm, rv, w, b, training).backward(g)
+        _, mean, invstd = OP(x.detach(), w.detach(), b.detach(), rm, rv, training, 0.1, 1e-5)
+        OP_BACKWARD(g, x.detach(), w.detach(), mean, invstd, training, [True, True, True])
+
+    assert_unchanged([x, w, b, g, rm, rv], run, allow=allow)
+
+
+def test_bad_input_leaves_running_stats_unchanged():
+    """A rejected call does not half-update running statistics."""
+    x = torch.randn(4, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    assert_unchanged([x, rm, rv], lambda: pytest.raises(
+        RuntimeError, FF.batch_norm, x, rm, rv, torch.ones(4), None, True))
+    assert_unchanged([rm, rv], lambda: pytest.raises(
+        ValueError, FF.batch_norm, torch.randn(1, 3), rm, rv, None, None, True))
+
+
+# ---------------------------------------------------------------------------------------------
+# The modules
+# ---------------------------------------------------------------------------------------------
+
+MODULES = [(fnn.BatchNorm1d, nn.BatchNorm1d, (6, 3)), (fnn.BatchNorm1d, nn.BatchNorm1d, (4, 3, 5)),
+           (fnn.BatchNorm2d, nn.BatchNorm2d, (3, 3, 4, 5)), (fnn.BatchNorm3d, nn.BatchNorm3d, (2, 3, 3, 2, 4))]
+MODULE_IDS = ["1d_NC", "1d_NCL", "2d", "3d"]
+BN_ARGS = [dict(), dict(affine=False), dict(track_running_stats=False), dict(momentum=None),
+           dict(momentum=0.3, eps=1e-3), dict(affine=False, momentum=None)]
+BN_IDS = ["default", "no_affine", "no_tracking", "momentum_none", "momentum_eps", "no_affine_cma"]
+
+
+def _randomise(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p))
+    return module
+
+
+def _randomise_buffers(module):
+    for name, buf in module.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(torch.randn_like(buf))
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand_like(buf) + 0.5)
+    return module
+
+
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES, ids=MODULE_IDS)
+@pytest.mark.parametrize("kwargs", BN_ARGS, ids=BN_IDS)
+def test_module_mirrors_torch(ours_t, theirs_t, shape, kwargs):
+    ours, theirs = ours_t(3, **kwargs), theirs_t(3, **kwargs)
+    assert isinstance(ours, theirs_t)
+    assert ours.extra_repr() == theirs.extra_repr() and repr(ours) == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    sd_ours, sd_theirs = ours.state_dict(), theirs.state_dict()
+    assert list(sd_ours) == list(sd_theirs)
+    for k in sd_ours:  # same init
+        assert sd_ours[k].dtype == sd_theirs[k].dtype and torch.equal(sd_ours[k], sd_theirs[k]), k
+    for attr in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+        assert getattr(ours, attr) == getattr(theirs, attr)
+
+
+@pytest.mark.parametrize("device, dtype", device_dtypes(only=(torch.float32, torch.float64)))
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES, ids=MODULE_IDS)
+@pytest.mark.parametrize("kwargs", BN_ARGS, ids=BN_IDS)
+def test_module_training_steps_then_eval(device, dtype, ours_t, theirs_t, shape, kwargs):
+    """Several training steps: outputs, all gradients, running statistics and
+    num_batches_tracked equal torch's; then eval uses the same statistics."""
+    theirs = _randomise(theirs_t(3, **kwargs, device=device, dtype=dtype))
+    ours = ours_t(3, **kwargs, device=device, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    for step in range(4):
+        mode = "eval" if step == 3 else "train"
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        x = torch.randn(shape, device=device, dtype=dtype) * (step + 1) + step
+        xo, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo, yt = ours(xo), theirs(xt)
+        assert_close_to_reference(yo, yt, dtype, name=f"output at step {step}")
+        g = torch.randn_like(yt)
+        yo.backward(g)
+        yt.backward(g)
+        assert_close_to_reference(xo.grad, xt.grad, dtype, name=f"grad input at step {step}")
+        for (n, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+            assert_close_to_reference(p.grad, q.grad, dtype, name=f"grad {n} at step {step}")
+            p.grad, q.grad = None, None
+        for (n, bo), (_, bt) in zip(ours.named_buffers(), theirs.named_buffers()):
+            if bo.is_floating_point():
+                assert_close_to_reference(bo, bt, dtype, name=f"{n} after step {step}")
+            else:
+                assert torch.equal(bo, bt), f"{n} after step {step}: {bo} != {bt}"
+    if theirs.track_running_stats:
+        assert int(ours.num_batches_tracked) == 3
+
+
+def test_module_momentum_none_is_cumulative_average():
+    """momentum=None: the running mean is the plain average of the batch means."""
+    m = fnn.BatchNorm1d(2, momentum=None)
+    batches = [torch.randn(5, 2) + i for i in range(4)]
+    for x in batches:
+        m(x)
+    torch.testing.assert_close(m.running_mean, torch.stack([x.mean(0) for x in batches]).mean(0))
+    # the first batch gets factor 1/1, replacing the initial running_var of ones
+    torch.testing.assert_close(m.running_var, torch.stack([x.var(0) for x in batches]).mean(0))
+    assert int(m.num_batches_tracked) == 4
+
+
+def test_module_track_running_stats_false():
+    """No buffers; eval normalises with the batch's statistics, as torch."""
+    m = fnn.BatchNorm2d(3, track_running_stats=False).eval()
+    assert m.running_mean is None and m.num_batches_tracked is None
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(m(x), nn.BatchNorm2d(3, track_running_stats=False).eval()(x))
+    assert_raises_naming(ValueError, lambda: m(torch.randn(1, 3, 1, 1)), "value per channel")
+
+
+def test_module_tracking_turned_off_after_construction():
+    """track_running_stats set to False on a module with buffers: training leaves them alone,
+    eval still uses them (torch's rule)."""
+    ours, theirs = _randomise_buffers(fnn.BatchNorm1d(3)), nn.BatchNorm1d(3)
+    theirs.load_state_dict(ours.state_dict())
+    ours.track_running_stats = theirs.track_running_stats = False
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 0
+    ours.eval()
+    theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_eval_batch_of_one(device):
+    for ours_t, theirs_t, shape in MODULES:
+        theirs = _randomise_buffers(_randomise(theirs_t(3))).to(device).eval()
+        ours = ours_t(3).to(device).eval()
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.randn((1, 3) + (1,) * (len(shape) - 2), device=device)
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES[2:], ids=MODULE_IDS[2:])
+def test_module_channels_last(device, ours_t, theirs_t, shape):
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    theirs = _randomise(theirs_t(3)).to(device)
+    ours = ours_t(3).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(shape, device=device).to(memory_format=fmt)
+    yo, yt = ours(x), theirs(x)
+    assert yo.is_contiguous(memory_format=fmt) and yo.stride() == yt.stride()
+    torch.testing.assert_close(yo, yt)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES, ids=MODULE_IDS)
+@pytest.mark.parametrize("kwargs", BN_ARGS, ids=BN_IDS)
+def test_module_state_dict_both_ways(ours_t, theirs_t, shape, kwargs):
+    theirs = _randomise(theirs_t(3, **kwargs))
+    theirs(torch.randn(shape))  # move the running statistics and num_batches_tracked
+    ours = ours_t(3, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    for mode in ("train", "eval"):
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        x = torch.randn(shape)
+        torch.testing.assert_close(ours(x), theirs(x))
+    back = theirs_t(3, **kwargs)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, ours.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES, ids=MODULE_IDS)
+def test_module_rejects_wrong_rank(ours_t, theirs_t, shape):
+    """The modules' input-rank check is torch's (ValueError naming the expected rank)."""
+    bad = torch.randn({2: (2, 3, 4, 5), 3: (2, 3, 4, 5), 4: (2, 3, 4), 5: (2, 3, 4, 5)}[len(shape)])
+    with pytest.raises(ValueError) as theirs_err:
+        theirs_t(3)(bad)
+    assert_raises_naming(ValueError, lambda: ours_t(3)(bad), str(theirs_err.value))
+
+
+def test_module_wrong_channel_count():
+    assert_raises_naming(RuntimeError, lambda: fnn.BatchNorm2d(3)(torch.randn(2, 4, 3, 3)), "[4]")
+
+
+def test_module_from_torch_shares_tensors():
+    theirs = _randomise_buffers(_randomise(nn.BatchNorm2d(3))).eval()
+    ours = fnn.BatchNorm2d.from_torch(theirs)
+    assert type(ours) is fnn.BatchNorm2d and not ours.training
+    for (n, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert p is q, n
+    for (n, p), (_, q) in zip(ours.named_buffers(), theirs.named_buffers()):
+        assert p is q, n
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.raises(TypeError):
+        fnn.BatchNorm2d.from_torch(nn.BatchNorm1d(3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_deepcopy_and_to(device):
+    m = _randomise(fnn.BatchNorm1d(4))
+    m2 = copy.deepcopy(m).to(device=device, dtype=torch.float64)
+    assert type(m2) is fnn.BatchNorm1d and m2.running_mean.dtype == torch.float64
+    assert m2.num_batches_tracked.dtype == torch.long
+    x = torch.randn(5, 4, device=device, dtype=torch.float64)
+    ref = copy.deepcopy(m2)
+    torch.testing.assert_close(m2(x), nn.BatchNorm1d.forward(ref, x))
+    torch.testing.assert_close(m2.running_var, ref.running_var)
