@@ -15,6 +15,16 @@ macro(fastdl_torch_target torch_dir with_cuda nvidia_root abi)
       "${torch_dir}/lib/libtorch.so" "${torch_dir}/lib/libtorch_cpu.so" "${torch_dir}/lib/libc10.so")
     set(_fastdl_torch_includes
       "${torch_dir}/include" "${torch_dir}/include/torch/csrc/api/include")
+    # at::parallel_for is inline OpenMP code in torch's headers (AT_PARALLEL_OPENMP): compile
+    # with -fopenmp and link the libgomp torch ships, so there is one OpenMP runtime and
+    # torch.set_num_threads governs our kernels too. Without it parallel_for runs serially.
+    set(_fastdl_torch_options "")
+    file(GLOB _fastdl_gomp "${torch_dir}/lib/libgomp*.so*")
+    if(_fastdl_gomp)
+      list(GET _fastdl_gomp 0 _fastdl_gomp)
+      list(APPEND _fastdl_torch_libs "${_fastdl_gomp}")
+      set(_fastdl_torch_options "$<$<COMPILE_LANGUAGE:CXX>:-fopenmp>")
+    endif()
     if(${with_cuda})
       list(APPEND _fastdl_torch_libs
         "${torch_dir}/lib/libtorch_cuda.so" "${torch_dir}/lib/libc10_cuda.so")
@@ -31,6 +41,7 @@ macro(fastdl_torch_target torch_dir with_cuda nvidia_root abi)
       INTERFACE_INCLUDE_DIRECTORIES "${_fastdl_torch_includes}"
       INTERFACE_COMPILE_DEFINITIONS "_GLIBCXX_USE_CXX11_ABI=${abi}"
       INTERFACE_COMPILE_FEATURES cxx_std_20
+      INTERFACE_COMPILE_OPTIONS "${_fastdl_torch_options}"
       INTERFACE_LINK_LIBRARIES "${_fastdl_torch_libs}")
   endif()
 endmacro()

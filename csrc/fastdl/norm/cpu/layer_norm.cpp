@@ -55,10 +55,9 @@ template <typename T>
 void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, const T* weight,
                      T* dx, T* dweight, T* dbias, int64_t rows, int64_t cols) {
   constexpr int64_t L = Vec<T>::size();
-  const bool column_sums = dweight || dbias;
   const int64_t threads = at::get_num_threads();
-  cpu::ThreadColumnSums<T> dweight_parts(column_sums ? cols : 0, threads);
-  cpu::ThreadColumnSums<T> dbias_parts(column_sums ? cols : 0, threads);
+  cpu::ThreadColumnSums<T> dweight_parts(dweight ? cols : 0, threads);
+  cpu::ThreadColumnSums<T> dbias_parts(dbias ? cols : 0, threads);
   const T inv_cols = cols > 0 ? T(1) / T(cols) : T(0);
 
   at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
@@ -70,8 +69,9 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
       const T* xr = x + r * cols;
       const T m = mean[r];
       const T s = rstd[r];
+      // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
+      T mean_g = 0, mean_gx = 0;
       if (dx) {
-        // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
         Vec<T> sum_g(T(0)), sum_gx(T(0));
         int64_t i = 0;
         for (; i + L <= cols; i += L) {
@@ -87,34 +87,30 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
           a += g;
           b += g * (xr[i] - m) * s;
         }
-        const T mean_g = a * inv_cols, mean_gx = b * inv_cols;
-        T* dxr = dx + r * cols;
-        i = 0;
-        for (; i + L <= cols; i += L) {
-          auto g = Vec<T>::loadu(dyr + i);
-          if (weight) g = g * Vec<T>::loadu(weight + i);
-          const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
+        mean_g = a * inv_cols;
+        mean_gx = b * inv_cols;
+      }
+      // One more pass writes dx and accumulates this thread's weight/bias gradient sums.
+      T* dxr = dx ? dx + r * cols : nullptr;
+      int64_t i = 0;
+      for (; i + L <= cols; i += L) {
+        const auto d = Vec<T>::loadu(dyr + i);
+        const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
+        if (dxr) {
+          const auto g = weight ? d * Vec<T>::loadu(weight + i) : d;
           (Vec<T>(s) * (g - Vec<T>(mean_g) - xhat * Vec<T>(mean_gx))).store(dxr + i);
         }
-        for (; i < cols; ++i) {
-          const T g = weight ? dyr[i] * weight[i] : dyr[i];
-          dxr[i] = s * (g - mean_g - (xr[i] - m) * s * mean_gx);
-        }
+        if (dw_acc) (Vec<T>::loadu(dw_acc + i) + d * xhat).store(dw_acc + i);
+        if (db_acc) (Vec<T>::loadu(db_acc + i) + d).store(db_acc + i);
       }
-      if (column_sums) {
-        int64_t i = 0;
-        for (; i + L <= cols; i += L) {
-          const auto d = Vec<T>::loadu(dyr + i);
-          if (dw_acc) {
-            const auto xhat = (Vec<T>::loadu(xr + i) - Vec<T>(m)) * Vec<T>(s);
-            (Vec<T>::loadu(dw_acc + i) + d * xhat).store(dw_acc + i);
-          }
-          if (db_acc) (Vec<T>::loadu(db_acc + i) + d).store(db_acc + i);
+      for (; i < cols; ++i) {
+        const T xhat = (xr[i] - m) * s;
+        if (dxr) {
+          const T g = weight ? dyr[i] * weight[i] : dyr[i];
+          dxr[i] = s * (g - mean_g - xhat * mean_gx);
         }
-        for (; i < cols; ++i) {
-          if (dw_acc) dw_acc[i] += dyr[i] * (xr[i] - m) * s;
-          if (db_acc) db_acc[i] += dyr[i];
-        }
+        if (dw_acc) dw_acc[i] += dyr[i] * xhat;
+        if (db_acc) db_acc[i] += dyr[i];
       }
     }
   });
