@@ -347,6 +347,7 @@ def environment() -> dict:
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "fastdl": fastdl.build_info(),
+        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
     }
 
 
@@ -360,6 +361,7 @@ def header(env: dict) -> str:
         f"GPU: {gpu}; torch {env['torch']}"
         + (f" (cuDNN {env['cudnn']})" if env["cudnn"] else "")
         + f"; fastdl {info.get('version')} (cuda={info.get('cuda')}, archs={info.get('cuda_archs')})"
+        + ("; malloc keeps freed memory" if env.get("malloc") else "")
         + f"; {env['date']}"
     )
 

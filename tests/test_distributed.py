@@ -5,7 +5,6 @@ sees the whole batch."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 import torch
@@ -30,24 +29,24 @@ def _batches() -> list[torch.Tensor]:
     return [torch.randn(8, 6, generator=g, dtype=torch.float64) for _ in range(STEPS)]
 
 
-def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, scale: float) -> None:
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
     opt.zero_grad()
-    (model(x).square().mean() * scale).backward()
+    model(x).square().mean().backward()
     opt.step()
 
 
 def _worker(rank: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        model = nn.parallel.DistributedDataParallel(_model())
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        for x in _batches():
-            shard = x.chunk(WORLD)[rank]
-            _train_step(model, opt, shard, 1.0)
-        if rank == 0:
-            torch.save(model.module.state_dict(), out_file)
-    finally:
-        dist.destroy_process_group()
+    model = nn.parallel.DistributedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x in _batches():
+        _train_step(model, opt, x.chunk(WORLD)[rank])
+    if rank == 0:
+        torch.save(model.module.state_dict(), out_file)
+    dist.barrier()
+    # torch's gloo teardown aborts now and then on this machine ("terminate called without an
+    # active exception", seen with plain torch modules too): the work is done, skip it.
+    os._exit(0)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace fastdl {
@@ -118,30 +119,50 @@ void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, d
   }
 }
 
+// out[0..n) = a * k1 + b * k2 + k3 with per-element coefficient vectors (K = Vec<T>) or
+// per-run scalars broadcast (K = T); b may be null. Split on b so the loop has no branch.
+template <typename T, typename K1, typename K2, typename K3>
+inline void affine_run(const T* a, const T* b, const K1& k1, const K2& k2, const K3& k3, T* out, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  auto coef = [](const auto& k, int64_t i) {
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>) return Vec<T>::loadu(k + i);
+    else return Vec<T>(k);
+  };
+  auto scalar = [](const auto& k, int64_t i) {
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>) return k[i];
+    else return k;
+  };
+  int64_t i = 0;
+  if (b) {
+    for (; i + L <= n; i += L) {
+      const auto v = at::vec::fmadd(Vec<T>::loadu(a + i), coef(k1, i),
+                                    at::vec::fmadd(Vec<T>::loadu(b + i), coef(k2, i), coef(k3, i)));
+      v.store(out + i);
+    }
+    for (; i < n; ++i) out[i] = a[i] * scalar(k1, i) + b[i] * scalar(k2, i) + scalar(k3, i);
+  } else {
+    for (; i + L <= n; i += L) {
+      at::vec::fmadd(Vec<T>::loadu(a + i), coef(k1, i), coef(k3, i)).store(out + i);
+    }
+    for (; i < n; ++i) out[i] = a[i] * scalar(k1, i) + scalar(k3, i);
+  }
+}
+
 // out = a * k1[c] + b * k2[c] + k3[c]; b may be null (then k2 is ignored).
 template <typename T>
 void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1, const T* k2,
                     const T* k3, T* out) {
-  constexpr int64_t L = Vec<T>::size();
   const int64_t C = s.channels, inner = s.inner;
   if (inner >= kPlanarMinInner) {
     at::parallel_for(0, s.outer * C, std::max<int64_t>(1, 16384 / inner), [&](int64_t begin, int64_t end) {
       for (int64_t oc = begin; oc < end; ++oc) {
         const int64_t c = oc % C, base = oc * inner;
-        const Vec<T> v1(k1[c]), v2(b ? k2[c] : T(0)), v3(k3[c]);
-        int64_t i = 0;
-        for (; i + L <= inner; i += L) {
-          auto v = Vec<T>::loadu(a + base + i) * v1 + v3;
-          if (b) v = v + Vec<T>::loadu(b + base + i) * v2;
-          v.store(out + base + i);
-        }
-        for (; i < inner; ++i) {
-          out[base + i] = a[base + i] * k1[c] + (b ? b[base + i] * k2[c] : T(0)) + k3[c];
-        }
+        affine_run<T>(a + base, b ? b + base : nullptr, k1[c], b ? k2[c] : T(0), k3[c], out + base, inner);
       }
     });
     return;
   }
+  // Row-wise: element j of a row of R = C * inner values belongs to channel j / inner.
   const int64_t R = C * inner;
   std::vector<T> r1(R), r2(R), r3(R);
   for (int64_t j = 0; j < R; ++j) {
@@ -152,20 +173,9 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
   at::parallel_for(0, s.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(R, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const int64_t base = o * R;
-      int64_t j = 0;
-      for (; j + L <= R; j += L) {
-        auto v = Vec<T>::loadu(a + base + j) * Vec<T>::loadu(r1.data() + j) + Vec<T>::loadu(r3.data() + j);
-        if (b) v = v + Vec<T>::loadu(b + base + j) * Vec<T>::loadu(r2.data() + j);
-        v.store(out + base + j);
-      }
-      for (; j < R; ++j) out[base + j] = a[base + j] * r1[j] + (b ? b[base + j] * r2[j] : T(0)) + r3[j];
+      affine_run<T>(a + base, b ? b + base : nullptr, r1.data(), r2.data(), r3.data(), out + base, R);
     }
   });
-}
-
-template <typename T>
-const T* ptr_or_null(const at::Tensor& t) {
-  return data_or_null<T>(t);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(

@@ -35,11 +35,18 @@ void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_ou
       // y = (x - mean) * rstd * w + b; subtracting first keeps constant rows exact.
       const Vec<T> mean_v(mean), rstd_v(rstd);
       int64_t i = 0;
-      for (; i + L <= cols; i += L) {
-        auto v = (Vec<T>::loadu(xr + i) - mean_v) * rstd_v;
-        if (weight) v = v * Vec<T>::loadu(weight + i);
-        if (bias) v = v + Vec<T>::loadu(bias + i);
-        v.store(yr + i);
+      if (weight && bias) {
+        for (; i + L <= cols; i += L) {
+          const auto v = (Vec<T>::loadu(xr + i) - mean_v) * rstd_v;
+          at::vec::fmadd(v, Vec<T>::loadu(weight + i), Vec<T>::loadu(bias + i)).store(yr + i);
+        }
+      } else {
+        for (; i + L <= cols; i += L) {
+          auto v = (Vec<T>::loadu(xr + i) - mean_v) * rstd_v;
+          if (weight) v = v * Vec<T>::loadu(weight + i);
+          if (bias) v = v + Vec<T>::loadu(bias + i);
+          v.store(yr + i);
+        }
       }
       for (; i < cols; ++i) {
         T v = (xr[i] - mean) * rstd;
