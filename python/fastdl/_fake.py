@@ -69,3 +69,20 @@ def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, tra
     grad_weight = param.new_empty((channels,)) if output_mask[1] and weight is not None else None
     grad_bias = param.new_empty((channels,)) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
+
+
+@register_fake("fastdl::histogram_forward")
+def _histogram_forward(x, centers, widths, kernel, mask, normalize, sharpness):
+    bins = centers.shape[-1]
+    if x.dim() == 2:
+        return x.new_empty((x.shape[1], bins))
+    return x.new_empty((x.shape[0], x.shape[2], bins))
+
+
+@register_fake("fastdl::histogram_backward")
+def _histogram_backward(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
+        torch.empty_like(centers, memory_format=torch.contiguous_format) if output_mask[1] else None,
+        torch.empty_like(widths, memory_format=torch.contiguous_format) if output_mask[2] else None,
+    )
