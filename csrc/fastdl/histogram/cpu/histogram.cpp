@@ -98,6 +98,28 @@ int64_t feature_block(const HistogramShape& s, int64_t elem_size) {
   return std::max<int64_t>(1, std::min({s.features, by_cache, s.bags >= 2 * threads ? s.features : for_threads}));
 }
 
+// Bins are processed KV vectors at a time with their centres, widths and sums in registers,
+// looping over the bag's elements for one feature (the bag's column of x stays in cache).
+
+// out[k0 .. k0 + KV*L) of feature f of one bag: sums over its present elements.
+template <typename T, HistogramKernel K, int KV>
+void forward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
+                  const T* w, T sharpness, T* out) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> cv[KV], wv[KV], acc[KV];
+  for (int j = 0; j < KV; ++j) {
+    cv[j] = Vec<T>::loadu(c + j * L);
+    wv[j] = Vec<T>::loadu(w + j * L);
+    acc[j] = Vec<T>(T(0));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (mask && !mask[i]) continue;
+    const Vec<T> xv(xcol[i * stride]);
+    for (int j = 0; j < KV; ++j) acc[j] += vec_value<K, T>(xv - cv[j], wv[j], sharpness);
+  }
+  for (int j = 0; j < KV; ++j) acc[j].store(out + j * L);
+}
+
 template <typename T, HistogramKernel K>
 void forward_kernel(const HistogramShape& s, const T* x, const bool* mask, const T* centers,
                     const T* widths, const T* scale, T sharpness, T* out) {
@@ -107,31 +129,64 @@ void forward_kernel(const HistogramShape& s, const T* x, const bool* mask, const
   const int64_t fb = feature_block(s, sizeof(T));
   const int64_t blocks = (F + fb - 1) / fb;
   at::parallel_for(0, s.bags * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(fb * B);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bag = task / blocks, f0 = (task % blocks) * fb, f1 = std::min(F, f0 + fb);
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t i = 0; i < N; ++i) {
-        if (mask && !mask[bag * N + i]) continue;
-        const T* xr = x + (bag * N + i) * F;
-        for (int64_t f = f0; f < f1; ++f) {
-          const T* c = centers + f * pstride;
-          const T* w = widths + f * pstride;
-          T* a = acc.data() + (f - f0) * B;
-          const Vec<T> xv(xr[f]);
-          int64_t k = 0;
-          for (; k + L <= B; k += L) {
-            const Vec<T> v = vec_value<K, T>(xv - Vec<T>::loadu(c + k), Vec<T>::loadu(w + k), sharpness);
-            (Vec<T>::loadu(a + k) + v).store(a + k);
-          }
-          for (; k < B; ++k) a[k] += detail::hist_value<K, T>(xr[f] - c[k], w[k], sharpness);
-        }
-      }
+      const bool* bag_mask = mask ? mask + bag * N : nullptr;
       for (int64_t f = f0; f < f1; ++f) {
-        for (int64_t k = 0; k < B; ++k) out[(bag * F + f) * B + k] = acc[(f - f0) * B + k] * scale[bag];
+        const T* xcol = x + bag * N * F + f;
+        const T* c = centers + f * pstride;
+        const T* w = widths + f * pstride;
+        T* o = out + (bag * F + f) * B;
+        int64_t k = 0;
+        for (; k + 4 * L <= B; k += 4 * L) forward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
+        for (; k + L <= B; k += L) forward_bins<T, K, 1>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
+        for (; k < B; ++k) {
+          T sum = 0;
+          for (int64_t i = 0; i < N; ++i) {
+            if (!bag_mask || bag_mask[i]) sum += detail::hist_value<K, T>(xcol[i * F] - c[k], w[k], sharpness);
+          }
+          o[k] = sum;
+        }
+        for (k = 0; k < B; ++k) o[k] *= scale[bag];
       }
     }
   });
+}
+
+// Bins [k0, k0 + KV*L) of feature f of one bag: adds each present element's share to
+// grad_x (a column with the given stride) and this thread's centre/width gradient rows.
+template <typename T, HistogramKernel K, int KV>
+void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
+                   const T* w, const T* g, T sharpness, T* gxcol, T* gc, T* gw) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> cv[KV], wv[KV], gv[KV], gc_acc[KV], gw_acc[KV];
+  for (int j = 0; j < KV; ++j) {
+    cv[j] = Vec<T>::loadu(c + j * L);
+    wv[j] = Vec<T>::loadu(w + j * L);
+    gv[j] = Vec<T>::loadu(g + j * L);
+    gc_acc[j] = Vec<T>(T(0));
+    gw_acc[j] = Vec<T>(T(0));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (mask && !mask[i]) continue;
+    const Vec<T> xv(xcol[i * stride]);
+    Vec<T> gx(T(0));
+    for (int j = 0; j < KV; ++j) {
+      Vec<T> dd, dw;
+      vec_derivatives<K, T>(xv - cv[j], wv[j], sharpness, dd, dw);
+      const Vec<T> g_dd = gv[j] * dd;
+      gx += g_dd;
+      gc_acc[j] -= g_dd;
+      gw_acc[j] += gv[j] * dw;
+    }
+    if (gxcol) gxcol[i * stride] += cpu::horizontal_sum(gx);
+  }
+  if (gc) {
+    for (int j = 0; j < KV; ++j) {
+      (Vec<T>::loadu(gc + j * L) + gc_acc[j]).store(gc + j * L);
+      (Vec<T>::loadu(gw + j * L) + gw_acc[j]).store(gw + j * L);
+    }
+  }
 }
 
 template <typename T, HistogramKernel K>
@@ -152,50 +207,41 @@ void backward_kernel(const HistogramShape& s, const T* grad_out, const T* x, con
     const int64_t tid = at::get_thread_num();
     T* gc = param_grads ? centers_parts.row(tid) : nullptr;
     T* gw = param_grads ? widths_parts.row(tid) : nullptr;
-    std::vector<T> g(fb * B);  // grad_out of the block, times the bag's scale
+    std::vector<T> g(B);  // grad_out of one feature, times the bag's scale
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bag = task / blocks, f0 = (task % blocks) * fb, f1 = std::min(F, f0 + fb);
+      const bool* bag_mask = mask ? mask + bag * N : nullptr;
       for (int64_t f = f0; f < f1; ++f) {
-        for (int64_t k = 0; k < B; ++k) g[(f - f0) * B + k] = grad_out[(bag * F + f) * B + k] * scale[bag];
-      }
-      for (int64_t i = 0; i < N; ++i) {
-        const bool present = !mask || mask[bag * N + i];
-        const T* xr = x + (bag * N + i) * F;
-        for (int64_t f = f0; f < f1; ++f) {
-          if (!present) {
-            if (grad_x) grad_x[(bag * N + i) * F + f] = T(0);
-            continue;
-          }
-          const T* c = centers + f * pstride;
-          const T* w = widths + f * pstride;
-          const T* gf = g.data() + (f - f0) * B;
-          T* gcf = gc ? gc + f * pstride : nullptr;
-          T* gwf = gw ? gw + f * pstride : nullptr;
-          const Vec<T> xv(xr[f]);
-          Vec<T> gx_vec(T(0));
-          int64_t k = 0;
-          for (; k + L <= B; k += L) {
-            Vec<T> dd, dw;
-            vec_derivatives<K, T>(xv - Vec<T>::loadu(c + k), Vec<T>::loadu(w + k), sharpness, dd, dw);
-            const Vec<T> gk = Vec<T>::loadu(gf + k);
-            const Vec<T> g_dd = gk * dd;
-            gx_vec += g_dd;
-            if (gcf) {
-              (Vec<T>::loadu(gcf + k) - g_dd).store(gcf + k);
-              (Vec<T>::loadu(gwf + k) + gk * dw).store(gwf + k);
-            }
-          }
-          T gx = cpu::horizontal_sum(gx_vec);
-          for (; k < B; ++k) {
+        for (int64_t k = 0; k < B; ++k) g[k] = grad_out[(bag * F + f) * B + k] * scale[bag];
+        const T* xcol = x + bag * N * F + f;
+        T* gxcol = grad_x ? grad_x + bag * N * F + f : nullptr;
+        if (gxcol) {
+          for (int64_t i = 0; i < N; ++i) gxcol[i * F] = T(0);  // absent elements stay 0
+        }
+        const T* c = centers + f * pstride;
+        const T* w = widths + f * pstride;
+        T* gcf = gc ? gc + f * pstride : nullptr;
+        T* gwf = gw ? gw + f * pstride : nullptr;
+        int64_t k = 0;
+        for (; k + 4 * L <= B; k += 4 * L) {
+          backward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, g.data() + k, sharpness, gxcol,
+                                 gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
+        }
+        for (; k + L <= B; k += L) {
+          backward_bins<T, K, 1>(xcol, N, F, bag_mask, c + k, w + k, g.data() + k, sharpness, gxcol,
+                                 gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
+        }
+        for (; k < B; ++k) {
+          for (int64_t i = 0; i < N; ++i) {
+            if (bag_mask && !bag_mask[i]) continue;
             T dd, dw;
-            detail::hist_derivatives<K, T>(xr[f] - c[k], w[k], sharpness, dd, dw);
-            gx += gf[k] * dd;
+            detail::hist_derivatives<K, T>(xcol[i * F] - c[k], w[k], sharpness, dd, dw);
+            if (gxcol) gxcol[i * F] += g[k] * dd;
             if (gcf) {
-              gcf[k] -= gf[k] * dd;
-              gwf[k] += gf[k] * dw;
+              gcf[k] -= g[k] * dd;
+              gwf[k] += g[k] * dw;
             }
           }
-          if (grad_x) grad_x[(bag * N + i) * F + f] = gx;
         }
       }
     }
