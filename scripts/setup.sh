@@ -22,7 +22,7 @@ fi
 echo "setup: installing dependencies"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
-  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest
+  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn
 
 echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90})"
 start=$(date +%s)

@@ -72,7 +72,7 @@ def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, tra
 
 
 @register_fake("fastdl::histogram_forward")
-def _histogram_forward(x, centers, widths, kernel, mask, normalize, sharpness):
+def _histogram_forward(x, centers, widths, kernel="soft", mask=None, normalize=True, sharpness=1000.0):
     bins = centers.shape[-1]
     if x.dim() == 2:
         return x.new_empty((x.shape[1], bins))

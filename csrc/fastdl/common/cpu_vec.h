@@ -15,11 +15,7 @@ using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
 inline T horizontal_sum(const Vec<T>& v) {
-  T lanes[Vec<T>::size()];
-  v.store(lanes);
-  T s = 0;
-  for (int64_t i = 0; i < Vec<T>::size(); ++i) s += lanes[i];
-  return s;
+  return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
 }
 
 // sum_i f(x[i]) for a vector-capable f (called with Vec<T> and with T), four accumulators.

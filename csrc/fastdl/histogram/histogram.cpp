@@ -43,9 +43,11 @@ namespace detail {
 
 HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
                                const at::Tensor& widths, std::string_view kernel,
-                               const std::optional<at::Tensor>& mask) {
+                               const std::optional<at::Tensor>& mask, double sharpness) {
   HistogramShape s{};
   s.kernel = parse_kernel(kernel);
+  TORCH_CHECK_VALUE(std::isfinite(sharpness) && sharpness > 0, kOp,
+                    ": sharpness must be a finite positive number, got ", sharpness);
   checks::floating(x, kOp, "x");
   TORCH_CHECK(x.dim() == 2 || x.dim() == 3, kOp, ": x must have shape (bags, N, F) or (N, F), got ",
               x.sizes());

@@ -46,7 +46,7 @@ struct HistogramShape {
 // checks that every width is positive (reading the widths).
 HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
                                const at::Tensor& widths, std::string_view kernel,
-                               const std::optional<at::Tensor>& mask);
+                               const std::optional<at::Tensor>& mask, double sharpness);
 void check_histogram_grad(const at::Tensor& grad_output, const at::Tensor& x,
                           const HistogramShape& shape);
 

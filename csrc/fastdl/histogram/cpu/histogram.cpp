@@ -73,9 +73,12 @@ void vec_derivatives(const Vec<T>& d, const Vec<T>& w, T s, Vec<T>& dv_dd, Vec<T
     dv_dd = Vec<T>(s) * (da - db);
     dv_dw = Vec<T>(s / 2) * (da + db);
   } else if constexpr (K == HistogramKernel::Soft) {
-    const Vec<T> active = (one - w * d.abs()) > zero;
-    dv_dd = active & (zero - w * vec_sign<T>(d));
-    dv_dw = active & (zero - d.abs());
+    const Vec<T> ad = d.abs();
+    const Vec<T> active = (w * ad) < one;
+    // -w * sign(d), 0 at d == 0 (torch's d|d|/dd), without a multiply.
+    const Vec<T> neg_w_sign = ((d > zero) & (zero - w)) | ((d < zero) & w);
+    dv_dd = active & neg_w_sign;
+    dv_dw = active & (zero - ad);
   } else if constexpr (K == HistogramKernel::Rbf) {
     const Vec<T> z = w * d;
     const Vec<T> v = vec_exp<T>(zero - z * z);
@@ -259,7 +262,7 @@ at::Tensor histogram_forward_cpu(const at::Tensor& x, const at::Tensor& centers,
                                  const at::Tensor& widths, c10::string_view kernel,
                                  const std::optional<at::Tensor>& mask, bool normalize,
                                  double sharpness) {
-  const auto s = detail::check_histogram(x, centers, widths, kernel, mask);
+  const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   const auto x3 = as_bags(x, s);
   const auto c = centers.contiguous(), w = widths.contiguous();
   const auto m = mask.has_value() && mask->defined() ? mask->contiguous() : at::Tensor();
@@ -280,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& centers,
     const at::Tensor& widths, c10::string_view kernel, const std::optional<at::Tensor>& mask,
     bool normalize, double sharpness, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_histogram(x, centers, widths, kernel, mask);
+  const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   detail::check_histogram_grad(grad_output, x, s);
   const auto x3 = as_bags(x, s);
   const auto go = grad_output.reshape({s.bags, s.features, s.bins}).contiguous();

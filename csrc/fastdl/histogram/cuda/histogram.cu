@@ -180,7 +180,7 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
                                   const at::Tensor& widths, c10::string_view kernel,
                                   const std::optional<at::Tensor>& mask, bool normalize,
                                   double sharpness) {
-  const auto s = detail::check_histogram(x, centers, widths, kernel, mask);
+  const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ", s.bins);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x3 = x.reshape({s.bags, s.n, s.features}).contiguous();
@@ -213,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& centers,
     const at::Tensor& widths, c10::string_view kernel, const std::optional<at::Tensor>& mask,
     bool normalize, double sharpness, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_histogram(x, centers, widths, kernel, mask);
+  const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   detail::check_histogram_grad(grad_output, x, s);
   TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ", s.bins);
   const c10::cuda::CUDAGuard guard(x.device());

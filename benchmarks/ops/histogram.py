@@ -1,0 +1,82 @@
+"""Differentiable histograms: fastdl.functional.histogram against the pure-PyTorch composition
+fastdl.reference.histogram_reference, which materialises (bags, N, F, B) kernel values (what
+HistNetQ's layers do; ``ANCHORS.md`` times the "soft" one).
+
+Inputs as in ``anchors/measure_*.py``: x uniform on [0, 1] (HistNetQ feeds sigmoid outputs),
+centres HistNetQ's (k + 0.5)/B for every feature, widths for bins that tile [0, 1] ("soft"
+and "rbf": slope 2B, i.e. half-width 1/(2B); "hard": half-width 1/(2B); "sigmoid": bin width
+1/B, sharpness 1000). x, centres and widths all require grad (fwd+bwd differentiates all three).
+x is kept 1e-3 of a half-width away from the bin centres and edges, where the kernels have
+kinks (|d| == 0, |d| == 1/(2B)): there the two sides may round onto different sides and pick
+different one-sided gradients, which would make the agreement check flaky.
+
+Bytes moved count what any implementation must touch at least, each once: the forward reads
+x (and the mask, when given) and writes the (bags, F, B) output; the backward reads the output
+gradient and x again (a fused backward recomputes kernel values from x rather than storing
+(bags, N, F, B) of them) and writes grad x. Centres, widths and their gradients (F*B each,
+under 0.1% here) are not counted. So fwd = x + out (+ mask), fwd+bwd = 3 x + 2 out (+ 2 mask).
+The reference moves far more: several (bags, N, F, B) temporaries. On CUDA the harness also
+reports peak memory (the target is <= 2x the input for fastdl; torch needs ~160x).
+"""
+
+from __future__ import annotations
+
+import torch
+
+import fastdl
+from fastdl.reference import histogram_reference
+from harness import Case
+
+SHARPNESS = 1000.0
+TOLERANCE = dict(atol=1e-4, rtol=1e-4)  # float32: sums over N of O(1) terms, in another order
+
+
+def _away_from_kinks(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """Move every element within 1e-3 half-widths of a multiple of 1/(2B) (a bin centre or
+    edge) 2e-3 half-widths up."""
+    t = x * (2 * bins)
+    near = (t - t.round()).abs() < 1e-3
+    return torch.where(near, x + 2e-3 / (2 * bins), x)
+
+
+def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, bins: int,
+                   masked: bool = False, dtype: torch.dtype = torch.float32) -> Case:
+    """One kernel at (bags, N, F, B); ``masked``: bags of different sizes, bag i holding
+    N - i * N / (2 bags) present elements (from N down to about N/2)."""
+
+    def make_inputs():
+        x = _away_from_kinks(torch.rand(bags, n, features), bins)
+        centers = ((torch.arange(bins) + 0.5) / bins).repeat(features, 1)
+        half_width = 1 / (2 * bins)
+        width = {"soft": 1 / half_width, "rbf": 1 / half_width, "hard": half_width,
+                 "sigmoid": 2 * half_width}[kernel]
+        widths = torch.full((features, bins), width)
+        mask = None
+        if masked:
+            sizes = n - torch.arange(bags) * n // (2 * bags)
+            mask = (torch.arange(n)[None, :] < sizes[:, None]).to(device)
+        x, centers, widths = (t.to(device, dtype).requires_grad_() for t in (x, centers, widths))
+        return (x, centers, widths, kernel, mask, True, SHARPNESS)
+
+    itemsize = dtype.itemsize
+    x_bytes = bags * n * features * itemsize
+    out_bytes = bags * features * bins * itemsize
+    mask_bytes = bags * n if masked else 0
+    label = f"{kernel} bags{bags} N{n} F{features} B{bins}" + (" masked" if masked else "")
+    return Case("histogram", label, dtype, device, make_inputs,
+                fastdl.functional.histogram, histogram_reference,
+                bytes_fwd=x_bytes + out_bytes + mask_bytes,
+                bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes, **TOLERANCE)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    """Every kernel at the ANCHORS.md shape, and "soft" with a mask. CPU: bags16 N500 F64 B32
+    fp32 (``quick``: bags8 N250, a quarter of it); CUDA: bags64 N1000 F300 B32 fp32 (the
+    reference needs ~12 GiB there; ``quick`` changes nothing)."""
+    if device == "cpu":
+        shape = (8, 250, 64, 32) if quick else (16, 500, 64, 32)
+    else:
+        shape = (64, 1000, 300, 32)
+    out = [histogram_case(device, kernel, *shape) for kernel in ("soft", "sigmoid", "rbf", "hard")]
+    out.append(histogram_case(device, "soft", *shape, masked=True))
+    return out

@@ -1,0 +1,677 @@
+"""fastdl histogram (op and functional) against fastdl.reference.histogram_reference, the
+pure-PyTorch composition that materialises the (bags, N, F, B) tensor of kernel values.
+
+Inputs are built so that no element sits at a kernel's kink (d = x - c == 0 for every kernel;
+|d| == 1/w for "soft", |d| == w for "hard"): there the gradient is a matter of convention (and
+"hard"'s forward jumps), so a float32 kernel and a float64 reference could legitimately
+disagree. The kinks are kept ``MARGIN`` away from every element, in the dtype's own values.
+"""
+
+import math
+import re
+
+import pytest
+import torch
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+import fastdl.functional as FF
+from fastdl.reference import histogram_reference
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+                     assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
+                     assert_unchanged, check_compile, check_gradcheck, check_opcheck,
+                     compare_with_torch)
+
+OP = torch.ops.fastdl.histogram_forward
+OP_BACKWARD = torch.ops.fastdl.histogram_backward
+
+KERNELS = ("sigmoid", "soft", "rbf", "hard")
+MARGIN = 1e-3  # distance (in x units) every element keeps from every kink
+SHARPNESS = 1000.0  # the functional's default (HistNetQ's)
+HARD_SLOPE = math.log(1.01)  # d/dy 1.01**y = ln(1.01) 1.01**y: the hard surrogate
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+def _kink_distance(kernel, x, c, w):
+    """For each element of x (float64), its distance to the nearest kink over all bins."""
+    d = (x.unsqueeze(-1) - c).abs()  # (..., N, F, B)
+    dist = d  # d == 0: |d| is not differentiable (all kernels go through |d|)
+    if kernel == "soft":
+        dist = torch.minimum(dist, (d - 1 / w).abs())  # relu's kink at w|d| == 1
+    elif kernel == "hard":
+        dist = torch.minimum(dist, (d - w).abs())  # the indicator's jump at |d| == w
+    return dist.amin(-1)
+
+
+def _mask(bags, n):
+    """Random presence; with two bags or more the first is empty (all masked) and the last
+    full; an unbatched mask (bags None) has at least one element present."""
+    m = torch.rand(n if bags is None else (bags, n)) < 0.6
+    if bags is None:
+        m[0] = True
+    elif bags >= 2:
+        m[0], m[-1] = False, True
+    else:
+        m[0, 0] = True
+    return m
+
+
+def _inputs(kernel, bags, n, f, b, device="cpu", dtype=torch.float32, *, shared=False,
+            mask=False, requires_grad=True, low=-0.1, high=1.1):
+    """(x, centers, widths, mask). ``bags=None``: unbatched x (N, F).
+
+    x uniform in [low, high] (HistNetQ feeds sigmoid outputs, in [0, 1]; a little outside too);
+    centres near HistNetQ's (k + 0.5)/B, jittered; widths of the kernel's kind for a bin
+    half-width in [0.6/B, 1.6/B] (soft/rbf: the slope 1/half-width; hard: the half-width;
+    sigmoid: the bin width); (F, B) or, ``shared``, (B,). Every value is rounded to ``dtype``
+    first, then x is resampled until no element is within MARGIN of a kink.
+    """
+    f64 = torch.float64
+    cshape = (b,) if shared else (f, b)
+    c = ((torch.arange(b, dtype=f64) + 0.5) / b + 0.3 * (torch.rand(cshape, dtype=f64) - 0.5) / b)
+    half = (0.6 + torch.rand(cshape, dtype=f64)) / b
+    w = {"soft": 1 / half, "rbf": 1 / half, "hard": half, "sigmoid": 2 * half}[kernel]
+    c, w = c.to(dtype), w.to(dtype)
+    xshape = (n, f) if bags is None else (bags, n, f)
+    x = (low + (high - low) * torch.rand(xshape, dtype=f64)).to(dtype)
+    for _ in range(200):
+        bad = _kink_distance(kernel, x.double(), c.double(), w.double()) < MARGIN
+        if not bad.any():
+            break
+        x[bad] = (low + (high - low) * torch.rand(int(bad.sum()), dtype=f64)).to(dtype)
+    else:
+        raise AssertionError("could not place x away from the kinks")
+    m = _mask(bags, n).to(device) if mask else None
+    x, c, w = (t.to(device).requires_grad_(requires_grad) for t in (x, c, w))
+    return x, c, w, m
+
+
+def _fns(kernel, mask=None, normalize=True, sharpness=SHARPNESS):
+    ours = lambda x, c, w: FF.histogram(x, c, w, kernel, mask, normalize, sharpness)  # noqa: E731
+    ref = lambda x, c, w: histogram_reference(x, c, w, kernel, mask, normalize, sharpness)  # noqa: E731
+    return ours, ref
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward and gradients against the reference
+# ---------------------------------------------------------------------------------------------
+
+# bags None: unbatched x (N, F). Odd sizes, B = 1, N = 1, F = 1, one bag, shared (B,)
+# centres/widths, masks with an empty bag, sums, and B past any vector width with a remainder.
+CASES = {
+    "basic": dict(bags=3, n=7, f=5, b=4),
+    "mask": dict(bags=4, n=7, f=5, b=4, mask=True),
+    "sum": dict(bags=3, n=7, f=5, b=4, normalize=False),
+    "mask_sum": dict(bags=4, n=7, f=5, b=4, mask=True, normalize=False),
+    "odd": dict(bags=3, n=13, f=11, b=9, mask=True),
+    "B1": dict(bags=2, n=6, f=3, b=1),
+    "B1_mask": dict(bags=3, n=6, f=3, b=1, mask=True),
+    "N1": dict(bags=3, n=1, f=4, b=5),
+    "N1_mask": dict(bags=3, n=1, f=4, b=5, mask=True),
+    "F1": dict(bags=2, n=9, f=1, b=6, mask=True),
+    "bags1": dict(bags=1, n=8, f=3, b=4),
+    "shared": dict(bags=3, n=7, f=5, b=4, shared=True),
+    "shared_mask_sum": dict(bags=3, n=7, f=5, b=4, shared=True, mask=True, normalize=False),
+    "unbatched": dict(bags=None, n=7, f=5, b=4),
+    "unbatched_mask": dict(bags=None, n=7, f=5, b=4, mask=True),
+    "unbatched_shared_sum": dict(bags=None, n=7, f=5, b=4, shared=True, normalize=False),
+    "wide": dict(bags=2, n=37, f=19, b=33, mask=True),
+    "sharpness20": dict(bags=3, n=9, f=4, b=5, mask=True, sharpness=20.0),
+}
+
+
+def _run_case(device, dtype, kernel, cfg, **extra):
+    cfg = dict(cfg)
+    normalize, sharpness = cfg.pop("normalize", True), cfg.pop("sharpness", SHARPNESS)
+    x, c, w, mask = _inputs(kernel, device=device, dtype=dtype, **cfg, **extra)
+    return compare_with_torch(*_fns(kernel, mask, normalize, sharpness), [x, c, w], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_forward_backward(device, dtype, kernel, case):
+    out, ref, _, _ = _run_case(device, dtype, kernel, CASES[case])
+    assert out.dtype == dtype and out.device == ref.device and out.is_contiguous()
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_large(device, dtype, kernel):
+    """Many elements per bag (several blocks / vector chunks), F and B with remainders."""
+    n = 4099 if device == "cuda" else 515
+    _run_case(device, dtype, kernel, dict(bags=2, n=n, f=33, b=33, mask=True))
+
+
+def _strided(t):
+    """A non-contiguous copy of t (same values): dims reversed in memory, 1-d every other."""
+    if t.dim() == 1:
+        out = t.new_empty(2 * t.shape[0])[::2]
+    else:
+        out = t.new_empty(t.shape[::-1]).permute(*reversed(range(t.dim())))
+    with torch.no_grad():
+        out.copy_(t)
+    return out.requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shared", [False, True], ids=["per_feature", "shared"])
+def test_noncontiguous(device, dtype, kernel, shared):
+    """Transposed x, centres, widths, mask and grad_output."""
+    x, c, w, mask = _inputs(kernel, 3, 7, 5, 4, device, dtype, shared=shared, mask=True)
+    x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
+    g = _strided(torch.randn(3, 5, 4, device=device, dtype=dtype))
+    assert not any(t.is_contiguous() for t in (x, c, w, mask, g))
+    compare_with_torch(*_fns(kernel, mask), [x, c, w], dtype, grad_output=g)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_expanded_inputs(device, dtype, kernel):
+    """Stride-0 views: every element of a bag the same, centres/widths broadcast over F."""
+    x, c, w, mask = _inputs(kernel, 3, 1, 5, 4, device, dtype, shared=True, mask=True)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=device).index_fill_(1, torch.tensor([2], device=device), False)
+
+    def call(fn):
+        return lambda x, c, w: fn(x.expand(3, 6, 5), c.expand(5, 4), w.expand(5, 4), kernel, mask)
+
+    compare_with_torch(call(FF.histogram), call(histogram_reference), [x, c, w], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("which", ["x", "centers", "widths", "none"])
+def test_only_some_inputs_require_grad(device, dtype, kernel, which):
+    x, c, w, mask = _inputs(kernel, 3, 6, 4, 5, device, dtype, mask=True, requires_grad=False)
+    for name, t in zip(("x", "centers", "widths"), (x, c, w)):
+        t.requires_grad_(name == which)
+    out, _, _, _ = compare_with_torch(*_fns(kernel, mask), [x, c, w], dtype)
+    assert out.requires_grad == (which != "none")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_grad_and_inference_mode(device, kernel):
+    x, c, w, mask = _inputs(kernel, 3, 6, 4, 5, device, mask=True)
+    expected = histogram_reference(x, c, w, kernel, mask).detach()
+    with torch.no_grad():
+        out = FF.histogram(x, c, w, kernel, mask)
+    assert not out.requires_grad
+    assert_close_to_reference(out, expected, torch.float32)
+    with torch.inference_mode():
+        assert_close_to_reference(FF.histogram(x, c, w, kernel, mask), expected, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_defaults_are_soft_normalized(device):
+    x, c, w, _ = _inputs("soft", 2, 6, 3, 4, device, torch.float64)
+    compare_with_torch(FF.histogram, histogram_reference, [x, c, w], torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["soft", "rbf", "hard"])
+def test_sharpness_ignored_by_other_kernels(device, kernel):
+    x, c, w, mask = _inputs(kernel, 2, 6, 3, 4, device, torch.float64, mask=True)
+    torch.testing.assert_close(FF.histogram(x, c, w, kernel, mask, sharpness=3.0),
+                               FF.histogram(x, c, w, kernel, mask, sharpness=1000.0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("output_mask", [(True, True, True), (True, False, False), (False, True, True),
+                                         (False, False, True), (False, False, False)])
+def test_backward_op_output_mask(device, dtype, kernel, output_mask):
+    x, c, w, mask = _inputs(kernel, 3, 6, 4, 5, device, dtype, mask=True, requires_grad=False)
+    g = torch.randn(3, 4, 5, device=device, dtype=dtype)
+    got = OP_BACKWARD(g, x, c, w, kernel, mask, True, 20.0, list(output_mask))
+    assert len(got) == 3
+
+    def ref_grads(dt):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (x, c, w)]
+        histogram_reference(*leaves, kernel, mask, True, 20.0).backward(g.to(dt))
+        return [t.grad for t in leaves]
+
+    expected, baseline = ref_grads(torch.float64), ref_grads(dtype)
+    for name, gt, e, base, needed in zip(("x", "centers", "widths"), got, expected, baseline, output_mask):
+        assert (gt is not None) == needed, f"grad {name}: output_mask {output_mask}, got {gt is not None}"
+        if needed:
+            assert gt.shape == e.shape and gt.dtype == dtype
+            assert_close_to_reference(gt, e, dtype, baseline=base, name=f"grad {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks, empty bags, invariances
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
+def test_empty_bag_gives_zeros(device, kernel, normalize):
+    """A bag with no present element: exactly zero output and exactly zero gradients (no NaN
+    from 0/0), in both a batched and an unbatched call."""
+    x, c, w, _ = _inputs(kernel, 3, 5, 4, 6, device, torch.float32)
+    mask = torch.tensor([[False] * 5, [True, False, True, True, False], [False] * 5], device=device)
+    out = FF.histogram(x, c, w, kernel, mask, normalize)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[2], torch.zeros_like(out[2]))
+    out.backward(torch.randn_like(out))
+    for t in (x, c, w):
+        assert torch.isfinite(t.grad).all()
+    assert torch.equal(x.grad[0], torch.zeros_like(x.grad[0]))
+    assert torch.equal(x.grad[:, [1, 4]], torch.zeros_like(x.grad[:, [1, 4]]))  # masked everywhere
+    xu = x[0].detach().requires_grad_()
+    out = FF.histogram(xu, c.detach(), w.detach(), kernel, torch.zeros(5, dtype=torch.bool, device=device), normalize)
+    assert out.shape == (4, 6) and torch.equal(out, torch.zeros_like(out))
+    out.backward(torch.ones_like(out))
+    assert torch.equal(xu.grad, torch.zeros_like(xu))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
+def test_padding_does_not_count(device, kernel, normalize):
+    """A padded bag under a mask gives the histogram of its present elements, whatever the
+    padding holds (here values right at the kinks and far outside [0, 1]), and the padding
+    gets zero gradient."""
+    x, c, w, _ = _inputs(kernel, 1, 5, 3, 4, device, torch.float64)
+    pad = torch.stack([c.detach()[:, 0], (c - w).detach()[:, 1], torch.full((3,), 1e6, device=device, dtype=torch.float64)])
+    padded = torch.cat([x.detach()[:, :2], pad[None], x.detach()[:, 2:]], dim=1).requires_grad_()
+    mask = torch.tensor([[True, True, False, False, False, True, True, True]], device=device)
+    out = FF.histogram(padded, c, w, kernel, mask, normalize)
+    expected = FF.histogram(x, c, w, kernel, None, normalize)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    out.backward(g)
+    expected.backward(g)
+    assert torch.equal(padded.grad[:, 2:5], torch.zeros_like(padded.grad[:, 2:5]))
+    torch.testing.assert_close(padded.grad[:, mask[0]], x.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_non_finite_padding_does_not_count(device, kernel):
+    """Padding under a mask is never read: NaN and inf there leave the result finite (the
+    reference multiplies by the mask, so it gives NaN here; fastdl skips absent elements)."""
+    x, c, w, _ = _inputs(kernel, 2, 5, 3, 4, device, torch.float32)
+    mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5], device=device)
+    padded = x.detach().clone()
+    padded[0, 3], padded[0, 4] = float("nan"), float("inf")
+    padded.requires_grad_()
+    out = FF.histogram(padded, c, w, kernel, mask)
+    torch.testing.assert_close(out[0], FF.histogram(x[0, :3], c, w, kernel))
+    out.backward(torch.ones_like(out))
+    assert torch.isfinite(padded.grad).all() and torch.isfinite(c.grad).all() and torch.isfinite(w.grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_permutation_invariant(device, kernel):
+    x, c, w, mask = _inputs(kernel, 3, 9, 4, 5, device, torch.float64, mask=True, requires_grad=False)
+    perm = torch.randperm(9, device=device)
+    torch.testing.assert_close(FF.histogram(x[:, perm], c, w, kernel, mask[:, perm]),
+                               FF.histogram(x, c, w, kernel, mask))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4, 3), (2, 4, 0), (0, 3)],
+                         ids=["N0", "bags0", "F0", "unbatched_N0"])
+def test_empty_sizes(device, kernel, shape):
+    """Empty bags (N = 0: zeros, like the reference), no bags, no features."""
+    x = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
+    f = shape[-1]
+    c = ((torch.arange(4, device=device, dtype=torch.float64) + 0.5) / 4).expand(f, 4).clone().requires_grad_()
+    w = torch.full((f, 4), 0.2 if kernel in ("hard", "sigmoid") else 5.0, device=device,
+                   dtype=torch.float64, requires_grad=True)
+    out, _, _, _ = compare_with_torch(*_fns(kernel), [x, c, w], torch.float64)
+    if shape[-2] == 0:
+        assert torch.equal(out, torch.zeros_like(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The hard kernel: forward an indicator, backward HistNetQ's surrogate
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
+def test_hard_closed_form(device, normalize):
+    """Forward: (the share of) elements with |d| < w. Gradients: those of 1.01**(w - |d|) on
+    the same support, written out here in float64 (checks the reference as well)."""
+    x, c, w, mask = _inputs("hard", 3, 6, 4, 5, device, torch.float64, mask=True)
+    g = torch.randn(3, 4, 5, device=device, dtype=torch.float64)
+    out = FF.histogram(x, c, w, "hard", mask, normalize)
+    out.backward(g)
+    d = x.detach()[..., None] - c.detach()  # (bags, N, F, B)
+    inside = (d.abs() < w.detach()) & mask[:, :, None, None]
+    count = mask.sum(1).clamp(min=1).double()[:, None, None] if normalize else torch.ones(3, 1, 1, device=device, dtype=torch.float64)
+    torch.testing.assert_close(out.detach(), inside.double().sum(1) / count, rtol=0, atol=1e-15)
+    slope = torch.where(inside, HARD_SLOPE * 1.01 ** (w.detach() - d.abs()), torch.zeros_like(d))
+    gs = slope * (g / count)[:, None]  # d out / d w for each (bag, element, feature, bin)
+    torch.testing.assert_close(w.grad, gs.sum((0, 1)), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(x.grad, -(gs * d.sign()).sum(-1), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(c.grad, (gs * d.sign()).sum((0, 1)), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hard_gradient_is_a_surrogate(device):
+    """gradcheck cannot validate "hard": its forward is piecewise constant (away from the jumps
+    a finite difference is exactly zero) and its backward is, by design, HistNetQ's surrogate.
+    So: the forward does not move under small perturbations, the gradients are nonzero and
+    equal the reference's straight-through surrogate in float64 (tight), and gradcheck
+    rejects them (the surrogate is not the derivative)."""
+    x, c, w, mask = _inputs("hard", 2, 5, 3, 4, device, torch.float64, mask=True)
+    fn, ref = _fns("hard", mask)
+    out = fn(x, c, w)
+    for dx, dc, dw in ((1e-5, 0, 0), (0, 1e-5, 0), (0, 0, 1e-5)):  # well inside MARGIN
+        torch.testing.assert_close(fn(x + dx, c + dc, w + dw), out, rtol=0, atol=0)
+    grads = torch.autograd.grad(fn(x, c, w).sum(), (x, c, w))
+    assert all(g.abs().sum() > 0 for g in grads)
+    compare_with_torch(fn, ref, [x, c, w], torch.float64)
+    assert not torch.autograd.gradcheck(fn, (x, c, w), raise_exception=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, double backward, opcheck, compile
+# ---------------------------------------------------------------------------------------------
+
+GRADCHECK_CONFIGS = {
+    "mask": dict(bags=3, n=4, f=2, b=3, mask=True),
+    "sum": dict(bags=2, n=4, f=2, b=3, mask=True, normalize=False),
+    "shared": dict(bags=2, n=4, f=3, b=3, shared=True),
+    "unbatched": dict(bags=None, n=5, f=2, b=3),
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel, sharpness", [("sigmoid", 5.0), ("soft", SHARPNESS), ("rbf", SHARPNESS)],
+                         ids=["sigmoid", "soft", "rbf"])
+@pytest.mark.parametrize("config", list(GRADCHECK_CONFIGS))
+def test_gradcheck(device, kernel, sharpness, config):
+    """float64 gradcheck of the smooth kernels ("sigmoid" with a small sharpness, so finite
+    differences resolve it), away from the kinks by construction (see _inputs). "hard" has
+    its own test above: its gradient is a surrogate."""
+    cfg = dict(GRADCHECK_CONFIGS[config])
+    normalize = cfg.pop("normalize", True)
+    x, c, w, mask = _inputs(kernel, device=device, dtype=torch.float64, **cfg)
+    check_gradcheck(_fns(kernel, mask, normalize, sharpness)[0], [x, c, w])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_double_backward_raises(device, kernel):
+    x, c, w, mask = _inputs(kernel, 2, 4, 2, 3, device, torch.float64, mask=True)
+    assert_no_double_backward(_fns(kernel, mask, True, 5.0)[0], [x, c, w])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_error_message(device):
+    x, c, w, _ = _inputs("soft", 2, 4, 2, 3, device, torch.float64)
+    (gx,) = torch.autograd.grad(FF.histogram(x, c, w).pow(2).sum(), x, create_graph=True)
+    assert_raises_naming(RuntimeError, lambda: gx.sum().backward(), "histogram", "double backward")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_opcheck_forward(device, dtype, kernel):
+    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, mask=True)
+    check_opcheck(OP, (x, c, w, kernel, mask, True, SHARPNESS))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", ["sum_no_mask", "shared", "unbatched", "noncontiguous"])
+def test_opcheck_forward_variants(device, variant):
+    x, c, w, mask = _inputs("soft", None if variant == "unbatched" else 3, 5, 4, 6, device,
+                            shared=variant == "shared", mask=variant != "sum_no_mask")
+    if variant == "noncontiguous":
+        x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
+    check_opcheck(OP, (x, c, w, "soft", mask, variant != "sum_no_mask", SHARPNESS))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("output_mask", [(True, True, True), (True, False, False), (False, True, True)])
+def test_opcheck_backward(device, dtype, kernel, output_mask):
+    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, shared=not output_mask[0],
+                            mask=True, requires_grad=False)
+    g = torch.randn(3, 4, 6, device=device, dtype=dtype)
+    check_opcheck(OP_BACKWARD, (g, x, c, w, kernel, mask, True, SHARPNESS, list(output_mask)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compile_functional(device, kernel):
+    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, mask=True)
+    check_compile(lambda x, c, w: FF.histogram(x, c, w, kernel, mask), x, c, w)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_in_a_model(device):
+    """HistNetQ's shape of use: sigmoid features, a histogram per feature, flattened, a linear
+    layer; mask and shared bins as graph inputs."""
+    x, c, w, mask = _inputs("soft", 3, 5, 4, 6, device, shared=True, mask=True)
+    lin = torch.randn(4 * 6, 2, device=device, requires_grad=True)
+
+    def model(x, c, w, lin, mask):
+        return FF.histogram(torch.sigmoid(x), c, w, "soft", mask, True).flatten(1) @ lin
+
+    check_compile(model, x, c, w, lin, mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_dynamic_shapes(device):
+    f = torch.compile(lambda x, c, w: FF.histogram(x, c, w, "rbf"), fullgraph=True,
+                      backend="aot_eager", dynamic=True)
+    for bags, n, feat in [(2, 5, 3), (3, 7, 4), (4, 9, 2)]:
+        x, c, w, _ = _inputs("rbf", bags, n, feat, 5, device, requires_grad=False)
+        torch.testing.assert_close(f(x, c, w), histogram_reference(x, c, w, "rbf"))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_inputs_unchanged(device, dtype, kernel):
+    x, c, w, mask = _inputs(kernel, 3, 7, 4, 5, device, dtype, mask=True)
+    x = _strided(x)
+    g = torch.randn(3, 4, 5, device=device, dtype=dtype)
+
+    def run():
+        FF.histogram(x, c, w, kernel, mask).backward(g)
+        OP_BACKWARD(g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS, [True] * 3)
+
+    assert_unchanged([x, c, w, mask, g], run)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+ERRORS = (RuntimeError, ValueError)
+
+
+def _raises(fn, arg, *words):
+    """fn() raises RuntimeError or ValueError naming ``arg`` (as a word) and every one of
+    ``words``; and leaves nothing half done (no crash)."""
+    info = assert_raises_naming(ERRORS, fn, *words)
+    message = str(info.value)
+    assert re.search(rf"\b{re.escape(arg)}\b", message), f"error does not name {arg!r}: {message!r}"
+
+
+def _good(device, dtype=torch.float32, bags=2, n=6, f=3, b=4):
+    x = torch.rand(bags, n, f, device=device, dtype=dtype)
+    c = ((torch.arange(b, device=device, dtype=dtype) + 0.5) / b).expand(f, b).contiguous()
+    w = torch.full((f, b), 2.0 * b, device=device, dtype=dtype)
+    return x, c, w
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5), ()], ids=["1d", "4d", "0d"])
+def test_bad_x_rank(device, shape):
+    _, c, w = _good(device, f=5)
+    x = torch.rand(shape, device=device)
+    _raises(lambda: FF.histogram(x, c, w), "x", str(list(shape)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 3), (3, 4, 1), (), (2, 4), (1, 4)],
+                         ids=["transposed", "3d", "0d", "wrong_F", "one_row"])
+@pytest.mark.parametrize("which", ["centers", "widths", "both"])
+def test_bad_centers_widths_shape(device, shape, which):
+    """x has F = 3, B = 4: (F, B) or (B,) only. One of them bad names that one; both bad (so
+    they agree with each other) names one of them and the shape."""
+    x, c, w = _good(device)
+    if which in ("centers", "both"):
+        c = torch.full(shape, 0.5, device=device)
+    if which in ("widths", "both"):
+        w = torch.full(shape, 2.0, device=device)
+    if which == "both":
+        info = assert_raises_naming(ERRORS, lambda: FF.histogram(x, c, w), str(list(shape)))
+        assert re.search(r"\b(centers|widths)\b", str(info.value)), str(info.value)
+    else:
+        _raises(lambda: FF.histogram(x, c, w), which)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shapes", [((3, 4), (4,)), ((4,), (3, 4)), ((3, 4), (3, 5))],
+                         ids=["per_feature_vs_shared", "shared_vs_per_feature", "different_B"])
+def test_centers_widths_shapes_differ(device, shapes):
+    x, _, _ = _good(device)
+    c = torch.full(shapes[0], 0.5, device=device)
+    w = torch.full(shapes[1], 2.0, device=device)
+    # names widths and what was expected of it (centers' shape) and what came
+    _raises(lambda: FF.histogram(x, c, w), "widths", str(list(shapes[0])), str(list(shapes[1])))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("value", [0.0, -1.0, -1e-30], ids=["zero", "negative", "tiny_negative"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_feature", "shared"])
+def test_non_positive_widths(device, kernel, value, shared):
+    x, c, w = _good(device)
+    if shared:
+        c, w = c[0].clone(), w[0].clone()
+    w.view(-1)[-1] = value
+    _raises(lambda: FF.histogram(x, c, w, kernel), "widths")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["triangular", "", "gaussian", "soft "])
+def test_unknown_kernel(device, kernel):
+    x, c, w = _good(device)
+    _raises(lambda: FF.histogram(x, c, w, kernel), "kernel")
+    if kernel:
+        _raises(lambda: FF.histogram(x, c, w, kernel), "kernel", kernel.strip())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 7), (2,), (2, 6, 1), (6,), (1, 6), (3, 6)],
+                         ids=["N_plus_1", "1d", "3d", "unbatched_shape", "one_bag", "bags_plus_1"])
+def test_bad_mask_shape(device, shape):
+    x, c, w = _good(device)
+    mask = torch.ones(shape, dtype=torch.bool, device=device)
+    _raises(lambda: FF.histogram(x, c, w, "soft", mask), "mask", str(list(shape)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 6), (6, 1), (5,)])
+def test_bad_mask_shape_unbatched(device, shape):
+    x, c, w = _good(device)
+    mask = torch.ones(shape, dtype=torch.bool, device=device)
+    _raises(lambda: FF.histogram(x[0], c, w, "soft", mask), "mask", str(list(shape)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.int64])
+def test_bad_mask_dtype(device, dtype):
+    x, c, w = _good(device)
+    mask = torch.ones(2, 6, device=device, dtype=dtype)
+    _raises(lambda: FF.histogram(x, c, w, "soft", mask), "mask")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_bad_x_dtype(device, dtype):
+    x, c, w = _good(device)
+    _raises(lambda: FF.histogram(x.to(dtype), c, w), "x")
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_on_cpu_raises(dtype):
+    x, c, w = _good("cpu", dtype)
+    _raises(lambda: FF.histogram(x, c, w), "x", "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["centers", "widths"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_parameter_dtype_mismatch(device, name, dtype):
+    x, c, w = _good(device)
+    if name == "centers":
+        c = c.to(dtype)
+    else:
+        w = w.to(dtype)
+    _raises(lambda: FF.histogram(x, c, w), name)
+
+
+def test_parameter_dtype_mismatch_float64_x():
+    x, c, w = _good("cpu", torch.float64)
+    _raises(lambda: FF.histogram(x, c.float(), w), "centers")
+    _raises(lambda: FF.histogram(x, c, w.float()), "widths")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("name", ["centers", "widths", "mask"])
+def test_device_mismatch(name):
+    x, c, w = _good("cuda")
+    mask = torch.ones(2, 6, dtype=torch.bool, device="cuda")
+    args = {"x": x, "centers": c, "widths": w, "mask": mask}
+    args[name] = args[name].cpu()
+    _raises(lambda: FF.histogram(args["x"], args["centers"], args["widths"], "soft", args["mask"]),
+            name, "device")
+    cpu = {k: v.cpu() for k, v in args.items()}
+    cpu[name] = cpu[name].cuda()  # x on the CPU, the other on the GPU
+    _raises(lambda: FF.histogram(cpu["x"], cpu["centers"], cpu["widths"], "soft", cpu["mask"]),
+            name, "device")
+
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_x_with_float64_parameters_raises(dtype):
+    x, c, w = _good("cuda", dtype)
+    _raises(lambda: FF.histogram(x, c.double(), w), "centers")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_op_bad_input(device):
+    x, c, w = _good(device)
+    g = torch.randn(2, 3, 4, device=device)
+    mask = [True, True, True]
+    _raises(lambda: OP_BACKWARD(g[:, :, :3], x, c, w, "soft", None, True, 1.0, mask), "grad_output")
+    _raises(lambda: OP_BACKWARD(g[0], x, c, w, "soft", None, True, 1.0, mask), "grad_output")
+    _raises(lambda: OP_BACKWARD(g.double(), x, c, w, "soft", None, True, 1.0, mask), "grad_output")
+    _raises(lambda: OP_BACKWARD(g, x, c, w, "triangular", None, True, 1.0, mask), "kernel")
+    _raises(lambda: OP_BACKWARD(g, x, c, -w, "soft", None, True, 1.0, mask), "widths")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_leaves_inputs_unchanged(device):
+    x, c, w = _good(device)
+    bad_w = w.clone()
+    bad_w[0, 0] = -1.0
+    mask = torch.ones(2, 7, dtype=torch.bool, device=device)
+    assert_unchanged([x, c, w, bad_w, mask], lambda: (
+        pytest.raises(ERRORS, FF.histogram, x, c, bad_w),
+        pytest.raises(ERRORS, FF.histogram, x, c, w, "soft", mask)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sharpness", [0.0, -5.0, math.nan, math.inf])
+def test_bad_sharpness(device, sharpness):
+    """A sigmoid sharpness that is not finite and positive has no meaning (it would give NaN
+    or negative counts): rejected for every kernel, like the other arguments."""
+    x = torch.rand(2, 3, 4, device=device)
+    c, w = torch.rand(4, 5, device=device), torch.full((4, 5), 0.2, device=device)
+    assert_raises_naming(ValueError, lambda: FF.histogram(x, c, w, "sigmoid", sharpness=sharpness), "sharpness")
