@@ -10,7 +10,7 @@ import torch as _torch  # loads libtorch before libfastdl
 
 from . import _C  # noqa: F401  (loading it registers the ops)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
-from . import functional, nn
+from . import functional, models, nn
 
 __version__ = _C.build_info()["version"]
 
@@ -29,4 +29,4 @@ def cmake_prefix_path() -> str:
     return _os.path.join(_os.path.dirname(_C.__file__), "share", "cmake")
 
 
-__all__ = ["build_info", "cmake_prefix_path", "functional", "nn", "__version__"]
+__all__ = ["build_info", "cmake_prefix_path", "functional", "models", "nn", "__version__"]
