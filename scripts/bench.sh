@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
-# This machine's VM makes first touches of fresh memory (page faults) slow and erratic; keep
-# freed memory in the process so both torch and fastdl time their kernels, not the faults.
-# Set FASTDL_BENCH_DEFAULT_MALLOC=1 to measure with glibc's defaults instead.
-if [ -z "${FASTDL_BENCH_DEFAULT_MALLOC:-}" ]; then
+# By default glibc's allocator settings, as users run. On this project's VMs the first touch
+# of fresh memory (page faults) is slow and erratic; FASTDL_BENCH_KEEP_MEMORY=1 keeps freed
+# memory in the process, for torch and fastdl alike, so the kernels are timed rather than
+# the faults (it favours ops that allocate a lot, such as the histogram reference).
+if [ -n "${FASTDL_BENCH_KEEP_MEMORY:-}" ]; then
   export MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736
 fi
 python benchmarks/run.py "$@"

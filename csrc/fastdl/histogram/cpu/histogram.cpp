@@ -45,12 +45,59 @@ Vec<T> vec_sign(const Vec<T>& d) {
   return ((d > zero) & one) - ((d < zero) & one);
 }
 
+// Per-bin constants of a vector of bins, computed once outside the loop over elements.
+// Sigmoid: sig(s (d +- w/2)) = 1 / (1 + e * exp(-+ s w / 2)) with e = exp(-s d), so one exp per
+// element serves both sigmoids; `one_exp` is false where exp(s w / 2) would be too large for
+// that (very sharp or wide bins), and the two sigmoids are then evaluated separately.
+template <typename T>
+struct Bins {
+  Vec<T> w;
+  Vec<T> exp_minus;  // exp(-s w / 2)
+  Vec<T> exp_plus;   // exp(+s w / 2)
+  bool one_exp = false;
+};
+
+template <HistogramKernel K, typename T>
+Bins<T> prepare_bins(const T* w, T s) {
+  Bins<T> b;
+  b.w = Vec<T>::loadu(w);
+  if constexpr (K == HistogramKernel::Sigmoid) {
+    const T limit = std::is_same_v<T, float> ? T(40) : T(300);
+    T half[Vec<T>::size()];
+    (b.w * Vec<T>(s / 2)).store(half);
+    b.one_exp = std::all_of(half, half + Vec<T>::size(), [&](T h) { return h <= limit; });
+    if (b.one_exp) {
+      const Vec<T> h = Vec<T>::loadu(half);
+      b.exp_minus = vec_exp<T>(Vec<T>(T(0)) - h);
+      b.exp_plus = vec_exp<T>(h);
+    }
+  }
+  return b;
+}
+
+// sig(s (d + w/2)) and sig(s (d - w/2)).
+template <typename T>
+void vec_sigmoid_pair(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& upper, Vec<T>& lower) {
+  const Vec<T> one(T(1));
+  if (b.one_exp) {
+    const Vec<T> e = vec_exp<T>(Vec<T>(-s) * d);
+    upper = one / (one + e * b.exp_minus);
+    lower = one / (one + e * b.exp_plus);
+  } else {
+    const Vec<T> half_w = b.w * Vec<T>(T(0.5));
+    upper = vec_sigmoid<T>(Vec<T>(s) * (d + half_w));
+    lower = vec_sigmoid<T>(Vec<T>(s) * (d - half_w));
+  }
+}
+
 // The vector form of detail::hist_value (histogram_math.h).
 template <HistogramKernel K, typename T>
-Vec<T> vec_value(const Vec<T>& d, const Vec<T>& w, T s) {
+Vec<T> vec_value(const Vec<T>& d, const Bins<T>& b, T s) {
+  const Vec<T>& w = b.w;
   if constexpr (K == HistogramKernel::Sigmoid) {
-    const Vec<T> half_w = w * Vec<T>(T(0.5));
-    return vec_sigmoid<T>(Vec<T>(s) * (d + half_w)) - vec_sigmoid<T>(Vec<T>(s) * (d - half_w));
+    Vec<T> upper, lower;
+    vec_sigmoid_pair<T>(d, b, s, upper, lower);
+    return upper - lower;
   } else if constexpr (K == HistogramKernel::Soft) {
     return at::vec::maximum(Vec<T>(T(1)) - w * d.abs(), Vec<T>(T(0)));
   } else if constexpr (K == HistogramKernel::Rbf) {
@@ -63,13 +110,13 @@ Vec<T> vec_value(const Vec<T>& d, const Vec<T>& w, T s) {
 
 // The vector form of detail::hist_derivatives.
 template <HistogramKernel K, typename T>
-void vec_derivatives(const Vec<T>& d, const Vec<T>& w, T s, Vec<T>& dv_dd, Vec<T>& dv_dw) {
+void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<T>& dv_dw) {
   const Vec<T> one(T(1)), zero(T(0));
+  const Vec<T>& w = b.w;
   if constexpr (K == HistogramKernel::Sigmoid) {
-    const Vec<T> half_w = w * Vec<T>(T(0.5));
-    const Vec<T> a = vec_sigmoid<T>(Vec<T>(s) * (d + half_w));
-    const Vec<T> b = vec_sigmoid<T>(Vec<T>(s) * (d - half_w));
-    const Vec<T> da = a * (one - a), db = b * (one - b);
+    Vec<T> upper, lower;
+    vec_sigmoid_pair<T>(d, b, s, upper, lower);
+    const Vec<T> da = upper * (one - upper), db = lower * (one - lower);
     dv_dd = Vec<T>(s) * (da - db);
     dv_dw = Vec<T>(s / 2) * (da + db);
   } else if constexpr (K == HistogramKernel::Soft) {
@@ -109,16 +156,17 @@ template <typename T, HistogramKernel K, int KV>
 void forward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
                   const T* w, T sharpness, T* out) {
   constexpr int64_t L = Vec<T>::size();
-  Vec<T> cv[KV], wv[KV], acc[KV];
+  Vec<T> cv[KV], acc[KV];
+  Bins<T> bins[KV];
   for (int j = 0; j < KV; ++j) {
     cv[j] = Vec<T>::loadu(c + j * L);
-    wv[j] = Vec<T>::loadu(w + j * L);
+    bins[j] = prepare_bins<K, T>(w + j * L, sharpness);
     acc[j] = Vec<T>(T(0));
   }
   for (int64_t i = 0; i < n; ++i) {
     if (mask && !mask[i]) continue;
     const Vec<T> xv(xcol[i * stride]);
-    for (int j = 0; j < KV; ++j) acc[j] += vec_value<K, T>(xv - cv[j], wv[j], sharpness);
+    for (int j = 0; j < KV; ++j) acc[j] += vec_value<K, T>(xv - cv[j], bins[j], sharpness);
   }
   for (int j = 0; j < KV; ++j) acc[j].store(out + j * L);
 }
@@ -162,10 +210,11 @@ template <typename T, HistogramKernel K, int KV>
 void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
                    const T* w, const T* g, T sharpness, T* gxcol, T* gc, T* gw) {
   constexpr int64_t L = Vec<T>::size();
-  Vec<T> cv[KV], wv[KV], gv[KV], gc_acc[KV], gw_acc[KV];
+  Vec<T> cv[KV], gv[KV], gc_acc[KV], gw_acc[KV];
+  Bins<T> bins[KV];
   for (int j = 0; j < KV; ++j) {
     cv[j] = Vec<T>::loadu(c + j * L);
-    wv[j] = Vec<T>::loadu(w + j * L);
+    bins[j] = prepare_bins<K, T>(w + j * L, sharpness);
     gv[j] = Vec<T>::loadu(g + j * L);
     gc_acc[j] = Vec<T>(T(0));
     gw_acc[j] = Vec<T>(T(0));
@@ -176,7 +225,7 @@ void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, c
     Vec<T> gx(T(0));
     for (int j = 0; j < KV; ++j) {
       Vec<T> dd, dw;
-      vec_derivatives<K, T>(xv - cv[j], wv[j], sharpness, dd, dw);
+      vec_derivatives<K, T>(xv - cv[j], bins[j], sharpness, dd, dw);
       const Vec<T> g_dd = gv[j] * dd;
       gx += g_dd;
       gc_acc[j] -= g_dd;
