@@ -57,6 +57,19 @@ __device__ __forceinline__ int stage_chunk(const T* __restrict__ x, const bool* 
   return rows;
 }
 
+// The (feature, bin) pair of this thread in a block of grid (bags, ceil(F / FT)).
+struct TileThread {
+  int64_t f0, f, k;
+  int fl;       // feature within the tile
+  bool active;  // false for the threads past the tile or past the last feature
+  __device__ TileThread(int ft, int64_t features, int64_t bins)
+      : f0(static_cast<int64_t>(blockIdx.y) * ft),
+        f(f0 + threadIdx.x / bins),
+        k(threadIdx.x % bins),
+        fl(static_cast<int>(threadIdx.x / bins)),
+        active(fl < ft && f < features) {}
+};
+
 // grid (bags, ceil(F / FT)). out[bag, f, k] = scale[bag] * sum_i K(x[bag, i, f] - c[f, k]).
 template <typename T, HistogramKernel K>
 __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__ mask,
@@ -65,14 +78,12 @@ __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__
                                int64_t n, int64_t features, int64_t bins, int64_t pstride, int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
+  const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
-  const int64_t bag = blockIdx.x;
-  const int64_t f0 = static_cast<int64_t>(blockIdx.y) * ft;
-  const int fl = threadIdx.x / bins;
-  const int64_t k = threadIdx.x % bins;
-  const int64_t f = f0 + fl;
-  const bool active = fl < ft && f < features;
+  const int64_t bag = blockIdx.x, f0 = t.f0, f = t.f, k = t.k;
+  const int fl = t.fl;
+  const bool active = t.active;
   const A c = active ? centers[f * pstride + k] : A(0);
   const A w = active ? widths[f * pstride + k] : A(1);
   A sum = 0;
@@ -99,14 +110,12 @@ __global__ void param_grad_kernel(const T* __restrict__ grad_out, const T* __res
                                   int64_t bins, int64_t pstride, int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
+  const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
-  const int64_t bag = blockIdx.x;
-  const int64_t f0 = static_cast<int64_t>(blockIdx.y) * ft;
-  const int fl = threadIdx.x / bins;
-  const int64_t k = threadIdx.x % bins;
-  const int64_t f = f0 + fl;
-  const bool active = fl < ft && f < features;
+  const int64_t bag = blockIdx.x, f0 = t.f0, f = t.f, k = t.k;
+  const int fl = t.fl;
+  const bool active = t.active;
   const int64_t out_idx = (bag * features + f) * bins + k;
   const A c = active ? centers[f * pstride + k] : A(0);
   const A w = active ? widths[f * pstride + k] : A(1);
