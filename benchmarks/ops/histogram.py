@@ -69,6 +69,45 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
                 bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes, **TOLERANCE)
 
 
+def histnetq_step_case(device: str, bags: int, n: int, in_features: int, n_classes: int = 4,
+                       n_features: int = 64, bins: int = 32) -> Case:
+    """A HistNetQ training step (forward, and backward to every parameter and the input):
+    fastdl's model against the same model, same weights, whose histogram layer is the
+    pure-PyTorch composition. The parameters are passed as arguments (torch.func's
+    functional_call), so the harness differentiates and compares all of them."""
+    torch.manual_seed(0)
+    model = fastdl.models.HistNetQ(in_features, n_classes, n_bins=bins, histogram="soft",
+                                   n_features=n_features).to(device)
+    names = [name for name, _ in model.named_parameters()]
+    layer = model.histogram
+
+    def with_reference_histogram(x, *params):
+        # The model with its histogram layer's op swapped for the reference, same parameters.
+        def reference_forward(h, mask=None):
+            out = histogram_reference(h, layer.centers, layer.widths, layer.kernel, mask,
+                                      layer.normalize, layer.sharpness)
+            return out.flatten(-2)
+        original = layer.forward
+        layer.forward = reference_forward
+        try:
+            return torch.func.functional_call(model, dict(zip(names, params)), (x,))
+        finally:
+            layer.forward = original
+
+    def with_fastdl(x, *params):
+        return torch.func.functional_call(model, dict(zip(names, params)), (x,))
+
+    def make_inputs():
+        x = torch.rand(bags, n, in_features, device=device).requires_grad_()
+        params = [p.detach().clone().requires_grad_() for p in model.parameters()]
+        return (x, *params)
+
+    x_bytes = bags * n * in_features * 4
+    return Case("histnetq_step", f"bags{bags} N{n} in{in_features} F{n_features} B{bins}",
+                torch.float32, device, make_inputs, with_fastdl, with_reference_histogram,
+                bytes_fwd=x_bytes, bytes_fwd_bwd=3 * x_bytes, **TOLERANCE)
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     """Every kernel at the ANCHORS.md shape, and "soft" with a mask. CPU: bags16 N500 F64 B32
     fp32 (``quick``: bags8 N250, a quarter of it); CUDA: bags64 N1000 F300 B32 fp32 (the
@@ -79,4 +118,6 @@ def cases(device: str, quick: bool) -> list[Case]:
         shape = (64, 1000, 300, 32)
     out = [histogram_case(device, kernel, *shape) for kernel in ("soft", "sigmoid", "rbf", "hard")]
     out.append(histogram_case(device, "soft", *shape, masked=True))
+    bags, n = shape[:2]
+    out.append(histnetq_step_case(device, bags, n, in_features=64))
     return out
