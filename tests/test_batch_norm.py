@@ -794,3 +794,16 @@ def test_module_deepcopy_and_to(device):
     ref = copy.deepcopy(m2)
     torch.testing.assert_close(m2(x), nn.BatchNorm1d.forward(ref, x))
     torch.testing.assert_close(m2.running_var, ref.running_var)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+def test_zero_channels(device, training):
+    """(N, 0, L): empty output and gradients, as torch, with no kernel launched on nothing."""
+    x = torch.randn(4, 0, 3, device=device, requires_grad=True)
+    rm, rv = torch.zeros(0, device=device), torch.ones(0, device=device)
+    y = FF.batch_norm(x, rm, rv, training=training)
+    expected = F.batch_norm(x.detach(), rm.clone(), rv.clone(), training=training)
+    assert y.shape == expected.shape == (4, 0, 3)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.shape == x.shape

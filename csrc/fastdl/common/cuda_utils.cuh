@@ -15,6 +15,8 @@ template <typename T>
 using acc_t = at::acc_type<T, /*is_cuda=*/true>;
 
 constexpr int kWarpSize = 32;
+constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit (y and z: 65535)
+constexpr int64_t kMaxGridYZ = 65535;
 
 // The reduction states below are aggregates without initialisers, so they can live in
 // shared memory; value-initialise them (`Welford<float> w{};`) to start from zero.

@@ -13,7 +13,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -57,46 +57,50 @@ __device__ __forceinline__ int stage_chunk(const T* __restrict__ x, const bool* 
   return rows;
 }
 
-// The (feature, bin) pair of this thread in a block of grid (bags, ceil(F / FT)).
+// The (feature, bin) pair of this thread in a block of grid (ceil(F / FT), min(bags, 65535)):
+// feature tiles along x, bags along y (a block takes bags y, y + gridDim.y, ...).
 struct TileThread {
   int64_t f0, f, k;
   int fl;       // feature within the tile
   bool active;  // false for the threads past the tile or past the last feature
   __device__ TileThread(int ft, int64_t features, int64_t bins)
-      : f0(static_cast<int64_t>(blockIdx.y) * ft),
+      : f0(static_cast<int64_t>(blockIdx.x) * ft),
         f(f0 + threadIdx.x / bins),
         k(threadIdx.x % bins),
         fl(static_cast<int>(threadIdx.x / bins)),
         active(fl < ft && f < features) {}
 };
 
-// grid (bags, ceil(F / FT)). out[bag, f, k] = scale[bag] * sum_i K(x[bag, i, f] - c[f, k]).
+// out[bag, f, k] = scale[bag] * sum_i K(x[bag, i, f] - c[f, k]).
 template <typename T, HistogramKernel K>
 __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__ mask,
                                const acc_t<T>* __restrict__ centers, const acc_t<T>* __restrict__ widths,
                                const acc_t<T>* __restrict__ scale, acc_t<T> sharpness, T* __restrict__ out,
-                               int64_t n, int64_t features, int64_t bins, int64_t pstride, int ft) {
+                               int64_t bags, int64_t n, int64_t features, int64_t bins, int64_t pstride,
+                               int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
   const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
-  const int64_t bag = blockIdx.x, f0 = t.f0, f = t.f, k = t.k;
+  const int64_t f0 = t.f0, f = t.f, k = t.k;
   const int fl = t.fl;
   const bool active = t.active;
   const A c = active ? centers[f * pstride + k] : A(0);
   const A w = active ? widths[f * pstride + k] : A(1);
-  A sum = 0;
-  for (int64_t r0 = 0; r0 < n; r0 += kRowsPerChunk) {
-    const int rows = stage_chunk<T>(x, mask, xs, present, bag, r0, n, features, f0, ft);
-    if (active) {
-      for (int r = 0; r < rows; ++r) {
-        if (present[r]) sum += detail::hist_value<K, A>(xs[r * ft + fl] - c, w, sharpness);
+  for (int64_t bag = blockIdx.y; bag < bags; bag += gridDim.y) {
+    A sum = 0;
+    for (int64_t r0 = 0; r0 < n; r0 += kRowsPerChunk) {
+      const int rows = stage_chunk<T>(x, mask, xs, present, bag, r0, n, features, f0, ft);
+      if (active) {
+        for (int r = 0; r < rows; ++r) {
+          if (present[r]) sum += detail::hist_value<K, A>(xs[r * ft + fl] - c, w, sharpness);
+        }
       }
+      __syncthreads();
     }
-    __syncthreads();
+    if (active) out[(bag * features + f) * bins + k] = static_cast<T>(sum * scale[bag]);
   }
-  if (active) out[(bag * features + f) * bins + k] = static_cast<T>(sum * scale[bag]);
 }
 
 // Per (bag, feature, bin): -sum g * dv/dd and sum g * dv/dw over the bag's present elements,
@@ -106,37 +110,39 @@ __global__ void param_grad_kernel(const T* __restrict__ grad_out, const T* __res
                                   const bool* __restrict__ mask, const acc_t<T>* __restrict__ centers,
                                   const acc_t<T>* __restrict__ widths, const acc_t<T>* __restrict__ scale,
                                   acc_t<T> sharpness, acc_t<T>* __restrict__ part_c,
-                                  acc_t<T>* __restrict__ part_w, int64_t n, int64_t features,
-                                  int64_t bins, int64_t pstride, int ft) {
+                                  acc_t<T>* __restrict__ part_w, int64_t bags, int64_t n,
+                                  int64_t features, int64_t bins, int64_t pstride, int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
   const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
-  const int64_t bag = blockIdx.x, f0 = t.f0, f = t.f, k = t.k;
+  const int64_t f0 = t.f0, f = t.f, k = t.k;
   const int fl = t.fl;
   const bool active = t.active;
-  const int64_t out_idx = (bag * features + f) * bins + k;
   const A c = active ? centers[f * pstride + k] : A(0);
   const A w = active ? widths[f * pstride + k] : A(1);
-  const A g = active ? static_cast<A>(grad_out[out_idx]) * scale[bag] : A(0);
-  A sc = 0, sw = 0;
-  for (int64_t r0 = 0; r0 < n; r0 += kRowsPerChunk) {
-    const int rows = stage_chunk<T>(x, mask, xs, present, bag, r0, n, features, f0, ft);
-    if (active) {
-      for (int r = 0; r < rows; ++r) {
-        if (!present[r]) continue;
-        A dd, dw;
-        detail::hist_derivatives<K, A>(xs[r * ft + fl] - c, w, sharpness, dd, dw);
-        sc -= g * dd;
-        sw += g * dw;
+  for (int64_t bag = blockIdx.y; bag < bags; bag += gridDim.y) {
+    const int64_t out_idx = (bag * features + f) * bins + k;
+    const A g = active ? static_cast<A>(grad_out[out_idx]) * scale[bag] : A(0);
+    A sc = 0, sw = 0;
+    for (int64_t r0 = 0; r0 < n; r0 += kRowsPerChunk) {
+      const int rows = stage_chunk<T>(x, mask, xs, present, bag, r0, n, features, f0, ft);
+      if (active) {
+        for (int r = 0; r < rows; ++r) {
+          if (!present[r]) continue;
+          A dd, dw;
+          detail::hist_derivatives<K, A>(xs[r * ft + fl] - c, w, sharpness, dd, dw);
+          sc -= g * dd;
+          sw += g * dw;
+        }
       }
+      __syncthreads();
     }
-    __syncthreads();
-  }
-  if (active) {
-    part_c[out_idx] = sc;
-    part_w[out_idx] = sw;
+    if (active) {
+      part_c[out_idx] = sc;
+      part_w[out_idx] = sw;
+    }
   }
 }
 
@@ -201,7 +207,7 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
   auto out = at::empty({s.bags, s.features, s.bins}, x.options());
   if (out.numel() > 0) {
     const auto t = tiling_for(s.bins);
-    const dim3 grid(s.bags, cuda::ceil_div(s.features, t.features_per_block));
+    const dim3 grid(cuda::ceil_div(s.features, t.features_per_block), std::min(s.bags, cuda::kMaxGridYZ));
     const int64_t pstride = s.shared_params ? 0 : s.bins;
     const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cuda", [&] {
@@ -210,7 +216,7 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
         forward_kernel<scalar_t, K><<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
             x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<A>(),
             w.const_data_ptr<A>(), scale.const_data_ptr<A>(), static_cast<A>(sharpness),
-            out.mutable_data_ptr<scalar_t>(), s.n, s.features, s.bins, pstride, t.features_per_block);
+            out.mutable_data_ptr<scalar_t>(), s.bags, s.n, s.features, s.bins, pstride, t.features_per_block);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
@@ -237,8 +243,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
   const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor gx, gc, gw;
   if (output_mask[0]) gx = at::empty({s.bags, s.n, s.features}, x.options());
-  if (output_mask[1]) gc = at::zeros_like(centers);
-  if (output_mask[2]) gw = at::zeros_like(widths);
+  // Contiguous (F, B) or (B,) gradients in the parameters' own dtypes, whatever their strides.
+  if (output_mask[1]) gc = at::zeros(centers.sizes(), centers.options());
+  if (output_mask[2]) gw = at::zeros(widths.sizes(), widths.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
     detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
@@ -255,12 +262,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
       if ((gc.defined() || gw.defined()) && go.numel() > 0) {
         auto parts = at::empty({2, s.bags, s.features, s.bins}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
         const auto t = tiling_for(s.bins);
-        const dim3 grid(s.bags, cuda::ceil_div(s.features, t.features_per_block));
+        const dim3 grid(cuda::ceil_div(s.features, t.features_per_block), std::min(s.bags, cuda::kMaxGridYZ));
         param_grad_kernel<scalar_t, K><<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
             go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
             c.const_data_ptr<A>(), w.const_data_ptr<A>(), scale.const_data_ptr<A>(),
             static_cast<A>(sharpness), parts[0].mutable_data_ptr<A>(), parts[1].mutable_data_ptr<A>(),
-            s.n, s.features, s.bins, pstride, t.features_per_block);
+            s.bags, s.n, s.features, s.bins, pstride, t.features_per_block);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         // Shared (B,) parameters sum over bags and features, per-feature ones over bags.
         const int64_t count = s.shared_params ? s.bins : s.features * s.bins;

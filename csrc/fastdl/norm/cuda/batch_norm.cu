@@ -88,7 +88,7 @@ __global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict_
   using State = typename Op::State;
   __shared__ State tile[kRowThreads][kColTile];
   const int64_t R = channels * inner;
-  const int64_t j = blockIdx.x * kColTile + threadIdx.x;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t o0 = blockIdx.y * outer_per_split;
   const int64_t o1 = min(outer, o0 + outer_per_split);
   State s{};
@@ -153,7 +153,7 @@ __global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict_
                                       acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
                                       acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
-  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   cuda::Welford<A> s{};
   for (int64_t k = 0; k < count; ++k) s.combine(partials[c * count + k]);
@@ -178,7 +178,7 @@ __global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ wei
                                      acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
                                      acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
-  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   const A mean = static_cast<A>(running_mean[c]);
   const A invstd = rsqrt(static_cast<A>(running_var[c]) + eps);
@@ -198,7 +198,7 @@ __global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__
                                      P* __restrict__ grad_bias, acc_t<T>* __restrict__ k1,
                                      acc_t<T>* __restrict__ k2, acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
-  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
   cuda::SumPair<A> s{};
   if (partials) {
@@ -300,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto save_mean = at::zeros({C}, x.options().dtype(acc));
   auto save_invstd = at::zeros({C}, x.options().dtype(acc));
-  if (training && shape.per_channel() == 0) return {output, save_mean, save_invstd};
+  if (C == 0 || (training && shape.per_channel() == 0)) return {output, save_mean, save_invstd};
   ContiguousInPlace running_mean_io(training ? running_mean : std::nullopt);
   ContiguousInPlace running_var_io(training ? running_var : std::nullopt);
   const auto rm_eval = training ? at::Tensor() : contiguous_or_undefined(running_mean);
@@ -364,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   if (output_mask[0]) grad_input = at::empty_like(x);
   if (output_mask[1] && w.defined()) grad_weight = at::zeros({C}, param_options);
   if (output_mask[2]) grad_bias = at::zeros({C}, param_options);
-  if (n == 0) return {grad_input, grad_weight, grad_bias};
+  if (n == 0 || C == 0) return {grad_input, grad_weight, grad_bias};
   auto coef = at::empty({3, C}, x.options().dtype(acc));
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int threads = 128;

@@ -29,10 +29,12 @@ template <typename T, typename P, int VEC>
 __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ weight,
                                const P* __restrict__ bias, T* __restrict__ y,
                                acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out,
-                               int64_t cols, acc_t<T> eps) {
+                               int64_t rows, int64_t cols, acc_t<T> eps) {
   using A = acc_t<T>;
   __shared__ cuda::Welford<A> scratch[cuda::kWarpSize];
-  const int64_t row = blockIdx.x;
+  // Rows beyond the grid (more than 2^31 - 1) are taken by the same blocks again; every thread
+  // of a block runs the same iterations, so the block reductions stay uniform.
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
   const T* xr = x + row * cols;
   T* yr = y + row * cols;
 
@@ -62,6 +64,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ we
     }
     cuda::store_pack<T, VEC>(yr + i, out);
   }
+  }
 }
 
 template <typename T, typename P, int VEC>
@@ -69,10 +72,10 @@ __global__ void backward_input_kernel(const T* __restrict__ dy, const T* __restr
                                       const acc_t<T>* __restrict__ mean,
                                       const acc_t<T>* __restrict__ rstd,
                                       const P* __restrict__ weight, T* __restrict__ dx,
-                                      int64_t cols) {
+                                      int64_t rows, int64_t cols) {
   using A = acc_t<T>;
   __shared__ cuda::SumPair<A> scratch[cuda::kWarpSize];
-  const int64_t row = blockIdx.x;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
   const T* dyr = dy + row * cols;
   const T* xr = x + row * cols;
   const A m = mean[row], s = rstd[row];
@@ -105,6 +108,7 @@ __global__ void backward_input_kernel(const T* __restrict__ dy, const T* __restr
     }
     cuda::store_pack<T, VEC>(dx + row * cols + i, out);
   }
+  }
 }
 
 // Column sums over a chunk of rows: partial_w[chunk][c] = sum dy * xhat, partial_b = sum dy.
@@ -116,13 +120,13 @@ template <typename T>
 __global__ void backward_params_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                                const acc_t<T>* __restrict__ mean,
                                                const acc_t<T>* __restrict__ rstd,
-                                               float* __restrict__ partial_w,
-                                               float* __restrict__ partial_b, int64_t rows,
+                                               acc_t<T>* __restrict__ partial_w,
+                                               acc_t<T>* __restrict__ partial_b, int64_t rows,
                                                int64_t cols, int64_t rows_per_chunk) {
   using A = acc_t<T>;
   __shared__ A tile_w[kRowThreads][kColTile + 1];
   __shared__ A tile_b[kRowThreads][kColTile + 1];
-  const int64_t c = blockIdx.x * kColTile + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t r0 = blockIdx.y * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
   A sw = 0, sb = 0;
@@ -141,17 +145,17 @@ __global__ void backward_params_partial_kernel(const T* __restrict__ dy, const T
       sw += tile_w[k][threadIdx.x];
       sb += tile_b[k][threadIdx.x];
     }
-    if (partial_w) partial_w[blockIdx.y * cols + c] = static_cast<float>(sw);
-    if (partial_b) partial_b[blockIdx.y * cols + c] = static_cast<float>(sb);
+    if (partial_w) partial_w[blockIdx.y * cols + c] = sw;
+    if (partial_b) partial_b[blockIdx.y * cols + c] = sb;
   }
 }
 
-template <typename P>
-__global__ void sum_partials_kernel(const float* __restrict__ partial, P* __restrict__ out,
+template <typename A, typename P>
+__global__ void sum_partials_kernel(const A* __restrict__ partial, P* __restrict__ out,
                                     int64_t chunks, int64_t cols) {
-  const int64_t c = blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
-  float s = 0;
+  A s = 0;
   for (int64_t k = 0; k < chunks; ++k) s += partial[k * cols + c];
   out[c] = static_cast<P>(s);
 }
@@ -167,13 +171,14 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   auto* rp = rstd.mutable_data_ptr<acc_t<T>>();
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int vec = cuda::pack_width<T>(cols, {xp, yp});
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
   const int threads = threads_for(cols / vec);
   const auto e = static_cast<acc_t<T>>(eps);
   switch (vec) {
-    case 8: forward_kernel<T, P, 8><<<rows, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, cols, e); break;
-    case 4: forward_kernel<T, P, 4><<<rows, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, cols, e); break;
-    case 2: forward_kernel<T, P, 2><<<rows, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, cols, e); break;
-    default: forward_kernel<T, P, 1><<<rows, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, cols, e); break;
+    case 8: forward_kernel<T, P, 8><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
+    case 4: forward_kernel<T, P, 4><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
+    case 2: forward_kernel<T, P, 2><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
+    default: forward_kernel<T, P, 1><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -191,12 +196,13 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     const P* wp = data_or_null<P>(w);
     T* dxp = dx.mutable_data_ptr<T>();
     const int vec = cuda::pack_width<T>(cols, {dyp, xp, dxp});
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
     const int threads = threads_for(cols / vec);
     switch (vec) {
-      case 8: backward_input_kernel<T, P, 8><<<rows, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, cols); break;
-      case 4: backward_input_kernel<T, P, 4><<<rows, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, cols); break;
-      case 2: backward_input_kernel<T, P, 2><<<rows, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, cols); break;
-      default: backward_input_kernel<T, P, 1><<<rows, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, cols); break;
+      case 8: backward_input_kernel<T, P, 8><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
+      case 4: backward_input_kernel<T, P, 4><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
+      case 2: backward_input_kernel<T, P, 2><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
+      default: backward_input_kernel<T, P, 1><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -208,19 +214,20 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
                                                             cuda::ceil_div(4 * sms, col_tiles)));
     const int64_t rows_per_chunk = cuda::ceil_div(rows, chunks);
     chunks = cuda::ceil_div(rows, rows_per_chunk);
-    auto partial = at::empty({2, chunks, cols}, x.options().dtype(at::kFloat));
-    float* pw = dw.defined() ? partial[0].mutable_data_ptr<float>() : nullptr;
-    float* pb = db.defined() ? partial[1].mutable_data_ptr<float>() : nullptr;
+    using A = acc_t<T>;
+    auto partial = at::empty({2, chunks, cols}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
+    A* pw = dw.defined() ? partial[0].template mutable_data_ptr<A>() : nullptr;
+    A* pb = db.defined() ? partial[1].template mutable_data_ptr<A>() : nullptr;
     backward_params_partial_kernel<T><<<dim3(col_tiles, chunks), dim3(kColTile, kRowThreads), 0, stream>>>(
         dyp, xp, mp, rp, pw, pb, rows, cols, rows_per_chunk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int threads = 256;
     if (dw.defined()) {
-      sum_partials_kernel<P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pw, dw.mutable_data_ptr<P>(), chunks, cols);
+      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pw, dw.mutable_data_ptr<P>(), chunks, cols);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (db.defined()) {
-      sum_partials_kernel<P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pb, db.mutable_data_ptr<P>(), chunks, cols);
+      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pb, db.mutable_data_ptr<P>(), chunks, cols);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
