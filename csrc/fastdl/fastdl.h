@@ -6,3 +6,4 @@
 #include "fastdl/build_info.h"
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/layer_norm.h"
+#include "fastdl/pooling/pooling.h"

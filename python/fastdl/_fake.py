@@ -86,3 +86,58 @@ def _histogram_backward(grad_output, x, centers, widths, kernel, mask, normalize
         torch.empty_like(centers, memory_format=torch.contiguous_format) if output_mask[1] else None,
         torch.empty_like(widths, memory_format=torch.contiguous_format) if output_mask[2] else None,
     )
+
+
+def _pair(v):
+    return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
+
+
+def _pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """torch's pooling_output_shape (as detail::pool_output_size in pooling.cpp)."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out = out - 1
+    return out
+
+
+def _pool2d_output(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """An empty (output-shaped) tensor of the pooling kernels, in the input's memory format."""
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride) if len(stride) else (kh, kw)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    torch._check(input.dim() in (3, 4), lambda: f"fastdl pooling: input must be 3-d or 4-d, got {list(input.shape)}")
+    oh = _pool_output_size(input.shape[-2], kh, sh, ph, dh, ceil_mode)
+    ow = _pool_output_size(input.shape[-1], kw, sw, pw, dw, ceil_mode)
+    shape = list(input.shape[:-2]) + [oh, ow]
+    return _pool2d_like(input, shape)
+
+
+def _pool2d_like(input, shape, dtype=None):
+    fmt = torch.contiguous_format
+    if input.dim() == 4 and torch._prims_common.suggest_memory_format(input) == torch.channels_last:
+        fmt = torch.channels_last
+    return input.new_empty(shape, dtype=dtype).contiguous(memory_format=fmt)
+
+
+@register_fake("fastdl::max_pool2d_forward")
+def _max_pool2d_forward(input, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+    out = _pool2d_output(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return out, _pool2d_like(input, out.shape, torch.int64)
+
+
+@register_fake("fastdl::max_pool2d_backward")
+def _max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    return _pool2d_like(input, input.shape)
+
+
+@register_fake("fastdl::avg_pool2d_forward")
+def _avg_pool2d_forward(input, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
+    return _pool2d_output(input, kernel_size, stride, padding, (1,), ceil_mode)
+
+
+@register_fake("fastdl::avg_pool2d_backward")
+def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override):
+    return _pool2d_like(input, input.shape)

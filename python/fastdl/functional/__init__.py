@@ -2,5 +2,6 @@
 
 from .histogram import histogram
 from .norm import batch_norm, layer_norm
+from .pooling import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 
-__all__ = ["batch_norm", "histogram", "layer_norm"]
+__all__ = ["avg_pool1d", "avg_pool2d", "batch_norm", "histogram", "layer_norm", "max_pool1d", "max_pool2d"]

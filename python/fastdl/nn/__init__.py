@@ -3,6 +3,8 @@
 from .convert import ConversionReport, convert
 from .histogram import HardHistogram, RBFHistogram, SigmoidHistogram, SoftHistogram
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
+from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "ConversionReport", "HardHistogram", "LayerNorm",
-           "RBFHistogram", "SigmoidHistogram", "SoftHistogram", "convert"]
+__all__ = ["AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "ConversionReport",
+           "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "RBFHistogram", "SigmoidHistogram",
+           "SoftHistogram", "convert"]

@@ -8,6 +8,7 @@ from typing import Iterable, Optional, Union
 from torch import nn
 
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
+from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
 # torch.nn type -> fastdl.nn type. Later op families add their layers here.
 CONVERSIONS: dict[type[nn.Module], type] = {
@@ -15,6 +16,10 @@ CONVERSIONS: dict[type[nn.Module], type] = {
     nn.BatchNorm1d: BatchNorm1d,
     nn.BatchNorm2d: BatchNorm2d,
     nn.BatchNorm3d: BatchNorm3d,
+    nn.MaxPool1d: MaxPool1d,
+    nn.MaxPool2d: MaxPool2d,
+    nn.AvgPool1d: AvgPool1d,
+    nn.AvgPool2d: AvgPool2d,
 }
 
 TypeFilter = Optional[Iterable[Union[str, type]]]

@@ -1,0 +1,365 @@
+"""fastdl max_pool1d/2d and avg_pool1d/2d (ops, functional, modules) against torch.nn.functional."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+import fastdl.functional as FF
+import fastdl.nn as fnn
+from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+                     assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
+                     check_gradcheck, check_opcheck, compare_with_torch)
+
+MAX_OP = torch.ops.fastdl.max_pool2d_forward
+MAX_BACKWARD = torch.ops.fastdl.max_pool2d_backward
+AVG_OP = torch.ops.fastdl.avg_pool2d_forward
+AVG_BACKWARD = torch.ops.fastdl.avg_pool2d_backward
+
+
+def distinct(shape, device, dtype, memory_format=torch.contiguous_format):
+    """Distinct values in random order (no ties, so max pooling's argmax is unique and the
+    gradient is well defined for gradcheck and for half types)."""
+    n = 1
+    for s in shape:
+        n *= s
+    values = (torch.randperm(n, dtype=torch.float64) - n / 2) / max(n, 1) * 4
+    return values.reshape(shape).to(device, dtype).contiguous(memory_format=memory_format)
+
+
+# (input shape, kernel_size, stride, padding, dilation, ceil_mode): odd sizes, stride != kernel,
+# padding, dilation, ceil_mode where it adds a window (and where it must drop one), 1x1, a
+# kernel as large as the input, unbatched, a size-1 batch and channel.
+MAX_CASES = [
+    ((2, 3, 9, 11), 3, 2, 1, 1, False),
+    ((2, 3, 9, 11), 3, 2, 1, 1, True),
+    ((2, 3, 8, 8), 2, None, 0, 1, False),
+    ((2, 3, 7, 7), 2, None, 0, 1, True),
+    ((1, 2, 10, 9), (3, 2), (2, 1), (1, 0), (2, 1), True),
+    ((2, 2, 11, 10), 3, 3, 1, 2, False),
+    ((2, 2, 6, 5), 4, 3, 2, 1, True),  # last window would start in the right padding: dropped
+    ((2, 3, 5, 7), 1, 1, 0, 1, False),
+    ((2, 3, 5, 7), 1, 2, 0, 1, True),
+    ((2, 3, 5, 7), (5, 7), None, 0, 1, False),
+    ((3, 6, 7), 3, 2, 1, 1, False),  # unbatched
+    ((1, 1, 13, 4), (5, 1), (4, 1), (2, 0), 1, True),
+    ((2, 19, 7, 6), 3, 2, 1, 1, True),  # channels past a vector width, with a tail
+    ((1, 17, 9, 9), 3, 1, 1, 2, False),
+]
+AVG_CASES = [
+    ((2, 3, 9, 11), 3, 2, 1, False),
+    ((2, 3, 9, 11), 3, 2, 1, True),
+    ((2, 3, 8, 8), 2, None, 0, False),
+    ((2, 3, 7, 7), 2, None, 0, True),
+    ((1, 2, 10, 9), (3, 2), (2, 1), (1, 0), True),
+    ((2, 2, 6, 5), 4, 3, 2, True),
+    ((2, 3, 5, 7), 1, 1, 0, False),
+    ((2, 3, 5, 7), (5, 7), None, 0, False),
+    ((3, 6, 7), 3, 2, 1, True),
+    ((1, 1, 13, 4), (5, 1), (4, 1), (2, 0), True),
+    ((2, 19, 7, 6), 3, 2, 1, True),
+]
+AVG_OPTIONS = [(True, None), (False, None), (True, 5), (False, 2)]
+
+
+def _max_fns(k, s, p, d, c):
+    return (lambda x: FF.max_pool2d(x, k, s, p, d, c, return_indices=True),
+            lambda x: F.max_pool2d(x, k, s, p, d, c, return_indices=True))
+
+
+def _avg_fns(k, s, p, c, cip, dov):
+    return (lambda x: FF.avg_pool2d(x, k, s, p, c, cip, dov),
+            lambda x: F.avg_pool2d(x, k, s, p, c, cip, dov))
+
+
+def _layouts(x):
+    """The input in every layout: contiguous, channels-last (4-d) and a non-contiguous view."""
+    out = [("contiguous", x)]
+    if x.dim() == 4:
+        out.append(("channels_last", x.contiguous(memory_format=torch.channels_last)))
+    wide = torch.cat([x, x], dim=-1)[..., ::2]  # every other column: strided, not dense
+    out.append(("strided", wide))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward and gradients against torch
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("case", MAX_CASES, ids=[str(i) for i in range(len(MAX_CASES))])
+def test_max_pool2d(device, dtype, case):
+    shape, k, s, p, d, c = case
+    base = distinct(shape, device, dtype)
+    for name, x in _layouts(base):
+        x = x.detach().requires_grad_()
+        (out, idx), (ref, ref_idx), _, _ = compare_with_torch(*_max_fns(k, s, p, d, c), [x], dtype)
+        assert torch.equal(idx, ref_idx), name
+        assert idx.dtype == torch.int64 and out.dtype == dtype
+        assert out.stride() == ref.stride() and idx.stride() == ref_idx.stride(), name
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("case", AVG_CASES, ids=[str(i) for i in range(len(AVG_CASES))])
+@pytest.mark.parametrize("cip, dov", AVG_OPTIONS, ids=["pad", "nopad", "div5", "nopad-div2"])
+def test_avg_pool2d(device, dtype, case, cip, dov):
+    shape, k, s, p, c = case
+    base = torch.randn(shape, device=device, dtype=dtype)
+    for name, x in _layouts(base):
+        x = x.detach().requires_grad_()
+        out, ref, _, _ = compare_with_torch(*_avg_fns(k, s, p, c, cip, dov), [x], dtype)
+        assert out.dtype == dtype and out.stride() == ref.stride(), name
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("k, s, p, d, c", [(3, 2, 1, 1, False), (2, None, 0, 1, True), (3, 1, 1, 2, True),
+                                           (1, 1, 0, 1, False)])
+@pytest.mark.parametrize("shape", [(2, 3, 9), (4, 10)], ids=["batched", "unbatched"])
+def test_max_pool1d(device, dtype, k, s, p, d, c, shape):
+    x = distinct(shape, device, dtype).requires_grad_()
+    (out, idx), (_, ref_idx), _, _ = compare_with_torch(
+        lambda x: FF.max_pool1d(x, k, s, p, d, c, return_indices=True),
+        lambda x: F.max_pool1d(x, k, s, p, d, c, return_indices=True), [x], dtype)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(FF.max_pool1d(x, k, s, p, d, c).detach(), out.detach())
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("k, s, p, c, cip", [(3, 2, 1, False, True), (3, 2, 1, True, False), (2, None, 0, True, True),
+                                             (4, 1, 2, False, False)])
+@pytest.mark.parametrize("shape", [(2, 3, 9), (4, 10)], ids=["batched", "unbatched"])
+def test_avg_pool1d(device, dtype, k, s, p, c, cip, shape):
+    x = torch.randn(shape, device=device, dtype=dtype).requires_grad_()
+    compare_with_torch(lambda x: FF.avg_pool1d(x, k, s, p, c, cip),
+                       lambda x: F.avg_pool1d(x, k, s, p, c, cip), [x], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_argument_forms(device):
+    """Ints, 1-tuples and 2-tuples; stride None / () means kernel_size, as torch."""
+    x = torch.randn(2, 3, 9, 8, device=device)
+    for k, s in [(3, None), ((3,), ()), ((3, 2), [2]), ([2, 3], (1, 2))]:
+        torch.testing.assert_close(FF.max_pool2d(x, k, s), F.max_pool2d(x, k, s))
+        torch.testing.assert_close(FF.avg_pool2d(x, k, s), F.avg_pool2d(x, k, s))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_pool_nan_and_inf(device):
+    """NaN propagates and its index is reported as torch does; -inf inputs are pooled, not padding."""
+    x = torch.randn(2, 19, 6, 6, device=device)
+    x[0, 0, 1, 1] = float("nan")
+    x[1, 1, 4, 2] = float("nan")
+    x[1, 17, 2:4, 2] = float("nan")  # two NaNs in a window (a channels-last tail channel)
+    x[1, 0] = float("-inf")
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        for args in [(2,), (3, 2, 1), (3, 1, 1, 2, True)]:
+            out, idx = FF.max_pool2d(inp, *args, return_indices=True)
+            ref, ref_idx = F.max_pool2d(inp, *args, return_indices=True)
+            torch.testing.assert_close(out, ref, equal_nan=True)
+            assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlapping_windows_accumulate(device):
+    """A stride smaller than the kernel: one input can be the max of several windows."""
+    x = torch.zeros(1, 1, 5, 5, device=device)
+    x[0, 0, 2, 2] = 1.0
+    x = x.requires_grad_()
+    FF.max_pool2d(x, 3, 1, 1).sum().backward()
+    assert x.grad[0, 0, 2, 2].item() == 9.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_grad_output(device):
+    x = distinct((2, 3, 8, 8), device, torch.float32)
+    g = torch.randn(4, 4, 2, 3, device=device).permute(2, 3, 0, 1)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    for inp in (x, x_cl):
+        inp = inp.requires_grad_()
+        compare_with_torch(lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [inp], torch.float32,
+                           grad_output=g)
+        compare_with_torch(lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [inp], torch.float32,
+                           grad_output=g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 6, 6, device=device, requires_grad=True)
+    compare_with_torch(lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [x], torch.float32)
+    compare_with_torch(lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [x], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_unchanged_and_no_grad(device):
+    x = torch.randn(2, 3, 7, 7, device=device, requires_grad=True)
+    y = assert_unchanged([x], lambda: FF.max_pool2d(x, 3, 2, 1))
+    g = torch.randn_like(y)
+    assert_unchanged([x, g], lambda: y.backward(g))
+    y = assert_unchanged([x], lambda: FF.avg_pool2d(x, 3, 2, 1))
+    assert_unchanged([x, g], lambda: y.backward(g))
+    with torch.no_grad():
+        assert not FF.max_pool2d(x, 2).requires_grad and not FF.avg_pool2d(x, 2).requires_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_ops_direct(device):
+    """The backward ops called directly give torch's input gradients."""
+    x = distinct((2, 3, 9, 8), device, torch.float64)
+    out, idx = MAX_OP(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+    g = torch.randn_like(out)
+    ref = torch.ops.aten.max_pool2d_with_indices_backward(g, x, [3, 3], [2, 2], [1, 1], [1, 1], True, idx)
+    assert_close_to_reference(MAX_BACKWARD(g, x, idx, [3, 3], [2, 2], [1, 1], [1, 1], True), ref)
+    out = AVG_OP(x, [3, 2], [2, 1], [1, 0], False, False, None)
+    g = torch.randn_like(out)
+    ref = torch.ops.aten.avg_pool2d_backward(g, x, [3, 2], [2, 1], [1, 0], False, False, None)
+    assert_close_to_reference(AVG_BACKWARD(g, x, [3, 2], [2, 1], [1, 0], False, False, None), ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, opcheck, compile
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_gradcheck(device, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = distinct((2, 2, 6, 5), device, torch.float64, fmt).requires_grad_()
+    check_gradcheck(lambda x: FF.max_pool2d(x, 3, 2, 1, 1, True), [x])
+    check_gradcheck(lambda x: FF.max_pool2d(x, 2, 1, 1, 2), [x])
+    check_gradcheck(lambda x: FF.avg_pool2d(x, 3, 2, 1, True, False), [x])
+    check_gradcheck(lambda x: FF.avg_pool2d(x, (2, 3), 1, (1, 1), False, True, 4), [x])
+    x1 = distinct((2, 7), device, torch.float64).requires_grad_()
+    check_gradcheck(lambda x: FF.max_pool1d(x, 3, 2, 1), [x1])
+    check_gradcheck(lambda x: FF.avg_pool1d(x, 3, 2, 1, True), [x1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_raises(device):
+    x = distinct((1, 2, 5, 5), device, torch.float64).requires_grad_()
+    assert_no_double_backward(lambda x: FF.max_pool2d(x, 2, 1), [x])
+    assert_no_double_backward(lambda x: FF.avg_pool2d(x, 2, 1), [x])
+    (g,) = torch.autograd.grad(FF.max_pool2d(x, 2).pow(2).sum(), x, create_graph=True)
+    assert_raises_naming(RuntimeError, lambda: g.sum().backward(), "max_pool2d", "double backward")
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_opcheck(device, dtype, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = distinct((2, 3, 7, 6), device, dtype, fmt).requires_grad_()
+    check_opcheck(MAX_OP, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    check_opcheck(MAX_OP, (x[0], [2, 3], [], [0, 1], [1, 1], False))
+    check_opcheck(AVG_OP, (x, [3, 3], [2, 2], [1, 1], True, False, None))
+    check_opcheck(AVG_OP, (x[0], [2, 2], [1, 1], [0, 0], False, True, 3))
+    with torch.no_grad():
+        out, idx = MAX_OP(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+        avg = AVG_OP(x, [3, 3], [2, 2], [1, 1], True, False, None)
+    check_opcheck(MAX_BACKWARD, (torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True))
+    check_opcheck(AVG_BACKWARD, (torch.randn_like(avg), x.detach(), [3, 3], [2, 2], [1, 1], True, False, None))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile(device):
+    x = torch.randn(2, 3, 9, 8, device=device, requires_grad=True)
+    check_compile(lambda x: FF.max_pool2d(x, 3, 2, 1, ceil_mode=True) * 2, x)
+    check_compile(lambda x: FF.max_pool2d(x, 2, return_indices=True), x)
+    check_compile(lambda x: FF.avg_pool2d(x, 3, 2, 1, count_include_pad=False) + 1, x)
+    x1 = torch.randn(2, 3, 9, device=device, requires_grad=True)
+    check_compile(lambda x: FF.max_pool1d(x, 3, 2) + FF.avg_pool1d(x, 3, 2), x1)
+    check_compile(lambda x: FF.avg_pool2d(x, 2), x.detach().contiguous(memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_dynamic_shapes(device):
+    f = torch.compile(lambda x: FF.max_pool2d(x, 3, 2, 1) + FF.avg_pool2d(x, 3, 2, 1), fullgraph=True,
+                      backend="aot_eager", dynamic=True)
+    for shape in [(2, 3, 9, 8), (1, 2, 12, 7), (3, 1, 5, 5)]:
+        x = torch.randn(shape, device=device)
+        torch.testing.assert_close(f(x), F.max_pool2d(x, 3, 2, 1) + F.avg_pool2d(x, 3, 2, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules and convert
+# ---------------------------------------------------------------------------------------------
+
+MODULE_PAIRS = [
+    (fnn.MaxPool2d, nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 9, 8)),
+    (fnn.MaxPool1d, nn.MaxPool1d, dict(kernel_size=3, stride=1, dilation=2), (2, 3, 9)),
+    (fnn.AvgPool2d, nn.AvgPool2d, dict(kernel_size=(3, 2), padding=1, count_include_pad=False,
+                                       divisor_override=None), (2, 3, 9, 8)),
+    (fnn.AvgPool2d, nn.AvgPool2d, dict(kernel_size=2, divisor_override=3), (3, 9, 8)),
+    (fnn.AvgPool1d, nn.AvgPool1d, dict(kernel_size=4, stride=2, padding=2, ceil_mode=True), (2, 3, 9)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours, theirs, kwargs, shape", MODULE_PAIRS,
+                         ids=[f"{p[0].__name__}-{i}" for i, p in enumerate(MODULE_PAIRS)])
+def test_modules(device, ours, theirs, kwargs, shape):
+    m, t = ours(**kwargs), theirs(**kwargs)
+    assert isinstance(m, theirs) and repr(m) == repr(t)
+    x = distinct(shape, device, torch.float32).requires_grad_()
+    compare_with_torch(m, t, [x], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_module_return_indices(device):
+    x = distinct((2, 3, 8, 8), device, torch.float32)
+    for ours, theirs, inp in ((fnn.MaxPool2d, nn.MaxPool2d, x), (fnn.MaxPool1d, nn.MaxPool1d, x[0])):
+        out, idx = ours(2, return_indices=True)(inp)
+        ref, ref_idx = theirs(2, return_indices=True)(inp)
+        assert torch.equal(out, ref) and torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_convert_and_compile(device):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(2, ceil_mode=True),
+                          nn.Flatten(1), nn.Unflatten(1, (4, 4)), nn.MaxPool1d(2), nn.AvgPool1d(2)).to(device)
+    x = torch.randn(2, 3, 8, 8, device=device)
+    expected = model(x)
+    report = fnn.convert(model)
+    assert [kind for _, kind, _ in report.swapped] == ["MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d"]
+    assert isinstance(model[1], fnn.MaxPool2d) and isinstance(model[3], fnn.AvgPool2d)
+    assert isinstance(model[6], fnn.MaxPool1d) and isinstance(model[7], fnn.AvgPool1d)
+    assert model[3].ceil_mode
+    torch.testing.assert_close(model(x), expected)
+    check_compile_module(model, x.requires_grad_())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_arguments(device):
+    x = torch.randn(2, 3, 6, 6, device=device)
+    for fn in (FF.max_pool2d, FF.avg_pool2d):
+        assert_raises_naming(RuntimeError, lambda: fn(x, 0), "kernel_size", "greater than zero")
+        assert_raises_naming(RuntimeError, lambda: fn(x, 2, 0), "stride", "greater than zero")
+        assert_raises_naming(RuntimeError, lambda: fn(x, 2, 1, -1), "padding", "non-negative")
+        assert_raises_naming(RuntimeError, lambda: fn(x, 3, 1, 2), "pad should be at most half of effective kernel size")
+        assert_raises_naming(RuntimeError, lambda: fn(x, 7), "output size is too small")
+        assert_raises_naming(ValueError, lambda: fn(x, (2, 2, 2)), "kernel_size")
+        assert_raises_naming(RuntimeError, lambda: fn(torch.randn(6, 6, device=device), 2), "input", "[6, 6]")
+        assert_raises_naming(RuntimeError, lambda: fn(torch.randn(1, 2, 3, 6, 6, device=device), 2), "input")
+        assert_raises_naming(RuntimeError, lambda: fn(torch.randn(2, 0, 6, 6, device=device), 2), "input")
+        assert_raises_naming(RuntimeError, lambda: fn(x.long(), 2), "input", "float")
+    assert_raises_naming(RuntimeError, lambda: FF.max_pool2d(x, 2, dilation=0), "dilation", "greater than zero")
+    assert_raises_naming(RuntimeError, lambda: FF.avg_pool2d(x, 2, divisor_override=0), "divisor_override")
+    assert_raises_naming(RuntimeError, lambda: FF.max_pool1d(x, 2), "max_pool1d", "input")
+    assert_raises_naming(RuntimeError, lambda: FF.avg_pool1d(x[0, 0, 0], 2), "avg_pool1d", "input")
+    assert_raises_naming(RuntimeError, lambda: MAX_OP(x, [2, 2, 2], [], [0], [1], False), "kernel_size")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_backward_arguments(device):
+    x = torch.randn(2, 3, 6, 6, device=device)
+    out, idx = MAX_OP(x, [2, 2], [], [0, 0], [1, 1], False)
+    g = torch.randn_like(out)
+    assert_raises_naming(RuntimeError, lambda: MAX_BACKWARD(g[:, :, :2], x, idx, [2, 2], [2, 2], [0, 0], [1, 1], False),
+                         "grad_output", "[2, 3, 3, 3]")
+    assert_raises_naming(RuntimeError, lambda: MAX_BACKWARD(g, x, idx.int(), [2, 2], [2, 2], [0, 0], [1, 1], False),
+                         "indices", "int64")
+    assert_raises_naming(RuntimeError, lambda: AVG_BACKWARD(g.double(), x, [2, 2], [2, 2], [0, 0], False, True, None),
+                         "grad_output", "dtype")
