@@ -1,4 +1,4 @@
-"""fastdl.nn.convert: swapping the torch norms of a model for fastdl's, in place."""
+"""fastdl.nn.convert: swapping the torch norms and convolutions of a model for fastdl's, in place."""
 
 import copy
 
@@ -43,10 +43,10 @@ class Net(nn.Module):
 EXPECTED_SWAPS = {
     "features.1": "BatchNorm2d", "features.3.1": "BatchNorm2d", "volume.1": "BatchNorm3d",
     "head.2": "BatchNorm1d", "norm": "LayerNorm", "seq.1": "LayerNorm", "seq.2": "LayerNorm",
-    "untracked": "BatchNorm1d",
+    "untracked": "BatchNorm1d", "features.0": "Conv2d", "features.3.0": "Conv2d",
 }
 FASTDL_TYPES = {"LayerNorm": fnn.LayerNorm, "BatchNorm1d": fnn.BatchNorm1d,
-                "BatchNorm2d": fnn.BatchNorm2d, "BatchNorm3d": fnn.BatchNorm3d}
+                "BatchNorm2d": fnn.BatchNorm2d, "BatchNorm3d": fnn.BatchNorm3d, "Conv2d": fnn.Conv2d}
 
 
 def _inputs(device="cpu", n=4):
@@ -65,12 +65,12 @@ def _randomised_net(device="cpu"):
 
 def test_types_swapped_and_report():
     net = _randomised_net()
-    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv3d))]
+    convs = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv3d))]
     report = fnn.convert(net)
     modules = dict(net.named_modules())
     for name, kind in EXPECTED_SWAPS.items():
         assert type(modules[name]) is FASTDL_TYPES[kind], name
-        assert isinstance(modules[name], getattr(nn, kind))  # still a torch norm
+        assert isinstance(modules[name], getattr(nn, kind))  # still its torch type
     assert type(modules["custom"]) is MyBatchNorm
     assert all(any(m is c for m in net.modules()) for c in convs)  # other layers untouched
     assert len(report) == len(EXPECTED_SWAPS)
@@ -79,7 +79,7 @@ def test_types_swapped_and_report():
     assert ("custom", "MyBatchNorm", "subclass of BatchNorm1d") in report.skipped
     assert len(report.skipped) == 1
     text = str(report)
-    assert "swapped 8" in text and "features.3.1" in text and "custom" in text
+    assert "swapped 10" in text and "features.3.1" in text and "custom" in text
 
 
 def test_hyperparameters_and_mode_kept():
@@ -168,7 +168,7 @@ def test_exclude():
     net = _randomised_net()
     report = fnn.convert(net, exclude=[nn.BatchNorm2d, "BatchNorm3d"])
     swapped = {name for name, _, _ in report.swapped}
-    assert swapped == {n for n, k in EXPECTED_SWAPS.items() if k in ("LayerNorm", "BatchNorm1d")}
+    assert swapped == {n for n, k in EXPECTED_SWAPS.items() if k in ("LayerNorm", "BatchNorm1d", "Conv2d")}
     assert ("volume.1", "BatchNorm3d", "in exclude") in report.skipped
     assert type(dict(net.named_modules())["features.3.1"]) is nn.BatchNorm2d
 
@@ -179,7 +179,7 @@ def test_include_and_exclude():
     assert {name for name, _, _ in report.swapped} == {"head.2", "untracked"}
 
 
-@pytest.mark.parametrize("kwargs", [dict(include=["Conv2d"]), dict(exclude=["Foo"]),
+@pytest.mark.parametrize("kwargs", [dict(include=["Conv3d"]), dict(exclude=["Foo"]),
                                     dict(include=[nn.Linear]), dict(exclude="BatchNorm4d")])
 def test_unknown_names_raise(kwargs):
     net = _randomised_net()

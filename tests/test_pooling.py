@@ -319,7 +319,7 @@ def test_convert_and_compile(device):
     x = torch.randn(2, 3, 8, 8, device=device)
     expected = model(x)
     report = fnn.convert(model)
-    assert [kind for _, kind, _ in report.swapped] == ["MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d"]
+    assert [kind for _, kind, _ in report.swapped] == ["Conv2d", "MaxPool2d", "AvgPool2d", "MaxPool1d", "AvgPool1d"]
     assert isinstance(model[1], fnn.MaxPool2d) and isinstance(model[3], fnn.AvgPool2d)
     assert isinstance(model[6], fnn.MaxPool1d) and isinstance(model[7], fnn.AvgPool1d)
     assert model[3].ceil_mode

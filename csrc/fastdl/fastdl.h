@@ -4,6 +4,7 @@
 #pragma once
 
 #include "fastdl/build_info.h"
+#include "fastdl/conv/conv.h"
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/layer_norm.h"
 #include "fastdl/pooling/pooling.h"

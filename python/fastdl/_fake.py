@@ -141,3 +141,28 @@ def _avg_pool2d_forward(input, kernel_size, stride=(), padding=(0,), ceil_mode=F
 def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                          divisor_override):
     return _pool2d_like(input, input.shape)
+
+
+def _conv_size(size, kernel, stride, pad, dilation):
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@register_fake("fastdl::conv2d_forward")
+def _conv2d_forward(input, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    torch._check(input.dim() in (3, 4), lambda: f"fastdl.conv2d: input must be 3-d or 4-d, got {list(input.shape)}")
+    torch._check(weight.dim() == 4, lambda: f"fastdl.conv2d: weight must be 4-d, got {list(weight.shape)}")
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    oh = _conv_size(input.shape[-2], weight.shape[2], sh, ph, dh)
+    ow = _conv_size(input.shape[-1], weight.shape[3], sw, pw, dw)
+    shape = list(input.shape[:-3]) + [weight.shape[0], oh, ow]
+    return _pool2d_like(input, shape)
+
+
+@register_fake("fastdl::conv2d_backward")
+def _conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    grad_input = _pool2d_like(input, input.shape) if output_mask[0] else None
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias

@@ -1,10 +1,11 @@
 """Drop-in replacements for torch.nn layers, backed by fastdl's kernels."""
 
+from .conv import Conv1d, Conv2d
 from .convert import ConversionReport, convert
 from .histogram import HardHistogram, RBFHistogram, SigmoidHistogram, SoftHistogram
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
-__all__ = ["AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "ConversionReport",
-           "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "RBFHistogram", "SigmoidHistogram",
+__all__ = ["AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d",
+           "ConversionReport", "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "RBFHistogram", "SigmoidHistogram",
            "SoftHistogram", "convert"]

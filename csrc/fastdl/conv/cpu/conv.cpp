@@ -1,0 +1,472 @@
+// conv2d CPU kernels, NCHW (channels-last inputs are made contiguous and the result turned
+// back). Dense and grouped: our im2col over a chunk of the batch into a (C * kh * kw,
+// chunk * OH * OW) column matrix (parallel over rows and images), then one GEMM (at::mm, BLAS)
+// per (image, group) written straight into the output. Backward: grad_input = W^T @
+// grad_output per (image, group) then our col2im (parallel over (image, channel) planes, so
+// no two threads write one element); grad_weight = grad_output @ columns^T, one GEMM per group
+// and chunk, accumulated; grad_bias = our vectorised reduction. The column buffer is bounded
+// (kColumnBudget elements) by chunking the batch. Depthwise (one input channel per group, any
+// channel multiplier): direct loops, forward and both gradients, branch-free inner loops over
+// the valid output range of each tap (conv_math.h).
+#include "fastdl/common/cpu_vec.h"
+#include "fastdl/conv/conv.h"
+#include "fastdl/conv/conv_math.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fastdl {
+namespace {
+
+using detail::Conv2dShape;
+
+constexpr int64_t kColumnBudget = int64_t(1) << 24;  // elements of the column buffer (64 MiB fp32)
+
+// sum_i a[i] * b[i], vectorised (two accumulators).
+template <typename T>
+T dot(const T* a, const T* b, int64_t n) {
+  using V = cpu::Vec<T>;
+  constexpr int64_t L = V::size();
+  V s0(T(0)), s1(T(0));
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    s0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), s0);
+    s1 = at::vec::fmadd(V::loadu(a + i + L), V::loadu(b + i + L), s1);
+  }
+  T s = cpu::horizontal_sum<T>(s0 + s1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y[i] += a * x[i], vectorised.
+template <typename T>
+void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
+  using V = cpu::Vec<T>;
+  constexpr int64_t L = V::size();
+  const V av(a);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) at::vec::fmadd(av, V::loadu(x + i), V::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(work_per_item, 1)); }
+
+// Images per chunk so that the (C * kh * kw, chunk * OH * OW) columns stay within budget.
+int64_t chunk_images(const Conv2dShape& s) {
+  const int64_t per_image = s.in_channels * s.kh * s.kw * s.out_h * s.out_w;
+  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(s.batch, 1));
+}
+
+// col[(c, ki, kj), (n, oh, ow)] = x[n0 + n, c, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] (0 outside).
+template <typename T>
+void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
+  at::parallel_for(0, s.in_channels * kk * nb, grain(L), [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t r = item / nb, n = item % nb;
+      const int64_t c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
+      const T* src = x + (n * s.in_channels + c) * H * W;
+      T* dst = col + r * nb * L + n * L;
+      const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+      const int64_t off = kj * s.dw - s.pw;
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        T* d = dst + oh * OW;
+        const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+        if (ih < 0 || ih >= H) {
+          std::fill(d, d + OW, T(0));
+          continue;
+        }
+        const T* row = src + ih * W + off;
+        std::fill(d, d + wr.begin, T(0));
+        if (s.sw == 1) {
+          std::copy(row + wr.begin, row + wr.end, d + wr.begin);
+        } else {
+          for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
+        }
+        std::fill(d + wr.end, d + OW, T(0));
+      }
+    }
+  });
+}
+
+// The adjoint of im2col: gx[n, c] = sum of the columns' entries that read it.
+template <typename T>
+void col2im(const T* col, T* gx, const Conv2dShape& s, int64_t nb) {
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
+  at::parallel_for(0, nb * s.in_channels, grain(kk * L), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / s.in_channels, c = p % s.in_channels;
+      T* dst = gx + p * H * W;
+      std::fill(dst, dst + H * W, T(0));
+      for (int64_t ki = 0; ki < s.kh; ++ki) {
+        for (int64_t kj = 0; kj < s.kw; ++kj) {
+          const T* src = col + (c * kk + ki * s.kw + kj) * nb * L + n * L;
+          const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+          const int64_t off = kj * s.dw - s.pw;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+            if (ih < 0 || ih >= H) continue;
+            T* row = dst + ih * W + off;
+            const T* g = src + oh * OW;
+            if (s.sw == 1) {
+              axpy(row + wr.begin, g + wr.begin, T(1), wr.end - wr.begin);
+            } else {
+              for (int64_t ow = wr.begin; ow < wr.end; ++ow) row[ow * s.sw] += g[ow];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void add_bias(T* y, const T* bias, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, L = s.out_h * s.out_w;
+  at::parallel_for(0, s.batch * K, grain(L), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const T b = bias[p % K];
+      T* row = y + p * L;
+      for (int64_t i = 0; i < L; ++i) row[i] += b;
+    }
+  });
+}
+
+// grad_bias[k] = sum over images and positions of grad_output[n, k].
+template <typename T>
+void bias_grad(const T* gy, T* gb, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, L = s.out_h * s.out_w;
+  at::parallel_for(0, K, grain(s.batch * L), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double total = 0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* row = gy + (n * K + k) * L;
+        total += cpu::reduce_sum(row, L, [](auto v) { return v; });
+      }
+      gb[k] = static_cast<T>(total);
+    }
+  });
+}
+
+// ---- dense / grouped: im2col + GEMM ----
+
+at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
+  auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
+  const auto wg = w.view({G, Kg, rows_g});
+  const auto yv = y.view({N, G, Kg, L});
+  const int64_t chunk = chunk_images(s);
+  auto col = at::empty({rows, std::min(chunk, N) * L}, x.options());
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t nb = std::min(chunk, N - n0);
+    auto cols = col.narrow(1, 0, nb * L);
+    if (nb != chunk) cols = at::empty({rows, nb * L}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d im2col", [&] {
+      im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
+                       cols.mutable_data_ptr<scalar_t>(), s, nb);
+    });
+    // One GEMM per (image, group) straight into the output: (Kg, L) = W_g @ columns of the
+    // image (a strided view of the chunk's columns), no transposing copy.
+    for (int64_t n = 0; n < nb; ++n) {
+      for (int64_t g = 0; g < G; ++g) {
+        auto out = yv.select(0, n0 + n).select(0, g);  // (Kg, L), contiguous
+        at::mm_out(out, wg.select(0, g), cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L));
+      }
+    }
+  }
+  return y;
+}
+
+void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
+                   at::Tensor* gx, at::Tensor* gw) {
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
+  const auto wg = w.view({G, Kg, rows_g});
+  at::Tensor gwg;
+  if (gw) {
+    *gw = at::zeros(w.sizes(), w.options());
+    gwg = gw->view({G, Kg, rows_g});
+  }
+  if (gx) *gx = at::empty({N, s.in_channels, s.in_h, s.in_w}, x.options());
+  const int64_t chunk = chunk_images(s);
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t nb = std::min(chunk, N - n0);
+    auto cols = at::empty({rows, nb * L}, x.options());
+    if (gw) {
+      // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
+      const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d im2col", [&] {
+        im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
+                         cols.mutable_data_ptr<scalar_t>(), s, nb);
+      });
+      for (int64_t g = 0; g < G; ++g) {
+        auto gw_g = gwg.select(0, g);
+        gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
+      }
+    }
+    if (gx) {
+      // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
+      const auto gyv = gy.view({N, G, Kg, L});
+      for (int64_t n = 0; n < nb; ++n) {
+        for (int64_t g = 0; g < G; ++g) {
+          auto out = cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L);
+          at::mm_out(out, wg.select(0, g).t(), gyv.select(0, n0 + n).select(0, g));
+        }
+      }
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d col2im", [&] {
+        col2im<scalar_t>(cols.const_data_ptr<scalar_t>(),
+                         gx->mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, s, nb);
+      });
+    }
+  }
+}
+
+// ---- depthwise: direct loops ----
+
+// Each input plane is copied once into a zero-padded buffer (no bounds checks after that);
+// for stride 1 each vector of outputs accumulates its kh * kw taps in a register.
+template <typename T>
+void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
+  using V = cpu::Vec<T>;
+  constexpr int64_t VL = V::size();
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t m = K / C, kk = s.kh * s.kw;
+  const int64_t Hp = H + 2 * s.ph, Wp = W + 2 * s.pw;
+  at::parallel_for(0, s.batch * K, grain(OH * OW * kk), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(Hp * Wp, T(0));
+    std::vector<V> wv(kk);
+    int64_t buffered = -1;  // the (n, c) plane in buf
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / K, k = p % K, c = k / m;
+      if (buffered != n * C + c) {
+        const T* xp = x + (n * C + c) * H * W;
+        for (int64_t ih = 0; ih < H; ++ih) std::copy(xp + ih * W, xp + (ih + 1) * W, buf.data() + (ih + s.ph) * Wp + s.pw);
+        buffered = n * C + c;
+      }
+      const T* wk = w + k * kk;
+      for (int64_t t = 0; t < kk; ++t) wv[t] = V(wk[t]);
+      const T b = bias ? bias[k] : T(0);
+      T* yp = y + p * OH * OW;
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        T* yr = yp + oh * OW;
+        const T* base = buf.data() + oh * s.sh * Wp;
+        int64_t ow = 0;
+        if (s.sw == 1) {
+          for (; ow + VL <= OW; ow += VL) {
+            V acc(b);
+            for (int64_t ki = 0; ki < s.kh; ++ki) {
+              const T* xr = base + ki * s.dh * Wp + ow;
+              for (int64_t kj = 0; kj < s.kw; ++kj) acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(xr + kj * s.dw), acc);
+            }
+            acc.store(yr + ow);
+          }
+        }
+        for (; ow < OW; ++ow) {
+          T acc = b;
+          for (int64_t ki = 0; ki < s.kh; ++ki) {
+            const T* xr = base + ki * s.dh * Wp + ow * s.sw;
+            for (int64_t kj = 0; kj < s.kw; ++kj) acc += wk[ki * s.kw + kj] * xr[kj * s.dw];
+          }
+          yr[ow] = acc;
+        }
+      }
+    }
+  });
+}
+
+// Stride 1: grad_input is the convolution of grad_output (zero-padded by the dilated kernel
+// extent into a buffer) with the flipped kernel, vectorised over the input row like the forward.
+template <typename T>
+void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dShape& s) {
+  using V = cpu::Vec<T>;
+  constexpr int64_t VL = V::size();
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t m = K / C, kk = s.kh * s.kw;
+  const int64_t Ah = (s.kh - 1) * s.dh, Aw = (s.kw - 1) * s.dw;
+  const int64_t Hp = OH + 2 * Ah, Wp = OW + 2 * Aw;
+  at::parallel_for(0, s.batch * C, grain(m * H * W * kk), [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(Hp * Wp, T(0));
+    std::vector<V> wv(kk);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / C, c = p % C;
+      T* gp = gx + p * H * W;
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t k = c * m + j;
+        const T* gyp = gy + (n * K + k) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh) std::copy(gyp + oh * OW, gyp + (oh + 1) * OW, buf.data() + (oh + Ah) * Wp + Aw);
+        const T* wk = w + k * kk;
+        for (int64_t t = 0; t < kk; ++t) wv[t] = V(wk[t]);
+        for (int64_t ih = 0; ih < H; ++ih) {
+          T* xr = gp + ih * W;
+          // buf row of tap ki: ih + ph - ki * dh + Ah; column of tap kj: iw + pw - kj * dw + Aw.
+          const T* base = buf.data() + (ih + s.ph + Ah) * Wp + s.pw + Aw;
+          int64_t iw = 0;
+          for (; iw + VL <= W; iw += VL) {
+            V acc = j == 0 ? V(T(0)) : V::loadu(xr + iw);
+            for (int64_t ki = 0; ki < s.kh; ++ki) {
+              const T* row = base - ki * s.dh * Wp + iw;
+              for (int64_t kj = 0; kj < s.kw; ++kj) acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(row - kj * s.dw), acc);
+            }
+            acc.store(xr + iw);
+          }
+          for (; iw < W; ++iw) {
+            T acc = j == 0 ? T(0) : xr[iw];
+            for (int64_t ki = 0; ki < s.kh; ++ki) {
+              const T* row = base - ki * s.dh * Wp + iw;
+              for (int64_t kj = 0; kj < s.kw; ++kj) acc += wk[ki * s.kw + kj] * row[-kj * s.dw];
+            }
+            xr[iw] = acc;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_grad_input(const T* gy, const T* w, T* gx, const Conv2dShape& s) {
+  if (s.sh == 1 && s.sw == 1) return depthwise_grad_input_stride1(gy, w, gx, s);
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t m = K / C;
+  at::parallel_for(0, s.batch * C, grain(m * OH * OW * s.kh * s.kw), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / C, c = p % C;
+      T* gp = gx + p * H * W;
+      std::fill(gp, gp + H * W, T(0));
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t k = c * m + j;
+        const T* gyp = gy + (n * K + k) * OH * OW;
+        const T* wk = w + k * s.kh * s.kw;
+        for (int64_t kj = 0; kj < s.kw; ++kj) {
+          const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+          const int64_t off = kj * s.dw - s.pw;
+          for (int64_t oh = 0; oh < OH; ++oh) {
+            const T* gr = gyp + oh * OW;
+            for (int64_t ki = 0; ki < s.kh; ++ki) {
+              const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+              if (ih < 0 || ih >= H) continue;
+              const T wv = wk[ki * s.kw + kj];
+              T* xr = gp + ih * W + off;
+              if (s.sw == 1) {
+                axpy(xr + wr.begin, gr + wr.begin, wv, wr.end - wr.begin);
+              } else {
+                for (int64_t ow = wr.begin; ow < wr.end; ++ow) xr[ow * s.sw] += wv * gr[ow];
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_grad_weight(const T* gy, const T* x, T* gw, const Conv2dShape& s) {
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t m = K / C, kk = s.kh * s.kw;
+  at::parallel_for(0, K * kk, grain(s.batch * OH * OW), [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t k = q / kk, ki = (q % kk) / s.kw, kj = q % s.kw, c = k / m;
+      const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+      const int64_t off = kj * s.dw - s.pw;
+      double total = 0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* gyp = gy + (n * K + k) * OH * OW;
+        const T* xp = x + (n * C + c) * H * W;
+        T partial = 0;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+          if (ih < 0 || ih >= H) continue;
+          const T* gr = gyp + oh * OW;
+          const T* xr = xp + ih * W + off;
+          if (s.sw == 1) {
+            partial += dot(gr + wr.begin, xr + wr.begin, wr.end - wr.begin);
+          } else {
+            for (int64_t ow = wr.begin; ow < wr.end; ++ow) partial += gr[ow] * xr[ow * s.sw];
+          }
+        }
+        total += partial;
+      }
+      gw[q] = static_cast<T>(total);
+    }
+  });
+}
+
+// ---- op kernels ----
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                              int64_t groups) {
+  const auto s = detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  const auto x = detail::conv2d_kernel_layout(input, s);
+  const auto w = weight.contiguous();
+  const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
+  at::Tensor y;
+  if (s.depthwise()) {
+    y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
+      depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
+                                  s);
+    });
+  } else {
+    y = forward_gemm(x, w, s);
+    if (b.defined()) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d bias", [&] {
+        add_bias<scalar_t>(y.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), s);
+      });
+    }
+  }
+  return detail::conv2d_result(y, s);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
+  const auto s = detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+  const auto x = detail::conv2d_kernel_layout(input, s);
+  const auto gy = detail::conv2d_kernel_layout(grad_output, s);
+  const auto w = weight.contiguous();
+  at::Tensor gx, gw, gb;
+  if (s.depthwise()) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise backward", [&] {
+      if (output_mask[0]) {
+        gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, x.options());
+        depthwise_grad_input<scalar_t>(gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                       gx.mutable_data_ptr<scalar_t>(), s);
+      }
+      if (output_mask[1]) {
+        gw = at::empty(w.sizes(), w.options());
+        depthwise_grad_weight<scalar_t>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                        gw.mutable_data_ptr<scalar_t>(), s);
+      }
+    });
+  } else if (output_mask[0] || output_mask[1]) {
+    backward_gemm(gy, x, w, s, output_mask[0] ? &gx : nullptr, output_mask[1] ? &gw : nullptr);
+  }
+  if (output_mask[2]) {
+    gb = at::empty({s.out_channels}, x.options());
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d grad_bias", [&] {
+      bias_grad<scalar_t>(gy.const_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), s);
+    });
+  }
+  if (gx.defined()) gx = detail::conv2d_result(gx, s);
+  return {gx, gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("conv2d_forward", &conv2d_forward_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace fastdl
