@@ -315,8 +315,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
         launch_im2col(x, cols, s, n0, nb);
         for (int64_t g = 0; g < G; ++g) {
           auto acc = gw_acc.select(0, g);
-          const auto part = at::mm(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
-          acc.add_(part);
+          auto a = gyc.narrow(0, g * Kg, Kg);
+          auto b = cols.narrow(0, g * rows_g, rows_g).t();
+          // Half types: each chunk's product in float too (a half partial over ~N*L products
+          // would round, or overflow, before reaching the float accumulator).
+          if (half) {
+            a = a.to(at::kFloat);
+            b = b.to(at::kFloat);
+          }
+          acc.addmm_(a, b);
         }
       }
       if (output_mask[0]) {
