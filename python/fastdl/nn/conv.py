@@ -13,7 +13,7 @@ from typing import Optional
 import torch.nn.functional as torch_F
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import functional
 from ._base import FastdlModule
 
 
@@ -24,9 +24,9 @@ class Conv1d(FastdlModule, nn.Conv1d):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
-            return F.conv1d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+            return functional.conv1d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
                             weight, bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return functional.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.weight, self.bias)
@@ -39,9 +39,9 @@ class Conv2d(FastdlModule, nn.Conv2d):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
-            return F.conv2d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+            return functional.conv2d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
                             weight, bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return functional.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.weight, self.bias)

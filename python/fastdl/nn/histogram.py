@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import functional
 
 __all__ = ["HardHistogram", "RBFHistogram", "SigmoidHistogram", "SoftHistogram"]
 
@@ -95,7 +95,7 @@ class _Histogram(nn.Module):
         if x.shape[-1] != self.n_features:
             raise ValueError(f"x must have n_features={self.n_features} in its last dimension, "
                              f"got shape {tuple(x.shape)}")
-        out = F.histogram(x, self.centers, self.widths, self.kernel, mask, self.normalize,
+        out = functional.histogram(x, self.centers, self.widths, self.kernel, mask, self.normalize,
                           self.sharpness)
         return out.flatten(-2) if self.flatten else out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import functional
 from ._base import FastdlModule
 
 
@@ -20,7 +20,7 @@ class LayerNorm(FastdlModule, nn.LayerNorm):
     torch_type = nn.LayerNorm
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+        return functional.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 class _BatchNorm(FastdlModule):
@@ -36,7 +36,7 @@ class _BatchNorm(FastdlModule):
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep_running = not self.training or self.track_running_stats
-        return F.batch_norm(
+        return functional.batch_norm(
             input,
             self.running_mean if keep_running else None,
             self.running_var if keep_running else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import functional
 from ._base import FastdlModule
 
 
@@ -19,7 +19,7 @@ class MaxPool1d(FastdlModule, nn.MaxPool1d):
     torch_type = nn.MaxPool1d
 
     def forward(self, input: Tensor):
-        return F.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+        return functional.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
@@ -29,7 +29,7 @@ class MaxPool2d(FastdlModule, nn.MaxPool2d):
     torch_type = nn.MaxPool2d
 
     def forward(self, input: Tensor):
-        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+        return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
@@ -39,7 +39,7 @@ class AvgPool1d(FastdlModule, nn.AvgPool1d):
     torch_type = nn.AvgPool1d
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+        return functional.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad)
 
 
@@ -49,5 +49,5 @@ class AvgPool2d(FastdlModule, nn.AvgPool2d):
     torch_type = nn.AvgPool2d
 
     def forward(self, input: Tensor) -> Tensor:
-        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+        return functional.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
