@@ -12,14 +12,6 @@ def _stats_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _grad_like(needed: bool, t: torch.Tensor | None, shape=None, like: torch.Tensor | None = None):
-    if not needed:
-        return None
-    if t is not None:
-        return torch.empty_like(t, memory_format=torch.contiguous_format)
-    return like.new_empty(shape)
-
-
 @register_fake("fastdl::layer_norm_forward")
 def _layer_norm_forward(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     nd = len(normalized_shape)
@@ -37,7 +29,7 @@ def _layer_norm_forward(input, normalized_shape, weight=None, bias=None, eps=1e-
 @register_fake("fastdl::layer_norm_backward")
 def _layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight, output_mask):
     param = weight if weight is not None else input
-    grad_input = _grad_like(output_mask[0], input)
+    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None
     grad_weight = param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
     grad_bias = param.new_empty(normalized_shape) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias

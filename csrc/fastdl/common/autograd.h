@@ -1,6 +1,8 @@
 // Shared pieces of the C++ autograd Functions registered at the Autograd key.
 #pragma once
 
+#include "fastdl/common/tensors.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -37,8 +39,6 @@ class InputEdges {
     return edges.at(k) >= 0 && ctx->needs_input_grad(static_cast<size_t>(edges[k]));
   }
 };
-
-inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 // save_for_backward rejects undefined tensors: save `always` and then the optional tensor
 // when present; saved_optional(saved, i) reads it back (nullopt when it was absent).

@@ -2,6 +2,8 @@
 // Python) with a message that names the op, the argument, what was expected and what came.
 #pragma once
 
+#include "fastdl/common/tensors.h"
+
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -48,7 +50,5 @@ inline void parameter(const std::optional<at::Tensor>& t, const at::Tensor& inpu
   TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
               t->sizes());
 }
-
-inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 }  // namespace fastdl::checks

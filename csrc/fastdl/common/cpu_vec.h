@@ -13,6 +13,12 @@ namespace fastdl::cpu {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
+// at::parallel_for grain: items per task so that a task holds ~16k elements of work, enough
+// to pay for scheduling.
+inline int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(work_per_item, 1));
+}
+
 template <typename T>
 inline T horizontal_sum(const Vec<T>& v) {
   return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);

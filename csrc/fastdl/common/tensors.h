@@ -4,13 +4,26 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/copy.h>
 
+#include <initializer_list>
 #include <optional>
 
 namespace fastdl {
 
+// Whether an optional tensor argument was given (and is a defined tensor).
+inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
 // The optional tensor made contiguous, or an undefined tensor when absent.
 inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
+  return present(t) ? t->contiguous() : at::Tensor();
+}
+
+// Whether the parameters (the first defined of `params` decides) are float32 while the input
+// is float16/bfloat16: the mixed-precision case the CUDA kernels take with float parameters.
+inline bool float_params_for_half_input(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
+  for (const auto& p : params) {
+    if (p.defined()) return p.scalar_type() == at::kFloat && input.scalar_type() != at::kFloat;
+  }
+  return false;
 }
 
 // Typed data pointers that are null for an undefined tensor.
@@ -29,7 +42,7 @@ T* mutable_data_or_null(const at::Tensor& t) {
 class ContiguousInPlace {
  public:
   explicit ContiguousInPlace(const std::optional<at::Tensor>& target)
-      : target_(target.has_value() && target->defined() ? *target : at::Tensor()),
+      : target_(present(target) ? *target : at::Tensor()),
         work_(target_.defined() ? target_.contiguous() : at::Tensor()) {}
   const at::Tensor& work() const { return work_; }
   void commit() {

@@ -85,7 +85,7 @@ Conv2dShape check_conv2d_forward(const at::Tensor& input, const at::Tensor& weig
               ") (dilated). Kernel size can't be greater than actual input size");
   s.out_h = conv_output_size(s.in_h, s.kh, sh, ph, dh);
   s.out_w = conv_output_size(s.in_w, s.kw, sw, pw, dw);
-  if (checks::present(bias)) {
+  if (present(bias)) {
     checks::same_device(*bias, input, kOp, "bias", "input");
     TORCH_CHECK(bias->scalar_type() == input.scalar_type(), kOp, ": bias must have the input's dtype (",
                 input.scalar_type(), "), got ", bias->scalar_type());
@@ -134,7 +134,7 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto output = FASTDL_OP("conv2d_forward", ForwardSig).call(input, weight, bias, stride, padding, dilation, groups);
     ctx->save_for_backward({input, weight});
-    autograd::InputEdges::save(ctx, {true, true, autograd::present(bias)});
+    autograd::InputEdges::save(ctx, {true, true, present(bias)});
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
@@ -180,7 +180,7 @@ at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tenso
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA); };
   std::optional<at::Tensor> b = bias;
-  if (checks::present(bias)) b = cast(*bias);
+  if (present(bias)) b = cast(*bias);
   return FASTDL_OP("conv2d_forward", ForwardSig).call(cast(input), cast(weight), b, stride, padding, dilation, groups);
 }
 

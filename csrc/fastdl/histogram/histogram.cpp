@@ -63,7 +63,7 @@ HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
   TORCH_CHECK(s.bins >= 1, kOp, ": centers must hold at least one bin, got ", centers.sizes());
   checks::parameter(centers, x, centers.sizes(), kOp, "centers");
   checks::parameter(widths, x, centers.sizes(), kOp, "widths");
-  if (mask.has_value() && mask->defined()) {
+  if (present(mask)) {
     checks::same_device(*mask, x, kOp, "mask", "x");
     TORCH_CHECK(mask->scalar_type() == at::kBool, kOp, ": mask must be a bool tensor, got ",
                 mask->scalar_type());

@@ -54,9 +54,9 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
   checks::parameter(running_var, input, {c}, kOp, "running_var");
-  TORCH_CHECK_VALUE(checks::present(running_mean) == checks::present(running_var), kOp,
+  TORCH_CHECK_VALUE(present(running_mean) == present(running_var), kOp,
                     ": running_mean and running_var must both be given or both be None");
-  TORCH_CHECK(training || checks::present(running_mean), kOp,
+  TORCH_CHECK(training || present(running_mean), kOp,
               ": running_mean and running_var are required when training=False");
   TORCH_CHECK(std::isfinite(momentum), kOp, ": momentum must be finite, got ", momentum);
   TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite non-negative number, got ", eps);
@@ -112,8 +112,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
                                const std::optional<at::Tensor>& running_var, bool training,
                                double momentum, double eps) {
     autograd::InputEdges::save(
-        ctx, {true, autograd::present(weight), autograd::present(bias),
-              autograd::present(running_mean), autograd::present(running_var)});
+        ctx, {true, present(weight), present(bias),
+              present(running_mean), present(running_var)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, mean, invstd] = FASTDL_OP("batch_norm_forward", ForwardSig)
                                       .call(input, weight, bias, running_mean, running_var,

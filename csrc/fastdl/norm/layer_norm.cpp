@@ -83,7 +83,7 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
                                at::IntArrayRef normalized_shape,
                                const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias, double eps) {
-    autograd::InputEdges::save(ctx, {true, autograd::present(weight), autograd::present(bias)});
+    autograd::InputEdges::save(ctx, {true, present(weight), present(bias)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, mean, rstd] =
         FASTDL_OP("layer_norm_forward", ForwardSig).call(input, normalized_shape, weight, bias, eps);

@@ -58,7 +58,7 @@ void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
-int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(work_per_item, 1)); }
+using cpu::grain;
 
 // Images per chunk so that the (C * kh * kw, chunk * OH * OW) columns stay within budget.
 int64_t chunk_images(const Conv2dShape& s) {

@@ -41,17 +41,12 @@ Geometry geometry(const Conv2dShape& s) {
           s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.out_channels / s.in_channels};
 }
 
-unsigned grid_for(int64_t n) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(n, kThreads), 65535 * 8)));
-}
+unsigned grid_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads); }
 
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.in_channels * s.kh * s.kw * s.out_h * s.out_w;
   return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(s.batch, 1));
 }
-
-#define FASTDL_GRID_STRIDE(e, total) \
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < (total); e += int64_t(blockDim.x) * gridDim.x)
 
 // col[((r * nb + n) * OH + oh) * OW + ow], r = (c, ki, kj): x[n, c, ih, iw] or 0.
 template <typename T>

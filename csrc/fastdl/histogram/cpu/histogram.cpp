@@ -314,7 +314,7 @@ at::Tensor histogram_forward_cpu(const at::Tensor& x, const at::Tensor& centers,
   const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   const auto x3 = as_bags(x, s);
   const auto c = centers.contiguous(), w = widths.contiguous();
-  const auto m = mask.has_value() && mask->defined() ? mask->contiguous() : at::Tensor();
+  const auto m = contiguous_or_undefined(mask);
   const auto scale = detail::histogram_bag_scale(x3, mask, s, normalize);
   auto out = at::empty({s.bags, s.features, s.bins}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "histogram_forward_cpu", [&] {
@@ -337,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cpu(
   const auto x3 = as_bags(x, s);
   const auto go = grad_output.reshape({s.bags, s.features, s.bins}).contiguous();
   const auto c = centers.contiguous(), w = widths.contiguous();
-  const auto m = mask.has_value() && mask->defined() ? mask->contiguous() : at::Tensor();
+  const auto m = contiguous_or_undefined(mask);
   const auto scale = detail::histogram_bag_scale(x3, mask, s, normalize);
   at::Tensor gx, gc, gw;
   if (output_mask[0]) gx = at::empty({s.bags, s.n, s.features}, x.options());

@@ -154,8 +154,7 @@ __global__ void input_grad_kernel(const T* __restrict__ grad_out, const T* __res
                                   acc_t<T> sharpness, T* __restrict__ grad_x, int64_t total,
                                   int64_t n, int64_t features, int64_t bins, int64_t pstride) {
   using A = acc_t<T>;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+  FASTDL_GRID_STRIDE(e, total) {
     const int64_t f = e % features;
     const int64_t bag = e / (n * features);
     const int64_t i = (e / features) % n;
@@ -251,8 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
     detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
       if (gx.defined() && gx.numel() > 0) {
         const int threads = 256;
-        const int64_t blocks = std::min<int64_t>(cuda::ceil_div(gx.numel(), threads), 65535);
-        input_grad_kernel<scalar_t, K><<<blocks, threads, 0, stream>>>(
+        input_grad_kernel<scalar_t, K><<<cuda::grid_stride_blocks(gx.numel(), threads), threads, 0, stream>>>(
             go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
             c.const_data_ptr<A>(), w.const_data_ptr<A>(), scale.const_data_ptr<A>(),
             static_cast<A>(sharpness), gx.mutable_data_ptr<scalar_t>(), gx.numel(), s.n, s.features,

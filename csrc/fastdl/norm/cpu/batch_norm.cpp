@@ -154,7 +154,7 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
                     const T* k3, T* out) {
   const int64_t C = s.channels, inner = s.inner;
   if (inner >= kPlanarMinInner) {
-    at::parallel_for(0, s.outer * C, std::max<int64_t>(1, 16384 / inner), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, s.outer * C, cpu::grain(inner), [&](int64_t begin, int64_t end) {
       for (int64_t oc = begin; oc < end; ++oc) {
         const int64_t c = oc % C, base = oc * inner;
         affine_run<T>(a + base, b ? b + base : nullptr, k1[c], b ? k2[c] : T(0), k3[c], out + base, inner);
@@ -170,7 +170,7 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
     r2[j] = b ? k2[j / inner] : T(0);
     r3[j] = k3[j / inner];
   }
-  at::parallel_for(0, s.outer, std::max<int64_t>(1, 16384 / std::max<int64_t>(R, 1)), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.outer, cpu::grain(R), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const int64_t base = o * R;
       affine_run<T>(a + base, b ? b + base : nullptr, r1.data(), r2.data(), r3.data(), out + base, R);
@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
   const int64_t C = shape.channels;
   auto save_mean = at::zeros({C}, x.options());
   auto save_invstd = at::zeros({C}, x.options());
-  const bool update_running = training && running_mean.has_value() && running_mean->defined();
+  const bool update_running = training && present(running_mean);
   ContiguousInPlace running_mean_io(update_running ? running_mean : std::nullopt);
   ContiguousInPlace running_var_io(update_running ? running_var : std::nullopt);
   const int64_t n = shape.per_channel();

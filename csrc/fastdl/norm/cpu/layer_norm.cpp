@@ -17,14 +17,12 @@ namespace {
 
 using cpu::Vec;
 
-// Rows per parallel task: enough work (~16k elements) to pay for scheduling.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
 
 template <typename T>
 void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_out, T* rstd_out,
                     int64_t rows, int64_t cols, double eps) {
   constexpr int64_t L = Vec<T>::size();
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, cpu::grain(cols), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
@@ -67,7 +65,7 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
   cpu::ThreadColumnSums<T> dbias_parts(dbias ? cols : 0, threads);
   const T inv_cols = cols > 0 ? T(1) / T(cols) : T(0);
 
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, cpu::grain(cols), [&](int64_t begin, int64_t end) {
     const int64_t tid = at::get_thread_num();
     T* dw_acc = dweight ? dweight_parts.row(tid) : nullptr;
     T* db_acc = dbias ? dbias_parts.row(tid) : nullptr;

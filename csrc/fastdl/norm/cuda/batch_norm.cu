@@ -270,23 +270,15 @@ void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Parameters (weight, bias, running stats) are float32 while the input is a half type.
-bool float_params(const at::Tensor& x, std::initializer_list<const std::optional<at::Tensor>*> params) {
-  for (const auto* p : params) {
-    if (p->has_value() && (*p)->defined()) {
-      return (*p)->scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
-    }
-  }
-  return false;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
   const auto shape = detail::check_batch_norm_forward(input, weight, bias, running_mean,
                                                       running_var, training, momentum, eps);
-  const bool mixed = float_params(input, {&weight, &bias, &running_mean, &running_var});
+  const bool mixed = float_params_for_half_input(
+      input, {weight.value_or(at::Tensor()), bias.value_or(at::Tensor()),
+              running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor())});
   for (const auto* p : {&weight, &bias, &running_mean, &running_var}) {
     TORCH_CHECK(!p->has_value() || !(*p)->defined() ||
                     ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
@@ -353,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   const auto x = detail::batch_norm_layout(input, shape);
   const auto dy = detail::batch_norm_layout(grad_output, shape);
   const auto w = contiguous_or_undefined(weight);
-  const bool mixed = w.defined() && w.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
+  const bool mixed = float_params_for_half_input(x, {w});
   const int64_t C = shape.channels;
   const int64_t n = shape.per_channel();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -233,11 +233,6 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
   }
 }
 
-// Parameters have the input's dtype, or float32 for half inputs.
-bool float_params(const at::Tensor& x, const at::Tensor& param) {
-  return param.defined() && param.scalar_type() == at::kFloat && x.scalar_type() != at::kFloat;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
@@ -255,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
   auto mean = at::empty(stats_shape, x.options().dtype(acc));
   auto rstd = at::empty(stats_shape, x.options().dtype(acc));
   if (shape.rows == 0) return {output, mean, rstd};
-  const bool mixed = float_params(x, w.defined() ? w : b);
+  const bool mixed = float_params_for_half_input(x, {w, b});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_forward_cuda", [&] {
     if (mixed) {
       launch_forward<scalar_t, float>(x, w, b, output, mean, rstd, shape.rows, shape.cols, eps);
@@ -279,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
   const auto m = mean.contiguous().to(acc);
   const auto s = rstd.contiguous().to(acc);
   const auto w = contiguous_or_undefined(weight);
-  const bool mixed = float_params(x, w);
+  const bool mixed = float_params_for_half_input(x, {w});
   const auto param_options = x.options().dtype(w.defined() ? w.scalar_type() : x.scalar_type());
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);

@@ -23,7 +23,7 @@ using detail::Pool2dShape;
 using cpu::Vec;
 
 // Work items per parallel task: ~16k reads to pay for scheduling.
-int64_t grain(int64_t work_per_item) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(work_per_item, 1)); }
+using cpu::grain;
 
 template <typename T>
 void max_forward_nchw(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {

@@ -32,9 +32,7 @@ Geometry geometry(const Pool2dShape& s) {
   return {s.batch, s.channels, s.in_h, s.in_w, s.out_h, s.out_w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw};
 }
 
-unsigned grid_for(int64_t n) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(n, kThreads), 65535 * 8)));
-}
+unsigned grid_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads); }
 
 // (n, c, y, x) of flat element e of an (N, C, Y, X) tensor in NCHW or channels-last order,
 // and the offset of its plane (n, c) and its channel stride, so [plane + (y * X + x) * cs].
@@ -70,7 +68,7 @@ template <typename T, bool CL>
 __global__ void max_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ idx,
                                    Geometry g, int64_t total) {
   using A = at::opmath_type<T>;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.OH, g.OW, g.H, g.W);
     const auto hr = detail::max_pool_range(p.y, g.H, g.kh, g.sh, g.ph, g.dh);
     const auto wr = detail::max_pool_range(p.x, g.W, g.kw, g.sw, g.pw, g.dw);
@@ -94,7 +92,7 @@ template <typename T, bool CL>
 __global__ void max_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__ idx, T* __restrict__ dx,
                                     Geometry g, int64_t total) {
   using A = at::opmath_type<T>;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.H, g.W, g.OH, g.OW);
     const auto hr = detail::covering_outputs(p.y, g.OH, g.kh, g.sh, g.ph, g.dh);
     const auto wr = detail::covering_outputs(p.x, g.OW, g.kw, g.sw, g.pw, g.dw);
@@ -114,7 +112,7 @@ template <typename T, bool CL>
 __global__ void avg_forward_kernel(const T* __restrict__ x, T* __restrict__ y, Geometry g, bool count_include_pad,
                                    int64_t divisor_override, int64_t total) {
   using A = at::opmath_type<T>;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.OH, g.OW, g.H, g.W);
     const auto win = detail::avg_pool_window(p.y, p.x, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
                                              count_include_pad, divisor_override);
@@ -130,7 +128,7 @@ template <typename T, bool CL>
 __global__ void avg_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, Geometry g, bool count_include_pad,
                                     int64_t divisor_override, int64_t total) {
   using A = at::opmath_type<T>;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+  FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.H, g.W, g.OH, g.OW);
     const auto hr = detail::covering_outputs(p.y, g.OH, g.kh, g.sh, g.ph, 1);
     const auto wr = detail::covering_outputs(p.x, g.OW, g.kw, g.sw, g.pw, 1);
