@@ -14,7 +14,8 @@ OPS = ["layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch
 
 def test_build_info_keys_and_types():
     info = fastdl.build_info()
-    assert {"version", "torch", "cuda", "cuda_archs"} <= set(info)
+    assert {"version", "torch", "cuda", "cuda_archs", "cpu_isa"} <= set(info)
+    assert info["cpu_isa"] in ("AVX512", "AVX2", "NONE")
     assert isinstance(info["version"], str) and re.match(r"^\d+\.\d+\.\d+", info["version"])
     assert info["version"] == fastdl.__version__
     assert isinstance(info["torch"], str)

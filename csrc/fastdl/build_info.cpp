@@ -6,6 +6,7 @@ BuildInfo build_info() {
   BuildInfo info;
   info.version = FASTDL_VERSION;
   info.torch = FASTDL_TORCH_VERSION;
+  info.cpu_isa = FASTDL_CPU_ISA;
 #ifdef FASTDL_WITH_CUDA
   info.cuda = true;
   const std::string csv = FASTDL_CUDA_ARCHS;

@@ -11,6 +11,7 @@ struct BuildInfo {
   std::string torch;                    // the torch version it was built against
   bool cuda = false;                    // true when the CUDA kernels were compiled
   std::vector<std::string> cuda_archs;  // e.g. {"80", "90"}; empty without CUDA
+  std::string cpu_isa;                  // vector ISA of the CPU kernels: AVX512, AVX2 or NONE
 };
 
 BuildInfo build_info();

@@ -3,6 +3,7 @@
 // CPU/CUDA dispatch work as they do from Python.
 #pragma once
 
+#include "fastdl/attention/sdpa.h"
 #include "fastdl/build_info.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/norm/batch_norm.h"

@@ -18,7 +18,8 @@ PYBIND11_MODULE(_C, m) {
         d["torch"] = info.torch;
         d["cuda"] = info.cuda;
         d["cuda_archs"] = info.cuda_archs;
+        d["cpu_isa"] = info.cpu_isa;
         return d;
       },
-      "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs.");
+      "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs, cpu_isa.");
 }

@@ -19,7 +19,8 @@ def build_info() -> dict:
     """What this build contains.
 
     Returns a dict with ``version`` (fastdl), ``torch`` (the torch version it was built
-    against), ``cuda`` (True when the CUDA kernels were compiled) and ``cuda_archs``.
+    against), ``cuda`` (True when the CUDA kernels were compiled), ``cuda_archs`` and
+    ``cpu_isa`` (the vector ISA of the CPU kernels: AVX512, AVX2 or NONE).
     """
     return dict(_C.build_info())
 

@@ -158,3 +158,23 @@ def _conv2d_backward(grad_output, input, weight, stride, padding, dilation, grou
     grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
     grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
+
+
+@register_fake("fastdl::sdpa_forward")
+def _sdpa_forward(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                  dropout_seed=None):
+    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+                 lambda: "fastdl.scaled_dot_product_attention: query, key and value must be 4-d")
+    B, Hq, L, _ = query.shape
+    output = query.new_empty((B, Hq, L, value.shape[-1]))
+    return output, query.new_empty((B, Hq, L), dtype=_stats_dtype(query))
+
+
+@register_fake("fastdl::sdpa_backward")
+def _sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
+                   is_causal, scale, dropout_seed, output_mask):
+    grads = [t.new_empty(t.shape) if wanted else None
+             for t, wanted in zip((query, key, value), output_mask[:3])]
+    B, Hq, L, _ = query.shape
+    grad_mask = query.new_empty((B, Hq, L, key.shape[2])) if output_mask[3] else None
+    return (*grads, grad_mask)

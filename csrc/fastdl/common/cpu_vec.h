@@ -19,9 +19,17 @@ inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(work_per_item, 1));
 }
 
+// The sum of a vector's lanes (pairwise, through memory: at::vec's own reduction helpers
+// differ between the AVX2 and AVX512 builds).
 template <typename T>
 inline T horizontal_sum(const Vec<T>& v) {
-  return at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, v);
+  constexpr int64_t L = Vec<T>::size();
+  alignas(64) T lanes[L];
+  v.store(lanes);
+  for (int64_t width = L / 2; width >= 1; width /= 2) {
+    for (int64_t i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  }
+  return lanes[0];
 }
 
 // sum_i f(x[i]) for a vector-capable f (called with Vec<T> and with T), four accumulators.

@@ -1,0 +1,399 @@
+// sdpa CPU kernels: the flash-attention algorithm on cache-sized blocks.
+//
+// Forward: at::parallel_for over (batch, query head, block of kQueryBlock query rows); each
+// task walks the key blocks, computes the scores S = scale * Q K^T + mask with a register-tiled
+// product, keeps a running row maximum m and sum l (online softmax), rescales its output
+// accumulator and adds P V. Memory per task: O(rows * (block + Ev)), never L x S.
+// Backward: parallel over (batch, key/value head), so the gradients of a key/value head (shared
+// by its group of query heads under GQA) are accumulated by one task without atomics. For each
+// key block and query block it recomputes P = exp(S - logsumexp), then
+// dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dK += scale dS^T Q, dQ += scale dS K.
+#include "fastdl/attention/sdpa.h"
+#include "fastdl/attention/sdpa_math.h"
+#include "fastdl/common/cpu_gemm.h"
+#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/tensors.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace fastdl {
+namespace {
+
+using cpu::Vec;
+
+constexpr int64_t kQueryBlock = 32;  // query rows per task / per backward block
+constexpr int64_t kKeyBlock = 128;   // keys per block: the score tile is 32 x 128
+
+// Strided views of q, k, v (last stride 1) and of the mask, in elements.
+template <typename T>
+struct Operand {
+  const T* data;
+  int64_t batch_stride, head_stride, row_stride;
+  const T* rows(int64_t b, int64_t h) const { return data + b * batch_stride + h * head_stride; }
+};
+
+template <typename T>
+Operand<T> operand(const at::Tensor& t) {
+  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// The additive mask of one (batch, head): bool (true = attend) or float, any strides.
+template <typename T>
+struct MaskView {
+  const bool* bool_data = nullptr;
+  const T* float_data = nullptr;
+  int64_t strides[4] = {0, 0, 0, 0};
+
+  static MaskView make(const std::optional<at::Tensor>& mask) {
+    MaskView view;
+    if (!present(mask)) return view;
+    for (int d = 0; d < 4; ++d) view.strides[d] = mask->stride(d);
+    if (mask->scalar_type() == at::kBool) {
+      view.bool_data = mask->const_data_ptr<bool>();
+    } else {
+      view.float_data = mask->const_data_ptr<T>();
+    }
+    return view;
+  }
+};
+
+// Turns a block of raw dot products into scores: s = scale * s + mask, -inf where masked (bool
+// mask false, or a key after the query under is_causal). rows x cols at ld.
+template <typename T>
+void finish_scores(T* s, int64_t ld, int64_t rows, int64_t cols, int64_t q0, int64_t k0, T scale,
+                   const MaskView<T>& mask, int64_t b, int64_t h, bool is_causal) {
+  constexpr int64_t L = Vec<T>::size();
+  const T neg_inf = detail::sdpa_neg_inf<T>();
+  const int64_t mask_offset = b * mask.strides[0] + h * mask.strides[1];
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = s + r * ld;
+    const int64_t i = q0 + r;
+    int64_t c = 0;
+    for (; c + L <= cols; c += L) (Vec<T>::loadu(row + c) * Vec<T>(scale)).store(row + c);
+    for (; c < cols; ++c) row[c] *= scale;
+    if (mask.float_data) {
+      const T* m = mask.float_data + mask_offset + i * mask.strides[2] + k0 * mask.strides[3];
+      for (c = 0; c < cols; ++c) row[c] += m[c * mask.strides[3]];
+    } else if (mask.bool_data) {
+      const bool* m = mask.bool_data + mask_offset + i * mask.strides[2] + k0 * mask.strides[3];
+      for (c = 0; c < cols; ++c) row[c] = m[c * mask.strides[3]] ? row[c] : neg_inf;
+    }
+    if (is_causal) {
+      // Keys j > i are masked (top-left aligned, as torch).
+      for (c = std::max<int64_t>(0, i + 1 - k0); c < cols; ++c) row[c] = neg_inf;
+    }
+  }
+}
+
+// Applies dropout's keep mask (scaled by 1/(1-p)) to a block of probabilities, in place.
+template <typename T>
+void apply_dropout(T* p, int64_t ld, int64_t rows, int64_t cols, const detail::SdpaShape& shape,
+                   int64_t b, int64_t h, int64_t q0, int64_t k0) {
+  const T keep_scale = T(1) / T(1 - shape.dropout_p);
+  const float p_drop = static_cast<float>(shape.dropout_p);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t base = static_cast<uint64_t>(((b * shape.q_heads + h) * shape.q_len + q0 + r) *
+                                                    shape.kv_len + k0);
+    for (int64_t c = 0; c < cols; ++c) {
+      p[r * ld + c] *= detail::sdpa_dropout_keep(shape.seed, base + c, p_drop) ? keep_scale : T(0);
+    }
+  }
+}
+
+// dst[e * ld + j] = src[j * src_stride + e]: a key (or value) block transposed to E x cols.
+template <typename T>
+void transpose_block(const T* src, int64_t src_stride, int64_t cols, int64_t dim, T* dst, int64_t ld) {
+  for (int64_t j = 0; j < cols; ++j) {
+    const T* row = src + j * src_stride;
+    for (int64_t e = 0; e < dim; ++e) dst[e * ld + j] = row[e];
+  }
+}
+
+// The number of keys a causal query block [q0, q0 + rows) can see: keys after its last row
+// are masked for every row, so their blocks are skipped rather than masked.
+inline int64_t visible_keys(const detail::SdpaShape& shape, int64_t q0, int64_t rows) {
+  return shape.is_causal ? std::min(shape.kv_len, q0 + rows) : shape.kv_len;
+}
+
+template <typename T>
+void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const Operand<T>& k,
+                    const Operand<T>& v, const MaskView<T>& mask, T* out, T* lse) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t E = shape.head_dim, Ev = shape.value_dim;
+  const int64_t q_blocks = (shape.q_len + kQueryBlock - 1) / kQueryBlock;
+  const int64_t tasks = shape.batch * shape.q_heads * q_blocks;
+  const T scale = static_cast<T>(shape.scale);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(E * kKeyBlock), scores(kQueryBlock * kKeyBlock), acc(kQueryBlock * Ev);
+    std::vector<T> row_max(kQueryBlock), row_sum(kQueryBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t qb = task % q_blocks;
+      const int64_t h = (task / q_blocks) % shape.q_heads;
+      const int64_t b = task / (q_blocks * shape.q_heads);
+      const int64_t kv_h = h / shape.group();
+      const int64_t q0 = qb * kQueryBlock;
+      const int64_t rows = std::min(kQueryBlock, shape.q_len - q0);
+      const T* q_rows = q.rows(b, h) + q0 * q.row_stride;
+      const T* k_rows = k.rows(b, kv_h);
+      const T* v_rows = v.rows(b, kv_h);
+      std::fill(acc.begin(), acc.end(), T(0));
+      std::fill(row_max.begin(), row_max.end(), detail::sdpa_neg_inf<T>());
+      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      const int64_t keys = visible_keys(shape, q0, rows);
+      for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
+        const int64_t cols = std::min(kKeyBlock, keys - k0);
+        transpose_block(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
+        cpu::small_gemm<T>(rows, cols, E, q_rows, q.row_stride, 1, kt.data(), kKeyBlock,
+                           scores.data(), kKeyBlock, false);
+        finish_scores(scores.data(), kKeyBlock, rows, cols, q0, k0, scale, mask, b, h,
+                      shape.is_causal);
+        // Online softmax: new maximum, rescale what was accumulated, add this block.
+        for (int64_t r = 0; r < rows; ++r) {
+          T* s = scores.data() + r * kKeyBlock;
+          T block_max = detail::sdpa_neg_inf<T>();
+          for (int64_t c = 0; c < cols; ++c) block_max = std::max(block_max, s[c]);
+          const T new_max = std::max(row_max[r], block_max);
+          const T correction = detail::sdpa_exp_shifted(row_max[r], new_max);
+          row_max[r] = new_max;
+          if (new_max == detail::sdpa_neg_inf<T>()) {
+            std::fill(s, s + cols, T(0));
+            continue;
+          }
+          int64_t c = 0;
+          Vec<T> block_sum(T(0));
+          for (; c + L <= cols; c += L) {
+            const auto p = (Vec<T>::loadu(s + c) - Vec<T>(new_max)).exp();
+            p.store(s + c);
+            block_sum += p;
+          }
+          T tail = 0;
+          for (; c < cols; ++c) {
+            s[c] = std::exp(s[c] - new_max);
+            tail += s[c];
+          }
+          row_sum[r] = row_sum[r] * correction + cpu::horizontal_sum(block_sum) + tail;
+          if (correction != T(1)) {
+            T* a = acc.data() + r * Ev;
+            for (int64_t e = 0; e < Ev; ++e) a[e] *= correction;
+          }
+        }
+        if (shape.dropout_p > 0) {
+          apply_dropout(scores.data(), kKeyBlock, rows, cols, shape, b, h, q0, k0);
+        }
+        cpu::small_gemm<T>(rows, Ev, cols, scores.data(), kKeyBlock, 1,
+                           v_rows + k0 * v.row_stride, v.row_stride, acc.data(), Ev, true);
+      }
+      T* out_rows = out + ((b * shape.q_heads + h) * shape.q_len + q0) * Ev;
+      T* lse_rows = lse + (b * shape.q_heads + h) * shape.q_len + q0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const bool empty = row_sum[r] == T(0);
+        const T inv = empty ? T(0) : T(1) / row_sum[r];
+        for (int64_t e = 0; e < Ev; ++e) out_rows[r * Ev + e] = acc[r * Ev + e] * inv;
+        lse_rows[r] = empty ? detail::sdpa_neg_inf<T>() : row_max[r] + std::log(row_sum[r]);
+      }
+    }
+  });
+}
+
+template <typename T>
+struct Gradients {
+  T* query = nullptr;  // (B, Hq, L, E) contiguous, or null when not wanted
+  T* key = nullptr;    // (B, Hk, S, E)
+  T* value = nullptr;  // (B, Hk, S, Ev)
+  T* mask = nullptr;   // (B, Hq, L, S)
+};
+
+template <typename T>
+void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const Operand<T>& k,
+                     const Operand<T>& v, const MaskView<T>& mask, const Operand<T>& grad_out,
+                     const T* out, const T* lse, const Gradients<T>& grads) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t E = shape.head_dim, Ev = shape.value_dim;
+  const int64_t Lq = shape.q_len, S = shape.kv_len;
+  const T scale = static_cast<T>(shape.scale);
+  at::parallel_for(0, shape.batch * shape.kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> kt(E * kKeyBlock), vt(Ev * kKeyBlock);
+    std::vector<T> probs(kQueryBlock * kKeyBlock), dscores(kQueryBlock * kKeyBlock);
+    std::vector<T> dropped_probs(shape.dropout_p > 0 ? kQueryBlock * kKeyBlock : 0);
+    std::vector<T> dq(Lq * E), dk(S * E), dv(S * Ev), delta(Lq);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / shape.kv_heads;
+      const int64_t kv_h = task % shape.kv_heads;
+      const T* k_rows = k.rows(b, kv_h);
+      const T* v_rows = v.rows(b, kv_h);
+      std::fill(dk.begin(), dk.end(), T(0));
+      std::fill(dv.begin(), dv.end(), T(0));
+      for (int64_t h = kv_h * shape.group(); h < (kv_h + 1) * shape.group(); ++h) {
+        const T* q_rows = q.rows(b, h);
+        const T* do_rows = grad_out.rows(b, h);
+        const T* o_rows = out + (b * shape.q_heads + h) * Lq * Ev;
+        const T* lse_rows = lse + (b * shape.q_heads + h) * Lq;
+        // delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term.
+        for (int64_t i = 0; i < Lq; ++i) {
+          const T* d = do_rows + i * grad_out.row_stride;
+          const T* o = o_rows + i * Ev;
+          T sum = 0;
+          for (int64_t e = 0; e < Ev; ++e) sum += d[e] * o[e];
+          delta[i] = sum;
+        }
+        std::fill(dq.begin(), dq.end(), T(0));
+        for (int64_t k0 = 0; k0 < S; k0 += kKeyBlock) {
+          const int64_t cols = std::min(kKeyBlock, S - k0);
+          transpose_block(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
+          transpose_block(v_rows + k0 * v.row_stride, v.row_stride, cols, Ev, vt.data(), kKeyBlock);
+          // Under is_causal, query rows before k0 see none of these keys.
+          const int64_t first_q = shape.is_causal ? (k0 / kQueryBlock) * kQueryBlock : 0;
+          for (int64_t q0 = first_q; q0 < Lq; q0 += kQueryBlock) {
+            const int64_t rows = std::min(kQueryBlock, Lq - q0);
+            const T* q_blk = q_rows + q0 * q.row_stride;
+            const T* do_blk = do_rows + q0 * grad_out.row_stride;
+            T* p = probs.data();
+            T* ds = dscores.data();
+            cpu::small_gemm<T>(rows, cols, E, q_blk, q.row_stride, 1, kt.data(), kKeyBlock, p,
+                               kKeyBlock, false);
+            finish_scores(p, kKeyBlock, rows, cols, q0, k0, scale, mask, b, h, shape.is_causal);
+            for (int64_t r = 0; r < rows; ++r) {
+              T* row = p + r * kKeyBlock;
+              const T m = lse_rows[q0 + r];
+              if (m == detail::sdpa_neg_inf<T>()) {
+                std::fill(row, row + cols, T(0));
+                continue;
+              }
+              int64_t c = 0;
+              for (; c + L <= cols; c += L) (Vec<T>::loadu(row + c) - Vec<T>(m)).exp().store(row + c);
+              for (; c < cols; ++c) row[c] = std::exp(row[c] - m);
+            }
+            // dP (before dropout's mask) = dO V^T.
+            cpu::small_gemm<T>(rows, cols, Ev, do_blk, grad_out.row_stride, 1, vt.data(),
+                               kKeyBlock, ds, kKeyBlock, false);
+            const T* dropped = p;  // the probabilities after dropout, which dV uses
+            if (shape.dropout_p > 0) {
+              apply_dropout(ds, kKeyBlock, rows, cols, shape, b, h, q0, k0);  // dP's keep mask
+              if (grads.value) {
+                std::copy(p, p + rows * kKeyBlock, dropped_probs.begin());
+                apply_dropout(dropped_probs.data(), kKeyBlock, rows, cols, shape, b, h, q0, k0);
+                dropped = dropped_probs.data();
+              }
+            }
+            if (grads.value) {
+              cpu::small_gemm<T>(cols, Ev, rows, dropped, 1, kKeyBlock, do_blk, grad_out.row_stride,
+                                 dv.data() + k0 * Ev, Ev, true);
+            }
+            // dS = P (dP - delta): the gradient of the scores (scale * QK^T + mask).
+            for (int64_t r = 0; r < rows; ++r) {
+              T* d = ds + r * kKeyBlock;
+              const T* pr = p + r * kKeyBlock;
+              const Vec<T> dl(delta[q0 + r]);
+              int64_t c = 0;
+              for (; c + L <= cols; c += L) {
+                (Vec<T>::loadu(pr + c) * (Vec<T>::loadu(d + c) - dl)).store(d + c);
+              }
+              for (; c < cols; ++c) d[c] = pr[c] * (d[c] - delta[q0 + r]);
+            }
+            if (grads.mask) {
+              for (int64_t r = 0; r < rows; ++r) {
+                T* gm = grads.mask + ((b * shape.q_heads + h) * Lq + q0 + r) * S + k0;
+                std::copy(ds + r * kKeyBlock, ds + r * kKeyBlock + cols, gm);
+              }
+            }
+            if (grads.key) {
+              cpu::small_gemm<T>(cols, E, rows, ds, 1, kKeyBlock, q_blk, q.row_stride,
+                                 dk.data() + k0 * E, E, true);
+            }
+            if (grads.query) {
+              cpu::small_gemm<T>(rows, E, cols, ds, kKeyBlock, 1, k_rows + k0 * k.row_stride,
+                                 k.row_stride, dq.data() + q0 * E, E, true);
+            }
+          }
+        }
+        if (grads.query) {
+          T* gq = grads.query + (b * shape.q_heads + h) * Lq * E;
+          for (int64_t n = 0; n < Lq * E; ++n) gq[n] = dq[n] * scale;
+        }
+      }
+      const int64_t kv_index = b * shape.kv_heads + kv_h;
+      if (grads.key) {
+        T* gk = grads.key + kv_index * S * E;
+        for (int64_t n = 0; n < S * E; ++n) gk[n] = dk[n] * scale;
+      }
+      if (grads.value) std::copy(dv.begin(), dv.end(), grads.value + kv_index * S * Ev);
+    }
+  });
+}
+
+at::Tensor lse_empty(const at::Tensor& query, const detail::SdpaShape& s) {
+  return at::empty({s.batch, s.q_heads, s.q_len}, query.options());
+}
+
+std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  const auto shape = detail::check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                                scale, dropout_seed);
+  const auto q = detail::unit_last_stride(query);
+  const auto k = detail::unit_last_stride(key);
+  const auto v = detail::unit_last_stride(value);
+  auto output = at::empty({shape.batch, shape.q_heads, shape.q_len, shape.value_dim}, q.options());
+  auto logsumexp = lse_empty(q, shape);
+  if (output.numel() == 0 && logsumexp.numel() == 0) return {output, logsumexp};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_forward_cpu", [&] {
+    forward_kernel<scalar_t>(shape, operand<scalar_t>(q), operand<scalar_t>(k),
+                             operand<scalar_t>(v), MaskView<scalar_t>::make(attn_mask),
+                             output.mutable_data_ptr<scalar_t>(),
+                             logsumexp.mutable_data_ptr<scalar_t>());
+  });
+  return {output, logsumexp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+    const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
+  const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
+                                                 logsumexp, dropout_p, is_causal, scale,
+                                                 dropout_seed);
+  TORCH_CHECK(!output_mask[3] || (shape.has_mask && !shape.mask_is_bool),
+              "fastdl.scaled_dot_product_attention: a gradient for attn_mask needs a float attn_mask");
+  const auto q = detail::unit_last_stride(query);
+  const auto k = detail::unit_last_stride(key);
+  const auto v = detail::unit_last_stride(value);
+  const auto dout = detail::unit_last_stride(grad_output);
+  const auto out = output.contiguous();
+  const auto lse = logsumexp.contiguous();
+  at::Tensor grad_query, grad_key, grad_value, grad_mask;
+  // Zeros: entries no block writes (an empty key set) must read as zero gradients.
+  if (output_mask[0]) grad_query = at::zeros(q.sizes(), q.options());
+  if (output_mask[1]) grad_key = at::zeros(k.sizes(), k.options());
+  if (output_mask[2]) grad_value = at::zeros(v.sizes(), v.options());
+  if (output_mask[3]) {
+    grad_mask = at::zeros({shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, q.options());
+  }
+  if (shape.batch * shape.kv_heads == 0) return {grad_query, grad_key, grad_value, grad_mask};
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_backward_cpu", [&] {
+    Gradients<scalar_t> grads{mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),
+                              mutable_data_or_null<scalar_t>(grad_value), mutable_data_or_null<scalar_t>(grad_mask)};
+    backward_kernel<scalar_t>(shape, operand<scalar_t>(q), operand<scalar_t>(k),
+                              operand<scalar_t>(v), MaskView<scalar_t>::make(attn_mask),
+                              operand<scalar_t>(dout), out.const_data_ptr<scalar_t>(),
+                              lse.const_data_ptr<scalar_t>(), grads);
+  });
+  return {grad_query, grad_key, grad_value, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("sdpa_forward", &sdpa_forward_cpu);
+  m.impl("sdpa_backward", &sdpa_backward_cpu);
+}
+
+}  // namespace fastdl

@@ -1,0 +1,560 @@
+// sdpa CUDA kernels: flash attention on CUDA cores, every dtype, accumulating in float32
+// (float64 for float64). Head dims up to 256.
+//
+// Forward: a block of 4 warps owns 16 query rows (4 per warp) of one (batch, head). Tiles of
+// 32 keys and values are staged in shared memory; lane j scores key j of the tile against each
+// of its warp's rows, the warp keeps the online-softmax state (row max m, sum l) and each lane
+// accumulates output columns lane, lane + 32, ... Only O and the row log-sum-exp are written.
+// Backward: delta_i = rowsum(dO_i * O_i); a dQ kernel shaped like the forward recomputes
+// P = exp(S - lse) and dS = P (dP - delta) per tile and accumulates dQ = scale dS K (and writes
+// dS for a float mask's gradient); a dK/dV kernel gives each warp a tile of keys, walks every
+// query row of the key/value head's group and accumulates dV = P^T dO and dK = scale dS^T Q in
+// shared memory. No atomics.
+// Not yet: a tensor-core (mma/wgmma) path for float16/bfloat16.
+#include "fastdl/attention/sdpa.h"
+#include "fastdl/attention/sdpa_math.h"
+#include "fastdl/common/cuda_utils.cuh"
+#include "fastdl/common/tensors.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+namespace fastdl {
+namespace {
+
+using cuda::acc_t;
+
+constexpr int kTileKeys = 32;  // keys per tile in the forward and dQ kernels: one per lane
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRowsPerBlock = kWarps * kRowsPerWarp;
+constexpr int64_t kMaxHeadDim = 256;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Everything the kernels read about one call. Strides are in elements; q/k/v/dO have a unit
+// last stride.
+template <typename T>
+struct Params {
+  const T* q;
+  const T* k;
+  const T* v;
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+  const bool* mask_bool;  // at most one of the two masks is set
+  const T* mask_float;
+  int64_t mask_stride[4];
+  int64_t batch, q_heads, group, q_len, kv_len, head_dim, value_dim;
+  double scale;
+  float dropout_p;
+  uint64_t seed;
+  bool causal;
+
+  __device__ const T* q_row(int64_t b, int64_t h, int64_t i) const {
+    return q + b * q_stride[0] + h * q_stride[1] + i * q_stride[2];
+  }
+  __device__ const T* k_row(int64_t b, int64_t kv_h, int64_t j) const {
+    return k + b * k_stride[0] + kv_h * k_stride[1] + j * k_stride[2];
+  }
+  __device__ const T* v_row(int64_t b, int64_t kv_h, int64_t j) const {
+    return v + b * v_stride[0] + kv_h * v_stride[1] + j * v_stride[2];
+  }
+
+  // scale * dot + mask for query i and key j, -inf when masked (bool mask false, causal,
+  // or a key past the end of the set).
+  template <typename A>
+  __device__ A score(A dot, int64_t b, int64_t h, int64_t i, int64_t j) const {
+    if (j >= kv_len || (causal && j > i)) return detail::sdpa_neg_inf<A>();
+    const int64_t m = b * mask_stride[0] + h * mask_stride[1] + i * mask_stride[2] + j * mask_stride[3];
+    A s = dot * static_cast<A>(scale);
+    if (mask_float) s += static_cast<A>(mask_float[m]);
+    if (mask_bool && !mask_bool[m]) s = detail::sdpa_neg_inf<A>();
+    return s;
+  }
+
+  // Dropout's factor for P[b, h, i, j]: 0 or 1 / (1 - p); 1 without dropout.
+  template <typename A>
+  __device__ A keep_factor(int64_t b, int64_t h, int64_t i, int64_t j) const {
+    if (dropout_p <= 0.0f) return A(1);
+    const auto index = static_cast<uint64_t>(((b * q_heads + h) * q_len + i) * kv_len + j);
+    return detail::sdpa_dropout_keep(seed, index, dropout_p) ? A(1) / A(1.0f - dropout_p) : A(0);
+  }
+
+  // Keys a causal block of query rows ending at `last_row` can see.
+  __device__ int64_t visible_keys(int64_t last_row) const {
+    return causal ? imin(last_row + 1, kv_len) : kv_len;
+  }
+};
+
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+  for (int offset = 16; offset > 0; offset /= 2) v = max(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+// Copies `rows` rows of `dim` values (row r at src(r)) into shared memory with row pitch
+// `pitch`, converting to the accumulation type; rows past `valid` are zero.
+template <typename T, typename A, typename RowPtr>
+__device__ void stage_rows(A* dst, int rows, int64_t dim, int64_t pitch, int64_t valid,
+                           const RowPtr& src, int thread, int threads) {
+  for (int64_t idx = thread; idx < rows * dim; idx += threads) {
+    const int64_t r = idx / dim, e = idx % dim;
+    dst[r * pitch + e] = r < valid ? static_cast<A>(src(r)[e]) : A(0);
+  }
+}
+
+// Dot product of two rows in shared memory.
+template <typename A>
+__device__ __forceinline__ A dot(const A* x, const A* y, int64_t n) {
+  A s = 0;
+  for (int64_t e = 0; e < n; ++e) s += x[e] * y[e];
+  return s;
+}
+
+// (batch, head, row block) of block `blk` for grids over batch * heads * row_blocks.
+struct BlockIndex {
+  int64_t b, h, block;
+  __device__ BlockIndex(int64_t blk, int64_t heads, int64_t blocks)
+      : b(blk / (heads * blocks)), h((blk / blocks) % heads), block(blk % blocks) {}
+};
+
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(kWarps * 32)
+forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
+  using A = acc_t<T>;
+  extern __shared__ unsigned char smem[];
+  const int64_t E = p.head_dim, Ev = p.value_dim;
+  A* ks = reinterpret_cast<A*>(smem);   // [kTileKeys][E + 1] (padded: lane j reads row j)
+  A* vs = ks + kTileKeys * (E + 1);     // [kTileKeys][Ev]
+  A* qs = vs + kTileKeys * Ev;          // [kRowsPerBlock][E]
+  const BlockIndex at(blockIdx.x, p.q_heads, row_blocks);
+  const int64_t b = at.b, h = at.h, kv_h = at.h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row0 = at.block * kRowsPerBlock;
+  const int64_t rows = imin(kRowsPerBlock, p.q_len - row0);
+  stage_rows<T, A>(qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
+                   threadIdx.x, blockDim.x);
+
+  A o[kRowsPerWarp][kChunks];
+  A m[kRowsPerWarp], l[kRowsPerWarp];
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    m[r] = detail::sdpa_neg_inf<A>();
+    l[r] = 0;
+    for (int c = 0; c < kChunks; ++c) o[r][c] = 0;
+  }
+  const int64_t keys = p.visible_keys(row0 + rows - 1);
+  for (int64_t k0 = 0; k0 < keys; k0 += kTileKeys) {
+    __syncthreads();  // the previous tile is consumed (and, the first time, qs is staged)
+    const int64_t tile = imin(kTileKeys, p.kv_len - k0);
+    stage_rows<T, A>(ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
+                     threadIdx.x, blockDim.x);
+    stage_rows<T, A>(vs, kTileKeys, Ev, Ev, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
+                     threadIdx.x, blockDim.x);
+    __syncthreads();
+    const int64_t j = k0 + lane;
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int local = warp * kRowsPerWarp + r;
+      const int64_t i = row0 + local;
+      if (i >= p.q_len) break;  // uniform across the warp
+      const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
+      const A new_m = max(m[r], warp_max(s));
+      A prob = detail::sdpa_exp_shifted(s, new_m);
+      const A correction = detail::sdpa_exp_shifted(m[r], new_m);
+      m[r] = new_m;
+      l[r] = l[r] * correction + warp_sum(prob);
+      prob *= p.template keep_factor<A>(b, h, i, j);
+      for (int c = 0; c < kChunks; ++c) o[r][c] *= correction;
+      for (int jj = 0; jj < kTileKeys; ++jj) {
+        const A pj = __shfl_sync(kFullMask, prob, jj);
+        for (int c = 0; c < kChunks; ++c) {
+          const int64_t e = lane + 32 * c;
+          if (e < Ev) o[r][c] += pj * vs[jj * Ev + e];
+        }
+      }
+    }
+  }
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = row0 + warp * kRowsPerWarp + r;
+    if (i >= p.q_len) break;
+    const A inv = l[r] > A(0) ? A(1) / l[r] : A(0);
+    T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * Ev;
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t e = lane + 32 * c;
+      if (e < Ev) out_row[e] = static_cast<T>(o[r][c] * inv);
+    }
+    if (lane == 0) {
+      lse[(b * p.q_heads + h) * p.q_len + i] =
+          l[r] > A(0) ? m[r] + log(l[r]) : detail::sdpa_neg_inf<A>();
+    }
+  }
+}
+
+// What the backward kernels read besides Params.
+template <typename T>
+struct BackwardArgs {
+  const T* dout;
+  int64_t dout_stride[3];
+  const acc_t<T>* lse;
+  const acc_t<T>* delta;
+  __device__ const T* dout_row(int64_t b, int64_t h, int64_t i) const {
+    return dout + b * dout_stride[0] + h * dout_stride[1] + i * dout_stride[2];
+  }
+};
+
+// delta[row] = sum_e dO[row, e] * O[row, e], one warp per row.
+template <typename T>
+__global__ void delta_kernel(BackwardArgs<T> g, const T* out, acc_t<T>* delta, int64_t heads,
+                             int64_t q_len, int64_t Ev, int64_t rows) {
+  using A = acc_t<T>;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const int64_t i = row % q_len, h = (row / q_len) % heads, b = row / (q_len * heads);
+  const T* d = g.dout_row(b, h, i);
+  const T* o = out + row * Ev;
+  A s = 0;
+  for (int64_t e = lane; e < Ev; e += 32) s += static_cast<A>(d[e]) * static_cast<A>(o[e]);
+  s = warp_sum(s);
+  if (lane == 0) delta[row] = s;
+}
+
+template <typename T, int kChunks>
+__global__ void __launch_bounds__(kWarps * 32)
+backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_blocks) {
+  using A = acc_t<T>;
+  extern __shared__ unsigned char smem[];
+  const int64_t E = p.head_dim, Ev = p.value_dim;
+  A* ks = reinterpret_cast<A*>(smem);    // [kTileKeys][E + 1]
+  A* vs = ks + kTileKeys * (E + 1);      // [kTileKeys][Ev + 1]
+  A* qs = vs + kTileKeys * (Ev + 1);     // [kRowsPerBlock][E]
+  A* dos = qs + kRowsPerBlock * E;       // [kRowsPerBlock][Ev]
+  const BlockIndex at(blockIdx.x, p.q_heads, row_blocks);
+  const int64_t b = at.b, h = at.h, kv_h = at.h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row0 = at.block * kRowsPerBlock;
+  const int64_t rows = imin(kRowsPerBlock, p.q_len - row0);
+  stage_rows<T, A>(qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
+                   threadIdx.x, blockDim.x);
+  stage_rows<T, A>(dos, kRowsPerBlock, Ev, Ev, rows, [&](int64_t r) { return g.dout_row(b, h, row0 + r); },
+                   threadIdx.x, blockDim.x);
+  A acc[kRowsPerWarp][kChunks];
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    for (int c = 0; c < kChunks; ++c) acc[r][c] = 0;
+  }
+  const int64_t keys = p.visible_keys(row0 + rows - 1);
+  for (int64_t k0 = 0; k0 < keys; k0 += kTileKeys) {
+    __syncthreads();
+    const int64_t tile = imin(kTileKeys, p.kv_len - k0);
+    stage_rows<T, A>(ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
+                     threadIdx.x, blockDim.x);
+    stage_rows<T, A>(vs, kTileKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
+                     threadIdx.x, blockDim.x);
+    __syncthreads();
+    const int64_t j = k0 + lane;
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int local = warp * kRowsPerWarp + r;
+      const int64_t i = row0 + local;
+      if (i >= p.q_len) break;
+      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
+      const A row_lse = g.lse[row];
+      const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
+      const A prob = row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
+      const A dp = dot(dos + local * Ev, vs + lane * (Ev + 1), Ev) * p.template keep_factor<A>(b, h, i, j);
+      A ds = prob * (dp - g.delta[row]);
+      if (dmask && j < p.kv_len) dmask[row * p.kv_len + j] = static_cast<T>(ds);
+      ds *= static_cast<A>(p.scale);
+      for (int jj = 0; jj < kTileKeys; ++jj) {
+        const A dsj = __shfl_sync(kFullMask, ds, jj);
+        for (int c = 0; c < kChunks; ++c) {
+          const int64_t e = lane + 32 * c;
+          if (e < E) acc[r][c] += dsj * ks[jj * (E + 1) + e];
+        }
+      }
+    }
+  }
+  if (!dq) return;
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = row0 + warp * kRowsPerWarp + r;
+    if (i >= p.q_len) break;
+    T* dq_row = dq + ((b * p.q_heads + h) * p.q_len + i) * E;
+    for (int c = 0; c < kChunks; ++c) {
+      const int64_t e = lane + 32 * c;
+      if (e < E) dq_row[e] = static_cast<T>(acc[r][c]);
+    }
+  }
+}
+
+// One warp per block of kKeys keys of one (batch, key/value head): walks every query row of
+// the head group and accumulates the keys' dK and dV rows in shared memory.
+template <typename T, int kKeys>
+__global__ void __launch_bounds__(32)
+backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads, int64_t key_blocks) {
+  using A = acc_t<T>;
+  extern __shared__ unsigned char smem[];
+  const int64_t E = p.head_dim, Ev = p.value_dim;
+  A* ks = reinterpret_cast<A*>(smem);   // [kKeys][E + 1]
+  A* vs = ks + kKeys * (E + 1);         // [kKeys][Ev + 1]
+  A* dks = vs + kKeys * (Ev + 1);       // [kKeys][E + 1]
+  A* dvs = dks + kKeys * (E + 1);       // [kKeys][Ev + 1]
+  A* q_row = dvs + kKeys * (Ev + 1);    // [E]
+  A* do_row = q_row + E;                // [Ev]
+  const BlockIndex at(blockIdx.x, kv_heads, key_blocks);
+  const int64_t b = at.b, kv_h = at.h;
+  const int lane = threadIdx.x;
+  const int64_t k0 = at.block * kKeys;
+  const int64_t tile = imin(kKeys, p.kv_len - k0);
+  stage_rows<T, A>(ks, kKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); }, lane, 32);
+  stage_rows<T, A>(vs, kKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); }, lane, 32);
+  for (int64_t idx = lane; idx < kKeys * (E + 1); idx += 32) dks[idx] = 0;
+  for (int64_t idx = lane; idx < kKeys * (Ev + 1); idx += 32) dvs[idx] = 0;
+  const int64_t j = k0 + lane;
+  const bool owns_key = lane < kKeys && j < p.kv_len;
+  const A scale = static_cast<A>(p.scale);
+  // Under is_causal, query rows before the first key see none of this block's keys.
+  const int64_t first_row = p.causal ? imin(k0, p.q_len) : 0;
+  for (int64_t h = kv_h * p.group; h < (kv_h + 1) * p.group; ++h) {
+    for (int64_t i = first_row; i < p.q_len; ++i) {
+      __syncwarp();
+      const T* qg = p.q_row(b, h, i);
+      const T* dg = g.dout_row(b, h, i);
+      for (int64_t e = lane; e < E; e += 32) q_row[e] = static_cast<A>(qg[e]);
+      for (int64_t e = lane; e < Ev; e += 32) do_row[e] = static_cast<A>(dg[e]);
+      __syncwarp();
+      if (!owns_key) continue;
+      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
+      const A row_lse = g.lse[row];
+      const A s = p.score(dot(q_row, ks + lane * (E + 1), E), b, h, i, j);
+      const A prob = row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
+      if (prob == A(0)) continue;
+      const A keep = p.template keep_factor<A>(b, h, i, j);
+      const A dp = dot(do_row, vs + lane * (Ev + 1), Ev) * keep;
+      const A ds = prob * (dp - g.delta[row]) * scale;
+      const A dropped = prob * keep;
+      A* dv_acc = dvs + lane * (Ev + 1);
+      A* dk_acc = dks + lane * (E + 1);
+      for (int64_t e = 0; e < Ev; ++e) dv_acc[e] += dropped * do_row[e];
+      for (int64_t e = 0; e < E; ++e) dk_acc[e] += ds * q_row[e];
+    }
+  }
+  __syncwarp();
+  for (int64_t idx = lane; idx < tile * E; idx += 32) {
+    const int64_t r = idx / E, e = idx % E;
+    if (dk) dk[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * E + e] = static_cast<T>(dks[r * (E + 1) + e]);
+  }
+  for (int64_t idx = lane; idx < tile * Ev; idx += 32) {
+    const int64_t r = idx / Ev, e = idx % Ev;
+    if (dv) dv[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * Ev + e] = static_cast<T>(dvs[r * (Ev + 1) + e]);
+  }
+}
+
+template <typename T>
+Params<T> make_params(const detail::SdpaShape& s, const at::Tensor& q, const at::Tensor& k,
+                      const at::Tensor& v, const std::optional<at::Tensor>& mask) {
+  Params<T> p{};
+  p.q = q.const_data_ptr<T>();
+  p.k = k.const_data_ptr<T>();
+  p.v = v.const_data_ptr<T>();
+  for (int d = 0; d < 3; ++d) {
+    p.q_stride[d] = q.stride(d);
+    p.k_stride[d] = k.stride(d);
+    p.v_stride[d] = v.stride(d);
+  }
+  if (present(mask)) {
+    if (mask->scalar_type() == at::kBool) {
+      p.mask_bool = mask->const_data_ptr<bool>();
+    } else {
+      p.mask_float = mask->const_data_ptr<T>();
+    }
+    for (int d = 0; d < 4; ++d) p.mask_stride[d] = mask->stride(d);
+  }
+  p.batch = s.batch;
+  p.q_heads = s.q_heads;
+  p.group = s.group();
+  p.q_len = s.q_len;
+  p.kv_len = s.kv_len;
+  p.head_dim = s.head_dim;
+  p.value_dim = s.value_dim;
+  p.scale = s.scale;
+  p.dropout_p = static_cast<float>(s.dropout_p);
+  p.seed = s.seed;
+  p.causal = s.is_causal;
+  return p;
+}
+
+// Output columns per lane (a multiple of 32 covering dim), as a template bucket.
+int chunks_for(int64_t dim) {
+  return dim <= 32 ? 1 : dim <= 64 ? 2 : dim <= 128 ? 4 : 8;
+}
+
+// Launches kernel<..., chunks> for the chunk count of `dim` (kernel is a template functor).
+template <typename Launch>
+void with_chunks(int64_t dim, const Launch& launch) {
+  switch (chunks_for(dim)) {
+    case 1: launch(std::integral_constant<int, 1>{}); break;
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    default: launch(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+// Raises the kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes) {
+  const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  TORCH_CHECK(bytes <= optin, "fastdl.scaled_dot_product_attention: head dims need ", bytes,
+              " bytes of shared memory, the device allows ", optin);
+  if (bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(bytes)));
+  }
+}
+
+void check_cuda_dims(const detail::SdpaShape& s) {
+  TORCH_CHECK(s.head_dim <= kMaxHeadDim && s.value_dim <= kMaxHeadDim,
+              "fastdl.scaled_dot_product_attention: CUDA kernels take head dims up to ", kMaxHeadDim,
+              ", got E = ", s.head_dim, " and Ev = ", s.value_dim);
+}
+
+int64_t grid_blocks(int64_t blocks) {
+  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl.scaled_dot_product_attention: problem too large (",
+              blocks, " blocks)");
+  return blocks;
+}
+
+std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  const auto shape = detail::check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal,
+                                                scale, dropout_seed);
+  check_cuda_dims(shape);
+  c10::cuda::CUDAGuard guard(query.device());
+  const auto q = detail::unit_last_stride(query);
+  const auto k = detail::unit_last_stride(key);
+  const auto v = detail::unit_last_stride(value);
+  auto output = at::empty({shape.batch, shape.q_heads, shape.q_len, shape.value_dim}, q.options());
+  const auto half = q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16;
+  auto logsumexp = at::empty({shape.batch, shape.q_heads, shape.q_len},
+                             q.options().dtype(half ? at::kFloat : q.scalar_type()));
+  const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
+  const int64_t blocks = shape.batch * shape.q_heads * row_blocks;
+  if (blocks == 0) return {output, logsumexp};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_forward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
+    const size_t smem = sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * shape.value_dim +
+                                     kRowsPerBlock * shape.head_dim);
+    with_chunks(shape.value_dim, [&](auto chunks) {
+      auto kernel = forward_kernel<scalar_t, decltype(chunks)::value>;
+      allow_shared_memory(kernel, smem);
+      kernel<<<grid_blocks(blocks), kWarps * 32, smem, stream>>>(
+          params, output.mutable_data_ptr<scalar_t>(), logsumexp.mutable_data_ptr<A>(), row_blocks);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {output, logsumexp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+    const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
+  const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
+                                                 logsumexp, dropout_p, is_causal, scale,
+                                                 dropout_seed);
+  TORCH_CHECK(!output_mask[3] || (shape.has_mask && !shape.mask_is_bool),
+              "fastdl.scaled_dot_product_attention: a gradient for attn_mask needs a float attn_mask");
+  check_cuda_dims(shape);
+  c10::cuda::CUDAGuard guard(query.device());
+  const auto q = detail::unit_last_stride(query);
+  const auto k = detail::unit_last_stride(key);
+  const auto v = detail::unit_last_stride(value);
+  const auto dout = detail::unit_last_stride(grad_output);
+  const auto out = output.contiguous();
+  const auto lse = logsumexp.contiguous();
+  at::Tensor grad_query, grad_key, grad_value, grad_mask;
+  if (output_mask[0]) grad_query = at::zeros(q.sizes(), q.options());
+  if (output_mask[1]) grad_key = at::zeros(k.sizes(), k.options());
+  if (output_mask[2]) grad_value = at::zeros(v.sizes(), v.options());
+  if (output_mask[3]) {
+    grad_mask = at::zeros({shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, q.options());
+  }
+  const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
+  if (rows == 0 || shape.kv_len == 0) return {grad_query, grad_key, grad_value, grad_mask};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  auto delta = at::empty({rows}, lse.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_backward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
+    BackwardArgs<scalar_t> args{};
+    args.dout = dout.const_data_ptr<scalar_t>();
+    for (int d = 0; d < 3; ++d) args.dout_stride[d] = dout.stride(d);
+    args.lse = lse.const_data_ptr<A>();
+    args.delta = delta.const_data_ptr<A>();
+    {
+      constexpr int threads = 256;
+      delta_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0, stream>>>(
+          args, out.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<A>(),
+          shape.q_heads, shape.q_len, shape.value_dim, rows);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (output_mask[0] || output_mask[3]) {
+      const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
+      const size_t smem = sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * (shape.value_dim + 1) +
+                                       kRowsPerBlock * (shape.head_dim + shape.value_dim));
+      with_chunks(shape.head_dim, [&](auto chunks) {
+        auto kernel = backward_dq_kernel<scalar_t, decltype(chunks)::value>;
+        allow_shared_memory(kernel, smem);
+        kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kWarps * 32, smem, stream>>>(
+            params, args, mutable_data_or_null<scalar_t>(grad_query),
+            mutable_data_or_null<scalar_t>(grad_mask), row_blocks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    }
+    if (output_mask[1] || output_mask[2]) {
+      const auto dkdv_smem = [&](int keys) {
+        return sizeof(A) * (2 * keys * (shape.head_dim + 1) + 2 * keys * (shape.value_dim + 1) +
+                            shape.head_dim + shape.value_dim);
+      };
+      const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+      const auto launch = [&](auto keys) {
+        constexpr int kKeys = decltype(keys)::value;
+        auto kernel = backward_dkdv_kernel<scalar_t, kKeys>;
+        const size_t smem = dkdv_smem(kKeys);
+        allow_shared_memory(kernel, smem);
+        const int64_t key_blocks = cuda::ceil_div(shape.kv_len, kKeys);
+        kernel<<<grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem, stream>>>(
+            params, args, mutable_data_or_null<scalar_t>(grad_key),
+            mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      // 32 keys per warp when they fit in shared memory, else 16 (float64 at the widest dims).
+      if (dkdv_smem(32) <= optin) {
+        launch(std::integral_constant<int, 32>{});
+      } else {
+        launch(std::integral_constant<int, 16>{});
+      }
+    }
+  });
+  return {grad_query, grad_key, grad_value, grad_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+  m.impl("sdpa_forward", &sdpa_forward_cuda);
+  m.impl("sdpa_backward", &sdpa_backward_cuda);
+}
+
+}  // namespace fastdl

@@ -1,0 +1,282 @@
+// sdpa (scaled dot-product attention): schema, argument checks, autograd, autocast and the
+// C++ entry points. Kernels: cpu/sdpa.cpp and cuda/sdpa.cu; shared formulas: sdpa_math.h.
+#include "fastdl/attention/sdpa.h"
+
+#include "fastdl/common/autocast.h"
+#include "fastdl/common/autograd.h"
+#include "fastdl/common/checks.h"
+#include "fastdl/common/dispatch.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace fastdl {
+namespace {
+constexpr const char* kOp = "fastdl.scaled_dot_product_attention";
+
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    double, bool, std::optional<double>, const std::optional<at::Tensor>&);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, bool,
+    std::optional<double>, const std::optional<at::Tensor>&, std::array<bool, 4>);
+
+void check_same_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
+  TORCH_CHECK(t.sizes() == expected, kOp, ": ", name, " must have shape ", expected, ", got ",
+              t.sizes());
+}
+}  // namespace
+
+namespace detail {
+
+SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                             double dropout_p, bool is_causal, std::optional<double> scale,
+                             const std::optional<at::Tensor>& dropout_seed) {
+  checks::floating(query, kOp, "query");
+  checks::floating(key, kOp, "key");
+  checks::floating(value, kOp, "value");
+  TORCH_CHECK(query.scalar_type() == key.scalar_type() && query.scalar_type() == value.scalar_type(),
+              kOp, ": expected query, key and value to have the same dtype, got query.dtype: ",
+              query.scalar_type(), ", key.dtype: ", key.scalar_type(), " and value.dtype: ",
+              value.scalar_type());
+  checks::same_device(key, query, kOp, "key", "query");
+  checks::same_device(value, query, kOp, "value", "query");
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4, kOp,
+              ": query, key and value must be 4-d (B, H, L, E), (B, H, S, E), (B, H, S, Ev), got "
+              "shapes ", query.sizes(), ", ", key.sizes(), " and ", value.sizes());
+  SdpaShape s{};
+  s.batch = query.size(0);
+  s.q_heads = query.size(1);
+  s.q_len = query.size(2);
+  s.head_dim = query.size(3);
+  s.kv_heads = key.size(1);
+  s.kv_len = key.size(2);
+  s.value_dim = value.size(3);
+  TORCH_CHECK(key.size(0) == s.batch && value.size(0) == s.batch, kOp,
+              ": query, key and value must have the same batch size, got ", query.sizes(), ", ",
+              key.sizes(), " and ", value.sizes());
+  TORCH_CHECK(key.size(3) == s.head_dim, kOp,
+              ": key's last dimension must equal query's (E = ", s.head_dim, "), got key of shape ",
+              key.sizes());
+  TORCH_CHECK(value.size(1) == s.kv_heads && value.size(2) == s.kv_len, kOp,
+              ": value must have key's heads and length (", s.kv_heads, ", ", s.kv_len,
+              "), got value of shape ", value.sizes());
+  TORCH_CHECK(s.kv_heads > 0 ? s.q_heads % s.kv_heads == 0 : s.q_heads == 0, kOp,
+              ": the number of query heads (", s.q_heads,
+              ") must be a multiple of the number of key/value heads (", s.kv_heads, ")");
+  TORCH_CHECK(s.head_dim > 0 || scale.has_value(), kOp,
+              ": query's last dimension E must be positive for the default scale 1/sqrt(E), got ",
+              query.sizes());
+  s.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(s.head_dim));
+  TORCH_CHECK(std::isfinite(s.scale), kOp, ": scale must be finite, got ", s.scale);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp,
+              ": dropout_p must be in [0, 1), got ", dropout_p);
+  s.dropout_p = dropout_p;
+  s.is_causal = is_causal;
+  s.has_mask = present(attn_mask);
+  if (s.has_mask) {
+    const auto& mask = *attn_mask;
+    TORCH_CHECK(!is_causal, kOp, ": explicit attn_mask should not be set when is_causal=True");
+    TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == query.scalar_type(), kOp,
+                ": expected attn_mask dtype to be bool or to match query dtype (",
+                query.scalar_type(), "), got ", mask.scalar_type());
+    checks::same_device(mask, query, kOp, "attn_mask", "query");
+    check_same_shape(mask, {s.batch, s.q_heads, s.q_len, s.kv_len}, "attn_mask");
+    s.mask_is_bool = mask.scalar_type() == at::kBool;
+  }
+  if (dropout_p > 0.0) {
+    TORCH_CHECK(present(dropout_seed), kOp, ": dropout_seed is required when dropout_p > 0");
+    const auto& seed = *dropout_seed;
+    TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device().is_cpu(),
+                kOp, ": dropout_seed must be an int64 tensor with one element on the CPU, got ",
+                seed.scalar_type(), seed.sizes(), " on ", seed.device());
+    s.seed = static_cast<uint64_t>(seed.item<int64_t>());
+  }
+  return s;
+}
+
+SdpaShape check_sdpa_backward(const at::Tensor& grad_output, const at::Tensor& query,
+                              const at::Tensor& key, const at::Tensor& value,
+                              const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+                              const at::Tensor& logsumexp, double dropout_p, bool is_causal,
+                              std::optional<double> scale,
+                              const std::optional<at::Tensor>& dropout_seed) {
+  const auto s = check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                    dropout_seed);
+  const std::array<int64_t, 4> out_shape{s.batch, s.q_heads, s.q_len, s.value_dim};
+  for (const auto& [t, name] : {std::pair{&grad_output, "grad_output"}, std::pair{&output, "output"}}) {
+    TORCH_CHECK(t->defined(), kOp, ": ", name, " must be a tensor, got None");
+    check_same_shape(*t, out_shape, name);
+    TORCH_CHECK(t->scalar_type() == query.scalar_type(), kOp, ": ", name, " must be ",
+                query.scalar_type(), ", got ", t->scalar_type());
+    checks::same_device(*t, query, kOp, name, "query");
+  }
+  TORCH_CHECK(logsumexp.defined(), kOp, ": logsumexp must be a tensor, got None");
+  check_same_shape(logsumexp, {s.batch, s.q_heads, s.q_len}, "logsumexp");
+  checks::same_device(logsumexp, query, kOp, "logsumexp", "query");
+  const auto half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(logsumexp.scalar_type() == (half ? at::kFloat : query.scalar_type()), kOp,
+              ": logsumexp must be ", half ? at::kFloat : query.scalar_type(), ", got ",
+              logsumexp.scalar_type());
+  return s;
+}
+
+at::Tensor unit_last_stride(const at::Tensor& t) {
+  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
+}
+
+}  // namespace detail
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& query,
+                               const at::Tensor& key, const at::Tensor& value,
+                               const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                               bool is_causal, std::optional<double> scale,
+                               const std::optional<at::Tensor>& dropout_seed) {
+    autograd::InputEdges::save(ctx, {true, true, true, present(attn_mask), present(dropout_seed)});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, logsumexp] = FASTDL_OP("sdpa_forward", ForwardSig)
+                                   .call(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                         dropout_seed);
+    autograd::save_with_optional(ctx, {query, key, value, output, logsumexp}, attn_mask);
+    if (present(dropout_seed)) ctx->saved_data["dropout_seed"] = *dropout_seed;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    ctx->mark_non_differentiable({logsumexp});
+    return {output, logsumexp};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto mask = autograd::saved_optional(saved, 5);
+    const std::optional<at::Tensor> seed =
+        ctx->saved_data.count("dropout_seed") ? std::optional(ctx->saved_data["dropout_seed"].toTensor())
+                                              : std::nullopt;
+    const auto scale_ivalue = ctx->saved_data["scale"];
+    const std::optional<double> scale =
+        scale_ivalue.isNone() ? std::nullopt : std::optional(scale_ivalue.toDouble());
+    const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 3);
+    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
+    const std::array<bool, 4> needs = {autograd::InputEdges::needs_grad(ctx, 0),
+                                       autograd::InputEdges::needs_grad(ctx, 1),
+                                       autograd::InputEdges::needs_grad(ctx, 2), mask_grad};
+    variable_list result(8);
+    if (!grads[0].defined()) return result;
+    auto [grad_query, grad_key, grad_value, grad_mask] =
+        FASTDL_OP("sdpa_backward", BackwardSig)
+            .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4],
+                  ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
+                  scale, seed, needs);
+    result[0] = grad_query;
+    result[1] = grad_key;
+    result[2] = grad_value;
+    result[3] = grad_mask;
+    return result;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> sdpa_forward_autograd(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  auto out = SdpaFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
+  return {out[0], out[1]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+    const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
+  return autograd::not_differentiable(
+      "fastdl.sdpa_backward", {grad_output, query, key, value, attn_mask.value_or(at::Tensor())}, [&] {
+        return FASTDL_OP("sdpa_backward", BackwardSig)
+            .call(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
+                  is_causal, scale, dropout_seed, output_mask);
+      });
+}
+
+// Autocast, as torch's scaled_dot_product_attention: it runs in the autocast dtype. On CUDA
+// the kernels take float16/bfloat16 directly; the CPU kernels compute in float32 (they take
+// float32/float64 only), and the output is cast to the autocast dtype as torch returns it.
+template <c10::DeviceType device>
+std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  autocast::BelowAutocast<device> below;
+  const auto dtype = at::autocast::get_autocast_dtype(device);
+  const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
+  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(compute, t, device); };
+  std::optional<at::Tensor> mask = attn_mask;
+  if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
+  auto [output, logsumexp] = FASTDL_OP("sdpa_forward", ForwardSig)
+                                 .call(cast(query), cast(key), cast(value), mask, dropout_p,
+                                       is_causal, scale, dropout_seed);
+  if (compute != dtype) output = output.to(dtype);
+  return {output, logsumexp};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> sdpa_forward(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  return FASTDL_OP("sdpa_forward", ForwardSig)
+      .call(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
+    const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
+    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
+  return FASTDL_OP("sdpa_backward", BackwardSig)
+      .call(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal,
+            scale, dropout_seed, output_mask);
+}
+
+at::Tensor sdpa(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+                std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+  return std::get<0>(
+      sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed));
+}
+
+TORCH_LIBRARY_FRAGMENT(fastdl, m) {
+  m.def("sdpa_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
+        "float dropout_p=0.0, bool is_causal=False, float? scale=None, Tensor? dropout_seed=None) "
+        "-> (Tensor output, Tensor logsumexp)");
+  m.def("sdpa_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, "
+        "Tensor? attn_mask, Tensor output, Tensor logsumexp, float dropout_p, bool is_causal, "
+        "float? scale, Tensor? dropout_seed, bool[4] output_mask) "
+        "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_attn_mask)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("sdpa_forward", &sdpa_forward_autograd);
+  m.impl("sdpa_backward", &sdpa_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("sdpa_forward", &sdpa_forward_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("sdpa_forward", &sdpa_forward_autocast<c10::DeviceType::CUDA>);
+}
+
+}  // namespace fastdl

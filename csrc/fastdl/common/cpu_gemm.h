@@ -1,0 +1,80 @@
+// A small register-tiled matrix product for the blocks CPU kernels keep in cache (attention
+// tiles, a few dozen rows by a few hundred columns): C (+)= A * B with at::vec FMAs. For
+// blocks this small it beats calling a BLAS (no dispatch or packing per call), and it runs
+// inside at::parallel_for tasks without nesting threads.
+#pragma once
+
+#include "fastdl/common/cpu_vec.h"
+
+namespace fastdl::cpu {
+
+namespace detail {
+
+// One R x (NV vectors) tile of C: acc += sum_k a(r, k) * b(k, :).
+template <typename T, int R, int NV>
+inline void gemm_tile(int64_t k, const T* a, int64_t a_row_stride, int64_t a_k_stride, const T* b,
+                      int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      acc[r][v] = accumulate ? Vec<T>::loadu(c + r * ldc + v * L) : Vec<T>(T(0));
+    }
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    Vec<T> bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = Vec<T>::loadu(b + kk * ldb + v * L);
+    for (int r = 0; r < R; ++r) {
+      const Vec<T> av(a[r * a_row_stride + kk * a_k_stride]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) acc[r][v].store(c + r * ldc + v * L);
+  }
+}
+
+// Columns [j, j + NV * L) of every row of C, six rows at a time.
+template <typename T, int NV>
+inline void gemm_column_panel(int64_t m, int64_t k, const T* a, int64_t a_row_stride,
+                              int64_t a_k_stride, const T* b, int64_t ldb, T* c, int64_t ldc,
+                              bool accumulate) {
+  int64_t i = 0;
+  for (; i + 6 <= m; i += 6) {
+    gemm_tile<T, 6, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
+                        ldc, accumulate);
+  }
+  for (; i < m; ++i) {
+    gemm_tile<T, 1, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
+                        ldc, accumulate);
+  }
+}
+
+}  // namespace detail
+
+// C[m x n] = A * B, or C += A * B when `accumulate`. A's element (r, k) is
+// a[r * a_row_stride + k * a_k_stride] (so A may be read transposed); B is row-major with
+// leading dimension ldb, C with ldc. Single-threaded: call it from inside a parallel task.
+template <typename T>
+void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_stride,
+                int64_t a_k_stride, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t L = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + 2 * L <= n; j += 2 * L) {
+    detail::gemm_column_panel<T, 2>(m, k, a, a_row_stride, a_k_stride, b + j, ldb, c + j, ldc,
+                                    accumulate);
+  }
+  for (; j + L <= n; j += L) {
+    detail::gemm_column_panel<T, 1>(m, k, a, a_row_stride, a_k_stride, b + j, ldb, c + j, ldc,
+                                    accumulate);
+  }
+  for (; j < n; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      T s = accumulate ? c[i * ldc + j] : T(0);
+      for (int64_t kk = 0; kk < k; ++kk) s += a[i * a_row_stride + kk * a_k_stride] * b[kk * ldb + j];
+      c[i * ldc + j] = s;
+    }
+  }
+}
+
+}  // namespace fastdl::cpu

@@ -1,0 +1,110 @@
+"""Attention: scaled_dot_product_attention with torch.nn.functional's signature.
+
+The fused op ``torch.ops.fastdl.sdpa_forward`` takes 4-d ``(B, H, L, E)`` tensors; this
+wrapper maps torch's shapes onto it: any number of leading dims broadcast against each other
+(as torch's math path does), a 2-d input is one head of one batch, and with ``enable_gqa`` the
+head dims of key/value may divide the query's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_NAME = "fastdl.scaled_dot_product_attention"
+
+
+def _leading_shape(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> tuple[list[int], int]:
+    """The broadcast leading dims of query/key/value (query's heads last when gqa), and key's heads."""
+    if enable_gqa and query.dim() >= 3:
+        batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+        q_heads, k_heads, v_heads = query.shape[-3], key.shape[-3], value.shape[-3]
+        if k_heads != v_heads or k_heads == 0 or q_heads % k_heads != 0:
+            raise RuntimeError(
+                f"{_NAME}: with enable_gqa=True the number of query heads ({q_heads}) must be a "
+                f"multiple of the number of key heads ({k_heads}), which must equal the number of "
+                f"value heads ({v_heads})")
+        return list(batch) + [q_heads], k_heads
+    try:
+        lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{_NAME}: the leading dims of query {list(query.shape)}, key {list(key.shape)} and "
+            f"value {list(value.shape)} must broadcast (different head counts need enable_gqa=True)"
+        ) from exc
+    return list(lead), (lead[-1] if lead else 1)
+
+
+def _as_4d(t: Tensor, lead: list[int], heads: int) -> Tensor:
+    """``t`` expanded to ``lead[:-1] + [heads] + t.shape[-2:]`` and seen as (B, heads, rows, dim)."""
+    batch = lead[:-1]
+    t = t.expand(*batch, heads, *t.shape[-2:]) if lead else t
+    return t.reshape(math.prod(batch), heads, *t.shape[-2:])
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+) -> Tensor:
+    r"""``softmax(query @ key.T * scale + mask) @ value``, fused, as
+    :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    A flash-attention kernel: scores are computed block by block with an online softmax, never
+    as an ``L x S`` matrix; backward recomputes them from the saved row log-sum-exp.
+
+    Args:
+        query: ``(N, ..., Hq, L, E)``.
+        key: ``(N, ..., H, S, E)``.
+        value: ``(N, ..., H, S, Ev)``.
+        attn_mask: broadcastable to ``(N, ..., Hq, L, S)``; bool (``True`` = take part in
+            attention) or of the query's dtype (added to the scores; differentiable).
+        dropout_p: probability of dropping an attention weight. The keep mask is a hash of a
+            seed drawn from torch's default generator (so ``torch.manual_seed`` reproduces it)
+            and of the position, regenerated in backward rather than stored. It differs from
+            torch's random stream.
+        is_causal: mask keys after each query (top-left aligned when ``L != S``, as torch);
+            cannot be combined with ``attn_mask``.
+        scale: score scale, default ``1 / sqrt(E)``.
+        enable_gqa: allow ``Hq`` to be a multiple of ``H`` (grouped-query attention: query head
+            ``h`` attends with key/value head ``h // (Hq // H)``).
+
+    Returns:
+        ``(N, ..., Hq, L, Ev)``. Rows whose keys are all masked are zeros (torch's behaviour).
+        CPU: float32/float64; CUDA: also float16/bfloat16 (accumulating in float32).
+    """
+    if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
+        raise RuntimeError(
+            f"{_NAME}: expected query, key, and value to all be at least 2 dimensional, but got "
+            f"query.dim: {query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead.")
+    if is_causal and attn_mask is not None:
+        raise RuntimeError(f"{_NAME}: explicit attn_mask should not be set when is_causal=True")
+    lead, kv_heads = _leading_shape(query, key, value, enable_gqa)
+    q_heads = lead[-1] if lead else 1
+    q4 = _as_4d(query, lead, q_heads)
+    k4 = _as_4d(key, lead, kv_heads)
+    v4 = _as_4d(value, lead, kv_heads)
+    L, S = query.shape[-2], key.shape[-2]
+    mask4 = None
+    if attn_mask is not None:
+        target = [*lead, L, S]
+        try:
+            torch.broadcast_shapes(attn_mask.shape, target)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{_NAME}: attn_mask of shape {list(attn_mask.shape)} must be "
+                               f"broadcastable to {target}") from exc
+        mask4 = attn_mask.expand(target).reshape(q4.shape[0], q_heads, L, S)
+    seed = None
+    if dropout_p > 0.0:
+        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
+    output = torch.ops.fastdl.sdpa_forward(q4, k4, v4, mask4, float(dropout_p), bool(is_causal),
+                                           scale, seed)[0]
+    return output.reshape(*lead, L, value.shape[-1]) if lead else output.reshape(L, value.shape[-1])

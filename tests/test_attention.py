@@ -1,0 +1,326 @@
+"""fastdl scaled_dot_product_attention (op and functional) against torch's."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+import fastdl.functional as FF
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+                     assert_no_double_backward, assert_raises_naming, assert_unchanged,
+                     check_compile, check_gradcheck, check_opcheck, compare_with_torch)
+
+OP = torch.ops.fastdl.sdpa_forward
+OP_BACKWARD = torch.ops.fastdl.sdpa_backward
+
+
+def _qkv(device, dtype, q_shape, k_shape, v_shape, requires_grad=True):
+    make = lambda s: torch.randn(s, device=device, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+    return make(q_shape), make(k_shape), make(v_shape)
+
+
+def _both(**kwargs):
+    ours = lambda q, k, v, *m: FF.scaled_dot_product_attention(q, k, v, *m, **kwargs)  # noqa: E731
+    ref = lambda q, k, v, *m: F.scaled_dot_product_attention(q, k, v, *m, **kwargs)  # noqa: E731
+    return ours, ref
+
+
+# (B, Hq, Hk, L, S, E, Ev): odd sizes, one query, one key, L != S both ways, E not a multiple
+# of 8, E up to 256, more keys than a key block, GQA head groups.
+SHAPES = [
+    (2, 3, 3, 17, 33, 8, 6),
+    (1, 2, 2, 1, 17, 16, 16),
+    (2, 1, 1, 17, 1, 5, 7),
+    (1, 2, 2, 40, 300, 13, 9),
+    (1, 1, 1, 300, 40, 64, 64),
+    (1, 2, 2, 65, 129, 96, 96),
+    (1, 1, 1, 33, 70, 128, 128),
+    (1, 1, 1, 9, 11, 256, 32),
+    (2, 4, 2, 19, 23, 8, 8),
+    (1, 6, 1, 10, 12, 16, 8),
+]
+
+
+def _shape_id(s):
+    return "B{}Hq{}Hk{}L{}S{}E{}Ev{}".format(*s)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=[_shape_id(s) for s in SHAPES])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_forward_backward(device, dtype, shape, causal):
+    B, Hq, Hk, L, S, E, Ev = shape
+    q, k, v = _qkv(device, dtype, (B, Hq, L, E), (B, Hk, S, E), (B, Hk, S, Ev))
+    ours, ref = _both(is_causal=causal, enable_gqa=Hq != Hk)
+    compare_with_torch(ours, ref, [q, k, v], dtype)
+
+
+# attn_mask shapes that broadcast to (B, H, L, S) = (2, 3, 9, 21).
+MASK_SHAPES = [(9, 21), (2, 3, 9, 21), (1, 3, 1, 21), (2, 1, 9, 1), (1, 21), (3, 9, 21)]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=[str(m) for m in MASK_SHAPES])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_masks(device, dtype, mask_shape, kind):
+    q, k, v = _qkv(device, dtype, (2, 3, 9, 8), (2, 3, 21, 8), (2, 3, 21, 5))
+    if kind == "bool":
+        mask = torch.rand(mask_shape, device=device) > 0.3
+    else:  # differentiable float mask, with some -inf entries
+        mask = torch.randn(mask_shape, device=device, dtype=dtype)
+        mask = mask.masked_fill(torch.rand(mask_shape, device=device) < 0.2, float("-inf"))
+        mask.requires_grad_()
+    ours, ref = _both()
+    compare_with_torch(ours, ref, [q, k, v, mask], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_are_zero(device, dtype, kind):
+    """Rows with every key masked give zeros and zero gradients, as torch's safe softmax."""
+    q, k, v = _qkv(device, dtype, (2, 2, 6, 8), (2, 2, 10, 8), (2, 2, 10, 4))
+    keep = torch.rand(6, 10, device=device) > 0.4
+    keep[2] = False
+    keep[5] = False
+    mask = keep if kind == "bool" else torch.zeros(6, 10, device=device, dtype=dtype).masked_fill(
+        ~keep, float("-inf"))
+    ours, ref = _both()
+    out, *_ = compare_with_torch(ours, ref, [q, k, v, mask], dtype)
+    assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
+    q2 = q.detach().clone().requires_grad_()
+    FF.scaled_dot_product_attention(q2, k, v, mask).sum().backward()
+    assert torch.equal(q2.grad[:, :, 5], torch.zeros_like(q2.grad[:, :, 5]))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_no_keys(device, dtype):
+    q, k, v = _qkv(device, dtype, (2, 3, 4, 8), (2, 3, 0, 8), (2, 3, 0, 5))
+    out = FF.scaled_dot_product_attention(q, k, v)
+    assert out.shape == (2, 3, 4, 5) and torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("scale", [0.05, 1.0, 3.0])
+def test_scale(device, dtype, scale):
+    q, k, v = _qkv(device, dtype, (2, 2, 7, 16), (2, 2, 9, 16), (2, 2, 9, 16))
+    ours, ref = _both(scale=scale)
+    compare_with_torch(ours, ref, [q, k, v], dtype)
+
+
+# Leading dims torch accepts: none (2-d), one, several, broadcasting ones.
+RANK_SHAPES = [
+    ((7, 8), (9, 8), (9, 6)),
+    ((3, 7, 8), (3, 9, 8), (3, 9, 6)),
+    ((2, 2, 3, 7, 8), (2, 2, 3, 9, 8), (2, 2, 3, 9, 6)),
+    ((2, 3, 7, 8), (1, 3, 9, 8), (1, 3, 9, 6)),
+    ((2, 3, 7, 8), (2, 1, 9, 8), (2, 1, 9, 6)),
+]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shapes", RANK_SHAPES, ids=[str(s[0]) + str(s[1]) for s in RANK_SHAPES])
+def test_leading_dims_and_broadcasting(device, dtype, shapes):
+    q, k, v = _qkv(device, dtype, *shapes)
+    ours, ref = _both()
+    compare_with_torch(ours, ref, [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_gqa_with_mask_and_batch_dims(device, dtype):
+    q, k, v = _qkv(device, dtype, (2, 2, 6, 5, 8), (2, 2, 3, 7, 8), (2, 2, 3, 7, 4))
+    mask = torch.rand(6, 5, 7, device=device) > 0.3
+    ours, ref = _both(enable_gqa=True)
+    compare_with_torch(ours, ref, [q, k, v, mask], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_non_contiguous_inputs(device, dtype):
+    """(B, L, H, E) tensors seen as (B, H, L, E), as multi-head attention passes them."""
+    base = [torch.randn(2, n, 3, 16, device=device, dtype=dtype) for n in (11, 13, 13)]
+    q, k, v = (t.transpose(1, 2).requires_grad_() for t in base)
+    ours, ref = _both(is_causal=True)
+    compare_with_torch(ours, ref, [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_unchanged(device):
+    q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
+    mask = torch.randn(9, 12, device=device, requires_grad=True)
+    out = assert_unchanged([q, k, v, mask], lambda: FF.scaled_dot_product_attention(q, k, v, mask))
+    assert_unchanged([q, k, v, mask, out], lambda: out.sum().backward())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+def _dropout_keep_mask(shape_bhls, p, seed, device, dtype):
+    """The keep mask (scaled by 1/(1-p)) fastdl uses for `seed`: with all scores equal and
+    V the identity, output[..., i, j] = keep[i, j] / ((1 - p) * S)."""
+    B, H, L, S = shape_bhls
+    q = torch.zeros(B, H, L, 4, device=device, dtype=dtype)
+    k = torch.zeros(B, H, S, 4, device=device, dtype=dtype)
+    v = torch.eye(S, device=device, dtype=dtype).expand(B, H, S, S)
+    torch.manual_seed(seed)
+    out = FF.scaled_dot_product_attention(q, k, v, dropout_p=p)
+    return out * S
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_statistics(device, p):
+    scaled_keep = _dropout_keep_mask((2, 4, 64, 96), p, 0, device, torch.float64)
+    kept = scaled_keep != 0
+    torch.testing.assert_close(scaled_keep[kept], torch.full_like(scaled_keep[kept], 1 / (1 - p)))
+    n = kept.numel()
+    rate = kept.double().mean().item()
+    assert abs(rate - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n), f"kept {rate}, expected {1 - p}"
+    # Different rows, heads and seeds get different masks.
+    assert not torch.equal(kept[0, 0, 0], kept[0, 0, 1]) and not torch.equal(kept[0, 0], kept[0, 1])
+    other = _dropout_keep_mask((2, 4, 64, 96), p, 1, device, torch.float64) != 0
+    assert not torch.equal(kept, other)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_dropout_matches_reference_with_its_mask(device, dtype):
+    """Output and gradients with dropout equal a float64 composition using the same keep mask
+    (regenerated, not stored, in backward); the same seed reproduces them."""
+    B, H, L, S, E = 2, 3, 20, 150, 8
+    p = 0.3
+    keep = _dropout_keep_mask((B, H, L, S), p, 7, device, torch.float64)
+    q, k, v = _qkv(device, dtype, (B, H, L, E), (B, H, S, E), (B, H, S, E))
+    mask = torch.rand(L, S, device=device) > 0.2
+
+    def ours(q, k, v):
+        torch.manual_seed(7)
+        return FF.scaled_dot_product_attention(q, k, v, mask, dropout_p=p)
+
+    def ref(q, k, v):
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(E)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return (torch.softmax(scores, -1) * keep.to(q.dtype)) @ v
+
+    compare_with_torch(ours, ref, [q, k, v], dtype)
+    torch.testing.assert_close(ours(q, k, v), ours(q, k, v), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# gradcheck, opcheck, compile
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"])
+def test_gradcheck(device, case):
+    q, k, v = _qkv(device, torch.float64, (1, 2, 5, 3), (1, 2, 7, 3), (1, 2, 7, 4))
+    mask, causal, p, seed = None, False, 0.0, None
+    if case == "causal":
+        causal = True
+    elif case == "bool_mask":
+        mask = torch.rand(1, 2, 5, 7, device=device) > 0.3
+    elif case == "float_mask":
+        mask = torch.randn(1, 2, 5, 7, device=device, dtype=torch.float64, requires_grad=True)
+    elif case == "gqa":
+        q = torch.randn(1, 4, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
+    elif case == "dropout":
+        p, seed = 0.4, torch.tensor(123)
+    inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+
+    def fn(q, k, v, *m):
+        return OP(q, k, v, m[0] if m else mask, p, causal, None, seed)[0]
+
+    check_gradcheck(fn, inputs)
+    assert_no_double_backward(fn, inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"])
+def test_opcheck(device, case):
+    q, k, v = _qkv(device, torch.float32, (2, 2, 5, 8), (2, 2, 9, 8), (2, 2, 9, 4))
+    mask, causal, p, seed = None, False, 0.0, None
+    if case == "causal":
+        causal = True
+    elif case == "bool_mask":
+        mask = (torch.rand(5, 9, device=device) > 0.3).expand(2, 2, 5, 9)
+    elif case == "float_mask":
+        mask = torch.randn(2, 2, 5, 9, device=device, requires_grad=True)
+    elif case == "gqa":
+        q = torch.randn(2, 4, 5, 8, device=device, requires_grad=True)
+    elif case == "dropout":
+        p, seed = 0.25, torch.tensor(5)
+    check_opcheck(OP, [q, k, v, mask, p, causal, 0.5, seed])
+    out, lse = OP(q, k, v, mask, p, causal, 0.5, seed)
+    grad = torch.randn_like(out)
+    want_mask = mask is not None and mask.dtype != torch.bool
+    mask = mask.detach() if mask is not None else None
+    check_opcheck(OP_BACKWARD, [grad, q.detach(), k.detach(), v.detach(), mask, out.detach(),
+                                lse, p, causal, 0.5, seed, [True, True, True, want_mask]])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile(device):
+    q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
+    mask = torch.rand(9, 12, device=device) > 0.3
+    check_compile(lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, mask), q, k, v)
+    check_compile(lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2),
+                  q, k, v)
+
+
+def test_cpu_autocast_returns_bfloat16_like_torch():
+    q, k, v = _qkv("cpu", torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = FF.scaled_dot_product_attention(q, k, v)
+        ref = F.scaled_dot_product_attention(q, k, v)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    ours.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32
+
+
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast_runs_in_half(dtype):
+    q, k, v = _qkv("cuda", torch.float32, (2, 3, 64, 64), (2, 3, 80, 64), (2, 3, 80, 64))
+    with torch.autocast("cuda", dtype=dtype):
+        ours = FF.scaled_dot_product_attention(q, k, v)
+        ref = F.scaled_dot_product_attention(q, k, v)
+    assert ours.dtype == ref.dtype == dtype
+    assert_close_to_reference(ours, F.scaled_dot_product_attention(q.double(), k.double(), v.double()),
+                              dtype, baseline=ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input(device):
+    q, k, v = _qkv(device, torch.float32, (2, 4, 5, 8), (2, 4, 7, 8), (2, 4, 7, 6), False)
+    sdpa = FF.scaled_dot_product_attention
+    assert_raises_naming(RuntimeError, lambda: sdpa(q[0, 0, 0], k, v), "at least 2 dimensional")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k[..., :7], v), "key", "E = 8")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v[:, :, :6]), "value", "length")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k.double(), v), "dtype")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k[:, :2], v[:, :2]), "enable_gqa")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k[:, :3], v[:, :3], enable_gqa=True),
+                         "multiple", "heads")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(3, 7, dtype=torch.bool, device=device)),
+                         "attn_mask", "broadcastable")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.int32, device=device)),
+                         "attn_mask", "dtype")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.float64, device=device)),
+                         "attn_mask", "dtype")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device),
+                                                    is_causal=True), "attn_mask", "is_causal")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.0), "dropout_p")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=-0.1), "dropout_p")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")
+    # The op itself: 4-d only, a seed with dropout.
+    assert_raises_naming(RuntimeError, lambda: OP(q[0], k[0], v[0]), "4-d")
+    assert_raises_naming(RuntimeError, lambda: OP(q, k, v, None, 0.5), "dropout_seed")
+    if device == "cuda":
+        assert_raises_naming(RuntimeError, lambda: sdpa(q, k.cpu(), v), "key", "device")
