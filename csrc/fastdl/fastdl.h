@@ -4,6 +4,7 @@
 #pragma once
 
 #include "fastdl/attention/sdpa.h"
+#include "fastdl/attention/sdpa_weights.h"
 #include "fastdl/build_info.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/norm/batch_norm.h"

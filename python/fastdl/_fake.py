@@ -178,3 +178,17 @@ def _sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
     B, Hq, L, _ = query.shape
     grad_mask = query.new_empty((B, Hq, L, key.shape[2])) if output_mask[3] else None
     return (*grads, grad_mask)
+
+
+@register_fake("fastdl::sdpa_weights")
+def _sdpa_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp):
+    B, Hq, L, _ = query.shape
+    return query.new_empty((B, Hq, L, key.shape[2]))
+
+
+@register_fake("fastdl::sdpa_weights_backward")
+def _sdpa_weights_backward(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale,
+                           dropout_seed, logsumexp, output_mask):
+    return (query.new_empty(query.shape) if output_mask[0] else None,
+            key.new_empty(key.shape) if output_mask[1] else None,
+            grad_weights.new_empty(grad_weights.shape) if output_mask[2] else None)

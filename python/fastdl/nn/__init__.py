@@ -1,5 +1,6 @@
 """Drop-in replacements for torch.nn layers, backed by fastdl's kernels."""
 
+from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d
 from .convert import ConversionReport, convert
 from .histogram import HardHistogram, RBFHistogram, SigmoidHistogram, SoftHistogram
@@ -7,5 +8,5 @@ from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
 
 __all__ = ["AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d",
-           "ConversionReport", "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "RBFHistogram", "SigmoidHistogram",
+           "ConversionReport", "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "MultiheadAttention", "RBFHistogram", "SigmoidHistogram",
            "SoftHistogram", "convert"]

@@ -7,6 +7,7 @@ from typing import Iterable, Optional, Union
 
 from torch import nn
 
+from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
@@ -23,6 +24,7 @@ CONVERSIONS: dict[type[nn.Module], type] = {
     nn.AvgPool2d: AvgPool2d,
     nn.Conv1d: Conv1d,
     nn.Conv2d: Conv2d,
+    nn.MultiheadAttention: MultiheadAttention,
 }
 
 TypeFilter = Optional[Iterable[Union[str, type]]]

@@ -9,6 +9,7 @@
 // key block and query block it recomputes P = exp(S - logsumexp), then
 // dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dK += scale dS^T Q, dQ += scale dS K.
 #include "fastdl/attention/sdpa.h"
+#include "fastdl/attention/sdpa_weights.h"
 #include "fastdl/attention/sdpa_math.h"
 #include "fastdl/common/cpu_gemm.h"
 #include "fastdl/common/cpu_vec.h"
@@ -389,6 +390,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   return {grad_query, grad_key, grad_value, grad_mask};
 }
 
+// exp(s - lse) over one row in place; zeros when lse is -inf (a fully masked row).
+template <typename T>
+void exp_shifted_row(T* row, int64_t n, T lse) {
+  constexpr int64_t L = Vec<T>::size();
+  if (lse == detail::sdpa_neg_inf<T>()) {
+    std::fill(row, row + n, T(0));
+    return;
+  }
+  int64_t c = 0;
+  for (; c + L <= n; c += L) (Vec<T>::loadu(row + c) - Vec<T>(lse)).exp().store(row + c);
+  for (; c < n; ++c) row[c] = std::exp(row[c] - lse);
+}
+
+// Calls fn(b, h, i, row index) for every (batch, query head, query row), in parallel.
+template <typename F>
+void for_each_row(const detail::SdpaShape& shape, const F& fn) {
+  const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
+  at::parallel_for(0, rows, cpu::grain(shape.kv_len), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t i = row % shape.q_len;
+      const int64_t h = (row / shape.q_len) % shape.q_heads;
+      const int64_t b = row / (shape.q_len * shape.q_heads);
+      fn(b, h, i, row);
+    }
+  });
+}
+
+}  // namespace
+
+namespace detail {
+
+void sdpa_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
+                    const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped) {
+  const auto lse = logsumexp.contiguous();
+  const int64_t S = shape.kv_len;
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "sdpa_probs_cpu", [&] {
+    using T = scalar_t;
+    const auto mask = MaskView<T>::make(attn_mask);
+    T* s = scores.mutable_data_ptr<T>();
+    T* d = dropped ? dropped->mutable_data_ptr<T>() : nullptr;
+    const T* l = lse.const_data_ptr<T>();
+    for_each_row(shape, [&](int64_t b, int64_t h, int64_t i, int64_t row) {
+      T* r = s + row * S;
+      // The scores arrive scaled (the GEMM's alpha): add the mask, then exp(s - lse).
+      finish_scores(r, S, 1, S, i, 0, T(1), mask, b, h, shape.is_causal);
+      exp_shifted_row(r, S, l[row]);
+      if (d) {
+        std::copy(r, r + S, d + row * S);
+        apply_dropout(d + row * S, S, 1, S, shape, b, h, i, 0);
+      }
+    });
+  });
+}
+
+void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape) {
+  const int64_t S = shape.kv_len;
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sdpa_softmax_backward_cpu", [&] {
+    using T = scalar_t;
+    constexpr int64_t L = Vec<T>::size();
+    T* g = grad.mutable_data_ptr<T>();
+    const T* p = probs.const_data_ptr<T>();
+    for_each_row(shape, [&](int64_t b, int64_t h, int64_t i, int64_t row) {
+      T* dp = g + row * S;
+      const T* pr = p + row * S;
+      if (shape.dropout_p > 0) apply_dropout(dp, S, 1, S, shape, b, h, i, 0);
+      // delta = sum_c dP P: the softmax backward's row term.
+      Vec<T> acc(T(0));
+      int64_t c = 0;
+      for (; c + L <= S; c += L) acc = at::vec::fmadd(Vec<T>::loadu(dp + c), Vec<T>::loadu(pr + c), acc);
+      T delta = cpu::horizontal_sum(acc);
+      for (; c < S; ++c) delta += dp[c] * pr[c];
+      for (c = 0; c + L <= S; c += L) {
+        (Vec<T>::loadu(pr + c) * (Vec<T>::loadu(dp + c) - Vec<T>(delta))).store(dp + c);
+      }
+      for (; c < S; ++c) dp[c] = pr[c] * (dp[c] - delta);
+    });
+  });
+}
+
+}  // namespace detail
+
+namespace {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

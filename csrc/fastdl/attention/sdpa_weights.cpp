@@ -1,0 +1,231 @@
+// sdpa_weights: schema, checks, autograd and the device-generic host code (the GEMMs); the row
+// kernels are in cpu/sdpa_weights.cpp and cuda/sdpa_weights.cu.
+#include "fastdl/attention/sdpa_weights.h"
+
+#include "fastdl/attention/sdpa.h"
+#include "fastdl/common/autograd.h"
+#include "fastdl/common/dispatch.h"
+
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/empty.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+namespace fastdl {
+namespace {
+constexpr const char* kOp = "fastdl.sdpa_weights";
+
+using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                              double, bool, std::optional<double>, const std::optional<at::Tensor>&,
+                              const at::Tensor&);
+using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    double, bool, std::optional<double>, const std::optional<at::Tensor>&, const at::Tensor&,
+    std::array<bool, 3>);
+
+detail::SdpaShape check_weights(const at::Tensor& query, const at::Tensor& key,
+                                const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                                bool is_causal, std::optional<double> scale,
+                                const std::optional<at::Tensor>& dropout_seed,
+                                const at::Tensor& logsumexp) {
+  // The value is not read: key stands in for it in the shared checks.
+  const auto s = detail::check_sdpa_forward(query, key, key, attn_mask, dropout_p, is_causal,
+                                            scale, dropout_seed);
+  TORCH_CHECK(logsumexp.defined() && logsumexp.sizes() == at::IntArrayRef({s.batch, s.q_heads, s.q_len}) &&
+                  logsumexp.device() == query.device(),
+              kOp, ": logsumexp must have shape [", s.batch, ", ", s.q_heads, ", ", s.q_len, "] on ",
+              query.device(), ", got ", logsumexp.sizes());
+  return s;
+}
+
+// scale * Q K^T as (B, Hq, L, S): under GQA the group's query rows are stacked so one batched
+// GEMM per key/value head serves them all.
+at::Tensor scaled_scores(const at::Tensor& query, const at::Tensor& key, const detail::SdpaShape& s) {
+  const auto q = query.reshape({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim});
+  const auto k = key.reshape({s.batch * s.kv_heads, s.kv_len, s.head_dim});
+  auto out = at::empty({s.batch * s.kv_heads, s.group() * s.q_len, s.kv_len}, query.options());
+  at::baddbmm_out(out, out, q, k.transpose(1, 2), /*beta=*/0, /*alpha=*/s.scale);
+  return out.view({s.batch, s.q_heads, s.q_len, s.kv_len});
+}
+
+void probs(at::Tensor& scores, const std::optional<at::Tensor>& mask, const at::Tensor& lse,
+           const detail::SdpaShape& s, at::Tensor* dropped) {
+#ifdef FASTDL_WITH_CUDA
+  if (scores.is_cuda()) return detail::sdpa_probs_cuda(scores, mask, lse, s, dropped);
+#endif
+  detail::sdpa_probs_cpu(scores, mask, lse, s, dropped);
+}
+
+at::Tensor sdpa_weights_kernel(const at::Tensor& query, const at::Tensor& key,
+                               const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                               bool is_causal, std::optional<double> scale,
+                               const std::optional<at::Tensor>& dropout_seed,
+                               const at::Tensor& logsumexp) {
+  const auto s = check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+  auto weights = scaled_scores(query, key, s);
+  if (s.dropout_p > 0) {
+    auto dropped = at::empty_like(weights);
+    probs(weights, attn_mask, logsumexp, s, &dropped);
+    return dropped;
+  }
+  probs(weights, attn_mask, logsumexp, s, nullptr);
+  return weights;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
+    const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+    const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
+  const auto s = check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+  TORCH_CHECK(grad_weights.sizes() == at::IntArrayRef({s.batch, s.q_heads, s.q_len, s.kv_len}) &&
+                  grad_weights.scalar_type() == query.scalar_type(),
+              kOp, ": grad_weights must be ", query.scalar_type(), " of shape [", s.batch, ", ",
+              s.q_heads, ", ", s.q_len, ", ", s.kv_len, "], got ", grad_weights.scalar_type(),
+              grad_weights.sizes());
+  auto p = scaled_scores(query, key, s);  // P recomputed, not stored
+  probs(p, attn_mask, logsumexp, s, nullptr);
+  auto ds = grad_weights.contiguous().clone();
+#ifdef FASTDL_WITH_CUDA
+  if (ds.is_cuda()) {
+    detail::sdpa_softmax_backward_cuda(ds, p, s);
+  } else {
+    detail::sdpa_softmax_backward_cpu(ds, p, s);
+  }
+#else
+  detail::sdpa_softmax_backward_cpu(ds, p, s);
+#endif
+  at::Tensor grad_query, grad_key, grad_mask;
+  const auto ds3 = ds.view({s.batch * s.kv_heads, s.group() * s.q_len, s.kv_len});
+  if (output_mask[0]) {
+    const auto k = key.reshape({s.batch * s.kv_heads, s.kv_len, s.head_dim});
+    grad_query = at::empty({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim}, query.options());
+    at::baddbmm_out(grad_query, grad_query, ds3, k, 0, s.scale);
+    grad_query = grad_query.view(query.sizes());
+  }
+  if (output_mask[1]) {
+    const auto q = query.reshape({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim});
+    grad_key = at::empty({s.batch * s.kv_heads, s.kv_len, s.head_dim}, key.options());
+    at::baddbmm_out(grad_key, grad_key, ds3.transpose(1, 2), q, 0, s.scale);
+    grad_key = grad_key.view(key.sizes());
+  }
+  if (output_mask[2]) grad_mask = ds;
+  return {grad_query, grad_key, grad_mask};
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
+                               const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                               bool is_causal, std::optional<double> scale,
+                               const std::optional<at::Tensor>& dropout_seed,
+                               const at::Tensor& logsumexp) {
+    autograd::InputEdges::save(ctx, {true, true, present(attn_mask), present(dropout_seed), true});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto weights = FASTDL_OP("sdpa_weights", ForwardSig)
+                       .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+    autograd::save_with_optional(ctx, {query, key, logsumexp}, attn_mask);
+    if (present(dropout_seed)) ctx->saved_data["dropout_seed"] = *dropout_seed;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    ctx->saved_data["is_causal"] = is_causal;
+    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    return {weights};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto mask = autograd::saved_optional(saved, 3);
+    const std::optional<at::Tensor> seed =
+        ctx->saved_data.count("dropout_seed") ? std::optional(ctx->saved_data["dropout_seed"].toTensor())
+                                              : std::nullopt;
+    const auto scale_ivalue = ctx->saved_data["scale"];
+    const std::optional<double> scale =
+        scale_ivalue.isNone() ? std::nullopt : std::optional(scale_ivalue.toDouble());
+    const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 2);
+    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
+    variable_list result(8);
+    if (!grads[0].defined()) return result;
+    auto [gq, gk, gm] = FASTDL_OP("sdpa_weights_backward", BackwardSig)
+                            .call(grads[0], saved[0], saved[1], mask,
+                                  ctx->saved_data["dropout_p"].toDouble(),
+                                  ctx->saved_data["is_causal"].toBool(), scale, seed, saved[2],
+                                  {autograd::InputEdges::needs_grad(ctx, 0),
+                                   autograd::InputEdges::needs_grad(ctx, 1), mask_grad});
+    result[0] = gq;
+    result[1] = gk;
+    result[2] = gm;
+    return result;
+  }
+};
+
+at::Tensor sdpa_weights_autograd(const at::Tensor& query, const at::Tensor& key,
+                                 const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                                 bool is_causal, std::optional<double> scale,
+                                 const std::optional<at::Tensor>& dropout_seed,
+                                 const at::Tensor& logsumexp) {
+  return WeightsFunction::apply(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
+                                logsumexp)[0];
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_autograd(
+    const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+    const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
+  return autograd::not_differentiable(
+      "fastdl.sdpa_weights_backward", {grad_weights, query, key, attn_mask.value_or(at::Tensor())}, [&] {
+        return FASTDL_OP("sdpa_weights_backward", BackwardSig)
+            .call(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
+                  logsumexp, output_mask);
+      });
+}
+
+}  // namespace
+
+at::Tensor sdpa_weights(const at::Tensor& query, const at::Tensor& key,
+                        const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                        bool is_causal, std::optional<double> scale,
+                        const std::optional<at::Tensor>& dropout_seed, const at::Tensor& logsumexp) {
+  return FASTDL_OP("sdpa_weights", ForwardSig)
+      .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward(
+    const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
+    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+    const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
+  return FASTDL_OP("sdpa_weights_backward", BackwardSig)
+      .call(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
+            logsumexp, output_mask);
+}
+
+TORCH_LIBRARY_FRAGMENT(fastdl, m) {
+  m.def("sdpa_weights(Tensor query, Tensor key, Tensor? attn_mask, float dropout_p, bool is_causal, "
+        "float? scale, Tensor? dropout_seed, Tensor logsumexp) -> Tensor");
+  m.def("sdpa_weights_backward(Tensor grad_weights, Tensor query, Tensor key, Tensor? attn_mask, "
+        "float dropout_p, bool is_causal, float? scale, Tensor? dropout_seed, Tensor logsumexp, "
+        "bool[3] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_attn_mask)");
+}
+
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+  m.impl("sdpa_weights", &sdpa_weights_kernel);
+  m.impl("sdpa_weights_backward", &sdpa_weights_backward_kernel);
+}
+
+#ifdef FASTDL_WITH_CUDA
+TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+  m.impl("sdpa_weights", &sdpa_weights_kernel);
+  m.impl("sdpa_weights_backward", &sdpa_weights_backward_kernel);
+}
+#endif
+
+TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
+  m.impl("sdpa_weights", &sdpa_weights_autograd);
+  m.impl("sdpa_weights_backward", &sdpa_weights_backward_autograd);
+}
+
+}  // namespace fastdl
