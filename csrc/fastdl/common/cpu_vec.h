@@ -6,6 +6,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 namespace fastdl::cpu {
@@ -30,6 +31,23 @@ inline T horizontal_sum(const Vec<T>& v) {
     for (int64_t i = 0; i < width; ++i) lanes[i] += lanes[i + width];
   }
   return lanes[0];
+}
+
+// max_i x[i] over n >= 0 values (-inf for none), vectorised.
+template <typename T>
+inline T max_of(const T* x, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  T best = -std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  if (n >= L) {
+    Vec<T> acc = Vec<T>::loadu(x);
+    for (i = L; i + L <= n; i += L) acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));
+    alignas(64) T lanes[L];
+    acc.store(lanes);
+    for (int64_t j = 0; j < L; ++j) best = lanes[j] > best ? lanes[j] : best;
+  }
+  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+  return best;
 }
 
 // sum_i f(x[i]) for a vector-capable f (called with Vec<T> and with T), four accumulators.

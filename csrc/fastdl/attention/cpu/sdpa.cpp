@@ -158,9 +158,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         // Online softmax: new maximum, rescale what was accumulated, add this block.
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * kKeyBlock;
-          T block_max = detail::sdpa_neg_inf<T>();
-          for (int64_t c = 0; c < cols; ++c) block_max = std::max(block_max, s[c]);
-          const T new_max = std::max(row_max[r], block_max);
+          const T new_max = std::max(row_max[r], cpu::max_of(s, cols));
           const T correction = detail::sdpa_exp_shifted(row_max[r], new_max);
           row_max[r] = new_max;
           if (new_max == detail::sdpa_neg_inf<T>()) {
@@ -182,7 +180,9 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
           row_sum[r] = row_sum[r] * correction + cpu::horizontal_sum(block_sum) + tail;
           if (correction != T(1)) {
             T* a = acc.data() + r * Ev;
-            for (int64_t e = 0; e < Ev; ++e) a[e] *= correction;
+            int64_t e = 0;
+            for (; e + L <= Ev; e += L) (Vec<T>::loadu(a + e) * Vec<T>(correction)).store(a + e);
+            for (; e < Ev; ++e) a[e] *= correction;
           }
         }
         if (shape.dropout_p > 0) {
