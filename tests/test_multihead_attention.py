@@ -245,3 +245,30 @@ def test_weights_op(device, case):
         torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
     lse = torch.ops.fastdl.sdpa_forward(q, k, k, mask, p, causal, None, seed)[1]
     check_opcheck(torch.ops.fastdl.sdpa_weights, [q, k, mask, p, causal, None, seed, lse])
+
+
+def test_cpu_autocast_with_masks_and_weights():
+    """Under CPU autocast the projections come out bfloat16 while the masks stay float32; the
+    fused output and the weights both run (in float32 kernels) and return bfloat16, as torch."""
+    ours, ref = _pair("cpu", dtype=torch.float32, batch_first=True)
+    x = torch.randn(2, 6, E)
+    pad = torch.zeros(2, 6, dtype=torch.bool)
+    pad[1, -2:] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, w = ours(x, x, x, key_padding_mask=pad)
+        out_ref, w_ref = ref(x, x, x, key_padding_mask=pad)
+    assert out.dtype == out_ref.dtype and w.dtype == w_ref.dtype
+    torch.testing.assert_close(out.float(), out_ref.float(), rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(w.float(), w_ref.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weights_op_empty_problems(device):
+    for q_shape, k_shape in (((1, 0, 4, 3), (1, 0, 5, 3)), ((2, 2, 0, 3), (2, 2, 5, 3)), ((2, 2, 4, 3), (2, 2, 0, 3))):
+        q = torch.randn(q_shape, device=device, requires_grad=True)
+        k = torch.randn(k_shape, device=device, requires_grad=True)
+        lse = torch.ops.fastdl.sdpa_forward(q, k, k, None, 0.0, False, 1.0, None)[1]
+        w = torch.ops.fastdl.sdpa_weights(q, k, None, 0.0, False, 1.0, None, lse)
+        assert w.shape == (q_shape[0], q_shape[1], q_shape[2], k_shape[2])
+        w.sum().backward()
+        assert q.grad.shape == q.shape and k.grad.shape == k.shape

@@ -1,13 +1,16 @@
-// sdpa_weights: schema, checks, autograd and the device-generic host code (the GEMMs); the row
-// kernels are in cpu/sdpa_weights.cpp and cuda/sdpa_weights.cu.
+// sdpa_weights: schema, checks, autograd, autocast and the device-generic host code (the GEMMs);
+// the row kernels are beside the attention kernels, in cpu/sdpa.cpp and cuda/sdpa.cu.
 #include "fastdl/attention/sdpa_weights.h"
 
 #include "fastdl/attention/sdpa.h"
+#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/dispatch.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/ops/baddbmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -35,7 +38,16 @@ detail::SdpaShape check_weights(const at::Tensor& query, const at::Tensor& key,
                   logsumexp.device() == query.device(),
               kOp, ": logsumexp must have shape [", s.batch, ", ", s.q_heads, ", ", s.q_len, "] on ",
               query.device(), ", got ", logsumexp.sizes());
+  const auto half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(logsumexp.scalar_type() == (half ? at::kFloat : query.scalar_type()), kOp,
+              ": logsumexp must be ", half ? at::kFloat : query.scalar_type(), ", got ",
+              logsumexp.scalar_type());
   return s;
+}
+
+// Whether there is nothing to compute (no rows or no heads; group() would divide by zero).
+bool empty_problem(const detail::SdpaShape& s) {
+  return s.batch * s.kv_heads * s.q_len * s.kv_len == 0;
 }
 
 // scale * Q K^T as (B, Hq, L, S): under GQA the group's query rows are stacked so one batched
@@ -62,6 +74,7 @@ at::Tensor sdpa_weights_kernel(const at::Tensor& query, const at::Tensor& key,
                                const std::optional<at::Tensor>& dropout_seed,
                                const at::Tensor& logsumexp) {
   const auto s = check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+  if (empty_problem(s)) return at::zeros({s.batch, s.q_heads, s.q_len, s.kv_len}, query.options());
   auto weights = scaled_scores(query, key, s);
   if (s.dropout_p > 0) {
     auto dropped = at::empty_like(weights);
@@ -83,6 +96,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
               kOp, ": grad_weights must be ", query.scalar_type(), " of shape [", s.batch, ", ",
               s.q_heads, ", ", s.q_len, ", ", s.kv_len, "], got ", grad_weights.scalar_type(),
               grad_weights.sizes());
+  if (empty_problem(s)) {
+    const auto zeros_if = [](bool wanted, const at::Tensor& like) {
+      return wanted ? at::zeros(like.sizes(), like.options()) : at::Tensor();
+    };
+    return {zeros_if(output_mask[0], query), zeros_if(output_mask[1], key),
+            zeros_if(output_mask[2], grad_weights)};
+  }
   auto p = scaled_scores(query, key, s);  // P recomputed, not stored
   probs(p, attn_mask, logsumexp, s, nullptr);
   auto ds = grad_weights.contiguous().clone();
@@ -183,6 +203,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_autograd(
       });
 }
 
+// Autocast, like sdpa_forward's: the autocast dtype on CUDA; float32 kernels on CPU with the
+// weights returned in the autocast dtype.
+template <c10::DeviceType device>
+at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
+                                 const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                                 bool is_causal, std::optional<double> scale,
+                                 const std::optional<at::Tensor>& dropout_seed,
+                                 const at::Tensor& logsumexp) {
+  autocast::BelowAutocast<device> below;
+  const auto dtype = at::autocast::get_autocast_dtype(device);
+  const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
+  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(compute, t, device); };
+  std::optional<at::Tensor> mask = attn_mask;
+  if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
+  auto weights = FASTDL_OP("sdpa_weights", ForwardSig)
+                     .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed,
+                           logsumexp);
+  return compute != dtype ? weights.to(dtype) : weights;
+}
+
 }  // namespace
 
 at::Tensor sdpa_weights(const at::Tensor& query, const at::Tensor& key,
@@ -222,6 +262,14 @@ TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
   m.impl("sdpa_weights_backward", &sdpa_weights_backward_kernel);
 }
 #endif
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("sdpa_weights", &sdpa_weights_autocast<c10::DeviceType::CPU>);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("sdpa_weights", &sdpa_weights_autocast<c10::DeviceType::CUDA>);
+}
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("sdpa_weights", &sdpa_weights_autograd);

@@ -50,7 +50,8 @@ struct Params {
   int64_t mask_stride[4];
   int64_t batch, q_heads, group, q_len, kv_len, head_dim, value_dim;
   double scale;
-  float dropout_p;
+  float dropout_p;       // compared with the hash's uniform (float, as on the CPU)
+  double keep_scale;     // 1 / (1 - p), in double so float64 matches the CPU exactly
   uint64_t seed;
   bool causal;
 
@@ -81,7 +82,7 @@ struct Params {
   __device__ A keep_factor(int64_t b, int64_t h, int64_t i, int64_t j) const {
     if (dropout_p <= 0.0f) return A(1);
     const auto index = static_cast<uint64_t>(((b * q_heads + h) * q_len + i) * kv_len + j);
-    return detail::sdpa_dropout_keep(seed, index, dropout_p) ? A(1) / A(1.0f - dropout_p) : A(0);
+    return detail::sdpa_dropout_keep(seed, index, dropout_p) ? static_cast<A>(keep_scale) : A(0);
   }
 
   // Keys a causal block of query rows ending at `last_row` can see.
@@ -132,7 +133,7 @@ template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
 forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);   // [kTileKeys][E + 1] (padded: lane j reads row j)
   A* vs = ks + kTileKeys * (E + 1);     // [kTileKeys][Ev]
@@ -232,7 +233,7 @@ template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
 backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_blocks) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);    // [kTileKeys][E + 1]
   A* vs = ks + kTileKeys * (E + 1);      // [kTileKeys][Ev + 1]
@@ -300,7 +301,7 @@ template <typename T, int kKeys>
 __global__ void __launch_bounds__(32)
 backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads, int64_t key_blocks) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);   // [kKeys][E + 1]
   A* vs = ks + kKeys * (E + 1);         // [kKeys][Ev + 1]
@@ -386,6 +387,7 @@ Params<T> make_params(const detail::SdpaShape& s, const at::Tensor& q, const at:
   p.value_dim = s.value_dim;
   p.scale = s.scale;
   p.dropout_p = static_cast<float>(s.dropout_p);
+  p.keep_scale = 1.0 / (1.0 - s.dropout_p);
   p.seed = s.seed;
   p.causal = s.is_causal;
   return p;
@@ -426,7 +428,7 @@ void check_cuda_dims(const detail::SdpaShape& s) {
 }
 
 int64_t grid_blocks(int64_t blocks) {
-  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl.scaled_dot_product_attention: problem too large (",
+  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl attention: problem too large (",
               blocks, " blocks)");
   return blocks;
 }
@@ -632,9 +634,6 @@ void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const
 }
 
 }  // namespace detail
-
-namespace {
-}  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
   m.impl("sdpa_forward", &sdpa_forward_cuda);
