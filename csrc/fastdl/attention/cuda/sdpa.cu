@@ -10,7 +10,9 @@
 // dS for a float mask's gradient); a dK/dV kernel gives each warp a tile of keys, walks every
 // query row of the key/value head's group and accumulates dV = P^T dO and dK = scale dS^T Q in
 // shared memory. No atomics.
-// Not yet: a tensor-core (mma/wgmma) path for float16/bfloat16.
+// float16/bfloat16 forward with head dims 64 or 128 (E == Ev): a tensor-core kernel (WMMA
+// 16x16x16, float accumulation) over 64-query x 64-key tiles; everything else on CUDA cores.
+// Not yet: tensor cores in backward, wgmma.
 #include "fastdl/attention/sdpa.h"
 #include "fastdl/attention/sdpa_weights.h"
 #include "fastdl/attention/sdpa_math.h"
@@ -21,6 +23,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -358,6 +363,148 @@ backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_he
   }
 }
 
+// ---- Tensor-core forward (float16/bfloat16, E == Ev in {64, 128}) --------------------------
+//
+// 4 warps own 64 query rows (16 each) of one (batch, head). Per 64-key tile: each warp computes
+// its 16 x 64 scores with WMMA (Q from shared memory row-major, K read as a column-major
+// K^T), stores them (float) to shared memory, runs the online softmax on them row by row
+// (mask, causal, dropout as the CUDA-core kernel), writes P in the input type, rescales its
+// float output rows and adds P V with WMMA, the accumulators living in shared memory so rows can
+// be rescaled (WMMA fragments do not expose their row mapping).
+
+constexpr int kTcRows = 64;   // query rows per block
+constexpr int kTcKeys = 64;   // keys per tile
+constexpr int kTcWarps = 4;
+
+// The WMMA element type of a torch half type.
+template <typename T> struct WmmaType;
+template <> struct WmmaType<at::Half> { using type = __half; };
+template <> struct WmmaType<at::BFloat16> { using type = __nv_bfloat16; };
+
+// Shared-memory pitches (elements): multiples of 8 (16-bit) / 4 (float) as WMMA requires,
+// padded to spread banks.
+template <int D>
+struct TcLayout {
+  static constexpr int qk_pitch = D + 8;        // q and k tiles, 16-bit
+  static constexpr int v_pitch = D + 8;         // v tile, 16-bit
+  static constexpr int s_pitch = kTcKeys + 4;   // scores, float
+  static constexpr int p_pitch = kTcKeys + 8;   // probabilities, 16-bit
+  static constexpr int o_pitch = D + 4;         // output accumulators, float
+  static constexpr size_t bytes =
+      2 * (2 * kTcRows * qk_pitch + kTcKeys * v_pitch + kTcRows * p_pitch) +
+      4 * (kTcRows * s_pitch + kTcRows * o_pitch);
+};
+
+// Copies rows [r0, r0 + 64) x D of a strided 16-bit tensor to shared memory (zeros past `valid`).
+template <typename T, int D, typename RowPtr>
+__device__ void stage_tile16(T* dst, int pitch, int64_t valid, const RowPtr& src) {
+  for (int idx = threadIdx.x; idx < kTcRows * D; idx += blockDim.x) {
+    const int r = idx / D, e = idx % D;
+    dst[r * pitch + e] = r < valid ? src(r)[e] : T(0.0f);
+  }
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kTcWarps * 32)
+forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) {
+  namespace wmma = nvcuda::wmma;
+  using W = typename WmmaType<T>::type;
+  using L = TcLayout<D>;
+  // WMMA loads and stores want 256-bit aligned addresses: every offset below is a multiple of
+  // 32 bytes (the pitches times 16 rows, 16-column steps), from a 128-byte aligned base.
+  extern __shared__ __align__(128) unsigned char tc_smem[];
+  T* qs = reinterpret_cast<T*>(tc_smem);
+  T* ks = qs + kTcRows * L::qk_pitch;
+  T* vs = ks + kTcKeys * L::qk_pitch;
+  T* ps = vs + kTcKeys * L::v_pitch;
+  float* ss = reinterpret_cast<float*>(ps + kTcRows * L::p_pitch);
+  float* os = ss + kTcRows * L::s_pitch;
+  const BlockIndex at(blockIdx.x, p.q_heads, row_blocks);
+  const int64_t b = at.b, h = at.h, kv_h = at.h / p.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row0 = at.block * kTcRows;
+  const int64_t rows = imin(kTcRows, p.q_len - row0);
+  stage_tile16<T, D>(qs, L::qk_pitch, rows, [&](int r) { return p.q_row(b, h, row0 + r); });
+  for (int idx = threadIdx.x; idx < kTcRows * L::o_pitch; idx += blockDim.x) os[idx] = 0.0f;
+  float m[16], l[16];  // this warp's rows' running max and sum (the same in every lane)
+  for (int r = 0; r < 16; ++r) {
+    m[r] = detail::sdpa_neg_inf<float>();
+    l[r] = 0.0f;
+  }
+  const int wr = warp * 16;  // this warp's first row in the block
+  const int64_t keys = p.visible_keys(row0 + rows - 1);
+  for (int64_t k0 = 0; k0 < keys; k0 += kTcKeys) {
+    __syncthreads();  // everyone is done with the previous K/V tile
+    const int64_t tile = imin(kTcKeys, p.kv_len - k0);
+    stage_tile16<T, D>(ks, L::qk_pitch, tile, [&](int r) { return p.k_row(b, kv_h, k0 + r); });
+    stage_tile16<T, D>(vs, L::v_pitch, tile, [&](int r) { return p.v_row(b, kv_h, k0 + r); });
+    __syncthreads();
+    // Scores: ss[wr .. wr + 16) x 64 = Q_w K^T.
+    for (int n = 0; n < kTcKeys / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int kk = 0; kk < D / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::col_major> bt;
+        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(qs + wr * L::qk_pitch + kk * 16), L::qk_pitch);
+        wmma::load_matrix_sync(bt, reinterpret_cast<const W*>(ks + n * 16 * L::qk_pitch + kk * 16), L::qk_pitch);
+        wmma::mma_sync(acc, a, bt, acc);
+      }
+      wmma::store_matrix_sync(ss + wr * L::s_pitch + n * 16, acc, L::s_pitch, wmma::mem_row_major);
+    }
+    __syncwarp();
+    // Online softmax, one row at a time, two keys per lane.
+    for (int r = 0; r < 16; ++r) {
+      const int64_t i = row0 + wr + r;
+      float s2[2];
+      for (int t = 0; t < 2; ++t) {
+        const int c = lane + 32 * t;
+        s2[t] = i < p.q_len ? p.score(ss[(wr + r) * L::s_pitch + c], b, h, i, k0 + c)
+                            : detail::sdpa_neg_inf<float>();
+      }
+      const float new_m = fmaxf(m[r], warp_max(fmaxf(s2[0], s2[1])));
+      const float correction = detail::sdpa_exp_shifted(m[r], new_m);
+      float sum = 0.0f;
+      for (int t = 0; t < 2; ++t) {
+        const int c = lane + 32 * t;
+        float prob = detail::sdpa_exp_shifted(s2[t], new_m);
+        sum += prob;
+        if (i < p.q_len) prob *= p.template keep_factor<float>(b, h, i, k0 + c);
+        ps[(wr + r) * L::p_pitch + c] = static_cast<T>(prob);
+      }
+      m[r] = new_m;
+      l[r] = l[r] * correction + warp_sum(sum);
+      for (int e = lane; e < D; e += 32) os[(wr + r) * L::o_pitch + e] *= correction;
+    }
+    __syncwarp();
+    // os[wr .. wr + 16) += P_w V.
+    for (int n = 0; n < D / 16; ++n) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, os + wr * L::o_pitch + n * 16, L::o_pitch, wmma::mem_row_major);
+      for (int kk = 0; kk < kTcKeys / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> bv;
+        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(ps + wr * L::p_pitch + kk * 16), L::p_pitch);
+        wmma::load_matrix_sync(bv, reinterpret_cast<const W*>(vs + kk * 16 * L::v_pitch + n * 16), L::v_pitch);
+        wmma::mma_sync(acc, a, bv, acc);
+      }
+      wmma::store_matrix_sync(os + wr * L::o_pitch + n * 16, acc, L::o_pitch, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  __syncthreads();  // with no keys at all, the zeroed accumulators come from other warps
+  for (int r = 0; r < 16; ++r) {
+    const int64_t i = row0 + wr + r;
+    if (i >= p.q_len) break;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * D;
+    for (int e = lane; e < D; e += 32) out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
+    if (lane == 0) {
+      lse[(b * p.q_heads + h) * p.q_len + i] = l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
+    }
+  }
+}
+
 template <typename T>
 Params<T> make_params(const detail::SdpaShape& s, const at::Tensor& q, const at::Tensor& k,
                       const at::Tensor& v, const std::optional<at::Tensor>& mask) {
@@ -433,6 +580,32 @@ int64_t grid_blocks(int64_t blocks) {
   return blocks;
 }
 
+// Launches the tensor-core forward when it applies (half types, E == Ev in {64, 128});
+// returns false otherwise.
+template <typename T>
+bool launch_forward_tensor_core(const detail::SdpaShape& shape, const Params<T>& params,
+                                at::Tensor& output, at::Tensor& logsumexp, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
+    if (shape.head_dim != shape.value_dim || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
+    const int64_t row_blocks = cuda::ceil_div(shape.q_len, kTcRows);
+    const auto launch = [&](auto head_dim) {
+      constexpr int D = decltype(head_dim)::value;
+      auto kernel = forward_tensor_core_kernel<T, D>;
+      allow_shared_memory(kernel, TcLayout<D>::bytes);
+      kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kTcWarps * 32, TcLayout<D>::bytes, stream>>>(
+          params, output.mutable_data_ptr<T>(), logsumexp.mutable_data_ptr<float>(), row_blocks);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (shape.head_dim == 64) {
+      launch(std::integral_constant<int, 64>{});
+    } else {
+      launch(std::integral_constant<int, 128>{});
+    }
+    return true;
+  }
+  return false;
+}
+
 std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
@@ -455,6 +628,7 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_forward_cuda", [&] {
     using A = acc_t<scalar_t>;
     const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
+    if (launch_forward_tensor_core<scalar_t>(shape, params, output, logsumexp, stream)) return;
     const size_t smem = sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * shape.value_dim +
                                      kRowsPerBlock * shape.head_dim);
     with_chunks(shape.value_dim, [&](auto chunks) {
