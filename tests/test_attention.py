@@ -214,21 +214,31 @@ def test_dropout_matches_reference_with_its_mask(device, dtype):
 # gradcheck, opcheck, compile
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"])
-def test_gradcheck(device, case):
-    q, k, v = _qkv(device, torch.float64, (1, 2, 5, 3), (1, 2, 7, 3), (1, 2, 7, 4))
+OP_CASES = ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"]
+
+
+def _op_case(case, device, dtype, L, S, E, Ev):
+    """(q, k, v, mask, is_causal, dropout_p, seed) of an op-level test case, B = 1 or 2, 2 heads."""
+    B = 1 if dtype == torch.float64 else 2
+    q, k, v = _qkv(device, dtype, (B, 2, L, E), (B, 2, S, E), (B, 2, S, Ev))
     mask, causal, p, seed = None, False, 0.0, None
     if case == "causal":
         causal = True
     elif case == "bool_mask":
-        mask = torch.rand(1, 2, 5, 7, device=device) > 0.3
+        mask = (torch.rand(L, S, device=device) > 0.3).expand(B, 2, L, S)
     elif case == "float_mask":
-        mask = torch.randn(1, 2, 5, 7, device=device, dtype=torch.float64, requires_grad=True)
+        mask = torch.randn(B, 2, L, S, device=device, dtype=dtype, requires_grad=True)
     elif case == "gqa":
-        q = torch.randn(1, 4, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
+        q = torch.randn(B, 4, L, E, device=device, dtype=dtype, requires_grad=True)
     elif case == "dropout":
         p, seed = 0.4, torch.tensor(123)
+    return q, k, v, mask, causal, p, seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", OP_CASES)
+def test_gradcheck(device, case):
+    q, k, v, mask, causal, p, seed = _op_case(case, device, torch.float64, 5, 7, 3, 4)
     inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
 
     def fn(q, k, v, *m):
@@ -239,20 +249,9 @@ def test_gradcheck(device, case):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"])
+@pytest.mark.parametrize("case", OP_CASES)
 def test_opcheck(device, case):
-    q, k, v = _qkv(device, torch.float32, (2, 2, 5, 8), (2, 2, 9, 8), (2, 2, 9, 4))
-    mask, causal, p, seed = None, False, 0.0, None
-    if case == "causal":
-        causal = True
-    elif case == "bool_mask":
-        mask = (torch.rand(5, 9, device=device) > 0.3).expand(2, 2, 5, 9)
-    elif case == "float_mask":
-        mask = torch.randn(2, 2, 5, 9, device=device, requires_grad=True)
-    elif case == "gqa":
-        q = torch.randn(2, 4, 5, 8, device=device, requires_grad=True)
-    elif case == "dropout":
-        p, seed = 0.25, torch.tensor(5)
+    q, k, v, mask, causal, p, seed = _op_case(case, device, torch.float32, 5, 9, 8, 4)
     check_opcheck(OP, [q, k, v, mask, p, causal, 0.5, seed])
     out, lse = OP(q, k, v, mask, p, causal, 0.5, seed)
     grad = torch.randn_like(out)

@@ -2,12 +2,14 @@
 // C++ entry points. Kernels: cpu/sdpa.cpp and cuda/sdpa.cu; shared formulas: sdpa_math.h.
 #include "fastdl/attention/sdpa.h"
 
+#include "fastdl/attention/sdpa_options.h"
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/checks.h"
 #include "fastdl/common/dispatch.h"
 
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -126,6 +128,19 @@ SdpaShape check_sdpa_backward(const at::Tensor& grad_output, const at::Tensor& q
   return s;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_gradient_buffers(
+    const SdpaShape& shape, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    std::array<bool, 4> output_mask) {
+  TORCH_CHECK(!output_mask[3] || (shape.has_mask && !shape.mask_is_bool), kOp,
+              ": a gradient for attn_mask needs a float attn_mask");
+  const auto zeros_if = [](bool wanted, at::IntArrayRef sizes, const at::Tensor& like) {
+    return wanted ? at::zeros(sizes, like.options()) : at::Tensor();
+  };
+  return {zeros_if(output_mask[0], query.sizes(), query), zeros_if(output_mask[1], key.sizes(), key),
+          zeros_if(output_mask[2], value.sizes(), value),
+          zeros_if(output_mask[3], {shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, query)};
+}
+
 at::Tensor unit_last_stride(const at::Tensor& t) {
   return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
 }
@@ -150,10 +165,7 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
                                    .call(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                          dropout_seed);
     autograd::save_with_optional(ctx, {query, key, value, output, logsumexp}, attn_mask);
-    if (present(dropout_seed)) ctx->saved_data["dropout_seed"] = *dropout_seed;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
     ctx->mark_non_differentiable({logsumexp});
     return {output, logsumexp};
   }
@@ -161,12 +173,7 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto mask = autograd::saved_optional(saved, 5);
-    const std::optional<at::Tensor> seed =
-        ctx->saved_data.count("dropout_seed") ? std::optional(ctx->saved_data["dropout_seed"].toTensor())
-                                              : std::nullopt;
-    const auto scale_ivalue = ctx->saved_data["scale"];
-    const std::optional<double> scale =
-        scale_ivalue.isNone() ? std::nullopt : std::optional(scale_ivalue.toDouble());
+    const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 3);
     TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
     const std::array<bool, 4> needs = {autograd::InputEdges::needs_grad(ctx, 0),
@@ -176,9 +183,8 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
     if (!grads[0].defined()) return result;
     auto [grad_query, grad_key, grad_value, grad_mask] =
         FASTDL_OP("sdpa_backward", BackwardSig)
-            .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4],
-                  ctx->saved_data["dropout_p"].toDouble(), ctx->saved_data["is_causal"].toBool(),
-                  scale, seed, needs);
+            .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4], options.dropout_p,
+                  options.is_causal, options.scale, options.dropout_seed, needs);
     result[0] = grad_query;
     result[1] = grad_key;
     result[2] = grad_value;

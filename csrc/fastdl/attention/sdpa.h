@@ -68,6 +68,13 @@ SdpaShape check_sdpa_backward(const at::Tensor& grad_output, const at::Tensor& q
                               std::optional<double> scale,
                               const std::optional<at::Tensor>& dropout_seed);
 
+// The backward op's outputs, zero-filled (entries no block writes, e.g. with an empty key
+// set, read as zero gradients), undefined where output_mask is false. Raises when a mask
+// gradient is asked of a bool or absent mask.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_gradient_buffers(
+    const SdpaShape& shape, const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    std::array<bool, 4> output_mask);
+
 // q/k/v with a unit stride in the last dimension (what the kernels index), without copying
 // when they have one already.
 at::Tensor unit_last_stride(const at::Tensor& t);

@@ -3,6 +3,7 @@
 #include "fastdl/attention/sdpa_weights.h"
 
 #include "fastdl/attention/sdpa.h"
+#include "fastdl/attention/sdpa_options.h"
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/dispatch.h"
@@ -148,30 +149,21 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
     auto weights = FASTDL_OP("sdpa_weights", ForwardSig)
                        .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
     autograd::save_with_optional(ctx, {query, key, logsumexp}, attn_mask);
-    if (present(dropout_seed)) ctx->saved_data["dropout_seed"] = *dropout_seed;
-    ctx->saved_data["dropout_p"] = dropout_p;
-    ctx->saved_data["is_causal"] = is_causal;
-    ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();
+    detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
     return {weights};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto mask = autograd::saved_optional(saved, 3);
-    const std::optional<at::Tensor> seed =
-        ctx->saved_data.count("dropout_seed") ? std::optional(ctx->saved_data["dropout_seed"].toTensor())
-                                              : std::nullopt;
-    const auto scale_ivalue = ctx->saved_data["scale"];
-    const std::optional<double> scale =
-        scale_ivalue.isNone() ? std::nullopt : std::optional(scale_ivalue.toDouble());
+    const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 2);
     TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
     variable_list result(8);
     if (!grads[0].defined()) return result;
     auto [gq, gk, gm] = FASTDL_OP("sdpa_weights_backward", BackwardSig)
-                            .call(grads[0], saved[0], saved[1], mask,
-                                  ctx->saved_data["dropout_p"].toDouble(),
-                                  ctx->saved_data["is_causal"].toBool(), scale, seed, saved[2],
+                            .call(grads[0], saved[0], saved[1], mask, options.dropout_p,
+                                  options.is_causal, options.scale, options.dropout_seed, saved[2],
                                   {autograd::InputEdges::needs_grad(ctx, 0),
                                    autograd::InputEdges::needs_grad(ctx, 1), mask_grad});
     result[0] = gq;

@@ -362,22 +362,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
                                                  logsumexp, dropout_p, is_causal, scale,
                                                  dropout_seed);
-  TORCH_CHECK(!output_mask[3] || (shape.has_mask && !shape.mask_is_bool),
-              "fastdl.scaled_dot_product_attention: a gradient for attn_mask needs a float attn_mask");
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
   const auto dout = detail::unit_last_stride(grad_output);
   const auto out = output.contiguous();
   const auto lse = logsumexp.contiguous();
-  at::Tensor grad_query, grad_key, grad_value, grad_mask;
-  // Zeros: entries no block writes (an empty key set) must read as zero gradients.
-  if (output_mask[0]) grad_query = at::zeros(q.sizes(), q.options());
-  if (output_mask[1]) grad_key = at::zeros(k.sizes(), k.options());
-  if (output_mask[2]) grad_value = at::zeros(v.sizes(), v.options());
-  if (output_mask[3]) {
-    grad_mask = at::zeros({shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, q.options());
-  }
+  auto [grad_query, grad_key, grad_value, grad_mask] =
+      detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
   if (shape.batch * shape.kv_heads == 0) return {grad_query, grad_key, grad_value, grad_mask};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_backward_cpu", [&] {
     Gradients<scalar_t> grads{mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),

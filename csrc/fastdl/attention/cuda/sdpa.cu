@@ -375,6 +375,9 @@ backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_he
 constexpr int kTcRows = 64;   // query rows per block
 constexpr int kTcKeys = 64;   // keys per tile
 constexpr int kTcWarps = 4;
+static_assert(kTcRows == kTcKeys, "stage_tile16 stages K and V tiles with the query tile's row count");
+static_assert(kTcRows == 16 * kTcWarps, "each warp owns 16 query rows");
+static_assert(kTcKeys == 64, "the softmax step gives each lane two keys of a tile");
 
 // The WMMA element type of a torch half type.
 template <typename T> struct WmmaType;
@@ -401,6 +404,22 @@ __device__ void stage_tile16(T* dst, int pitch, int64_t valid, const RowPtr& src
   for (int idx = threadIdx.x; idx < kTcRows * D; idx += blockDim.x) {
     const int r = idx / D, e = idx % D;
     dst[r * pitch + e] = r < valid ? src(r)[e] : T(0.0f);
+  }
+}
+
+// acc += A (16 x 16*steps, row-major, lda) * B, B's k-th 16-row block at b + kk * b_step; B is
+// row- or column-major (BLayout) with leading dimension ldb.
+template <typename W, typename BLayout>
+__device__ __forceinline__ void mma_accumulate(
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>& acc, const W* a, int lda,
+    const W* b, int ldb, int b_step, int steps) {
+  namespace wmma = nvcuda::wmma;
+  for (int kk = 0; kk < steps; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a_frag;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, W, BLayout> b_frag;
+    wmma::load_matrix_sync(a_frag, a + kk * 16, lda);
+    wmma::load_matrix_sync(b_frag, b + kk * b_step, ldb);
+    wmma::mma_sync(acc, a_frag, b_frag, acc);
   }
 }
 
@@ -439,17 +458,14 @@ forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) 
     stage_tile16<T, D>(ks, L::qk_pitch, tile, [&](int r) { return p.k_row(b, kv_h, k0 + r); });
     stage_tile16<T, D>(vs, L::v_pitch, tile, [&](int r) { return p.v_row(b, kv_h, k0 + r); });
     __syncthreads();
-    // Scores: ss[wr .. wr + 16) x 64 = Q_w K^T.
+    // Scores: ss[wr .. wr + 16) x 64 = Q_w K^T (K row-major is K^T column-major).
+    const W* q_w = reinterpret_cast<const W*>(qs + wr * L::qk_pitch);
     for (int n = 0; n < kTcKeys / 16; ++n) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::fill_fragment(acc, 0.0f);
-      for (int kk = 0; kk < D / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::col_major> bt;
-        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(qs + wr * L::qk_pitch + kk * 16), L::qk_pitch);
-        wmma::load_matrix_sync(bt, reinterpret_cast<const W*>(ks + n * 16 * L::qk_pitch + kk * 16), L::qk_pitch);
-        wmma::mma_sync(acc, a, bt, acc);
-      }
+      mma_accumulate<W, wmma::col_major>(acc, q_w, L::qk_pitch,
+                                         reinterpret_cast<const W*>(ks + n * 16 * L::qk_pitch),
+                                         L::qk_pitch, 16, D / 16);
       wmma::store_matrix_sync(ss + wr * L::s_pitch + n * 16, acc, L::s_pitch, wmma::mem_row_major);
     }
     __syncwarp();
@@ -478,16 +494,12 @@ forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) 
     }
     __syncwarp();
     // os[wr .. wr + 16) += P_w V.
+    const W* p_w = reinterpret_cast<const W*>(ps + wr * L::p_pitch);
     for (int n = 0; n < D / 16; ++n) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::load_matrix_sync(acc, os + wr * L::o_pitch + n * 16, L::o_pitch, wmma::mem_row_major);
-      for (int kk = 0; kk < kTcKeys / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> bv;
-        wmma::load_matrix_sync(a, reinterpret_cast<const W*>(ps + wr * L::p_pitch + kk * 16), L::p_pitch);
-        wmma::load_matrix_sync(bv, reinterpret_cast<const W*>(vs + kk * 16 * L::v_pitch + n * 16), L::v_pitch);
-        wmma::mma_sync(acc, a, bv, acc);
-      }
+      mma_accumulate<W, wmma::row_major>(acc, p_w, L::p_pitch, reinterpret_cast<const W*>(vs + n * 16),
+                                         L::v_pitch, 16 * L::v_pitch, kTcKeys / 16);
       wmma::store_matrix_sync(os + wr * L::o_pitch + n * 16, acc, L::o_pitch, wmma::mem_row_major);
     }
     __syncwarp();
@@ -587,6 +599,11 @@ bool launch_forward_tensor_core(const detail::SdpaShape& shape, const Params<T>&
                                 at::Tensor& output, at::Tensor& logsumexp, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
     if (shape.head_dim != shape.value_dim || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
+    // WMMA on half types needs sm_80+; D = 128 needs 110 KiB of shared memory, more than
+    // sm_86/89 allow: those take the CUDA-core kernel.
+    const auto* props = at::cuda::getCurrentDeviceProperties();
+    const size_t bytes = shape.head_dim == 64 ? TcLayout<64>::bytes : TcLayout<128>::bytes;
+    if (props->major < 8 || bytes > props->sharedMemPerBlockOptin) return false;
     const int64_t row_blocks = cuda::ceil_div(shape.q_len, kTcRows);
     const auto launch = [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
@@ -650,8 +667,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
   const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
                                                  logsumexp, dropout_p, is_causal, scale,
                                                  dropout_seed);
-  TORCH_CHECK(!output_mask[3] || (shape.has_mask && !shape.mask_is_bool),
-              "fastdl.scaled_dot_product_attention: a gradient for attn_mask needs a float attn_mask");
   check_cuda_dims(shape);
   c10::cuda::CUDAGuard guard(query.device());
   const auto q = detail::unit_last_stride(query);
@@ -660,13 +675,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
   const auto dout = detail::unit_last_stride(grad_output);
   const auto out = output.contiguous();
   const auto lse = logsumexp.contiguous();
-  at::Tensor grad_query, grad_key, grad_value, grad_mask;
-  if (output_mask[0]) grad_query = at::zeros(q.sizes(), q.options());
-  if (output_mask[1]) grad_key = at::zeros(k.sizes(), k.options());
-  if (output_mask[2]) grad_value = at::zeros(v.sizes(), v.options());
-  if (output_mask[3]) {
-    grad_mask = at::zeros({shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, q.options());
-  }
+  auto [grad_query, grad_key, grad_value, grad_mask] =
+      detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0 || shape.kv_len == 0) return {grad_query, grad_key, grad_value, grad_mask};
   const auto stream = at::cuda::getCurrentCUDAStream();
