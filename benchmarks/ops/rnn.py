@@ -34,7 +34,7 @@ def rnn_case(kind: str, device: str, dtype: torch.dtype, steps: int, batch: int,
     def make_inputs():
         x = torch.randn(steps, batch, inp, device=device, dtype=dtype, requires_grad=True)
         h0 = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=True)
-        c0 = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=kind == "lstm")
         return (x, h0, c0) + _weights(gates, inp, hidden, device, dtype)
 
     if kind == "lstm":
@@ -45,7 +45,7 @@ def rnn_case(kind: str, device: str, dtype: torch.dtype, steps: int, batch: int,
             out, h, c = torch.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), list(w), True, 1, 0.0, True, False, False)
             return out, h[0], c[0]
     else:
-        def ours(x, h0, c0, *w):
+        def ours(x, h0, c0, *w):  # c0 is unused (no cell state)
             return F.gru(x, h0, *w)
 
         def theirs(x, h0, c0, *w):
@@ -63,7 +63,7 @@ def cell_case(kind: str, device: str, dtype: torch.dtype, batch: int, inp: int, 
     def make_inputs():
         x = torch.randn(batch, inp, device=device, dtype=dtype, requires_grad=True)
         h = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=True)
-        c = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=True)
+        c = torch.randn(batch, hidden, device=device, dtype=dtype, requires_grad=kind == "lstm")
         return (x, h, c) + _weights(gates, inp, hidden, device, dtype)
 
     if kind == "lstm":
