@@ -418,3 +418,15 @@ def test_mismatched_devices():
     a = _lstm_args("cuda", torch.float32)
     assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "hx": a["hx"].cpu()}), "hx", "device")
     assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "weight_hh": a["weight_hh"].cpu()}), "weight_hh", "device")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_autocast_cuda_matches_torch(kind):
+    ours, ref = _pair(kind, "cuda", torch.float32, num_layers=2)
+    x = torch.randn(T, B, I, device="cuda")
+    with torch.autocast("cuda"):
+        out, ref_out = ours(x)[0], ref(x)[0]
+    assert out.dtype == ref_out.dtype == torch.float16
+    torch.testing.assert_close(out, ref_out, rtol=1e-2, atol=1e-2)

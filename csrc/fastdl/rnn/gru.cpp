@@ -1,11 +1,13 @@
-// gru: schema, argument checks, the device-independent driver (GEMMs and the time loop around
+// gru: schema, argument checks, autocast, the device-independent driver (GEMMs and the time loop around
 // a device's fused step kernels), autograd and the C++ entry points.
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
+#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/dispatch.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_common.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -196,6 +198,18 @@ detail::GruGrads gru_backward_autograd(const std::optional<at::Tensor>& grad_out
       });
 }
 
+// Autocast on CUDA, as torch's gru: run in the autocast dtype (float16 by default).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast_cuda(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths, bool reverse) {
+  autocast::BelowAutocast<c10::DeviceType::CUDA> below;
+  const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA); };
+  return FASTDL_OP("gru_forward", ForwardSig)
+      .call(cast(input), cast(hx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh), lengths, reverse);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> gru(const at::Tensor& input, const at::Tensor& hx,
@@ -228,6 +242,10 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("gru_backward", &gru_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("gru_forward", &gru_forward_autocast_cuda);
 }
 
 }  // namespace fastdl

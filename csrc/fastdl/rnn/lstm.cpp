@@ -1,11 +1,13 @@
-// lstm: schema, argument checks, the device-independent driver (GEMMs and the time loop around
+// lstm: schema, argument checks, autocast, the device-independent driver (GEMMs and the time loop around
 // a device's fused step kernels), autograd and the C++ entry points.
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
+#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/dispatch.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_common.h"
 
+#include <ATen/autocast_mode.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
@@ -269,6 +271,22 @@ detail::LstmGrads lstm_backward_autograd(
       });
 }
 
+// Autocast on CUDA, as torch's lstm: run in the autocast dtype (float16 by default). On CPU
+// the kernels have no half types, so the op keeps its inputs' dtype there.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                           const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                           const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                           const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
+                           const std::optional<at::Tensor>& lengths, bool reverse) {
+  autocast::BelowAutocast<c10::DeviceType::CUDA> below;
+  const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA); };
+  return FASTDL_OP("lstm_forward", ForwardSig)
+      .call(cast(input), cast(hx), cast(cx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh),
+            cast(weight_hr), cast(peephole), lengths, reverse);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(
@@ -308,6 +326,10 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("lstm_forward", &lstm_forward_autograd);
   m.impl("lstm_backward", &lstm_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_autocast_cuda);
 }
 
 }  // namespace fastdl

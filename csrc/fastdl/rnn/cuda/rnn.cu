@@ -13,16 +13,27 @@
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <type_traits>
+
 namespace fastdl {
 namespace {
 
 using cuda::acc_t;
 constexpr int kThreads = 256;
 
+// Activations in the accumulation type: the float versions for float (half types compute in
+// float), never a silent promotion to double.
 template <typename A>
 struct DeviceAct {
-  static __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp(-x)); }
-  static __device__ __forceinline__ A tanh(A x) { return ::tanh(x); }
+  static __device__ __forceinline__ A exp_(A x) {
+    if constexpr (std::is_same_v<A, float>) return expf(x);
+    else return exp(x);
+  }
+  static __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
+  static __device__ __forceinline__ A tanh(A x) {
+    if constexpr (std::is_same_v<A, float>) return tanhf(x);
+    else return ::tanh(x);
+  }
 };
 
 template <typename T>
