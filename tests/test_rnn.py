@@ -225,6 +225,19 @@ def test_zero_length_elements_keep_initial_state():
     assert (out[:, 0] == 0).all() and torch.equal(h[0], a["hx"][0])
 
 
+@pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0), (0, 0)])
+def test_empty_sequences_and_batches(steps, batch):
+    a = _lstm_args("cpu", torch.float64, steps=steps, batch=batch, proj=3)
+    out, h, c = FF.lstm(**a)
+    assert out.shape == (steps, batch, 3) and torch.equal(h, a["hx"]) and torch.equal(c, a["cx"])
+    (out.sum() + h.sum() + c.sum()).backward()
+    assert a["weight_hh"].grad.abs().sum() == 0 and torch.equal(a["hx"].grad, torch.ones_like(a["hx"]))
+    g = _gru_args("cpu", torch.float64, steps=steps, batch=batch)
+    out, h = FF.gru(**g, lengths=torch.zeros(batch, dtype=torch.long))
+    (out.sum() + h.sum()).backward()
+    assert g["bias_hh"].grad.abs().sum() == 0
+
+
 def test_opcheck():
     a = _lstm_args("cpu", torch.float32, proj=3, peephole=True)
     check_opcheck(torch.ops.fastdl.lstm_forward, list(a.values()) + [torch.tensor([5, 2, 4]), True])
