@@ -8,6 +8,10 @@ follows torch's (batch_first, unbatched input, ``hx`` handling, PackedSequence) 
 layer and direction with :func:`fastdl.functional.lstm` / :func:`fastdl.functional.gru`.
 A PackedSequence is run as a padded batch with per-element lengths (the kernels stop each
 element at its length), which gives torch's packed results.
+
+``torch.compile(fullgraph=True)`` traces these modules through fastdl's fake kernels, but
+dynamo refuses every ``torch.nn.RNNBase`` subclass by default: set
+``torch._dynamo.config.allow_rnn = True`` to compile them.
 """
 
 from __future__ import annotations
