@@ -32,8 +32,6 @@ using BackwardSig = detail::LstmGrads(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, const at::Tensor&,
     const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 9>);
-
-at::Tensor contiguous_or_empty(const std::optional<at::Tensor>& t) { return contiguous_or_undefined(t); }
 }  // namespace
 
 namespace detail {
@@ -65,9 +63,9 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
   const auto w_hr_t = projected ? weight_hr->t() : at::Tensor();
 
   LstmStepForward step;
-  step.bias_ih = contiguous_or_empty(bias_ih);
-  step.bias_hh = contiguous_or_empty(bias_hh);
-  step.peephole = contiguous_or_empty(peephole);
+  step.bias_ih = contiguous_or_undefined(bias_ih);
+  step.bias_hh = contiguous_or_undefined(bias_hh);
+  step.peephole = contiguous_or_undefined(peephole);
   step.lengths = len;
   step.h_gates = h_gates;
   for (int64_t k = 0; k < T; ++k) {
@@ -128,7 +126,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   const auto w_hr = projected ? weight_hr->contiguous() : at::Tensor();
 
   LstmStepBackward step;
-  step.peephole = contiguous_or_empty(peephole);
+  step.peephole = contiguous_or_undefined(peephole);
   step.dc = dc;
   step.lengths = len;
   step.dh_is_state = !projected;
