@@ -5,6 +5,8 @@ from .conv import conv1d, conv2d
 from .histogram import histogram
 from .norm import batch_norm, layer_norm
 from .pooling import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
+from .rnn import gru, gru_cell, lstm, lstm_cell
 
 __all__ = ["avg_pool1d", "avg_pool2d", "batch_norm", "conv1d", "conv2d", "histogram", "layer_norm",
            "max_pool1d", "max_pool2d", "scaled_dot_product_attention"]
+__all__ += ["gru", "gru_cell", "lstm", "lstm_cell"]

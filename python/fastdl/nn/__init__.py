@@ -6,7 +6,9 @@ from .convert import ConversionReport, convert
 from .histogram import HardHistogram, RBFHistogram, SigmoidHistogram, SoftHistogram
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
+from .rnn import GRU, LSTM, GRUCell, LSTMCell, PeepholeLSTM
 
 __all__ = ["AvgPool1d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Conv1d", "Conv2d",
            "ConversionReport", "HardHistogram", "LayerNorm", "MaxPool1d", "MaxPool2d", "MultiheadAttention", "RBFHistogram", "SigmoidHistogram",
            "SoftHistogram", "convert"]
+__all__ += ["GRU", "GRUCell", "LSTM", "LSTMCell", "PeepholeLSTM"]

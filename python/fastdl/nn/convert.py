@@ -11,6 +11,7 @@ from .attention import MultiheadAttention
 from .conv import Conv1d, Conv2d
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
 from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
+from .rnn import GRU, LSTM, GRUCell, LSTMCell
 
 # torch.nn type -> fastdl.nn type. Later op families add their layers here.
 CONVERSIONS: dict[type[nn.Module], type] = {
@@ -25,6 +26,10 @@ CONVERSIONS: dict[type[nn.Module], type] = {
     nn.Conv1d: Conv1d,
     nn.Conv2d: Conv2d,
     nn.MultiheadAttention: MultiheadAttention,
+    nn.LSTM: LSTM,
+    nn.GRU: GRU,
+    nn.LSTMCell: LSTMCell,
+    nn.GRUCell: GRUCell,
 }
 
 TypeFilter = Optional[Iterable[Union[str, type]]]

@@ -1,0 +1,166 @@
+// Recurrent layers: LSTM (optionally with a projection, as torch's proj_size, and with diagonal
+// peepholes) and GRU, one layer and one direction per call, time-major (seq_len, batch, feature).
+//
+// Forward: the input projections of all steps are one GEMM; each step is one recurrent GEMM
+// and one fused pointwise kernel that writes what backward needs. Backward (BPTT): each step
+// is one fused pointwise kernel and one GEMM; the weight gradients are GEMMs over all steps
+// after the loop, the bias gradients column sums.
+//
+// Variable lengths: with `lengths` (batch,), element b takes part in steps t < lengths[b] only
+// (in either direction), as torch does with packed sequences: its outputs at t >= lengths[b]
+// are zero and its final state is the state after its last valid step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace fastdl {
+
+// Differentiable LSTM layer: (output (T, B, P), h_n (B, P), c_n (B, H)). P = proj_size
+// (weight_hr's rows) or H. peephole: (3, H), the diagonal weights of i, f and o.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih = std::nullopt,
+    const std::optional<at::Tensor>& bias_hh = std::nullopt,
+    const std::optional<at::Tensor>& weight_hr = std::nullopt,
+    const std::optional<at::Tensor>& peephole = std::nullopt,
+    const std::optional<at::Tensor>& lengths = std::nullopt, bool reverse = false);
+
+// Differentiable GRU layer: (output (T, B, H), h_n (B, H)).
+std::tuple<at::Tensor, at::Tensor> gru(const at::Tensor& input, const at::Tensor& hx,
+                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                       const std::optional<at::Tensor>& bias_ih = std::nullopt,
+                                       const std::optional<at::Tensor>& bias_hh = std::nullopt,
+                                       const std::optional<at::Tensor>& lengths = std::nullopt,
+                                       bool reverse = false);
+
+// One step, as torch.nn.LSTMCell / GRUCell: input (B, I), states (B, H).
+std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input, const at::Tensor& hx,
+                                             const at::Tensor& cx, const at::Tensor& weight_ih,
+                                             const at::Tensor& weight_hh,
+                                             const std::optional<at::Tensor>& bias_ih = std::nullopt,
+                                             const std::optional<at::Tensor>& bias_hh = std::nullopt);
+at::Tensor gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+                    const at::Tensor& weight_hh,
+                    const std::optional<at::Tensor>& bias_ih = std::nullopt,
+                    const std::optional<at::Tensor>& bias_hh = std::nullopt);
+
+namespace detail {
+
+// ---- what the device-independent drivers (lstm.cpp, gru.cpp) ask of a device's kernels ----
+// Every tensor is contiguous; per-step tensors are (B, X) rows of the sequence buffers.
+// `lengths` is undefined or an int64 (B,) tensor on the kernel's device; element b is active
+// at step t when t < lengths[b].
+
+struct LstmStepForward {
+  at::Tensor x_gates;    // (B, 4H) W_ih x(t), no bias
+  at::Tensor h_gates;    // (B, 4H) W_hh h(t-1), no bias
+  at::Tensor bias_ih, bias_hh, peephole;  // (4H), (4H), (3, H); each may be undefined
+  at::Tensor c_prev;     // (B, H)
+  at::Tensor h_prev;     // (B, H) read when `output` is defined (no projection): carried state
+  at::Tensor lengths;
+  int64_t t;
+  at::Tensor gates;      // out (B, 4H): activated i, f, g, o (zeros where inactive)
+  at::Tensor c;          // out (B, H): new cell state (c_prev where inactive)
+  at::Tensor h;          // out (B, H): o ⊙ tanh(c) (h_prev where inactive, when no projection)
+  at::Tensor output;     // out (B, H) or undefined (projection): h where active, else 0
+};
+
+struct LstmStepBackward {
+  at::Tensor gates, c, c_prev, peephole;  // saved by forward; peephole may be undefined
+  at::Tensor dh;         // (B, H) gradient of o ⊙ tanh(c); zeroed where active when `dh_is_state`
+  at::Tensor grad_output;  // (B, H) added to dh where active, or undefined
+  bool dh_is_state;      // dh is the running state gradient (no projection)
+  at::Tensor dc;         // in/out (B, H): gradient of c(t), becomes that of c(t-1)
+  at::Tensor lengths;
+  int64_t t;
+  at::Tensor dgates;     // out (B, 4H): pre-activation gradients (zeros where inactive)
+};
+
+struct GruStepForward {
+  at::Tensor x_gates, h_gates;  // (B, 3H) W_ih x(t), W_hh h(t-1), no biases
+  at::Tensor bias_ih, bias_hh;  // (3H) or undefined
+  at::Tensor h_prev;            // (B, H)
+  at::Tensor lengths;
+  int64_t t;
+  at::Tensor work;    // out (B, 4H): r, z, n, gh_n
+  at::Tensor h;       // out (B, H): new state (h_prev where inactive)
+  at::Tensor output;  // out (B, H): h where active, else 0
+};
+
+struct GruStepBackward {
+  at::Tensor work, h_prev;
+  at::Tensor dh;           // in/out (B, H): gradient of h(t) -> direct part of that of h(t-1)
+  at::Tensor grad_output;  // (B, H) or undefined
+  at::Tensor lengths;
+  int64_t t;
+  at::Tensor dx_gates, dh_gates;  // out (B, 3H): gradients of gi and gh (zeros where inactive)
+};
+
+struct RnnKernels {
+  void (*lstm_step_forward)(const LstmStepForward&);
+  void (*lstm_step_backward)(const LstmStepBackward&);
+  void (*gru_step_forward)(const GruStepForward&);
+  void (*gru_step_backward)(const GruStepBackward&);
+  // Projection path: state[b] = active ? state[b] : prev[b]; output[b] = active ? state[b] : 0.
+  void (*carry_state)(const at::Tensor& state, const at::Tensor& prev, const at::Tensor& output,
+                      const at::Tensor& lengths, int64_t t);
+  // Projection path backward: where active, dh_total[b] = dh[b] + grad_output[b] and dh[b] = 0;
+  // elsewhere dh_total[b] = 0 and dh[b] is kept. grad_output may be undefined.
+  void (*split_state_grad)(const at::Tensor& dh, const at::Tensor& grad_output,
+                           const at::Tensor& dh_total, const at::Tensor& lengths, int64_t t);
+  // out (C) = column sums of rows (N, C) (bias gradients).
+  void (*column_sums)(const at::Tensor& rows, const at::Tensor& out);
+  // out (3, H): sums over rows of dgates_i ⊙ c_prev, dgates_f ⊙ c_prev, dgates_o ⊙ c
+  // (peephole gradients); dgates (N, 4H), c_prev and c (N, H).
+  void (*peephole_grad)(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
+                        const at::Tensor& out);
+};
+
+// The drivers: argument checks, GEMMs and the time loop around a device's kernels.
+// lstm_forward: (output, h_n, c_n, gates (T,B,4H), cells (T,B,H), hiddens (T,B,P), hidden_pre
+// (T,B,H), or (0) without projection). hiddens are the carried states.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+             const at::Tensor& cx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+             const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
+             const std::optional<at::Tensor>& lengths, bool reverse);
+
+// (grad_input, grad_hx, grad_cx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
+//  grad_weight_hr, grad_peephole); entries whose output_mask is false are undefined.
+using LstmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tensor>& grad_output,
+                        const std::optional<at::Tensor>& grad_hy,
+                        const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
+                        const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& weight_ih,
+                        const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
+                        const std::optional<at::Tensor>& peephole,
+                        const std::optional<at::Tensor>& lengths, bool reverse,
+                        const at::Tensor& gates, const at::Tensor& cells,
+                        const at::Tensor& hiddens, const at::Tensor& hidden_pre,
+                        std::array<bool, 9> output_mask);
+
+// gru_forward: (output, h_n, work (T,B,4H): r, z, n, gh_n, hiddens (T,B,H)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse);
+
+// (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh).
+using GruGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>& grad_output,
+                      const std::optional<at::Tensor>& grad_hy, const at::Tensor& input,
+                      const at::Tensor& hx, const at::Tensor& weight_ih,
+                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& lengths,
+                      bool reverse, const at::Tensor& work, const at::Tensor& hiddens,
+                      std::array<bool, 6> output_mask);
+
+}  // namespace detail
+}  // namespace fastdl

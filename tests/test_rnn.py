@@ -1,0 +1,445 @@
+"""fastdl LSTM/GRU (ops, functional, modules, cells, PeepholeLSTM) against torch.nn."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fastdl  # noqa: F401  (registers torch.ops.fastdl)
+import fastdl.functional as FF
+import fastdl.nn as fnn
+from fastdl.reference import peephole_lstm
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+                     assert_no_double_backward, assert_raises_naming, assert_unchanged,
+                     check_compile, check_compile_module, check_gradcheck, check_opcheck,
+                     compare_with_torch)
+
+T, B, I, H = 5, 3, 4, 6
+
+
+def _pair(kind, device, dtype, **kwargs):
+    """(fastdl module, torch module) with the same weights (the torch one initialised)."""
+    torch_type = {"lstm": nn.LSTM, "gru": nn.GRU}[kind]
+    ours_type = {"lstm": fnn.LSTM, "gru": fnn.GRU}[kind]
+    ref = torch_type(I, H, **kwargs).to(device, dtype)
+    ours = ours_type(I, H, **kwargs).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+def _flat(out):
+    """Every tensor of a module's (output, hidden) flattened into one, so one random output
+    gradient reaches the output and the final states alike."""
+    output, hidden = out
+    if isinstance(output, nn.utils.rnn.PackedSequence):
+        output = output.data
+    hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+    return torch.cat([output.flatten()] + [h.flatten() for h in hidden])
+
+
+def _module_fn(module):
+    """f(x, h0, [c0,] *params) -> flat outputs, running ``module`` with the given parameters."""
+    names = [n for n, _ in module.named_parameters()]
+    lstm = isinstance(module, nn.LSTM)
+
+    def fn(x, *rest):
+        states, params = (rest[:2], rest[2:]) if lstm else (rest[:1], rest[1:])
+        hx = tuple(states) if lstm else states[0]
+        return _flat(functional_call(module, dict(zip(names, params)), (x, hx)))
+    return fn
+
+
+def _module_args(kind, module, device, dtype, batch_first=False, batch=B, steps=T):
+    dirs = 2 if module.bidirectional else 1
+    state = module.proj_size if kind == "lstm" and module.proj_size else H
+    x = torch.randn((batch, steps, I) if batch_first else (steps, batch, I), device=device, dtype=dtype)
+    h0 = torch.randn(module.num_layers * dirs, batch, state, device=device, dtype=dtype)
+    args = [x.requires_grad_(), h0.requires_grad_()]
+    if kind == "lstm":
+        args.append(torch.randn(module.num_layers * dirs, batch, H, device=device, dtype=dtype).requires_grad_())
+    return args + [p.detach().clone().requires_grad_() for p in module.parameters()]
+
+
+CONFIGS = [
+    dict(),
+    dict(num_layers=2),
+    dict(num_layers=3, bidirectional=True),
+    dict(bidirectional=True, batch_first=True),
+    dict(num_layers=2, batch_first=True, bias=False),
+]
+LSTM_ONLY = [dict(proj_size=3), dict(num_layers=2, bidirectional=True, proj_size=4)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules against torch: outputs, final states and every gradient
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kind, config", [("lstm", c) for c in CONFIGS + LSTM_ONLY] + [("gru", c) for c in CONFIGS],
+                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}{int(x)}" for k, x in v.items()) or "default")
+def test_module_matches_torch(device, dtype, kind, config):
+    ours, ref = _pair(kind, device, dtype, **config)
+    args = _module_args(kind, ref, device, dtype, batch_first=config.get("batch_first", False))
+    compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3, bidirectional=True)],
+                         ids=["one", "2layer-bidir", "proj-bidir"])
+def test_packed_sequence_matches_torch(device, dtype, kind, enforce_sorted, config):
+    if kind == "gru" and "proj_size" in config:
+        pytest.skip("proj_size is LSTM only")
+    ours, ref = _pair(kind, device, dtype, **config)
+    lengths = torch.tensor([5, 5, 3, 1] if enforce_sorted else [3, 5, 1, 4])
+    args = _module_args(kind, ref, device, dtype, batch=4)
+
+    def wrap(module):
+        inner = _module_fn(module)
+
+        def fn(x, *rest):
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+            return inner(packed, *rest)
+        return fn
+    compare_with_torch(wrap(ours), wrap(ref), args, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_packed_output_structure(device, kind):
+    ours, ref = _pair(kind, device, torch.float32, bidirectional=True)
+    x = torch.randn(6, 4, I, device=device)
+    packed = pack_padded_sequence(x, torch.tensor([2, 6, 4, 1]), enforce_sorted=False)
+    (out, hid), (ref_out, ref_hid) = ours(packed), ref(packed)
+    assert torch.equal(out.batch_sizes, ref_out.batch_sizes)
+    assert torch.equal(out.sorted_indices, ref_out.sorted_indices)
+    torch.testing.assert_close(out.data, ref_out.data)
+    padded, lens = pad_packed_sequence(out)
+    assert lens.tolist() == [2, 6, 4, 1] and (padded[2:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_unbatched_and_default_state(kind):
+    ours, ref = _pair(kind, "cpu", torch.float32, num_layers=2)
+    x = torch.randn(T, I)
+    (o1, h1), (o2, h2) = ours(x), ref(x)
+    torch.testing.assert_close(o1, o2)
+    for a, b in zip(h1 if kind == "lstm" else (h1,), h2 if kind == "lstm" else (h2,)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+    hx = (torch.randn(2, H), torch.randn(2, H)) if kind == "lstm" else torch.randn(2, H)
+    torch.testing.assert_close(_flat(ours(x, hx)), _flat(ref(x, hx)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_state_dict_both_ways(kind):
+    ours, ref = _pair(kind, "cpu", torch.float32, num_layers=2, bidirectional=True)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    fresh_ref = type(ref)(I, H, num_layers=2, bidirectional=True)
+    fresh_ref.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I)
+    torch.testing.assert_close(_flat(fresh_ref(x)), _flat(ours(x)))
+    assert repr(ours).split("(", 1)[1] == repr(ref).split("(", 1)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional ops: variable lengths, reverse, projection, gradcheck, opcheck, compile
+# ---------------------------------------------------------------------------------------------
+
+def _lstm_args(device, dtype, steps=T, batch=B, proj=0, peephole=False, bias=True):
+    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    state = proj or H
+    return dict(input=mk(steps, batch, I), hx=mk(batch, state), cx=mk(batch, H),
+                weight_ih=mk(4 * H, I), weight_hh=mk(4 * H, state),
+                bias_ih=mk(4 * H) if bias else None, bias_hh=mk(4 * H) if bias else None,
+                weight_hr=mk(proj, H) if proj else None, peephole=mk(3, H) if peephole else None)
+
+
+def _gru_args(device, dtype, steps=T, batch=B, bias=True):
+    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    return dict(input=mk(steps, batch, I), hx=mk(batch, H), weight_ih=mk(3 * H, I), weight_hh=mk(3 * H, H),
+                bias_ih=mk(3 * H) if bias else None, bias_hh=mk(3 * H) if bias else None)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("proj", [0, 3])
+@pytest.mark.parametrize("peephole", [False, True])
+def test_lstm_gradcheck(reverse, proj, peephole):
+    a = _lstm_args("cpu", torch.float64, steps=4, batch=3, proj=proj, peephole=peephole)
+    lengths = torch.tensor([4, 2, 3])
+    keys = list(a)
+    fn = lambda *v: FF.lstm(**dict(zip(keys, v)), lengths=lengths, reverse=reverse)  # noqa: E731
+    check_gradcheck(fn, list(a.values()))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_gradcheck(reverse, bias):
+    a = _gru_args("cpu", torch.float64, steps=4, batch=3, bias=bias)
+    keys = list(a)
+    fn = lambda *v: FF.gru(**dict(zip(keys, v)), lengths=torch.tensor([1, 4, 3]), reverse=reverse)  # noqa: E731
+    check_gradcheck(fn, list(a.values()))
+
+
+def test_cells_gradcheck():
+    a = _lstm_args("cpu", torch.float64, steps=1)
+    check_gradcheck(lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
+                    [a[k] for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
+    g = _gru_args("cpu", torch.float64, steps=1)
+    check_gradcheck(lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
+                    [g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
+
+
+def test_no_double_backward():
+    a = _gru_args("cpu", torch.float64, steps=2, batch=2)
+    assert_no_double_backward(lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0], [a["input"], a["hx"]])
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_lengths_match_torch_packed(device, dtype, reverse):
+    """The functional op with lengths equals one torch direction run on the packed sequence."""
+    ref = nn.LSTM(I, H, bidirectional=True).to(device, dtype)
+    sfx = "_reverse" if reverse else ""
+    w = [getattr(ref, n + "_l0" + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    lengths = torch.tensor([2, 5, 1])
+    x = torch.randn(T, 3, I, device=device, dtype=dtype)
+    h0, c0 = torch.randn(2, 3, H, device=device, dtype=dtype), torch.randn(2, 3, H, device=device, dtype=dtype)
+    out, (hn, cn) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, c0))
+    out, _ = pad_packed_sequence(out, total_length=T)
+    d = int(reverse)
+    ours = FF.lstm(x, h0[d], c0[d], *w, lengths=lengths.to(device), reverse=reverse)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype in (torch.float16, torch.bfloat16) else {}
+    assert_close_to_reference(ours[0], out[..., d * H:(d + 1) * H].contiguous(), dtype, **tol)
+    assert_close_to_reference(ours[1], hn[d], dtype, **tol)
+    assert_close_to_reference(ours[2], cn[d], dtype, **tol)
+
+
+def test_zero_length_elements_keep_initial_state():
+    a = _gru_args("cpu", torch.float32)
+    out, h = FF.gru(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], lengths=torch.tensor([0, 5, 0]))
+    assert (out[:, 0] == 0).all() and torch.equal(h[0], a["hx"][0])
+
+
+@pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0), (0, 0)])
+def test_empty_sequences_and_batches(steps, batch):
+    a = _lstm_args("cpu", torch.float64, steps=steps, batch=batch, proj=3)
+    out, h, c = FF.lstm(**a)
+    assert out.shape == (steps, batch, 3) and torch.equal(h, a["hx"]) and torch.equal(c, a["cx"])
+    (out.sum() + h.sum() + c.sum()).backward()
+    assert a["weight_hh"].grad.abs().sum() == 0 and torch.equal(a["hx"].grad, torch.ones_like(a["hx"]))
+    g = _gru_args("cpu", torch.float64, steps=steps, batch=batch)
+    out, h = FF.gru(**g, lengths=torch.zeros(batch, dtype=torch.long))
+    (out.sum() + h.sum()).backward()
+    assert g["bias_hh"].grad.abs().sum() == 0
+
+
+def test_opcheck():
+    a = _lstm_args("cpu", torch.float32, proj=3, peephole=True)
+    check_opcheck(torch.ops.fastdl.lstm_forward, list(a.values()) + [torch.tensor([5, 2, 4]), True])
+    check_opcheck(torch.ops.fastdl.lstm_forward, list(_lstm_args("cpu", torch.float32, bias=False).values())
+                  + [None, False])
+    g = _gru_args("cpu", torch.float32)
+    check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [torch.tensor([1, 5, 3]), False])
+    check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [None, True])
+
+
+def test_compile_functional():
+    a = _lstm_args("cpu", torch.float32, proj=3)
+    check_compile(lambda *v: torch.cat([t.flatten() for t in FF.lstm(*v)]), *a.values())
+    g = _gru_args("cpu", torch.float32)
+    check_compile(lambda *v: torch.cat([t.flatten() for t in FF.gru(*v, lengths=torch.tensor([5, 1, 3]))]), *g.values())
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_compile_module(kind):
+    ours, _ = _pair(kind, "cpu", torch.float32, num_layers=2, bidirectional=True)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = ours
+
+        def forward(self, x):
+            return _flat(self.rnn(x))
+    # Dynamo refuses every torch.nn.RNNBase subclass unless allow_rnn is set (cuDNN's flat
+    # weights); fastdl's modules trace fully through their fake kernels once it is.
+    with torch._dynamo.config.patch(allow_rnn=True):
+        check_compile_module(Head(), torch.randn(T, B, I, requires_grad=True))
+
+
+def test_inputs_unchanged():
+    a = _lstm_args("cpu", torch.float32, proj=3, peephole=True)
+    assert_unchanged(list(a.values()), lambda: FF.lstm(**a, lengths=torch.tensor([5, 1, 3]))[0].sum().backward())
+    g = _gru_args("cpu", torch.float32)
+    assert_unchanged(list(g.values()), lambda: FF.gru(**g)[0].sum().backward())
+
+
+def test_noncontiguous_inputs():
+    a = _lstm_args("cpu", torch.float64)
+    x = torch.randn(B, T, 2 * I, dtype=torch.float64)[:, :, ::2].transpose(0, 1)
+    w = torch.randn(I, 4 * H, dtype=torch.float64).t()
+    out = FF.lstm(x, a["hx"], a["cx"], w, a["weight_hh"])
+    ref = FF.lstm(x.contiguous(), a["hx"], a["cx"], w.contiguous(), a["weight_hh"])
+    for o, r in zip(out, ref):
+        torch.testing.assert_close(o, r)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cell_matches_torch(device, dtype, kind, bias):
+    ref = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H, bias=bias).to(device, dtype)
+    ours = (fnn.LSTMCell if kind == "lstm" else fnn.GRUCell)(I, H, bias=bias).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    names = [n for n, _ in ref.named_parameters()]
+
+    def fn(module):
+        def run(x, h, c, *params):
+            out = functional_call(module, dict(zip(names, params)), (x, (h, c) if kind == "lstm" else h))
+            return torch.cat([o.flatten() for o in (out if kind == "lstm" else (out,))])
+        return run
+    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
+    args = [mk(B, I), mk(B, H), mk(B, H)] + [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    compare_with_torch(fn(ours), fn(ref), args, dtype)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cell_unbatched_and_default_state(kind):
+    ref = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H)
+    ours = (fnn.LSTMCell if kind == "lstm" else fnn.GRUCell).from_torch(copy.deepcopy(ref))
+    x = torch.randn(I)
+    torch.testing.assert_close(ours(x), ref(x))
+    torch.testing.assert_close(ours(x.expand(2, I)), ref(x.expand(2, I)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout between layers
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_dropout_train_and_eval(kind):
+    ours, ref = _pair(kind, "cpu", torch.float32, num_layers=3, dropout=0.5, bidirectional=True)
+    x = torch.randn(T, B, I)
+    ours.eval(), ref.eval()
+    e1, e2 = _flat(ours(x)), _flat(ours(x))
+    assert torch.equal(e1, e2)  # eval is deterministic
+    torch.testing.assert_close(e1, _flat(ref(x)))  # and is torch's eval
+    ours.train(), ref.train()
+    t1, t2 = _flat(ours(x)), _flat(ours(x))
+    assert not torch.allclose(t1, t2) and not torch.allclose(t1, e1)  # train drops at random
+    torch.manual_seed(0)
+    ours_train = _flat(ours(x))
+    torch.manual_seed(0)
+    torch.testing.assert_close(ours_train, _flat(ref(x)))  # same masks as torch from the same seed
+
+
+# ---------------------------------------------------------------------------------------------
+# PeepholeLSTM against the float64 reference from the equations
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_peephole_functional_matches_reference(device, dtype, reverse):
+    a = _lstm_args(device, dtype, peephole=True)
+    del a["weight_hr"]
+    keys = list(a)
+    ours = lambda *v: torch.cat([t.flatten() for t in FF.lstm(**dict(zip(keys, v)), reverse=reverse)])  # noqa: E731
+    ref = lambda *v: torch.cat([t.flatten() for t in peephole_lstm(**dict(zip(keys, v)), reverse=reverse)])  # noqa: E731
+    compare_with_torch(ours, ref, list(a.values()), dtype)
+
+
+def test_peephole_module():
+    m = fnn.PeepholeLSTM(I, H, num_layers=2, bidirectional=True).double()
+    names = [n for n, _ in m.named_parameters()]
+    assert "weight_peephole_l1_reverse" in names and m.weight_peephole_l0.shape == (3, H)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    out, (hn, cn) = m(x)
+    # The reference, layer by layer and direction by direction.
+    layer_in, hs, cs = x, [], []
+    for layer in range(2):
+        outs = []
+        for d, sfx in enumerate(("", "_reverse")):
+            p = lambda n: getattr(m, f"{n}_l{layer}{sfx}")  # noqa: E731
+            o, h, c = peephole_lstm(layer_in, torch.zeros(B, H, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64),
+                                    p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"), p("weight_peephole"),
+                                    reverse=d == 1)
+            outs.append(o), hs.append(h), cs.append(c)
+        layer_in = torch.cat(outs, 2)
+    torch.testing.assert_close(out, layer_in)
+    torch.testing.assert_close(hn, torch.stack(hs))
+    torch.testing.assert_close(cn, torch.stack(cs))
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+
+def test_bad_input_modules():
+    lstm = fnn.LSTM(I, H, num_layers=2)
+    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I + 1)), "input_size", str(I))
+    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I), (torch.randn(1, B, H), torch.randn(2, B, H))),
+                         "hidden")
+    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I), (torch.randn(2, B, H), torch.randn(2, B + 1, H))),
+                         "hidden[1]", "(2, 3, 6)")
+    assert_raises_naming(ValueError, lambda: lstm(torch.randn(T, B, I, dtype=torch.float64)), "float")
+    assert_raises_naming(ValueError, lambda: lstm(torch.randn(T, B, I, 2)), "2D or 3D")
+    gru = fnn.GRU(I, H)
+    assert_raises_naming(RuntimeError, lambda: gru(torch.randn(T, B, I), torch.randn(1, B + 1, H)), "hidden")
+    assert_raises_naming(RuntimeError, lambda: gru(torch.randn(T, B, I), torch.randn(B, H)), "3-D")
+    cell = fnn.LSTMCell(I, H)
+    assert_raises_naming(RuntimeError, lambda: cell(torch.randn(B, I + 1)), "weight_ih")
+    assert_raises_naming(RuntimeError, lambda: cell(torch.randn(B, I), (torch.randn(B, H + 1), torch.randn(B, H))), "hx")
+    # Unsorted lengths where torch requires sorted ones: torch's packing refuses them.
+    with pytest.raises(RuntimeError, match="sorted"):
+        pack_padded_sequence(torch.randn(T, B, I), torch.tensor([2, 5, 3]), enforce_sorted=True)
+
+
+def test_bad_input_functional():
+    a = _lstm_args("cpu", torch.float32)
+    a.pop("peephole"), a.pop("weight_hr")
+    call = lambda **kw: FF.lstm(**{**a, **kw})  # noqa: E731
+    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([6, 1, 1])), "lengths", "seq_len")
+    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([1, 1])), "lengths", "[3]")
+    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([1.0, 1.0, 1.0])), "lengths", "int64")
+    assert_raises_naming(RuntimeError, lambda: call(hx=a["hx"].double()), "hx", "dtype")
+    assert_raises_naming(RuntimeError, lambda: call(cx=torch.randn(B, H + 1)), "cx", "shape")
+    assert_raises_naming(RuntimeError, lambda: call(weight_hh=torch.randn(4 * H, H + 1)), "weight_hh")
+    assert_raises_naming(RuntimeError, lambda: call(bias_ih=torch.randn(H)), "bias_ih")
+    assert_raises_naming(RuntimeError, lambda: call(input=torch.randn(T, B)), "input", "3 dimensions")
+    assert_raises_naming(RuntimeError, lambda: call(input=torch.randn(T, B, I).int()), "input", "float")
+    assert_raises_naming(RuntimeError, lambda: call(weight_hr=torch.randn(H, H)), "weight_hr")
+    assert_raises_naming(RuntimeError, lambda: call(peephole=torch.randn(4, H)), "peephole")
+    g = _gru_args("cpu", torch.float32)
+    assert_raises_naming(RuntimeError, lambda: FF.gru(**{**g, "weight_ih": torch.randn(4 * H, I)}), "weight_hh")
+    assert_raises_naming(RuntimeError, lambda: FF.gru(**{**g, "hx": torch.randn(B + 1, H)}), "hx")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+def test_mismatched_devices():
+    a = _lstm_args("cuda", torch.float32)
+    assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "hx": a["hx"].cpu()}), "hx", "device")
+    assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "weight_hh": a["weight_hh"].cpu()}), "weight_hh", "device")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_autocast_cuda_matches_torch(kind):
+    ours, ref = _pair(kind, "cuda", torch.float32, num_layers=2)
+    x = torch.randn(T, B, I, device="cuda")
+    with torch.autocast("cuda"):
+        out, ref_out = ours(x)[0], ref(x)[0]
+    assert out.dtype == ref_out.dtype == torch.float16
+    torch.testing.assert_close(out, ref_out, rtol=1e-2, atol=1e-2)
