@@ -34,15 +34,33 @@ inline void gemm_tile(int64_t k, const T* a, int64_t a_row_stride, int64_t a_k_s
   }
 }
 
-// Columns [j, j + NV * L) of every row of C, six rows at a time.
+// Rows of C per register tile: 8 x 2 vectors (16 accumulators) with AVX-512's 32 vector
+// registers, 4 x 2 with AVX2's 16.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kTileRows = 8;
+#else
+constexpr int kTileRows = 4;
+#endif
+
+// Columns [j, j + NV * L) of every row of C, kTileRows rows at a time, then 4, 2, 1.
 template <typename T, int NV>
 inline void gemm_column_panel(int64_t m, int64_t k, const T* a, int64_t a_row_stride,
                               int64_t a_k_stride, const T* b, int64_t ldb, T* c, int64_t ldc,
                               bool accumulate) {
   int64_t i = 0;
-  for (; i + 6 <= m; i += 6) {
-    gemm_tile<T, 6, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
+  for (; i + kTileRows <= m; i += kTileRows) {
+    gemm_tile<T, kTileRows, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb,
+                                c + i * ldc, ldc, accumulate);
+  }
+  if (kTileRows > 4 && i + 4 <= m) {
+    gemm_tile<T, 4, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
                         ldc, accumulate);
+    i += 4;
+  }
+  if (i + 2 <= m) {
+    gemm_tile<T, 2, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
+                        ldc, accumulate);
+    i += 2;
   }
   for (; i < m; ++i) {
     gemm_tile<T, 1, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
@@ -75,6 +93,20 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_strid
       c[i * ldc + j] = s;
     }
   }
+}
+
+// small_gemm over every thread: the columns of C are split into panels of four vectors, one
+// contiguous range of panels per thread (the skinny products of a recurrent step: a batch of
+// rows times a weight matrix). Call it outside parallel regions.
+template <typename T>
+void parallel_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                   int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  constexpr int64_t panel = 4 * Vec<T>::size();
+  const int64_t panels = (n + panel - 1) / panel;
+  at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
+    const int64_t j0 = begin * panel, j1 = std::min(n, end * panel);
+    small_gemm<T>(m, j1 - j0, k, a, lda, 1, b + j0, ldb, c + j0, ldc, accumulate);
+  });
 }
 
 }  // namespace fastdl::cpu

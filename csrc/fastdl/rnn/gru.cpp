@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
   auto hiddens = at::empty({T, B, H}, opts);
   auto output = at::empty({T, B, H}, opts);
   auto h_gates = at::empty({B, 3 * H}, opts);
-  const auto w_hh_t = weight_hh.t();
+  const auto w_hh_t = weight_hh.t().contiguous();  // (H, G*H) row-major for kernels.matmul
 
   GruStepForward step;
   step.bias_ih = contiguous_or_undefined(bias_ih);
@@ -60,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = time_of(k, T, reverse);
     step.h_prev = k == 0 ? h0 : hiddens[previous_time(t, reverse)];
-    at::mm_out(h_gates, step.h_prev, w_hh_t);
+    kernels.matmul(step.h_prev, w_hh_t, h_gates, false);
     step.x_gates = x_gates[t];
     step.t = t;
     step.work = work[t];
@@ -92,6 +92,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   auto dx_gates = at::empty({T, B, 3 * H}, opts);
   auto dh_gates = at::empty({T, B, 3 * H}, opts);
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
+  const auto w_hh = weight_hh.contiguous();
 
   GruStepBackward step;
   step.dh = dh;
@@ -105,7 +106,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
     step.dx_gates = dx_gates[t];
     step.dh_gates = dh_gates[t];
     kernels.gru_step_backward(step);
-    dh.addmm_(dh_gates[t], weight_hh);  // dh(t-1) = z ⊙ dh(t) + dgh W_hh
+    kernels.matmul(dh_gates[t], w_hh, dh, true);  // dh(t-1) = z ⊙ dh(t) + dgh W_hh
   }
 
   const auto dgi = dx_gates.view({T * B, 3 * H});

@@ -59,8 +59,8 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
   auto output = at::empty({T, B, P}, opts);
   auto hidden_pre = at::empty({projected ? T : 0, B, H}, opts);
   auto h_gates = at::empty({B, 4 * H}, opts);
-  const auto w_hh_t = weight_hh.t();
-  const auto w_hr_t = projected ? weight_hr->t() : at::Tensor();
+  const auto w_hh_t = weight_hh.t().contiguous();  // (H, G*H) row-major for kernels.matmul
+  const auto w_hr_t = projected ? weight_hr->t().contiguous() : at::Tensor();
 
   LstmStepForward step;
   step.bias_ih = contiguous_or_undefined(bias_ih);
@@ -72,7 +72,7 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
     const int64_t t = time_of(k, T, reverse);
     const auto h_prev = k == 0 ? h0 : hiddens[previous_time(t, reverse)];
     step.c_prev = k == 0 ? c0 : cells[previous_time(t, reverse)];
-    at::mm_out(h_gates, h_prev, w_hh_t);
+    kernels.matmul(h_prev, w_hh_t, h_gates, false);
     step.x_gates = x_gates[t];
     step.h_prev = h_prev;
     step.t = t;
@@ -83,7 +83,7 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
     kernels.lstm_step_forward(step);
     if (projected) {
       auto state = hiddens[t];
-      at::mm_out(state, hidden_pre[t], w_hr_t);
+      kernels.matmul(hidden_pre[t], w_hr_t, state, false);
       kernels.carry_state(state, h_prev, output[t], len, t);
     }
   }
@@ -124,6 +124,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   auto dh_total = at::empty({projected ? T : 0, B, P}, opts);
   auto dr = projected ? at::empty({B, H}, opts) : at::Tensor();
   const auto w_hr = projected ? weight_hr->contiguous() : at::Tensor();
+  const auto w_hh = weight_hh.contiguous();
 
   LstmStepBackward step;
   step.peephole = contiguous_or_undefined(peephole);
@@ -140,7 +141,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
     if (projected) {
       auto dh_total_t = dh_total[t];
       kernels.split_state_grad(dh, gy.defined() ? gy[t] : at::Tensor(), dh_total_t, len, t);
-      at::mm_out(dr, dh_total_t, w_hr);
+      kernels.matmul(dh_total_t, w_hr, dr, false);
       step.dh = dr;
       step.grad_output = at::Tensor();
     } else {
@@ -148,7 +149,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
       step.grad_output = gy.defined() ? gy[t] : at::Tensor();
     }
     kernels.lstm_step_backward(step);
-    dh.addmm_(dgates[t], weight_hh);  // dh(t-1) += dgates W_hh
+    kernels.matmul(dgates[t], w_hh, dh, true);  // dh(t-1) += dgates W_hh
   }
 
   const auto dgates_2d = dgates.view({T * B, 4 * H});

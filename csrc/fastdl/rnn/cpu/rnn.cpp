@@ -2,6 +2,7 @@
 // along the hidden units with at::vec::Vectorized, the scalar tail by the same formula), and
 // the column reductions for the bias and peephole gradients. The GEMMs and the time loop are
 // in the drivers (lstm.cpp, gru.cpp); the formulas in rnn_math.h.
+#include "fastdl/common/cpu_gemm.h"
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/rnn/rnn.h"
@@ -337,8 +338,18 @@ struct LstmForwardRun { static void run(const detail::LstmStepForward& p) { lstm
 template <typename T, bool kPeephole>
 struct LstmBackwardRun { static void run(const detail::LstmStepBackward& p) { lstm_step_backward_kernel<T, kPeephole>(p); } };
 
+void matmul_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(b.is_contiguous() && out.is_contiguous() && a.stride(1) == 1);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_matmul_cpu", [&] {
+    cpu::parallel_gemm<scalar_t>(a.size(0), b.size(1), a.size(1), a.const_data_ptr<scalar_t>(),
+                                 a.stride(0), b.const_data_ptr<scalar_t>(), b.size(1),
+                                 out.mutable_data_ptr<scalar_t>(), out.size(1), accumulate);
+  });
+}
+
 const detail::RnnKernels& cpu_kernels() {
   static const detail::RnnKernels k{
+      &matmul_cpu,
       [](const detail::LstmStepForward& p) { dispatch_peephole<LstmForwardRun>(p, p.gates); },
       [](const detail::LstmStepBackward& p) { dispatch_peephole<LstmBackwardRun>(p, p.gates); },
       [](const detail::GruStepForward& p) {

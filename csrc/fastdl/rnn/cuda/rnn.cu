@@ -11,6 +11,7 @@
 #include "fastdl/rnn/rnn_register.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <type_traits>
@@ -371,8 +372,16 @@ void peephole_grad(const at::Tensor& dgates, const at::Tensor& c_prev, const at:
   });
 }
 
+void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
+  if (accumulate) {
+    out.addmm_(a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
 const detail::RnnKernels& cuda_kernels() {
-  static const detail::RnnKernels k{&lstm_step_forward, &lstm_step_backward, &gru_step_forward,
+  static const detail::RnnKernels k{&matmul,            &lstm_step_forward, &lstm_step_backward, &gru_step_forward,
                                     &gru_step_backward, &carry_state,        &split_state_grad,
                                     &column_sums,       &peephole_grad};
   return k;
