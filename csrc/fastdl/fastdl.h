@@ -8,3 +8,4 @@
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/layer_norm.h"
 #include "fastdl/pooling/pooling.h"
+#include "fastdl/induced/induced_attention.h"

@@ -101,6 +101,14 @@ struct Rows {
   C10_HOST_DEVICE T* row(int64_t bh, int64_t i) const {
     return data + (bh / heads) * stride_b + (bh % heads) * stride_h + i * stride_n;
   }
+
+  // The rows of one slice, without the divisions of row() (for inner loops).
+  struct Slice {
+    T* base;
+    int64_t stride;
+    C10_HOST_DEVICE T* row(int64_t i) const { return base + i * stride; }
+  };
+  C10_HOST_DEVICE Slice slice(int64_t bh) const { return {row(bh, 0), stride_n}; }
 };
 
 }  // namespace fastdl::induced

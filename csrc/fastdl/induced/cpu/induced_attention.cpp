@@ -80,17 +80,83 @@ inline T dot(const T* a, const T* b, int64_t n) {
 template <typename T>
 inline void transpose_chunk(const induced::Rows<const T>& rows, int64_t bh, int64_t s0, T* cols,
                             int64_t n, int64_t d) {
+  const auto slice = rows.slice(bh);
   for (int64_t j = 0; j < n; ++j) {
-    const T* r = rows.row(bh, s0 + j);
+    const T* r = slice.row(s0 + j);
     for (int64_t e = 0; e < d; ++e) cols[e * n + j] = r[e];
   }
 }
 
-// out[0..n) = sum_e x[e] * cols[e * n + 0..n)  (a row times a transposed chunk)
+// out[0..n) = sum_e x[e] * cols[e * n + 0..n)  (a row times a transposed chunk). Register
+// blocked: four vectors of outputs accumulate over all e before one store.
 template <typename T>
 inline void row_times_chunk(const T* x, const T* cols, T* out, int64_t n, int64_t d) {
-  std::fill(out, out + n, T(0));
-  for (int64_t e = 0; e < d; ++e) axpy(out, cols + e * n, x[e], n);
+  constexpr int64_t W = Vec<T>::size();
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    Vec<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    for (int64_t e = 0; e < d; ++e) {
+      const Vec<T> xe(x[e]);
+      const T* c = cols + e * n + j;
+      a0 = at::vec::fmadd(xe, Vec<T>::loadu(c), a0);
+      a1 = at::vec::fmadd(xe, Vec<T>::loadu(c + W), a1);
+      a2 = at::vec::fmadd(xe, Vec<T>::loadu(c + 2 * W), a2);
+      a3 = at::vec::fmadd(xe, Vec<T>::loadu(c + 3 * W), a3);
+    }
+    a0.store(out + j);
+    a1.store(out + j + W);
+    a2.store(out + j + 2 * W);
+    a3.store(out + j + 3 * W);
+  }
+  for (; j + W <= n; j += W) {
+    Vec<T> a(T(0));
+    for (int64_t e = 0; e < d; ++e) a = at::vec::fmadd(Vec<T>(x[e]), Vec<T>::loadu(cols + e * n + j), a);
+    a.store(out + j);
+  }
+  for (; j < n; ++j) {
+    T a = 0;
+    for (int64_t e = 0; e < d; ++e) a += x[e] * cols[e * n + j];
+    out[j] = a;
+  }
+}
+
+// y[0..d) += sum_j w[j] * row(j)[0..d) over the j < n with w[j] != 0. Register blocked: four
+// vectors of y accumulate over all j before one store.
+template <typename T, typename RowOf>
+inline void add_weighted_rows(T* y, const T* w, int64_t n, int64_t d, const RowOf& row) {
+  constexpr int64_t W = Vec<T>::size();
+  int64_t e = 0;
+  for (; e + 4 * W <= d; e += 4 * W) {
+    Vec<T> a0 = Vec<T>::loadu(y + e), a1 = Vec<T>::loadu(y + e + W);
+    Vec<T> a2 = Vec<T>::loadu(y + e + 2 * W), a3 = Vec<T>::loadu(y + e + 3 * W);
+    for (int64_t j = 0; j < n; ++j) {
+      if (w[j] == T(0)) continue;
+      const Vec<T> wj(w[j]);
+      const T* r = row(j) + e;
+      a0 = at::vec::fmadd(wj, Vec<T>::loadu(r), a0);
+      a1 = at::vec::fmadd(wj, Vec<T>::loadu(r + W), a1);
+      a2 = at::vec::fmadd(wj, Vec<T>::loadu(r + 2 * W), a2);
+      a3 = at::vec::fmadd(wj, Vec<T>::loadu(r + 3 * W), a3);
+    }
+    a0.store(y + e);
+    a1.store(y + e + W);
+    a2.store(y + e + 2 * W);
+    a3.store(y + e + 3 * W);
+  }
+  for (; e + W <= d; e += W) {
+    Vec<T> a = Vec<T>::loadu(y + e);
+    for (int64_t j = 0; j < n; ++j) {
+      if (w[j] != T(0)) a = at::vec::fmadd(Vec<T>(w[j]), Vec<T>::loadu(row(j) + e), a);
+    }
+    a.store(y + e);
+  }
+  for (; e < d; ++e) {
+    T a = y[e];
+    for (int64_t j = 0; j < n; ++j) {
+      if (w[j] != T(0)) a += w[j] * row(j)[e];
+    }
+    y[e] = a;
+  }
 }
 
 // A chunk of keys [s0, s0 + n) of slice bh, transposed, with -inf bias for padded keys.
@@ -118,6 +184,25 @@ struct KeyChunk {
   }
 };
 
+// x[0..n) = exp(x - shift), vectorised; -inf entries give 0.
+template <typename T>
+inline T exp_shifted(T* x, T shift, int64_t n) {
+  constexpr int64_t W = Vec<T>::size();
+  Vec<T> sum_v(T(0));
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    const auto e = (Vec<T>::loadu(x + j) - Vec<T>(shift)).exp();
+    e.store(x + j);
+    sum_v += e;
+  }
+  T sum = cpu::horizontal_sum(sum_v);
+  for (; j < n; ++j) {
+    x[j] = induced::exp_of(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
+}
+
 // scores[j] = scale * q_row . k_j, -inf for padded keys (whatever they hold, even NaN);
 // returns the largest.
 template <typename T>
@@ -139,38 +224,26 @@ inline T chunk_scores(const Problem<T>& p, const KeyChunk<T>& c, const T* q_row,
 template <typename T>
 void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1,
             T* m, T* l, T* acc, KeyChunk<T>& chunk, std::vector<T>& scores) {
-  constexpr int64_t W = Vec<T>::size();
   const int64_t rows = l1 - l0;
   std::fill(m, m + rows, induced::neg_inf<T>());
   std::fill(l, l + rows, T(0));
   std::fill(acc, acc + rows * p.Ev, T(0));
   scores.resize(static_cast<size_t>(std::min(kKeyChunk, std::max<int64_t>(s1 - s0, 1))));
+  const auto q_rows = p.q.slice(bh);
+  const auto v_rows = p.v.slice(bh);
   for (int64_t c0 = s0; c0 < s1; c0 += kKeyChunk) {
     chunk.load(p, bh, c0, std::min(kKeyChunk, s1 - c0), /*with_values=*/false);
     const int64_t n = chunk.n;
     for (int64_t r = 0; r < rows; ++r) {
-      const T chunk_max = chunk_scores(p, chunk, p.q.row(bh, l0 + r), scores.data());
+      const T chunk_max = chunk_scores(p, chunk, q_rows.row(l0 + r), scores.data());
       if (chunk_max == induced::neg_inf<T>()) continue;  // every key of the chunk is padded
       const T m_new = std::max(m[r], chunk_max);
       const T alpha = induced::rescale_factor(m[r], m_new);
       T* acc_r = acc + r * p.Ev;
       if (alpha != T(1)) scale_inplace(acc_r, alpha, p.Ev);
       // p_j = exp(s_j - m_new) (padded keys: exp(-inf) = 0), summed, then acc += p_j v_j.
-      Vec<T> sum_v(T(0));
-      int64_t j = 0;
-      for (; j + W <= n; j += W) {
-        const auto e = (Vec<T>::loadu(scores.data() + j) - Vec<T>(m_new)).exp();
-        e.store(scores.data() + j);
-        sum_v += e;
-      }
-      T sum = cpu::horizontal_sum(sum_v);
-      for (; j < n; ++j) {
-        scores[j] = induced::exp_of(scores[j] - m_new);
-        sum += scores[j];
-      }
-      for (j = 0; j < n; ++j) {
-        if (scores[j] != T(0)) axpy(acc_r, p.v.row(bh, c0 + j), scores[j], p.Ev);
-      }
+      const T sum = exp_shifted(scores.data(), m_new, n);
+      add_weighted_rows(acc_r, scores.data(), n, p.Ev, [&](int64_t j) { return v_rows.row(c0 + j); });
       l[r] = l[r] * alpha + sum;
       m[r] = m_new;
     }
@@ -226,37 +299,62 @@ void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out
   });
 }
 
+constexpr int64_t kBackwardRows = 32;  // query rows whose probabilities a chunk keeps at once
+
 // Gradient contributions of rows [l0, l1) and keys [s0, s1) of slice bh, added into the rows
-// of dq, dk and dv (each absent when its data is null).
+// of dq, dk and dv (each absent when its data is null). For each chunk of keys and block of
+// query rows, P and dS (scaled) are computed for the block, then dQ rows take the dS-weighted
+// sums of key rows, and dK, dV rows the dS- and P-weighted sums of query and dO rows.
 template <typename T>
 void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1,
                    const induced::Rows<const T>& dout, const T* lse, const T* delta,
                    const induced::Rows<T>& dq, const induced::Rows<T>& dk, const induced::Rows<T>& dv,
                    KeyChunk<T>& chunk, std::vector<T>& prob, std::vector<T>& dscore) {
   const bool need_ds = dq.data || dk.data;
+  const auto q_rows = p.q.slice(bh), k_rows = p.k.slice(bh);
+  const auto do_rows = dout.slice(bh);
+  const auto dq_rows = dq.slice(bh), dk_rows = dk.slice(bh), dv_rows = dv.slice(bh);
+  std::array<int64_t, kBackwardRows> rows{};
+  std::array<T, kBackwardRows> weights{};
   for (int64_t c0 = s0; c0 < s1; c0 += kKeyChunk) {
     chunk.load(p, bh, c0, std::min(kKeyChunk, s1 - c0), /*with_values=*/need_ds);
     const int64_t n = chunk.n;
-    prob.resize(static_cast<size_t>(n));
-    dscore.resize(static_cast<size_t>(n));
-    for (int64_t i = l0; i < l1; ++i) {
-      const T row_lse = lse[bh * p.L + i];
-      if (row_lse == induced::neg_inf<T>()) continue;  // fully padded row: no gradient
-      const T* q_i = p.q.row(bh, i);
-      const T* do_i = dout.row(bh, i);
-      chunk_scores(p, chunk, q_i, prob.data());
-      for (int64_t j = 0; j < n; ++j) prob[j] = induced::probability(prob[j], row_lse);
-      if (need_ds) {  // dS_ij = p_ij (dO_i . v_j - D_i), times scale for dQ and dK
-        row_times_chunk(do_i, chunk.vt.data(), dscore.data(), n, p.Ev);
-        const T d_i = delta[bh * p.L + i];
-        for (int64_t j = 0; j < n; ++j) dscore[j] = prob[j] * (dscore[j] - d_i) * p.scale;
+    prob.resize(static_cast<size_t>(kBackwardRows * n));
+    dscore.resize(static_cast<size_t>(kBackwardRows * n));
+    for (int64_t r0 = l0; r0 < l1; r0 += kBackwardRows) {
+      // The block's rows that have keys (a fully padded row, lse = -inf, has no gradient).
+      int64_t count = 0;
+      for (int64_t i = r0; i < std::min(l1, r0 + kBackwardRows); ++i) {
+        if (lse[bh * p.L + i] != induced::neg_inf<T>()) rows[count++] = i;
       }
-      T* dq_i = dq.data ? dq.row(bh, i) : nullptr;
+      for (int64_t r = 0; r < count; ++r) {
+        const int64_t i = rows[r];
+        T* prob_r = prob.data() + r * n;
+        chunk_scores(p, chunk, q_rows.row(i), prob_r);
+        exp_shifted(prob_r, lse[bh * p.L + i], n);  // p = exp(s - lse); padded keys: 0
+        if (need_ds) {  // dS_ij = p_ij (dO_i . v_j - D_i), times scale for dQ and dK
+          T* ds_r = dscore.data() + r * n;
+          row_times_chunk(do_rows.row(i), chunk.vt.data(), ds_r, n, p.Ev);
+          const T d_i = delta[bh * p.L + i];
+          for (int64_t j = 0; j < n; ++j) ds_r[j] = prob_r[j] == T(0) ? T(0) : prob_r[j] * (ds_r[j] - d_i) * p.scale;
+        }
+        if (dq.data) {
+          add_weighted_rows(dq_rows.row(i), dscore.data() + r * n, n, p.E,
+                            [&](int64_t j) { return k_rows.row(c0 + j); });
+        }
+      }
+      if (count == 0 || !(dk.data || dv.data)) continue;
       for (int64_t j = 0; j < n; ++j) {
-        if (prob[j] == T(0)) continue;  // padded keys (and underflow) contribute nothing
-        if (dv.data) axpy(dv.row(bh, c0 + j), do_i, prob[j], p.Ev);
-        if (dk.data) axpy(dk.row(bh, c0 + j), q_i, dscore[j], p.E);
-        if (dq_i) axpy(dq_i, p.k.row(bh, c0 + j), dscore[j], p.E);
+        if (dv.data) {
+          for (int64_t r = 0; r < count; ++r) weights[r] = prob[r * n + j];
+          add_weighted_rows(dv_rows.row(c0 + j), weights.data(), count, p.Ev,
+                            [&](int64_t r) { return do_rows.row(rows[r]); });
+        }
+        if (dk.data) {
+          for (int64_t r = 0; r < count; ++r) weights[r] = dscore[r * n + j];
+          add_weighted_rows(dk_rows.row(c0 + j), weights.data(), count, p.E,
+                            [&](int64_t r) { return q_rows.row(rows[r]); });
+        }
       }
     }
   }

@@ -55,10 +55,12 @@ __device__ __forceinline__ void load_tile(const induced::Rows<const T>& src, int
                                           int64_t rows, int64_t d, A* tile,
                                           const bool* __restrict__ skip = nullptr) {
   const int64_t stride = d + 1;
-  for (int64_t idx = threadIdx.x; idx < kTile * d; idx += blockDim.x) {
-    const int64_t r = idx / d, e = idx % d;
+  const auto slice = src.slice(bh);
+  const int dd = static_cast<int>(d);  // head dims fit shared memory, so int arithmetic is safe
+  for (int idx = threadIdx.x; idx < kTile * dd; idx += blockDim.x) {
+    const int r = idx / dd, e = idx % dd;
     const bool keep = r0 + r < rows && !(skip && skip[r0 + r]);
-    tile[r * stride + e] = keep ? static_cast<A>(src.row(bh, r0 + r)[e]) : A(0);
+    tile[r * stride + e] = keep ? static_cast<A>(slice.row(r0 + r)[e]) : A(0);
   }
 }
 
@@ -335,7 +337,8 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
   const auto part = induced::partition(BH, s.queries, s.keys, kWarps, 8 * sms, kMinKeysPerSplit);
   const int64_t splits = std::min<int64_t>(part.key_splits, cuda::kMaxGridYZ);
   const int64_t keys_per_split = s.keys > 0 ? (s.keys + splits - 1) / splits : 0;
-  Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, part.query_blocks, keys_per_split};
+  const int64_t query_blocks = cuda::ceil_div(s.queries, kWarps);
+  Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, query_blocks, keys_per_split};
   const int64_t rows = BH * s.queries;
   at::Tensor part_out, part_lse;
   if (splits > 1) {
@@ -349,7 +352,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
                                       kTile * (s.value_dim + 1) + kWarps * s.value_dim);
     auto kernel = rows_kernel<scalar_t, false>;
     reserve_shared_memory(kernel, bytes, s);
-    const dim3 grid(grid_for(BH * part.query_blocks), static_cast<unsigned>(splits));
+    const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
     kernel<<<grid, kWarps * kWarpSize, bytes, stream>>>(
         rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
         data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<scalar_t>(out),
