@@ -227,7 +227,7 @@ def test_quantification_example_set_transformer():
     spec = importlib.util.spec_from_file_location("quantification_example_st", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    result = example.run(steps=120, bag_size=40, bags=40, batch=8, seed=0, models=("SetTransformer",),
+    result = example.run(steps=120, bag_size=30, bags=40, batch=8, seed=0, models=("SetTransformer",),
                          verbose=False)
     losses = torch.tensor(result["losses"]["SetTransformer"])
     assert torch.isfinite(losses).all()
