@@ -207,3 +207,23 @@ def test_cuda_matches_cpu():
         out = induced_attention(q, k, v, mask)
         out_cuda = induced_attention(q.detach().cuda(), k.detach().cuda(), v.detach().cuda(), mask.cuda())
         torch.testing.assert_close(out_cuda.cpu(), out, rtol=1e-4, atol=1e-5)
+
+
+def test_autocast_cpu_runs_in_float32():
+    """Under CPU autocast (bfloat16 Linear layers) the op runs in float32: a MAB still works."""
+    q, k, v, mask = _inputs((2, 2, 5, 9, 4, 4), "cpu", torch.float32, "random")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = induced_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.float32
+    ref = induced_attention_reference(q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double(), mask)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    mab = fastdl.nn.MAB(6, 6, 8, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mab(torch.randn(2, 5, 6), torch.randn(2, 7, 6))
+    assert torch.isfinite(y).all()
+
+
+def test_output_layout_merges_heads_for_free():
+    q, k, v, _ = _inputs((2, 3, 5, 9, 4, 6), "cpu", torch.float32)
+    out = induced_attention(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()

@@ -10,6 +10,7 @@
 
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -35,13 +36,41 @@ void check_rank4(const at::Tensor& t, const char* name, const char* layout) {
 
 namespace detail {
 
-at::Tensor induced_rows_ready(const at::Tensor& t) {
-  return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous();
+namespace {
+// t itself when its last dim is contiguous (what the kernels need), else a contiguous copy.
+at::Tensor rows_ready(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(-1) == 1 ? t : t.contiguous(); }
+
+at::Tensor mask_or_undefined(const std::optional<at::Tensor>& mask) {
+  return present(mask) ? mask->contiguous() : at::Tensor();
+}
+}  // namespace
+
+InducedForward prepare_induced_attention_forward(const at::Tensor& query, const at::Tensor& key,
+                                                 const at::Tensor& value,
+                                                 const std::optional<at::Tensor>& key_padding_mask,
+                                                 std::optional<double> scale) {
+  const auto s = check_induced_attention_forward(query, key, value, key_padding_mask, scale);
+  const bool half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
+  auto output = at::empty({s.batch, s.queries, s.heads, s.value_dim}, query.options()).transpose(1, 2);
+  auto lse = at::empty({s.batch, s.heads, s.queries}, query.options().dtype(half ? at::kFloat : query.scalar_type()));
+  return {s, induced_attention_scale(scale, s.head_dim), rows_ready(query), rows_ready(key), rows_ready(value),
+          mask_or_undefined(key_padding_mask), output, lse};
 }
 
-at::Tensor induced_empty_heads_last(int64_t batch, int64_t heads, int64_t n, int64_t d,
-                                    const at::TensorOptions& options) {
-  return at::empty({batch, n, heads, d}, options).transpose(1, 2);
+InducedBackward prepare_induced_attention_backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
+    const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask) {
+  const auto s = check_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
+                                                  output, lse, scale);
+  InducedBackward b{s, rows_ready(query), rows_ready(key), rows_ready(value), mask_or_undefined(key_padding_mask),
+                    rows_ready(grad_output), rows_ready(output), lse.contiguous(), {}, {}, {}};
+  // zeros_like keeps the (dense) layout of the prepared input, so gradients match the inputs.
+  const auto zeros = [](bool need, const at::Tensor& like) { return need ? rows_ready(at::zeros_like(like)) : at::Tensor(); };
+  b.grad_query = zeros(output_mask[0], b.query);
+  b.grad_key = zeros(output_mask[1], b.key);
+  b.grad_value = zeros(output_mask[2], b.value);
+  return b;
 }
 
 double induced_attention_scale(std::optional<double> scale, int64_t head_dim) {
@@ -183,6 +212,18 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cuda(
       .call(cast(query), cast(key), cast(value), key_padding_mask, scale);
 }
 
+// Autocast on CPU: torch's attention would run in bfloat16, which the CPU kernels do not
+// have; they run in float32 instead (so MABs whose Linear layers autocast still work) and
+// return float32.
+std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cpu(
+    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+    const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
+  autocast::BelowAutocast<c10::DeviceType::CPU> below;
+  return FASTDL_OP("induced_attention_forward", ForwardSig)
+      .call(autocast::to_float<c10::DeviceType::CPU>(query), autocast::to_float<c10::DeviceType::CPU>(key),
+            autocast::to_float<c10::DeviceType::CPU>(value), key_padding_mask, scale);
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward(
@@ -216,6 +257,10 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("induced_attention_forward", &induced_attention_forward_autograd);
   m.impl("induced_attention_backward", &induced_attention_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("induced_attention_forward", &induced_attention_forward_autocast_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {

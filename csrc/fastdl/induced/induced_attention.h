@@ -73,10 +73,30 @@ double induced_attention_scale(std::optional<double> scale, int64_t head_dim);
 }  // namespace fastdl
 
 namespace fastdl::detail {
-// t itself when its last dim is contiguous (what the kernels need), else a contiguous copy.
-at::Tensor induced_rows_ready(const at::Tensor& t);
-// A fresh (batch, heads, n, d) tensor laid out as (batch, n, heads, d): merging the heads
-// afterwards (transpose(1, 2).reshape) is then free.
-at::Tensor induced_empty_heads_last(int64_t batch, int64_t heads, int64_t n, int64_t d,
-                                    const at::TensorOptions& options);
+
+// What a kernel of each device needs, checked and prepared in one place: inputs whose last dim
+// is contiguous (other strides are read in place), the mask contiguous, outputs allocated.
+struct InducedForward {
+  InducedShape shape;
+  double scale;  // resolved
+  at::Tensor query, key, value, mask;  // mask undefined when absent
+  at::Tensor output;  // (batch, heads, L, Ev) laid out as (batch, L, heads, Ev): merging heads is free
+  at::Tensor lse;     // (batch, heads, L), float32 for half inputs
+};
+InducedForward prepare_induced_attention_forward(const at::Tensor& query, const at::Tensor& key,
+                                                 const at::Tensor& value,
+                                                 const std::optional<at::Tensor>& key_padding_mask,
+                                                 std::optional<double> scale);
+
+struct InducedBackward {
+  InducedShape shape;
+  at::Tensor query, key, value, mask, grad_output, output, lse;
+  // Zero-filled gradients in the inputs' layouts; undefined where output_mask is false.
+  at::Tensor grad_query, grad_key, grad_value;
+};
+InducedBackward prepare_induced_attention_backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
+    const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
+    const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask);
+
 }  // namespace fastdl::detail

@@ -7,12 +7,14 @@
 // m by exp(m_old - m_new). The row's log-sum-exp is m + log(l); its output acc / l.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 namespace fastdl::induced {
 
@@ -110,5 +112,12 @@ struct Rows {
   };
   C10_HOST_DEVICE Slice slice(int64_t bh) const { return {row(bh, 0), stride_n}; }
 };
+
+// The Rows of a (batch, heads, n, d) tensor (host); no rows (data null) for an undefined one.
+template <typename T>
+inline Rows<T> rows_of(const at::Tensor& t) {
+  if (!t.defined()) return {nullptr, 0, 0, 0, 1};
+  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2), t.size(1)};
+}
 
 }  // namespace fastdl::induced

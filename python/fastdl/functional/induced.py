@@ -34,7 +34,10 @@ def induced_attention(
     and zero gradients (not NaN, unlike a softmax over nothing).
 
     CPU: float32/float64; CUDA: also float16/bfloat16 (accumulated in float32). Differentiable
-    in ``query``, ``key`` and ``value``; no double backward.
+    in ``query``, ``key`` and ``value``; no double backward. Under ``torch.autocast`` it runs
+    in the autocast dtype on CUDA (as torch's attention) and in float32 on CPU. Any strides
+    work; inputs whose last dim is contiguous (e.g. the ``(batch, n, heads, E)`` views that
+    splitting heads makes) are read in place.
 
     Args:
         query: ``(batch, heads, L, E)``.
@@ -45,7 +48,8 @@ def induced_attention(
         scale: factor of the scores; default ``1 / sqrt(E)``.
 
     Returns:
-        ``(batch, heads, L, Ev)``.
+        ``(batch, heads, L, Ev)``, laid out in memory as ``(batch, L, heads, Ev)`` so that
+        ``out.transpose(1, 2).reshape(batch, L, heads * Ev)`` (merging the heads) is free.
     """
     return torch.ops.fastdl.induced_attention_forward(query, key, value, key_padding_mask, scale)[0]
 

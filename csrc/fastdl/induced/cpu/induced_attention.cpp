@@ -17,12 +17,9 @@
 #include "fastdl/induced/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <array>
-#include <type_traits>
 #include <vector>
 
 namespace fastdl {
@@ -433,11 +430,7 @@ void backward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<const 
   }
 }
 
-template <typename T>
-induced::Rows<T> rows_of(const at::Tensor& t) {
-  if (!t.defined()) return {nullptr, 0, 0, 0, 1};
-  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2), t.size(1)};
-}
+using induced::rows_of;
 
 template <typename T>
 Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -449,46 +442,34 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale_arg) {
-  const auto s = detail::check_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
-  const double scale = detail::induced_attention_scale(scale_arg, s.head_dim);
-  const auto q = detail::induced_rows_ready(query), k = detail::induced_rows_ready(key),
-             v = detail::induced_rows_ready(value);
-  const auto mask = present(key_padding_mask) ? key_padding_mask->contiguous() : at::Tensor();
-  auto out = detail::induced_empty_heads_last(s.batch, s.heads, s.queries, s.value_dim, query.options());
-  auto lse = at::empty({s.batch, s.heads, s.queries}, query.options());
-  if (out.numel() == 0 && lse.numel() == 0) return {out, lse};
+    const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
+  auto f = detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale);
+  const auto& s = f.shape;
+  if (s.batch * s.heads * s.queries == 0) return {f.output, f.lse};
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "induced_attention_forward_cpu", [&] {
-    forward_kernel<scalar_t>(make_problem<scalar_t>(q, k, v, mask, s, scale), s.batch * s.heads,
-                             rows_of<scalar_t>(out), lse.mutable_data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(make_problem<scalar_t>(f.query, f.key, f.value, f.mask, s, f.scale),
+                             s.batch * s.heads, rows_of<scalar_t>(f.output), f.lse.mutable_data_ptr<scalar_t>());
   });
-  return {out, lse};
+  return {f.output, f.lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
     const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_induced_attention_backward(grad_output, query, key, value,
-                                                          key_padding_mask, output, lse, scale);
-  const auto q = detail::induced_rows_ready(query), k = detail::induced_rows_ready(key),
-             v = detail::induced_rows_ready(value);
-  const auto dout = detail::induced_rows_ready(grad_output), out = detail::induced_rows_ready(output);
-  const auto lse_c = lse.contiguous();
-  const auto mask = present(key_padding_mask) ? key_padding_mask->contiguous() : at::Tensor();
-  // Gradients in the inputs' layouts (zeros_like keeps dense strides).
-  at::Tensor dq = output_mask[0] ? at::zeros_like(q) : at::Tensor();
-  at::Tensor dk = output_mask[1] ? at::zeros_like(k) : at::Tensor();
-  at::Tensor dv = output_mask[2] ? at::zeros_like(v) : at::Tensor();
-  for (auto* g : {&dq, &dk, &dv}) *g = g->defined() ? detail::induced_rows_ready(*g) : *g;
-  if (s.batch * s.heads * s.queries * s.keys == 0) return {dq, dk, dv};
-  AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "induced_attention_backward_cpu", [&] {
-    backward_kernel<scalar_t>(make_problem<scalar_t>(q, k, v, mask, s, scale), s.batch * s.heads,
-                              rows_of<const scalar_t>(dout), rows_of<const scalar_t>(out),
-                              lse_c.const_data_ptr<scalar_t>(), rows_of<scalar_t>(dq), rows_of<scalar_t>(dk),
-                              rows_of<scalar_t>(dv));
-  });
-  return {dq, dk, dv};
+  auto b = detail::prepare_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
+                                                      output, lse, scale, output_mask);
+  const auto& s = b.shape;
+  if (s.batch * s.heads * s.queries * s.keys > 0) {
+    AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "induced_attention_backward_cpu", [&] {
+      backward_kernel<scalar_t>(make_problem<scalar_t>(b.query, b.key, b.value, b.mask, s, scale),
+                                s.batch * s.heads, rows_of<const scalar_t>(b.grad_output),
+                                rows_of<const scalar_t>(b.output), b.lse.const_data_ptr<scalar_t>(),
+                                rows_of<scalar_t>(b.grad_query), rows_of<scalar_t>(b.grad_key),
+                                rows_of<scalar_t>(b.grad_value));
+    });
+  }
+  return {b.grad_query, b.grad_key, b.grad_value};
 }
 
 }  // namespace

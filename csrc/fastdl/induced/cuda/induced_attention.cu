@@ -18,11 +18,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
-
-#include <type_traits>
 
 namespace fastdl {
 namespace {
@@ -312,25 +309,18 @@ unsigned grid_for(int64_t blocks) {
   return static_cast<unsigned>(blocks);
 }
 
-template <typename T>
-induced::Rows<T> rows_of(const at::Tensor& t) {
-  if (!t.defined()) return {nullptr, 0, 0, 0, 1};
-  return {t.data_ptr<std::remove_const_t<T>>(), t.stride(0), t.stride(1), t.stride(2), t.size(1)};
-}
+using induced::rows_of;
 
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale_arg) {
-  const auto s = detail::check_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
-  const double scale = detail::induced_attention_scale(scale_arg, s.head_dim);
   c10::cuda::CUDAGuard guard(query.device());
-  const auto q = detail::induced_rows_ready(query), k = detail::induced_rows_ready(key),
-             v = detail::induced_rows_ready(value);
-  const auto mask = present(key_padding_mask) ? key_padding_mask->contiguous() : at::Tensor();
-  const bool half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
-  const auto acc_opts = query.options().dtype(half ? at::kFloat : query.scalar_type());
-  auto out = detail::induced_empty_heads_last(s.batch, s.heads, s.queries, s.value_dim, query.options());
-  auto lse = at::empty({s.batch, s.heads, s.queries}, acc_opts);
+  auto f = detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
+  const auto& s = f.shape;
+  const double scale = f.scale;
+  const auto &q = f.query, &k = f.key, &v = f.value, &mask = f.mask;
+  auto &out = f.output, &lse = f.lse;
+  const auto acc_opts = lse.options();
   const int64_t BH = s.batch * s.heads;
   if (BH * s.queries == 0) return {out, lse};
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -374,20 +364,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
     const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_induced_attention_backward(grad_output, query, key, value,
-                                                          key_padding_mask, output, lse, scale);
   c10::cuda::CUDAGuard guard(query.device());
-  const auto q = detail::induced_rows_ready(query), k = detail::induced_rows_ready(key),
-             v = detail::induced_rows_ready(value);
-  const auto dout = detail::induced_rows_ready(grad_output), out = detail::induced_rows_ready(output);
-  const auto lse_c = lse.contiguous();
-  const auto mask = present(key_padding_mask) ? key_padding_mask->contiguous() : at::Tensor();
-  // Gradients in the inputs' layouts; every element is written by the kernels (zeros where a
-  // row or key gets no gradient), the zero fill covers empty problems.
-  at::Tensor dq = output_mask[0] ? at::zeros_like(q) : at::Tensor();
-  at::Tensor dk = output_mask[1] ? at::zeros_like(k) : at::Tensor();
-  at::Tensor dv = output_mask[2] ? at::zeros_like(v) : at::Tensor();
-  for (auto* g : {&dq, &dk, &dv}) *g = g->defined() ? detail::induced_rows_ready(*g) : *g;
+  auto b = detail::prepare_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
+                                                      output, lse, scale, output_mask);
+  const auto& s = b.shape;
+  const auto &q = b.query, &k = b.key, &v = b.value, &mask = b.mask, &dout = b.grad_output, &out = b.output;
+  const auto& lse_c = b.lse;
+  // Every element of the gradients is written by the kernels (zeros where a row or key gets
+  // none); the zero fill covers empty problems.
+  auto &dq = b.grad_query, &dk = b.grad_key, &dv = b.grad_value;
   const int64_t BH = s.batch * s.heads, rows = BH * s.queries;
   if (rows * s.keys == 0) return {dq, dk, dv};
   auto delta = at::empty({rows}, lse_c.options());
