@@ -69,6 +69,25 @@ __device__ __forceinline__ A dot_shared(const A* x, const A* row, int64_t d) {
   return s;
 }
 
+// The block's dynamic shared memory (sized at launch).
+template <typename A>
+__device__ __forceinline__ A* shared_buffer() {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  return reinterpret_cast<A*>(smem_raw);
+}
+
+// Blocks of kWarps warps; each block serves one (batch * head) slice bh, each warp one row
+// (query or key) of it: blocks_per_slice blocks per slice.
+struct WarpRow {
+  int warp, lane;
+  int64_t bh, row;
+};
+__device__ __forceinline__ WarpRow warp_row(int64_t blocks_per_slice) {
+  const int warp = threadIdx.x / kWarpSize;
+  return {warp, static_cast<int>(threadIdx.x % kWarpSize), blockIdx.x / blocks_per_slice,
+          (blockIdx.x % blocks_per_slice) * kWarps + warp};
+}
+
 struct Dims {
   int64_t heads, L, S, E, Ev;
   int64_t query_blocks;  // ceil(L / kWarps) or ceil(S / kWarps) for the key-row kernel
@@ -88,12 +107,9 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
                             induced::Rows<const T> dout, const acc_t<T>* __restrict__ lse_in,
                             const acc_t<T>* __restrict__ delta, induced::Rows<T> dq) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* smem = reinterpret_cast<A*>(smem_raw);
+  A* smem = shared_buffer<A>();
   const int64_t E = dims.E, Ev = dims.Ev, L = dims.L, S = dims.S;
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t bh = blockIdx.x / dims.query_blocks;
-  const int64_t row = (blockIdx.x % dims.query_blocks) * kWarps + warp;
+  const auto [warp, lane, bh, row] = warp_row(dims.query_blocks);
   const bool active = row < L;
   const int64_t split = blockIdx.y;
   const int64_t s0 = split * dims.keys_per_split, s1 = min(S, s0 + dims.keys_per_split);
@@ -224,12 +240,9 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
                                 induced::Rows<const T> dout, const acc_t<T>* __restrict__ lse,
                                 const acc_t<T>* __restrict__ delta, induced::Rows<T> dk, induced::Rows<T> dv) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* smem = reinterpret_cast<A*>(smem_raw);
+  A* smem = shared_buffer<A>();
   const int64_t E = dims.E, Ev = dims.Ev, L = dims.L, S = dims.S;
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t bh = blockIdx.x / dims.query_blocks;
-  const int64_t key = (blockIdx.x % dims.query_blocks) * kWarps + warp;
+  const auto [warp, lane, bh, key] = warp_row(dims.query_blocks);
   const bool active = key < S;
   const bool padded = active && mask && mask[(bh / dims.heads) * S + key];
   const bool work = active && !padded;  // a padded key gets zero gradients
