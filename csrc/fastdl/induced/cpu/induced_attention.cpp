@@ -9,8 +9,9 @@
 //   dV_j += p_ij dO_i,  dS_ij = p_ij (dO_i . v_j - D_i),  dQ_i += scale dS_ij k_j,
 //   dK_j += scale dS_ij q_i.
 // Few queries (L <= S): tasks own key chunks and write dK, dV directly; dQ goes to per-thread
-// buffers (small, since L is). Many queries: tasks own query blocks and write dQ directly;
-// dK, dV go to per-thread buffers (small, since S is).
+// buffers. Many queries: tasks own query blocks and write dQ directly; dK, dV go to per-thread
+// buffers. Either way the buffers hold the smaller side's gradient once per thread (tiny for
+// ISAB's m inducing points), summed at the end: no atomics, deterministic for a thread count.
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/induced/induced_attention.h"
