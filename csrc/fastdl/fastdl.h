@@ -7,6 +7,7 @@
 #include "fastdl/attention/sdpa_weights.h"
 #include "fastdl/build_info.h"
 #include "fastdl/conv/conv.h"
+#include "fastdl/induced/induced_attention.h"
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/layer_norm.h"
 #include "fastdl/pooling/pooling.h"

@@ -234,3 +234,24 @@ def _gru_backward(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths
             weight_ih.new_empty(weight_ih.shape[0])]
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
                  for m, t in zip(output_mask, like))
+# --- induced attention (Set Transformer) ---------------------------------------------------
+
+@register_fake("fastdl::induced_attention_forward")
+def _induced_attention_forward(query, key, value, key_padding_mask=None, scale=None):
+    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+                 lambda: "fastdl.induced_attention: query, key and value must be 4-d (batch, heads, L|S, E)")
+    b, h, l, _ = query.shape
+    # The output is laid out as (batch, L, heads, Ev), so merging the heads is free.
+    out = query.new_empty((b, l, h, value.shape[3])).transpose(1, 2)
+    return out, query.new_empty((b, h, l), dtype=_stats_dtype(query))
+
+
+def _induced_rows_ready(t):
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+@register_fake("fastdl::induced_attention_backward")
+def _induced_attention_backward(grad_output, query, key, value, key_padding_mask, output, lse, scale,
+                                output_mask):
+    return tuple(_induced_rows_ready(torch.empty_like(_induced_rows_ready(t))) if need else None
+                 for t, need in zip((query, key, value), output_mask))

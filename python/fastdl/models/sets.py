@@ -1,4 +1,4 @@
-"""Permutation-invariant set models: DeepSets and HistNetQ.
+"""Permutation-invariant set models: DeepSets, HistNetQ and the Set Transformer.
 
 Both take a batch of bags ``x`` of shape ``(bags, N, in_features)`` (or one bag ``(N,
 in_features)``) and an optional ``mask`` ``(bags, N)`` (True where an element is present) for
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import nn as fnn
 
-__all__ = ["DeepSets", "HistNetQ", "masked_pool", "mlp"]
+__all__ = ["DeepSets", "HistNetQ", "SetTransformer", "masked_pool", "mlp"]
 
 POOLINGS = ("sum", "mean", "max", "median")
 HISTOGRAMS = {
@@ -234,3 +234,61 @@ class HistNetQ(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, n_classes={self.n_classes}, "
                 f"histogram={self.histogram_kind!r}")
+
+
+class SetTransformer(nn.Module):
+    r"""Set Transformer (Lee et al., ICML 2019): an encoder of two ISABs and a decoder of PMA,
+    two SABs and a Linear layer, as the reference code (juho-lee/set_transformer)::
+
+        enc = ISAB(dim_input, dim_hidden) -> ISAB(dim_hidden, dim_hidden)
+        dec = PMA(dim_hidden, num_outputs seeds) -> SAB -> SAB -> Linear(dim_hidden, dim_output)
+
+    The attention runs on fastdl's fused induced attention (O(n num_inds) per ISAB, never the
+    (n, num_inds) score matrix in memory); layer norms are :class:`fastdl.nn.LayerNorm`.
+    Attribute and parameter names are the reference code's (``enc.0.mab0.fc_q.weight``, ...),
+    so with ``variant="reference"`` its state dicts load as they are.
+
+    Args:
+        dim_input: features of each element.
+        num_outputs: seeds of the PMA (outputs per set).
+        dim_output: features of each output.
+        num_inds: inducing points of each ISAB.
+        dim_hidden: width of every block; must divide into ``num_heads``.
+        num_heads: attention heads.
+        ln: layer norms in every MAB.
+        variant: ``"paper"`` (default) or ``"reference"``; see :mod:`fastdl.nn.sets`.
+
+    Shape:
+        ``x``: ``(bags, N, dim_input)`` or ``(N, dim_input)``; ``mask``: ``(bags, N)`` bool,
+        **True where an element is present** (as DeepSets and HistNetQ). Padded elements are
+        zeroed and hidden from every attention, so the output depends neither on them nor on
+        the order of the elements. A bag with no element gets the output of an empty set
+        (the attention over it is 0). Output ``(bags, num_outputs, dim_output)``.
+    """
+
+    def __init__(self, dim_input: int, num_outputs: int, dim_output: int, num_inds: int = 32,
+                 dim_hidden: int = 128, num_heads: int = 4, ln: bool = False, variant: str = "paper") -> None:
+        super().__init__()
+        self.dim_input = _check_positive_int(dim_input, "dim_input")
+        self.num_outputs = _check_positive_int(num_outputs, "num_outputs")
+        self.dim_output = _check_positive_int(dim_output, "dim_output")
+        self.enc = nn.Sequential(
+            fnn.ISAB(dim_input, dim_hidden, num_heads, num_inds, ln=ln, variant=variant),
+            fnn.ISAB(dim_hidden, dim_hidden, num_heads, num_inds, ln=ln, variant=variant))
+        self.dec = nn.Sequential(
+            fnn.PMA(dim_hidden, num_heads, num_outputs, ln=ln, variant=variant),
+            fnn.SAB(dim_hidden, dim_hidden, num_heads, ln=ln, variant=variant),
+            fnn.SAB(dim_hidden, dim_hidden, num_heads, ln=ln, variant=variant),
+            nn.Linear(dim_hidden, dim_output))
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        x, mask, unbatched = _check_bags(x, mask, self.dim_input)
+        padding = None if mask is None else ~mask
+        h = self.enc[1](self.enc[0](x, padding), padding)
+        h = self.dec[0](h, padding)
+        out = self.dec[3](self.dec[2](self.dec[1](h)))
+        return out[0] if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (f"dim_input={self.dim_input}, num_outputs={self.num_outputs}, "
+                f"dim_output={self.dim_output}")

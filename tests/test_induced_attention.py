@@ -1,0 +1,229 @@
+"""fastdl.functional.induced_attention (torch.ops.fastdl.induced_attention_*) against the
+pure-PyTorch composition softmax(scale q k^T) v (fastdl.reference.induced_attention_reference):
+forward and every gradient over both partitions (few queries with the key axis split and
+combined by log-sum-exp; many queries over a short key set), with masks, odd sizes, n < m,
+n = 1; the log-sum-exp; fully padded sets; gradcheck; opcheck; torch.compile; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastdl
+from fastdl.functional import induced_attention, induced_attention_with_lse
+from fastdl.reference import induced_attention_reference
+from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+                     assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
+                     check_opcheck, compare_with_torch)
+
+OP = torch.ops.fastdl.induced_attention_forward
+
+# (batch, heads, L queries, S keys, E, Ev). CPU splits the key axis (flash-decoding) when the
+# queries are few and there are 512+ keys per split; 256 keys per chunk; 64 queries per block.
+SHAPES = [
+    (2, 3, 1, 17, 4, 4),       # n = 1 query
+    (2, 2, 5, 37, 8, 8),       # few queries over more keys
+    (1, 1, 3, 1500, 4, 4),     # key axis split in 2 (CPU) and combined
+    (1, 2, 2, 2100, 5, 3),     # split in 4, odd head dims, Ev != E
+    (2, 2, 7, 3, 8, 5),        # many queries over a short key set (L > S)
+    (1, 3, 130, 33, 6, 6),     # several query blocks
+    (1, 1, 300, 260, 3, 7),    # many queries over two key chunks
+    (3, 1, 13, 13, 9, 9),      # L = S, odd
+    (2, 2, 1, 1, 4, 4),        # one query, one key
+]
+
+
+def _inputs(shape, device, dtype, mask_kind=None, noncontiguous=False):
+    B, H, L, S, E, Ev = shape
+    if noncontiguous:  # the (batch, n, heads, E) -> (batch, heads, n, E) view the modules make
+        q = torch.randn(B, L, H, E, device=device, dtype=dtype).transpose(1, 2)
+        k = torch.randn(B, S, H, E, device=device, dtype=dtype).transpose(1, 2)
+        v = torch.randn(B, S, H, Ev, device=device, dtype=dtype).transpose(1, 2)
+    else:
+        q = torch.randn(B, H, L, E, device=device, dtype=dtype)
+        k = torch.randn(B, H, S, E, device=device, dtype=dtype)
+        v = torch.randn(B, H, S, Ev, device=device, dtype=dtype)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    mask = None
+    if mask_kind == "random":  # sets of different sizes: each keeps at least one key
+        mask = torch.rand(B, S, device=device) < 0.4
+        mask[:, 0] = False
+    elif mask_kind == "tail":  # padding at the end, as a batch of padded sets
+        lengths = torch.randint(1, S + 1, (B,))
+        mask = torch.arange(S)[None, :] >= lengths[:, None]
+        mask = mask.to(device)
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", [None, "random", "tail"])
+def test_matches_reference(device, dtype, shape, mask_kind):
+    q, k, v, mask = _inputs(shape, device, dtype, mask_kind)
+    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
+                       lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 2, 3, 1100, 8, 8), (2, 3, 70, 9, 8, 8)], ids=["few", "many"])
+def test_noncontiguous_and_scale(device, dtype, shape):
+    q, k, v, mask = _inputs(shape, device, dtype, "random", noncontiguous=True)
+    assert not q.is_contiguous()
+    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask, scale=0.3),
+                       lambda q, k, v: induced_attention_reference(q, k, v, mask, scale=0.3), [q, k, v], dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(1, 2, 3, 1500, 4, 4), (2, 1, 40, 7, 4, 4)], ids=["few", "many"])
+def test_log_sum_exp(device, shape):
+    q, k, v, mask = _inputs(shape, device, torch.float64, "random")
+    out, lse = induced_attention_with_lse(q, k, v, mask)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(mask[:, None, None, :], float("-inf"))
+    assert_close_to_reference(lse, torch.logsumexp(scores, dim=-1), torch.float64, name="lse")
+    assert not lse.requires_grad  # the log-sum-exp is not differentiable
+    assert_close_to_reference(out, induced_attention_reference(q, k, v, mask), torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(3, 2, 2, 1200, 4, 4), (3, 2, 70, 5, 4, 4)], ids=["few", "many"])
+def test_fully_padded_set_gives_zeros(device, shape):
+    """A set whose keys are all padding: output 0, lse -inf, zero gradients (documented), and
+    the other sets of the batch are unaffected."""
+    q, k, v, mask = _inputs(shape, device, torch.float64)
+    mask = torch.zeros(shape[0], shape[3], dtype=torch.bool, device=device)
+    mask[1] = True
+    mask[2, 3:] = True
+    out, lse = induced_attention_with_lse(q, k, v, mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert torch.isneginf(lse[1]).all() and torch.isfinite(lse[[0, 2]]).all()
+    (out * torch.randn_like(out)).sum().backward()
+    assert torch.equal(q.grad[1], torch.zeros_like(q.grad[1]))
+    assert torch.equal(k.grad[1], torch.zeros_like(k.grad[1])) and torch.equal(v.grad[1], torch.zeros_like(v.grad[1]))
+    assert torch.equal(k.grad[2, :, 3:], torch.zeros_like(k.grad[2, :, 3:]))  # padded keys get none
+    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
+                       lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v], torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_content_never_leaks(device):
+    """Padded keys may hold anything, even NaN and inf: results equal those with zeros there."""
+    for shape in [(2, 2, 3, 1100, 4, 4), (2, 2, 50, 9, 4, 4)]:
+        q, k, v, mask = _inputs(shape, device, torch.float64, "tail")
+        k2, v2 = k.detach().clone(), v.detach().clone()
+        k2[mask[:, None, :].expand(-1, shape[1], -1)] = float("nan")
+        v2[mask[:, None, :].expand(-1, shape[1], -1)] = float("inf")
+        for t in (k2, v2):
+            t.requires_grad_(True)
+        clean = induced_attention(q, k, v, mask)
+        dirty = induced_attention(q, k2, v2, mask)
+        torch.testing.assert_close(dirty, clean)
+        g = torch.randn_like(clean)
+        gq_clean, = torch.autograd.grad(clean, q, g)
+        gq_dirty, = torch.autograd.grad(dirty, q, g)
+        torch.testing.assert_close(gq_dirty, gq_clean)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_inputs(device):
+    for B, H, L, S in [(0, 2, 3, 4), (2, 2, 0, 4), (2, 1, 3, 0)]:
+        q = torch.randn(B, H, L, 4, device=device, requires_grad=True)
+        k = torch.randn(B, H, S, 4, device=device, requires_grad=True)
+        v = torch.randn(B, H, S, 5, device=device, requires_grad=True)
+        out, lse = induced_attention_with_lse(q, k, v)
+        assert out.shape == (B, H, L, 5) and lse.shape == (B, H, L)
+        assert torch.equal(out, torch.zeros_like(out))  # no key: output 0
+        out.sum().backward()
+        assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+        assert not q.grad.abs().sum() and not k.grad.abs().sum() and not v.grad.abs().sum()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_unchanged(device):
+    q, k, v, mask = _inputs((2, 2, 3, 1100, 4, 4), device, torch.float32, "random")
+    def run():
+        out = induced_attention(q, k, v, mask)
+        out.sum().backward()
+    assert_unchanged([q, k, v, mask], run)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(2, 2, 3, 7, 3, 2), (1, 2, 6, 4, 2, 3), (1, 1, 2, 1030, 2, 1)],
+                         ids=["few", "many", "split"])
+def test_gradcheck(device, shape):
+    q, k, v, mask = _inputs(shape, device, torch.float64, "random")
+    check_gradcheck(lambda q, k, v: induced_attention(q, k, v, mask), [q, k, v],
+                    fast_mode=shape[3] > 100)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_double_backward(device):
+    q, k, v, _ = _inputs((1, 1, 2, 3, 2, 2), device, torch.float64)
+    assert_no_double_backward(lambda q, k, v: induced_attention(q, k, v), [q, k, v])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for shape, kind in [((2, 2, 3, 5, 4, 4), "random"), ((1, 2, 9, 4, 4, 3), None), ((1, 1, 2, 1100, 4, 4), "tail")]:
+        q, k, v, mask = _inputs(shape, device, torch.float32, kind)
+        check_opcheck(OP, [q, k, v, mask, None])
+        check_opcheck(OP, [q.detach(), k.detach(), v.detach(), mask, 0.5])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile(device):
+    q, k, v, mask = _inputs((2, 2, 9, 5, 4, 4), device, torch.float32, "random")
+    check_compile(lambda q, k, v: induced_attention(q, k, v, mask) * 2, q, k, v)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs(device):
+    q, k, v, mask = _inputs((2, 2, 3, 5, 4, 4), device, torch.float32, "random")
+    q, k, v = q.detach(), k.detach(), v.detach()
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q[0], k, v), "query", "4-d")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k[:, :, :, :3], v), "key", "(2, 2, S, 4)")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v[:, :, :4]), "value", "S")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[:, :4]), "key_padding_mask",
+                         "(2, 5)")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[0]), "key_padding_mask")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask.float()), "key_padding_mask",
+                         "bool")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k.double(), v), "same dtype")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q.long(), k, v), "query", "float32")
+    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, scale=float("nan")), "scale")
+    if device == "cpu":
+        assert_raises_naming(RuntimeError, lambda: induced_attention(q.half(), k.half(), v.half()), "query",
+                             "float16")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not fastdl.build_info()["cuda"], reason="no CUDA")
+def test_cuda_matches_cpu():
+    for shape in [(1, 2, 3, 5000, 16, 16), (2, 2, 3000, 32, 32, 32)]:
+        q, k, v, mask = _inputs(shape, "cpu", torch.float32, "tail")
+        out = induced_attention(q, k, v, mask)
+        out_cuda = induced_attention(q.detach().cuda(), k.detach().cuda(), v.detach().cuda(), mask.cuda())
+        torch.testing.assert_close(out_cuda.cpu(), out, rtol=1e-4, atol=1e-5)
+
+
+def test_autocast_cpu_runs_in_float32():
+    """Under CPU autocast (bfloat16 Linear layers) the op runs in float32: a MAB still works."""
+    q, k, v, mask = _inputs((2, 2, 5, 9, 4, 4), "cpu", torch.float32, "random")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = induced_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.float32
+    ref = induced_attention_reference(q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double(), mask)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    mab = fastdl.nn.MAB(6, 6, 8, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mab(torch.randn(2, 5, 6), torch.randn(2, 7, 6))
+    assert torch.isfinite(y).all()
+
+
+def test_output_layout_merges_heads_for_free():
+    q, k, v, _ = _inputs((2, 3, 5, 9, 4, 6), "cpu", torch.float32)
+    out = induced_attention(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()
