@@ -205,16 +205,10 @@ inline T exp_shifted(T* x, T shift, int64_t n) {
 // returns the largest.
 template <typename T>
 inline T chunk_scores(const Problem<T>& p, const KeyChunk<T>& c, const T* q_row, T* scores) {
-  constexpr int64_t W = Vec<T>::size();
   row_times_chunk(q_row, c.kt.data(), scores, c.n, p.E);
   scale_inplace(scores, p.scale, c.n);
   for (int64_t j : c.padded) scores[j] = induced::neg_inf<T>();
-  Vec<T> mv(induced::neg_inf<T>());
-  int64_t j = 0;
-  for (; j + W <= c.n; j += W) mv = at::vec::maximum(mv, Vec<T>::loadu(scores + j));
-  T m = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); }, mv);
-  for (; j < c.n; ++j) m = std::max(m, scores[j]);
-  return m;
+  return cpu::max_of(scores, c.n);
 }
 
 // Online softmax of rows [l0, l1) of slice bh over keys [s0, s1): fills the running states
