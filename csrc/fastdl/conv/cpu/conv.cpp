@@ -11,6 +11,7 @@
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
+#include "fastdl/conv/cpu/gemm.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace fastdl {
@@ -159,12 +161,102 @@ void bias_grad(const T* gy, T* gb, const Conv2dShape& s) {
 
 // ---- dense / grouped: im2col + GEMM ----
 
+// float32 with our packed GEMM (gemm.h): the three products read the images of a chunk in
+// place through grouped column strides, so nothing is transposed or copied around them.
+// Column j = (n, l) of a chunk's output / grad_output lives at n * K * L + l.
+bool use_own_gemm(const at::Tensor& x) { return x.scalar_type() == at::kFloat && cpu::gemm_available(); }
+
+cpu::MatrixRef matrix(const float* data, int64_t row_stride, int64_t col_stride = 1) {
+  return {const_cast<float*>(data), row_stride, col_stride};
+}
+// A chunk of nb images of (rows, L) planes, planes image_stride apart, as a (rows, nb * L) matrix.
+cpu::MatrixRef image_columns(const float* data, int64_t L, int64_t image_stride) {
+  return {const_cast<float*>(data), L, 1, L, image_stride};
+}
+
+// With enough images for every thread, whole images go to the threads: one parallel region
+// per op call, in which each thread runs im2col, the GEMMs (single-threaded inside a parallel
+// region) and col2im on its own images with its own column buffer, so threads never wait on
+// each other mid-op. Otherwise (a batch smaller than the threads) the chunked path below runs
+// each step in parallel.
+bool images_in_parallel(const Conv2dShape& s) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && (s.batch % threads == 0 || s.batch >= 4 * threads);
+}
+
+void forward_images(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> col(new float[rows * L]);
+    for (int64_t n = begin; n < end; ++n) {
+      im2col<float>(x + n * image, col.get(), s, 1);
+      float* yn = y + n * K * L;
+      for (int64_t g = 0; g < G; ++g) {
+        cpu::gemm(Kg, L, rows_g, matrix(w + g * Kg * rows_g, rows_g), matrix(col.get() + g * rows_g * L, L),
+                  matrix(yn + g * Kg * L, L), /*accumulate=*/false);
+      }
+      if (bias) {
+        for (int64_t k = 0; k < K; ++k) {
+          float* row = yn + k * L;
+          for (int64_t i = 0; i < L; ++i) row[i] += bias[k];
+        }
+      }
+    }
+  });
+}
+
+// gx and gw (either may be null): each thread sums its images' weight gradients into its own
+// partial, and the partials are added at the end (in thread order: deterministic).
+void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  std::vector<std::vector<float>> partials(at::get_num_threads());
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(tid >= 0 && tid < static_cast<int>(partials.size()));
+    std::unique_ptr<float[]> col(new float[rows * L]);
+    float* gw_part = nullptr;
+    if (gw) {
+      partials[tid].resize(K * rows_g);
+      gw_part = partials[tid].data();
+    }
+    for (int64_t n = begin; n < end; ++n) {
+      const float* gyn = gy + n * K * L;
+      if (gw) {
+        // gw_g (Kg, rows_g) += gy_g (Kg, L) @ columns_g^T
+        im2col<float>(x + n * image, col.get(), s, 1);
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(Kg, rows_g, L, matrix(gyn + g * Kg * L, L), matrix(col.get() + g * rows_g * L, 1, L),
+                    matrix(gw_part + g * Kg * rows_g, rows_g), /*accumulate=*/n > begin);
+        }
+      }
+      if (gx) {
+        // columns_g (rows_g, L) = W_g^T @ gy_g, then col2im
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(rows_g, L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g), matrix(gyn + g * Kg * L, L),
+                    matrix(col.get() + g * rows_g * L, L), /*accumulate=*/false);
+        }
+        col2im<float>(col.get(), gx + n * image, s, 1);
+      }
+    }
+  });
+  if (gw) {
+    std::fill(gw, gw + K * rows_g, 0.f);
+    for (const auto& part : partials) {
+      if (part.empty()) continue;
+      for (int64_t i = 0; i < K * rows_g; ++i) gw[i] += part[i];
+    }
+  }
+}
+
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
   const auto wg = w.view({G, Kg, rows_g});
   const auto yv = y.view({N, G, Kg, L});
+  const bool own = use_own_gemm(x);
   const int64_t chunk = chunk_images(s);
   auto col = at::empty({rows, std::min(chunk, N) * L}, x.options());
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
@@ -175,6 +267,17 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
       im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
                        cols.mutable_data_ptr<scalar_t>(), s, nb);
     });
+    if (own) {
+      // One GEMM per group over the whole chunk: (Kg, nb * L) = W_g @ columns_g.
+      const float* wp = w.const_data_ptr<float>();
+      const float* cp = cols.const_data_ptr<float>();
+      float* yp = y.mutable_data_ptr<float>() + n0 * K * L;
+      for (int64_t g = 0; g < G; ++g) {
+        cpu::gemm(Kg, nb * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g), matrix(cp + g * rows_g * nb * L, nb * L),
+                  image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
+      }
+      continue;
+    }
     // One GEMM per (image, group) straight into the output: (Kg, L) = W_g @ columns of the
     // image (a strided view of the chunk's columns), no transposing copy.
     for (int64_t n = 0; n < nb; ++n) {
@@ -192,9 +295,10 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   const auto wg = w.view({G, Kg, rows_g});
+  const bool own = use_own_gemm(x);
   at::Tensor gwg;
   if (gw) {
-    *gw = at::zeros(w.sizes(), w.options());
+    *gw = own ? at::empty(w.sizes(), w.options()) : at::zeros(w.sizes(), w.options());
     gwg = gw->view({G, Kg, rows_g});
   }
   if (gx) *gx = at::empty({N, s.in_channels, s.in_h, s.in_w}, x.options());
@@ -203,24 +307,48 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     const int64_t nb = std::min(chunk, N - n0);
     auto cols = at::empty({rows, nb * L}, x.options());
     if (gw) {
-      // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
-      const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d im2col", [&] {
         im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
                          cols.mutable_data_ptr<scalar_t>(), s, nb);
       });
-      for (int64_t g = 0; g < G; ++g) {
-        auto gw_g = gwg.select(0, g);
-        gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
+      if (own) {
+        // grad_weight_g (Kg, rows_g) += grad_output_g (Kg, nb * L) @ columns_g^T, the chunk's
+        // images read in place; the first chunk writes, the others accumulate.
+        const float* gyp = gy.const_data_ptr<float>() + n0 * K * L;
+        const float* cp = cols.const_data_ptr<float>();
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(Kg, rows_g, nb * L, image_columns(gyp + g * Kg * L, L, K * L),
+                    matrix(cp + g * rows_g * nb * L, 1, nb * L),
+                    matrix(gw->mutable_data_ptr<float>() + g * Kg * rows_g, rows_g), /*accumulate=*/n0 > 0);
+        }
+      } else {
+        // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
+        const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
+        for (int64_t g = 0; g < G; ++g) {
+          auto gw_g = gwg.select(0, g);
+          gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
+        }
       }
     }
     if (gx) {
-      // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
-      const auto gyv = gy.view({N, G, Kg, L});
-      for (int64_t n = 0; n < nb; ++n) {
+      if (own) {
+        // columns_g (rows_g, nb * L) = W_g^T @ grad_output_g, W_g read transposed in place.
+        const float* wp = w.const_data_ptr<float>();
+        const float* gyp = gy.const_data_ptr<float>() + n0 * K * L;
+        float* cp = cols.mutable_data_ptr<float>();
         for (int64_t g = 0; g < G; ++g) {
-          auto out = cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L);
-          at::mm_out(out, wg.select(0, g).t(), gyv.select(0, n0 + n).select(0, g));
+          cpu::gemm(rows_g, nb * L, Kg, matrix(wp + g * Kg * rows_g, 1, rows_g),
+                    image_columns(gyp + g * Kg * L, L, K * L), matrix(cp + g * rows_g * nb * L, nb * L),
+                    /*accumulate=*/false);
+        }
+      } else {
+        // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
+        const auto gyv = gy.view({N, G, Kg, L});
+        for (int64_t n = 0; n < nb; ++n) {
+          for (int64_t g = 0; g < G; ++g) {
+            auto out = cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L);
+            at::mm_out(out, wg.select(0, g).t(), gyv.select(0, n0 + n).select(0, g));
+          }
         }
       }
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d col2im", [&] {
@@ -419,6 +547,10 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                   b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
                                   s);
     });
+  } else if (use_own_gemm(x) && images_in_parallel(s)) {
+    y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
+    forward_images(x.const_data_ptr<float>(), w.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
+                   y.mutable_data_ptr<float>(), s);
   } else {
     y = forward_gemm(x, w, s);
     if (b.defined()) {
@@ -451,6 +583,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                                         gw.mutable_data_ptr<scalar_t>(), s);
       }
     });
+  } else if ((output_mask[0] || output_mask[1]) && use_own_gemm(x) && images_in_parallel(s)) {
+    if (output_mask[0]) gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, x.options());
+    if (output_mask[1]) gw = at::empty(w.sizes(), w.options());
+    backward_images(gy.const_data_ptr<float>(), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                    gx.defined() ? gx.mutable_data_ptr<float>() : nullptr,
+                    gw.defined() ? gw.mutable_data_ptr<float>() : nullptr, s);
   } else if (output_mask[0] || output_mask[1]) {
     backward_gemm(gy, x, w, s, output_mask[0] ? &gx : nullptr, output_mask[1] ? &gw : nullptr);
   }

@@ -1,9 +1,9 @@
 // max_pool2d and avg_pool2d CPU kernels. NCHW: parallel over the (N * C) planes, each plane's
 // windows read from cache. Channels-last: parallel over (N * output rows), each window's taps
-// are contiguous runs of C values, so the inner loop runs over channels (vectorised). Backward:
-// max scatters into its own plane (or its own image for channels-last), so threads never
-// share an output; avg scatters likewise for NCHW and, for channels-last, gathers for each
-// input element the windows that cover it (vectorisable over channels).
+// are contiguous runs of C values, so the inner loop runs over channels (vectorised, summed in
+// registers). Backward: NCHW scatters into the task's own plane, so threads never share an
+// output; channels-last gathers for each input element the windows that cover it (max: those
+// whose argmax it is), vectorised over channels, parallel over input rows.
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/pooling/pooling.h"
 #include "fastdl/pooling/pooling_math.h"
@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <vector>
 
 namespace fastdl {
 namespace {
@@ -24,6 +25,40 @@ using cpu::Vec;
 
 // Work items per parallel task: ~16k reads to pay for scheduling.
 using cpu::grain;
+
+// Channels-last gather: out[c] = sum_t weight[t] * src[t][c] for c in [0, C), channel vectors
+// accumulated in registers (four at a time) over all taps before one store.
+template <typename T>
+void weighted_channel_sum(T* out, const T* const* src, const T* weight, int64_t taps, int64_t C) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size();
+  int64_t c = 0;
+  for (; c + 4 * L <= C; c += 4 * L) {
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    for (int64_t t = 0; t < taps; ++t) {
+      const T* p = src[t] + c;
+      const V w(weight[t]);
+      a0 = at::vec::fmadd(w, V::loadu(p), a0);
+      a1 = at::vec::fmadd(w, V::loadu(p + L), a1);
+      a2 = at::vec::fmadd(w, V::loadu(p + 2 * L), a2);
+      a3 = at::vec::fmadd(w, V::loadu(p + 3 * L), a3);
+    }
+    a0.store(out + c);
+    a1.store(out + c + L);
+    a2.store(out + c + 2 * L);
+    a3.store(out + c + 3 * L);
+  }
+  for (; c + L <= C; c += L) {
+    V a(T(0));
+    for (int64_t t = 0; t < taps; ++t) a = at::vec::fmadd(V(weight[t]), V::loadu(src[t] + c), a);
+    a.store(out + c);
+  }
+  for (; c < C; ++c) {
+    T a = 0;
+    for (int64_t t = 0; t < taps; ++t) a += weight[t] * src[t][c];
+    out[c] = a;
+  }
+}
 
 template <typename T>
 void max_forward_nchw(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
@@ -114,8 +149,9 @@ void max_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   });
 }
 
-// dx (zeroed) += dy at each saved argmax. NCHW: one plane per task; channels-last: one image
-// per task (its channels interleave). Indices outside the plane (a window with no valid tap,
+// dx += dy at each saved argmax. NCHW: a scatter into the zeroed dx, one plane per task.
+// Channels-last: a gather per input position (below); with dilation a scatter, one image per
+// task (its channels interleave). Indices outside the plane (a window with no valid tap,
 // possible only with dilation) are skipped.
 template <typename T>
 void max_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
@@ -129,6 +165,33 @@ void max_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) 
         for (int64_t o = 0; o < OHW; ++o) {
           const int64_t i = ip[o];
           if (i >= 0 && i < HW) dxp[i] += dyp[o];
+        }
+      }
+    });
+    return;
+  }
+  if (s.dh == 1 && s.dw == 1) {
+    // Channels-last without dilation (every window has a tap): each input position gathers
+    // dy of the windows covering it whose saved argmax is this position, over channel
+    // vectors (a compare and a select the compiler vectorises); rows are independent tasks.
+    const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w;
+    at::parallel_for(0, s.batch * H, grain(W * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / H, ih = r % H;
+        const auto hr = detail::covering_outputs(ih, OH, s.kh, s.sh, s.ph, 1);
+        for (int64_t iw = 0; iw < W; ++iw) {
+          const auto wr = detail::covering_outputs(iw, OW, s.kw, s.sw, s.pw, 1);
+          const int64_t flat = ih * W + iw;
+          T* __restrict__ dxp = dx + (r * W + iw) * C;
+          std::fill(dxp, dxp + C, T(0));
+          for (int64_t oh = hr.first; oh < hr.last; ++oh) {
+            for (int64_t ow = wr.first; ow < wr.last; ++ow) {
+              const int64_t o = (n * OH + oh) * OW + ow;
+              const T* __restrict__ dyp = dy + o * C;
+              const int64_t* __restrict__ ip = idx + o * C;
+              for (int64_t c = 0; c < C; ++c) dxp[c] += ip[c] == flat ? dyp[c] : T(0);
+            }
+          }
         }
       }
     });
@@ -181,30 +244,29 @@ void avg_forward_nchw(const T* x, T* y, const Pool2dShape& s, const AvgOptions& 
   });
 }
 
+// Channels-last: each output position is the weighted sum (weight 1 / divisor) of its window's
+// taps, gathered over channel vectors in registers.
 template <typename T>
 void avg_forward_nhwc(const T* x, T* y, const Pool2dShape& s, const AvgOptions& opt) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, C = s.channels;
-  constexpr int64_t L = Vec<T>::size();
   at::parallel_for(0, s.batch * OH, grain(OW * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
+    std::vector<const T*> taps(s.kh * s.kw);
+    std::vector<T> weights(s.kh * s.kw);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / OH, oh = r % OH;
       for (int64_t ow = 0; ow < OW; ++ow) {
         const auto win = avg_window<T>(s, opt, oh, ow);
-        T* yp = y + (r * OW + ow) * C;
-        std::fill(yp, yp + C, T(0));
-        if (win.divisor == 0) continue;
-        for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            const T* xp = x + ((n * H + ih) * W + iw) * C;
-            int64_t c = 0;
-            for (; c + L <= C; c += L) (Vec<T>::loadu(yp + c) + Vec<T>::loadu(xp + c)).store(yp + c);
-            for (; c < C; ++c) yp[c] += xp[c];
+        int64_t t = 0;
+        if (win.divisor != 0) {
+          const T inv = T(1) / T(win.divisor);
+          for (int64_t ih = win.h0; ih < win.h1; ++ih) {
+            for (int64_t iw = win.w0; iw < win.w1; ++iw, ++t) {
+              taps[t] = x + ((n * H + ih) * W + iw) * C;
+              weights[t] = inv;
+            }
           }
         }
-        const T inv = T(1) / T(win.divisor);
-        int64_t c = 0;
-        for (; c + L <= C; c += L) (Vec<T>::loadu(yp + c) * Vec<T>(inv)).store(yp + c);
-        for (; c < C; ++c) yp[c] *= inv;
+        weighted_channel_sum(y + (r * OW + ow) * C, taps.data(), weights.data(), t, C);
       }
     }
   });
@@ -240,22 +302,24 @@ void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& op
     });
     return;
   }
-  at::parallel_for(0, s.batch * H, grain(W * C), [&](int64_t begin, int64_t end) {
+  // Channels-last: each input position gathers dy / divisor of the windows covering it.
+  at::parallel_for(0, s.batch * H, grain(W * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
+    std::vector<const T*> taps(s.kh * s.kw);
+    std::vector<T> weights(s.kh * s.kw);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, ih = r % H;
       for (int64_t iw = 0; iw < W; ++iw) {
-        T* dxp = dx + (r * W + iw) * C;
-        std::fill(dxp, dxp + C, T(0));
         const auto [hr, wr] = covering(ih, iw);
+        int64_t t = 0;
         for (int64_t oh = hr.first; oh < hr.last; ++oh) {
           for (int64_t ow = wr.first; ow < wr.last; ++ow) {
             const auto win = avg_window<T>(s, opt, oh, ow);
             if (win.divisor == 0) continue;
-            const T inv = T(1) / T(win.divisor);
-            const T* dyp = dy + ((n * OH + oh) * OW + ow) * C;
-            for (int64_t c = 0; c < C; ++c) dxp[c] += dyp[c] * inv;
+            taps[t] = dy + ((n * OH + oh) * OW + ow) * C;
+            weights[t++] = T(1) / T(win.divisor);
           }
         }
+        weighted_channel_sum(dx + (r * W + iw) * C, taps.data(), weights.data(), t, C);
       }
     }
   });
@@ -284,7 +348,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                                    dilation, ceil_mode);
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   const auto idx = detail::pool2d_kernel_layout(indices, s);
-  auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options()).zero_();
+  // The scatter adds into zeros; the channels-last gather writes every element itself.
+  auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
+  if (!(s.channels_last && s.dh == 1 && s.dw == 1) || dy.numel() == 0) grad_input.zero_();
   if (dy.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward_cpu", [&] {
       max_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
