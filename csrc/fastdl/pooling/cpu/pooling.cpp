@@ -263,6 +263,16 @@ void avg_forward_nhwc(const T* x, T* y, const Pool2dShape& s, const AvgOptions& 
 template <typename T>
 void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& opt) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, C = s.channels;
+  // Every window's clipped bounds and 1 / divisor, computed once per call.
+  std::vector<detail::AvgWindow> windows(OH * OW);
+  std::vector<T> inv(OH * OW);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const auto win = avg_window<T>(s, opt, oh, ow);
+      windows[oh * OW + ow] = win;
+      inv[oh * OW + ow] = win.divisor == 0 ? T(0) : T(1) / T(win.divisor);
+    }
+  }
   if (!s.channels_last) {
     // NCHW: a plane per task, each window adds dy / divisor to its taps (no race: the plane
     // is the task's own), cheaper than recomputing every covering window per input element.
@@ -271,30 +281,19 @@ void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& op
         const T* dyp = dy + p * OH * OW;
         T* dxp = dx + p * H * W;
         std::fill(dxp, dxp + H * W, T(0));
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const auto win = avg_window<T>(s, opt, oh, ow);
-            if (win.divisor == 0) continue;
-            const T g = dyp[oh * OW + ow] / T(win.divisor);
-            for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-              for (int64_t iw = win.w0; iw < win.w1; ++iw) dxp[ih * W + iw] += g;
-            }
+        for (int64_t o = 0; o < OH * OW; ++o) {
+          const auto& win = windows[o];
+          const T g = dyp[o] * inv[o];
+          for (int64_t ih = win.h0; ih < win.h1; ++ih) {
+            for (int64_t iw = win.w0; iw < win.w1; ++iw) dxp[ih * W + iw] += g;
           }
         }
       }
     });
     return;
   }
-  // Channels-last: each input position gathers dy / divisor of the windows covering it (the
-  // column ranges and the windows' 1 / divisor tabulated once).
+  // Channels-last: each input position gathers dy / divisor of the windows covering it.
   const auto cols = covering_table(W, OW, s.kw, s.sw, s.pw);
-  std::vector<T> inv(OH * OW);
-  for (int64_t oh = 0; oh < OH; ++oh) {
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      const auto win = avg_window<T>(s, opt, oh, ow);
-      inv[oh * OW + ow] = win.divisor == 0 ? T(0) : T(1) / T(win.divisor);
-    }
-  }
   at::parallel_for(0, s.batch * H, grain(W * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, ih = r % H;
