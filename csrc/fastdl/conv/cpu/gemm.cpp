@@ -140,15 +140,16 @@ __attribute__((target("avx2"))) void transpose_8x8(const float* src, int64_t src
   }
 }
 
-// A float buffer aligned to 64 bytes.
-struct Buffer {
-  std::vector<float> storage;
-  float* get(int64_t n) {
-    storage.resize(n + 16);
-    auto p = reinterpret_cast<std::uintptr_t>(storage.data());
-    return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
-  }
-};
+// Per-thread packing buffers (slot 0: A, 1: B), 64-byte aligned, kept between calls: they are
+// bounded (kMc or kNc times kKc floats), and reusing them saves allocating, zeroing and
+// faulting in up to 2 MiB per call.
+float* packing_buffer(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[2];
+  auto& buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < n + 16) buffer.resize(n + 16);
+  auto p = reinterpret_cast<std::uintptr_t>(buffer.data());
+  return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
+}
 
 // Packs rows [m0, m0 + mc) x columns [k0, k0 + kc) of A into MR-tall panels:
 // out[p][k][i] = A(m0 + p MR + i, k0 + k), zero for rows past M.
@@ -258,11 +259,10 @@ void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const Matrix
   tn = ceil_div(N, nc_task);
 
   at::parallel_for(0, tm * tn, 1, [&](int64_t begin, int64_t end) {
-    Buffer a_buf, b_buf;
     std::vector<int64_t> koff(std::min(K, kKc));
     alignas(64) float tile[MR * NR];
-    float* ap = a_buf.get(std::min(kMc, mc_task) * std::min(K, kKc));
-    float* bp = b_buf.get(std::min(kNc, nc_task) * std::min(K, kKc));
+    float* ap = packing_buffer(0, std::min(kMc, mc_task) * std::min(K, kKc));
+    float* bp = packing_buffer(1, std::min(kNc, nc_task) * std::min(K, kKc));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
       const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
