@@ -363,3 +363,45 @@ def test_cpu_gemm_kernels(gemm):
         env["FASTDL_CPU_GEMM"] = gemm
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+IMPLICIT_GEMM_CASES = [
+    # (input, weight, stride, padding, dilation): the ANCHORS-like 3x3, sizes that are not
+    # multiples of the 64 x 64 x 16 tiles, strided, dilated, 1x1, a kernel as large as the input
+    ((2, 16, 9, 11), (32, 16, 3, 3), 1, 1, 1),
+    ((3, 5, 7, 6), (7, 5, 3, 3), 1, 1, 1),
+    ((2, 24, 13, 12), (70, 24, 3, 3), 2, 1, 1),
+    ((2, 8, 10, 10), (20, 8, 3, 3), 1, 2, 2),
+    ((2, 40, 5, 5), (9, 40, 1, 1), 1, 0, 1),
+    ((1, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", IMPLICIT_GEMM_CASES)
+def test_cuda_implicit_gemm_forward(case, bias, dtype):
+    """float16/bfloat16 channels-last dense convolutions take the tensor-core implicit GEMM on
+    CUDA (compute capability >= 8): forward against a float64 reference with torch's own
+    error as the baseline, output channels-last; gradients (the im2col path) against torch."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the implicit GEMM needs compute capability 8.0")
+    xs, ws, stride, padding, dilation = case
+    x = torch.randn(xs, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(ws, device="cuda", dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5).requires_grad_()
+    b = torch.randn(ws[0], device="cuda", dtype=dtype).requires_grad_() if bias else None
+    ours = assert_unchanged((x, w), lambda: FF.conv2d(x, w, b, stride, padding, dilation))
+    theirs = F.conv2d(x, w, b, stride, padding, dilation)
+    assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == dtype
+    inputs = (x, w, b) if bias else (x, w)
+    doubles = [t.detach().double().requires_grad_() for t in inputs]
+    ref = F.conv2d(doubles[0], doubles[1], doubles[2] if bias else None, stride, padding, dilation)
+    assert_close_to_reference(ours, ref, dtype, baseline=theirs)
+    go = torch.randn_like(theirs)
+    ours_g = torch.autograd.grad(ours, inputs, go)
+    theirs_g = torch.autograd.grad(theirs, inputs, go)
+    ref_g = torch.autograd.grad(ref, doubles, go.double())
+    for name, a, e, base in zip("xwb", ours_g, ref_g, theirs_g):
+        assert_close_to_reference(a, e, dtype, baseline=base, name=name)
