@@ -1,13 +1,16 @@
 // conv2d CPU kernels, NCHW (channels-last inputs are made contiguous and the result turned
-// back). Dense and grouped: our im2col over a chunk of the batch into a (C * kh * kw,
-// chunk * OH * OW) column matrix (parallel over rows and images), then one GEMM (at::mm, BLAS)
-// per (image, group) written straight into the output. Backward: grad_input = W^T @
-// grad_output per (image, group) then our col2im (parallel over (image, channel) planes, so
-// no two threads write one element); grad_weight = grad_output @ columns^T, one GEMM per group
-// and chunk, accumulated; grad_bias = our vectorised reduction. The column buffer is bounded
-// (kColumnBudget elements) by chunking the batch. Depthwise (one input channel per group, any
-// channel multiplier): direct loops, forward and both gradients, branch-free inner loops over
-// the valid output range of each tap (conv_math.h).
+// back). Dense and grouped: our im2col into a (C * kh * kw, images * OH * OW) column matrix,
+// then the GEMMs. float32 uses our packed AVX-512/AVX2 GEMM (gemm.h), which reads the images
+// in place through strided views: forward W_g @ columns_g, grad_input W_g^T @ grad_output_g
+// then our col2im, grad_weight grad_output_g @ columns_g^T. With at least as many images as
+// threads, each thread takes whole images (im2col, GEMMs, col2im on its own column buffer,
+// its own partial grad_weight summed at the end): one parallel region per op. Otherwise
+// (and for float64, or a CPU without AVX2) the batch is chunked and each step runs in
+// parallel, the GEMMs being ours or at::mm (BLAS). col2im is parallel over (image, channel)
+// planes, so no two threads write one element; grad_bias is our vectorised reduction. The
+// chunked column buffer is bounded (kColumnBudget elements). Depthwise (one input channel
+// per group, any channel multiplier): direct loops, forward and both gradients, branch-free
+// inner loops over the valid output range of each tap (conv_math.h).
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
