@@ -76,13 +76,19 @@ template <typename T>
 void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
   at::parallel_for(0, s.in_channels * kk * nb, grain(L), [&](int64_t begin, int64_t end) {
+    // item = r * nb + n; the row's decode (divisions) happens once per row r, not per item
+    int64_t r = -1, c = 0, ki = 0, kj = 0, off = 0;
+    detail::OutRange wr{0, 0};
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / nb, n = item % nb;
-      const int64_t c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
+      const int64_t n = item % nb;
+      if (r != item / nb) {
+        r = item / nb;
+        c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
+        wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+        off = kj * s.dw - s.pw;
+      }
       const T* src = x + (n * s.in_channels + c) * H * W;
       T* dst = col + r * nb * L + n * L;
-      const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
-      const int64_t off = kj * s.dw - s.pw;
       for (int64_t oh = 0; oh < OH; ++oh) {
         T* d = dst + oh * OW;
         const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
@@ -90,14 +96,16 @@ void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
           std::fill(d, d + OW, T(0));
           continue;
         }
+        // plain loops, not std::copy/fill: the rows are often short (small images), where a
+        // memmove/memset call per row costs more than the copy
         const T* row = src + ih * W + off;
-        std::fill(d, d + wr.begin, T(0));
+        for (int64_t ow = 0; ow < wr.begin; ++ow) d[ow] = T(0);
         if (s.sw == 1) {
-          std::copy(row + wr.begin, row + wr.end, d + wr.begin);
+          for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow];
         } else {
           for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
         }
-        std::fill(d + wr.end, d + OW, T(0));
+        for (int64_t ow = wr.end; ow < OW; ++ow) d[ow] = T(0);
       }
     }
   });
@@ -207,22 +215,27 @@ struct ColumnBuffer {
   }
 };
 
+// Each thread's images go through im2col and the GEMMs a few at a time (chunk_images: small
+// images share one GEMM, whose columns run across them, so tiles are not cut at every image).
 void forward_images(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t chunk = chunk_images(s);
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
-    ColumnBuffer col(rows * L);
-    for (int64_t n = begin; n < end; ++n) {
-      im2col<float>(x + n * image, col.data, s, 1);
-      float* yn = y + n * K * L;
+    ColumnBuffer col(rows * std::min(chunk, end - begin) * L);
+    for (int64_t n0 = begin; n0 < end; n0 += chunk) {
+      const int64_t nb = std::min(chunk, end - n0);
+      im2col<float>(x + n0 * image, col.data, s, nb);
+      float* yn = y + n0 * K * L;
       for (int64_t g = 0; g < G; ++g) {
-        cpu::gemm(Kg, L, rows_g, matrix(w + g * Kg * rows_g, rows_g), matrix(col.data + g * rows_g * L, L),
-                  matrix(yn + g * Kg * L, L), /*accumulate=*/false);
+        cpu::gemm(Kg, nb * L, rows_g, matrix(w + g * Kg * rows_g, rows_g), matrix(col.data + g * rows_g * nb * L, nb * L),
+                  image_columns(yn + g * Kg * L, L, K * L), /*accumulate=*/false);
       }
       if (bias) {
-        for (int64_t k = 0; k < K; ++k) {
-          float* row = yn + k * L;
-          for (int64_t i = 0; i < L; ++i) row[i] += bias[k];
+        for (int64_t p = 0; p < nb * K; ++p) {
+          float* row = yn + p * L;
+          const float b = bias[p % K];
+          for (int64_t i = 0; i < L; ++i) row[i] += b;
         }
       }
     }
@@ -234,33 +247,36 @@ void forward_images(const float* x, const float* w, const float* bias, float* y,
 void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw, const Conv2dShape& s) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t chunk = chunk_images(s);
   std::vector<std::vector<float>> partials(at::get_num_threads());
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     const int tid = at::get_thread_num();
     TORCH_INTERNAL_ASSERT(tid >= 0 && tid < static_cast<int>(partials.size()));
-    ColumnBuffer col(rows * L);
+    ColumnBuffer col(rows * std::min(chunk, end - begin) * L);
     float* gw_part = nullptr;
     if (gw) {
       partials[tid].resize(K * rows_g);
       gw_part = partials[tid].data();
     }
-    for (int64_t n = begin; n < end; ++n) {
-      const float* gyn = gy + n * K * L;
+    for (int64_t n0 = begin; n0 < end; n0 += chunk) {
+      const int64_t nb = std::min(chunk, end - n0);
+      const float* gyn = gy + n0 * K * L;
       if (gw) {
-        // gw_g (Kg, rows_g) += gy_g (Kg, L) @ columns_g^T
-        im2col<float>(x + n * image, col.data, s, 1);
+        // gw_g (Kg, rows_g) += gy_g (Kg, nb * L) @ columns_g^T
+        im2col<float>(x + n0 * image, col.data, s, nb);
         for (int64_t g = 0; g < G; ++g) {
-          cpu::gemm(Kg, rows_g, L, matrix(gyn + g * Kg * L, L), matrix(col.data + g * rows_g * L, 1, L),
-                    matrix(gw_part + g * Kg * rows_g, rows_g), /*accumulate=*/n > begin);
+          cpu::gemm(Kg, rows_g, nb * L, image_columns(gyn + g * Kg * L, L, K * L),
+                    matrix(col.data + g * rows_g * nb * L, 1, nb * L), matrix(gw_part + g * Kg * rows_g, rows_g),
+                    /*accumulate=*/n0 > begin);
         }
       }
       if (gx) {
-        // columns_g (rows_g, L) = W_g^T @ gy_g, then col2im
+        // columns_g (rows_g, nb * L) = W_g^T @ gy_g, then col2im
         for (int64_t g = 0; g < G; ++g) {
-          cpu::gemm(rows_g, L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g), matrix(gyn + g * Kg * L, L),
-                    matrix(col.data + g * rows_g * L, L), /*accumulate=*/false);
+          cpu::gemm(rows_g, nb * L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g), image_columns(gyn + g * Kg * L, L, K * L),
+                    matrix(col.data + g * rows_g * nb * L, nb * L), /*accumulate=*/false);
         }
-        col2im<float>(col.data, gx + n * image, s, 1);
+        col2im<float>(col.data, gx + n0 * image, s, nb);
       }
     }
   });
