@@ -75,37 +75,33 @@ int64_t chunk_images(const Conv2dShape& s) {
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
-  at::parallel_for(0, s.in_channels * kk * nb, grain(L), [&](int64_t begin, int64_t end) {
-    // item = r * nb + n; the row's decode (divisions) happens once per row r, not per item
-    int64_t r = -1, c = 0, ki = 0, kj = 0, off = 0;
-    detail::OutRange wr{0, 0};
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item % nb;
-      if (r != item / nb) {
-        r = item / nb;
-        c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
-        wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
-        off = kj * s.dw - s.pw;
-      }
-      const T* src = x + (n * s.in_channels + c) * H * W;
-      T* dst = col + r * nb * L + n * L;
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        T* d = dst + oh * OW;
-        const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
-        if (ih < 0 || ih >= H) {
-          std::fill(d, d + OW, T(0));
-          continue;
+  // Parallel over the rows r = (c, ki, kj) of the column matrix, decoded once per row.
+  at::parallel_for(0, s.in_channels * kk, grain(nb * L), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
+      const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+      const int64_t off = kj * s.dw - s.pw;
+      for (int64_t n = 0; n < nb; ++n) {
+        const T* src = x + (n * s.in_channels + c) * H * W;
+        T* dst = col + r * nb * L + n * L;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          T* d = dst + oh * OW;
+          const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+          if (ih < 0 || ih >= H) {
+            std::fill(d, d + OW, T(0));
+            continue;
+          }
+          // plain loops, not std::copy/fill: the rows are often short (small images), where a
+          // memmove/memset call per row costs more than the copy
+          const T* row = src + ih * W + off;
+          for (int64_t ow = 0; ow < wr.begin; ++ow) d[ow] = T(0);
+          if (s.sw == 1) {
+            for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow];
+          } else {
+            for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
+          }
+          for (int64_t ow = wr.end; ow < OW; ++ow) d[ow] = T(0);
         }
-        // plain loops, not std::copy/fill: the rows are often short (small images), where a
-        // memmove/memset call per row costs more than the copy
-        const T* row = src + ih * W + off;
-        for (int64_t ow = 0; ow < wr.begin; ++ow) d[ow] = T(0);
-        if (s.sw == 1) {
-          for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow];
-        } else {
-          for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
-        }
-        for (int64_t ow = wr.end; ow < OW; ++ow) d[ow] = T(0);
       }
     }
   });
