@@ -1,7 +1,7 @@
 // Packed float32 GEMM (see gemm.h). The loops follow the usual blocked scheme: the output is
 // cut into one rectangular block per task (split so that tasks repack as little as possible);
-// inside a task, for each block of kKc reduction steps, a (kKc, nc) block of B is packed into
-// NR-wide panels, then for each block of at most kMc rows of A an (mc, kKc) block is packed
+// inside a task, for each block of (at most kKc) reduction steps, a (kc, nc) block of B is packed into
+// NR-wide panels, then for each block of at most kMc rows of A an (mc, kc) block is packed
 // into MR-tall panels (it stays in L2), and the micro-kernel runs over every (MR, NR) tile,
 // one B panel (in L1) against every A panel. Partial tiles (edges, a tile crossing a column
 // group of C) are computed into a small buffer and copied out.
@@ -26,7 +26,7 @@
 namespace fastdl::cpu {
 namespace {
 
-constexpr int64_t kKc = 256;   // reduction steps per packed block: a (kKc, NR) B panel fits L1
+constexpr int64_t kKc = 320;   // most reduction steps per packed block: a (kKc, NR) B panel fits L1
 constexpr int64_t kMc = 192;   // rows of A per packed block (multiple of both MRs): fits L2
 constexpr int64_t kNc = 2048;  // columns of B per packed block, bounding the per-task buffer
 
@@ -255,21 +255,24 @@ void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const Matrix
     tn = m_panels >= n_panels ? 1 : std::min(threads, n_panels);
   }
   const int64_t mc_task = ceil_div(m_panels, tm) * MR, nc_task = ceil_div(n_panels, tn) * NR;
+  // K in equal blocks of at most kKc steps (288 = one block, 1024 = four of 256), so no block
+  // is a short remainder that reloads and stores the C tiles for little work.
+  const int64_t k_block = round_up(ceil_div(K, ceil_div(K, kKc)), 8);
   tm = ceil_div(M, mc_task);
   tn = ceil_div(N, nc_task);
 
   at::parallel_for(0, tm * tn, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> koff(std::min(K, kKc));
+    std::vector<int64_t> koff(std::min(K, k_block));
     alignas(64) float tile[MR * NR];
-    float* ap = packing_buffer(0, std::min(kMc, mc_task) * std::min(K, kKc));
-    float* bp = packing_buffer(1, std::min(kNc, nc_task) * std::min(K, kKc));
+    float* ap = packing_buffer(0, std::min(kMc, mc_task) * std::min(K, k_block));
+    float* bp = packing_buffer(1, std::min(kNc, nc_task) * std::min(K, k_block));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
       const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
       for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {
         const int64_t nc = std::min(kNc, tn1 - n0), nc_pad = round_up(nc, NR);
-        for (int64_t k0 = 0; k0 < K; k0 += kKc) {
-          const int64_t kc = std::min(kKc, K - k0);
+        for (int64_t k0 = 0; k0 < K; k0 += k_block) {
+          const int64_t kc = std::min(k_block, K - k0);
           const bool acc = accumulate || k0 > 0;
           pack_b<NR>(B, N, n0, nc_pad, k0, kc, bp);
           for (int64_t k = 0; k < kc; ++k) koff[k] = A.col_offset(k0 + k);
