@@ -363,3 +363,56 @@ def test_bad_backward_arguments(device):
                          "indices", "int64")
     assert_raises_naming(RuntimeError, lambda: AVG_BACKWARD(g.double(), x, [2, 2], [2, 2], [0, 0], False, True, None),
                          "grad_output", "dtype")
+
+
+# ---------------------------------------------------------------------------------------------
+# Export and autocast
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export(device):
+    model = nn.Sequential(fnn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.ReLU(),
+                          fnn.AvgPool2d(2, count_include_pad=False, padding=1),
+                          nn.Flatten(2), fnn.MaxPool1d(2), fnn.AvgPool1d(3, 1, 1)).to(device).eval()
+    x = torch.randn(2, 3, 11, 9, device=device)
+    ep = torch.export.export(model, (x,))
+    targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.fastdl.max_pool2d_forward.default) == 2
+    assert targets.count(torch.ops.fastdl.avg_pool2d_forward.default) == 2
+    x2 = torch.randn(2, 3, 11, 9, device=device)
+    torch.testing.assert_close(ep.module()(x2), model(x2))
+    ref = nn.Sequential(nn.MaxPool2d(3, 2, 1, ceil_mode=True), nn.ReLU(),
+                        nn.AvgPool2d(2, count_include_pad=False, padding=1),
+                        nn.Flatten(2), nn.MaxPool1d(2), nn.AvgPool1d(3, 1, 1))
+    torch.testing.assert_close(ep.module()(x2), ref(x2))
+
+
+def test_export_return_indices():
+    model = fnn.MaxPool2d(2, return_indices=True).eval()
+    x = torch.randn(2, 3, 6, 5)
+    ep = torch.export.export(model, (x,))
+    out, idx = ep.module()(x)
+    ref_out, ref_idx = F.max_pool2d(x, 2, return_indices=True)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_autocast_cpu_half_input(channels_last):
+    """Under CPU autocast a bfloat16 input (an autocast conv's output) is pooled like torch's:
+    the output stays bfloat16 and the gradient reaches the input in bfloat16."""
+    x = torch.randn(2, 3, 9, 8).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs = [FF.max_pool2d(x, 3, 2, 1), FF.avg_pool2d(x, 3, 2, 1, count_include_pad=False)]
+        refs = [F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)]
+        assert FF.max_pool2d(x.float(), 2).dtype == torch.float32
+    for ours, theirs in zip(outs, refs):
+        assert ours.dtype == theirs.dtype == torch.bfloat16
+        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-2)
+        g_ours, = torch.autograd.grad(ours.float().sum(), x)
+        g_theirs, = torch.autograd.grad(theirs.float().sum(), x)
+        assert g_ours.dtype == torch.bfloat16
+        torch.testing.assert_close(g_ours, g_theirs, rtol=1e-2, atol=1e-2)

@@ -171,8 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_autograd(
   });
 }
 
-// Autocast on CUDA, as torch's conv2d: run in the autocast dtype (float16 by default). On CPU
-// the kernels have no half types, so the op keeps its inputs' dtype there.
+// Autocast on CUDA, as torch's conv2d: run in the autocast dtype (float16 by default).
 at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& weight,
                                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -182,6 +181,28 @@ at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tenso
   std::optional<at::Tensor> b = bias;
   if (present(bias)) b = cast(*bias);
   return FASTDL_OP("conv2d_forward", ForwardSig).call(cast(input), cast(weight), b, stride, padding, dilation, groups);
+}
+
+// Autocast on CPU, as torch's conv2d: the result has the autocast dtype (bfloat16 by default).
+// Our CPU kernels are float32/float64, so the inputs are rounded to the autocast dtype as torch
+// rounds them, computed in float32, and the output is rounded to the autocast dtype. Inputs
+// autocast leaves alone (float64) go through unchanged.
+at::Tensor conv2d_forward_autocast_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  autocast::BelowAutocast<c10::DeviceType::CPU> below;
+  const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  const auto lower = [&](const at::Tensor& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CPU); };
+  const auto cast = [&](const at::Tensor& t) {
+    const auto rounded = lower(t);
+    return rounded.scalar_type() == dtype ? rounded.to(at::kFloat) : rounded;
+  };
+  std::optional<at::Tensor> b = bias;
+  if (present(bias)) b = cast(*bias);
+  const bool lowered = lower(input).scalar_type() == dtype;
+  auto output =
+      FASTDL_OP("conv2d_forward", ForwardSig).call(cast(input), cast(weight), b, stride, padding, dilation, groups);
+  return lowered ? output.to(dtype) : output;
 }
 
 }  // namespace
@@ -229,6 +250,10 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
   m.impl("conv2d_forward", &conv2d_forward_autocast_cuda);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("conv2d_forward", &conv2d_forward_autocast_cpu);
 }
 
 }  // namespace fastdl

@@ -2,6 +2,7 @@
 // Kernels: cpu/pooling.cpp and cuda/pooling.cu; window geometry: pooling_math.h.
 #include "fastdl/pooling/pooling.h"
 
+#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/checks.h"
 #include "fastdl/common/dispatch.h"
@@ -267,6 +268,37 @@ at::Tensor avg_pool2d_backward_autograd(const at::Tensor& grad_output, const at:
   return grad_input;
 }
 
+// Under CPU autocast torch's pooling keeps the input's dtype; a bfloat16/float16 input there
+// (the output of an autocast convolution) is pooled in float32 by our float32 kernels and the
+// result cast back. Pooling is exact in float32 for max and rounds once for the average.
+bool half_on_cpu(const at::Tensor& input) {
+  return input.defined() && input.is_cpu() &&
+         (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autocast_cpu(const at::Tensor& input,
+                                                                   at::IntArrayRef kernel_size,
+                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                   at::IntArrayRef dilation, bool ceil_mode) {
+  autocast::BelowAutocast<c10::DeviceType::CPU> below;
+  if (!half_on_cpu(input)) {
+    return FASTDL_OP("max_pool2d_forward", MaxForwardSig).call(input, kernel_size, stride, padding, dilation, ceil_mode);
+  }
+  auto [output, indices] = FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+                               .call(input.to(at::kFloat), kernel_size, stride, padding, dilation, ceil_mode);
+  return {output.to(input.scalar_type()), indices};
+}
+
+at::Tensor avg_pool2d_forward_autocast_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                                           bool count_include_pad, std::optional<int64_t> divisor_override) {
+  autocast::BelowAutocast<c10::DeviceType::CPU> below;
+  const auto x = half_on_cpu(input) ? input.to(at::kFloat) : input;
+  auto output = FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
+                    .call(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  return output.to(input.scalar_type());
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -323,6 +355,11 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("max_pool2d_backward", &max_pool2d_backward_autograd);
   m.impl("avg_pool2d_forward", &avg_pool2d_forward_autograd);
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_autograd);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("max_pool2d_forward", &max_pool2d_forward_autocast_cpu);
+  m.impl("avg_pool2d_forward", &avg_pool2d_forward_autocast_cpu);
 }
 
 }  // namespace fastdl

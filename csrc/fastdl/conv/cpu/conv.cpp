@@ -1,16 +1,20 @@
 // conv2d CPU kernels, NCHW (channels-last inputs are made contiguous and the result turned
-// back). Dense and grouped: our im2col over a chunk of the batch into a (C * kh * kw,
-// chunk * OH * OW) column matrix (parallel over rows and images), then one GEMM (at::mm, BLAS)
-// per (image, group) written straight into the output. Backward: grad_input = W^T @
-// grad_output per (image, group) then our col2im (parallel over (image, channel) planes, so
-// no two threads write one element); grad_weight = grad_output @ columns^T, one GEMM per group
-// and chunk, accumulated; grad_bias = our vectorised reduction. The column buffer is bounded
-// (kColumnBudget elements) by chunking the batch. Depthwise (one input channel per group, any
-// channel multiplier): direct loops, forward and both gradients, branch-free inner loops over
-// the valid output range of each tap (conv_math.h).
+// back). Dense and grouped: our im2col into a (C * kh * kw, images * OH * OW) column matrix,
+// then the GEMMs. float32 uses our packed AVX-512/AVX2 GEMM (gemm.h), which reads the images
+// in place through strided views: forward W_g @ columns_g, grad_input W_g^T @ grad_output_g
+// then our col2im, grad_weight grad_output_g @ columns_g^T. With at least as many images as
+// threads, each thread takes whole images (im2col, GEMMs, col2im on its own column buffer,
+// its own partial grad_weight summed at the end): one parallel region per op. Otherwise
+// (and for float64, or a CPU without AVX2) the batch is chunked and each step runs in
+// parallel, the GEMMs being ours or at::mm (BLAS). col2im is parallel over (image, channel)
+// planes, so no two threads write one element; grad_bias is our vectorised reduction. The
+// chunked column buffer is bounded (kColumnBudget elements). Depthwise (one input channel
+// per group, any channel multiplier): direct loops, forward and both gradients, branch-free
+// inner loops over the valid output range of each tap (conv_math.h).
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
+#include "fastdl/conv/cpu/gemm.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace fastdl {
@@ -70,29 +75,33 @@ int64_t chunk_images(const Conv2dShape& s) {
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
-  at::parallel_for(0, s.in_channels * kk * nb, grain(L), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / nb, n = item % nb;
+  // Parallel over the rows r = (c, ki, kj) of the column matrix, decoded once per row.
+  at::parallel_for(0, s.in_channels * kk, grain(nb * L), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
       const int64_t c = r / kk, ki = (r % kk) / s.kw, kj = r % s.kw;
-      const T* src = x + (n * s.in_channels + c) * H * W;
-      T* dst = col + r * nb * L + n * L;
       const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
       const int64_t off = kj * s.dw - s.pw;
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        T* d = dst + oh * OW;
-        const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
-        if (ih < 0 || ih >= H) {
-          std::fill(d, d + OW, T(0));
-          continue;
+      for (int64_t n = 0; n < nb; ++n) {
+        const T* src = x + (n * s.in_channels + c) * H * W;
+        T* dst = col + r * nb * L + n * L;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          T* d = dst + oh * OW;
+          const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+          if (ih < 0 || ih >= H) {
+            std::fill(d, d + OW, T(0));
+            continue;
+          }
+          // plain loops, not std::copy/fill: the rows are often short (small images), where a
+          // memmove/memset call per row costs more than the copy
+          const T* row = src + ih * W + off;
+          for (int64_t ow = 0; ow < wr.begin; ++ow) d[ow] = T(0);
+          if (s.sw == 1) {
+            for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow];
+          } else {
+            for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
+          }
+          for (int64_t ow = wr.end; ow < OW; ++ow) d[ow] = T(0);
         }
-        const T* row = src + ih * W + off;
-        std::fill(d, d + wr.begin, T(0));
-        if (s.sw == 1) {
-          std::copy(row + wr.begin, row + wr.end, d + wr.begin);
-        } else {
-          for (int64_t ow = wr.begin; ow < wr.end; ++ow) d[ow] = row[ow * s.sw];
-        }
-        std::fill(d + wr.end, d + OW, T(0));
       }
     }
   });
@@ -159,12 +168,130 @@ void bias_grad(const T* gy, T* gb, const Conv2dShape& s) {
 
 // ---- dense / grouped: im2col + GEMM ----
 
+// float32 with our packed GEMM (gemm.h): the three products read the images of a chunk in
+// place through grouped column strides, so nothing is transposed or copied around them.
+// Column j = (n, l) of a chunk's output / grad_output lives at n * K * L + l.
+bool use_own_gemm(const at::Tensor& x) { return x.scalar_type() == at::kFloat && cpu::gemm_available(); }
+
+cpu::MatrixRef matrix(const float* data, int64_t row_stride, int64_t col_stride = 1) {
+  return {const_cast<float*>(data), row_stride, col_stride};
+}
+// A chunk of nb images of (rows, L) planes, planes image_stride apart, as a (rows, nb * L) matrix.
+cpu::MatrixRef image_columns(const float* data, int64_t L, int64_t image_stride) {
+  return {const_cast<float*>(data), L, 1, L, image_stride};
+}
+
+// With enough images for every thread, whole images go to the threads: one parallel region
+// per op call, in which each thread runs im2col, the GEMMs (single-threaded inside a parallel
+// region) and col2im on its own images with its own column buffer, so threads never wait on
+// each other mid-op. Otherwise (a batch smaller than the threads) the chunked path below runs
+// each step in parallel.
+bool images_in_parallel(const Conv2dShape& s) {
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && (s.batch % threads == 0 || s.batch >= 4 * threads);
+}
+
+// The column buffer of one image in the whole-images path: a per-thread buffer kept between
+// calls when it is at most kCachedColumns floats (no allocation, zeroing and page faults per
+// call), else allocated for this call. One live ColumnBuffer per thread at a time.
+constexpr int64_t kCachedColumns = int64_t(1) << 22;  // 16 MiB of float32
+
+struct ColumnBuffer {
+  std::unique_ptr<float[]> owned;
+  float* data;
+  explicit ColumnBuffer(int64_t n) {
+    thread_local std::vector<float> cached;
+    if (n <= kCachedColumns) {
+      if (static_cast<int64_t>(cached.size()) < n) cached.resize(n);
+      data = cached.data();
+    } else {
+      owned.reset(new float[n]);
+      data = owned.get();
+    }
+  }
+};
+
+// Each thread's images go through im2col and the GEMMs a few at a time (chunk_images: small
+// images share one GEMM, whose columns run across them, so tiles are not cut at every image).
+void forward_images(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t chunk = chunk_images(s);
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    ColumnBuffer col(rows * std::min(chunk, end - begin) * L);
+    for (int64_t n0 = begin; n0 < end; n0 += chunk) {
+      const int64_t nb = std::min(chunk, end - n0);
+      im2col<float>(x + n0 * image, col.data, s, nb);
+      float* yn = y + n0 * K * L;
+      for (int64_t g = 0; g < G; ++g) {
+        cpu::gemm(Kg, nb * L, rows_g, matrix(w + g * Kg * rows_g, rows_g), matrix(col.data + g * rows_g * nb * L, nb * L),
+                  image_columns(yn + g * Kg * L, L, K * L), /*accumulate=*/false);
+      }
+      if (bias) {
+        for (int64_t p = 0; p < nb * K; ++p) {
+          float* row = yn + p * L;
+          const float b = bias[p % K];
+          for (int64_t i = 0; i < L; ++i) row[i] += b;
+        }
+      }
+    }
+  });
+}
+
+// gx and gw (either may be null): each thread sums its images' weight gradients into its own
+// partial, and the partials are added at the end (in thread order: deterministic).
+void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw, const Conv2dShape& s) {
+  const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t chunk = chunk_images(s);
+  std::vector<std::vector<float>> partials(at::get_num_threads());
+  at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
+    const int tid = at::get_thread_num();
+    TORCH_INTERNAL_ASSERT(tid >= 0 && tid < static_cast<int>(partials.size()));
+    ColumnBuffer col(rows * std::min(chunk, end - begin) * L);
+    float* gw_part = nullptr;
+    if (gw) {
+      partials[tid].resize(K * rows_g);
+      gw_part = partials[tid].data();
+    }
+    for (int64_t n0 = begin; n0 < end; n0 += chunk) {
+      const int64_t nb = std::min(chunk, end - n0);
+      const float* gyn = gy + n0 * K * L;
+      if (gw) {
+        // gw_g (Kg, rows_g) += gy_g (Kg, nb * L) @ columns_g^T
+        im2col<float>(x + n0 * image, col.data, s, nb);
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(Kg, rows_g, nb * L, image_columns(gyn + g * Kg * L, L, K * L),
+                    matrix(col.data + g * rows_g * nb * L, 1, nb * L), matrix(gw_part + g * Kg * rows_g, rows_g),
+                    /*accumulate=*/n0 > begin);
+        }
+      }
+      if (gx) {
+        // columns_g (rows_g, nb * L) = W_g^T @ gy_g, then col2im
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(rows_g, nb * L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g), image_columns(gyn + g * Kg * L, L, K * L),
+                    matrix(col.data + g * rows_g * nb * L, nb * L), /*accumulate=*/false);
+        }
+        col2im<float>(col.data, gx + n0 * image, s, nb);
+      }
+    }
+  });
+  if (gw) {
+    std::fill(gw, gw + K * rows_g, 0.f);
+    for (const auto& part : partials) {
+      if (part.empty()) continue;
+      for (int64_t i = 0; i < K * rows_g; ++i) gw[i] += part[i];
+    }
+  }
+}
+
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
   const auto wg = w.view({G, Kg, rows_g});
   const auto yv = y.view({N, G, Kg, L});
+  const bool own = use_own_gemm(x);
   const int64_t chunk = chunk_images(s);
   auto col = at::empty({rows, std::min(chunk, N) * L}, x.options());
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
@@ -175,6 +302,17 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
       im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
                        cols.mutable_data_ptr<scalar_t>(), s, nb);
     });
+    if (own) {
+      // One GEMM per group over the whole chunk: (Kg, nb * L) = W_g @ columns_g.
+      const float* wp = w.const_data_ptr<float>();
+      const float* cp = cols.const_data_ptr<float>();
+      float* yp = y.mutable_data_ptr<float>() + n0 * K * L;
+      for (int64_t g = 0; g < G; ++g) {
+        cpu::gemm(Kg, nb * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g), matrix(cp + g * rows_g * nb * L, nb * L),
+                  image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
+      }
+      continue;
+    }
     // One GEMM per (image, group) straight into the output: (Kg, L) = W_g @ columns of the
     // image (a strided view of the chunk's columns), no transposing copy.
     for (int64_t n = 0; n < nb; ++n) {
@@ -192,9 +330,10 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   const auto wg = w.view({G, Kg, rows_g});
+  const bool own = use_own_gemm(x);
   at::Tensor gwg;
   if (gw) {
-    *gw = at::zeros(w.sizes(), w.options());
+    *gw = own ? at::empty(w.sizes(), w.options()) : at::zeros(w.sizes(), w.options());
     gwg = gw->view({G, Kg, rows_g});
   }
   if (gx) *gx = at::empty({N, s.in_channels, s.in_h, s.in_w}, x.options());
@@ -203,24 +342,48 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
     const int64_t nb = std::min(chunk, N - n0);
     auto cols = at::empty({rows, nb * L}, x.options());
     if (gw) {
-      // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
-      const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d im2col", [&] {
         im2col<scalar_t>(x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
                          cols.mutable_data_ptr<scalar_t>(), s, nb);
       });
-      for (int64_t g = 0; g < G; ++g) {
-        auto gw_g = gwg.select(0, g);
-        gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
+      if (own) {
+        // grad_weight_g (Kg, rows_g) += grad_output_g (Kg, nb * L) @ columns_g^T, the chunk's
+        // images read in place; the first chunk writes, the others accumulate.
+        const float* gyp = gy.const_data_ptr<float>() + n0 * K * L;
+        const float* cp = cols.const_data_ptr<float>();
+        for (int64_t g = 0; g < G; ++g) {
+          cpu::gemm(Kg, rows_g, nb * L, image_columns(gyp + g * Kg * L, L, K * L),
+                    matrix(cp + g * rows_g * nb * L, 1, nb * L),
+                    matrix(gw->mutable_data_ptr<float>() + g * Kg * rows_g, rows_g), /*accumulate=*/n0 > 0);
+        }
+      } else {
+        // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
+        const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
+        for (int64_t g = 0; g < G; ++g) {
+          auto gw_g = gwg.select(0, g);
+          gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
+        }
       }
     }
     if (gx) {
-      // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
-      const auto gyv = gy.view({N, G, Kg, L});
-      for (int64_t n = 0; n < nb; ++n) {
+      if (own) {
+        // columns_g (rows_g, nb * L) = W_g^T @ grad_output_g, W_g read transposed in place.
+        const float* wp = w.const_data_ptr<float>();
+        const float* gyp = gy.const_data_ptr<float>() + n0 * K * L;
+        float* cp = cols.mutable_data_ptr<float>();
         for (int64_t g = 0; g < G; ++g) {
-          auto out = cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L);
-          at::mm_out(out, wg.select(0, g).t(), gyv.select(0, n0 + n).select(0, g));
+          cpu::gemm(rows_g, nb * L, Kg, matrix(wp + g * Kg * rows_g, 1, rows_g),
+                    image_columns(gyp + g * Kg * L, L, K * L), matrix(cp + g * rows_g * nb * L, nb * L),
+                    /*accumulate=*/false);
+        }
+      } else {
+        // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
+        const auto gyv = gy.view({N, G, Kg, L});
+        for (int64_t n = 0; n < nb; ++n) {
+          for (int64_t g = 0; g < G; ++g) {
+            auto out = cols.narrow(0, g * rows_g, rows_g).narrow(1, n * L, L);
+            at::mm_out(out, wg.select(0, g).t(), gyv.select(0, n0 + n).select(0, g));
+          }
         }
       }
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d col2im", [&] {
@@ -419,6 +582,10 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                                   b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
                                   s);
     });
+  } else if (use_own_gemm(x) && images_in_parallel(s)) {
+    y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
+    forward_images(x.const_data_ptr<float>(), w.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
+                   y.mutable_data_ptr<float>(), s);
   } else {
     y = forward_gemm(x, w, s);
     if (b.defined()) {
@@ -451,6 +618,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
                                         gw.mutable_data_ptr<scalar_t>(), s);
       }
     });
+  } else if ((output_mask[0] || output_mask[1]) && use_own_gemm(x) && images_in_parallel(s)) {
+    if (output_mask[0]) gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, x.options());
+    if (output_mask[1]) gw = at::empty(w.sizes(), w.options());
+    backward_images(gy.const_data_ptr<float>(), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                    gx.defined() ? gx.mutable_data_ptr<float>() : nullptr,
+                    gw.defined() ? gw.mutable_data_ptr<float>() : nullptr, s);
   } else if (output_mask[0] || output_mask[1]) {
     backward_gemm(gy, x, w, s, output_mask[0] ? &gx : nullptr, output_mask[1] ? &gw : nullptr);
   }

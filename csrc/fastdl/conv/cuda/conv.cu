@@ -1,5 +1,6 @@
-// conv2d CUDA kernels, NCHW (channels-last inputs are made contiguous and the result turned
-// back). Dense and grouped: our im2col into a (C * kh * kw, chunk * OH * OW) column matrix
+// conv2d CUDA kernels. The forward of float16/bfloat16 channels-last dense convolutions runs
+// on tensor cores as an implicit GEMM (implicit_gemm.cu); everything else is NCHW here
+// (channels-last inputs are made contiguous and the result turned back). Dense and grouped: our im2col into a (C * kh * kw, chunk * OH * OW) column matrix
 // (one thread per column entry, coalesced writes), one at::mm per group (cuBLAS, tensor cores
 // for float16/bfloat16), the batch chunked so the columns stay within kColumnBudget elements.
 // Backward: grad_input = W^T @ grad_output then our col2im as a gather (each input element
@@ -12,6 +13,7 @@
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
+#include "fastdl/conv/cuda/implicit_gemm.cuh"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -220,6 +222,8 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto s = detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(input.device());
+  // float16/bfloat16 channels-last dense: the tensor-core implicit GEMM, read in place.
+  if (detail::conv2d_implicit_gemm_applies(input, s)) return detail::conv2d_forward_implicit_gemm(input, weight, bias, s);
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();

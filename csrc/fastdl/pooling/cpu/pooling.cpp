@@ -1,9 +1,9 @@
 // max_pool2d and avg_pool2d CPU kernels. NCHW: parallel over the (N * C) planes, each plane's
 // windows read from cache. Channels-last: parallel over (N * output rows), each window's taps
-// are contiguous runs of C values, so the inner loop runs over channels (vectorised). Backward:
-// max scatters into its own plane (or its own image for channels-last), so threads never
-// share an output; avg scatters likewise for NCHW and, for channels-last, gathers for each
-// input element the windows that cover it (vectorisable over channels).
+// are contiguous runs of C values, so the inner loop runs over channels (vectorised, summed in
+// registers). Backward: max scatters into the task's own plane (channels-last: own image), so
+// threads never share an output; avg scatters likewise for NCHW and, for channels-last,
+// gathers for each input element the windows that cover it (vectorised over channels).
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/pooling/pooling.h"
 #include "fastdl/pooling/pooling_math.h"
@@ -15,6 +15,8 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <type_traits>
+#include <vector>
 
 namespace fastdl {
 namespace {
@@ -24,6 +26,49 @@ using cpu::Vec;
 
 // Work items per parallel task: ~16k reads to pay for scheduling.
 using cpu::grain;
+
+// The covering output range of every input position along one dim (no dilation), computed
+// once per call rather than (with its divisions) once per input element.
+std::vector<detail::OutRange> covering_table(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
+  std::vector<detail::OutRange> table(in);
+  for (int64_t i = 0; i < in; ++i) table[i] = detail::covering_outputs(i, out, k, stride, pad, 1);
+  return table;
+}
+
+// Channels-last gather: out[c] = sum over taps of weight * src[c] for c in [0, C), channel
+// vectors accumulated in registers (four at a time) before one store. for_each_tap(f) calls
+// f(src, weight) for every tap; it is inlined, so no tap list is built.
+template <typename T, typename ForEachTap>
+inline void weighted_channel_sum(T* out, int64_t C, const ForEachTap& for_each_tap) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size();
+  int64_t c = 0;
+  for (; c + 4 * L <= C; c += 4 * L) {
+    V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+    for_each_tap([&](const T* src, T weight) {
+      const T* p = src + c;
+      const V w(weight);
+      a0 = at::vec::fmadd(w, V::loadu(p), a0);
+      a1 = at::vec::fmadd(w, V::loadu(p + L), a1);
+      a2 = at::vec::fmadd(w, V::loadu(p + 2 * L), a2);
+      a3 = at::vec::fmadd(w, V::loadu(p + 3 * L), a3);
+    });
+    a0.store(out + c);
+    a1.store(out + c + L);
+    a2.store(out + c + 2 * L);
+    a3.store(out + c + 3 * L);
+  }
+  for (; c + L <= C; c += L) {
+    V a(T(0));
+    for_each_tap([&](const T* src, T weight) { a = at::vec::fmadd(V(weight), V::loadu(src + c), a); });
+    a.store(out + c);
+  }
+  for (; c < C; ++c) {
+    T a = 0;
+    for_each_tap([&](const T* src, T weight) { a += weight * src[c]; });
+    out[c] = a;
+  }
+}
 
 template <typename T>
 void max_forward_nchw(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
@@ -57,13 +102,13 @@ void max_forward_nchw(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
 }
 
 // Channels-last: L channels at a time in vector registers; the running argmax is kept as the
-// window tap number (exact in T for any window under 2^24 taps) and turned into the flat
-// index at the end. The scalar tail does the same with one channel.
+// flat input index in T (exact while H * W < 2^24) and converted once per window. The scalar
+// tail (and planes too large for that) does the same with one channel.
 template <typename T>
 void max_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, C = s.channels;
   constexpr int64_t L = Vec<T>::size();
-  const bool vectorise = s.kh * s.kw < (int64_t(1) << 24);
+  const bool vectorise = H * W < (int64_t(1) << 24);
   at::parallel_for(0, s.batch * OH, grain(OW * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / OH, oh = r % OH;
@@ -72,28 +117,36 @@ void max_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
         const auto wr = detail::max_pool_range(ow, W, s.kw, s.sw, s.pw, s.dw);
         T* yp = y + (r * OW + ow) * C;
         int64_t* ip = idx + (r * OW + ow) * C;
-        const int64_t taps_w = wr.end > wr.begin ? (wr.end - wr.begin + s.dw - 1) / s.dw : 0;
-        const auto tap_index = [&](int64_t t) {
-          return taps_w == 0 ? hr.begin * W + wr.begin
-                             : (hr.begin + (t / taps_w) * s.dh) * W + wr.begin + (t % taps_w) * s.dw;
-        };
-        int64_t c = 0;
-        for (; vectorise && c + L <= C; c += L) {
-          Vec<T> best(-std::numeric_limits<T>::infinity()), tap(T(0));
-          T t = 0;
+        // NV channel vectors at a time: independent max/argmax chains hide the compare latency.
+        const auto vector_block = [&](int64_t c, auto nv) {
+          constexpr int NV = decltype(nv)::value;
+          Vec<T> best[NV], arg[NV];
+          for (int v = 0; v < NV; ++v) {
+            best[v] = Vec<T>(-std::numeric_limits<T>::infinity());
+            arg[v] = Vec<T>(T(hr.begin * W + wr.begin));
+          }
           for (int64_t ih = hr.begin; ih < hr.end; ih += s.dh) {
-            for (int64_t iw = wr.begin; iw < wr.end; iw += s.dw, t += 1) {
-              const auto v = Vec<T>::loadu(x + ((n * H + ih) * W + iw) * C + c);
-              const auto take = (v > best) | v.isnan();
-              best = Vec<T>::blendv(best, v, take);
-              tap = Vec<T>::blendv(tap, Vec<T>(t), take);
+            for (int64_t iw = wr.begin; iw < wr.end; iw += s.dw) {
+              const T* xp = x + ((n * H + ih) * W + iw) * C + c;
+              const Vec<T> here(T(ih * W + iw));
+              for (int v = 0; v < NV; ++v) {
+                const auto val = Vec<T>::loadu(xp + v * L);
+                const auto take = (val > best[v]) | val.isnan();
+                best[v] = Vec<T>::blendv(best[v], val, take);
+                arg[v] = Vec<T>::blendv(arg[v], here, take);
+              }
             }
           }
-          best.store(yp + c);
-          T taps[L];
-          tap.store(taps);
-          for (int64_t l = 0; l < L; ++l) ip[c + l] = tap_index(static_cast<int64_t>(taps[l]));
-        }
+          T args[NV * L];
+          for (int v = 0; v < NV; ++v) {
+            best[v].store(yp + c + v * L);
+            arg[v].store(args + v * L);
+          }
+          for (int64_t l = 0; l < NV * L; ++l) ip[c + l] = static_cast<int64_t>(args[l]);
+        };
+        int64_t c = 0;
+        for (; vectorise && c + 4 * L <= C; c += 4 * L) vector_block(c, std::integral_constant<int, 4>{});
+        for (; vectorise && c + L <= C; c += L) vector_block(c, std::integral_constant<int, 1>{});
         for (; c < C; ++c) {
           T best = -std::numeric_limits<T>::infinity();
           int64_t arg = hr.begin * W + wr.begin;
@@ -114,9 +167,10 @@ void max_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   });
 }
 
-// dx (zeroed) += dy at each saved argmax. NCHW: one plane per task; channels-last: one image
-// per task (its channels interleave). Indices outside the plane (a window with no valid tap,
-// possible only with dilation) are skipped.
+// dx = dy scattered to each saved argmax. NCHW: one plane per task; channels-last: one image
+// per task (its channels interleave); each task zeroes its own part first, so it is cached
+// for the scatter. Indices outside the plane (a window with no valid tap, possible only with
+// dilation) are skipped.
 template <typename T>
 void max_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) {
   const int64_t HW = s.in_h * s.in_w, OHW = s.out_h * s.out_w, C = s.channels;
@@ -126,6 +180,7 @@ void max_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) 
         const T* dyp = dy + p * OHW;
         const int64_t* ip = idx + p * OHW;
         T* dxp = dx + p * HW;
+        std::fill(dxp, dxp + HW, T(0));
         for (int64_t o = 0; o < OHW; ++o) {
           const int64_t i = ip[o];
           if (i >= 0 && i < HW) dxp[i] += dyp[o];
@@ -139,6 +194,7 @@ void max_backward(const T* dy, const int64_t* idx, T* dx, const Pool2dShape& s) 
       const T* dyp = dy + n * OHW * C;
       const int64_t* ip = idx + n * OHW * C;
       T* dxp = dx + n * HW * C;
+      std::fill(dxp, dxp + HW * C, T(0));
       for (int64_t o = 0; o < OHW; ++o) {
         for (int64_t c = 0; c < C; ++c) {
           const int64_t i = ip[o * C + c];
@@ -181,30 +237,23 @@ void avg_forward_nchw(const T* x, T* y, const Pool2dShape& s, const AvgOptions& 
   });
 }
 
+// Channels-last: each output position is the weighted sum (weight 1 / divisor) of its window's
+// taps, gathered over channel vectors in registers.
 template <typename T>
 void avg_forward_nhwc(const T* x, T* y, const Pool2dShape& s, const AvgOptions& opt) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, C = s.channels;
-  constexpr int64_t L = Vec<T>::size();
   at::parallel_for(0, s.batch * OH, grain(OW * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / OH, oh = r % OH;
       for (int64_t ow = 0; ow < OW; ++ow) {
         const auto win = avg_window<T>(s, opt, oh, ow);
-        T* yp = y + (r * OW + ow) * C;
-        std::fill(yp, yp + C, T(0));
-        if (win.divisor == 0) continue;
-        for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-          for (int64_t iw = win.w0; iw < win.w1; ++iw) {
-            const T* xp = x + ((n * H + ih) * W + iw) * C;
-            int64_t c = 0;
-            for (; c + L <= C; c += L) (Vec<T>::loadu(yp + c) + Vec<T>::loadu(xp + c)).store(yp + c);
-            for (; c < C; ++c) yp[c] += xp[c];
+        const T inv = win.divisor == 0 ? T(0) : T(1) / T(win.divisor);
+        weighted_channel_sum(y + (r * OW + ow) * C, C, [&](const auto& add) {
+          if (win.divisor == 0) return;
+          for (int64_t ih = win.h0; ih < win.h1; ++ih) {
+            for (int64_t iw = win.w0; iw < win.w1; ++iw) add(x + ((n * H + ih) * W + iw) * C, inv);
           }
-        }
-        const T inv = T(1) / T(win.divisor);
-        int64_t c = 0;
-        for (; c + L <= C; c += L) (Vec<T>::loadu(yp + c) * Vec<T>(inv)).store(yp + c);
-        for (; c < C; ++c) yp[c] *= inv;
+        });
       }
     }
   });
@@ -214,10 +263,16 @@ void avg_forward_nhwc(const T* x, T* y, const Pool2dShape& s, const AvgOptions& 
 template <typename T>
 void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& opt) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, C = s.channels;
-  const auto covering = [&](int64_t ih, int64_t iw) {
-    return std::make_pair(detail::covering_outputs(ih, OH, s.kh, s.sh, s.ph, 1),
-                          detail::covering_outputs(iw, OW, s.kw, s.sw, s.pw, 1));
-  };
+  // Every window's clipped bounds and 1 / divisor, computed once per call.
+  std::vector<detail::AvgWindow> windows(OH * OW);
+  std::vector<T> inv(OH * OW);
+  for (int64_t oh = 0; oh < OH; ++oh) {
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const auto win = avg_window<T>(s, opt, oh, ow);
+      windows[oh * OW + ow] = win;
+      inv[oh * OW + ow] = win.divisor == 0 ? T(0) : T(1) / T(win.divisor);
+    }
+  }
   if (!s.channels_last) {
     // NCHW: a plane per task, each window adds dy / divisor to its taps (no race: the plane
     // is the task's own), cheaper than recomputing every covering window per input element.
@@ -226,36 +281,30 @@ void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& op
         const T* dyp = dy + p * OH * OW;
         T* dxp = dx + p * H * W;
         std::fill(dxp, dxp + H * W, T(0));
-        for (int64_t oh = 0; oh < OH; ++oh) {
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            const auto win = avg_window<T>(s, opt, oh, ow);
-            if (win.divisor == 0) continue;
-            const T g = dyp[oh * OW + ow] / T(win.divisor);
-            for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-              for (int64_t iw = win.w0; iw < win.w1; ++iw) dxp[ih * W + iw] += g;
-            }
+        for (int64_t o = 0; o < OH * OW; ++o) {
+          const auto& win = windows[o];
+          const T g = dyp[o] * inv[o];
+          for (int64_t ih = win.h0; ih < win.h1; ++ih) {
+            for (int64_t iw = win.w0; iw < win.w1; ++iw) dxp[ih * W + iw] += g;
           }
         }
       }
     });
     return;
   }
-  at::parallel_for(0, s.batch * H, grain(W * C), [&](int64_t begin, int64_t end) {
+  // Channels-last: each input position gathers dy / divisor of the windows covering it.
+  const auto cols = covering_table(W, OW, s.kw, s.sw, s.pw);
+  at::parallel_for(0, s.batch * H, grain(W * C * s.kh * s.kw), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, ih = r % H;
+      const auto hr = detail::covering_outputs(ih, OH, s.kh, s.sh, s.ph, 1);
       for (int64_t iw = 0; iw < W; ++iw) {
-        T* dxp = dx + (r * W + iw) * C;
-        std::fill(dxp, dxp + C, T(0));
-        const auto [hr, wr] = covering(ih, iw);
-        for (int64_t oh = hr.first; oh < hr.last; ++oh) {
-          for (int64_t ow = wr.first; ow < wr.last; ++ow) {
-            const auto win = avg_window<T>(s, opt, oh, ow);
-            if (win.divisor == 0) continue;
-            const T inv = T(1) / T(win.divisor);
-            const T* dyp = dy + ((n * OH + oh) * OW + ow) * C;
-            for (int64_t c = 0; c < C; ++c) dxp[c] += dyp[c] * inv;
+        const auto wr = cols[iw];
+        weighted_channel_sum(dx + (r * W + iw) * C, C, [&](const auto& add) {
+          for (int64_t oh = hr.first; oh < hr.last; ++oh) {
+            for (int64_t ow = wr.first; ow < wr.last; ++ow) add(dy + ((n * OH + oh) * OW + ow) * C, inv[oh * OW + ow]);
           }
-        }
+        });
       }
     }
   });
@@ -284,7 +333,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                                    dilation, ceil_mode);
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   const auto idx = detail::pool2d_kernel_layout(indices, s);
-  auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options()).zero_();
+  // The kernel zeroes each part of grad_input before scattering into it.
+  auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
+  if (dy.numel() == 0) grad_input.zero_();
   if (dy.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward_cpu", [&] {
       max_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),

@@ -1,0 +1,38 @@
+// Our float32 GEMM for the convolution's matrix products on CPU: packed A and B panels and a
+// register-tiled micro-kernel (AVX-512: 8 x 32 tile; AVX2+FMA: 6 x 16), parallel over output
+// tiles with at::parallel_for. BLAS (MKL) is slow on some x86 CPUs (AMD) for these shapes;
+// this one reaches most of the FMA peak there. Which micro-kernel runs is decided at run time
+// (cpuid); where neither instruction set is available, gemm_available() is false and callers
+// keep using at::mm.
+//
+// Operands are strided views with an optional grouping of the column index, so the
+// convolution reads images of a batch in place: element (r, c) of an operand is at
+//   data + r * row_stride + (c / group) * group_stride + (c % group) * col_stride.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+namespace fastdl::cpu {
+
+struct MatrixRef {
+  float* data;
+  int64_t row_stride;
+  int64_t col_stride = 1;
+  int64_t group = std::numeric_limits<int64_t>::max();  // columns per group (no grouping by default)
+  int64_t group_stride = 0;
+  // Element offset of column c.
+  int64_t col_offset(int64_t c) const { return (c / group) * group_stride + (c % group) * col_stride; }
+};
+
+// Whether this CPU runs one of our micro-kernels (AVX-512 or AVX2+FMA). FASTDL_CPU_GEMM=blas
+// in the environment turns ours off, =avx2 forces the AVX2 kernel (for testing and comparing).
+bool gemm_available();
+
+// C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] B[k, n], for an (M, K) A, a (K, N) B and
+// an (M, N) C (C's col_stride must be 1). Parallel inside (single-threaded when called from
+// inside a parallel region); C must not overlap A or B.
+void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B, const MatrixRef& C,
+          bool accumulate);
+
+}  // namespace fastdl::cpu
