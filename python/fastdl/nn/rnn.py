@@ -181,27 +181,33 @@ class PeepholeLSTM(LSTM):
                 self.register_parameter(f"weight_peephole_l{layer}{suffix}", p)
 
 
+def _batched_cell_inputs(cell: str, input: Tensor, states, count: int, hidden_size: int,
+                         state_name) -> tuple[Tensor, list[Tensor], bool]:
+    """A cell's input and ``count`` states as batched tensors (zeros when ``states`` is None),
+    and whether the input was batched; torch's errors for inputs of the wrong rank."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{cell}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    for idx, value in enumerate(states or ()):
+        if value.dim() not in (1, 2):
+            raise ValueError(f"{cell}: Expected {state_name(idx)} to be 1D or 2D, got {value.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    if states is None:
+        zeros = torch.zeros(input.size(0), hidden_size, dtype=input.dtype, device=input.device)
+        return input, [zeros] * count, is_batched
+    return input, [s if is_batched else s.unsqueeze(0) for s in states], is_batched
+
+
 class LSTMCell(FastdlModule, nn.LSTMCell):
     """Drop-in :class:`torch.nn.LSTMCell`: one fused step (:func:`fastdl.functional.lstm_cell`)."""
 
     torch_type = nn.LSTMCell
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None:
-            for idx, value in enumerate(hx):
-                if value.dim() not in (1, 2):
-                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-            hx = (zeros, zeros)
-        elif not is_batched:
-            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        h, c = functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        input, (h0, c0), is_batched = _batched_cell_inputs("LSTMCell", input, hx, 2, self.hidden_size,
+                                                           lambda idx: f"hx[{idx}]")
+        h, c = functional.lstm_cell(input, (h0, c0), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return (h.squeeze(0), c.squeeze(0)) if not is_batched else (h, c)
 
 
@@ -211,16 +217,7 @@ class GRUCell(FastdlModule, nn.GRUCell):
     torch_type = nn.GRUCell
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
+        input, (hx,), is_batched = _batched_cell_inputs("GRUCell", input, None if hx is None else (hx,), 1,
+                                                        self.hidden_size, lambda idx: "hidden")
         h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
         return h.squeeze(0) if not is_batched else h
