@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
 
   // Input projections of every step in one GEMM (biases are added by the step kernel, which
   // needs W_hn h + b_hn apart from W_in x + b_in).
-  const auto x_gates = at::mm(x.view({T * B, s.input}), weight_ih.t()).view({T, B, 3 * H});
+  const auto x_gates = rnn_mm(kernels, x.view({T * B, s.input}), weight_ih.t()).view({T, B, 3 * H});
   auto work = at::empty({T, B, 4 * H}, opts);
   auto hiddens = at::empty({T, B, H}, opts);
   auto output = at::empty({T, B, H}, opts);
@@ -112,15 +112,15 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   const auto dgi = dx_gates.view({T * B, 3 * H});
   const auto dgh = dh_gates.view({T * B, 3 * H});
   at::Tensor d_input, d_w_ih, d_w_hh, d_b_ih, d_b_hh;
-  if (output_mask[0]) d_input = at::mm(dgi, weight_ih).view({T, B, s.input});
-  if (output_mask[2]) d_w_ih = at::mm(dgi.t(), x.view({T * B, s.input}));
+  if (output_mask[0]) d_input = rnn_mm(kernels, dgi, weight_ih).view({T, B, s.input});
+  if (output_mask[2]) d_w_ih = rnn_mm(kernels, dgi.t(), x.view({T * B, s.input}));
   if (output_mask[3] && T == 0) d_w_hh = at::zeros_like(weight_hh);
   if (output_mask[3] && T > 0) {
-    d_w_hh = at::mm(dh_gates[reverse ? T - 1 : 0].t(), h0);
+    d_w_hh = rnn_mm(kernels, dh_gates[reverse ? T - 1 : 0].t(), h0);
     if (T > 1) {
       const auto dg = reverse ? dh_gates.narrow(0, 0, T - 1) : dh_gates.narrow(0, 1, T - 1);
       const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      d_w_hh.addmm_(dg.reshape({(T - 1) * B, 3 * H}).t(), hp.reshape({(T - 1) * B, H}));
+      kernels.matmul(dg.reshape({(T - 1) * B, 3 * H}).t(), hp.reshape({(T - 1) * B, H}), d_w_hh, true);
     }
   }
   if (output_mask[4]) {

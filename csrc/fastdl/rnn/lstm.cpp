@@ -52,7 +52,7 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
   const auto len = lengths_for(lengths, x);
 
   // Input projections of every step in one GEMM (biases are added by the step kernel).
-  const auto x_gates = at::mm(x.view({T * B, s.input}), weight_ih.t()).view({T, B, 4 * H});
+  const auto x_gates = rnn_mm(kernels, x.view({T * B, s.input}), weight_ih.t()).view({T, B, 4 * H});
   auto gates = at::empty({T, B, 4 * H}, opts);
   auto cells = at::empty({T, B, H}, opts);
   auto hiddens = at::empty({T, B, P}, opts);
@@ -154,16 +154,16 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
 
   const auto dgates_2d = dgates.view({T * B, 4 * H});
   at::Tensor d_input, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, d_peephole;
-  if (output_mask[0]) d_input = at::mm(dgates_2d, weight_ih).view({T, B, s.input});
-  if (output_mask[3]) d_w_ih = at::mm(dgates_2d.t(), x.view({T * B, s.input}));
+  if (output_mask[0]) d_input = rnn_mm(kernels, dgates_2d, weight_ih).view({T, B, s.input});
+  if (output_mask[3]) d_w_ih = rnn_mm(kernels, dgates_2d.t(), x.view({T * B, s.input}));
   if (output_mask[4] && T == 0) d_w_hh = at::zeros_like(weight_hh);
   if (output_mask[4] && T > 0) {
     // dW_hh = sum_t dgates(t)^T h(t-1): the steps after the first read hiddens shifted by one.
-    d_w_hh = at::mm(dgates[reverse ? T - 1 : 0].t(), h0);
+    d_w_hh = rnn_mm(kernels, dgates[reverse ? T - 1 : 0].t(), h0);
     if (T > 1) {
       const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
       const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      d_w_hh.addmm_(dg.reshape({(T - 1) * B, 4 * H}).t(), hp.reshape({(T - 1) * B, P}));
+      kernels.matmul(dg.reshape({(T - 1) * B, 4 * H}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh, true);
     }
   }
   if (output_mask[5] || output_mask[6]) {
@@ -173,7 +173,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
     if (output_mask[6]) d_b_hh = output_mask[5] ? db.clone() : db;
   }
   if (output_mask[7] && projected) {
-    d_w_hr = at::mm(dh_total.view({T * B, P}).t(), hidden_pre.view({T * B, H}));
+    d_w_hr = rnn_mm(kernels, dh_total.view({T * B, P}).t(), hidden_pre.view({T * B, H}));
   }
   if (output_mask[8] && present(peephole)) {
     // c(t-1) for every step: c0 then the cells shifted by one in processing order.

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <array>
 #include <optional>
@@ -102,8 +103,9 @@ struct GruStepBackward {
 };
 
 struct RnnKernels {
-  // out (+)= a (M, K) b (K, N), b contiguous: the recurrent products of every step (on the CPU
-  // our register-tiled kernel beats a BLAS call at these skinny shapes; on CUDA cuBLAS).
+  // out (+)= a (M, K) b (K, N), any strides (out's last stride 1): every product of the
+  // drivers. On the CPU our kernels (a BLAS call costs most at the skinny per-step shapes); on
+  // CUDA cuBLAS.
   void (*matmul)(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate);
   void (*lstm_step_forward)(const LstmStepForward&);
   void (*lstm_step_backward)(const LstmStepBackward&);
@@ -123,6 +125,13 @@ struct RnnKernels {
   void (*peephole_grad)(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                         const at::Tensor& out);
 };
+
+// a (M, K) times b (K, N) as a new tensor, through the device's matmul.
+inline at::Tensor rnn_mm(const RnnKernels& kernels, const at::Tensor& a, const at::Tensor& b) {
+  auto out = at::empty({a.size(0), b.size(1)}, a.options());
+  kernels.matmul(a, b, out, false);
+  return out;
+}
 
 // The drivers: argument checks, GEMMs and the time loop around a device's kernels.
 // lstm_forward: (output, h_n, c_n, gates (T,B,4H), cells (T,B,H), hiddens (T,B,P), hidden_pre
