@@ -443,3 +443,22 @@ def test_autocast_cuda_matches_torch(kind):
         out, ref_out = ours(x)[0], ref(x)[0]
     assert out.dtype == ref_out.dtype == torch.float16
     torch.testing.assert_close(out, ref_out, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_large_products_match_torch(device, dtype, kind):
+    """Shapes where the CPU drivers take the packed GEMM (more than 64 rows: the input
+    projections of all steps, the weight gradients) as well as the per-step kernel with
+    column tails (4H and 3H not multiples of the vector panels)."""
+    torch_type, ours_type = {"lstm": (nn.LSTM, fnn.LSTM), "gru": (nn.GRU, fnn.GRU)}[kind]
+    ref = torch_type(20, 37, bidirectional=True).to(device, dtype)
+    ours = ours_type(20, 37, bidirectional=True).to(device, dtype)
+    ours.load_state_dict(ref.state_dict())
+    batch, steps = 9, 11
+    dirs, state = 2, 37
+    x = torch.randn(steps, batch, 20, device=device, dtype=dtype, requires_grad=True)
+    states = [torch.randn(dirs, batch, state, device=device, dtype=dtype, requires_grad=True)
+              for _ in range(2 if kind == "lstm" else 1)]
+    args = [x, *states] + [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
