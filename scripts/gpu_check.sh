@@ -21,7 +21,7 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 [ $rc -eq 0 ] || { tail -50 "$OUT/build.log"; exit $rc; }
 
-python -m pytest tests -q -m cuda -x -p no:cacheprovider > "$OUT/tests-cuda.log" 2>&1
+python -m pytest tests -q -m cuda --maxfail=200 -p no:cacheprovider > "$OUT/tests-cuda.log" 2>&1
 echo "cuda tests rc=$? $(tail -1 "$OUT/tests-cuda.log")" | tee -a "$OUT/summary.txt"
 
 if [ "${1:-}" != "--tests" ]; then
