@@ -78,6 +78,14 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_strid
                 int64_t a_k_stride, const T* b, int64_t ldb, T* c, int64_t ldc, bool accumulate) {
   constexpr int64_t L = Vec<T>::size();
   int64_t j = 0;
+  if (m <= 2) {
+    // One or two rows: four vectors of columns at a time, so enough independent FMAs are in
+    // flight to hide their latency (1 x 2 tiles would leave the FMA units mostly idle).
+    for (; j + 4 * L <= n; j += 4 * L) {
+      detail::gemm_column_panel<T, 4>(m, k, a, a_row_stride, a_k_stride, b + j, ldb, c + j, ldc,
+                                      accumulate);
+    }
+  }
   for (; j + 2 * L <= n; j += 2 * L) {
     detail::gemm_column_panel<T, 2>(m, k, a, a_row_stride, a_k_stride, b + j, ldb, c + j, ldc,
                                     accumulate);
@@ -92,6 +100,16 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_strid
       for (int64_t kk = 0; kk < k; ++kk) s += a[i * a_row_stride + kk * a_k_stride] * b[kk * ldb + j];
       c[i * ldc + j] = s;
     }
+  }
+}
+
+// dst[e * ld + j] = src[j * src_stride + e] for j < rows, e < dim: a block of rows (keys,
+// values) transposed into the (dim x rows) B operand small_gemm reads row-major.
+template <typename T>
+void transpose_rows(const T* src, int64_t src_stride, int64_t rows, int64_t dim, T* dst, int64_t ld) {
+  for (int64_t j = 0; j < rows; ++j) {
+    const T* row = src + j * src_stride;
+    for (int64_t e = 0; e < dim; ++e) dst[e * ld + j] = row[e];
   }
 }
 

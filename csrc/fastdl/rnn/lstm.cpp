@@ -8,7 +8,6 @@
 #include "fastdl/rnn/rnn_common.h"
 
 #include <ATen/autocast_mode.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>

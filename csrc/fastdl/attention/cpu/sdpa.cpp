@@ -108,15 +108,6 @@ void apply_dropout(T* p, int64_t ld, int64_t rows, int64_t cols, const detail::S
   }
 }
 
-// dst[e * ld + j] = src[j * src_stride + e]: a key (or value) block transposed to E x cols.
-template <typename T>
-void transpose_block(const T* src, int64_t src_stride, int64_t cols, int64_t dim, T* dst, int64_t ld) {
-  for (int64_t j = 0; j < cols; ++j) {
-    const T* row = src + j * src_stride;
-    for (int64_t e = 0; e < dim; ++e) dst[e * ld + j] = row[e];
-  }
-}
-
 // The number of keys a causal query block [q0, q0 + rows) can see: keys after its last row
 // are masked for every row, so their blocks are skipped rather than masked.
 inline int64_t visible_keys(const detail::SdpaShape& shape, int64_t q0, int64_t rows) {
@@ -150,7 +141,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
       const int64_t keys = visible_keys(shape, q0, rows);
       for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
         const int64_t cols = std::min(kKeyBlock, keys - k0);
-        transpose_block(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
+        cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
         cpu::small_gemm<T>(rows, cols, E, q_rows, q.row_stride, 1, kt.data(), kKeyBlock,
                            scores.data(), kKeyBlock, false);
         finish_scores(scores.data(), kKeyBlock, rows, cols, q0, k0, scale, mask, b, h,
@@ -247,8 +238,8 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
         std::fill(dq.begin(), dq.end(), T(0));
         for (int64_t k0 = 0; k0 < S; k0 += kKeyBlock) {
           const int64_t cols = std::min(kKeyBlock, S - k0);
-          transpose_block(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
-          transpose_block(v_rows + k0 * v.row_stride, v.row_stride, cols, Ev, vt.data(), kKeyBlock);
+          cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
+          cpu::transpose_rows(v_rows + k0 * v.row_stride, v.row_stride, cols, Ev, vt.data(), kKeyBlock);
           // Under is_causal, query rows before k0 see none of these keys.
           const int64_t first_q = shape.is_causal ? (k0 / kQueryBlock) * kQueryBlock : 0;
           for (int64_t q0 = first_q; q0 < Lq; q0 += kQueryBlock) {
@@ -329,10 +320,6 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
   });
 }
 
-at::Tensor lse_empty(const at::Tensor& query, const detail::SdpaShape& s) {
-  return at::empty({s.batch, s.q_heads, s.q_len}, query.options());
-}
-
 std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
@@ -343,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
   auto output = at::empty({shape.batch, shape.q_heads, shape.q_len, shape.value_dim}, q.options());
-  auto logsumexp = lse_empty(q, shape);
+  auto logsumexp = at::empty({shape.batch, shape.q_heads, shape.q_len}, q.options());
   if (output.numel() == 0 && logsumexp.numel() == 0) return {output, logsumexp};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_forward_cpu", [&] {
     forward_kernel<scalar_t>(shape, operand<scalar_t>(q), operand<scalar_t>(k),

@@ -12,6 +12,7 @@
 // buffers. Many queries: tasks own query blocks and write dQ directly; dK, dV go to per-thread
 // buffers. Either way the buffers hold the smaller side's gradient once per thread (tiny for
 // ISAB's m inducing points), summed at the end: no atomics, deterministic for a thread count.
+#include "fastdl/common/cpu_gemm.h"
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/induced/induced_attention.h"
@@ -74,50 +75,6 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// rows[s0 .. s0 + n) of slice bh (each d long) -> cols (d x n): cols[e * n + j] = row(s0 + j)[e].
-template <typename T>
-inline void transpose_chunk(const induced::Rows<const T>& rows, int64_t bh, int64_t s0, T* cols,
-                            int64_t n, int64_t d) {
-  const auto slice = rows.slice(bh);
-  for (int64_t j = 0; j < n; ++j) {
-    const T* r = slice.row(s0 + j);
-    for (int64_t e = 0; e < d; ++e) cols[e * n + j] = r[e];
-  }
-}
-
-// out[0..n) = sum_e x[e] * cols[e * n + 0..n)  (a row times a transposed chunk). Register
-// blocked: four vectors of outputs accumulate over all e before one store.
-template <typename T>
-inline void row_times_chunk(const T* x, const T* cols, T* out, int64_t n, int64_t d) {
-  constexpr int64_t W = Vec<T>::size();
-  int64_t j = 0;
-  for (; j + 4 * W <= n; j += 4 * W) {
-    Vec<T> a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-    for (int64_t e = 0; e < d; ++e) {
-      const Vec<T> xe(x[e]);
-      const T* c = cols + e * n + j;
-      a0 = at::vec::fmadd(xe, Vec<T>::loadu(c), a0);
-      a1 = at::vec::fmadd(xe, Vec<T>::loadu(c + W), a1);
-      a2 = at::vec::fmadd(xe, Vec<T>::loadu(c + 2 * W), a2);
-      a3 = at::vec::fmadd(xe, Vec<T>::loadu(c + 3 * W), a3);
-    }
-    a0.store(out + j);
-    a1.store(out + j + W);
-    a2.store(out + j + 2 * W);
-    a3.store(out + j + 3 * W);
-  }
-  for (; j + W <= n; j += W) {
-    Vec<T> a(T(0));
-    for (int64_t e = 0; e < d; ++e) a = at::vec::fmadd(Vec<T>(x[e]), Vec<T>::loadu(cols + e * n + j), a);
-    a.store(out + j);
-  }
-  for (; j < n; ++j) {
-    T a = 0;
-    for (int64_t e = 0; e < d; ++e) a += x[e] * cols[e * n + j];
-    out[j] = a;
-  }
-}
-
 // y[0..d) += sum_j w[j] * row(j)[0..d) over the j < n with w[j] != 0. Register blocked: four
 // vectors of y accumulate over all j before one store.
 template <typename T, typename RowOf>
@@ -168,10 +125,12 @@ struct KeyChunk {
   void load(const Problem<T>& p, int64_t bh, int64_t s0, int64_t count, bool with_values) {
     n = count;
     kt.resize(static_cast<size_t>(p.E * n));
-    transpose_chunk(p.k, bh, s0, kt.data(), n, p.E);
+    const auto keys = p.k.slice(bh);
+    cpu::transpose_rows(keys.row(s0), keys.stride, n, p.E, kt.data(), n);
     if (with_values) {
       vt.resize(static_cast<size_t>(p.Ev * n));
-      transpose_chunk(p.v, bh, s0, vt.data(), n, p.Ev);
+      const auto values = p.v.slice(bh);
+      cpu::transpose_rows(values.row(s0), values.stride, n, p.Ev, vt.data(), n);
     }
     padded.clear();
     if (const bool* m = p.mask_of(bh)) {
@@ -205,7 +164,8 @@ inline T exp_shifted(T* x, T shift, int64_t n) {
 // returns the largest.
 template <typename T>
 inline T chunk_scores(const Problem<T>& p, const KeyChunk<T>& c, const T* q_row, T* scores) {
-  row_times_chunk(q_row, c.kt.data(), scores, c.n, p.E);
+  // scores = q_row times the transposed chunk (E x n).
+  cpu::small_gemm<T>(1, c.n, p.E, q_row, 0, 1, c.kt.data(), c.n, scores, c.n, false);
   scale_inplace(scores, p.scale, c.n);
   for (int64_t j : c.padded) scores[j] = induced::neg_inf<T>();
   return cpu::max_of(scores, c.n);
@@ -326,7 +286,7 @@ void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int6
         exp_shifted(prob_r, lse[bh * p.L + i], n);  // p = exp(s - lse); padded keys: 0
         if (need_ds) {  // dS_ij = p_ij (dO_i . v_j - D_i), times scale for dQ and dK
           T* ds_r = dscore.data() + r * n;
-          row_times_chunk(do_rows.row(i), chunk.vt.data(), ds_r, n, p.Ev);
+          cpu::small_gemm<T>(1, n, p.Ev, do_rows.row(i), 0, 1, chunk.vt.data(), n, ds_r, n, false);
           const T d_i = delta[bh * p.L + i];
           for (int64_t j = 0; j < n; ++j) ds_r[j] = prob_r[j] == T(0) ? T(0) : prob_r[j] * (ds_r[j] - d_i) * p.scale;
         }
