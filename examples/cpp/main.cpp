@@ -40,12 +40,13 @@ int main(int argc, char** argv) try {
   // package this program was compiled against, built for the torch whose headers we use.
   const fastdl::BuildInfo info = fastdl::build_info();
   if (info.version != FASTDL_EXPECTED_VERSION || info.torch.rfind(TORCH_VERSION, 0) != 0) {
-    std::cerr << "libfastdl " << info.version << " (torch " << info.torch << ") does not match fastdl "
-              << FASTDL_EXPECTED_VERSION << " / torch " << TORCH_VERSION << " used to compile\n";
+    std::cerr << "libfastdl " << info.version << " (torch " << info.torch
+              << ") does not match fastdl " << FASTDL_EXPECTED_VERSION << " / torch "
+              << TORCH_VERSION << " used to compile\n";
     return 1;
   }
-  std::cout << "version " << info.version << ' ' << info.torch << ' ' << (info.cuda ? "cuda" : "cpu")
-            << '\n';
+  std::cout << "version " << info.version << ' ' << info.torch << ' '
+            << (info.cuda ? "cuda" : "cpu") << '\n';
 
   const torch::Device device(argc > 1 ? argv[1] : "cpu");
   if (device.is_cuda() && !info.cuda) {
@@ -63,7 +64,8 @@ int main(int argc, char** argv) try {
     torch::Tensor bias = on(0.1 * wave({3, 8}, 0.45, 0.7)).requires_grad_();
     torch::Tensor grad_output = on(wave({2, 3, 8}, 0.29, 0.5));
 
-    torch::Tensor y = fastdl::layer_norm(x, /*normalized_shape=*/{3, 8}, weight, bias, /*eps=*/1e-5);
+    torch::Tensor y =
+        fastdl::layer_norm(x, /*normalized_shape=*/{3, 8}, weight, bias, /*eps=*/1e-5);
     y.backward(grad_output);  // runs fastdl's backward op through the registered autograd Function
 
     print("layer_norm.input", x);

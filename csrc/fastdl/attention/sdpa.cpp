@@ -19,9 +19,11 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.scaled_dot_product_attention";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    double, bool, std::optional<double>, const std::optional<at::Tensor>&);
+using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&,
+                                                      const std::optional<at::Tensor>&, double,
+                                                      bool, std::optional<double>,
+                                                      const std::optional<at::Tensor>&);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, bool,
@@ -42,15 +44,17 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
   checks::floating(query, kOp, "query");
   checks::floating(key, kOp, "key");
   checks::floating(value, kOp, "value");
-  TORCH_CHECK(query.scalar_type() == key.scalar_type() && query.scalar_type() == value.scalar_type(),
-              kOp, ": expected query, key and value to have the same dtype, got query.dtype: ",
-              query.scalar_type(), ", key.dtype: ", key.scalar_type(), " and value.dtype: ",
-              value.scalar_type());
+  TORCH_CHECK(
+      query.scalar_type() == key.scalar_type() && query.scalar_type() == value.scalar_type(), kOp,
+      ": expected query, key and value to have the same dtype, got query.dtype: ",
+      query.scalar_type(), ", key.dtype: ", key.scalar_type(),
+      " and value.dtype: ", value.scalar_type());
   checks::same_device(key, query, kOp, "key", "query");
   checks::same_device(value, query, kOp, "value", "query");
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4, kOp,
               ": query, key and value must be 4-d (B, H, L, E), (B, H, S, E), (B, H, S, Ev), got "
-              "shapes ", query.sizes(), ", ", key.sizes(), " and ", value.sizes());
+              "shapes ",
+              query.sizes(), ", ", key.sizes(), " and ", value.sizes());
   SdpaShape s{};
   s.batch = query.size(0);
   s.q_heads = query.size(1);
@@ -76,8 +80,8 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
               query.sizes());
   s.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(s.head_dim));
   TORCH_CHECK(std::isfinite(s.scale), kOp, ": scale must be finite, got ", s.scale);
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp,
-              ": dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp, ": dropout_p must be in [0, 1), got ",
+              dropout_p);
   s.dropout_p = dropout_p;
   s.is_causal = is_causal;
   s.has_mask = present(attn_mask);
@@ -94,8 +98,8 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
   if (dropout_p > 0.0) {
     TORCH_CHECK(present(dropout_seed), kOp, ": dropout_seed is required when dropout_p > 0");
     const auto& seed = *dropout_seed;
-    TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device().is_cpu(),
-                kOp, ": dropout_seed must be an int64 tensor with one element on the CPU, got ",
+    TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 1 && seed.device().is_cpu(), kOp,
+                ": dropout_seed must be an int64 tensor with one element on the CPU, got ",
                 seed.scalar_type(), seed.sizes(), " on ", seed.device());
     s.seed = static_cast<uint64_t>(seed.item<int64_t>());
   }
@@ -108,10 +112,11 @@ SdpaShape check_sdpa_backward(const at::Tensor& grad_output, const at::Tensor& q
                               const at::Tensor& logsumexp, double dropout_p, bool is_causal,
                               std::optional<double> scale,
                               const std::optional<at::Tensor>& dropout_seed) {
-  const auto s = check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                    dropout_seed);
+  const auto s =
+      check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
   const std::array<int64_t, 4> out_shape{s.batch, s.q_heads, s.q_len, s.value_dim};
-  for (const auto& [t, name] : {std::pair{&grad_output, "grad_output"}, std::pair{&output, "output"}}) {
+  for (const auto& [t, name] :
+       {std::pair{&grad_output, "grad_output"}, std::pair{&output, "output"}}) {
     TORCH_CHECK(t->defined(), kOp, ": ", name, " must be a tensor, got None");
     check_same_shape(*t, out_shape, name);
     TORCH_CHECK(t->scalar_type() == query.scalar_type(), kOp, ": ", name, " must be ",
@@ -136,7 +141,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_gradient_buffers
   const auto zeros_if = [](bool wanted, at::IntArrayRef sizes, const at::Tensor& like) {
     return wanted ? at::zeros(sizes, like.options()) : at::Tensor();
   };
-  return {zeros_if(output_mask[0], query.sizes(), query), zeros_if(output_mask[1], key.sizes(), key),
+  return {zeros_if(output_mask[0], query.sizes(), query),
+          zeros_if(output_mask[1], key.sizes(), key),
           zeros_if(output_mask[2], value.sizes(), value),
           zeros_if(output_mask[3], {shape.batch, shape.q_heads, shape.q_len, shape.kv_len}, query)};
 }
@@ -154,16 +160,15 @@ using torch::autograd::variable_list;
 
 class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& query,
-                               const at::Tensor& key, const at::Tensor& value,
-                               const std::optional<at::Tensor>& attn_mask, double dropout_p,
-                               bool is_causal, std::optional<double> scale,
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& query, const at::Tensor& key,
+                               const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
+                               double dropout_p, bool is_causal, std::optional<double> scale,
                                const std::optional<at::Tensor>& dropout_seed) {
     autograd::InputEdges::save(ctx, {true, true, true, present(attn_mask), present(dropout_seed)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, logsumexp] = FASTDL_OP("sdpa_forward", ForwardSig)
-                                   .call(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                         dropout_seed);
+    auto [output, logsumexp] =
+        FASTDL_OP("sdpa_forward", ForwardSig)
+            .call(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
     autograd::save_with_optional(ctx, {query, key, value, output, logsumexp}, attn_mask);
     detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
     ctx->mark_non_differentiable({logsumexp});
@@ -175,7 +180,8 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
     const auto mask = autograd::saved_optional(saved, 5);
     const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 3);
-    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
+    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp,
+                ": a bool attn_mask has no gradient");
     const std::array<bool, 4> needs = {autograd::InputEdges::needs_grad(ctx, 0),
                                        autograd::InputEdges::needs_grad(ctx, 1),
                                        autograd::InputEdges::needs_grad(ctx, 2), mask_grad};
@@ -183,8 +189,8 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
     if (!grads[0].defined()) return result;
     auto [grad_query, grad_key, grad_value, grad_mask] =
         FASTDL_OP("sdpa_backward", BackwardSig)
-            .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4], options.dropout_p,
-                  options.is_causal, options.scale, options.dropout_seed, needs);
+            .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4],
+                  options.dropout_p, options.is_causal, options.scale, options.dropout_seed, needs);
     result[0] = grad_query;
     result[1] = grad_key;
     result[2] = grad_value;
@@ -197,7 +203,8 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autograd(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
-  auto out = SdpaFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
+  auto out =
+      SdpaFunction::apply(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
   return {out[0], out[1]};
 }
 
@@ -207,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_autogra
     const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
   return autograd::not_differentiable(
-      "fastdl.sdpa_backward", {grad_output, query, key, value, attn_mask.value_or(at::Tensor())}, [&] {
+      "fastdl.sdpa_backward", {grad_output, query, key, value, attn_mask.value_or(at::Tensor())},
+      [&] {
         return FASTDL_OP("sdpa_backward", BackwardSig)
             .call(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
                   is_causal, scale, dropout_seed, output_mask);
@@ -225,7 +233,9 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
   autocast::BelowAutocast<device> below;
   const auto dtype = at::autocast::get_autocast_dtype(device);
   const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
-  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(compute, t, device); };
+  const auto cast = [&](const at::Tensor& t) {
+    return at::autocast::cached_cast(compute, t, device);
+  };
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
   auto [output, logsumexp] = FASTDL_OP("sdpa_forward", ForwardSig)
@@ -237,10 +247,12 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> sdpa_forward(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
-    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+std::tuple<at::Tensor, at::Tensor> sdpa_forward(const at::Tensor& query, const at::Tensor& key,
+                                                const at::Tensor& value,
+                                                const std::optional<at::Tensor>& attn_mask,
+                                                double dropout_p, bool is_causal,
+                                                std::optional<double> scale,
+                                                const std::optional<at::Tensor>& dropout_seed) {
   return FASTDL_OP("sdpa_forward", ForwardSig)
       .call(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
 }
@@ -263,13 +275,15 @@ at::Tensor sdpa(const at::Tensor& query, const at::Tensor& key, const at::Tensor
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("sdpa_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
-        "float dropout_p=0.0, bool is_causal=False, float? scale=None, Tensor? dropout_seed=None) "
-        "-> (Tensor output, Tensor logsumexp)");
-  m.def("sdpa_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, "
-        "Tensor? attn_mask, Tensor output, Tensor logsumexp, float dropout_p, bool is_causal, "
-        "float? scale, Tensor? dropout_seed, bool[4] output_mask) "
-        "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_attn_mask)");
+  m.def(
+      "sdpa_forward(Tensor query, Tensor key, Tensor value, Tensor? attn_mask=None, "
+      "float dropout_p=0.0, bool is_causal=False, float? scale=None, Tensor? dropout_seed=None) "
+      "-> (Tensor output, Tensor logsumexp)");
+  m.def(
+      "sdpa_backward(Tensor grad_output, Tensor query, Tensor key, Tensor value, "
+      "Tensor? attn_mask, Tensor output, Tensor logsumexp, float dropout_p, bool is_causal, "
+      "float? scale, Tensor? dropout_seed, bool[4] output_mask) "
+      "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_attn_mask)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {

@@ -49,9 +49,9 @@ struct SdpaShape {
   int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim, value_dim;
   double scale;
   double dropout_p;
-  uint64_t seed;       // dropout seed (0 without dropout)
+  uint64_t seed;  // dropout seed (0 without dropout)
   bool is_causal;
-  bool mask_is_bool;   // attn_mask given and bool
+  bool mask_is_bool;  // attn_mask given and bool
   bool has_mask;
   int64_t group() const { return q_heads / kv_heads; }
 };

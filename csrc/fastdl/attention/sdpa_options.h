@@ -16,7 +16,8 @@ struct SdpaOptions {
   std::optional<at::Tensor> dropout_seed;
 
   void save(torch::autograd::AutogradContext* ctx) const {
-    if (dropout_seed.has_value() && dropout_seed->defined()) ctx->saved_data["dropout_seed"] = *dropout_seed;
+    if (dropout_seed.has_value() && dropout_seed->defined())
+      ctx->saved_data["dropout_seed"] = *dropout_seed;
     ctx->saved_data["dropout_p"] = dropout_p;
     ctx->saved_data["is_causal"] = is_causal;
     ctx->saved_data["scale"] = scale.has_value() ? c10::IValue(*scale) : c10::IValue();

@@ -19,9 +19,9 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.sdpa_weights";
 
-using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                              double, bool, std::optional<double>, const std::optional<at::Tensor>&,
-                              const at::Tensor&);
+using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&,
+                              const std::optional<at::Tensor>&, double, bool, std::optional<double>,
+                              const std::optional<at::Tensor>&, const at::Tensor&);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     double, bool, std::optional<double>, const std::optional<at::Tensor>&, const at::Tensor&,
@@ -33,12 +33,13 @@ detail::SdpaShape check_weights(const at::Tensor& query, const at::Tensor& key,
                                 const std::optional<at::Tensor>& dropout_seed,
                                 const at::Tensor& logsumexp) {
   // The value is not read: key stands in for it in the shared checks.
-  const auto s = detail::check_sdpa_forward(query, key, key, attn_mask, dropout_p, is_causal,
-                                            scale, dropout_seed);
-  TORCH_CHECK(logsumexp.defined() && logsumexp.sizes() == at::IntArrayRef({s.batch, s.q_heads, s.q_len}) &&
+  const auto s = detail::check_sdpa_forward(query, key, key, attn_mask, dropout_p, is_causal, scale,
+                                            dropout_seed);
+  TORCH_CHECK(logsumexp.defined() &&
+                  logsumexp.sizes() == at::IntArrayRef({s.batch, s.q_heads, s.q_len}) &&
                   logsumexp.device() == query.device(),
-              kOp, ": logsumexp must have shape [", s.batch, ", ", s.q_heads, ", ", s.q_len, "] on ",
-              query.device(), ", got ", logsumexp.sizes());
+              kOp, ": logsumexp must have shape [", s.batch, ", ", s.q_heads, ", ", s.q_len,
+              "] on ", query.device(), ", got ", logsumexp.sizes());
   const auto half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
   TORCH_CHECK(logsumexp.scalar_type() == (half ? at::kFloat : query.scalar_type()), kOp,
               ": logsumexp must be ", half ? at::kFloat : query.scalar_type(), ", got ",
@@ -53,7 +54,8 @@ bool empty_problem(const detail::SdpaShape& s) {
 
 // scale * Q K^T as (B, Hq, L, S): under GQA the group's query rows are stacked so one batched
 // GEMM per key/value head serves them all.
-at::Tensor scaled_scores(const at::Tensor& query, const at::Tensor& key, const detail::SdpaShape& s) {
+at::Tensor scaled_scores(const at::Tensor& query, const at::Tensor& key,
+                         const detail::SdpaShape& s) {
   const auto q = query.reshape({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim});
   const auto k = key.reshape({s.batch * s.kv_heads, s.kv_len, s.head_dim});
   auto out = at::empty({s.batch * s.kv_heads, s.group() * s.q_len, s.kv_len}, query.options());
@@ -74,7 +76,8 @@ at::Tensor sdpa_weights_kernel(const at::Tensor& query, const at::Tensor& key,
                                bool is_causal, std::optional<double> scale,
                                const std::optional<at::Tensor>& dropout_seed,
                                const at::Tensor& logsumexp) {
-  const auto s = check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+  const auto s =
+      check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
   if (empty_problem(s)) return at::zeros({s.batch, s.q_heads, s.q_len, s.kv_len}, query.options());
   auto weights = scaled_scores(query, key, s);
   if (s.dropout_p > 0) {
@@ -91,7 +94,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
-  const auto s = check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+  const auto s =
+      check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
   TORCH_CHECK(grad_weights.sizes() == at::IntArrayRef({s.batch, s.q_heads, s.q_len, s.kv_len}) &&
                   grad_weights.scalar_type() == query.scalar_type(),
               kOp, ": grad_weights must be ", query.scalar_type(), " of shape [", s.batch, ", ",
@@ -120,7 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
   const auto ds3 = ds.view({s.batch * s.kv_heads, s.group() * s.q_len, s.kv_len});
   if (output_mask[0]) {
     const auto k = key.reshape({s.batch * s.kv_heads, s.kv_len, s.head_dim});
-    grad_query = at::empty({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim}, query.options());
+    grad_query =
+        at::empty({s.batch * s.kv_heads, s.group() * s.q_len, s.head_dim}, query.options());
     at::baddbmm_out(grad_query, grad_query, ds3, k, 0, s.scale);
     grad_query = grad_query.view(query.sizes());
   }
@@ -146,8 +151,9 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
                                const at::Tensor& logsumexp) {
     autograd::InputEdges::save(ctx, {true, true, present(attn_mask), present(dropout_seed), true});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto weights = FASTDL_OP("sdpa_weights", ForwardSig)
-                       .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
+    auto weights =
+        FASTDL_OP("sdpa_weights", ForwardSig)
+            .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
     autograd::save_with_optional(ctx, {query, key, logsumexp}, attn_mask);
     detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
     return {weights};
@@ -158,7 +164,8 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
     const auto mask = autograd::saved_optional(saved, 3);
     const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 2);
-    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp, ": a bool attn_mask has no gradient");
+    TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp,
+                ": a bool attn_mask has no gradient");
     variable_list result(8);
     if (!grads[0].defined()) return result;
     auto [gq, gk, gm] = FASTDL_OP("sdpa_weights_backward", BackwardSig)
@@ -188,7 +195,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_autograd(
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
   return autograd::not_differentiable(
-      "fastdl.sdpa_weights_backward", {grad_weights, query, key, attn_mask.value_or(at::Tensor())}, [&] {
+      "fastdl.sdpa_weights_backward", {grad_weights, query, key, attn_mask.value_or(at::Tensor())},
+      [&] {
         return FASTDL_OP("sdpa_weights_backward", BackwardSig)
             .call(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
                   logsumexp, output_mask);
@@ -206,12 +214,14 @@ at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
   autocast::BelowAutocast<device> below;
   const auto dtype = at::autocast::get_autocast_dtype(device);
   const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
-  const auto cast = [&](const at::Tensor& t) { return at::autocast::cached_cast(compute, t, device); };
+  const auto cast = [&](const at::Tensor& t) {
+    return at::autocast::cached_cast(compute, t, device);
+  };
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
-  auto weights = FASTDL_OP("sdpa_weights", ForwardSig)
-                     .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed,
-                           logsumexp);
+  auto weights =
+      FASTDL_OP("sdpa_weights", ForwardSig)
+          .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
   return compute != dtype ? weights.to(dtype) : weights;
 }
 
@@ -220,7 +230,8 @@ at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
 at::Tensor sdpa_weights(const at::Tensor& query, const at::Tensor& key,
                         const std::optional<at::Tensor>& attn_mask, double dropout_p,
                         bool is_causal, std::optional<double> scale,
-                        const std::optional<at::Tensor>& dropout_seed, const at::Tensor& logsumexp) {
+                        const std::optional<at::Tensor>& dropout_seed,
+                        const at::Tensor& logsumexp) {
   return FASTDL_OP("sdpa_weights", ForwardSig)
       .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
 }
@@ -236,11 +247,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward(
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("sdpa_weights(Tensor query, Tensor key, Tensor? attn_mask, float dropout_p, bool is_causal, "
-        "float? scale, Tensor? dropout_seed, Tensor logsumexp) -> Tensor");
-  m.def("sdpa_weights_backward(Tensor grad_weights, Tensor query, Tensor key, Tensor? attn_mask, "
-        "float dropout_p, bool is_causal, float? scale, Tensor? dropout_seed, Tensor logsumexp, "
-        "bool[3] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_attn_mask)");
+  m.def(
+      "sdpa_weights(Tensor query, Tensor key, Tensor? attn_mask, float dropout_p, bool is_causal, "
+      "float? scale, Tensor? dropout_seed, Tensor logsumexp) -> Tensor");
+  m.def(
+      "sdpa_weights_backward(Tensor grad_weights, Tensor query, Tensor key, Tensor? attn_mask, "
+      "float dropout_p, bool is_causal, float? scale, Tensor? dropout_seed, Tensor logsumexp, "
+      "bool[3] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_attn_mask)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {

@@ -1,8 +1,8 @@
 // The attention probabilities P = softmax(scale * Q K^T + mask) (after dropout's keep mask, as
 // torch.nn.MultiheadAttention returns them) materialised as a (B, Hq, L, S) tensor: what
 // MultiheadAttention(need_weights=True) returns next to the fused attention output. The
-// score products are batched GEMMs (at::baddbmm); the row work (scale, mask, exp(s - lse), dropout, and
-// the softmax backward dS = P (dP - rowsum(dP P))) is ours, on CPU and CUDA.
+// score products are batched GEMMs (at::baddbmm); the row work (scale, mask, exp(s - lse),
+// dropout, and the softmax backward dS = P (dP - rowsum(dP P))) is ours, on CPU and CUDA.
 #pragma once
 
 #include <ATen/core/Tensor.h>

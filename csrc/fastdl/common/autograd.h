@@ -42,13 +42,15 @@ class InputEdges {
 
 // save_for_backward rejects undefined tensors: save `always` and then the optional tensor
 // when present; saved_optional(saved, i) reads it back (nullopt when it was absent).
-inline void save_with_optional(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list always,
+inline void save_with_optional(torch::autograd::AutogradContext* ctx,
+                               torch::autograd::variable_list always,
                                const std::optional<at::Tensor>& optional) {
   if (present(optional)) always.push_back(*optional);
   ctx->save_for_backward(always);
 }
 
-inline std::optional<at::Tensor> saved_optional(const torch::autograd::variable_list& saved, size_t i) {
+inline std::optional<at::Tensor> saved_optional(const torch::autograd::variable_list& saved,
+                                                size_t i) {
   return i < saved.size() ? std::optional<at::Tensor>(saved[i]) : std::nullopt;
 }
 
@@ -56,7 +58,8 @@ inline std::optional<at::Tensor> saved_optional(const torch::autograd::variable_
 // autograd and, when a graph is recorded over the call (create_graph=True), attaches the
 // defined outputs to a node that raises if anything differentiates through them.
 template <typename Run>
-auto not_differentiable(std::string_view op, const torch::autograd::variable_list& inputs, Run&& run) {
+auto not_differentiable(std::string_view op, const torch::autograd::variable_list& inputs,
+                        Run&& run) {
   bool record = false;
   if (at::GradMode::is_enabled()) {
     for (const auto& t : inputs) record = record || (t.defined() && t.requires_grad());

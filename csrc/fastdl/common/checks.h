@@ -17,9 +17,9 @@ inline void floating(const at::Tensor& t, std::string_view op, std::string_view 
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
   const auto dtype = t.scalar_type();
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && t.is_cuda()),
-              op, ": ", name, " must be float32 or float64 (float16/bfloat16 on CUDA), got ",
-              dtype, " on ", t.device());
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && t.is_cuda()), op, ": ", name,
+              " must be float32 or float64 (float16/bfloat16 on CUDA), got ", dtype, " on ",
+              t.device());
 }
 
 inline void same_device(const at::Tensor& t, const at::Tensor& ref, std::string_view op,
@@ -44,8 +44,8 @@ inline void parameter(const std::optional<at::Tensor>& t, const at::Tensor& inpu
   same_device(*t, input, op, name, "input");
   const auto dtype = t->scalar_type();
   const bool half_input = input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16;
-  TORCH_CHECK(dtype == input.scalar_type() || (half_input && dtype == at::kFloat), op, ": ",
-              name, " must have the input's dtype (", input.scalar_type(),
+  TORCH_CHECK(dtype == input.scalar_type() || (half_input && dtype == at::kFloat), op, ": ", name,
+              " must have the input's dtype (", input.scalar_type(),
               half_input ? " or float32" : "", "), got ", dtype);
   TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
               t->sizes());

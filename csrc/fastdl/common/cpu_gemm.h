@@ -53,18 +53,18 @@ inline void gemm_column_panel(int64_t m, int64_t k, const T* a, int64_t a_row_st
                                 c + i * ldc, ldc, accumulate);
   }
   if (kTileRows > 4 && i + 4 <= m) {
-    gemm_tile<T, 4, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
-                        ldc, accumulate);
+    gemm_tile<T, 4, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc, ldc,
+                        accumulate);
     i += 4;
   }
   if (i + 2 <= m) {
-    gemm_tile<T, 2, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
-                        ldc, accumulate);
+    gemm_tile<T, 2, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc, ldc,
+                        accumulate);
     i += 2;
   }
   for (; i < m; ++i) {
-    gemm_tile<T, 1, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc,
-                        ldc, accumulate);
+    gemm_tile<T, 1, NV>(k, a + i * a_row_stride, a_row_stride, a_k_stride, b, ldb, c + i * ldc, ldc,
+                        accumulate);
   }
 }
 
@@ -97,7 +97,8 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_strid
   for (; j < n; ++j) {
     for (int64_t i = 0; i < m; ++i) {
       T s = accumulate ? c[i * ldc + j] : T(0);
-      for (int64_t kk = 0; kk < k; ++kk) s += a[i * a_row_stride + kk * a_k_stride] * b[kk * ldb + j];
+      for (int64_t kk = 0; kk < k; ++kk)
+        s += a[i * a_row_stride + kk * a_k_stride] * b[kk * ldb + j];
       c[i * ldc + j] = s;
     }
   }
@@ -106,7 +107,8 @@ void small_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t a_row_strid
 // dst[e * ld + j] = src[j * src_stride + e] for j < rows, e < dim: a block of rows (keys,
 // values) transposed into the (dim x rows) B operand small_gemm reads row-major.
 template <typename T>
-void transpose_rows(const T* src, int64_t src_stride, int64_t rows, int64_t dim, T* dst, int64_t ld) {
+void transpose_rows(const T* src, int64_t src_stride, int64_t rows, int64_t dim, T* dst,
+                    int64_t ld) {
   for (int64_t j = 0; j < rows; ++j) {
     const T* row = src + j * src_stride;
     for (int64_t e = 0; e < dim; ++e) dst[e * ld + j] = row[e];

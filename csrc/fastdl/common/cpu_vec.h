@@ -112,10 +112,12 @@ inline std::pair<T, T> mean_var(const T* x, int64_t n) {
   const T mean = shift + d;
   T var = s2 / T(n) - d * d;
   if (!(d * d <= T(64) * var)) {
-    var = reduce_sum<T>(x, n, [mean](auto v) {
-            const auto e = v - decltype(v)(mean);
-            return e * e;
-          }) / T(n);
+    var = reduce_sum<T>(x, n,
+                        [mean](auto v) {
+                          const auto e = v - decltype(v)(mean);
+                          return e * e;
+                        }) /
+          T(n);
   }
   return {mean, std::max(var, T(0))};
 }
@@ -126,7 +128,8 @@ template <typename T>
 class ThreadColumnSums {
  public:
   ThreadColumnSums(int64_t columns, int64_t buffers)
-      : columns_(columns), data_(static_cast<size_t>(columns * std::max<int64_t>(buffers, 1)), T(0)) {}
+      : columns_(columns),
+        data_(static_cast<size_t>(columns * std::max<int64_t>(buffers, 1)), T(0)) {}
   T* row(int64_t thread) { return data_.data() + thread * columns_; }
   // out[c] = sum over threads of row(t)[c].
   void sum_into(T* out) const {

@@ -136,14 +136,15 @@ inline int pack_width(int64_t n, std::initializer_list<const void*> ptrs) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // for (e = this thread's first element; e < total; e += all threads of the grid), 64-bit.
-#define FASTDL_GRID_STRIDE(e, total)                                                     \
+#define FASTDL_GRID_STRIDE(e, total)                                                         \
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < (total); \
        e += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, at least one (an
 // empty grid is a launch error), capped so the loop does the rest.
 inline unsigned grid_stride_blocks(int64_t n, int threads) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, threads), 65535 * 8)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, threads), 65535 * 8)));
 }
 
 }  // namespace fastdl::cuda

@@ -19,7 +19,8 @@ inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
 
 // Whether the parameters (the first defined of `params` decides) are float32 while the input
 // is float16/bfloat16: the mixed-precision case the CUDA kernels take with float parameters.
-inline bool float_params_for_half_input(const at::Tensor& input, std::initializer_list<at::Tensor> params) {
+inline bool float_params_for_half_input(const at::Tensor& input,
+                                        std::initializer_list<at::Tensor> params) {
   for (const auto& p : params) {
     if (p.defined()) return p.scalar_type() == at::kFloat && input.scalar_type() != at::kFloat;
   }

@@ -19,16 +19,18 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight,
                   at::IntArrayRef padding = 0, at::IntArrayRef dilation = 1, int64_t groups = 1);
 // input (C, L) or (N, C, L), weight (out_channels, in_channels / groups, k).
 at::Tensor conv1d(const at::Tensor& input, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias = std::nullopt, int64_t stride = 1, int64_t padding = 0,
-                  int64_t dilation = 1, int64_t groups = 1);
+                  const std::optional<at::Tensor>& bias = std::nullopt, int64_t stride = 1,
+                  int64_t padding = 0, int64_t dilation = 1, int64_t groups = 1);
 
 // Forward op.
-at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 // Backward op: (grad_input, grad_weight, grad_bias), each computed only where output_mask says.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask);
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask);
 
 namespace detail {
 
@@ -50,8 +52,9 @@ struct Conv2dShape {
 Conv2dShape check_conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
-Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                  const at::Tensor& weight, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups);
 
 // A tensor as the kernels read it: 4-d, contiguous NCHW.

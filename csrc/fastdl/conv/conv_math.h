@@ -12,7 +12,8 @@
 namespace fastdl::detail {
 
 // Output size along one dim: floor((in + 2 pad - dilation (k - 1) - 1) / stride) + 1.
-FASTDL_HD int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+FASTDL_HD int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                                   int64_t dilation) {
   return (in + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
 }
 
@@ -22,7 +23,8 @@ FASTDL_HD int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, i
 struct OutRange {
   int64_t begin, end;
 };
-FASTDL_HD OutRange conv_valid_outputs(int64_t in, int64_t out, int64_t stride, int64_t pad, int64_t offset) {
+FASTDL_HD OutRange conv_valid_outputs(int64_t in, int64_t out, int64_t stride, int64_t pad,
+                                      int64_t offset) {
   // o * stride >= pad - offset  and  o * stride <= in - 1 + pad - offset
   const int64_t lo_num = pad - offset;
   int64_t begin = lo_num <= 0 ? 0 : (lo_num + stride - 1) / stride;
@@ -35,7 +37,8 @@ FASTDL_HD OutRange conv_valid_outputs(int64_t in, int64_t out, int64_t stride, i
 
 // The output position o that tap `offset` of input position i comes from, if any:
 // o * stride = i + pad - offset, o in [0, out). Returns -1 when there is none.
-FASTDL_HD int64_t conv_source_output(int64_t i, int64_t out, int64_t stride, int64_t pad, int64_t offset) {
+FASTDL_HD int64_t conv_source_output(int64_t i, int64_t out, int64_t stride, int64_t pad,
+                                     int64_t offset) {
   const int64_t num = i + pad - offset;
   if (num < 0 || num % stride != 0) return -1;
   const int64_t o = num / stride;

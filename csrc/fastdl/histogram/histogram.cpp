@@ -57,7 +57,8 @@ HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
   s.features = x.size(-1);
   checks::floating(centers, kOp, "centers");
   TORCH_CHECK(centers.dim() == 1 || (centers.dim() == 2 && centers.size(0) == s.features), kOp,
-              ": centers must have shape (F, B) = (", s.features, ", B) or (B,), got ", centers.sizes());
+              ": centers must have shape (F, B) = (", s.features, ", B) or (B,), got ",
+              centers.sizes());
   s.shared_params = centers.dim() == 1;
   s.bins = centers.size(-1);
   TORCH_CHECK(s.bins >= 1, kOp, ": centers must hold at least one bin, got ", centers.sizes());
@@ -82,9 +83,9 @@ void check_histogram_grad(const at::Tensor& grad_output, const at::Tensor& x,
                           const HistogramShape& shape) {
   checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, x, kOp, "grad_output", "x");
-  const std::vector<int64_t> expected = shape.batched
-      ? std::vector<int64_t>{shape.bags, shape.features, shape.bins}
-      : std::vector<int64_t>{shape.features, shape.bins};
+  const std::vector<int64_t> expected =
+      shape.batched ? std::vector<int64_t>{shape.bags, shape.features, shape.bins}
+                    : std::vector<int64_t>{shape.features, shape.bins};
   TORCH_CHECK(grad_output.sizes().equals(expected) && grad_output.scalar_type() == x.scalar_type(),
               kOp, ": grad_output must have shape ", at::IntArrayRef(expected), " and dtype ",
               x.scalar_type(), ", got ", grad_output.sizes(), " ", grad_output.scalar_type());
@@ -92,7 +93,8 @@ void check_histogram_grad(const at::Tensor& grad_output, const at::Tensor& x,
 
 at::Tensor histogram_bag_scale(const at::Tensor& x3, const std::optional<at::Tensor>& mask,
                                const HistogramShape& shape, bool normalize) {
-  const auto options = x3.options().dtype(x3.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto options =
+      x3.options().dtype(x3.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
   if (!normalize) return at::full({shape.bags}, 1.0, options);
   if (!mask.has_value() || !mask->defined()) {
     return at::full({shape.bags}, shape.n > 0 ? 1.0 / static_cast<double>(shape.n) : 0.0, options);
@@ -133,11 +135,11 @@ class HistogramFunction : public torch::autograd::Function<HistogramFunction> {
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       ctx->needs_input_grad(2)};
     const auto kernel = ctx->saved_data["kernel"].toStringRef();
-    auto [gx, gc, gw] = FASTDL_OP("histogram_backward", BackwardSig)
-                            .call(grads[0], saved[0], saved[1], saved[2], kernel,
-                                  autograd::saved_optional(saved, 3),
-                                  ctx->saved_data["normalize"].toBool(),
-                                  ctx->saved_data["sharpness"].toDouble(), mask);
+    auto [gx, gc, gw] =
+        FASTDL_OP("histogram_backward", BackwardSig)
+            .call(grads[0], saved[0], saved[1], saved[2], kernel,
+                  autograd::saved_optional(saved, 3), ctx->saved_data["normalize"].toBool(),
+                  ctx->saved_data["sharpness"].toDouble(), mask);
     result[0] = gx;
     result[1] = gc;
     result[2] = gw;
@@ -156,10 +158,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& centers,
     const at::Tensor& widths, c10::string_view kernel, const std::optional<at::Tensor>& mask,
     bool normalize, double sharpness, std::array<bool, 3> output_mask) {
-  return autograd::not_differentiable("fastdl.histogram_backward", {grad_output, x, centers, widths}, [&] {
-    return FASTDL_OP("histogram_backward", BackwardSig)
-        .call(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask);
-  });
+  return autograd::not_differentiable(
+      "fastdl.histogram_backward", {grad_output, x, centers, widths}, [&] {
+        return FASTDL_OP("histogram_backward", BackwardSig)
+            .call(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask);
+      });
 }
 
 }  // namespace
@@ -181,17 +184,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward(
 }
 
 at::Tensor histogram(const at::Tensor& x, const at::Tensor& centers, const at::Tensor& widths,
-                     std::string_view kernel, const std::optional<at::Tensor>& mask,
-                     bool normalize, double sharpness) {
+                     std::string_view kernel, const std::optional<at::Tensor>& mask, bool normalize,
+                     double sharpness) {
   return histogram_forward(x, centers, widths, kernel, mask, normalize, sharpness);
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("histogram_forward(Tensor x, Tensor centers, Tensor widths, str kernel=\"soft\", "
-        "Tensor? mask=None, bool normalize=True, float sharpness=1000.) -> Tensor");
-  m.def("histogram_backward(Tensor grad_output, Tensor x, Tensor centers, Tensor widths, "
-        "str kernel, Tensor? mask, bool normalize, float sharpness, bool[3] output_mask) "
-        "-> (Tensor grad_x, Tensor grad_centers, Tensor grad_widths)");
+  m.def(
+      "histogram_forward(Tensor x, Tensor centers, Tensor widths, str kernel=\"soft\", "
+      "Tensor? mask=None, bool normalize=True, float sharpness=1000.) -> Tensor");
+  m.def(
+      "histogram_backward(Tensor grad_output, Tensor x, Tensor centers, Tensor widths, "
+      "str kernel, Tensor? mask, bool normalize, float sharpness, bool[3] output_mask) "
+      "-> (Tensor grad_x, Tensor grad_centers, Tensor grad_widths)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {

@@ -37,8 +37,8 @@ enum class HistogramKernel : int { Sigmoid = 0, Soft = 1, Rbf = 2, Hard = 3 };
 // A histogram problem, with x seen as (bags, N, F) and parameters as (F or 1, B).
 struct HistogramShape {
   int64_t bags, n, features, bins;
-  bool batched;         // x had a bag dimension
-  bool shared_params;   // centers/widths are (B,), shared by all features
+  bool batched;        // x had a bag dimension
+  bool shared_params;  // centers/widths are (B,), shared by all features
   HistogramKernel kernel;
 };
 

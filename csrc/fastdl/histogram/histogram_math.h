@@ -79,10 +79,18 @@ C10_HOST_DEVICE inline void hist_derivatives(A d, A w, A s, A& dv_dd, A& dv_dw) 
 template <typename F>
 inline void dispatch_histogram_kernel(HistogramKernel k, F&& f) {
   switch (k) {
-    case HistogramKernel::Sigmoid: f.template operator()<HistogramKernel::Sigmoid>(); break;
-    case HistogramKernel::Soft: f.template operator()<HistogramKernel::Soft>(); break;
-    case HistogramKernel::Rbf: f.template operator()<HistogramKernel::Rbf>(); break;
-    case HistogramKernel::Hard: f.template operator()<HistogramKernel::Hard>(); break;
+    case HistogramKernel::Sigmoid:
+      f.template operator()<HistogramKernel::Sigmoid>();
+      break;
+    case HistogramKernel::Soft:
+      f.template operator()<HistogramKernel::Soft>();
+      break;
+    case HistogramKernel::Rbf:
+      f.template operator()<HistogramKernel::Rbf>();
+      break;
+    case HistogramKernel::Hard:
+      f.template operator()<HistogramKernel::Hard>();
+      break;
   }
 }
 

@@ -28,7 +28,8 @@ namespace fastdl {
 
 // Differentiable induced attention: the output (B, H, L, Ev) only. scale defaults to
 // 1/sqrt(E).
-at::Tensor induced_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+at::Tensor induced_attention(const at::Tensor& query, const at::Tensor& key,
+                             const at::Tensor& value,
                              const std::optional<at::Tensor>& key_padding_mask = std::nullopt,
                              std::optional<double> scale = std::nullopt);
 
@@ -61,8 +62,9 @@ InducedShape check_induced_attention_forward(const at::Tensor& query, const at::
                                              const at::Tensor& value,
                                              const std::optional<at::Tensor>& key_padding_mask,
                                              std::optional<double> scale);
-InducedShape check_induced_attention_backward(const at::Tensor& grad_output, const at::Tensor& query,
-                                              const at::Tensor& key, const at::Tensor& value,
+InducedShape check_induced_attention_backward(const at::Tensor& grad_output,
+                                              const at::Tensor& query, const at::Tensor& key,
+                                              const at::Tensor& value,
                                               const std::optional<at::Tensor>& key_padding_mask,
                                               const at::Tensor& output, const at::Tensor& lse,
                                               double scale);
@@ -78,10 +80,11 @@ namespace fastdl::detail {
 // is contiguous (other strides are read in place), the mask contiguous, outputs allocated.
 struct InducedForward {
   InducedShape shape;
-  double scale;  // resolved
+  double scale;                        // resolved
   at::Tensor query, key, value, mask;  // mask undefined when absent
-  at::Tensor output;  // (batch, heads, L, Ev) laid out as (batch, L, heads, Ev): merging heads is free
-  at::Tensor lse;     // (batch, heads, L), float32 for half inputs
+  at::Tensor
+      output;      // (batch, heads, L, Ev) laid out as (batch, L, heads, Ev): merging heads is free
+  at::Tensor lse;  // (batch, heads, L), float32 for half inputs
 };
 InducedForward prepare_induced_attention_forward(const at::Tensor& query, const at::Tensor& key,
                                                  const at::Tensor& value,

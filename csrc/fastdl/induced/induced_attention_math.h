@@ -63,11 +63,11 @@ C10_HOST_DEVICE inline A split_weight(A lse_part, A lse) {
 
 // How the (batch * heads, L, S) problem is cut into parallel tasks.
 struct Partition {
-  bool few_queries;       // L <= S: split the key axis (flash-decoding); else block the queries
-  int64_t query_block;    // query rows per task
-  int64_t query_blocks;   // ceil(L / query_block)
-  int64_t key_splits;     // key chunks processed in parallel per (batch, head, query block)
-  int64_t keys_per_split; // ceil(S / key_splits)
+  bool few_queries;        // L <= S: split the key axis (flash-decoding); else block the queries
+  int64_t query_block;     // query rows per task
+  int64_t query_blocks;    // ceil(L / query_block)
+  int64_t key_splits;      // key chunks processed in parallel per (batch, head, query block)
+  int64_t keys_per_split;  // ceil(S / key_splits)
 };
 
 // tasks_wanted: how many parallel tasks fill the machine (CPU threads or CUDA warps times a

@@ -44,8 +44,8 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& weight,
                                         const std::optional<at::Tensor>& bias,
                                         const std::optional<at::Tensor>& running_mean,
-                                        const std::optional<at::Tensor>& running_var,
-                                        bool training, double momentum, double eps) {
+                                        const std::optional<at::Tensor>& running_var, bool training,
+                                        double momentum, double eps) {
   checks::floating(input, kOp, "input");
   TORCH_CHECK(input.dim() >= 2, kOp, ": input must have shape (N, C) or (N, C, *), got ",
               input.sizes());
@@ -59,7 +59,8 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
   TORCH_CHECK(training || present(running_mean), kOp,
               ": running_mean and running_var are required when training=False");
   TORCH_CHECK(std::isfinite(momentum), kOp, ": momentum must be finite, got ", momentum);
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite non-negative number, got ", eps);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp,
+              ": eps must be a finite non-negative number, got ", eps);
   // As torch: a constant channel would divide by zero.
   TORCH_CHECK_VALUE(!training || eps > 0, kOp, ": eps must be positive during training, got ", eps);
   const auto shape = shape_of(input);
@@ -80,20 +81,22 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
   checks::parameter(weight, input, {c}, kOp, "weight");
   checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(),
-              kOp, ": grad_output must match input (", input.scalar_type(), input.sizes(), "), got ",
-              grad_output.scalar_type(), grad_output.sizes());
+  TORCH_CHECK(
+      grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(), kOp,
+      ": grad_output must match input (", input.scalar_type(), input.sizes(), "), got ",
+      grad_output.scalar_type(), grad_output.sizes());
   for (const auto* stat : {&save_mean, &save_invstd}) {
-    TORCH_CHECK(stat->defined() && stat->sizes() == at::IntArrayRef{c} &&
-                    stat->device() == input.device(),
-                kOp, ": save_mean and save_invstd must have shape [", c, "] on ", input.device());
+    TORCH_CHECK(
+        stat->defined() && stat->sizes() == at::IntArrayRef{c} && stat->device() == input.device(),
+        kOp, ": save_mean and save_invstd must have shape [", c, "] on ", input.device());
   }
   return shape_of(input);
 }
 
 at::Tensor batch_norm_layout(const at::Tensor& t, const BatchNormShape& shape) {
   if (!shape.channels_last) return t.contiguous();
-  return t.contiguous(t.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d);
+  return t.contiguous(t.dim() == 4 ? at::MemoryFormat::ChannelsLast
+                                   : at::MemoryFormat::ChannelsLast3d);
 }
 
 }  // namespace detail
@@ -112,12 +115,11 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
                                const std::optional<at::Tensor>& running_var, bool training,
                                double momentum, double eps) {
     autograd::InputEdges::save(
-        ctx, {true, present(weight), present(bias),
-              present(running_mean), present(running_var)});
+        ctx, {true, present(weight), present(bias), present(running_mean), present(running_var)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, mean, invstd] = FASTDL_OP("batch_norm_forward", ForwardSig)
-                                      .call(input, weight, bias, running_mean, running_var,
-                                            training, momentum, eps);
+    auto [output, mean, invstd] =
+        FASTDL_OP("batch_norm_forward", ForwardSig)
+            .call(input, weight, bias, running_mean, running_var, training, momentum, eps);
     autograd::save_with_optional(ctx, {input, mean, invstd}, weight);
     ctx->saved_data["training"] = training;
     ctx->mark_non_differentiable({mean, invstd});
@@ -208,12 +210,14 @@ at::Tensor batch_norm(const at::Tensor& input, const std::optional<at::Tensor>& 
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, "
-        "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, "
-        "float eps) -> (Tensor output, Tensor save_mean, Tensor save_invstd)");
-  m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, "
-        "Tensor save_mean, Tensor save_invstd, bool training, bool[3] output_mask) "
-        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "batch_norm_forward(Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, "
+      "float eps) -> (Tensor output, Tensor save_mean, Tensor save_invstd)");
+  m.def(
+      "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, "
+      "Tensor save_mean, Tensor save_invstd, bool training, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {

@@ -50,8 +50,8 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& weight,
                                         const std::optional<at::Tensor>& bias,
                                         const std::optional<at::Tensor>& running_mean,
-                                        const std::optional<at::Tensor>& running_var,
-                                        bool training, double momentum, double eps);
+                                        const std::optional<at::Tensor>& running_var, bool training,
+                                        double momentum, double eps);
 BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                          const std::optional<at::Tensor>& weight,
                                          const at::Tensor& save_mean,

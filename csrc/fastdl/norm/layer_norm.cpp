@@ -14,9 +14,11 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.layer_norm";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, at::IntArrayRef, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, double);
+using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                  at::IntArrayRef,
+                                                                  const std::optional<at::Tensor>&,
+                                                                  const std::optional<at::Tensor>&,
+                                                                  double);
 using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, at::IntArrayRef, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, std::array<bool, 3>);
@@ -38,7 +40,8 @@ LayerNormShape check_layer_norm_forward(const at::Tensor& input, at::IntArrayRef
               " must match the trailing dimensions of input, got input of shape ", input.sizes());
   checks::parameter(weight, input, normalized_shape, kOp, "weight");
   checks::parameter(bias, input, normalized_shape, kOp, "bias");
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite non-negative number, got ", eps);
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp,
+              ": eps must be a finite non-negative number, got ", eps);
   int64_t cols = 1;
   for (auto s : normalized_shape) cols *= s;
   int64_t rows = 1;
@@ -53,9 +56,10 @@ LayerNormShape check_layer_norm_backward(const at::Tensor& grad_output, const at
   const auto shape = check_layer_norm_forward(input, normalized_shape, weight, std::nullopt, 0.0);
   checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
-  TORCH_CHECK(grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(),
-              kOp, ": grad_output must match input (", input.scalar_type(), input.sizes(), "), got ",
-              grad_output.scalar_type(), grad_output.sizes());
+  TORCH_CHECK(
+      grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(), kOp,
+      ": grad_output must match input (", input.scalar_type(), input.sizes(), "), got ",
+      grad_output.scalar_type(), grad_output.sizes());
   for (const auto* stat : {&mean, &rstd}) {
     TORCH_CHECK(stat->defined() && stat->numel() == shape.rows && stat->device() == input.device(),
                 kOp, ": mean and rstd must hold one value per row (", shape.rows, ") on ",
@@ -85,8 +89,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
                                const std::optional<at::Tensor>& bias, double eps) {
     autograd::InputEdges::save(ctx, {true, present(weight), present(bias)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, mean, rstd] =
-        FASTDL_OP("layer_norm_forward", ForwardSig).call(input, normalized_shape, weight, bias, eps);
+    auto [output, mean, rstd] = FASTDL_OP("layer_norm_forward", ForwardSig)
+                                    .call(input, normalized_shape, weight, bias, eps);
     autograd::save_with_optional(ctx, {input, mean, rstd}, weight);
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->mark_non_differentiable({mean, rstd});
@@ -138,8 +142,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
   autocast::BelowAutocast<device> below;
   auto [output, mean, rstd] =
       FASTDL_OP("layer_norm_forward", ForwardSig)
-          .call(autocast::to_float<device>(input), normalized_shape, autocast::to_float<device>(weight),
-                autocast::to_float<device>(bias), eps);
+          .call(autocast::to_float<device>(input), normalized_shape,
+                autocast::to_float<device>(weight), autocast::to_float<device>(bias), eps);
   if (device == c10::DeviceType::CPU) output = output.to(input.scalar_type());
   return {output, mean, rstd};
 }
@@ -149,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
-  return FASTDL_OP("layer_norm_forward", ForwardSig).call(input, normalized_shape, weight, bias, eps);
+  return FASTDL_OP("layer_norm_forward", ForwardSig)
+      .call(input, normalized_shape, weight, bias, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
@@ -167,11 +172,13 @@ at::Tensor layer_norm(const at::Tensor& input, at::IntArrayRef normalized_shape,
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("layer_norm_forward(Tensor input, int[] normalized_shape, Tensor? weight=None, "
-        "Tensor? bias=None, float eps=1e-05) -> (Tensor output, Tensor mean, Tensor rstd)");
-  m.def("layer_norm_backward(Tensor grad_output, Tensor input, int[] normalized_shape, "
-        "Tensor mean, Tensor rstd, Tensor? weight, bool[3] output_mask) "
-        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "layer_norm_forward(Tensor input, int[] normalized_shape, Tensor? weight=None, "
+      "Tensor? bias=None, float eps=1e-05) -> (Tensor output, Tensor mean, Tensor rstd)");
+  m.def(
+      "layer_norm_backward(Tensor grad_output, Tensor input, int[] normalized_shape, "
+      "Tensor mean, Tensor rstd, Tensor? weight, bool[3] output_mask) "
+      "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {

@@ -18,14 +18,17 @@ namespace {
 constexpr const char* kMaxOp = "fastdl.max_pool2d";
 constexpr const char* kAvgOp = "fastdl.avg_pool2d";
 
-using MaxForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-                                                         at::IntArrayRef, at::IntArrayRef, bool);
-using MaxBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool);
-using AvgForwardSig = at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, bool,
-                                 bool, std::optional<int64_t>);
-using AvgBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-                                  at::IntArrayRef, bool, bool, std::optional<int64_t>);
+using MaxForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef,
+                                                         at::IntArrayRef, at::IntArrayRef,
+                                                         at::IntArrayRef, bool);
+using MaxBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                  at::IntArrayRef, bool);
+using AvgForwardSig = at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                 at::IntArrayRef, bool, bool, std::optional<int64_t>);
+using AvgBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
+                                  at::IntArrayRef, at::IntArrayRef, bool, bool,
+                                  std::optional<int64_t>);
 
 // A pooling argument as (h, w): one value means both dims, as torch. `fallback` stands in for
 // an empty list (stride defaults to kernel_size).
@@ -48,7 +51,8 @@ std::vector<int64_t> Pool2dShape::output_sizes() const {
 
 int64_t pool_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
                          bool ceil_mode) {
-  const int64_t numerator = in + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+  const int64_t numerator =
+      in + 2 * pad - dilation * (kernel - 1) - 1 + (ceil_mode ? stride - 1 : 0);
   // Floor division (the numerator can be negative when the window exceeds the padded input).
   int64_t out = numerator / stride - ((numerator % stride != 0) && (numerator < 0) ? 1 : 0) + 1;
   if (ceil_mode && (out - 1) * stride >= in + pad) --out;
@@ -65,9 +69,11 @@ Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRe
   const auto [sh, sw] = pair_arg(stride, op, "stride", std::array<int64_t, 2>{kh, kw});
   const auto [ph, pw] = pair_arg(padding, op, "padding");
   const auto [dh, dw] = pair_arg(dilation, op, "dilation");
-  TORCH_CHECK(kh > 0 && kw > 0, op, ": kernel_size must be greater than zero, got (", kh, ", ", kw, ")");
+  TORCH_CHECK(kh > 0 && kw > 0, op, ": kernel_size must be greater than zero, got (", kh, ", ", kw,
+              ")");
   TORCH_CHECK(sh > 0 && sw > 0, op, ": stride must be greater than zero, got (", sh, ", ", sw, ")");
-  TORCH_CHECK(dh > 0 && dw > 0, op, ": dilation must be greater than zero, got (", dh, ", ", dw, ")");
+  TORCH_CHECK(dh > 0 && dw > 0, op, ": dilation must be greater than zero, got (", dh, ", ", dw,
+              ")");
   TORCH_CHECK(ph >= 0 && pw >= 0, op, ": padding must be non-negative, got (", ph, ", ", pw, ")");
   TORCH_CHECK(ph <= kh / 2 && pw <= kw / 2, op,
               ": pad should be at most half of effective kernel size, got padding=(", ph, ", ", pw,
@@ -75,20 +81,30 @@ Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRe
   const bool batched = input.dim() == 4;
   TORCH_CHECK((input.dim() == 3 && input.numel() > 0) ||
                   (batched && input.size(1) > 0 && input.size(2) > 0 && input.size(3) > 0),
-              op, ": input must be a 3-d (C, H, W) or 4-d (N, C, H, W) tensor with non-zero C, H "
-              "and W (N may be 0), got shape ", input.sizes());
+              op,
+              ": input must be a 3-d (C, H, W) or 4-d (N, C, H, W) tensor with non-zero C, H "
+              "and W (N may be 0), got shape ",
+              input.sizes());
   Pool2dShape s{};
   s.batched = batched;
   s.batch = batched ? input.size(0) : 1;
   s.channels = input.size(-3);
   s.in_h = input.size(-2);
   s.in_w = input.size(-1);
-  s.kh = kh; s.kw = kw; s.sh = sh; s.sw = sw; s.ph = ph; s.pw = pw; s.dh = dh; s.dw = dw;
+  s.kh = kh;
+  s.kw = kw;
+  s.sh = sh;
+  s.sw = sw;
+  s.ph = ph;
+  s.pw = pw;
+  s.dh = dh;
+  s.dw = dw;
   s.out_h = pool_output_size(s.in_h, kh, sh, ph, dh, ceil_mode);
   s.out_w = pool_output_size(s.in_w, kw, sw, pw, dw, ceil_mode);
   TORCH_CHECK(s.out_h > 0 && s.out_w > 0, op, ": output size is too small: input ", input.sizes(),
-              " with kernel_size=(", kh, ", ", kw, "), stride=(", sh, ", ", sw, "), padding=(", ph, ", ",
-              pw, "), dilation=(", dh, ", ", dw, ") gives an output of ", s.out_h, "x", s.out_w);
+              " with kernel_size=(", kh, ", ", kw, "), stride=(", sh, ", ", sw, "), padding=(", ph,
+              ", ", pw, "), dilation=(", dh, ", ", dw, ") gives an output of ", s.out_h, "x",
+              s.out_w);
   s.channels_last = batched && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
   return s;
 }
@@ -98,9 +114,11 @@ void check_grad_output(const char* op, const at::Tensor& grad_output, const at::
   checks::floating(grad_output, op, "grad_output");
   checks::same_device(grad_output, input, op, "grad_output", "input");
   const auto sizes = s.output_sizes();
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) && grad_output.scalar_type() == input.scalar_type(),
-              op, ": grad_output must have the output's shape ", at::IntArrayRef(sizes), " and dtype ",
-              input.scalar_type(), ", got ", grad_output.sizes(), " and ", grad_output.scalar_type());
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) &&
+                  grad_output.scalar_type() == input.scalar_type(),
+              op, ": grad_output must have the output's shape ", at::IntArrayRef(sizes),
+              " and dtype ", input.scalar_type(), ", got ", grad_output.sizes(), " and ",
+              grad_output.scalar_type());
 }
 
 }  // namespace
@@ -120,14 +138,15 @@ Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::T
   TORCH_CHECK(indices.defined(), kMaxOp, ": indices must be a tensor, got None");
   checks::same_device(indices, input, kMaxOp, "indices", "input");
   TORCH_CHECK(indices.scalar_type() == at::kLong && indices.sizes() == grad_output.sizes(), kMaxOp,
-              ": indices must be an int64 tensor of the output's shape ", grad_output.sizes(), ", got ",
-              indices.scalar_type(), indices.sizes());
+              ": indices must be an int64 tensor of the output's shape ", grad_output.sizes(),
+              ", got ", indices.scalar_type(), indices.sizes());
   return s;
 }
 
 Pool2dShape check_avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                     at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                                     bool count_include_pad, std::optional<int64_t> divisor_override) {
+                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                     bool ceil_mode, bool count_include_pad,
+                                     std::optional<int64_t> divisor_override) {
   (void)count_include_pad;
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, kAvgOp,
               ": divisor_override must be non-zero (or None), got 0");
@@ -136,7 +155,8 @@ Pool2dShape check_avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef ke
 
 Pool2dShape check_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                      at::IntArrayRef padding, bool ceil_mode,
+                                      bool count_include_pad,
                                       std::optional<int64_t> divisor_override) {
   const auto s = check_avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode,
                                           count_include_pad, divisor_override);
@@ -146,12 +166,15 @@ Pool2dShape check_avg_pool2d_backward(const at::Tensor& grad_output, const at::T
 
 at::Tensor pool2d_kernel_layout(const at::Tensor& t, const Pool2dShape& shape) {
   const auto t4 = shape.batched ? t : t.unsqueeze(0);
-  return t4.contiguous(shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  return t4.contiguous(shape.channels_last ? at::MemoryFormat::ChannelsLast
+                                           : at::MemoryFormat::Contiguous);
 }
 
-at::Tensor pool2d_empty(const Pool2dShape& shape, int64_t h, int64_t w, const at::TensorOptions& options) {
-  return at::empty({shape.batch, shape.channels, h, w}, options.memory_format(
-      shape.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+at::Tensor pool2d_empty(const Pool2dShape& shape, int64_t h, int64_t w,
+                        const at::TensorOptions& options) {
+  return at::empty({shape.batch, shape.channels, h, w},
+                   options.memory_format(shape.channels_last ? at::MemoryFormat::ChannelsLast
+                                                             : at::MemoryFormat::Contiguous));
 }
 
 at::Tensor pool2d_result(const at::Tensor& t, const Pool2dShape& shape) {
@@ -175,9 +198,9 @@ void save_geometry(AutogradContext* ctx, at::IntArrayRef kernel_size, at::IntArr
 
 class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::IntArrayRef kernel_size,
-                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                               bool ceil_mode) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, indices] = FASTDL_OP("max_pool2d_forward", MaxForwardSig)
                                  .call(input, kernel_size, stride, padding, dilation, ceil_mode);
@@ -189,51 +212,57 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined())
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
-    auto grad_input = FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
-                          .call(grads[0], saved[0], saved[1], ctx->saved_data["kernel_size"].toIntVector(),
-                                ctx->saved_data["stride"].toIntVector(),
-                                ctx->saved_data["padding"].toIntVector(),
-                                ctx->saved_data["dilation"].toIntVector(),
-                                ctx->saved_data["ceil_mode"].toBool());
+    auto grad_input =
+        FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
+            .call(grads[0], saved[0], saved[1], ctx->saved_data["kernel_size"].toIntVector(),
+                  ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+                  ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["ceil_mode"].toBool());
     return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, at::IntArrayRef kernel_size,
-                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                               bool count_include_pad, std::optional<int64_t> divisor_override) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               std::optional<int64_t> divisor_override) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto output = FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
-                      .call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+                      .call(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override);
     ctx->save_for_backward({input});
     save_geometry(ctx, kernel_size, stride, padding, ceil_mode);
     ctx->saved_data["count_include_pad"] = count_include_pad;
-    ctx->saved_data["divisor_override"] = divisor_override.has_value() ? c10::IValue(*divisor_override) : c10::IValue();
+    ctx->saved_data["divisor_override"] =
+        divisor_override.has_value() ? c10::IValue(*divisor_override) : c10::IValue();
     return {output};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined())
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const auto& divisor = ctx->saved_data["divisor_override"];
-    auto grad_input = FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
-                          .call(grads[0], saved[0], ctx->saved_data["kernel_size"].toIntVector(),
-                                ctx->saved_data["stride"].toIntVector(),
-                                ctx->saved_data["padding"].toIntVector(),
-                                ctx->saved_data["ceil_mode"].toBool(),
-                                ctx->saved_data["count_include_pad"].toBool(),
-                                divisor.isNone() ? std::nullopt : std::optional<int64_t>(divisor.toInt()));
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    auto grad_input =
+        FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
+            .call(grads[0], saved[0], ctx->saved_data["kernel_size"].toIntVector(),
+                  ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
+                  ctx->saved_data["ceil_mode"].toBool(),
+                  ctx->saved_data["count_include_pad"].toBool(),
+                  divisor.isNone() ? std::nullopt : std::optional<int64_t>(divisor.toInt()));
+    return {grad_input,   at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                               at::IntArrayRef stride, at::IntArrayRef padding,
-                                                               at::IntArrayRef dilation, bool ceil_mode) {
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autograd(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   auto out = MaxPool2dFunction::apply(input, kernel_size, stride, padding, dilation, ceil_mode);
   return {out[0], out[1]};
 }
@@ -242,15 +271,18 @@ at::Tensor max_pool2d_backward_autograd(const at::Tensor& grad_output, const at:
                                         const at::Tensor& indices, at::IntArrayRef kernel_size,
                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                         at::IntArrayRef dilation, bool ceil_mode) {
-  auto [grad_input] = autograd::not_differentiable("fastdl.max_pool2d_backward", {grad_output, input}, [&] {
-    return std::make_tuple(FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
-                               .call(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode));
-  });
+  auto [grad_input] =
+      autograd::not_differentiable("fastdl.max_pool2d_backward", {grad_output, input}, [&] {
+        return std::make_tuple(FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
+                                   .call(grad_output, input, indices, kernel_size, stride, padding,
+                                         dilation, ceil_mode));
+      });
   return grad_input;
 }
 
-at::Tensor avg_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+at::Tensor avg_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                       bool ceil_mode, bool count_include_pad,
                                        std::optional<int64_t> divisor_override) {
   return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                   divisor_override)[0];
@@ -258,13 +290,15 @@ at::Tensor avg_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef 
 
 at::Tensor avg_pool2d_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
                                         at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                        at::IntArrayRef padding, bool ceil_mode,
+                                        bool count_include_pad,
                                         std::optional<int64_t> divisor_override) {
-  auto [grad_input] = autograd::not_differentiable("fastdl.avg_pool2d_backward", {grad_output, input}, [&] {
-    return std::make_tuple(FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
-                               .call(grad_output, input, kernel_size, stride, padding, ceil_mode,
-                                     count_include_pad, divisor_override));
-  });
+  auto [grad_input] =
+      autograd::not_differentiable("fastdl.avg_pool2d_backward", {grad_output, input}, [&] {
+        return std::make_tuple(FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
+                                   .call(grad_output, input, kernel_size, stride, padding,
+                                         ceil_mode, count_include_pad, divisor_override));
+      });
   return grad_input;
 }
 
@@ -276,56 +310,65 @@ bool half_on_cpu(const at::Tensor& input) {
          (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autocast_cpu(const at::Tensor& input,
-                                                                   at::IntArrayRef kernel_size,
-                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                                                   at::IntArrayRef dilation, bool ceil_mode) {
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autocast_cpu(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   autocast::BelowAutocast<c10::DeviceType::CPU> below;
   if (!half_on_cpu(input)) {
-    return FASTDL_OP("max_pool2d_forward", MaxForwardSig).call(input, kernel_size, stride, padding, dilation, ceil_mode);
+    return FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+        .call(input, kernel_size, stride, padding, dilation, ceil_mode);
   }
-  auto [output, indices] = FASTDL_OP("max_pool2d_forward", MaxForwardSig)
-                               .call(input.to(at::kFloat), kernel_size, stride, padding, dilation, ceil_mode);
+  auto [output, indices] =
+      FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+          .call(input.to(at::kFloat), kernel_size, stride, padding, dilation, ceil_mode);
   return {output.to(input.scalar_type()), indices};
 }
 
 at::Tensor avg_pool2d_forward_autocast_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                                           bool count_include_pad, std::optional<int64_t> divisor_override) {
+                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                           bool ceil_mode, bool count_include_pad,
+                                           std::optional<int64_t> divisor_override) {
   autocast::BelowAutocast<c10::DeviceType::CPU> below;
   const auto x = half_on_cpu(input) ? input.to(at::kFloat) : input;
-  auto output = FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
-                    .call(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  auto output =
+      FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
+          .call(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
   return output.to(input.scalar_type());
 }
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input,
+                                                      at::IntArrayRef kernel_size,
+                                                      at::IntArrayRef stride,
+                                                      at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool ceil_mode) {
-  return FASTDL_OP("max_pool2d_forward", MaxForwardSig).call(input, kernel_size, stride, padding, dilation, ceil_mode);
+  return FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+      .call(input, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
-at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                               at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& indices, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, bool ceil_mode) {
   return FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
       .call(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
-at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                              at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                              std::optional<int64_t> divisor_override) {
+at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                              bool count_include_pad, std::optional<int64_t> divisor_override) {
   return FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
       .call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
 }
 
-at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel_size,
-                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                               bool count_include_pad, std::optional<int64_t> divisor_override) {
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                               at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               std::optional<int64_t> divisor_override) {
   return FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
-      .call(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+      .call(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+            divisor_override);
 }
 
 at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -336,18 +379,25 @@ at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::
 at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                       at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                       std::optional<int64_t> divisor_override) {
-  return avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  return avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                            divisor_override);
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
-        "int[2] dilation=1, bool ceil_mode=False) -> (Tensor output, Tensor indices)");
-  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
-        "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor grad_input");
-  m.def("avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
-        "bool ceil_mode=False, bool count_include_pad=True, int? divisor_override=None) -> Tensor output");
-  m.def("avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
-        "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor grad_input");
+  m.def(
+      "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
+      "int[2] dilation=1, bool ceil_mode=False) -> (Tensor output, Tensor indices)");
+  m.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor grad_input");
+  m.def(
+      "avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride=[], int[2] padding=0, "
+      "bool ceil_mode=False, bool count_include_pad=True, int? divisor_override=None) -> Tensor "
+      "output");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor "
+      "grad_input");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {

@@ -13,15 +13,19 @@
 namespace fastdl {
 
 // Differentiable (autograd-capable) pooling: the output only.
-at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride = {},
-                      at::IntArrayRef padding = 0, at::IntArrayRef dilation = 1, bool ceil_mode = false);
-at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride = {},
-                      at::IntArrayRef padding = 0, bool ceil_mode = false, bool count_include_pad = true,
+at::Tensor max_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride = {}, at::IntArrayRef padding = 0,
+                      at::IntArrayRef dilation = 1, bool ceil_mode = false);
+at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel_size,
+                      at::IntArrayRef stride = {}, at::IntArrayRef padding = 0,
+                      bool ceil_mode = false, bool count_include_pad = true,
                       std::optional<int64_t> divisor_override = std::nullopt);
 
 // Forward op: (output, indices). An empty stride means stride = kernel_size.
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                      at::IntArrayRef stride, at::IntArrayRef padding,
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input,
+                                                      at::IntArrayRef kernel_size,
+                                                      at::IntArrayRef stride,
+                                                      at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool ceil_mode);
 // Backward op: the input gradient, routed to the saved argmax of each window.
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
@@ -29,9 +33,9 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, bool ceil_mode);
 
-at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                              at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                              std::optional<int64_t> divisor_override);
+at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                              bool count_include_pad, std::optional<int64_t> divisor_override);
 at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
@@ -64,18 +68,21 @@ Pool2dShape check_max_pool2d_backward(const at::Tensor& grad_output, const at::T
                                       at::IntArrayRef stride, at::IntArrayRef padding,
                                       at::IntArrayRef dilation, bool ceil_mode);
 Pool2dShape check_avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                     at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
-                                     bool count_include_pad, std::optional<int64_t> divisor_override);
+                                     at::IntArrayRef stride, at::IntArrayRef padding,
+                                     bool ceil_mode, bool count_include_pad,
+                                     std::optional<int64_t> divisor_override);
 Pool2dShape check_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                       at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                      at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                      at::IntArrayRef padding, bool ceil_mode,
+                                      bool count_include_pad,
                                       std::optional<int64_t> divisor_override);
 
 // The input as a 4-d tensor in the layout the kernels read: (1, C, H, W) for an unbatched
 // input, contiguous in the channels-last or the contiguous format.
 at::Tensor pool2d_kernel_layout(const at::Tensor& t, const Pool2dShape& shape);
 // A new 4-d output (or gradient) tensor of `sizes` in the kernels' layout.
-at::Tensor pool2d_empty(const Pool2dShape& shape, int64_t h, int64_t w, const at::TensorOptions& options);
+at::Tensor pool2d_empty(const Pool2dShape& shape, int64_t h, int64_t w,
+                        const at::TensorOptions& options);
 // The kernels' 4-d result viewed back with the input's rank.
 at::Tensor pool2d_result(const at::Tensor& t, const Pool2dShape& shape);
 

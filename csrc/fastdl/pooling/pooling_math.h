@@ -17,8 +17,8 @@ C10_HOST_DEVICE inline int64_t pool_max(int64_t a, int64_t b) { return a > b ? a
 struct MaxRange {
   int64_t begin, end;
 };
-C10_HOST_DEVICE inline MaxRange max_pool_range(int64_t o, int64_t in, int64_t k, int64_t s, int64_t p,
-                                               int64_t d) {
+C10_HOST_DEVICE inline MaxRange max_pool_range(int64_t o, int64_t in, int64_t k, int64_t s,
+                                               int64_t p, int64_t d) {
   int64_t begin = o * s - p;
   const int64_t end = pool_min(begin + (k - 1) * d + 1, in);
   while (begin < 0) begin += d;
@@ -36,8 +36,8 @@ C10_HOST_DEVICE inline bool max_pool_takes(A value, A current) {
 struct OutRange {
   int64_t first, last;
 };
-C10_HOST_DEVICE inline OutRange covering_outputs(int64_t i, int64_t out, int64_t k, int64_t s, int64_t p,
-                                                 int64_t d) {
+C10_HOST_DEVICE inline OutRange covering_outputs(int64_t i, int64_t out, int64_t k, int64_t s,
+                                                 int64_t p, int64_t d) {
   const int64_t span = (k - 1) * d + 1;
   const int64_t first = (i + p < span) ? 0 : (i + p - span) / s + 1;
   const int64_t last = pool_min((i + p) / s + 1, out);
@@ -49,9 +49,9 @@ C10_HOST_DEVICE inline OutRange covering_outputs(int64_t i, int64_t out, int64_t
 struct AvgWindow {
   int64_t h0, h1, w0, w1, divisor;
 };
-C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t oh, int64_t ow, int64_t H, int64_t W, int64_t kh,
-                                                 int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                                                 int64_t pw, bool count_include_pad,
+C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t oh, int64_t ow, int64_t H, int64_t W,
+                                                 int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                                 int64_t ph, int64_t pw, bool count_include_pad,
                                                  int64_t divisor_override) {
   int64_t h0 = oh * sh - ph, w0 = ow * sw - pw;
   int64_t h1 = pool_min(h0 + kh, H + ph), w1 = pool_min(w0 + kw, W + pw);
@@ -61,7 +61,8 @@ C10_HOST_DEVICE inline AvgWindow avg_pool_window(int64_t oh, int64_t ow, int64_t
   h1 = pool_min(h1, H);
   w1 = pool_min(w1, W);
   const int64_t clipped = (h1 > h0 && w1 > w0) ? (h1 - h0) * (w1 - w0) : 0;
-  const int64_t divisor = divisor_override != 0 ? divisor_override : (count_include_pad ? padded : clipped);
+  const int64_t divisor =
+      divisor_override != 0 ? divisor_override : (count_include_pad ? padded : clipped);
   return {h0, h1, w0, w1, clipped == 0 ? 0 : divisor};
 }
 

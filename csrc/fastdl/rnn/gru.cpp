@@ -1,5 +1,5 @@
-// gru: schema, argument checks, autocast, the device-independent driver (GEMMs and the time loop around
-// a device's fused step kernels), autograd and the C++ entry points.
+// gru: schema, argument checks, autocast, the device-independent driver (GEMMs and the
+// time loop around a device's fused step kernels), autograd and the C++ entry points.
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
@@ -23,10 +23,11 @@ using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, bool);
-using BackwardSig = detail::GruGrads(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+using BackwardSig = detail::GruGrads(const std::optional<at::Tensor>&,
+                                     const std::optional<at::Tensor>&, const at::Tensor&,
                                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const at::Tensor&, const std::optional<at::Tensor>&, bool,
-                                     const at::Tensor&, const at::Tensor&, std::array<bool, 6>);
+                                     const std::optional<at::Tensor>&, bool, const at::Tensor&,
+                                     const at::Tensor&, std::array<bool, 6>);
 }  // namespace
 
 namespace detail {
@@ -84,7 +85,8 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   const auto x = input.contiguous();
   const auto opts = x.options();
   const auto h0 = hx.contiguous();
-  TORCH_CHECK(work.sizes() == at::IntArrayRef({T, B, 4 * H}) && hiddens.sizes() == at::IntArrayRef({T, B, H}),
+  TORCH_CHECK(work.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
+                  hiddens.sizes() == at::IntArrayRef({T, B, H}),
               kOp, ": the saved work/hiddens do not match the input's shape");
   if (present(grad_output)) check_shape(*grad_output, {T, B, H}, kOp, "grad_output");
 
@@ -120,7 +122,8 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
     if (T > 1) {
       const auto dg = reverse ? dh_gates.narrow(0, 0, T - 1) : dh_gates.narrow(0, 1, T - 1);
       const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      kernels.matmul(dg.reshape({(T - 1) * B, 3 * H}).t(), hp.reshape({(T - 1) * B, H}), d_w_hh, true);
+      kernels.matmul(dg.reshape({(T - 1) * B, 3 * H}).t(), hp.reshape({(T - 1) * B, H}), d_w_hh,
+                     true);
     }
   }
   if (output_mask[4]) {
@@ -148,10 +151,12 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
                                const std::optional<at::Tensor>& bias_ih,
                                const std::optional<at::Tensor>& bias_hh,
                                const std::optional<at::Tensor>& lengths, bool reverse) {
-    autograd::InputEdges::save(ctx, {true, true, true, true, present(bias_ih), present(bias_hh), present(lengths)});
+    autograd::InputEdges::save(
+        ctx, {true, true, true, true, present(bias_ih), present(bias_hh), present(lengths)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, h_n, work, hiddens] = FASTDL_OP("gru_forward", ForwardSig)
-                                            .call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
+    auto [output, h_n, work, hiddens] =
+        FASTDL_OP("gru_forward", ForwardSig)
+            .call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
     autograd::save_with_optional(ctx, {input, hx, weight_ih, weight_hh, work, hiddens}, lengths);
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({work, hiddens});
@@ -179,23 +184,27 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_autograd(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths, bool reverse) {
+    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
+    bool reverse) {
   auto o = GruFunction::apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
   return {o[0], o[1], o[2], o[3]};
 }
 
 detail::GruGrads gru_backward_autograd(const std::optional<at::Tensor>& grad_output,
-                                       const std::optional<at::Tensor>& grad_hy, const at::Tensor& input,
-                                       const at::Tensor& hx, const at::Tensor& weight_ih,
-                                       const at::Tensor& weight_hh, const std::optional<at::Tensor>& lengths,
-                                       bool reverse, const at::Tensor& work, const at::Tensor& hiddens,
+                                       const std::optional<at::Tensor>& grad_hy,
+                                       const at::Tensor& input, const at::Tensor& hx,
+                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                       const std::optional<at::Tensor>& lengths, bool reverse,
+                                       const at::Tensor& work, const at::Tensor& hiddens,
                                        std::array<bool, 6> mask) {
   return autograd::not_differentiable(
       "fastdl.gru_backward",
-      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()), input, hx, weight_ih, weight_hh},
+      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()), input, hx, weight_ih,
+       weight_hh},
       [&] {
         return FASTDL_OP("gru_backward", BackwardSig)
-            .call(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths, reverse, work, hiddens, mask);
+            .call(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths, reverse, work,
+                  hiddens, mask);
       });
 }
 
@@ -203,12 +212,16 @@ detail::GruGrads gru_backward_autograd(const std::optional<at::Tensor>& grad_out
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast_cuda(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths, bool reverse) {
+    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
+    bool reverse) {
   autocast::BelowAutocast<c10::DeviceType::CUDA> below;
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA); };
+  const auto cast = [&](const auto& t) {
+    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
+  };
   return FASTDL_OP("gru_forward", ForwardSig)
-      .call(cast(input), cast(hx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh), lengths, reverse);
+      .call(cast(input), cast(hx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh),
+            lengths, reverse);
 }
 
 }  // namespace
@@ -226,18 +239,21 @@ std::tuple<at::Tensor, at::Tensor> gru(const at::Tensor& input, const at::Tensor
 at::Tensor gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
                     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
                     const std::optional<at::Tensor>& bias_hh) {
-  TORCH_CHECK(input.dim() == 2, "fastdl.gru_cell: input must have shape (batch, input_size), got ", input.sizes());
+  TORCH_CHECK(input.dim() == 2, "fastdl.gru_cell: input must have shape (batch, input_size), got ",
+              input.sizes());
   return std::get<1>(gru(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh));
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
-        "Tensor? bias_ih=None, Tensor? bias_hh=None, Tensor? lengths=None, bool reverse=False) "
-        "-> (Tensor output, Tensor h_n, Tensor work, Tensor hiddens)");
-  m.def("gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor hx, "
-        "Tensor weight_ih, Tensor weight_hh, Tensor? lengths, bool reverse, Tensor work, "
-        "Tensor hiddens, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
-        "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
+  m.def(
+      "gru_forward(Tensor input, Tensor hx, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih=None, Tensor? bias_hh=None, Tensor? lengths=None, bool reverse=False) "
+      "-> (Tensor output, Tensor h_n, Tensor work, Tensor hiddens)");
+  m.def(
+      "gru_backward(Tensor? grad_output, Tensor? grad_hy, Tensor input, Tensor hx, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? lengths, bool reverse, Tensor work, "
+      "Tensor hiddens, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
@@ -245,8 +261,6 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("gru_backward", &gru_backward_autograd);
 }
 
-TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
-  m.impl("gru_forward", &gru_forward_autocast_cuda);
-}
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) { m.impl("gru_forward", &gru_forward_autocast_cuda); }
 
 }  // namespace fastdl

@@ -1,5 +1,5 @@
-// lstm: schema, argument checks, autocast, the device-independent driver (GEMMs and the time loop around
-// a device's fused step kernels), autograd and the C++ entry points.
+// lstm: schema, argument checks, autocast, the device-independent driver (GEMMs and the
+// time loop around a device's fused step kernels), autograd and the C++ entry points.
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
@@ -20,11 +20,12 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.lstm";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, bool);
+using ForwardSig =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+        const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+        const std::optional<at::Tensor>&, bool);
 using BackwardSig = detail::LstmGrads(
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -99,9 +100,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
                         const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
                         const std::optional<at::Tensor>& peephole,
                         const std::optional<at::Tensor>& lengths, bool reverse,
-                        const at::Tensor& gates, const at::Tensor& cells,
-                        const at::Tensor& hiddens, const at::Tensor& hidden_pre,
-                        std::array<bool, 9> output_mask) {
+                        const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens,
+                        const at::Tensor& hidden_pre, std::array<bool, 9> output_mask) {
   const auto s = check_rnn_arguments(kOp, 4, input, hx, &cx, weight_ih, weight_hh, std::nullopt,
                                      std::nullopt, weight_hr, peephole, lengths);
   const int64_t T = s.steps, B = s.batch, H = s.hidden, P = s.state;
@@ -110,7 +110,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   const auto opts = x.options();
   const auto h0 = hx.contiguous(), c0 = cx.contiguous();
   const auto len = lengths_for(lengths, x);
-  TORCH_CHECK(gates.sizes() == at::IntArrayRef({T, B, 4 * H}) && cells.sizes() == at::IntArrayRef({T, B, H}) &&
+  TORCH_CHECK(gates.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
+                  cells.sizes() == at::IntArrayRef({T, B, H}) &&
                   hiddens.sizes() == at::IntArrayRef({T, B, P}),
               kOp, ": the saved gates/cells/hiddens do not match the input's shape");
   if (present(grad_output)) check_shape(*grad_output, {T, B, P}, kOp, "grad_output");
@@ -162,7 +163,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
     if (T > 1) {
       const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
       const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      kernels.matmul(dg.reshape({(T - 1) * B, 4 * H}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh, true);
+      kernels.matmul(dg.reshape({(T - 1) * B, 4 * H}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh,
+                     true);
     }
   }
   if (output_mask[5] || output_mask[6]) {
@@ -176,14 +178,22 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   }
   if (output_mask[8] && present(peephole)) {
     // c(t-1) for every step: c0 then the cells shifted by one in processing order.
-    at::Tensor c_prev_all = T == 0 ? cells
+    at::Tensor c_prev_all = T == 0    ? cells
                             : reverse ? at::cat({cells.narrow(0, 1, T - 1), c0.unsqueeze(0)})
                                       : at::cat({c0.unsqueeze(0), cells.narrow(0, 0, T - 1)});
     d_peephole = at::empty({3, H}, opts);
-    kernels.peephole_grad(dgates_2d, c_prev_all.view({T * B, H}), cells.view({T * B, H}), d_peephole);
+    kernels.peephole_grad(dgates_2d, c_prev_all.view({T * B, H}), cells.view({T * B, H}),
+                          d_peephole);
   }
-  return {d_input, output_mask[1] ? dh : at::Tensor(), output_mask[2] ? dc : at::Tensor(),
-          d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, d_peephole};
+  return {d_input,
+          output_mask[1] ? dh : at::Tensor(),
+          output_mask[2] ? dc : at::Tensor(),
+          d_w_ih,
+          d_w_hh,
+          d_b_ih,
+          d_b_hh,
+          d_w_hr,
+          d_peephole};
 }
 
 }  // namespace detail
@@ -197,24 +207,28 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& hx,
                                const at::Tensor& cx, const at::Tensor& weight_ih,
-                               const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                               const at::Tensor& weight_hh,
+                               const std::optional<at::Tensor>& bias_ih,
                                const std::optional<at::Tensor>& bias_hh,
                                const std::optional<at::Tensor>& weight_hr,
                                const std::optional<at::Tensor>& peephole,
                                const std::optional<at::Tensor>& lengths, bool reverse) {
-    autograd::InputEdges::save(ctx, {true, true, true, true, true, present(bias_ih), present(bias_hh),
-                                     present(weight_hr), present(peephole), present(lengths)});
+    autograd::InputEdges::save(
+        ctx, {true, true, true, true, true, present(bias_ih), present(bias_hh), present(weight_hr),
+              present(peephole), present(lengths)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n, c_n, gates, cells, hiddens, hidden_pre] =
         FASTDL_OP("lstm_forward", ForwardSig)
-            .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole, lengths, reverse);
+            .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole,
+                  lengths, reverse);
     // Optional tensors are saved as empty placeholders (save_for_backward rejects undefined).
     const auto placeholder = at::empty({0}, input.options());
     ctx->save_for_backward({input, hx, cx, weight_ih, weight_hh, gates, cells, hiddens, hidden_pre,
                             present(weight_hr) ? *weight_hr : placeholder,
                             present(peephole) ? *peephole : placeholder,
                             present(lengths) ? *lengths : placeholder});
-    ctx->saved_data["flags"] = std::vector<int64_t>{present(weight_hr), present(peephole), present(lengths), reverse};
+    ctx->saved_data["flags"] =
+        std::vector<int64_t>{present(weight_hr), present(peephole), present(lengths), reverse};
     ctx->mark_non_differentiable({gates, cells, hiddens, hidden_pre});
     return {output, h_n, c_n, gates, cells, hiddens, hidden_pre};
   }
@@ -222,7 +236,9 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto flags = ctx->saved_data["flags"].toIntVector();
-    auto opt = [&](size_t i, bool has) { return has ? std::optional<at::Tensor>(saved[i]) : std::nullopt; };
+    auto opt = [&](size_t i, bool has) {
+      return has ? std::optional<at::Tensor>(saved[i]) : std::nullopt;
+    };
     auto grad = [&](size_t i) {
       return grads[i].defined() ? std::optional<at::Tensor>(grads[i]) : std::nullopt;
     };
@@ -242,8 +258,10 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_forward_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                      const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-                      const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
+                      const std::optional<at::Tensor>& bias_ih,
+                      const std::optional<at::Tensor>& bias_hh,
+                      const std::optional<at::Tensor>& weight_hr,
+                      const std::optional<at::Tensor>& peephole,
                       const std::optional<at::Tensor>& lengths, bool reverse) {
   auto o = LstmFunction::apply(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
                                peephole, lengths, reverse);
@@ -260,8 +278,9 @@ detail::LstmGrads lstm_backward_autograd(
     std::array<bool, 9> mask) {
   return autograd::not_differentiable(
       "fastdl.lstm_backward",
-      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()), grad_cy.value_or(at::Tensor()),
-       input, hx, cx, weight_ih, weight_hh, weight_hr.value_or(at::Tensor()), peephole.value_or(at::Tensor())},
+      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()),
+       grad_cy.value_or(at::Tensor()), input, hx, cx, weight_ih, weight_hh,
+       weight_hr.value_or(at::Tensor()), peephole.value_or(at::Tensor())},
       [&] {
         return FASTDL_OP("lstm_backward", BackwardSig)
             .call(grad_output, grad_hy, grad_cy, input, hx, cx, weight_ih, weight_hh, weight_hr,
@@ -274,15 +293,19 @@ detail::LstmGrads lstm_backward_autograd(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
                            const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                           const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-                           const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
+                           const std::optional<at::Tensor>& bias_ih,
+                           const std::optional<at::Tensor>& bias_hh,
+                           const std::optional<at::Tensor>& weight_hr,
+                           const std::optional<at::Tensor>& peephole,
                            const std::optional<at::Tensor>& lengths, bool reverse) {
   autocast::BelowAutocast<c10::DeviceType::CUDA> below;
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA); };
+  const auto cast = [&](const auto& t) {
+    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
+  };
   return FASTDL_OP("lstm_forward", ForwardSig)
-      .call(cast(input), cast(hx), cast(cx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh),
-            cast(weight_hr), cast(peephole), lengths, reverse);
+      .call(cast(input), cast(hx), cast(cx), cast(weight_ih), cast(weight_hh), cast(bias_ih),
+            cast(bias_hh), cast(weight_hr), cast(peephole), lengths, reverse);
 }
 
 }  // namespace
@@ -294,7 +317,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(
     const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   auto o = FASTDL_OP("lstm_forward", ForwardSig)
-               .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole, lengths, reverse);
+               .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole,
+                     lengths, reverse);
   return {std::get<0>(o), std::get<1>(o), std::get<2>(o)};
 }
 
@@ -303,22 +327,25 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input, const at::
                                              const at::Tensor& weight_hh,
                                              const std::optional<at::Tensor>& bias_ih,
                                              const std::optional<at::Tensor>& bias_hh) {
-  TORCH_CHECK(input.dim() == 2, "fastdl.lstm_cell: input must have shape (batch, input_size), got ", input.sizes());
+  TORCH_CHECK(input.dim() == 2, "fastdl.lstm_cell: input must have shape (batch, input_size), got ",
+              input.sizes());
   auto [output, h, c] = lstm(input.unsqueeze(0), hx, cx, weight_ih, weight_hh, bias_ih, bias_hh);
   return {h, c};
 }
 
 TORCH_LIBRARY_FRAGMENT(fastdl, m) {
-  m.def("lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor weight_ih, Tensor weight_hh, "
-        "Tensor? bias_ih=None, Tensor? bias_hh=None, Tensor? weight_hr=None, Tensor? peephole=None, "
-        "Tensor? lengths=None, bool reverse=False) -> (Tensor output, Tensor h_n, Tensor c_n, "
-        "Tensor gates, Tensor cells, Tensor hiddens, Tensor hidden_pre)");
-  m.def("lstm_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, "
-        "Tensor hx, Tensor cx, Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, "
-        "Tensor? peephole, Tensor? lengths, bool reverse, Tensor gates, Tensor cells, "
-        "Tensor hiddens, Tensor hidden_pre, bool[9] output_mask) -> (Tensor grad_input, "
-        "Tensor grad_hx, Tensor grad_cx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
-        "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_peephole)");
+  m.def(
+      "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor weight_ih, Tensor weight_hh, "
+      "Tensor? bias_ih=None, Tensor? bias_hh=None, Tensor? weight_hr=None, Tensor? peephole=None, "
+      "Tensor? lengths=None, bool reverse=False) -> (Tensor output, Tensor h_n, Tensor c_n, "
+      "Tensor gates, Tensor cells, Tensor hiddens, Tensor hidden_pre)");
+  m.def(
+      "lstm_backward(Tensor? grad_output, Tensor? grad_hy, Tensor? grad_cy, Tensor input, "
+      "Tensor hx, Tensor cx, Tensor weight_ih, Tensor weight_hh, Tensor? weight_hr, "
+      "Tensor? peephole, Tensor? lengths, bool reverse, Tensor gates, Tensor cells, "
+      "Tensor hiddens, Tensor hidden_pre, bool[9] output_mask) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_cx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
+      "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_peephole)");
 }
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
@@ -326,8 +353,6 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("lstm_backward", &lstm_backward_autograd);
 }
 
-TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
-  m.impl("lstm_forward", &lstm_forward_autocast_cuda);
-}
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) { m.impl("lstm_forward", &lstm_forward_autocast_cuda); }
 
 }  // namespace fastdl

@@ -40,11 +40,11 @@ std::tuple<at::Tensor, at::Tensor> gru(const at::Tensor& input, const at::Tensor
                                        bool reverse = false);
 
 // One step, as torch.nn.LSTMCell / GRUCell: input (B, I), states (B, H).
-std::tuple<at::Tensor, at::Tensor> lstm_cell(const at::Tensor& input, const at::Tensor& hx,
-                                             const at::Tensor& cx, const at::Tensor& weight_ih,
-                                             const at::Tensor& weight_hh,
-                                             const std::optional<at::Tensor>& bias_ih = std::nullopt,
-                                             const std::optional<at::Tensor>& bias_hh = std::nullopt);
+std::tuple<at::Tensor, at::Tensor> lstm_cell(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih = std::nullopt,
+    const std::optional<at::Tensor>& bias_hh = std::nullopt);
 at::Tensor gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
                     const at::Tensor& weight_hh,
                     const std::optional<at::Tensor>& bias_ih = std::nullopt,
@@ -58,28 +58,28 @@ namespace detail {
 // at step t when t < lengths[b].
 
 struct LstmStepForward {
-  at::Tensor x_gates;    // (B, 4H) W_ih x(t), no bias
-  at::Tensor h_gates;    // (B, 4H) W_hh h(t-1), no bias
+  at::Tensor x_gates;                     // (B, 4H) W_ih x(t), no bias
+  at::Tensor h_gates;                     // (B, 4H) W_hh h(t-1), no bias
   at::Tensor bias_ih, bias_hh, peephole;  // (4H), (4H), (3, H); each may be undefined
-  at::Tensor c_prev;     // (B, H)
-  at::Tensor h_prev;     // (B, H) read when `output` is defined (no projection): carried state
+  at::Tensor c_prev;                      // (B, H)
+  at::Tensor h_prev;  // (B, H) read when `output` is defined (no projection): carried state
   at::Tensor lengths;
   int64_t t;
-  at::Tensor gates;      // out (B, 4H): activated i, f, g, o (zeros where inactive)
-  at::Tensor c;          // out (B, H): new cell state (c_prev where inactive)
-  at::Tensor h;          // out (B, H): o ⊙ tanh(c) (h_prev where inactive, when no projection)
-  at::Tensor output;     // out (B, H) or undefined (projection): h where active, else 0
+  at::Tensor gates;   // out (B, 4H): activated i, f, g, o (zeros where inactive)
+  at::Tensor c;       // out (B, H): new cell state (c_prev where inactive)
+  at::Tensor h;       // out (B, H): o ⊙ tanh(c) (h_prev where inactive, when no projection)
+  at::Tensor output;  // out (B, H) or undefined (projection): h where active, else 0
 };
 
 struct LstmStepBackward {
   at::Tensor gates, c, c_prev, peephole;  // saved by forward; peephole may be undefined
-  at::Tensor dh;         // (B, H) gradient of o ⊙ tanh(c); zeroed where active when `dh_is_state`
+  at::Tensor dh;           // (B, H) gradient of o ⊙ tanh(c); zeroed where active when `dh_is_state`
   at::Tensor grad_output;  // (B, H) added to dh where active, or undefined
-  bool dh_is_state;      // dh is the running state gradient (no projection)
-  at::Tensor dc;         // in/out (B, H): gradient of c(t), becomes that of c(t-1)
+  bool dh_is_state;        // dh is the running state gradient (no projection)
+  at::Tensor dc;           // in/out (B, H): gradient of c(t), becomes that of c(t-1)
   at::Tensor lengths;
   int64_t t;
-  at::Tensor dgates;     // out (B, 4H): pre-activation gradients (zeros where inactive)
+  at::Tensor dgates;  // out (B, 4H): pre-activation gradients (zeros where inactive)
 };
 
 struct GruStepForward {
@@ -145,8 +145,8 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
 
 // (grad_input, grad_hx, grad_cx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
 //  grad_weight_hr, grad_peephole); entries whose output_mask is false are undefined.
-using LstmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                             at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using LstmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor, at::Tensor, at::Tensor>;
 LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tensor>& grad_output,
                         const std::optional<at::Tensor>& grad_hy,
                         const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
@@ -154,9 +154,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
                         const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
                         const std::optional<at::Tensor>& peephole,
                         const std::optional<at::Tensor>& lengths, bool reverse,
-                        const at::Tensor& gates, const at::Tensor& cells,
-                        const at::Tensor& hiddens, const at::Tensor& hidden_pre,
-                        std::array<bool, 9> output_mask);
+                        const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens,
+                        const at::Tensor& hidden_pre, std::array<bool, 9> output_mask);
 
 // gru_forward: (output, h_n, work (T,B,4H): r, z, n, gh_n, hiddens (T,B,H)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(

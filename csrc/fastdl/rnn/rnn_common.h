@@ -36,19 +36,19 @@ inline void check_shape(const at::Tensor& t, at::IntArrayRef shape, std::string_
 // Checks every argument of an LSTM (gate_count 4) or GRU (3) layer; cx, weight_hr and
 // peephole only for the LSTM. lengths: int64 (batch,), on the CPU or the input's device,
 // values in [0, seq_len].
-inline RnnShape check_rnn_arguments(std::string_view op, int64_t gate_count, const at::Tensor& input,
-                                    const at::Tensor& hx, const at::Tensor* cx,
-                                    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                    const std::optional<at::Tensor>& bias_ih,
-                                    const std::optional<at::Tensor>& bias_hh,
-                                    const std::optional<at::Tensor>& weight_hr,
-                                    const std::optional<at::Tensor>& peephole,
-                                    const std::optional<at::Tensor>& lengths) {
+inline RnnShape check_rnn_arguments(
+    std::string_view op, int64_t gate_count, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor* cx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+    const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
+    const std::optional<at::Tensor>& lengths) {
   checks::floating(input, op, "input");
-  TORCH_CHECK(input.dim() == 3, op, ": input must have 3 dimensions (seq_len, batch, input_size), got shape ",
+  TORCH_CHECK(input.dim() == 3, op,
+              ": input must have 3 dimensions (seq_len, batch, input_size), got shape ",
               input.sizes());
   RnnShape s{input.size(0), input.size(1), input.size(2), 0, 0};
-  for (auto [t, name] : {std::pair{&weight_ih, "weight_ih"}, std::pair{&weight_hh, "weight_hh"}, std::pair{&hx, "hx"}}) {
+  for (auto [t, name] : {std::pair{&weight_ih, "weight_ih"}, std::pair{&weight_hh, "weight_hh"},
+                         std::pair{&hx, "hx"}}) {
     TORCH_CHECK(t->defined(), op, ": ", name, " must be a tensor, got None");
     check_same(*t, input, op, name);
   }
@@ -57,14 +57,17 @@ inline RnnShape check_rnn_arguments(std::string_view op, int64_t gate_count, con
               weight_ih.sizes());
   s.hidden = weight_ih.size(0) / gate_count;
   TORCH_CHECK(weight_ih.size(1) == s.input, op, ": weight_ih must have shape [", weight_ih.size(0),
-              ", input_size] with input_size = input.size(-1) = ", s.input, ", got ", weight_ih.sizes());
+              ", input_size] with input_size = input.size(-1) = ", s.input, ", got ",
+              weight_ih.sizes());
   s.state = s.hidden;
   if (present(weight_hr)) {
     check_same(*weight_hr, input, op, "weight_hr");
-    TORCH_CHECK(weight_hr->dim() == 2 && weight_hr->size(1) == s.hidden && weight_hr->size(0) >= 1 &&
-                    weight_hr->size(0) < s.hidden,
-                op, ": weight_hr must have shape [proj_size, hidden_size] with 0 < proj_size < hidden_size = ",
-                s.hidden, ", got ", weight_hr->sizes());
+    TORCH_CHECK(
+        weight_hr->dim() == 2 && weight_hr->size(1) == s.hidden && weight_hr->size(0) >= 1 &&
+            weight_hr->size(0) < s.hidden,
+        op,
+        ": weight_hr must have shape [proj_size, hidden_size] with 0 < proj_size < hidden_size = ",
+        s.hidden, ", got ", weight_hr->sizes());
     s.state = weight_hr->size(0);
   }
   check_shape(weight_hh, {gate_count * s.hidden, s.state}, op, "weight_hh");
@@ -89,8 +92,8 @@ inline RnnShape check_rnn_arguments(std::string_view op, int64_t gate_count, con
                 ": lengths must be an int64 tensor of shape [batch] = [", s.batch, "], got ",
                 l.scalar_type(), l.sizes());
     TORCH_CHECK(l.is_cpu() || l.device() == input.device(), op,
-                ": lengths must be on the CPU or on the input's device (", input.device(), "), got ",
-                l.device());
+                ": lengths must be on the CPU or on the input's device (", input.device(),
+                "), got ", l.device());
     if (s.batch > 0) {
       const auto host = l.cpu();
       const int64_t lo = host.min().item<int64_t>(), hi = host.max().item<int64_t>();
@@ -108,7 +111,9 @@ inline at::Tensor lengths_for(const std::optional<at::Tensor>& lengths, const at
 }
 
 // The time index of processing step s (0 .. T-1), and of the step before it.
-inline int64_t time_of(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
+inline int64_t time_of(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
 inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 
 }  // namespace fastdl::detail

@@ -28,8 +28,8 @@ struct LstmGates {
 };
 
 template <typename Act, bool kPeephole, typename V>
-FASTDL_RNN_HD LstmGates<V> lstm_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev, V p_i,
-                                        V p_f, V p_o) {
+FASTDL_RNN_HD LstmGates<V> lstm_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev, V p_i, V p_f,
+                                        V p_o) {
   LstmGates<V> s;
   if constexpr (kPeephole) {
     pre_i = pre_i + p_i * c_prev;
@@ -93,9 +93,9 @@ FASTDL_RNN_HD GruGates<V> gru_forward(V gi_r, V gi_z, V gi_n, V gh_r, V gh_z, V 
 
 template <typename V>
 struct GruGrads {
-  V dr, dz, dn;   // gradients of the pre-activations r, z and of gi_n (= of the tanh input)
-  V dgh_n;        // gradient of gh_n (= dn ⊙ r)
-  V dh_prev;      // the direct part of the gradient of h(t-1) (z ⊙ dh); W_hh's part is a GEMM
+  V dr, dz, dn;  // gradients of the pre-activations r, z and of gi_n (= of the tanh input)
+  V dgh_n;       // gradient of gh_n (= dn ⊙ r)
+  V dh_prev;     // the direct part of the gradient of h(t-1) (z ⊙ dh); W_hh's part is a GEMM
 };
 
 // dh: gradient of h(t); gh_n: W_hn h(t-1) + b_hn saved by forward.

@@ -100,8 +100,8 @@ void apply_dropout(T* p, int64_t ld, int64_t rows, int64_t cols, const detail::S
   const T keep_scale = T(1) / T(1 - shape.dropout_p);
   const float p_drop = static_cast<float>(shape.dropout_p);
   for (int64_t r = 0; r < rows; ++r) {
-    const uint64_t base = static_cast<uint64_t>(((b * shape.q_heads + h) * shape.q_len + q0 + r) *
-                                                    shape.kv_len + k0);
+    const uint64_t base =
+        static_cast<uint64_t>(((b * shape.q_heads + h) * shape.q_len + q0 + r) * shape.kv_len + k0);
     for (int64_t c = 0; c < cols; ++c) {
       p[r * ld + c] *= detail::sdpa_dropout_keep(shape.seed, base + c, p_drop) ? keep_scale : T(0);
     }
@@ -141,7 +141,8 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
       const int64_t keys = visible_keys(shape, q0, rows);
       for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
         const int64_t cols = std::min(kKeyBlock, keys - k0);
-        cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
+        cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(),
+                            kKeyBlock);
         cpu::small_gemm<T>(rows, cols, E, q_rows, q.row_stride, 1, kt.data(), kKeyBlock,
                            scores.data(), kKeyBlock, false);
         finish_scores(scores.data(), kKeyBlock, rows, cols, q0, k0, scale, mask, b, h,
@@ -179,8 +180,8 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         if (shape.dropout_p > 0) {
           apply_dropout(scores.data(), kKeyBlock, rows, cols, shape, b, h, q0, k0);
         }
-        cpu::small_gemm<T>(rows, Ev, cols, scores.data(), kKeyBlock, 1,
-                           v_rows + k0 * v.row_stride, v.row_stride, acc.data(), Ev, true);
+        cpu::small_gemm<T>(rows, Ev, cols, scores.data(), kKeyBlock, 1, v_rows + k0 * v.row_stride,
+                           v.row_stride, acc.data(), Ev, true);
       }
       T* out_rows = out + ((b * shape.q_heads + h) * shape.q_len + q0) * Ev;
       T* lse_rows = lse + (b * shape.q_heads + h) * shape.q_len + q0;
@@ -238,8 +239,10 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
         std::fill(dq.begin(), dq.end(), T(0));
         for (int64_t k0 = 0; k0 < S; k0 += kKeyBlock) {
           const int64_t cols = std::min(kKeyBlock, S - k0);
-          cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(), kKeyBlock);
-          cpu::transpose_rows(v_rows + k0 * v.row_stride, v.row_stride, cols, Ev, vt.data(), kKeyBlock);
+          cpu::transpose_rows(k_rows + k0 * k.row_stride, k.row_stride, cols, E, kt.data(),
+                              kKeyBlock);
+          cpu::transpose_rows(v_rows + k0 * v.row_stride, v.row_stride, cols, Ev, vt.data(),
+                              kKeyBlock);
           // Under is_causal, query rows before k0 see none of these keys.
           const int64_t first_q = shape.is_causal ? (k0 / kQueryBlock) * kQueryBlock : 0;
           for (int64_t q0 = first_q; q0 < Lq; q0 += kQueryBlock) {
@@ -259,12 +262,13 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
                 continue;
               }
               int64_t c = 0;
-              for (; c + L <= cols; c += L) (Vec<T>::loadu(row + c) - Vec<T>(m)).exp().store(row + c);
+              for (; c + L <= cols; c += L)
+                (Vec<T>::loadu(row + c) - Vec<T>(m)).exp().store(row + c);
               for (; c < cols; ++c) row[c] = std::exp(row[c] - m);
             }
             // dP (before dropout's mask) = dO V^T.
-            cpu::small_gemm<T>(rows, cols, Ev, do_blk, grad_out.row_stride, 1, vt.data(),
-                               kKeyBlock, ds, kKeyBlock, false);
+            cpu::small_gemm<T>(rows, cols, Ev, do_blk, grad_out.row_stride, 1, vt.data(), kKeyBlock,
+                               ds, kKeyBlock, false);
             const T* dropped = p;  // the probabilities after dropout, which dV uses
             if (shape.dropout_p > 0) {
               apply_dropout(ds, kKeyBlock, rows, cols, shape, b, h, q0, k0);  // dP's keep mask
@@ -320,10 +324,12 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
-    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
+std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(const at::Tensor& query, const at::Tensor& key,
+                                                    const at::Tensor& value,
+                                                    const std::optional<at::Tensor>& attn_mask,
+                                                    double dropout_p, bool is_causal,
+                                                    std::optional<double> scale,
+                                                    const std::optional<at::Tensor>& dropout_seed) {
   const auto shape = detail::check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal,
                                                 scale, dropout_seed);
   const auto q = detail::unit_last_stride(query);
@@ -346,9 +352,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
     const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
     const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
-  const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
-                                                 logsumexp, dropout_p, is_causal, scale,
-                                                 dropout_seed);
+  const auto shape =
+      detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
+                                  dropout_p, is_causal, scale, dropout_seed);
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
@@ -359,8 +365,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
       detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
   if (shape.batch * shape.kv_heads == 0) return {grad_query, grad_key, grad_value, grad_mask};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_backward_cpu", [&] {
-    Gradients<scalar_t> grads{mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),
-                              mutable_data_or_null<scalar_t>(grad_value), mutable_data_or_null<scalar_t>(grad_mask)};
+    Gradients<scalar_t> grads{
+        mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),
+        mutable_data_or_null<scalar_t>(grad_value), mutable_data_or_null<scalar_t>(grad_mask)};
     backward_kernel<scalar_t>(shape, operand<scalar_t>(q), operand<scalar_t>(k),
                               operand<scalar_t>(v), MaskView<scalar_t>::make(attn_mask),
                               operand<scalar_t>(dout), out.const_data_ptr<scalar_t>(),
@@ -437,7 +444,8 @@ void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const 
       // delta = sum_c dP P: the softmax backward's row term.
       Vec<T> acc(T(0));
       int64_t c = 0;
-      for (; c + L <= S; c += L) acc = at::vec::fmadd(Vec<T>::loadu(dp + c), Vec<T>::loadu(pr + c), acc);
+      for (; c + L <= S; c += L)
+        acc = at::vec::fmadd(Vec<T>::loadu(dp + c), Vec<T>::loadu(pr + c), acc);
       T delta = cpu::horizontal_sum(acc);
       for (; c < S; ++c) delta += dp[c] * pr[c];
       for (c = 0; c + L <= S; c += L) {
@@ -450,8 +458,7 @@ void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const 
 
 }  // namespace detail
 
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
   m.impl("sdpa_forward", &sdpa_forward_cpu);

@@ -55,8 +55,8 @@ struct Params {
   int64_t mask_stride[4];
   int64_t batch, q_heads, group, q_len, kv_len, head_dim, value_dim;
   double scale;
-  float dropout_p;       // compared with the hash's uniform (float, as on the CPU)
-  double keep_scale;     // 1 / (1 - p), in double so float64 matches the CPU exactly
+  float dropout_p;    // compared with the hash's uniform (float, as on the CPU)
+  double keep_scale;  // 1 / (1 - p), in double so float64 matches the CPU exactly
   uint64_t seed;
   bool causal;
 
@@ -75,7 +75,8 @@ struct Params {
   template <typename A>
   __device__ A score(A dot, int64_t b, int64_t h, int64_t i, int64_t j) const {
     if (j >= kv_len || (causal && j > i)) return detail::sdpa_neg_inf<A>();
-    const int64_t m = b * mask_stride[0] + h * mask_stride[1] + i * mask_stride[2] + j * mask_stride[3];
+    const int64_t m =
+        b * mask_stride[0] + h * mask_stride[1] + i * mask_stride[2] + j * mask_stride[3];
     A s = dot * static_cast<A>(scale);
     if (mask_float) s += static_cast<A>(mask_float[m]);
     if (mask_bool && !mask_bool[m]) s = detail::sdpa_neg_inf<A>();
@@ -136,20 +137,21 @@ struct BlockIndex {
 
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
-forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
+    forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
-  A* ks = reinterpret_cast<A*>(smem);   // [kTileKeys][E + 1] (padded: lane j reads row j)
-  A* vs = ks + kTileKeys * (E + 1);     // [kTileKeys][Ev]
-  A* qs = vs + kTileKeys * Ev;          // [kRowsPerBlock][E]
+  A* ks = reinterpret_cast<A*>(smem);  // [kTileKeys][E + 1] (padded: lane j reads row j)
+  A* vs = ks + kTileKeys * (E + 1);    // [kTileKeys][Ev]
+  A* qs = vs + kTileKeys * Ev;         // [kRowsPerBlock][E]
   const BlockIndex at(blockIdx.x, p.q_heads, row_blocks);
   const int64_t b = at.b, h = at.h, kv_h = at.h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = at.block * kRowsPerBlock;
   const int64_t rows = imin(kRowsPerBlock, p.q_len - row0);
-  stage_rows<T, A>(qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
-                   threadIdx.x, blockDim.x);
+  stage_rows<T, A>(
+      qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
+      threadIdx.x, blockDim.x);
 
   A o[kRowsPerWarp][kChunks];
   A m[kRowsPerWarp], l[kRowsPerWarp];
@@ -162,10 +164,12 @@ forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
   for (int64_t k0 = 0; k0 < keys; k0 += kTileKeys) {
     __syncthreads();  // the previous tile is consumed (and, the first time, qs is staged)
     const int64_t tile = imin(kTileKeys, p.kv_len - k0);
-    stage_rows<T, A>(ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
-                     threadIdx.x, blockDim.x);
-    stage_rows<T, A>(vs, kTileKeys, Ev, Ev, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
-                     threadIdx.x, blockDim.x);
+    stage_rows<T, A>(
+        ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
+        threadIdx.x, blockDim.x);
+    stage_rows<T, A>(
+        vs, kTileKeys, Ev, Ev, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
+        threadIdx.x, blockDim.x);
     __syncthreads();
     const int64_t j = k0 + lane;
     for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -236,23 +240,25 @@ __global__ void delta_kernel(BackwardArgs<T> g, const T* out, acc_t<T>* delta, i
 
 template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
-backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_blocks) {
+    backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_blocks) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
-  A* ks = reinterpret_cast<A*>(smem);    // [kTileKeys][E + 1]
-  A* vs = ks + kTileKeys * (E + 1);      // [kTileKeys][Ev + 1]
-  A* qs = vs + kTileKeys * (Ev + 1);     // [kRowsPerBlock][E]
-  A* dos = qs + kRowsPerBlock * E;       // [kRowsPerBlock][Ev]
+  A* ks = reinterpret_cast<A*>(smem);  // [kTileKeys][E + 1]
+  A* vs = ks + kTileKeys * (E + 1);    // [kTileKeys][Ev + 1]
+  A* qs = vs + kTileKeys * (Ev + 1);   // [kRowsPerBlock][E]
+  A* dos = qs + kRowsPerBlock * E;     // [kRowsPerBlock][Ev]
   const BlockIndex at(blockIdx.x, p.q_heads, row_blocks);
   const int64_t b = at.b, h = at.h, kv_h = at.h / p.group;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row0 = at.block * kRowsPerBlock;
   const int64_t rows = imin(kRowsPerBlock, p.q_len - row0);
-  stage_rows<T, A>(qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
-                   threadIdx.x, blockDim.x);
-  stage_rows<T, A>(dos, kRowsPerBlock, Ev, Ev, rows, [&](int64_t r) { return g.dout_row(b, h, row0 + r); },
-                   threadIdx.x, blockDim.x);
+  stage_rows<T, A>(
+      qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
+      threadIdx.x, blockDim.x);
+  stage_rows<T, A>(
+      dos, kRowsPerBlock, Ev, Ev, rows, [&](int64_t r) { return g.dout_row(b, h, row0 + r); },
+      threadIdx.x, blockDim.x);
   A acc[kRowsPerWarp][kChunks];
   for (int r = 0; r < kRowsPerWarp; ++r) {
     for (int c = 0; c < kChunks; ++c) acc[r][c] = 0;
@@ -261,10 +267,12 @@ backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_
   for (int64_t k0 = 0; k0 < keys; k0 += kTileKeys) {
     __syncthreads();
     const int64_t tile = imin(kTileKeys, p.kv_len - k0);
-    stage_rows<T, A>(ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
-                     threadIdx.x, blockDim.x);
-    stage_rows<T, A>(vs, kTileKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
-                     threadIdx.x, blockDim.x);
+    stage_rows<T, A>(
+        ks, kTileKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); },
+        threadIdx.x, blockDim.x);
+    stage_rows<T, A>(
+        vs, kTileKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); },
+        threadIdx.x, blockDim.x);
     __syncthreads();
     const int64_t j = k0 + lane;
     for (int r = 0; r < kRowsPerWarp; ++r) {
@@ -274,8 +282,10 @@ backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_
       const int64_t row = (b * p.q_heads + h) * p.q_len + i;
       const A row_lse = g.lse[row];
       const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
-      const A prob = row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
-      const A dp = dot(dos + local * Ev, vs + lane * (Ev + 1), Ev) * p.template keep_factor<A>(b, h, i, j);
+      const A prob =
+          row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
+      const A dp =
+          dot(dos + local * Ev, vs + lane * (Ev + 1), Ev) * p.template keep_factor<A>(b, h, i, j);
       A ds = prob * (dp - g.delta[row]);
       if (dmask && j < p.kv_len) dmask[row * p.kv_len + j] = static_cast<T>(ds);
       ds *= static_cast<A>(p.scale);
@@ -304,23 +314,26 @@ backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_
 // the head group and accumulates the keys' dK and dV rows in shared memory.
 template <typename T, int kKeys>
 __global__ void __launch_bounds__(32)
-backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads, int64_t key_blocks) {
+    backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads,
+                         int64_t key_blocks) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t E = p.head_dim, Ev = p.value_dim;
-  A* ks = reinterpret_cast<A*>(smem);   // [kKeys][E + 1]
-  A* vs = ks + kKeys * (E + 1);         // [kKeys][Ev + 1]
-  A* dks = vs + kKeys * (Ev + 1);       // [kKeys][E + 1]
-  A* dvs = dks + kKeys * (E + 1);       // [kKeys][Ev + 1]
-  A* q_row = dvs + kKeys * (Ev + 1);    // [E]
-  A* do_row = q_row + E;                // [Ev]
+  A* ks = reinterpret_cast<A*>(smem);  // [kKeys][E + 1]
+  A* vs = ks + kKeys * (E + 1);        // [kKeys][Ev + 1]
+  A* dks = vs + kKeys * (Ev + 1);      // [kKeys][E + 1]
+  A* dvs = dks + kKeys * (E + 1);      // [kKeys][Ev + 1]
+  A* q_row = dvs + kKeys * (Ev + 1);   // [E]
+  A* do_row = q_row + E;               // [Ev]
   const BlockIndex at(blockIdx.x, kv_heads, key_blocks);
   const int64_t b = at.b, kv_h = at.h;
   const int lane = threadIdx.x;
   const int64_t k0 = at.block * kKeys;
   const int64_t tile = imin(kKeys, p.kv_len - k0);
-  stage_rows<T, A>(ks, kKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); }, lane, 32);
-  stage_rows<T, A>(vs, kKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); }, lane, 32);
+  stage_rows<T, A>(
+      ks, kKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); }, lane, 32);
+  stage_rows<T, A>(
+      vs, kKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); }, lane, 32);
   for (int64_t idx = lane; idx < kKeys * (E + 1); idx += 32) dks[idx] = 0;
   for (int64_t idx = lane; idx < kKeys * (Ev + 1); idx += 32) dvs[idx] = 0;
   const int64_t j = k0 + lane;
@@ -340,7 +353,8 @@ backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_he
       const int64_t row = (b * p.q_heads + h) * p.q_len + i;
       const A row_lse = g.lse[row];
       const A s = p.score(dot(q_row, ks + lane * (E + 1), E), b, h, i, j);
-      const A prob = row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
+      const A prob =
+          row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
       if (prob == A(0)) continue;
       const A keep = p.template keep_factor<A>(b, h, i, j);
       const A dp = dot(do_row, vs + lane * (Ev + 1), Ev) * keep;
@@ -355,11 +369,15 @@ backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_he
   __syncwarp();
   for (int64_t idx = lane; idx < tile * E; idx += 32) {
     const int64_t r = idx / E, e = idx % E;
-    if (dk) dk[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * E + e] = static_cast<T>(dks[r * (E + 1) + e]);
+    if (dk)
+      dk[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * E + e] =
+          static_cast<T>(dks[r * (E + 1) + e]);
   }
   for (int64_t idx = lane; idx < tile * Ev; idx += 32) {
     const int64_t r = idx / Ev, e = idx % Ev;
-    if (dv) dv[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * Ev + e] = static_cast<T>(dvs[r * (Ev + 1) + e]);
+    if (dv)
+      dv[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * Ev + e] =
+          static_cast<T>(dvs[r * (Ev + 1) + e]);
   }
 }
 
@@ -372,27 +390,35 @@ backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_he
 // float output rows and adds P V with WMMA, the accumulators living in shared memory so rows can
 // be rescaled (WMMA fragments do not expose their row mapping).
 
-constexpr int kTcRows = 64;   // query rows per block
-constexpr int kTcKeys = 64;   // keys per tile
+constexpr int kTcRows = 64;  // query rows per block
+constexpr int kTcKeys = 64;  // keys per tile
 constexpr int kTcWarps = 4;
-static_assert(kTcRows == kTcKeys, "stage_tile16 stages K and V tiles with the query tile's row count");
+static_assert(kTcRows == kTcKeys,
+              "stage_tile16 stages K and V tiles with the query tile's row count");
 static_assert(kTcRows == 16 * kTcWarps, "each warp owns 16 query rows");
 static_assert(kTcKeys == 64, "the softmax step gives each lane two keys of a tile");
 
 // The WMMA element type of a torch half type.
-template <typename T> struct WmmaType;
-template <> struct WmmaType<at::Half> { using type = __half; };
-template <> struct WmmaType<at::BFloat16> { using type = __nv_bfloat16; };
+template <typename T>
+struct WmmaType;
+template <>
+struct WmmaType<at::Half> {
+  using type = __half;
+};
+template <>
+struct WmmaType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
 
 // Shared-memory pitches (elements): multiples of 8 (16-bit) / 4 (float) as WMMA requires,
 // padded to spread banks.
 template <int D>
 struct TcLayout {
-  static constexpr int qk_pitch = D + 8;        // q and k tiles, 16-bit
-  static constexpr int v_pitch = D + 8;         // v tile, 16-bit
-  static constexpr int s_pitch = kTcKeys + 4;   // scores, float
-  static constexpr int p_pitch = kTcKeys + 8;   // probabilities, 16-bit
-  static constexpr int o_pitch = D + 4;         // output accumulators, float
+  static constexpr int qk_pitch = D + 8;       // q and k tiles, 16-bit
+  static constexpr int v_pitch = D + 8;        // v tile, 16-bit
+  static constexpr int s_pitch = kTcKeys + 4;  // scores, float
+  static constexpr int p_pitch = kTcKeys + 8;  // probabilities, 16-bit
+  static constexpr int o_pitch = D + 4;        // output accumulators, float
   static constexpr size_t bytes =
       2 * (2 * kTcRows * qk_pitch + kTcKeys * v_pitch + kTcRows * p_pitch) +
       4 * (kTcRows * s_pitch + kTcRows * o_pitch);
@@ -425,7 +451,7 @@ __device__ __forceinline__ void mma_accumulate(
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcWarps * 32)
-forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) {
+    forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) {
   namespace wmma = nvcuda::wmma;
   using W = typename WmmaType<T>::type;
   using L = TcLayout<D>;
@@ -498,8 +524,9 @@ forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) 
     for (int n = 0; n < D / 16; ++n) {
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
       wmma::load_matrix_sync(acc, os + wr * L::o_pitch + n * 16, L::o_pitch, wmma::mem_row_major);
-      mma_accumulate<W, wmma::row_major>(acc, p_w, L::p_pitch, reinterpret_cast<const W*>(vs + n * 16),
-                                         L::v_pitch, 16 * L::v_pitch, kTcKeys / 16);
+      mma_accumulate<W, wmma::row_major>(acc, p_w, L::p_pitch,
+                                         reinterpret_cast<const W*>(vs + n * 16), L::v_pitch,
+                                         16 * L::v_pitch, kTcKeys / 16);
       wmma::store_matrix_sync(os + wr * L::o_pitch + n * 16, acc, L::o_pitch, wmma::mem_row_major);
     }
     __syncwarp();
@@ -510,9 +537,11 @@ forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) 
     if (i >= p.q_len) break;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * D;
-    for (int e = lane; e < D; e += 32) out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
+    for (int e = lane; e < D; e += 32)
+      out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
     if (lane == 0) {
-      lse[(b * p.q_heads + h) * p.q_len + i] = l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
+      lse[(b * p.q_heads + h) * p.q_len + i] =
+          l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
     }
   }
 }
@@ -553,18 +582,24 @@ Params<T> make_params(const detail::SdpaShape& s, const at::Tensor& q, const at:
 }
 
 // Output columns per lane (a multiple of 32 covering dim), as a template bucket.
-int chunks_for(int64_t dim) {
-  return dim <= 32 ? 1 : dim <= 64 ? 2 : dim <= 128 ? 4 : 8;
-}
+int chunks_for(int64_t dim) { return dim <= 32 ? 1 : dim <= 64 ? 2 : dim <= 128 ? 4 : 8; }
 
 // Launches kernel<..., chunks> for the chunk count of `dim` (kernel is a template functor).
 template <typename Launch>
 void with_chunks(int64_t dim, const Launch& launch) {
   switch (chunks_for(dim)) {
-    case 1: launch(std::integral_constant<int, 1>{}); break;
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    default: launch(std::integral_constant<int, 8>{}); break;
+    case 1:
+      launch(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      launch(std::integral_constant<int, 2>{});
+      break;
+    case 4:
+      launch(std::integral_constant<int, 4>{});
+      break;
+    default:
+      launch(std::integral_constant<int, 8>{});
+      break;
   }
 }
 
@@ -582,13 +617,13 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
 
 void check_cuda_dims(const detail::SdpaShape& s) {
   TORCH_CHECK(s.head_dim <= kMaxHeadDim && s.value_dim <= kMaxHeadDim,
-              "fastdl.scaled_dot_product_attention: CUDA kernels take head dims up to ", kMaxHeadDim,
-              ", got E = ", s.head_dim, " and Ev = ", s.value_dim);
+              "fastdl.scaled_dot_product_attention: CUDA kernels take head dims up to ",
+              kMaxHeadDim, ", got E = ", s.head_dim, " and Ev = ", s.value_dim);
 }
 
 int64_t grid_blocks(int64_t blocks) {
-  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl attention: problem too large (",
-              blocks, " blocks)");
+  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl attention: problem too large (", blocks,
+              " blocks)");
   return blocks;
 }
 
@@ -598,7 +633,8 @@ template <typename T>
 bool launch_forward_tensor_core(const detail::SdpaShape& shape, const Params<T>& params,
                                 at::Tensor& output, at::Tensor& logsumexp, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
-    if (shape.head_dim != shape.value_dim || (shape.head_dim != 64 && shape.head_dim != 128)) return false;
+    if (shape.head_dim != shape.value_dim || (shape.head_dim != 64 && shape.head_dim != 128))
+      return false;
     // WMMA on half types needs sm_80+; D = 128 needs 110 KiB of shared memory, more than
     // sm_86/89 allow: those take the CUDA-core kernel.
     const auto* props = at::cuda::getCurrentDeviceProperties();
@@ -609,8 +645,9 @@ bool launch_forward_tensor_core(const detail::SdpaShape& shape, const Params<T>&
       constexpr int D = decltype(head_dim)::value;
       auto kernel = forward_tensor_core_kernel<T, D>;
       allow_shared_memory(kernel, TcLayout<D>::bytes);
-      kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kTcWarps * 32, TcLayout<D>::bytes, stream>>>(
-          params, output.mutable_data_ptr<T>(), logsumexp.mutable_data_ptr<float>(), row_blocks);
+      kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kTcWarps * 32,
+               TcLayout<D>::bytes, stream>>>(params, output.mutable_data_ptr<T>(),
+                                             logsumexp.mutable_data_ptr<float>(), row_blocks);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (shape.head_dim == 64) {
@@ -642,20 +679,23 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
   const int64_t blocks = shape.batch * shape.q_heads * row_blocks;
   if (blocks == 0) return {output, logsumexp};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_forward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
-    if (launch_forward_tensor_core<scalar_t>(shape, params, output, logsumexp, stream)) return;
-    const size_t smem = sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * shape.value_dim +
-                                     kRowsPerBlock * shape.head_dim);
-    with_chunks(shape.value_dim, [&](auto chunks) {
-      auto kernel = forward_kernel<scalar_t, decltype(chunks)::value>;
-      allow_shared_memory(kernel, smem);
-      kernel<<<grid_blocks(blocks), kWarps * 32, smem, stream>>>(
-          params, output.mutable_data_ptr<scalar_t>(), logsumexp.mutable_data_ptr<A>(), row_blocks);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_forward_cuda", [&] {
+        using A = acc_t<scalar_t>;
+        const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
+        if (launch_forward_tensor_core<scalar_t>(shape, params, output, logsumexp, stream)) return;
+        const size_t smem =
+            sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * shape.value_dim +
+                         kRowsPerBlock * shape.head_dim);
+        with_chunks(shape.value_dim, [&](auto chunks) {
+          auto kernel = forward_kernel<scalar_t, decltype(chunks)::value>;
+          allow_shared_memory(kernel, smem);
+          kernel<<<grid_blocks(blocks), kWarps * 32, smem, stream>>>(
+              params, output.mutable_data_ptr<scalar_t>(), logsumexp.mutable_data_ptr<A>(),
+              row_blocks);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
+      });
   return {output, logsumexp};
 }
 
@@ -664,9 +704,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
     const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
     const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
-  const auto shape = detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output,
-                                                 logsumexp, dropout_p, is_causal, scale,
-                                                 dropout_seed);
+  const auto shape =
+      detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
+                                  dropout_p, is_causal, scale, dropout_seed);
   check_cuda_dims(shape);
   c10::cuda::CUDAGuard guard(query.device());
   const auto q = detail::unit_last_stride(query);
@@ -681,66 +721,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
   if (rows == 0 || shape.kv_len == 0) return {grad_query, grad_key, grad_value, grad_mask};
   const auto stream = at::cuda::getCurrentCUDAStream();
   auto delta = at::empty({rows}, lse.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_backward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
-    BackwardArgs<scalar_t> args{};
-    args.dout = dout.const_data_ptr<scalar_t>();
-    for (int d = 0; d < 3; ++d) args.dout_stride[d] = dout.stride(d);
-    args.lse = lse.const_data_ptr<A>();
-    args.delta = delta.const_data_ptr<A>();
-    {
-      constexpr int threads = 256;
-      delta_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0, stream>>>(
-          args, out.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<A>(),
-          shape.q_heads, shape.q_len, shape.value_dim, rows);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (output_mask[0] || output_mask[3]) {
-      const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
-      const size_t smem = sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * (shape.value_dim + 1) +
-                                       kRowsPerBlock * (shape.head_dim + shape.value_dim));
-      with_chunks(shape.head_dim, [&](auto chunks) {
-        auto kernel = backward_dq_kernel<scalar_t, decltype(chunks)::value>;
-        allow_shared_memory(kernel, smem);
-        kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kWarps * 32, smem, stream>>>(
-            params, args, mutable_data_or_null<scalar_t>(grad_query),
-            mutable_data_or_null<scalar_t>(grad_mask), row_blocks);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_backward_cuda", [&] {
+        using A = acc_t<scalar_t>;
+        const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
+        BackwardArgs<scalar_t> args{};
+        args.dout = dout.const_data_ptr<scalar_t>();
+        for (int d = 0; d < 3; ++d) args.dout_stride[d] = dout.stride(d);
+        args.lse = lse.const_data_ptr<A>();
+        args.delta = delta.const_data_ptr<A>();
+        {
+          constexpr int threads = 256;
+          delta_kernel<scalar_t>
+              <<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0, stream>>>(
+                  args, out.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<A>(), shape.q_heads,
+                  shape.q_len, shape.value_dim, rows);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (output_mask[0] || output_mask[3]) {
+          const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
+          const size_t smem =
+              sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * (shape.value_dim + 1) +
+                           kRowsPerBlock * (shape.head_dim + shape.value_dim));
+          with_chunks(shape.head_dim, [&](auto chunks) {
+            auto kernel = backward_dq_kernel<scalar_t, decltype(chunks)::value>;
+            allow_shared_memory(kernel, smem);
+            kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kWarps * 32, smem,
+                     stream>>>(params, args, mutable_data_or_null<scalar_t>(grad_query),
+                               mutable_data_or_null<scalar_t>(grad_mask), row_blocks);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+        if (output_mask[1] || output_mask[2]) {
+          const auto dkdv_smem = [&](int keys) {
+            return sizeof(A) * (2 * keys * (shape.head_dim + 1) + 2 * keys * (shape.value_dim + 1) +
+                                shape.head_dim + shape.value_dim);
+          };
+          const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+          const auto launch = [&](auto keys) {
+            constexpr int kKeys = decltype(keys)::value;
+            auto kernel = backward_dkdv_kernel<scalar_t, kKeys>;
+            const size_t smem = dkdv_smem(kKeys);
+            allow_shared_memory(kernel, smem);
+            const int64_t key_blocks = cuda::ceil_div(shape.kv_len, kKeys);
+            kernel<<<grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem, stream>>>(
+                params, args, mutable_data_or_null<scalar_t>(grad_key),
+                mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          };
+          // 32 keys per warp when they fit in shared memory, else 16 (float64 at the widest dims).
+          if (dkdv_smem(32) <= optin) {
+            launch(std::integral_constant<int, 32>{});
+          } else {
+            launch(std::integral_constant<int, 16>{});
+          }
+        }
       });
-    }
-    if (output_mask[1] || output_mask[2]) {
-      const auto dkdv_smem = [&](int keys) {
-        return sizeof(A) * (2 * keys * (shape.head_dim + 1) + 2 * keys * (shape.value_dim + 1) +
-                            shape.head_dim + shape.value_dim);
-      };
-      const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-      const auto launch = [&](auto keys) {
-        constexpr int kKeys = decltype(keys)::value;
-        auto kernel = backward_dkdv_kernel<scalar_t, kKeys>;
-        const size_t smem = dkdv_smem(kKeys);
-        allow_shared_memory(kernel, smem);
-        const int64_t key_blocks = cuda::ceil_div(shape.kv_len, kKeys);
-        kernel<<<grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem, stream>>>(
-            params, args, mutable_data_or_null<scalar_t>(grad_key),
-            mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      // 32 keys per warp when they fit in shared memory, else 16 (float64 at the widest dims).
-      if (dkdv_smem(32) <= optin) {
-        launch(std::integral_constant<int, 32>{});
-      } else {
-        launch(std::integral_constant<int, 16>{});
-      }
-    }
-  });
   return {grad_query, grad_key, grad_value, grad_mask};
 }
 
 // sdpa_weights rows, one warp per (batch, head, query row): scores (already scaled) become
 // exp(s + mask - lse); `dropped`, when set, gets them times dropout's keep factor.
 template <typename T>
-__global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dropped, int64_t rows) {
+__global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dropped,
+                             int64_t rows) {
   using A = acc_t<T>;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
@@ -751,12 +795,16 @@ __global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dro
     T* s = scores + row * p.kv_len + j;
     // The GEMM applied the scale already (Params::score would apply it again): add the mask.
     A v = static_cast<A>(*s);
-    const int64_t m = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
+    const int64_t m =
+        b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
     if (p.mask_float) v += static_cast<A>(p.mask_float[m]);
     const bool masked = (p.causal && j > i) || (p.mask_bool && !p.mask_bool[m]);
-    const A prob = masked || row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(v, row_lse);
+    const A prob = masked || row_lse == detail::sdpa_neg_inf<A>()
+                       ? A(0)
+                       : detail::sdpa_exp_shifted(v, row_lse);
     *s = static_cast<T>(prob);
-    if (dropped) dropped[row * p.kv_len + j] = static_cast<T>(prob * p.template keep_factor<A>(b, h, i, j));
+    if (dropped)
+      dropped[row * p.kv_len + j] = static_cast<T>(prob * p.template keep_factor<A>(b, h, i, j));
   }
 }
 
@@ -792,15 +840,17 @@ void sdpa_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_m
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0) return;
   constexpr int threads = 256;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "sdpa_probs_cuda", [&] {
-    // Params with the scores as a stand-in for q/k/v: only the mask, sizes and dropout are read.
-    const auto params = make_params<scalar_t>(shape, scores, scores, scores, attn_mask);
-    probs_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0,
-                             at::cuda::getCurrentCUDAStream()>>>(
-        params, scores.mutable_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t<scalar_t>>(),
-        dropped ? dropped->mutable_data_ptr<scalar_t>() : nullptr, rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, scores.scalar_type(), "sdpa_probs_cuda", [&] {
+        // Params with the scores as a stand-in for q/k/v: only the mask, sizes and dropout
+        // are read.
+        const auto params = make_params<scalar_t>(shape, scores, scores, scores, attn_mask);
+        probs_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0,
+                                 at::cuda::getCurrentCUDAStream()>>>(
+            params, scores.mutable_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t<scalar_t>>(),
+            dropped ? dropped->mutable_data_ptr<scalar_t>() : nullptr, rows);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape) {
@@ -808,13 +858,14 @@ void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0) return;
   constexpr int threads = 256;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "sdpa_softmax_backward_cuda", [&] {
-    const auto params = make_params<scalar_t>(shape, grad, grad, grad, std::nullopt);
-    softmax_backward_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0,
-                                        at::cuda::getCurrentCUDAStream()>>>(
-        params, grad.mutable_data_ptr<scalar_t>(), probs.const_data_ptr<scalar_t>(), rows);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad.scalar_type(), "sdpa_softmax_backward_cuda", [&] {
+        const auto params = make_params<scalar_t>(shape, grad, grad, grad, std::nullopt);
+        softmax_backward_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)),
+                                            threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            params, grad.mutable_data_ptr<scalar_t>(), probs.const_data_ptr<scalar_t>(), rows);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 }  // namespace detail

@@ -68,10 +68,12 @@ using cpu::grain;
 // Images per chunk so that the (C * kh * kw, chunk * OH * OW) columns stay within budget.
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.in_channels * s.kh * s.kw * s.out_h * s.out_w;
-  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(s.batch, 1));
+  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1,
+                             std::max<int64_t>(s.batch, 1));
 }
 
-// col[(c, ki, kj), (n, oh, ow)] = x[n0 + n, c, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] (0 outside).
+// col[(c, ki, kj), (n, oh, ow)] = x[n0 + n, c, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw]
+// (0 outside).
 template <typename T>
 void im2col(const T* x, T* col, const Conv2dShape& s, int64_t nb) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, L = OH * OW, kk = s.kh * s.kw;
@@ -171,7 +173,9 @@ void bias_grad(const T* gy, T* gb, const Conv2dShape& s) {
 // float32 with our packed GEMM (gemm.h): the three products read the images of a chunk in
 // place through grouped column strides, so nothing is transposed or copied around them.
 // Column j = (n, l) of a chunk's output / grad_output lives at n * K * L + l.
-bool use_own_gemm(const at::Tensor& x) { return x.scalar_type() == at::kFloat && cpu::gemm_available(); }
+bool use_own_gemm(const at::Tensor& x) {
+  return x.scalar_type() == at::kFloat && cpu::gemm_available();
+}
 
 cpu::MatrixRef matrix(const float* data, int64_t row_stride, int64_t col_stride = 1) {
   return {const_cast<float*>(data), row_stride, col_stride};
@@ -213,9 +217,11 @@ struct ColumnBuffer {
 
 // Each thread's images go through im2col and the GEMMs a few at a time (chunk_images: small
 // images share one GEMM, whose columns run across them, so tiles are not cut at every image).
-void forward_images(const float* x, const float* w, const float* bias, float* y, const Conv2dShape& s) {
+void forward_images(const float* x, const float* w, const float* bias, float* y,
+                    const Conv2dShape& s) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
-  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G,
+                image = s.in_channels * s.in_h * s.in_w;
   const int64_t chunk = chunk_images(s);
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
     ColumnBuffer col(rows * std::min(chunk, end - begin) * L);
@@ -224,7 +230,8 @@ void forward_images(const float* x, const float* w, const float* bias, float* y,
       im2col<float>(x + n0 * image, col.data, s, nb);
       float* yn = y + n0 * K * L;
       for (int64_t g = 0; g < G; ++g) {
-        cpu::gemm(Kg, nb * L, rows_g, matrix(w + g * Kg * rows_g, rows_g), matrix(col.data + g * rows_g * nb * L, nb * L),
+        cpu::gemm(Kg, nb * L, rows_g, matrix(w + g * Kg * rows_g, rows_g),
+                  matrix(col.data + g * rows_g * nb * L, nb * L),
                   image_columns(yn + g * Kg * L, L, K * L), /*accumulate=*/false);
       }
       if (bias) {
@@ -240,9 +247,11 @@ void forward_images(const float* x, const float* w, const float* bias, float* y,
 
 // gx and gw (either may be null): each thread sums its images' weight gradients into its own
 // partial, and the partials are added at the end (in thread order: deterministic).
-void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw, const Conv2dShape& s) {
+void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw,
+                     const Conv2dShape& s) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
-  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G, image = s.in_channels * s.in_h * s.in_w;
+  const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G,
+                image = s.in_channels * s.in_h * s.in_w;
   const int64_t chunk = chunk_images(s);
   std::vector<std::vector<float>> partials(at::get_num_threads());
   at::parallel_for(0, s.batch, 1, [&](int64_t begin, int64_t end) {
@@ -262,14 +271,16 @@ void backward_images(const float* gy, const float* x, const float* w, float* gx,
         im2col<float>(x + n0 * image, col.data, s, nb);
         for (int64_t g = 0; g < G; ++g) {
           cpu::gemm(Kg, rows_g, nb * L, image_columns(gyn + g * Kg * L, L, K * L),
-                    matrix(col.data + g * rows_g * nb * L, 1, nb * L), matrix(gw_part + g * Kg * rows_g, rows_g),
+                    matrix(col.data + g * rows_g * nb * L, 1, nb * L),
+                    matrix(gw_part + g * Kg * rows_g, rows_g),
                     /*accumulate=*/n0 > begin);
         }
       }
       if (gx) {
         // columns_g (rows_g, nb * L) = W_g^T @ gy_g, then col2im
         for (int64_t g = 0; g < G; ++g) {
-          cpu::gemm(rows_g, nb * L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g), image_columns(gyn + g * Kg * L, L, K * L),
+          cpu::gemm(rows_g, nb * L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g),
+                    image_columns(gyn + g * Kg * L, L, K * L),
                     matrix(col.data + g * rows_g * nb * L, nb * L), /*accumulate=*/false);
         }
         col2im<float>(col.data, gx + n0 * image, s, nb);
@@ -286,7 +297,8 @@ void backward_images(const float* gy, const float* x, const float* w, float* gx,
 }
 
 at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
-  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
+                L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
   const auto wg = w.view({G, Kg, rows_g});
@@ -308,7 +320,8 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
       const float* cp = cols.const_data_ptr<float>();
       float* yp = y.mutable_data_ptr<float>() + n0 * K * L;
       for (int64_t g = 0; g < G; ++g) {
-        cpu::gemm(Kg, nb * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g), matrix(cp + g * rows_g * nb * L, nb * L),
+        cpu::gemm(Kg, nb * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g),
+                  matrix(cp + g * rows_g * nb * L, nb * L),
                   image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
       }
       continue;
@@ -325,9 +338,10 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
   return y;
 }
 
-void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
-                   at::Tensor* gx, at::Tensor* gw) {
-  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                   const Conv2dShape& s, at::Tensor* gx, at::Tensor* gw) {
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
+                L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
   const auto wg = w.view({G, Kg, rows_g});
   const bool own = use_own_gemm(x);
@@ -354,11 +368,13 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
         for (int64_t g = 0; g < G; ++g) {
           cpu::gemm(Kg, rows_g, nb * L, image_columns(gyp + g * Kg * L, L, K * L),
                     matrix(cp + g * rows_g * nb * L, 1, nb * L),
-                    matrix(gw->mutable_data_ptr<float>() + g * Kg * rows_g, rows_g), /*accumulate=*/n0 > 0);
+                    matrix(gw->mutable_data_ptr<float>() + g * Kg * rows_g, rows_g),
+                    /*accumulate=*/n0 > 0);
         }
       } else {
         // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
-        const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
+        const auto gyc =
+            gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
         for (int64_t g = 0; g < G; ++g) {
           auto gw_g = gwg.select(0, g);
           gw_g.addmm_(gyc.narrow(0, g * Kg, Kg), cols.narrow(0, g * rows_g, rows_g).t());
@@ -373,7 +389,8 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
         float* cp = cols.mutable_data_ptr<float>();
         for (int64_t g = 0; g < G; ++g) {
           cpu::gemm(rows_g, nb * L, Kg, matrix(wp + g * Kg * rows_g, 1, rows_g),
-                    image_columns(gyp + g * Kg * L, L, K * L), matrix(cp + g * rows_g * nb * L, nb * L),
+                    image_columns(gyp + g * Kg * L, L, K * L),
+                    matrix(cp + g * rows_g * nb * L, nb * L),
                     /*accumulate=*/false);
         }
       } else {
@@ -388,7 +405,8 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
       }
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d col2im", [&] {
         col2im<scalar_t>(cols.const_data_ptr<scalar_t>(),
-                         gx->mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, s, nb);
+                         gx->mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, s,
+                         nb);
       });
     }
   }
@@ -402,7 +420,8 @@ template <typename T>
 void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2dShape& s) {
   using V = cpu::Vec<T>;
   constexpr int64_t VL = V::size();
-  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels,
+                C = s.in_channels;
   const int64_t m = K / C, kk = s.kh * s.kw;
   const int64_t Hp = H + 2 * s.ph, Wp = W + 2 * s.pw;
   at::parallel_for(0, s.batch * K, grain(OH * OW * kk), [&](int64_t begin, int64_t end) {
@@ -413,7 +432,8 @@ void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2d
       const int64_t n = p / K, k = p % K, c = k / m;
       if (buffered != n * C + c) {
         const T* xp = x + (n * C + c) * H * W;
-        for (int64_t ih = 0; ih < H; ++ih) std::copy(xp + ih * W, xp + (ih + 1) * W, buf.data() + (ih + s.ph) * Wp + s.pw);
+        for (int64_t ih = 0; ih < H; ++ih)
+          std::copy(xp + ih * W, xp + (ih + 1) * W, buf.data() + (ih + s.ph) * Wp + s.pw);
         buffered = n * C + c;
       }
       const T* wk = w + k * kk;
@@ -429,7 +449,8 @@ void depthwise_forward(const T* x, const T* w, const T* bias, T* y, const Conv2d
             V acc(b);
             for (int64_t ki = 0; ki < s.kh; ++ki) {
               const T* xr = base + ki * s.dh * Wp + ow;
-              for (int64_t kj = 0; kj < s.kw; ++kj) acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(xr + kj * s.dw), acc);
+              for (int64_t kj = 0; kj < s.kw; ++kj)
+                acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(xr + kj * s.dw), acc);
             }
             acc.store(yr + ow);
           }
@@ -453,7 +474,8 @@ template <typename T>
 void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dShape& s) {
   using V = cpu::Vec<T>;
   constexpr int64_t VL = V::size();
-  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels,
+                C = s.in_channels;
   const int64_t m = K / C, kk = s.kh * s.kw;
   const int64_t Ah = (s.kh - 1) * s.dh, Aw = (s.kw - 1) * s.dw;
   const int64_t Hp = OH + 2 * Ah, Wp = OW + 2 * Aw;
@@ -466,7 +488,8 @@ void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dSh
       for (int64_t j = 0; j < m; ++j) {
         const int64_t k = c * m + j;
         const T* gyp = gy + (n * K + k) * OH * OW;
-        for (int64_t oh = 0; oh < OH; ++oh) std::copy(gyp + oh * OW, gyp + (oh + 1) * OW, buf.data() + (oh + Ah) * Wp + Aw);
+        for (int64_t oh = 0; oh < OH; ++oh)
+          std::copy(gyp + oh * OW, gyp + (oh + 1) * OW, buf.data() + (oh + Ah) * Wp + Aw);
         const T* wk = w + k * kk;
         for (int64_t t = 0; t < kk; ++t) wv[t] = V(wk[t]);
         for (int64_t ih = 0; ih < H; ++ih) {
@@ -478,7 +501,8 @@ void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dSh
             V acc = j == 0 ? V(T(0)) : V::loadu(xr + iw);
             for (int64_t ki = 0; ki < s.kh; ++ki) {
               const T* row = base - ki * s.dh * Wp + iw;
-              for (int64_t kj = 0; kj < s.kw; ++kj) acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(row - kj * s.dw), acc);
+              for (int64_t kj = 0; kj < s.kw; ++kj)
+                acc = at::vec::fmadd(wv[ki * s.kw + kj], V::loadu(row - kj * s.dw), acc);
             }
             acc.store(xr + iw);
           }
@@ -499,43 +523,47 @@ void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dSh
 template <typename T>
 void depthwise_grad_input(const T* gy, const T* w, T* gx, const Conv2dShape& s) {
   if (s.sh == 1 && s.sw == 1) return depthwise_grad_input_stride1(gy, w, gx, s);
-  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels,
+                C = s.in_channels;
   const int64_t m = K / C;
-  at::parallel_for(0, s.batch * C, grain(m * OH * OW * s.kh * s.kw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / C, c = p % C;
-      T* gp = gx + p * H * W;
-      std::fill(gp, gp + H * W, T(0));
-      for (int64_t j = 0; j < m; ++j) {
-        const int64_t k = c * m + j;
-        const T* gyp = gy + (n * K + k) * OH * OW;
-        const T* wk = w + k * s.kh * s.kw;
-        for (int64_t kj = 0; kj < s.kw; ++kj) {
-          const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
-          const int64_t off = kj * s.dw - s.pw;
-          for (int64_t oh = 0; oh < OH; ++oh) {
-            const T* gr = gyp + oh * OW;
-            for (int64_t ki = 0; ki < s.kh; ++ki) {
-              const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
-              if (ih < 0 || ih >= H) continue;
-              const T wv = wk[ki * s.kw + kj];
-              T* xr = gp + ih * W + off;
-              if (s.sw == 1) {
-                axpy(xr + wr.begin, gr + wr.begin, wv, wr.end - wr.begin);
-              } else {
-                for (int64_t ow = wr.begin; ow < wr.end; ++ow) xr[ow * s.sw] += wv * gr[ow];
-              }
-            }
-          }
-        }
-      }
-    }
-  });
+  at::parallel_for(0, s.batch * C, grain(m * OH * OW * s.kh * s.kw),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t p = begin; p < end; ++p) {
+                       const int64_t n = p / C, c = p % C;
+                       T* gp = gx + p * H * W;
+                       std::fill(gp, gp + H * W, T(0));
+                       for (int64_t j = 0; j < m; ++j) {
+                         const int64_t k = c * m + j;
+                         const T* gyp = gy + (n * K + k) * OH * OW;
+                         const T* wk = w + k * s.kh * s.kw;
+                         for (int64_t kj = 0; kj < s.kw; ++kj) {
+                           const auto wr = detail::conv_valid_outputs(W, OW, s.sw, s.pw, kj * s.dw);
+                           const int64_t off = kj * s.dw - s.pw;
+                           for (int64_t oh = 0; oh < OH; ++oh) {
+                             const T* gr = gyp + oh * OW;
+                             for (int64_t ki = 0; ki < s.kh; ++ki) {
+                               const int64_t ih = oh * s.sh - s.ph + ki * s.dh;
+                               if (ih < 0 || ih >= H) continue;
+                               const T wv = wk[ki * s.kw + kj];
+                               T* xr = gp + ih * W + off;
+                               if (s.sw == 1) {
+                                 axpy(xr + wr.begin, gr + wr.begin, wv, wr.end - wr.begin);
+                               } else {
+                                 for (int64_t ow = wr.begin; ow < wr.end; ++ow)
+                                   xr[ow * s.sw] += wv * gr[ow];
+                               }
+                             }
+                           }
+                         }
+                       }
+                     }
+                   });
 }
 
 template <typename T>
 void depthwise_grad_weight(const T* gy, const T* x, T* gw, const Conv2dShape& s) {
-  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels, C = s.in_channels;
+  const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels,
+                C = s.in_channels;
   const int64_t m = K / C, kk = s.kh * s.kw;
   at::parallel_for(0, K * kk, grain(s.batch * OH * OW), [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
@@ -567,10 +595,11 @@ void depthwise_grad_weight(const T* gy, const T* x, T* gw, const Conv2dShape& s)
 
 // ---- op kernels ----
 
-at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                              int64_t groups) {
-  const auto s = detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto s =
+      detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
@@ -579,13 +608,14 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
       depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-                                  s);
+                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                  y.mutable_data_ptr<scalar_t>(), s);
     });
   } else if (use_own_gemm(x) && images_in_parallel(s)) {
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
-    forward_images(x.const_data_ptr<float>(), w.const_data_ptr<float>(), b.defined() ? b.const_data_ptr<float>() : nullptr,
-                   y.mutable_data_ptr<float>(), s);
+    forward_images(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+                   b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(),
+                   s);
   } else {
     y = forward_gemm(x, w, s);
     if (b.defined()) {
@@ -598,9 +628,11 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const auto s =
+      detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto gy = detail::conv2d_kernel_layout(grad_output, s);
   const auto w = weight.contiguous();
@@ -621,7 +653,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   } else if ((output_mask[0] || output_mask[1]) && use_own_gemm(x) && images_in_parallel(s)) {
     if (output_mask[0]) gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, x.options());
     if (output_mask[1]) gw = at::empty(w.sizes(), w.options());
-    backward_images(gy.const_data_ptr<float>(), x.const_data_ptr<float>(), w.const_data_ptr<float>(),
+    backward_images(gy.const_data_ptr<float>(), x.const_data_ptr<float>(),
+                    w.const_data_ptr<float>(),
                     gx.defined() ? gx.mutable_data_ptr<float>() : nullptr,
                     gw.defined() ? gw.mutable_data_ptr<float>() : nullptr, s);
   } else if (output_mask[0] || output_mask[1]) {

@@ -1,7 +1,7 @@
 // Packed float32 GEMM (see gemm.h). The loops follow the usual blocked scheme: the output is
 // cut into one rectangular block per task (split so that tasks repack as little as possible);
-// inside a task, for each block of (at most kKc) reduction steps, a (kc, nc) block of B is packed into
-// NR-wide panels, then for each block of at most kMc rows of A an (mc, kc) block is packed
+// inside a task, for each block of (at most kKc) reduction steps, a (kc, nc) block of B is
+// packed into NR-wide panels, then for each block of at most kMc rows of A an (mc, kc) block is packed
 // into MR-tall panels (it stays in L2), and the micro-kernel runs over every (MR, NR) tile,
 // one B panel (in L1) against every A panel. Partial tiles (edges, a tile crossing a column
 // group of C) are computed into a small buffer and copied out.
@@ -33,7 +33,8 @@ constexpr int64_t kNc = 2048;  // columns of B per packed block, bounding the pe
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 
-using KernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
+using KernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
+                          bool accumulate);
 
 enum class Isa { none, avx2, avx512 };
 
@@ -58,9 +59,11 @@ Isa isa() {
 #ifdef FASTDL_X86_GEMM
 // c[i, j] (row stride ldc) = (accumulate ? c[i, j] : 0) + sum_k a[k, i] b[k, j] for an 8 x 32
 // tile: a holds kc steps of 8 values, b kc steps of 32 values. 16 zmm accumulators.
-__attribute__((target("avx512f,fma"))) void kernel_avx512_8x32(int64_t kc, const float* __restrict__ a,
-                                                              const float* __restrict__ b, float* c, int64_t ldc,
-                                                              bool accumulate) {
+__attribute__((target("avx512f,fma"))) void kernel_avx512_8x32(int64_t kc,
+                                                               const float* __restrict__ a,
+                                                               const float* __restrict__ b,
+                                                               float* c, int64_t ldc,
+                                                               bool accumulate) {
   constexpr int MR = 8;
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 8
@@ -90,8 +93,8 @@ __attribute__((target("avx512f,fma"))) void kernel_avx512_8x32(int64_t kc, const
 
 // The same for a 6 x 16 tile in ymm registers (12 accumulators), for CPUs without AVX-512.
 __attribute__((target("avx2,fma"))) void kernel_avx2_6x16(int64_t kc, const float* __restrict__ a,
-                                                          const float* __restrict__ b, float* c, int64_t ldc,
-                                                          bool accumulate) {
+                                                          const float* __restrict__ b, float* c,
+                                                          int64_t ldc, bool accumulate) {
   constexpr int MR = 6;
   __m256 acc0[MR], acc1[MR];
 #pragma GCC unroll 6
@@ -190,7 +193,8 @@ void pack_a(const MatrixRef& A, int64_t M, int64_t m0, int64_t mc, int64_t k0, i
 // Packs rows [k0, k0 + kc) x columns [n0, n0 + nc) of B into NR-wide panels:
 // out[p][k][j] = B(k0 + k, n0 + p NR + j), zero for columns past N.
 template <int NR>
-void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* out) {
+void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0, int64_t kc,
+            float* out) {
   int64_t noff[NR];
   for (int64_t p = 0; p < nc; p += NR) {
     float* panel = out + p * kc;
@@ -199,19 +203,23 @@ void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0, i
     const float* base = B.data + k0 * B.row_stride;
     const bool contiguous = cols == NR && noff[NR - 1] - noff[0] == NR - 1;
     if (contiguous) {  // each row of the panel is NR consecutive floats
-      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * NR, base + k * B.row_stride + noff[0], NR * sizeof(float));
+      for (int64_t k = 0; k < kc; ++k)
+        std::memcpy(panel + k * NR, base + k * B.row_stride + noff[0], NR * sizeof(float));
     } else if (B.row_stride == 1) {  // each column is contiguous: read down the columns
       // 8 columns evenly spaced: 8 x 8 register transposes
       int64_t j_done = 0;
       for (; j_done + 8 <= cols; j_done += 8) {
         const int64_t step = noff[j_done + 1] - noff[j_done];
         bool even = true;
-        for (int64_t jj = 2; jj < 8; ++jj) even = even && noff[j_done + jj] - noff[j_done] == jj * step;
+        for (int64_t jj = 2; jj < 8; ++jj)
+          even = even && noff[j_done + jj] - noff[j_done] == jj * step;
         if (!even) break;
         int64_t k = 0;
-        for (; k + 8 <= kc; k += 8) transpose_8x8(base + noff[j_done] + k, step, panel + k * NR + j_done, NR);
+        for (; k + 8 <= kc; k += 8)
+          transpose_8x8(base + noff[j_done] + k, step, panel + k * NR + j_done, NR);
         for (; k < kc; ++k) {
-          for (int64_t jj = 0; jj < 8; ++jj) panel[k * NR + j_done + jj] = base[noff[j_done + jj] + k];
+          for (int64_t jj = 0; jj < 8; ++jj)
+            panel[k * NR + j_done + jj] = base[noff[j_done + jj] + k];
         }
       }
       for (int64_t j = j_done; j < NR; ++j) {
@@ -235,12 +243,13 @@ void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0, i
 }
 
 template <int MR, int NR>
-void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
-                  const MatrixRef& C, bool accumulate) {
+void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const MatrixRef& A,
+                  const MatrixRef& B, const MatrixRef& C, bool accumulate) {
   const int64_t m_panels = ceil_div(M, MR), n_panels = ceil_div(N, NR);
   // Split the output into tm x tn task blocks, one per thread, choosing the split that packs
   // the least: every task packs its rows of A (M K / tm) and its columns of B (N K / tn).
-  const int64_t threads = 2.0 * M * N * K < 4e6 || at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t threads =
+      2.0 * M * N * K < 4e6 || at::in_parallel_region() ? 1 : at::get_num_threads();
   int64_t tm = 1, tn = 1;
   double best = -1;
   for (int64_t a = 1; a <= threads; ++a) {
@@ -286,7 +295,8 @@ void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const Matrix
               for (int64_t i = 0; i < mc_pad; i += MR) {
                 const int64_t m = m0 + i, rows = std::min<int64_t>(MR, M - m);
                 if (cols_direct && rows == MR) {
-                  kernel(kc, ap + i * kc, bp + j * kc, C.data + m * C.row_stride + c_col, C.row_stride, acc);
+                  kernel(kc, ap + i * kc, bp + j * kc, C.data + m * C.row_stride + c_col,
+                         C.row_stride, acc);
                   continue;
                 }
                 kernel(kc, ap + i * kc, bp + j * kc, tile, NR, false);
@@ -312,8 +322,8 @@ void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const Matrix
 
 bool gemm_available() { return isa() != Isa::none; }
 
-void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B, const MatrixRef& C,
-          bool accumulate) {
+void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
+          const MatrixRef& C, bool accumulate) {
   TORCH_INTERNAL_ASSERT(gemm_available() && C.col_stride == 1);
   if (M == 0 || N == 0) return;
   if (K == 0) {  // an empty sum
@@ -324,7 +334,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& 
     return;
   }
 #ifdef FASTDL_X86_GEMM
-  if (isa() == Isa::avx512) return gemm_blocked<8, 32>(&kernel_avx512_8x32, M, N, K, A, B, C, accumulate);
+  if (isa() == Isa::avx512)
+    return gemm_blocked<8, 32>(&kernel_avx512_8x32, M, N, K, A, B, C, accumulate);
   return gemm_blocked<6, 16>(&kernel_avx2_6x16, M, N, K, A, B, C, accumulate);
 #endif
 }

@@ -19,10 +19,13 @@ struct MatrixRef {
   float* data;
   int64_t row_stride;
   int64_t col_stride = 1;
-  int64_t group = std::numeric_limits<int64_t>::max();  // columns per group (no grouping by default)
+  int64_t group =
+      std::numeric_limits<int64_t>::max();  // columns per group (no grouping by default)
   int64_t group_stride = 0;
   // Element offset of column c.
-  int64_t col_offset(int64_t c) const { return (c / group) * group_stride + (c % group) * col_stride; }
+  int64_t col_offset(int64_t c) const {
+    return (c / group) * group_stride + (c % group) * col_stride;
+  }
 };
 
 // Whether this CPU runs one of our micro-kernels (AVX-512 or AVX2+FMA). FASTDL_CPU_GEMM=blas
@@ -32,7 +35,7 @@ bool gemm_available();
 // C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] B[k, n], for an (M, K) A, a (K, N) B and
 // an (M, N) C (C's col_stride must be 1). Parallel inside (single-threaded when called from
 // inside a parallel region); C must not overlap A or B.
-void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B, const MatrixRef& C,
-          bool accumulate);
+void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
+          const MatrixRef& C, bool accumulate);
 
 }  // namespace fastdl::cpu

@@ -1,6 +1,7 @@
 // conv2d CUDA kernels. The forward of float16/bfloat16 channels-last dense convolutions runs
 // on tensor cores as an implicit GEMM (implicit_gemm.cu); everything else is NCHW here
-// (channels-last inputs are made contiguous and the result turned back). Dense and grouped: our im2col into a (C * kh * kw, chunk * OH * OW) column matrix
+// (channels-last inputs are made contiguous and the result turned back). Dense and grouped:
+// our im2col into a (C * kh * kw, chunk * OH * OW) column matrix
 // (one thread per column entry, coalesced writes), one at::mm per group (cuBLAS, tensor cores
 // for float16/bfloat16), the batch chunked so the columns stay within kColumnBudget elements.
 // Backward: grad_input = W^T @ grad_output then our col2im as a gather (each input element
@@ -35,45 +36,58 @@ constexpr int kThreads = 256;
 constexpr int64_t kColumnBudget = int64_t(1) << 26;  // elements of the column buffer
 
 struct Geometry {
-  int64_t N, C, H, W, K, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw, m;  // m: outputs per input channel (depthwise)
+  int64_t N, C, H, W, K, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw,
+      m;  // m: outputs per input channel (depthwise)
 };
 
 Geometry geometry(const Conv2dShape& s) {
-  return {s.batch, s.in_channels, s.in_h, s.in_w, s.out_channels, s.out_h, s.out_w, s.kh, s.kw,
-          s.sh, s.sw, s.ph, s.pw, s.dh, s.dw, s.out_channels / s.in_channels};
+  return {s.batch,        s.in_channels, s.in_h,  s.in_w,
+          s.out_channels, s.out_h,       s.out_w, s.kh,
+          s.kw,           s.sh,          s.sw,    s.ph,
+          s.pw,           s.dh,          s.dw,    s.out_channels / s.in_channels};
 }
 
 unsigned grid_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads); }
 
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.in_channels * s.kh * s.kw * s.out_h * s.out_w;
-  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1, std::max<int64_t>(s.batch, 1));
+  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1,
+                             std::max<int64_t>(s.batch, 1));
 }
 
 // col[((r * nb + n) * OH + oh) * OW + ow], r = (c, ki, kj): x[n, c, ih, iw] or 0.
 template <typename T>
-__global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, Geometry g, int64_t nb, int64_t total) {
+__global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, Geometry g, int64_t nb,
+                              int64_t total) {
   FASTDL_GRID_STRIDE(e, total) {
     int64_t t = e;
-    const int64_t ow = t % g.OW; t /= g.OW;
-    const int64_t oh = t % g.OH; t /= g.OH;
-    const int64_t n = t % nb; t /= nb;
-    const int64_t kj = t % g.kw; t /= g.kw;
+    const int64_t ow = t % g.OW;
+    t /= g.OW;
+    const int64_t oh = t % g.OH;
+    t /= g.OH;
+    const int64_t n = t % nb;
+    t /= nb;
+    const int64_t kj = t % g.kw;
+    t /= g.kw;
     const int64_t ki = t % g.kh;
     const int64_t c = t / g.kh;
     const int64_t ih = oh * g.sh - g.ph + ki * g.dh, iw = ow * g.sw - g.pw + kj * g.dw;
-    col[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? x[((n * g.C + c) * g.H + ih) * g.W + iw] : T(0);
+    col[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W) ? x[((n * g.C + c) * g.H + ih) * g.W + iw]
+                                                          : T(0);
   }
 }
 
 // gx[n, c, ih, iw] = sum over taps of the column entries that read it.
 template <typename T>
-__global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ gx, Geometry g, int64_t nb, int64_t total) {
+__global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ gx, Geometry g, int64_t nb,
+                              int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     int64_t t = e;
-    const int64_t iw = t % g.W; t /= g.W;
-    const int64_t ih = t % g.H; t /= g.H;
+    const int64_t iw = t % g.W;
+    t /= g.W;
+    const int64_t ih = t % g.H;
+    t /= g.H;
     const int64_t c = t % g.C;
     const int64_t n = t / g.C;
     A acc = 0;
@@ -92,7 +106,8 @@ __global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ gx, Geo
 }
 
 template <typename T>
-__global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, int64_t K, int64_t L, int64_t total) {
+__global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, int64_t K, int64_t L,
+                                int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     y[e] = static_cast<T>(static_cast<A>(y[e]) + static_cast<A>(bias[(e / L) % K]));
@@ -113,7 +128,8 @@ __device__ A block_sum(A v) {
 
 // One block per output channel: grad_bias[k] = sum over (n, position) of gy[n, k].
 template <typename T>
-__global__ void bias_grad_kernel(const T* __restrict__ gy, T* __restrict__ gb, int64_t N, int64_t K, int64_t L) {
+__global__ void bias_grad_kernel(const T* __restrict__ gy, T* __restrict__ gb, int64_t N, int64_t K,
+                                 int64_t L) {
   using A = at::opmath_type<T>;
   const int64_t k = blockIdx.x;
   A acc = 0;
@@ -127,13 +143,16 @@ __global__ void bias_grad_kernel(const T* __restrict__ gy, T* __restrict__ gb, i
 
 // Depthwise forward: one thread per output element (n, k, oh, ow); input channel k / m.
 template <typename T>
-__global__ void depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias,
-                                         T* __restrict__ y, Geometry g, int64_t total) {
+__global__ void depthwise_forward_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                         const T* __restrict__ bias, T* __restrict__ y, Geometry g,
+                                         int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     int64_t t = e;
-    const int64_t ow = t % g.OW; t /= g.OW;
-    const int64_t oh = t % g.OH; t /= g.OH;
+    const int64_t ow = t % g.OW;
+    t /= g.OW;
+    const int64_t oh = t % g.OH;
+    t /= g.OH;
     const int64_t k = t % g.K;
     const int64_t n = t / g.K;
     const T* xp = x + (n * g.C + k / g.m) * g.H * g.W;
@@ -154,13 +173,15 @@ __global__ void depthwise_forward_kernel(const T* __restrict__ x, const T* __res
 
 // Depthwise grad_input: one thread per input element, gathering its m output channels' taps.
 template <typename T>
-__global__ void depthwise_grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w, T* __restrict__ gx,
-                                            Geometry g, int64_t total) {
+__global__ void depthwise_grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w,
+                                            T* __restrict__ gx, Geometry g, int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     int64_t t = e;
-    const int64_t iw = t % g.W; t /= g.W;
-    const int64_t ih = t % g.H; t /= g.H;
+    const int64_t iw = t % g.W;
+    t /= g.W;
+    const int64_t ih = t % g.H;
+    t /= g.H;
     const int64_t c = t % g.C;
     const int64_t n = t / g.C;
     A acc = 0;
@@ -184,8 +205,8 @@ __global__ void depthwise_grad_input_kernel(const T* __restrict__ gy, const T* _
 
 // Depthwise grad_weight: one block per weight tap (k, ki, kj), reducing over (n, oh, ow).
 template <typename T>
-__global__ void depthwise_grad_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x, T* __restrict__ gw,
-                                             Geometry g) {
+__global__ void depthwise_grad_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x,
+                                             T* __restrict__ gw, Geometry g) {
   using A = at::opmath_type<T>;
   const int64_t q = blockIdx.x;
   const int64_t kk = g.kh * g.kw;
@@ -196,7 +217,8 @@ __global__ void depthwise_grad_weight_kernel(const T* __restrict__ gy, const T* 
     const int64_t n = i / L, p = i % L, oh = p / g.OW, ow = p % g.OW;
     const int64_t ih = oh * g.sh - g.ph + ki * g.dh, iw = ow * g.sw - g.pw + kj * g.dw;
     if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
-    acc += static_cast<A>(gy[(n * g.K + k) * L + p]) * static_cast<A>(x[((n * g.C + c) * g.H + ih) * g.W + iw]);
+    acc += static_cast<A>(gy[(n * g.K + k) * L + p]) *
+           static_cast<A>(x[((n * g.C + c) * g.H + ih) * g.W + iw]);
   }
   acc = block_sum<A>(acc);
   if (threadIdx.x == 0) gw[q] = static_cast<T>(acc);
@@ -205,14 +227,15 @@ __global__ void depthwise_grad_weight_kernel(const T* __restrict__ gy, const T* 
 #define FASTDL_CONV_DISPATCH(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
-void launch_im2col(const at::Tensor& x, at::Tensor& cols, const Conv2dShape& s, int64_t n0, int64_t nb) {
+void launch_im2col(const at::Tensor& x, at::Tensor& cols, const Conv2dShape& s, int64_t n0,
+                   int64_t nb) {
   const int64_t total = cols.numel();
   if (total == 0) return;
   const auto stream = at::cuda::getCurrentCUDAStream();
   FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d im2col", [&] {
     im2col_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, cols.mutable_data_ptr<scalar_t>(),
-        geometry(s), nb, total);
+        x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
+        cols.mutable_data_ptr<scalar_t>(), geometry(s), nb, total);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -220,14 +243,17 @@ void launch_im2col(const at::Tensor& x, at::Tensor& cols, const Conv2dShape& s, 
 at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto s = detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  const auto s =
+      detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(input.device());
   // float16/bfloat16 channels-last dense: the tensor-core implicit GEMM, read in place.
-  if (detail::conv2d_implicit_gemm_applies(input, s)) return detail::conv2d_forward_implicit_gemm(input, weight, bias, s);
+  if (detail::conv2d_implicit_gemm_applies(input, s))
+    return detail::conv2d_forward_implicit_gemm(input, weight, bias, s);
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
+                L = s.out_h * s.out_w;
   auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
   const auto stream = at::cuda::getCurrentCUDAStream();
   if (s.depthwise()) {
@@ -236,7 +262,8 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
       FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
         depthwise_forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
             x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), geometry(s), total);
+            b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
+            geometry(s), total);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
@@ -256,15 +283,16 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
         auto out = yv.select(0, n0).select(0, g);
         at::mm_out(out, wg.select(0, g), col_g);
       } else {
-        yv.narrow(0, n0, nb).select(1, g).copy_(at::mm(wg.select(0, g), col_g).view({Kg, nb, L}).transpose(0, 1));
+        yv.narrow(0, n0, nb).select(1, g).copy_(
+            at::mm(wg.select(0, g), col_g).view({Kg, nb, L}).transpose(0, 1));
       }
     }
   }
   if (b.defined() && y.numel() > 0) {
     const int64_t total = y.numel();
     FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d bias", [&] {
-      add_bias_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(y.mutable_data_ptr<scalar_t>(),
-                                                                         b.const_data_ptr<scalar_t>(), K, L, total);
+      add_bias_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
+          y.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), K, L, total);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -272,15 +300,18 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, std::array<bool, 3> output_mask) {
-  const auto s = detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const auto s =
+      detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto gy = detail::conv2d_kernel_layout(grad_output, s);
   const auto w = weight.contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
+                L = s.out_h * s.out_w;
   at::Tensor gx, gw, gb;
   if (output_mask[0]) gx = at::empty({N, s.in_channels, s.in_h, s.in_w}, x.options());
   if (s.depthwise()) {
@@ -288,14 +319,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
       if (output_mask[0] && gx.numel() > 0) {
         const int64_t total = gx.numel();
         depthwise_grad_input_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-            gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), geometry(s),
-            total);
+            gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+            gx.mutable_data_ptr<scalar_t>(), geometry(s), total);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       if (output_mask[1]) {
         gw = at::empty(w.sizes(), w.options());
-        depthwise_grad_weight_kernel<scalar_t><<<static_cast<unsigned>(w.numel()), kThreads, 0, stream>>>(
-            gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), gw.mutable_data_ptr<scalar_t>(), geometry(s));
+        depthwise_grad_weight_kernel<scalar_t>
+            <<<static_cast<unsigned>(w.numel()), kThreads, 0, stream>>>(
+                gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                gw.mutable_data_ptr<scalar_t>(), geometry(s));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
@@ -304,11 +337,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     const auto wg = w.view({G, Kg, rows_g});
     const bool half = x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16;
     at::Tensor gw_acc;
-    if (output_mask[1]) gw_acc = at::zeros({G, Kg, rows_g}, w.options().dtype(half ? at::kFloat : w.scalar_type()));
+    if (output_mask[1])
+      gw_acc = at::zeros({G, Kg, rows_g}, w.options().dtype(half ? at::kFloat : w.scalar_type()));
     const int64_t chunk = chunk_images(s);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
       const int64_t nb = std::min(chunk, N - n0);
-      const auto gyc = gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
+      const auto gyc =
+          gy.narrow(0, n0, nb).view({nb, K, L}).transpose(0, 1).contiguous().view({K, nb * L});
       auto cols = at::empty({rows, nb * L}, x.options());
       if (output_mask[1]) {
         launch_im2col(x, cols, s, n0, nb);
@@ -335,7 +370,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
           FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d col2im", [&] {
             col2im_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
                 cols.const_data_ptr<scalar_t>(),
-                gx.mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, geometry(s), nb, total);
+                gx.mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, geometry(s),
+                nb, total);
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           });
         }

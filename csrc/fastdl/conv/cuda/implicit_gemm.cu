@@ -39,19 +39,23 @@ __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162f
 template <typename E>
 __device__ __forceinline__ E from_float(float v);
 template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half(v); }
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half(v);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
 
 // x: (N, H, W, C); wt: (R, K); bias: (K) or null; y: (M, K).
 template <typename E>
-__global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const E* __restrict__ x, const E* __restrict__ wt,
-                                                                 const E* __restrict__ bias, E* __restrict__ y,
-                                                                 ImplicitGemmGeometry g) {
+__global__ void __launch_bounds__(kThreads)
+    implicit_gemm_kernel(const E* __restrict__ x, const E* __restrict__ wt,
+                         const E* __restrict__ bias, E* __restrict__ y, ImplicitGemmGeometry g) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
-  __shared__ __align__(128) E a_tile[kTileM * kTileK];     // (m, r) row-major
-  __shared__ __align__(128) E b_tile[kTileK * kTileN];     // (r, k) row-major
+  __shared__ __align__(128) E a_tile[kTileM * kTileK];      // (m, r) row-major
+  __shared__ __align__(128) E b_tile[kTileK * kTileN];      // (r, k) row-major
   __shared__ __align__(128) float c_tile[kTileM * kTileN];  // (m, k) row-major
 
   const int tid = threadIdx.x, warp = tid / 32;
@@ -110,9 +114,11 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const E* __rest
     wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> a_frag[2];
     wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> b_frag[2];
 #pragma unroll
-    for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a_frag[i], a_tile + (warp_m * 32 + i * 16) * kTileK, kTileK);
+    for (int i = 0; i < 2; ++i)
+      wmma::load_matrix_sync(a_frag[i], a_tile + (warp_m * 32 + i * 16) * kTileK, kTileK);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b_frag[j], b_tile + warp_n * 32 + j * 16, kTileN);
+    for (int j = 0; j < 2; ++j)
+      wmma::load_matrix_sync(b_frag[j], b_tile + warp_n * 32 + j * 16, kTileN);
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -124,8 +130,8 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const E* __rest
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(c_tile + (warp_m * 32 + i * 16) * kTileN + warp_n * 32 + j * 16, acc[i][j], kTileN,
-                              wmma::mem_row_major);
+      wmma::store_matrix_sync(c_tile + (warp_m * 32 + i * 16) * kTileN + warp_n * 32 + j * 16,
+                              acc[i][j], kTileN, wmma::mem_row_major);
     }
   __syncthreads();
   for (int e = tid; e < kTileM * kTileN; e += kThreads) {
@@ -141,11 +147,13 @@ __global__ void __launch_bounds__(kThreads) implicit_gemm_kernel(const E* __rest
 template <typename E>
 void launch(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& b, at::Tensor& y,
             const ImplicitGemmGeometry& g) {
-  const dim3 grid(static_cast<unsigned>((g.M + kTileM - 1) / kTileM), static_cast<unsigned>((g.K + kTileN - 1) / kTileN));
+  const dim3 grid(static_cast<unsigned>((g.M + kTileM - 1) / kTileM),
+                  static_cast<unsigned>((g.K + kTileN - 1) / kTileN));
   implicit_gemm_kernel<E><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const E*>(x.const_data_ptr()), reinterpret_cast<const E*>(wt.const_data_ptr()),
-      b.defined() ? reinterpret_cast<const E*>(b.const_data_ptr()) : nullptr, reinterpret_cast<E*>(y.mutable_data_ptr()),
-      g);
+      reinterpret_cast<const E*>(x.const_data_ptr()),
+      reinterpret_cast<const E*>(wt.const_data_ptr()),
+      b.defined() ? reinterpret_cast<const E*>(b.const_data_ptr()) : nullptr,
+      reinterpret_cast<E*>(y.mutable_data_ptr()), g);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -156,22 +164,37 @@ bool conv2d_implicit_gemm_applies(const at::Tensor& input, const Conv2dShape& s)
   if (!input.is_cuda() || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
   if (!s.channels_last || !s.batched || s.groups != 1) return false;
   const int64_t m = s.batch * s.out_h * s.out_w;
-  if ((m + kTileM - 1) / kTileM > 2147483647 || (s.out_channels + kTileN - 1) / kTileN > 65535) return false;
+  if ((m + kTileM - 1) / kTileM > 2147483647 || (s.out_channels + kTileN - 1) / kTileN > 65535)
+    return false;
   const auto* props = at::cuda::getDeviceProperties(input.device().index());
   return props->major >= 8;
 }
 
 at::Tensor conv2d_forward_implicit_gemm(const at::Tensor& input, const at::Tensor& weight,
-                                        const std::optional<at::Tensor>& bias, const Conv2dShape& s) {
+                                        const std::optional<at::Tensor>& bias,
+                                        const Conv2dShape& s) {
   const c10::cuda::CUDAGuard guard(input.device());
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C) in memory
   const auto wt = weight.permute({2, 3, 1, 0}).contiguous();        // (kh, kw, C, K) = (R, K)
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  auto y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
-                     input.options().memory_format(at::MemoryFormat::ChannelsLast));  // (M, K) in memory
-  const ImplicitGemmGeometry g{s.in_h, s.in_w, s.in_channels, s.out_channels, s.out_h, s.out_w, s.kw,
-                               s.sh,   s.sw,   s.ph,          s.pw,           s.dh,    s.dw,
-                               s.batch * s.out_h * s.out_w, s.kh * s.kw * s.in_channels};
+  auto y =
+      at::empty({s.batch, s.out_channels, s.out_h, s.out_w},
+                input.options().memory_format(at::MemoryFormat::ChannelsLast));  // (M, K) in memory
+  const ImplicitGemmGeometry g{s.in_h,
+                               s.in_w,
+                               s.in_channels,
+                               s.out_channels,
+                               s.out_h,
+                               s.out_w,
+                               s.kw,
+                               s.sh,
+                               s.sw,
+                               s.ph,
+                               s.pw,
+                               s.dh,
+                               s.dw,
+                               s.batch * s.out_h * s.out_w,
+                               s.kh * s.kw * s.in_channels};
   if (g.M == 0 || g.K == 0) return y;
   if (input.scalar_type() == at::kHalf) {
     launch<__half>(x, wt, b, y, g);

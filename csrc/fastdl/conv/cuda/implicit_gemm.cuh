@@ -18,6 +18,7 @@ bool conv2d_implicit_gemm_applies(const at::Tensor& input, const Conv2dShape& s)
 
 // The forward (with bias) for a problem it applies to; a channels-last (N, K, OH, OW) output.
 at::Tensor conv2d_forward_implicit_gemm(const at::Tensor& input, const at::Tensor& weight,
-                                        const std::optional<at::Tensor>& bias, const Conv2dShape& s);
+                                        const std::optional<at::Tensor>& bias,
+                                        const Conv2dShape& s);
 
 }  // namespace fastdl::detail

@@ -144,8 +144,10 @@ void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<
 int64_t feature_block(const HistogramShape& s, int64_t elem_size) {
   const int64_t by_cache = std::max<int64_t>(1, 16384 / (s.bins * elem_size));
   const int64_t threads = at::get_num_threads();
-  const int64_t for_threads = std::max<int64_t>(1, (s.bags * s.features + 2 * threads - 1) / (2 * threads));
-  return std::max<int64_t>(1, std::min({s.features, by_cache, s.bags >= 2 * threads ? s.features : for_threads}));
+  const int64_t for_threads =
+      std::max<int64_t>(1, (s.bags * s.features + 2 * threads - 1) / (2 * threads));
+  return std::max<int64_t>(
+      1, std::min({s.features, by_cache, s.bags >= 2 * threads ? s.features : for_threads}));
 }
 
 // Bins are processed KV vectors at a time with their centres, widths and sums in registers,
@@ -189,12 +191,15 @@ void forward_kernel(const HistogramShape& s, const T* x, const bool* mask, const
         const T* w = widths + f * pstride;
         T* o = out + (bag * F + f) * B;
         int64_t k = 0;
-        for (; k + 4 * L <= B; k += 4 * L) forward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
-        for (; k + L <= B; k += L) forward_bins<T, K, 1>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
+        for (; k + 4 * L <= B; k += 4 * L)
+          forward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
+        for (; k + L <= B; k += L)
+          forward_bins<T, K, 1>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
         for (; k < B; ++k) {
           T sum = 0;
           for (int64_t i = 0; i < N; ++i) {
-            if (!bag_mask || bag_mask[i]) sum += detail::hist_value<K, T>(xcol[i * F] - c[k], w[k], sharpness);
+            if (!bag_mask || bag_mask[i])
+              sum += detail::hist_value<K, T>(xcol[i * F] - c[k], w[k], sharpness);
           }
           o[k] = sum;
         }
@@ -319,10 +324,10 @@ at::Tensor histogram_forward_cpu(const at::Tensor& x, const at::Tensor& centers,
   auto out = at::empty({s.bags, s.features, s.bins}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "histogram_forward_cpu", [&] {
     detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-      forward_kernel<scalar_t, K>(s, x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
-                                  c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                  scale.const_data_ptr<scalar_t>(), static_cast<scalar_t>(sharpness),
-                                  out.mutable_data_ptr<scalar_t>());
+      forward_kernel<scalar_t, K>(
+          s, x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<scalar_t>(),
+          w.const_data_ptr<scalar_t>(), scale.const_data_ptr<scalar_t>(),
+          static_cast<scalar_t>(sharpness), out.mutable_data_ptr<scalar_t>());
     });
   });
   return s.batched ? out : out.squeeze(0);
@@ -345,11 +350,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cpu(
   if (output_mask[2]) gw = at::zeros_like(w);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "histogram_backward_cpu", [&] {
     detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-      backward_kernel<scalar_t, K>(s, go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
-                                   data_or_null<bool>(m), c.const_data_ptr<scalar_t>(),
-                                   w.const_data_ptr<scalar_t>(), scale.const_data_ptr<scalar_t>(),
-                                   static_cast<scalar_t>(sharpness), mutable_data_or_null<scalar_t>(gx),
-                                   mutable_data_or_null<scalar_t>(gc), mutable_data_or_null<scalar_t>(gw));
+      backward_kernel<scalar_t, K>(
+          s, go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
+          c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          scale.const_data_ptr<scalar_t>(), static_cast<scalar_t>(sharpness),
+          mutable_data_or_null<scalar_t>(gx), mutable_data_or_null<scalar_t>(gc),
+          mutable_data_or_null<scalar_t>(gw));
     });
   });
   if (gx.defined()) gx = gx.view(x.sizes());

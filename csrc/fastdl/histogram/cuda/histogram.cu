@@ -36,7 +36,8 @@ Tiling tiling_for(int64_t bins) {
   Tiling t;
   // At most 128 features a tile keeps the staged rows within 32 KiB of shared memory.
   t.features_per_block = static_cast<int>(std::clamp<int64_t>(256 / bins, 1, 128));
-  t.threads = static_cast<int>(cuda::ceil_div(t.features_per_block * bins, cuda::kWarpSize) * cuda::kWarpSize);
+  t.threads = static_cast<int>(cuda::ceil_div(t.features_per_block * bins, cuda::kWarpSize) *
+                               cuda::kWarpSize);
   return t;
 }
 
@@ -50,7 +51,8 @@ __device__ __forceinline__ int stage_chunk(const T* __restrict__ x, const bool* 
   for (int e = threadIdx.x; e < rows * ft; e += blockDim.x) {
     const int r = e / ft, fl = e % ft;
     const int64_t f = f0 + fl;
-    xs[e] = f < features ? static_cast<acc_t<T>>(x[((bag * n) + r0 + r) * features + f]) : acc_t<T>(0);
+    xs[e] =
+        f < features ? static_cast<acc_t<T>>(x[((bag * n) + r0 + r) * features + f]) : acc_t<T>(0);
   }
   for (int r = threadIdx.x; r < rows; r += blockDim.x) present[r] = !mask || mask[bag * n + r0 + r];
   __syncthreads();
@@ -74,10 +76,11 @@ struct TileThread {
 // out[bag, f, k] = scale[bag] * sum_i K(x[bag, i, f] - c[f, k]).
 template <typename T, HistogramKernel K>
 __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__ mask,
-                               const acc_t<T>* __restrict__ centers, const acc_t<T>* __restrict__ widths,
-                               const acc_t<T>* __restrict__ scale, acc_t<T> sharpness, T* __restrict__ out,
-                               int64_t bags, int64_t n, int64_t features, int64_t bins, int64_t pstride,
-                               int ft) {
+                               const acc_t<T>* __restrict__ centers,
+                               const acc_t<T>* __restrict__ widths,
+                               const acc_t<T>* __restrict__ scale, acc_t<T> sharpness,
+                               T* __restrict__ out, int64_t bags, int64_t n, int64_t features,
+                               int64_t bins, int64_t pstride, int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
   const TileThread t(ft, features, bins);
@@ -107,11 +110,13 @@ __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__
 // into float partials of shape (bags, F, B).
 template <typename T, HistogramKernel K>
 __global__ void param_grad_kernel(const T* __restrict__ grad_out, const T* __restrict__ x,
-                                  const bool* __restrict__ mask, const acc_t<T>* __restrict__ centers,
-                                  const acc_t<T>* __restrict__ widths, const acc_t<T>* __restrict__ scale,
-                                  acc_t<T> sharpness, acc_t<T>* __restrict__ part_c,
-                                  acc_t<T>* __restrict__ part_w, int64_t bags, int64_t n,
-                                  int64_t features, int64_t bins, int64_t pstride, int ft) {
+                                  const bool* __restrict__ mask,
+                                  const acc_t<T>* __restrict__ centers,
+                                  const acc_t<T>* __restrict__ widths,
+                                  const acc_t<T>* __restrict__ scale, acc_t<T> sharpness,
+                                  acc_t<T>* __restrict__ part_c, acc_t<T>* __restrict__ part_w,
+                                  int64_t bags, int64_t n, int64_t features, int64_t bins,
+                                  int64_t pstride, int ft) {
   using A = acc_t<T>;
   extern __shared__ unsigned char smem[];
   const TileThread t(ft, features, bins);
@@ -149,10 +154,12 @@ __global__ void param_grad_kernel(const T* __restrict__ grad_out, const T* __res
 // grad_x[bag, i, f] = scale[bag] * sum_k g[bag, f, k] * dv/dd(x - c[f, k]); 0 where absent.
 template <typename T, HistogramKernel K>
 __global__ void input_grad_kernel(const T* __restrict__ grad_out, const T* __restrict__ x,
-                                  const bool* __restrict__ mask, const acc_t<T>* __restrict__ centers,
-                                  const acc_t<T>* __restrict__ widths, const acc_t<T>* __restrict__ scale,
-                                  acc_t<T> sharpness, T* __restrict__ grad_x, int64_t total,
-                                  int64_t n, int64_t features, int64_t bins, int64_t pstride) {
+                                  const bool* __restrict__ mask,
+                                  const acc_t<T>* __restrict__ centers,
+                                  const acc_t<T>* __restrict__ widths,
+                                  const acc_t<T>* __restrict__ scale, acc_t<T> sharpness,
+                                  T* __restrict__ grad_x, int64_t total, int64_t n,
+                                  int64_t features, int64_t bins, int64_t pstride) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, total) {
     const int64_t f = e % features;
@@ -188,14 +195,17 @@ __global__ void sum_groups_kernel(const A* __restrict__ part, T* __restrict__ ou
   out[p] = static_cast<T>(s);
 }
 
-size_t shared_bytes(int ft, size_t acc_size) { return kRowsPerChunk * ft * acc_size + kRowsPerChunk; }
+size_t shared_bytes(int ft, size_t acc_size) {
+  return kRowsPerChunk * ft * acc_size + kRowsPerChunk;
+}
 
 at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers,
                                   const at::Tensor& widths, c10::string_view kernel,
                                   const std::optional<at::Tensor>& mask, bool normalize,
                                   double sharpness) {
   const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
-  TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ", s.bins);
+  TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ",
+              s.bins);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x3 = x.reshape({s.bags, s.n, s.features}).contiguous();
   // Centres and widths in the accumulation type: half precision would blur the bin edges.
@@ -206,19 +216,23 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
   auto out = at::empty({s.bags, s.features, s.bins}, x.options());
   if (out.numel() > 0) {
     const auto t = tiling_for(s.bins);
-    const dim3 grid(cuda::ceil_div(s.features, t.features_per_block), std::min(s.bags, cuda::kMaxGridYZ));
+    const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
+                    std::min(s.bags, cuda::kMaxGridYZ));
     const int64_t pstride = s.shared_params ? 0 : s.bins;
     const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cuda", [&] {
-      using A = acc_t<scalar_t>;
-      detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-        forward_kernel<scalar_t, K><<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
-            x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<A>(),
-            w.const_data_ptr<A>(), scale.const_data_ptr<A>(), static_cast<A>(sharpness),
-            out.mutable_data_ptr<scalar_t>(), s.bags, s.n, s.features, s.bins, pstride, t.features_per_block);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cuda", [&] {
+          using A = acc_t<scalar_t>;
+          detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
+            forward_kernel<scalar_t, K>
+                <<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
+                    x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<A>(),
+                    w.const_data_ptr<A>(), scale.const_data_ptr<A>(), static_cast<A>(sharpness),
+                    out.mutable_data_ptr<scalar_t>(), s.bags, s.n, s.features, s.bins, pstride,
+                    t.features_per_block);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        });
   }
   return s.batched ? out : out.squeeze(0);
 }
@@ -229,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
     bool normalize, double sharpness, std::array<bool, 3> output_mask) {
   const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   detail::check_histogram_grad(grad_output, x, s);
-  TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ", s.bins);
+  TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ",
+              s.bins);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto x3 = x.reshape({s.bags, s.n, s.features}).contiguous();
   const auto go = grad_output.reshape({s.bags, s.features, s.bins}).contiguous();
@@ -245,42 +260,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
   // Contiguous (F, B) or (B,) gradients in the parameters' own dtypes, whatever their strides.
   if (output_mask[1]) gc = at::zeros(centers.sizes(), centers.options());
   if (output_mask[2]) gw = at::zeros(widths.sizes(), widths.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_backward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-      if (gx.defined() && gx.numel() > 0) {
-        const int threads = 256;
-        input_grad_kernel<scalar_t, K><<<cuda::grid_stride_blocks(gx.numel(), threads), threads, 0, stream>>>(
-            go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
-            c.const_data_ptr<A>(), w.const_data_ptr<A>(), scale.const_data_ptr<A>(),
-            static_cast<A>(sharpness), gx.mutable_data_ptr<scalar_t>(), gx.numel(), s.n, s.features,
-            s.bins, pstride);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      if ((gc.defined() || gw.defined()) && go.numel() > 0) {
-        auto parts = at::empty({2, s.bags, s.features, s.bins}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
-        const auto t = tiling_for(s.bins);
-        const dim3 grid(cuda::ceil_div(s.features, t.features_per_block), std::min(s.bags, cuda::kMaxGridYZ));
-        param_grad_kernel<scalar_t, K><<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
-            go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
-            c.const_data_ptr<A>(), w.const_data_ptr<A>(), scale.const_data_ptr<A>(),
-            static_cast<A>(sharpness), parts[0].mutable_data_ptr<A>(), parts[1].mutable_data_ptr<A>(),
-            s.bags, s.n, s.features, s.bins, pstride, t.features_per_block);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        // Shared (B,) parameters sum over bags and features, per-feature ones over bags.
-        const int64_t count = s.shared_params ? s.bins : s.features * s.bins;
-        const int64_t groups = s.shared_params ? s.bags * s.features : s.bags;
-        for (auto [grad, part] : {std::pair{&gc, parts[0]}, std::pair{&gw, parts[1]}}) {
-          if (!grad->defined()) continue;
-          AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad->scalar_type(), "histogram_param_sum", [&] {
-            sum_groups_kernel<A, scalar_t><<<cuda::ceil_div(count, 256), 256, 0, stream>>>(
-                part.const_data_ptr<A>(), grad->mutable_data_ptr<scalar_t>(), groups, count);
-          });
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_backward_cuda", [&] {
+        using A = acc_t<scalar_t>;
+        detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
+          if (gx.defined() && gx.numel() > 0) {
+            const int threads = 256;
+            input_grad_kernel<scalar_t, K>
+                <<<cuda::grid_stride_blocks(gx.numel(), threads), threads, 0, stream>>>(
+                    go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
+                    data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
+                    scale.const_data_ptr<A>(), static_cast<A>(sharpness),
+                    gx.mutable_data_ptr<scalar_t>(), gx.numel(), s.n, s.features, s.bins, pstride);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+          if ((gc.defined() || gw.defined()) && go.numel() > 0) {
+            auto parts = at::empty({2, s.bags, s.features, s.bins},
+                                   x.options().dtype(c10::CppTypeToScalarType<A>::value));
+            const auto t = tiling_for(s.bins);
+            const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
+                            std::min(s.bags, cuda::kMaxGridYZ));
+            param_grad_kernel<scalar_t, K>
+                <<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
+                    go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
+                    data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
+                    scale.const_data_ptr<A>(), static_cast<A>(sharpness),
+                    parts[0].mutable_data_ptr<A>(), parts[1].mutable_data_ptr<A>(), s.bags, s.n,
+                    s.features, s.bins, pstride, t.features_per_block);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            // Shared (B,) parameters sum over bags and features, per-feature ones over bags.
+            const int64_t count = s.shared_params ? s.bins : s.features * s.bins;
+            const int64_t groups = s.shared_params ? s.bags * s.features : s.bags;
+            for (auto [grad, part] : {std::pair{&gc, parts[0]}, std::pair{&gw, parts[1]}}) {
+              if (!grad->defined()) continue;
+              AT_DISPATCH_FLOATING_TYPES_AND2(
+                  at::kHalf, at::kBFloat16, grad->scalar_type(), "histogram_param_sum", [&] {
+                    sum_groups_kernel<A, scalar_t><<<cuda::ceil_div(count, 256), 256, 0, stream>>>(
+                        part.const_data_ptr<A>(), grad->mutable_data_ptr<scalar_t>(), groups,
+                        count);
+                  });
+              C10_CUDA_KERNEL_LAUNCH_CHECK();
+            }
+          }
+        });
+      });
   if (gx.defined()) gx = gx.view(x.sizes());
   return {gx, gc, gw};
 }

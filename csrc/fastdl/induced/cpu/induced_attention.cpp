@@ -51,7 +51,8 @@ inline void axpy(T* y, const T* x, T a, int64_t n) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> av(a);
   int64_t i = 0;
-  for (; i + W <= n; i += W) at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
+  for (; i + W <= n; i += W)
+    at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -117,8 +118,8 @@ inline void add_weighted_rows(T* y, const T* w, int64_t n, int64_t d, const RowO
 // A chunk of keys [s0, s0 + n) of slice bh, transposed, with -inf bias for padded keys.
 template <typename T>
 struct KeyChunk {
-  std::vector<T> kt;    // E x n
-  std::vector<T> vt;    // Ev x n (backward only)
+  std::vector<T> kt;            // E x n
+  std::vector<T> vt;            // Ev x n (backward only)
   std::vector<int64_t> padded;  // chunk positions of the padded keys
   int64_t n = 0;
 
@@ -174,8 +175,8 @@ inline T chunk_scores(const Problem<T>& p, const KeyChunk<T>& c, const T* q_row,
 // Online softmax of rows [l0, l1) of slice bh over keys [s0, s1): fills the running states
 // (m, l, acc) of the rows (acc: rows x Ev).
 template <typename T>
-void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1,
-            T* m, T* l, T* acc, KeyChunk<T>& chunk, std::vector<T>& scores) {
+void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1, T* m,
+            T* l, T* acc, KeyChunk<T>& chunk, std::vector<T>& scores) {
   const int64_t rows = l1 - l0;
   std::fill(m, m + rows, induced::neg_inf<T>());
   std::fill(l, l + rows, T(0));
@@ -195,7 +196,8 @@ void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0,
       if (alpha != T(1)) scale_inplace(acc_r, alpha, p.Ev);
       // p_j = exp(s_j - m_new) (padded keys: exp(-inf) = 0), summed, then acc += p_j v_j.
       const T sum = exp_shifted(scores.data(), m_new, n);
-      add_weighted_rows(acc_r, scores.data(), n, p.Ev, [&](int64_t j) { return v_rows.row(c0 + j); });
+      add_weighted_rows(acc_r, scores.data(), n, p.Ev,
+                        [&](int64_t j) { return v_rows.row(c0 + j); });
       l[r] = l[r] * alpha + sum;
       m[r] = m_new;
     }
@@ -204,33 +206,38 @@ void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0,
 
 template <typename T>
 void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out, T* lse) {
-  const auto part = induced::partition(BH, p.L, p.S, kQueryBlock, 4 * at::get_num_threads(),
-                                       kMinKeysPerSplit);
+  const auto part =
+      induced::partition(BH, p.L, p.S, kQueryBlock, 4 * at::get_num_threads(), kMinKeysPerSplit);
   const int64_t splits = part.key_splits;
   // Partial results of each key split (only when the key axis is split).
   std::vector<T> part_out(splits > 1 ? static_cast<size_t>(splits * BH * p.L * p.Ev) : 0);
   std::vector<T> part_lse(splits > 1 ? static_cast<size_t>(splits * BH * p.L) : 0);
   const int64_t tasks = BH * part.query_blocks * splits;
   const int64_t work = part.query_block * part.keys_per_split * (p.E + p.Ev);
-  at::parallel_for(0, tasks, std::max<int64_t>(1, cpu::grain(work)), [&](int64_t begin, int64_t end) {
-    std::vector<T> m(part.query_block), l(part.query_block), acc(part.query_block * p.Ev), scores;
-    KeyChunk<T> chunk;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t split = t % splits;
-      const int64_t qb = (t / splits) % part.query_blocks;
-      const int64_t bh = t / (splits * part.query_blocks);
-      const int64_t l0 = qb * part.query_block, l1 = std::min(p.L, l0 + part.query_block);
-      const int64_t s0 = split * part.keys_per_split, s1 = std::min(p.S, s0 + part.keys_per_split);
-      attend(p, bh, l0, l1, s0, s1, m.data(), l.data(), acc.data(), chunk, scores);
-      for (int64_t r = 0; r < l1 - l0; ++r) {
-        const int64_t row = bh * p.L + l0 + r;
-        T* dst = splits > 1 ? part_out.data() + (split * BH * p.L + row) * p.Ev : out.row(bh, l0 + r);
-        const T inv = induced::inverse_or_zero(l[r]);
-        for (int64_t e = 0; e < p.Ev; ++e) dst[e] = acc[r * p.Ev + e] * inv;
-        (splits > 1 ? part_lse[split * BH * p.L + row] : lse[row]) = induced::log_sum_exp(m[r], l[r]);
-      }
-    }
-  });
+  at::parallel_for(
+      0, tasks, std::max<int64_t>(1, cpu::grain(work)), [&](int64_t begin, int64_t end) {
+        std::vector<T> m(part.query_block), l(part.query_block), acc(part.query_block * p.Ev),
+            scores;
+        KeyChunk<T> chunk;
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t split = t % splits;
+          const int64_t qb = (t / splits) % part.query_blocks;
+          const int64_t bh = t / (splits * part.query_blocks);
+          const int64_t l0 = qb * part.query_block, l1 = std::min(p.L, l0 + part.query_block);
+          const int64_t s0 = split * part.keys_per_split,
+                        s1 = std::min(p.S, s0 + part.keys_per_split);
+          attend(p, bh, l0, l1, s0, s1, m.data(), l.data(), acc.data(), chunk, scores);
+          for (int64_t r = 0; r < l1 - l0; ++r) {
+            const int64_t row = bh * p.L + l0 + r;
+            T* dst = splits > 1 ? part_out.data() + (split * BH * p.L + row) * p.Ev
+                                : out.row(bh, l0 + r);
+            const T inv = induced::inverse_or_zero(l[r]);
+            for (int64_t e = 0; e < p.Ev; ++e) dst[e] = acc[r * p.Ev + e] * inv;
+            (splits > 1 ? part_lse[split * BH * p.L + row] : lse[row]) =
+                induced::log_sum_exp(m[r], l[r]);
+          }
+        }
+      });
   if (splits == 1) return;
   // Combine the splits: lse = logsumexp_j lse_j, out = sum_j exp(lse_j - lse) out_j.
   at::parallel_for(0, BH * p.L, cpu::grain(splits * p.Ev), [&](int64_t begin, int64_t end) {
@@ -238,7 +245,8 @@ void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out
       T mx = induced::neg_inf<T>();
       for (int64_t j = 0; j < splits; ++j) mx = std::max(mx, part_lse[j * BH * p.L + row]);
       T total = 0;
-      for (int64_t j = 0; j < splits; ++j) total += induced::rescale_factor(part_lse[j * BH * p.L + row], mx);
+      for (int64_t j = 0; j < splits; ++j)
+        total += induced::rescale_factor(part_lse[j * BH * p.L + row], mx);
       const T row_lse = induced::log_sum_exp(mx, total);
       lse[row] = row_lse;
       T* dst = out.row(row / p.L, row % p.L);
@@ -260,8 +268,9 @@ constexpr int64_t kBackwardRows = 32;  // query rows whose probabilities a chunk
 template <typename T>
 void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1,
                    const induced::Rows<const T>& dout, const T* lse, const T* delta,
-                   const induced::Rows<T>& dq, const induced::Rows<T>& dk, const induced::Rows<T>& dv,
-                   KeyChunk<T>& chunk, std::vector<T>& prob, std::vector<T>& dscore) {
+                   const induced::Rows<T>& dq, const induced::Rows<T>& dk,
+                   const induced::Rows<T>& dv, KeyChunk<T>& chunk, std::vector<T>& prob,
+                   std::vector<T>& dscore) {
   const bool need_ds = dq.data || dk.data;
   const auto q_rows = p.q.slice(bh), k_rows = p.k.slice(bh);
   const auto do_rows = dout.slice(bh);
@@ -288,7 +297,8 @@ void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int6
           T* ds_r = dscore.data() + r * n;
           cpu::small_gemm<T>(1, n, p.Ev, do_rows.row(i), 0, 1, chunk.vt.data(), n, ds_r, n, false);
           const T d_i = delta[bh * p.L + i];
-          for (int64_t j = 0; j < n; ++j) ds_r[j] = prob_r[j] == T(0) ? T(0) : prob_r[j] * (ds_r[j] - d_i) * p.scale;
+          for (int64_t j = 0; j < n; ++j)
+            ds_r[j] = prob_r[j] == T(0) ? T(0) : prob_r[j] * (ds_r[j] - d_i) * p.scale;
         }
         if (dq.data) {
           add_weighted_rows(dq_rows.row(i), dscore.data() + r * n, n, p.E,
@@ -349,21 +359,22 @@ void backward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<const 
   const int64_t block = few_queries ? kKeyChunk : kQueryBlock;
   const int64_t blocks = few_queries ? (p.S + block - 1) / block : (p.L + block - 1) / block;
   const int64_t work = block * (few_queries ? p.L : p.S) * (2 * p.E + 2 * p.Ev);
-  at::parallel_for(0, BH * blocks, std::max<int64_t>(1, cpu::grain(work)), [&](int64_t begin, int64_t end) {
-    const auto mine = thread_rows(at::get_thread_num());
-    KeyChunk<T> chunk;
-    std::vector<T> prob, dscore;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t bh = t / blocks, b0 = (t % blocks) * block;
-      if (few_queries) {  // this task owns keys [b0, b0 + block): dK, dV directly
-        backward_tile(p, bh, 0, p.L, b0, std::min(p.S, b0 + block), dout, lse, delta.data(),
-                      mine[0], dk, dv, chunk, prob, dscore);
-      } else {  // this task owns query rows [b0, b0 + block): dQ directly
-        backward_tile(p, bh, b0, std::min(p.L, b0 + block), 0, p.S, dout, lse, delta.data(),
-                      dq, mine[1], mine[2], chunk, prob, dscore);
-      }
-    }
-  });
+  at::parallel_for(0, BH * blocks, std::max<int64_t>(1, cpu::grain(work)),
+                   [&](int64_t begin, int64_t end) {
+                     const auto mine = thread_rows(at::get_thread_num());
+                     KeyChunk<T> chunk;
+                     std::vector<T> prob, dscore;
+                     for (int64_t t = begin; t < end; ++t) {
+                       const int64_t bh = t / blocks, b0 = (t % blocks) * block;
+                       if (few_queries) {  // this task owns keys [b0, b0 + block): dK, dV directly
+                         backward_tile(p, bh, 0, p.L, b0, std::min(p.S, b0 + block), dout, lse,
+                                       delta.data(), mine[0], dk, dv, chunk, prob, dscore);
+                       } else {  // this task owns query rows [b0, b0 + block): dQ directly
+                         backward_tile(p, bh, b0, std::min(p.L, b0 + block), 0, p.S, dout, lse,
+                                       delta.data(), dq, mine[1], mine[2], chunk, prob, dscore);
+                       }
+                     }
+                   });
   // Sum the per-thread buffers into the gradients they stand for, row by row.
   const std::array<const induced::Rows<T>*, 3> targets = {&dq, &dk, &dv};
   const std::array<int64_t, 3> lengths = {p.L, p.S, p.S}, widths = {p.E, p.E, p.Ev};
@@ -390,9 +401,16 @@ using induced::rows_of;
 template <typename T>
 Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                         const at::Tensor& mask, const detail::InducedShape& s, double scale) {
-  return {rows_of<const T>(q), rows_of<const T>(k), rows_of<const T>(v),
+  return {rows_of<const T>(q),
+          rows_of<const T>(k),
+          rows_of<const T>(v),
           mask.defined() ? mask.const_data_ptr<bool>() : nullptr,
-          s.heads, s.queries, s.keys, s.head_dim, s.value_dim, static_cast<T>(scale)};
+          s.heads,
+          s.queries,
+          s.keys,
+          s.head_dim,
+          s.value_dim,
+          static_cast<T>(scale)};
 }
 
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cpu(
@@ -403,7 +421,8 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cpu(
   if (s.batch * s.heads * s.queries == 0) return {f.output, f.lse};
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "induced_attention_forward_cpu", [&] {
     forward_kernel<scalar_t>(make_problem<scalar_t>(f.query, f.key, f.value, f.mask, s, f.scale),
-                             s.batch * s.heads, rows_of<scalar_t>(f.output), f.lse.mutable_data_ptr<scalar_t>());
+                             s.batch * s.heads, rows_of<scalar_t>(f.output),
+                             f.lse.mutable_data_ptr<scalar_t>());
   });
   return {f.output, f.lse};
 }
@@ -411,9 +430,10 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
-    const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask) {
-  auto b = detail::prepare_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
-                                                      output, lse, scale, output_mask);
+    const at::Tensor& output, const at::Tensor& lse, double scale,
+    std::array<bool, 3> output_mask) {
+  auto b = detail::prepare_induced_attention_backward(
+      grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask);
   const auto& s = b.shape;
   if (s.batch * s.heads * s.queries * s.keys > 0) {
     AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "induced_attention_backward_cpu", [&] {

@@ -27,8 +27,8 @@ namespace {
 using cuda::acc_t;
 using cuda::kWarpSize;
 
-constexpr int kWarps = 4;              // rows (forward, dQ) or keys (dK/dV) per block
-constexpr int kTile = kWarpSize;       // keys (or queries) per shared-memory tile
+constexpr int kWarps = 4;         // rows (forward, dQ) or keys (dK/dV) per block
+constexpr int kTile = kWarpSize;  // keys (or queries) per shared-memory tile
 constexpr int64_t kMinKeysPerSplit = 256;
 
 template <typename A>
@@ -98,8 +98,9 @@ struct Dims {
 // Shared memory (A): q rows kWarps*E | (Backward: dO rows kWarps*Ev) | K tile kTile*(E+1) |
 // V tile kTile*(Ev+1) | acc kWarps*max(E, Ev).
 template <typename T, bool Backward>
-__global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, induced::Rows<const T> v,
-                            const bool* __restrict__ mask, acc_t<T> scale, Dims dims,
+__global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
+                            induced::Rows<const T> v, const bool* __restrict__ mask, acc_t<T> scale,
+                            Dims dims,
                             // forward outputs
                             induced::Rows<T> out, acc_t<T>* __restrict__ lse,
                             acc_t<T>* __restrict__ part_out, acc_t<T>* __restrict__ part_lse,
@@ -125,9 +126,11 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
   A* my_acc = acc + warp * acc_width;
 
   const int64_t grow = bh * L + row;  // global row index
-  for (int64_t e = lane; e < E; e += kWarpSize) my_q[e] = active ? static_cast<A>(q.row(bh, row)[e]) : A(0);
+  for (int64_t e = lane; e < E; e += kWarpSize)
+    my_q[e] = active ? static_cast<A>(q.row(bh, row)[e]) : A(0);
   if (Backward) {
-    for (int64_t e = lane; e < Ev; e += kWarpSize) my_do[e] = active ? static_cast<A>(dout.row(bh, row)[e]) : A(0);
+    for (int64_t e = lane; e < Ev; e += kWarpSize)
+      my_do[e] = active ? static_cast<A>(dout.row(bh, row)[e]) : A(0);
   }
   for (int64_t e = lane; e < acc_width; e += kWarpSize) my_acc[e] = 0;
   const bool* key_mask = mask ? mask + (bh / dims.heads) * S : nullptr;
@@ -145,7 +148,8 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
     if (!work) continue;
     const int64_t key = t0 + lane;
     const bool valid = key < s1 && !(key_mask && key_mask[key]);
-    const A score = valid ? scale * dot_shared(my_q, k_tile + lane * (E + 1), E) : induced::neg_inf<A>();
+    const A score =
+        valid ? scale * dot_shared(my_q, k_tile + lane * (E + 1), E) : induced::neg_inf<A>();
     if (!Backward) {
       const A tile_max = warp_max(score);
       if (tile_max == induced::neg_inf<A>()) continue;  // every key of the tile is padded
@@ -156,7 +160,8 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
       m = m_new;
       for (int64_t e = lane; e < Ev; e += kWarpSize) {
         A a = my_acc[e] * alpha;
-        for (int j = 0; j < kTile; ++j) a += __shfl_sync(0xffffffff, p, j) * v_tile[j * (Ev + 1) + e];
+        for (int j = 0; j < kTile; ++j)
+          a += __shfl_sync(0xffffffff, p, j) * v_tile[j * (Ev + 1) + e];
         my_acc[e] = a;
       }
     } else {
@@ -165,7 +170,8 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
       const A ds = p * (dp - row_delta) * scale;
       for (int64_t e = lane; e < E; e += kWarpSize) {
         A a = my_acc[e];
-        for (int j = 0; j < kTile; ++j) a += __shfl_sync(0xffffffff, ds, j) * k_tile[j * (E + 1) + e];
+        for (int j = 0; j < kTile; ++j)
+          a += __shfl_sync(0xffffffff, ds, j) * k_tile[j * (E + 1) + e];
         my_acc[e] = a;
       }
     }
@@ -178,29 +184,34 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, 
   const A inv = induced::inverse_or_zero(l);
   const A row_lse_out = induced::log_sum_exp(m, l);
   if (part_out == nullptr) {
-    for (int64_t e = lane; e < Ev; e += kWarpSize) out.row(bh, row)[e] = static_cast<T>(my_acc[e] * inv);
+    for (int64_t e = lane; e < Ev; e += kWarpSize)
+      out.row(bh, row)[e] = static_cast<T>(my_acc[e] * inv);
     if (lane == 0) lse[grow] = row_lse_out;
   } else {
     const int64_t rows = gridDim.x / dims.query_blocks * L;  // batch*heads*L
-    for (int64_t e = lane; e < Ev; e += kWarpSize) part_out[(split * rows + grow) * Ev + e] = my_acc[e] * inv;
+    for (int64_t e = lane; e < Ev; e += kWarpSize)
+      part_out[(split * rows + grow) * Ev + e] = my_acc[e] * inv;
     if (lane == 0) part_lse[split * rows + grow] = row_lse_out;
   }
 }
 
 // Merges the key splits' partial results: one warp per row.
 template <typename T>
-__global__ void combine_kernel(const acc_t<T>* __restrict__ part_out, const acc_t<T>* __restrict__ part_lse,
-                               induced::Rows<T> out, acc_t<T>* __restrict__ lse, int64_t rows,
-                               int64_t splits, int64_t L, int64_t Ev) {
+__global__ void combine_kernel(const acc_t<T>* __restrict__ part_out,
+                               const acc_t<T>* __restrict__ part_lse, induced::Rows<T> out,
+                               acc_t<T>* __restrict__ lse, int64_t rows, int64_t splits, int64_t L,
+                               int64_t Ev) {
   using A = acc_t<T>;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  const int64_t row =
+      static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   A mx = induced::neg_inf<A>();
   for (int64_t j = lane; j < splits; j += kWarpSize) mx = max(mx, part_lse[j * rows + row]);
   mx = warp_max(mx);
   A total = 0;
-  for (int64_t j = lane; j < splits; j += kWarpSize) total += induced::rescale_factor(part_lse[j * rows + row], mx);
+  for (int64_t j = lane; j < splits; j += kWarpSize)
+    total += induced::rescale_factor(part_lse[j * rows + row], mx);
   total = warp_sum(total);
   const A row_lse = induced::log_sum_exp(mx, total);
   if (lane == 0) lse[row] = row_lse;
@@ -220,12 +231,14 @@ __global__ void delta_kernel(induced::Rows<const T> dout, induced::Rows<const T>
                              acc_t<T>* __restrict__ delta, int64_t rows, int64_t L, int64_t Ev) {
   using A = acc_t<T>;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+  const int64_t row =
+      static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   A s = 0;
   const T* dout_row = dout.row(row / L, row % L);
   const T* out_row = out.row(row / L, row % L);
-  for (int64_t e = lane; e < Ev; e += kWarpSize) s += static_cast<A>(dout_row[e]) * static_cast<A>(out_row[e]);
+  for (int64_t e = lane; e < Ev; e += kWarpSize)
+    s += static_cast<A>(dout_row[e]) * static_cast<A>(out_row[e]);
   s = warp_sum(s);
   if (lane == 0) delta[row] = s;
 }
@@ -235,10 +248,12 @@ __global__ void delta_kernel(induced::Rows<const T> dout, induced::Rows<const T>
 // kWarps*Ev | q tile kTile*(E+1) | dO tile kTile*(Ev+1) | lse, delta 2*kTile |
 // dk acc kWarps*E | dv acc kWarps*Ev.
 template <typename T>
-__global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k, induced::Rows<const T> v,
-                                const bool* __restrict__ mask, acc_t<T> scale, Dims dims,
-                                induced::Rows<const T> dout, const acc_t<T>* __restrict__ lse,
-                                const acc_t<T>* __restrict__ delta, induced::Rows<T> dk, induced::Rows<T> dv) {
+__global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
+                                induced::Rows<const T> v, const bool* __restrict__ mask,
+                                acc_t<T> scale, Dims dims, induced::Rows<const T> dout,
+                                const acc_t<T>* __restrict__ lse,
+                                const acc_t<T>* __restrict__ delta, induced::Rows<T> dk,
+                                induced::Rows<T> dv) {
   using A = acc_t<T>;
   A* smem = shared_buffer<A>();
   const int64_t E = dims.E, Ev = dims.Ev, L = dims.L, S = dims.S;
@@ -285,21 +300,25 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
     if (dv.data) {
       for (int64_t e = lane; e < Ev; e += kWarpSize) {
         A a = my_dv[e];
-        for (int i = 0; i < kTile; ++i) a += __shfl_sync(0xffffffff, p, i) * do_tile[i * (Ev + 1) + e];
+        for (int i = 0; i < kTile; ++i)
+          a += __shfl_sync(0xffffffff, p, i) * do_tile[i * (Ev + 1) + e];
         my_dv[e] = a;
       }
     }
     if (dk.data) {
       for (int64_t e = lane; e < E; e += kWarpSize) {
         A a = my_dk[e];
-        for (int i = 0; i < kTile; ++i) a += __shfl_sync(0xffffffff, ds, i) * q_tile[i * (E + 1) + e];
+        for (int i = 0; i < kTile; ++i)
+          a += __shfl_sync(0xffffffff, ds, i) * q_tile[i * (E + 1) + e];
         my_dk[e] = a;
       }
     }
   }
   if (!active) return;
-  if (dk.data) for (int64_t e = lane; e < E; e += kWarpSize) dk.row(bh, key)[e] = static_cast<T>(my_dk[e]);
-  if (dv.data) for (int64_t e = lane; e < Ev; e += kWarpSize) dv.row(bh, key)[e] = static_cast<T>(my_dv[e]);
+  if (dk.data)
+    for (int64_t e = lane; e < E; e += kWarpSize) dk.row(bh, key)[e] = static_cast<T>(my_dk[e]);
+  if (dv.data)
+    for (int64_t e = lane; e < Ev; e += kWarpSize) dv.row(bh, key)[e] = static_cast<T>(my_dv[e]);
 }
 
 // Dynamic shared memory of `bytes` for `kernel`: opts in above the 48 KiB default and raises a
@@ -307,8 +326,9 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
 template <typename Kernel>
 void reserve_shared_memory(Kernel kernel, size_t bytes, const detail::InducedShape& s) {
   const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin, "fastdl.induced_attention: head dims E = ",
-              s.head_dim, ", Ev = ", s.value_dim, " need ", bytes, " bytes of shared memory, more than the ",
+  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin,
+              "fastdl.induced_attention: head dims E = ", s.head_dim, ", Ev = ", s.value_dim,
+              " need ", bytes, " bytes of shared memory, more than the ",
               prop->sharedMemPerBlockOptin, " this device has; use smaller heads");
   if (bytes > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -328,7 +348,8 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale_arg) {
   c10::cuda::CUDAGuard guard(query.device());
-  auto f = detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
+  auto f =
+      detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
   const auto& s = f.shape;
   const double scale = f.scale;
   const auto &q = f.query, &k = f.key, &v = f.value, &mask = f.mask;
@@ -349,39 +370,42 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
     part_lse = at::empty({splits, rows}, acc_opts);
   }
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_forward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    const size_t bytes = sizeof(A) * (kWarps * s.head_dim + kTile * (s.head_dim + 1) +
-                                      kTile * (s.value_dim + 1) + kWarps * s.value_dim);
-    auto kernel = rows_kernel<scalar_t, false>;
-    reserve_shared_memory(kernel, bytes, s);
-    const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
-    kernel<<<grid, kWarps * kWarpSize, bytes, stream>>>(
-        rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-        data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<scalar_t>(out),
-        lse.mutable_data_ptr<A>(), mutable_data_or_null<A>(part_out), mutable_data_or_null<A>(part_lse),
-        induced::Rows<const scalar_t>{nullptr, 0, 0, 0, 1}, nullptr, nullptr,
-        induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1});
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (splits > 1) {
-      combine_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
-          part_out.const_data_ptr<A>(), part_lse.const_data_ptr<A>(), rows_of<scalar_t>(out),
-          lse.mutable_data_ptr<A>(), rows, splits, s.queries, s.value_dim);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_forward_cuda", [&] {
+        using A = acc_t<scalar_t>;
+        const size_t bytes = sizeof(A) * (kWarps * s.head_dim + kTile * (s.head_dim + 1) +
+                                          kTile * (s.value_dim + 1) + kWarps * s.value_dim);
+        auto kernel = rows_kernel<scalar_t, false>;
+        reserve_shared_memory(kernel, bytes, s);
+        const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
+        kernel<<<grid, kWarps * kWarpSize, bytes, stream>>>(
+            rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
+            data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<scalar_t>(out),
+            lse.mutable_data_ptr<A>(), mutable_data_or_null<A>(part_out),
+            mutable_data_or_null<A>(part_lse), induced::Rows<const scalar_t>{nullptr, 0, 0, 0, 1},
+            nullptr, nullptr, induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1});
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (splits > 1) {
+          combine_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
+              part_out.const_data_ptr<A>(), part_lse.const_data_ptr<A>(), rows_of<scalar_t>(out),
+              lse.mutable_data_ptr<A>(), rows, splits, s.queries, s.value_dim);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
-    const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> output_mask) {
+    const at::Tensor& output, const at::Tensor& lse, double scale,
+    std::array<bool, 3> output_mask) {
   c10::cuda::CUDAGuard guard(query.device());
-  auto b = detail::prepare_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
-                                                      output, lse, scale, output_mask);
+  auto b = detail::prepare_induced_attention_backward(
+      grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask);
   const auto& s = b.shape;
-  const auto &q = b.query, &k = b.key, &v = b.value, &mask = b.mask, &dout = b.grad_output, &out = b.output;
+  const auto &q = b.query, &k = b.key, &v = b.value, &mask = b.mask, &dout = b.grad_output,
+             &out = b.output;
   const auto& lse_c = b.lse;
   // Every element of the gradients is written by the kernels (zeros where a row or key gets
   // none); the zero fill covers empty problems.
@@ -390,40 +414,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
   if (rows * s.keys == 0) return {dq, dk, dv};
   auto delta = at::empty({rows}, lse_c.options());
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_backward_cuda", [&] {
-    using A = acc_t<scalar_t>;
-    delta_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
-        rows_of<const scalar_t>(dout), rows_of<const scalar_t>(out), delta.mutable_data_ptr<A>(), rows,
-        s.queries, s.value_dim);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (dq.defined()) {
-      const int64_t blocks = cuda::ceil_div(s.queries, kWarps);
-      Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
-      const size_t bytes = sizeof(A) * (kWarps * s.head_dim + kWarps * s.value_dim + kTile * (s.head_dim + 1) +
-                                        kTile * (s.value_dim + 1) + kWarps * s.head_dim);
-      auto kernel = rows_kernel<scalar_t, true>;
-      reserve_shared_memory(kernel, bytes, s);
-      kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
-          rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-          data_or_null<bool>(mask), static_cast<A>(scale), dims, induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1},
-          nullptr, nullptr, nullptr, rows_of<const scalar_t>(dout), lse_c.const_data_ptr<A>(),
-          delta.const_data_ptr<A>(), rows_of<scalar_t>(dq));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (dk.defined() || dv.defined()) {
-      const int64_t blocks = cuda::ceil_div(s.keys, kWarps);
-      Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
-      const size_t bytes = sizeof(A) * (2 * kWarps * (s.head_dim + s.value_dim) + kTile * (s.head_dim + 1) +
-                                        kTile * (s.value_dim + 1) + 2 * kTile);
-      auto kernel = key_rows_kernel<scalar_t>;
-      reserve_shared_memory(kernel, bytes, s);
-      kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
-          rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-          data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<const scalar_t>(dout),
-          lse_c.const_data_ptr<A>(), delta.const_data_ptr<A>(), rows_of<scalar_t>(dk), rows_of<scalar_t>(dv));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_backward_cuda", [&] {
+        using A = acc_t<scalar_t>;
+        delta_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
+            rows_of<const scalar_t>(dout), rows_of<const scalar_t>(out),
+            delta.mutable_data_ptr<A>(), rows, s.queries, s.value_dim);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        if (dq.defined()) {
+          const int64_t blocks = cuda::ceil_div(s.queries, kWarps);
+          Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
+          const size_t bytes =
+              sizeof(A) * (kWarps * s.head_dim + kWarps * s.value_dim + kTile * (s.head_dim + 1) +
+                           kTile * (s.value_dim + 1) + kWarps * s.head_dim);
+          auto kernel = rows_kernel<scalar_t, true>;
+          reserve_shared_memory(kernel, bytes, s);
+          kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
+              rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
+              data_or_null<bool>(mask), static_cast<A>(scale), dims,
+              induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1}, nullptr, nullptr, nullptr,
+              rows_of<const scalar_t>(dout), lse_c.const_data_ptr<A>(), delta.const_data_ptr<A>(),
+              rows_of<scalar_t>(dq));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (dk.defined() || dv.defined()) {
+          const int64_t blocks = cuda::ceil_div(s.keys, kWarps);
+          Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
+          const size_t bytes =
+              sizeof(A) * (2 * kWarps * (s.head_dim + s.value_dim) + kTile * (s.head_dim + 1) +
+                           kTile * (s.value_dim + 1) + 2 * kTile);
+          auto kernel = key_rows_kernel<scalar_t>;
+          reserve_shared_memory(kernel, bytes, s);
+          kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
+              rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
+              data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<const scalar_t>(dout),
+              lse_c.const_data_ptr<A>(), delta.const_data_ptr<A>(), rows_of<scalar_t>(dk),
+              rows_of<scalar_t>(dv));
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
   return {dq, dk, dv};
 }
 

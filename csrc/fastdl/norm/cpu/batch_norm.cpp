@@ -77,34 +77,35 @@ void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, d
   cpu::ThreadColumnSums<double> part1(R, threads), part2(R, threads);
   at::parallel_for(0, outer, std::max<int64_t>(1, 4096 / std::max<int64_t>(R, 1)),
                    [&](int64_t begin, int64_t end) {
-    const int64_t tid = at::get_thread_num();
-    double* acc1 = part1.row(tid);
-    double* acc2 = part2.row(tid);
-    std::vector<T> blk1(R), blk2(R);
-    for (int64_t o0 = begin; o0 < end; o0 += kFlushRows) {
-      std::fill(blk1.begin(), blk1.end(), T(0));
-      std::fill(blk2.begin(), blk2.end(), T(0));
-      for (int64_t o = o0; o < std::min(end, o0 + kFlushRows); ++o) {
-        const T* ar = a + o * R;
-        const T* br = b + o * R;
-        int64_t j = 0;
-        for (; j + L <= R; j += L) {
-          const auto [x1, x2] = f(Vec<T>::loadu(ar + j), Vec<T>::loadu(br + j), Vec<T>::loadu(p_row.data() + j));
-          (Vec<T>::loadu(blk1.data() + j) + x1).store(blk1.data() + j);
-          (Vec<T>::loadu(blk2.data() + j) + x2).store(blk2.data() + j);
-        }
-        for (; j < R; ++j) {
-          const auto [x1, x2] = f(ar[j], br[j], p_row[j]);
-          blk1[j] += x1;
-          blk2[j] += x2;
-        }
-      }
-      for (int64_t j = 0; j < R; ++j) {
-        acc1[j] += blk1[j];
-        acc2[j] += blk2[j];
-      }
-    }
-  });
+                     const int64_t tid = at::get_thread_num();
+                     double* acc1 = part1.row(tid);
+                     double* acc2 = part2.row(tid);
+                     std::vector<T> blk1(R), blk2(R);
+                     for (int64_t o0 = begin; o0 < end; o0 += kFlushRows) {
+                       std::fill(blk1.begin(), blk1.end(), T(0));
+                       std::fill(blk2.begin(), blk2.end(), T(0));
+                       for (int64_t o = o0; o < std::min(end, o0 + kFlushRows); ++o) {
+                         const T* ar = a + o * R;
+                         const T* br = b + o * R;
+                         int64_t j = 0;
+                         for (; j + L <= R; j += L) {
+                           const auto [x1, x2] = f(Vec<T>::loadu(ar + j), Vec<T>::loadu(br + j),
+                                                   Vec<T>::loadu(p_row.data() + j));
+                           (Vec<T>::loadu(blk1.data() + j) + x1).store(blk1.data() + j);
+                           (Vec<T>::loadu(blk2.data() + j) + x2).store(blk2.data() + j);
+                         }
+                         for (; j < R; ++j) {
+                           const auto [x1, x2] = f(ar[j], br[j], p_row[j]);
+                           blk1[j] += x1;
+                           blk2[j] += x2;
+                         }
+                       }
+                       for (int64_t j = 0; j < R; ++j) {
+                         acc1[j] += blk1[j];
+                         acc2[j] += blk2[j];
+                       }
+                     }
+                   });
   std::vector<double> row1(R), row2(R);
   part1.sum_into(row1.data());
   part2.sum_into(row2.data());
@@ -122,15 +123,20 @@ void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, d
 // out[0..n) = a * k1 + b * k2 + k3 with per-element coefficient vectors (K = Vec<T>) or
 // per-run scalars broadcast (K = T); b may be null. Split on b so the loop has no branch.
 template <typename T, typename K1, typename K2, typename K3>
-inline void affine_run(const T* a, const T* b, const K1& k1, const K2& k2, const K3& k3, T* out, int64_t n) {
+inline void affine_run(const T* a, const T* b, const K1& k1, const K2& k2, const K3& k3, T* out,
+                       int64_t n) {
   constexpr int64_t L = Vec<T>::size();
   auto coef = [](const auto& k, int64_t i) {
-    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>) return Vec<T>::loadu(k + i);
-    else return Vec<T>(k);
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>)
+      return Vec<T>::loadu(k + i);
+    else
+      return Vec<T>(k);
   };
   auto scalar = [](const auto& k, int64_t i) {
-    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>) return k[i];
-    else return k;
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>)
+      return k[i];
+    else
+      return k;
   };
   int64_t i = 0;
   if (b) {
@@ -157,7 +163,8 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
     at::parallel_for(0, s.outer * C, cpu::grain(inner), [&](int64_t begin, int64_t end) {
       for (int64_t oc = begin; oc < end; ++oc) {
         const int64_t c = oc % C, base = oc * inner;
-        affine_run<T>(a + base, b ? b + base : nullptr, k1[c], b ? k2[c] : T(0), k3[c], out + base, inner);
+        affine_run<T>(a + base, b ? b + base : nullptr, k1[c], b ? k2[c] : T(0), k3[c], out + base,
+                      inner);
       }
     });
     return;
@@ -173,7 +180,8 @@ void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1
   at::parallel_for(0, s.outer, cpu::grain(R), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const int64_t base = o * R;
-      affine_run<T>(a + base, b ? b + base : nullptr, r1.data(), r2.data(), r3.data(), out + base, R);
+      affine_run<T>(a + base, b ? b + base : nullptr, r1.data(), r2.data(), r3.data(), out + base,
+                    R);
     }
   });
 }
@@ -228,7 +236,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
       const auto rv = running_var->contiguous();
       for (int64_t c = 0; c < C; ++c) {
         mean[c] = rm.const_data_ptr<T>()[c];
-        invstd[c] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(rv.const_data_ptr<T>()[c]) + eps));
+        invstd[c] =
+            static_cast<T>(1.0 / std::sqrt(static_cast<double>(rv.const_data_ptr<T>()[c]) + eps));
       }
     }
     // y = x * scale + (bias - mean * scale), scale = invstd * weight.
@@ -236,10 +245,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
     const auto b = contiguous_or_undefined(bias);
     std::vector<T> scale(C), offset(C);
     for (int64_t c = 0; c < C; ++c) {
-      detail::bn_output_coefficients<T>(mean[c], invstd[c], w.defined() ? w.const_data_ptr<T>()[c] : T(1),
-                                        b.defined() ? b.const_data_ptr<T>()[c] : T(0), scale[c], offset[c]);
+      detail::bn_output_coefficients<T>(
+          mean[c], invstd[c], w.defined() ? w.const_data_ptr<T>()[c] : T(1),
+          b.defined() ? b.const_data_ptr<T>()[c] : T(0), scale[c], offset[c]);
     }
-    channel_affine<T>(shape, xp, nullptr, scale.data(), nullptr, offset.data(), output.mutable_data_ptr<T>());
+    channel_affine<T>(shape, xp, nullptr, scale.data(), nullptr, offset.data(),
+                      output.mutable_data_ptr<T>());
   });
   running_mean_io.commit();
   running_var_io.commit();
@@ -250,7 +261,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
     std::array<bool, 3> output_mask) {
-  const auto shape = detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
+  const auto shape =
+      detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
   const auto x = detail::batch_norm_layout(input, shape);
   const auto dy = detail::batch_norm_layout(grad_output, shape);
   const auto w = contiguous_or_undefined(weight);
@@ -269,10 +281,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const T* invstd = invstd_c.const_data_ptr<T>();
     // sum_dy[c] = sum dy, sum_dyx[c] = sum dy * (x - mean).
     std::vector<double> sum_dy(C, 0.0), sum_dyx(C, 0.0);
-    const bool need_sums = grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
+    const bool need_sums =
+        grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
     if (need_sums && n > 0) {
       channel_sums<T>(shape, dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean, sum_dy.data(),
-                      sum_dyx.data(), [](auto g, auto xv, auto m) { return std::make_pair(g, g * (xv - m)); });
+                      sum_dyx.data(),
+                      [](auto g, auto xv, auto m) { return std::make_pair(g, g * (xv - m)); });
     }
     if (grad_weight.defined()) {
       T* gw = grad_weight.mutable_data_ptr<T>();

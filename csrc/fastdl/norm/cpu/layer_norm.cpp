@@ -17,7 +17,6 @@ namespace {
 
 using cpu::Vec;
 
-
 template <typename T>
 void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_out, T* rstd_out,
                     int64_t rows, int64_t cols, double eps) {
@@ -57,8 +56,8 @@ void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_ou
 }
 
 template <typename T>
-void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, const T* weight,
-                     T* dx, T* dweight, T* dbias, int64_t rows, int64_t cols) {
+void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, const T* weight, T* dx,
+                     T* dweight, T* dbias, int64_t rows, int64_t cols) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t threads = at::get_num_threads();
   cpu::ThreadColumnSums<T> dweight_parts(dweight ? cols : 0, threads);
@@ -135,11 +134,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
   auto mean = at::empty(stats_shape, x.options());
   auto rstd = at::empty(stats_shape, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(),
-                             data_or_null<scalar_t>(w),
-                             data_or_null<scalar_t>(b),
-                             output.mutable_data_ptr<scalar_t>(), mean.mutable_data_ptr<scalar_t>(),
-                             rstd.mutable_data_ptr<scalar_t>(), shape.rows, shape.cols, eps);
+    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(w),
+                             data_or_null<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
+                             mean.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<scalar_t>(),
+                             shape.rows, shape.cols, eps);
   });
   return {output, mean, rstd};
 }
@@ -148,8 +146,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
     const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
     std::array<bool, 3> output_mask) {
-  const auto shape = detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean,
-                                                       rstd, weight);
+  const auto shape =
+      detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight);
   const auto dy = grad_output.contiguous();
   const auto x = input.contiguous();
   const auto m = mean.contiguous();
@@ -161,12 +159,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, param_options);
   if (output_mask[2]) db = at::empty(normalized_shape, param_options);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_backward_cpu", [&] {
-    backward_kernel<scalar_t>(
-        dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), m.const_data_ptr<scalar_t>(),
-        s.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(w),
-        mutable_data_or_null<scalar_t>(dx),
-        mutable_data_or_null<scalar_t>(dw),
-        mutable_data_or_null<scalar_t>(db), shape.rows, shape.cols);
+    backward_kernel<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                              m.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
+                              data_or_null<scalar_t>(w), mutable_data_or_null<scalar_t>(dx),
+                              mutable_data_or_null<scalar_t>(dw),
+                              mutable_data_or_null<scalar_t>(db), shape.rows, shape.cols);
   });
   return {dx, dw, db};
 }

@@ -63,8 +63,9 @@ struct GradReduce {
 // grid (C, splits): block (c, y) reduces outer indices [y * outer_per_split, ...) of channel c
 // into partials[c * splits + y].
 template <typename Op>
-__global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ partials, int64_t outer,
-                                     int64_t channels, int64_t inner, int64_t outer_per_split) {
+__global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ partials,
+                                     int64_t outer, int64_t channels, int64_t inner,
+                                     int64_t outer_per_split) {
   using State = typename Op::State;
   __shared__ State scratch[cuda::kWarpSize];
   const int64_t c = blockIdx.x;
@@ -80,7 +81,8 @@ __global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ par
 }
 
 // Rows of R = C * inner values; grid (ceil(R / 32), splits), block (32, 8). Column j belongs
-// to channel j / inner; its partial goes to partials[c * (inner * splits) + (j % inner) * splits + y].
+// to channel j / inner; its partial goes to
+// partials[c * (inner * splits) + (j % inner) * splits + y].
 template <typename Op>
 __global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict__ partials,
                                           int64_t outer, int64_t channels, int64_t inner,
@@ -107,8 +109,8 @@ __global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict_
 
 // Launches the reduction of `op` over the problem; returns partials of shape [C, count].
 template <typename Op>
-at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape, const at::TensorOptions& options,
-                              int64_t& count) {
+at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
+                              const at::TensorOptions& options, int64_t& count) {
   using State = typename Op::State;
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -136,8 +138,9 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape, const a
   const int64_t per_split = cuda::ceil_div(outer, splits);
   splits = cuda::ceil_div(outer, per_split);
   auto buf = alloc(C * inner * splits);
-  interleaved_reduce_kernel<Op><<<dim3(col_tiles, splits), dim3(kColTile, kRowThreads), 0, stream>>>(
-      op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
+  interleaved_reduce_kernel<Op>
+      <<<dim3(col_tiles, splits), dim3(kColTile, kRowThreads), 0, stream>>>(
+          op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   count = inner * splits;
   return buf;
@@ -146,12 +149,13 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape, const a
 // Per channel: merge the Welford partials; save mean/invstd; update running stats; forward
 // coefficients k1 = invstd * w, k3 = b - mean * k1.
 template <typename T, typename P>
-__global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict__ partials, int64_t count,
-                                      int64_t channels, const P* __restrict__ weight,
+__global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict__ partials,
+                                      int64_t count, int64_t channels, const P* __restrict__ weight,
                                       const P* __restrict__ bias, P* __restrict__ running_mean,
                                       P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
-                                      acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
-                                      acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
+                                      acc_t<T>* __restrict__ save_mean,
+                                      acc_t<T>* __restrict__ save_invstd, acc_t<T>* __restrict__ k1,
+                                      acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
@@ -163,8 +167,10 @@ __global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict_
   save_invstd[c] = invstd;
   if (running_mean) {
     const A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
-    running_mean[c] = static_cast<P>(detail::bn_running_update(static_cast<A>(running_mean[c]), s.mean, momentum));
-    running_var[c] = static_cast<P>(detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
+    running_mean[c] = static_cast<P>(
+        detail::bn_running_update(static_cast<A>(running_mean[c]), s.mean, momentum));
+    running_var[c] = static_cast<P>(
+        detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
   }
   detail::bn_output_coefficients(s.mean, invstd, weight ? static_cast<A>(weight[c]) : A(1),
                                  bias ? static_cast<A>(bias[c]) : A(0), k1[c], k3[c]);
@@ -175,8 +181,9 @@ template <typename T, typename P>
 __global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ weight,
                                      const P* __restrict__ bias, const P* __restrict__ running_mean,
                                      const P* __restrict__ running_var, acc_t<T> eps,
-                                     acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd,
-                                     acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k3) {
+                                     acc_t<T>* __restrict__ save_mean,
+                                     acc_t<T>* __restrict__ save_invstd, acc_t<T>* __restrict__ k1,
+                                     acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
@@ -191,12 +198,11 @@ __global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ wei
 // Backward, per channel: grad_weight = sum(dy * (x - mean)) * invstd, grad_bias = sum(dy), and
 // dx = dy * k1 + x * k2 + k3 (training) or dy * k1 (evaluation).
 template <typename T, typename P>
-__global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__ partials, int64_t count,
-                                     int64_t channels, int64_t n, bool training,
-                                     const P* __restrict__ weight, const acc_t<T>* __restrict__ mean,
-                                     const acc_t<T>* __restrict__ invstd, P* __restrict__ grad_weight,
-                                     P* __restrict__ grad_bias, acc_t<T>* __restrict__ k1,
-                                     acc_t<T>* __restrict__ k2, acc_t<T>* __restrict__ k3) {
+__global__ void finalize_grad_kernel(
+    const cuda::SumPair<acc_t<T>>* __restrict__ partials, int64_t count, int64_t channels,
+    int64_t n, bool training, const P* __restrict__ weight, const acc_t<T>* __restrict__ mean,
+    const acc_t<T>* __restrict__ invstd, P* __restrict__ grad_weight, P* __restrict__ grad_bias,
+    acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k2, acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
@@ -208,7 +214,8 @@ __global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__
   const A w = weight ? static_cast<A>(weight[c]) : A(1);
   if (grad_weight) grad_weight[c] = static_cast<P>(s.b * is);
   if (grad_bias) grad_bias[c] = static_cast<P>(s.a);
-  detail::bn_input_grad_coefficients(mean[c], is, w, s.a, s.b, static_cast<A>(n), training, k1[c], k2[c], k3[c]);
+  detail::bn_input_grad_coefficients(mean[c], is, w, s.a, s.b, static_cast<A>(n), training, k1[c],
+                                     k2[c], k3[c]);
 }
 
 // out = a * k1[c] + b * k2[c] + k3[c] over all elements (b may be null). VEC consecutive
@@ -216,12 +223,14 @@ __global__ void finalize_grad_kernel(const cuda::SumPair<acc_t<T>>* __restrict__
 // (interleaved, inner == 1, C % VEC == 0).
 template <typename T, int VEC, bool INTERLEAVED>
 __global__ void channel_affine_kernel(const T* __restrict__ a, const T* __restrict__ b,
-                                      const acc_t<T>* __restrict__ k1, const acc_t<T>* __restrict__ k2,
+                                      const acc_t<T>* __restrict__ k1,
+                                      const acc_t<T>* __restrict__ k2,
                                       const acc_t<T>* __restrict__ k3, T* __restrict__ out,
                                       int64_t numel, int64_t channels, int64_t inner) {
   using A = acc_t<T>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * VEC;
-  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i < numel; i += stride) {
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i < numel;
+       i += stride) {
     const auto ap = cuda::load_pack<T, VEC>(a + i);
     cuda::Pack<T, VEC> bp{};
     if (b) bp = cuda::load_pack<T, VEC>(b + i);
@@ -247,23 +256,41 @@ void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, 
   const int vec = cuda::pack_width<T>(run, {a, b, out});
   const int threads = 256;
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
   const int64_t C = shape.channels, inner = shape.inner;
-#define FASTDL_AFFINE(V, I) \
-  channel_affine_kernel<T, V, I><<<blocks, threads, 0, stream>>>(a, b, k1, k2, k3, out, numel, C, inner)
+#define FASTDL_AFFINE(V, I)      \
+  channel_affine_kernel<T, V, I> \
+      <<<blocks, threads, 0, stream>>>(a, b, k1, k2, k3, out, numel, C, inner)
   if (interleaved) {
     switch (vec) {
-      case 8: FASTDL_AFFINE(8, true); break;
-      case 4: FASTDL_AFFINE(4, true); break;
-      case 2: FASTDL_AFFINE(2, true); break;
-      default: FASTDL_AFFINE(1, true); break;
+      case 8:
+        FASTDL_AFFINE(8, true);
+        break;
+      case 4:
+        FASTDL_AFFINE(4, true);
+        break;
+      case 2:
+        FASTDL_AFFINE(2, true);
+        break;
+      default:
+        FASTDL_AFFINE(1, true);
+        break;
     }
   } else {
     switch (vec) {
-      case 8: FASTDL_AFFINE(8, false); break;
-      case 4: FASTDL_AFFINE(4, false); break;
-      case 2: FASTDL_AFFINE(2, false); break;
-      default: FASTDL_AFFINE(1, false); break;
+      case 8:
+        FASTDL_AFFINE(8, false);
+        break;
+      case 4:
+        FASTDL_AFFINE(4, false);
+        break;
+      case 2:
+        FASTDL_AFFINE(2, false);
+        break;
+      default:
+        FASTDL_AFFINE(1, false);
+        break;
     }
   }
 #undef FASTDL_AFFINE
@@ -280,9 +307,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
       input, {weight.value_or(at::Tensor()), bias.value_or(at::Tensor()),
               running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor())});
   for (const auto* p : {&weight, &bias, &running_mean, &running_var}) {
-    TORCH_CHECK(!p->has_value() || !(*p)->defined() ||
-                    ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
-                "fastdl.batch_norm: weight, bias and running stats must share one dtype");
+    TORCH_CHECK(
+        !p->has_value() || !(*p)->defined() ||
+            ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
+        "fastdl.batch_norm: weight, bias and running stats must share one dtype");
   }
   const c10::cuda::CUDAGuard guard(input.device());
   const auto x = detail::batch_norm_layout(input, shape);
@@ -302,35 +330,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
   const int threads = 128;
   const int64_t blocks = cuda::ceil_div(C, threads);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_forward_cuda", [&] {
-    using T = scalar_t;
-    using A = acc_t<T>;
-    auto run = [&](auto param_tag) {
-      using P = decltype(param_tag);
-      A* k1 = coef[0].mutable_data_ptr<A>();
-      A* k3 = coef[1].mutable_data_ptr<A>();
-      if (training) {
-        int64_t count = 0;
-        const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape, x.options(), count);
-        finalize_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(
-            reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()), count, C,
-            data_or_null<P>(w), data_or_null<P>(b), mutable_data_or_null<P>(running_mean_io.work()),
-            mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum), static_cast<A>(eps),
-            save_mean.mutable_data_ptr<A>(), save_invstd.mutable_data_ptr<A>(), k1, k3);
-      } else {
-        finalize_eval_kernel<T, P><<<blocks, threads, 0, stream>>>(
-            C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(rm_eval),
-            data_or_null<P>(rv_eval), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
-            save_invstd.mutable_data_ptr<A>(), k1, k3);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (x.numel() > 0) {
-        launch_channel_affine<T>(shape, x.const_data_ptr<T>(), nullptr, k1, nullptr, k3,
-                                 output.mutable_data_ptr<T>(), x.numel());
-      }
-    };
-    if (mixed) run(float{}); else run(T{});
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_forward_cuda", [&] {
+        using T = scalar_t;
+        using A = acc_t<T>;
+        auto run = [&](auto param_tag) {
+          using P = decltype(param_tag);
+          A* k1 = coef[0].mutable_data_ptr<A>();
+          A* k3 = coef[1].mutable_data_ptr<A>();
+          if (training) {
+            int64_t count = 0;
+            const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape,
+                                                     x.options(), count);
+            finalize_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(
+                reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()), count, C,
+                data_or_null<P>(w), data_or_null<P>(b),
+                mutable_data_or_null<P>(running_mean_io.work()),
+                mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum),
+                static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+                save_invstd.mutable_data_ptr<A>(), k1, k3);
+          } else {
+            finalize_eval_kernel<T, P><<<blocks, threads, 0, stream>>>(
+                C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(rm_eval),
+                data_or_null<P>(rv_eval), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+                save_invstd.mutable_data_ptr<A>(), k1, k3);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (x.numel() > 0) {
+            launch_channel_affine<T>(shape, x.const_data_ptr<T>(), nullptr, k1, nullptr, k3,
+                                     output.mutable_data_ptr<T>(), x.numel());
+          }
+        };
+        if (mixed)
+          run(float{});
+        else
+          run(T{});
+      });
   running_mean_io.commit();
   running_var_io.commit();
   return {output, save_mean, save_invstd};
@@ -340,7 +375,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
     std::array<bool, 3> output_mask) {
-  const auto shape = detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
+  const auto shape =
+      detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto x = detail::batch_norm_layout(input, shape);
   const auto dy = detail::batch_norm_layout(grad_output, shape);
@@ -361,35 +397,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   const auto stream = at::cuda::getCurrentCUDAStream();
   const int threads = 128;
   const int64_t blocks = cuda::ceil_div(C, threads);
-  const bool need_sums = grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
+  const bool need_sums =
+      grad_weight.defined() || grad_bias.defined() || (grad_input.defined() && training);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_backward_cuda", [&] {
-    using T = scalar_t;
-    using A = acc_t<T>;
-    auto run = [&](auto param_tag) {
-      using P = decltype(param_tag);
-      int64_t count = 0;
-      at::Tensor partials;
-      if (need_sums) {
-        partials = reduce_per_channel(GradReduce<T>{dy.const_data_ptr<T>(), x.const_data_ptr<T>(), mean.const_data_ptr<A>()},
-                                      shape, x.options(), count);
-      }
-      A* k1 = coef[0].mutable_data_ptr<A>();
-      A* k2 = coef[1].mutable_data_ptr<A>();
-      A* k3 = coef[2].mutable_data_ptr<A>();
-      finalize_grad_kernel<T, P><<<blocks, threads, 0, stream>>>(
-          partials.defined() ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr()) : nullptr,
-          count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
-          invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
-          mutable_data_or_null<P>(grad_bias), k1, k2, k3);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (grad_input.defined()) {
-        launch_channel_affine<T>(shape, dy.const_data_ptr<T>(), training ? x.const_data_ptr<T>() : nullptr,
-                                 k1, k2, k3, grad_input.mutable_data_ptr<T>(), x.numel());
-      }
-    };
-    if (mixed) run(float{}); else run(T{});
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_backward_cuda", [&] {
+        using T = scalar_t;
+        using A = acc_t<T>;
+        auto run = [&](auto param_tag) {
+          using P = decltype(param_tag);
+          int64_t count = 0;
+          at::Tensor partials;
+          if (need_sums) {
+            partials =
+                reduce_per_channel(GradReduce<T>{dy.const_data_ptr<T>(), x.const_data_ptr<T>(),
+                                                 mean.const_data_ptr<A>()},
+                                   shape, x.options(), count);
+          }
+          A* k1 = coef[0].mutable_data_ptr<A>();
+          A* k2 = coef[1].mutable_data_ptr<A>();
+          A* k3 = coef[2].mutable_data_ptr<A>();
+          finalize_grad_kernel<T, P><<<blocks, threads, 0, stream>>>(
+              partials.defined()
+                  ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr())
+                  : nullptr,
+              count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
+              invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
+              mutable_data_or_null<P>(grad_bias), k1, k2, k3);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          if (grad_input.defined()) {
+            launch_channel_affine<T>(shape, dy.const_data_ptr<T>(),
+                                     training ? x.const_data_ptr<T>() : nullptr, k1, k2, k3,
+                                     grad_input.mutable_data_ptr<T>(), x.numel());
+          }
+        };
+        if (mixed)
+          run(float{});
+        else
+          run(T{});
+      });
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -35,35 +35,35 @@ __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ we
   // Rows beyond the grid (more than 2^31 - 1) are taken by the same blocks again; every thread
   // of a block runs the same iterations, so the block reductions stay uniform.
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-  const T* xr = x + row * cols;
-  T* yr = y + row * cols;
+    const T* xr = x + row * cols;
+    T* yr = y + row * cols;
 
-  cuda::Welford<A> w{};
-  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
-    const auto pack = cuda::load_pack<T, VEC>(xr + i);
+    cuda::Welford<A> w{};
+    for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+      const auto pack = cuda::load_pack<T, VEC>(xr + i);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) w.add(static_cast<A>(pack.v[k]));
-  }
-  w = cuda::block_reduce_all(w, scratch);
-  const A mean = w.mean;
-  const A var = w.n > 0 ? w.m2 / w.n : A(0);
-  const A rstd = rsqrt(max(var, A(0)) + eps);
-  if (threadIdx.x == 0) {
-    mean_out[row] = mean;
-    rstd_out[row] = rstd;
-  }
-  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
-    const auto pack = cuda::load_pack<T, VEC>(xr + i);
-    cuda::Pack<T, VEC> out;
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      A v = (static_cast<A>(pack.v[k]) - mean) * rstd;
-      if (weight) v *= static_cast<A>(weight[i + k]);
-      if (bias) v += static_cast<A>(bias[i + k]);
-      out.v[k] = static_cast<T>(v);
+      for (int k = 0; k < VEC; ++k) w.add(static_cast<A>(pack.v[k]));
     }
-    cuda::store_pack<T, VEC>(yr + i, out);
-  }
+    w = cuda::block_reduce_all(w, scratch);
+    const A mean = w.mean;
+    const A var = w.n > 0 ? w.m2 / w.n : A(0);
+    const A rstd = rsqrt(max(var, A(0)) + eps);
+    if (threadIdx.x == 0) {
+      mean_out[row] = mean;
+      rstd_out[row] = rstd;
+    }
+    for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+      const auto pack = cuda::load_pack<T, VEC>(xr + i);
+      cuda::Pack<T, VEC> out;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        A v = (static_cast<A>(pack.v[k]) - mean) * rstd;
+        if (weight) v *= static_cast<A>(weight[i + k]);
+        if (bias) v += static_cast<A>(bias[i + k]);
+        out.v[k] = static_cast<T>(v);
+      }
+      cuda::store_pack<T, VEC>(yr + i, out);
+    }
   }
 }
 
@@ -76,38 +76,38 @@ __global__ void backward_input_kernel(const T* __restrict__ dy, const T* __restr
   using A = acc_t<T>;
   __shared__ cuda::SumPair<A> scratch[cuda::kWarpSize];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-  const T* dyr = dy + row * cols;
-  const T* xr = x + row * cols;
-  const A m = mean[row], s = rstd[row];
+    const T* dyr = dy + row * cols;
+    const T* xr = x + row * cols;
+    const A m = mean[row], s = rstd[row];
 
-  // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
-  cuda::SumPair<A> sums{};
-  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
-    const auto dp = cuda::load_pack<T, VEC>(dyr + i);
-    const auto xp = cuda::load_pack<T, VEC>(xr + i);
+    // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
+    cuda::SumPair<A> sums{};
+    for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+      const auto dp = cuda::load_pack<T, VEC>(dyr + i);
+      const auto xp = cuda::load_pack<T, VEC>(xr + i);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      A g = static_cast<A>(dp.v[k]);
-      if (weight) g *= static_cast<A>(weight[i + k]);
-      sums.a += g;
-      sums.b += g * (static_cast<A>(xp.v[k]) - m) * s;
+      for (int k = 0; k < VEC; ++k) {
+        A g = static_cast<A>(dp.v[k]);
+        if (weight) g *= static_cast<A>(weight[i + k]);
+        sums.a += g;
+        sums.b += g * (static_cast<A>(xp.v[k]) - m) * s;
+      }
     }
-  }
-  sums = cuda::block_reduce_all(sums, scratch);
-  const A mean_g = sums.a / cols, mean_gx = sums.b / cols;
-  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
-    const auto dp = cuda::load_pack<T, VEC>(dyr + i);
-    const auto xp = cuda::load_pack<T, VEC>(xr + i);
-    cuda::Pack<T, VEC> out;
+    sums = cuda::block_reduce_all(sums, scratch);
+    const A mean_g = sums.a / cols, mean_gx = sums.b / cols;
+    for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+      const auto dp = cuda::load_pack<T, VEC>(dyr + i);
+      const auto xp = cuda::load_pack<T, VEC>(xr + i);
+      cuda::Pack<T, VEC> out;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      A g = static_cast<A>(dp.v[k]);
-      if (weight) g *= static_cast<A>(weight[i + k]);
-      const A xhat = (static_cast<A>(xp.v[k]) - m) * s;
-      out.v[k] = static_cast<T>(s * (g - mean_g - xhat * mean_gx));
+      for (int k = 0; k < VEC; ++k) {
+        A g = static_cast<A>(dp.v[k]);
+        if (weight) g *= static_cast<A>(weight[i + k]);
+        const A xhat = (static_cast<A>(xp.v[k]) - m) * s;
+        out.v[k] = static_cast<T>(s * (g - mean_g - xhat * mean_gx));
+      }
+      cuda::store_pack<T, VEC>(dx + row * cols + i, out);
     }
-    cuda::store_pack<T, VEC>(dx + row * cols + i, out);
-  }
   }
 }
 
@@ -175,10 +175,18 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const int threads = threads_for(cols / vec);
   const auto e = static_cast<acc_t<T>>(eps);
   switch (vec) {
-    case 8: forward_kernel<T, P, 8><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
-    case 4: forward_kernel<T, P, 4><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
-    case 2: forward_kernel<T, P, 2><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
-    default: forward_kernel<T, P, 1><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e); break;
+    case 8:
+      forward_kernel<T, P, 8><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      break;
+    case 4:
+      forward_kernel<T, P, 4><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      break;
+    case 2:
+      forward_kernel<T, P, 2><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      break;
+    default:
+      forward_kernel<T, P, 1><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -199,10 +207,22 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
     const int threads = threads_for(cols / vec);
     switch (vec) {
-      case 8: backward_input_kernel<T, P, 8><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
-      case 4: backward_input_kernel<T, P, 4><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
-      case 2: backward_input_kernel<T, P, 2><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
-      default: backward_input_kernel<T, P, 1><<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols); break;
+      case 8:
+        backward_input_kernel<T, P, 8>
+            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        break;
+      case 4:
+        backward_input_kernel<T, P, 4>
+            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        break;
+      case 2:
+        backward_input_kernel<T, P, 2>
+            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        break;
+      default:
+        backward_input_kernel<T, P, 1>
+            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        break;
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -210,24 +230,28 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     // Enough row chunks to fill the GPU with column tiles, each chunk at least 64 rows.
     const int64_t col_tiles = cuda::ceil_div(cols, kColTile);
     const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(rows, 64),
-                                                            cuda::ceil_div(4 * sms, col_tiles)));
+    int64_t chunks = std::max<int64_t>(
+        1, std::min<int64_t>(cuda::ceil_div(rows, 64), cuda::ceil_div(4 * sms, col_tiles)));
     const int64_t rows_per_chunk = cuda::ceil_div(rows, chunks);
     chunks = cuda::ceil_div(rows, rows_per_chunk);
     using A = acc_t<T>;
-    auto partial = at::empty({2, chunks, cols}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
+    auto partial =
+        at::empty({2, chunks, cols}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
     A* pw = dw.defined() ? partial[0].template mutable_data_ptr<A>() : nullptr;
     A* pb = db.defined() ? partial[1].template mutable_data_ptr<A>() : nullptr;
-    backward_params_partial_kernel<T><<<dim3(col_tiles, chunks), dim3(kColTile, kRowThreads), 0, stream>>>(
-        dyp, xp, mp, rp, pw, pb, rows, cols, rows_per_chunk);
+    backward_params_partial_kernel<T>
+        <<<dim3(col_tiles, chunks), dim3(kColTile, kRowThreads), 0, stream>>>(
+            dyp, xp, mp, rp, pw, pb, rows, cols, rows_per_chunk);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int threads = 256;
     if (dw.defined()) {
-      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pw, dw.mutable_data_ptr<P>(), chunks, cols);
+      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(
+          pw, dw.mutable_data_ptr<P>(), chunks, cols);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (db.defined()) {
-      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(pb, db.mutable_data_ptr<P>(), chunks, cols);
+      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(
+          pb, db.mutable_data_ptr<P>(), chunks, cols);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   }
@@ -251,13 +275,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
   auto rstd = at::empty(stats_shape, x.options().dtype(acc));
   if (shape.rows == 0) return {output, mean, rstd};
   const bool mixed = float_params_for_half_input(x, {w, b});
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_forward_cuda", [&] {
-    if (mixed) {
-      launch_forward<scalar_t, float>(x, w, b, output, mean, rstd, shape.rows, shape.cols, eps);
-    } else {
-      launch_forward<scalar_t, scalar_t>(x, w, b, output, mean, rstd, shape.rows, shape.cols, eps);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_forward_cuda", [&] {
+        if (mixed) {
+          launch_forward<scalar_t, float>(x, w, b, output, mean, rstd, shape.rows, shape.cols, eps);
+        } else {
+          launch_forward<scalar_t, scalar_t>(x, w, b, output, mean, rstd, shape.rows, shape.cols,
+                                             eps);
+        }
+      });
   return {output, mean, rstd};
 }
 
@@ -265,8 +291,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
     const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
     std::array<bool, 3> output_mask) {
-  const auto shape = detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean,
-                                                       rstd, weight);
+  const auto shape =
+      detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto dy = grad_output.contiguous();
   const auto x = input.contiguous();
@@ -281,13 +307,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
   if (output_mask[1] && w.defined()) dw = at::zeros(normalized_shape, param_options);
   if (output_mask[2]) db = at::zeros(normalized_shape, param_options);
   if (shape.rows == 0 || shape.cols == 0) return {dx, dw, db};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_backward_cuda", [&] {
-    if (mixed) {
-      launch_backward<scalar_t, float>(dy, x, m, s, w, dx, dw, db, shape.rows, shape.cols);
-    } else {
-      launch_backward<scalar_t, scalar_t>(dy, x, m, s, w, dx, dw, db, shape.rows, shape.cols);
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_backward_cuda", [&] {
+        if (mixed) {
+          launch_backward<scalar_t, float>(dy, x, m, s, w, dx, dw, db, shape.rows, shape.cols);
+        } else {
+          launch_backward<scalar_t, scalar_t>(dy, x, m, s, w, dx, dw, db, shape.rows, shape.cols);
+        }
+      });
   return {dx, dw, db};
 }
 

@@ -21,15 +21,16 @@
 namespace fastdl {
 namespace {
 
-using detail::Pool2dShape;
 using cpu::Vec;
+using detail::Pool2dShape;
 
 // Work items per parallel task: ~16k reads to pay for scheduling.
 using cpu::grain;
 
 // The covering output range of every input position along one dim (no dilation), computed
 // once per call rather than (with its divisions) once per input element.
-std::vector<detail::OutRange> covering_table(int64_t in, int64_t out, int64_t k, int64_t stride, int64_t pad) {
+std::vector<detail::OutRange> covering_table(int64_t in, int64_t out, int64_t k, int64_t stride,
+                                             int64_t pad) {
   std::vector<detail::OutRange> table(in);
   for (int64_t i = 0; i < in; ++i) table[i] = detail::covering_outputs(i, out, k, stride, pad, 1);
   return table;
@@ -60,7 +61,8 @@ inline void weighted_channel_sum(T* out, int64_t C, const ForEachTap& for_each_t
   }
   for (; c + L <= C; c += L) {
     V a(T(0));
-    for_each_tap([&](const T* src, T weight) { a = at::vec::fmadd(V(weight), V::loadu(src + c), a); });
+    for_each_tap(
+        [&](const T* src, T weight) { a = at::vec::fmadd(V(weight), V::loadu(src + c), a); });
     a.store(out + c);
   }
   for (; c < C; ++c) {
@@ -73,32 +75,33 @@ inline void weighted_channel_sum(T* out, int64_t C, const ForEachTap& for_each_t
 template <typename T>
 void max_forward_nchw(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w;
-  at::parallel_for(0, s.batch * s.channels, grain(OH * OW * s.kh * s.kw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const T* xp = x + p * H * W;
-      T* yp = y + p * OH * OW;
-      int64_t* ip = idx + p * OH * OW;
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        const auto hr = detail::max_pool_range(oh, H, s.kh, s.sh, s.ph, s.dh);
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const auto wr = detail::max_pool_range(ow, W, s.kw, s.sw, s.pw, s.dw);
-          T best = -std::numeric_limits<T>::infinity();
-          int64_t arg = hr.begin * W + wr.begin;
-          for (int64_t ih = hr.begin; ih < hr.end; ih += s.dh) {
-            for (int64_t iw = wr.begin; iw < wr.end; iw += s.dw) {
-              const T v = xp[ih * W + iw];
-              if (detail::max_pool_takes(v, best)) {
-                best = v;
-                arg = ih * W + iw;
-              }
-            }
-          }
-          yp[oh * OW + ow] = best;
-          ip[oh * OW + ow] = arg;
-        }
-      }
-    }
-  });
+  at::parallel_for(0, s.batch * s.channels, grain(OH * OW * s.kh * s.kw),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t p = begin; p < end; ++p) {
+                       const T* xp = x + p * H * W;
+                       T* yp = y + p * OH * OW;
+                       int64_t* ip = idx + p * OH * OW;
+                       for (int64_t oh = 0; oh < OH; ++oh) {
+                         const auto hr = detail::max_pool_range(oh, H, s.kh, s.sh, s.ph, s.dh);
+                         for (int64_t ow = 0; ow < OW; ++ow) {
+                           const auto wr = detail::max_pool_range(ow, W, s.kw, s.sw, s.pw, s.dw);
+                           T best = -std::numeric_limits<T>::infinity();
+                           int64_t arg = hr.begin * W + wr.begin;
+                           for (int64_t ih = hr.begin; ih < hr.end; ih += s.dh) {
+                             for (int64_t iw = wr.begin; iw < wr.end; iw += s.dw) {
+                               const T v = xp[ih * W + iw];
+                               if (detail::max_pool_takes(v, best)) {
+                                 best = v;
+                                 arg = ih * W + iw;
+                               }
+                             }
+                           }
+                           yp[oh * OW + ow] = best;
+                           ip[oh * OW + ow] = arg;
+                         }
+                       }
+                     }
+                   });
 }
 
 // Channels-last: L channels at a time in vector registers; the running argmax is kept as the
@@ -145,7 +148,8 @@ void max_forward_nhwc(const T* x, T* y, int64_t* idx, const Pool2dShape& s) {
           for (int64_t l = 0; l < NV * L; ++l) ip[c + l] = static_cast<int64_t>(args[l]);
         };
         int64_t c = 0;
-        for (; vectorise && c + 4 * L <= C; c += 4 * L) vector_block(c, std::integral_constant<int, 4>{});
+        for (; vectorise && c + 4 * L <= C; c += 4 * L)
+          vector_block(c, std::integral_constant<int, 4>{});
         for (; vectorise && c + L <= C; c += L) vector_block(c, std::integral_constant<int, 1>{});
         for (; c < C; ++c) {
           T best = -std::numeric_limits<T>::infinity();
@@ -219,22 +223,23 @@ detail::AvgWindow avg_window(const Pool2dShape& s, const AvgOptions& o, int64_t 
 template <typename T>
 void avg_forward_nchw(const T* x, T* y, const Pool2dShape& s, const AvgOptions& opt) {
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w;
-  at::parallel_for(0, s.batch * s.channels, grain(OH * OW * s.kh * s.kw), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const T* xp = x + p * H * W;
-      T* yp = y + p * OH * OW;
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          const auto win = avg_window<T>(s, opt, oh, ow);
-          T sum = 0;
-          for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-            for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += xp[ih * W + iw];
-          }
-          yp[oh * OW + ow] = win.divisor == 0 ? T(0) : sum / T(win.divisor);
-        }
-      }
-    }
-  });
+  at::parallel_for(0, s.batch * s.channels, grain(OH * OW * s.kh * s.kw),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t p = begin; p < end; ++p) {
+                       const T* xp = x + p * H * W;
+                       T* yp = y + p * OH * OW;
+                       for (int64_t oh = 0; oh < OH; ++oh) {
+                         for (int64_t ow = 0; ow < OW; ++ow) {
+                           const auto win = avg_window<T>(s, opt, oh, ow);
+                           T sum = 0;
+                           for (int64_t ih = win.h0; ih < win.h1; ++ih) {
+                             for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += xp[ih * W + iw];
+                           }
+                           yp[oh * OW + ow] = win.divisor == 0 ? T(0) : sum / T(win.divisor);
+                         }
+                       }
+                     }
+                   });
 }
 
 // Channels-last: each output position is the weighted sum (weight 1 / divisor) of its window's
@@ -302,7 +307,8 @@ void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& op
         const auto wr = cols[iw];
         weighted_channel_sum(dx + (r * W + iw) * C, C, [&](const auto& add) {
           for (int64_t oh = hr.first; oh < hr.last; ++oh) {
-            for (int64_t ow = wr.first; ow < wr.last; ++ow) add(dy + ((n * OH + oh) * OW + ow) * C, inv[oh * OW + ow]);
+            for (int64_t ow = wr.first; ow < wr.last; ++ow)
+              add(dy + ((n * OH + oh) * OW + ow) * C, inv[oh * OW + ow]);
           }
         });
       }
@@ -310,27 +316,30 @@ void avg_backward(const T* dy, T* dx, const Pool2dShape& s, const AvgOptions& op
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                          at::IntArrayRef stride, at::IntArrayRef padding,
-                                                          at::IntArrayRef dilation, bool ceil_mode) {
-  const auto s = detail::check_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cpu(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto s =
+      detail::check_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
   const auto x = detail::pool2d_kernel_layout(input, s);
   auto output = detail::pool2d_empty(s, s.out_h, s.out_w, x.options());
   auto indices = detail::pool2d_empty(s, s.out_h, s.out_w, x.options().dtype(at::kLong));
   if (output.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "max_pool2d_forward_cpu", [&] {
       auto fn = s.channels_last ? max_forward_nhwc<scalar_t> : max_forward_nchw<scalar_t>;
-      fn(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(), s);
+      fn(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+         indices.mutable_data_ptr<int64_t>(), s);
     });
   }
   return {detail::pool2d_result(output, s), detail::pool2d_result(indices, s)};
 }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                    at::IntArrayRef dilation, bool ceil_mode) {
-  const auto s = detail::check_max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding,
-                                                   dilation, ceil_mode);
+  const auto s = detail::check_max_pool2d_backward(grad_output, input, indices, kernel_size, stride,
+                                                   padding, dilation, ceil_mode);
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   const auto idx = detail::pool2d_kernel_layout(indices, s);
   // The kernel zeroes each part of grad_input before scattering into it.
@@ -345,9 +354,9 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   return detail::pool2d_result(grad_input, s);
 }
 
-at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                  at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                                  std::optional<int64_t> divisor_override) {
+at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                                  bool count_include_pad, std::optional<int64_t> divisor_override) {
   const auto s = detail::check_avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode,
                                                   count_include_pad, divisor_override);
   const auto x = detail::pool2d_kernel_layout(input, s);
@@ -363,16 +372,18 @@ at::Tensor avg_pool2d_forward_cpu(const at::Tensor& input, at::IntArrayRef kerne
 }
 
 at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input,
-                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                   bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto s = detail::check_avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode,
-                                                   count_include_pad, divisor_override);
+                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                   std::optional<int64_t> divisor_override) {
+  const auto s = detail::check_avg_pool2d_backward(grad_output, input, kernel_size, stride, padding,
+                                                   ceil_mode, count_include_pad, divisor_override);
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
   const AvgOptions opt{count_include_pad, divisor_override.value_or(0)};
   if (grad_input.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward_cpu", [&] {
-      avg_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), s, opt);
+      avg_backward<scalar_t>(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+                             s, opt);
     });
   }
   return detail::pool2d_result(grad_input, s);

@@ -29,7 +29,8 @@ struct Geometry {
 };
 
 Geometry geometry(const Pool2dShape& s) {
-  return {s.batch, s.channels, s.in_h, s.in_w, s.out_h, s.out_w, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.dh, s.dw};
+  return {s.batch, s.channels, s.in_h, s.in_w, s.out_h, s.out_w, s.kh,
+          s.kw,    s.sh,       s.sw,   s.ph,   s.pw,    s.dh,    s.dw};
 }
 
 unsigned grid_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads); }
@@ -40,7 +41,8 @@ struct Position {
   int64_t n, c, y, x, plane, cs;
 };
 template <bool CL>
-__device__ __forceinline__ Position position(int64_t e, int64_t C, int64_t Y, int64_t X, int64_t inY, int64_t inX) {
+__device__ __forceinline__ Position position(int64_t e, int64_t C, int64_t Y, int64_t X,
+                                             int64_t inY, int64_t inX) {
   Position p;
   if (CL) {
     p.c = e % C;
@@ -65,8 +67,8 @@ __device__ __forceinline__ Position position(int64_t e, int64_t C, int64_t Y, in
 }
 
 template <typename T, bool CL>
-__global__ void max_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t* __restrict__ idx,
-                                   Geometry g, int64_t total) {
+__global__ void max_forward_kernel(const T* __restrict__ x, T* __restrict__ y,
+                                   int64_t* __restrict__ idx, Geometry g, int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.OH, g.OW, g.H, g.W);
@@ -89,8 +91,8 @@ __global__ void max_forward_kernel(const T* __restrict__ x, T* __restrict__ y, i
 }
 
 template <typename T, bool CL>
-__global__ void max_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__ idx, T* __restrict__ dx,
-                                    Geometry g, int64_t total) {
+__global__ void max_backward_kernel(const T* __restrict__ dy, const int64_t* __restrict__ idx,
+                                    T* __restrict__ dx, Geometry g, int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.H, g.W, g.OH, g.OW);
@@ -109,8 +111,9 @@ __global__ void max_backward_kernel(const T* __restrict__ dy, const int64_t* __r
 }
 
 template <typename T, bool CL>
-__global__ void avg_forward_kernel(const T* __restrict__ x, T* __restrict__ y, Geometry g, bool count_include_pad,
-                                   int64_t divisor_override, int64_t total) {
+__global__ void avg_forward_kernel(const T* __restrict__ x, T* __restrict__ y, Geometry g,
+                                   bool count_include_pad, int64_t divisor_override,
+                                   int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.OH, g.OW, g.H, g.W);
@@ -118,15 +121,17 @@ __global__ void avg_forward_kernel(const T* __restrict__ x, T* __restrict__ y, G
                                              count_include_pad, divisor_override);
     A sum = 0;
     for (int64_t ih = win.h0; ih < win.h1; ++ih) {
-      for (int64_t iw = win.w0; iw < win.w1; ++iw) sum += static_cast<A>(x[p.plane + (ih * g.W + iw) * p.cs]);
+      for (int64_t iw = win.w0; iw < win.w1; ++iw)
+        sum += static_cast<A>(x[p.plane + (ih * g.W + iw) * p.cs]);
     }
     y[e] = static_cast<T>(win.divisor == 0 ? A(0) : sum / static_cast<A>(win.divisor));
   }
 }
 
 template <typename T, bool CL>
-__global__ void avg_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, Geometry g, bool count_include_pad,
-                                    int64_t divisor_override, int64_t total) {
+__global__ void avg_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, Geometry g,
+                                    bool count_include_pad, int64_t divisor_override,
+                                    int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
     const auto p = position<CL>(e, g.C, g.H, g.W, g.OH, g.OW);
@@ -135,19 +140,22 @@ __global__ void avg_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx
     A sum = 0;
     for (int64_t oh = hr.first; oh < hr.last; ++oh) {
       for (int64_t ow = wr.first; ow < wr.last; ++ow) {
-        const auto win = detail::avg_pool_window(oh, ow, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
-                                                 count_include_pad, divisor_override);
-        if (win.divisor != 0) sum += static_cast<A>(dy[p.plane + (oh * g.OW + ow) * p.cs]) / static_cast<A>(win.divisor);
+        const auto win = detail::avg_pool_window(oh, ow, g.H, g.W, g.kh, g.kw, g.sh, g.sw, g.ph,
+                                                 g.pw, count_include_pad, divisor_override);
+        if (win.divisor != 0)
+          sum +=
+              static_cast<A>(dy[p.plane + (oh * g.OW + ow) * p.cs]) / static_cast<A>(win.divisor);
       }
     }
     dx[e] = static_cast<T>(sum);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                           at::IntArrayRef stride, at::IntArrayRef padding,
-                                                           at::IntArrayRef dilation, bool ceil_mode) {
-  const auto s = detail::check_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const auto s =
+      detail::check_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto x = detail::pool2d_kernel_layout(input, s);
   auto output = detail::pool2d_empty(s, s.out_h, s.out_w, x.options());
@@ -155,21 +163,25 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(const at::Tensor& inp
   const int64_t total = output.numel();
   if (total > 0) {
     const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_forward_cuda", [&] {
-      auto kernel = s.channels_last ? max_forward_kernel<scalar_t, true> : max_forward_kernel<scalar_t, false>;
-      kernel<<<grid_for(total), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-                                                       indices.mutable_data_ptr<int64_t>(), geometry(s), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_forward_cuda", [&] {
+          auto kernel = s.channels_last ? max_forward_kernel<scalar_t, true>
+                                        : max_forward_kernel<scalar_t, false>;
+          kernel<<<grid_for(total), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+              indices.mutable_data_ptr<int64_t>(), geometry(s), total);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return {detail::pool2d_result(output, s), detail::pool2d_result(indices, s)};
 }
 
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                    const at::Tensor& indices, at::IntArrayRef kernel_size,
+                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                     at::IntArrayRef dilation, bool ceil_mode) {
-  const auto s = detail::check_max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding,
-                                                   dilation, ceil_mode);
+  const auto s = detail::check_max_pool2d_backward(grad_output, input, indices, kernel_size, stride,
+                                                   padding, dilation, ceil_mode);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   const auto idx = detail::pool2d_kernel_layout(indices, s);
@@ -177,18 +189,22 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const int64_t total = grad_input.numel();
   if (total > 0) {
     const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_backward_cuda", [&] {
-      auto kernel = s.channels_last ? max_backward_kernel<scalar_t, true> : max_backward_kernel<scalar_t, false>;
-      kernel<<<grid_for(total), kThreads, 0, stream>>>(dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-                                                       grad_input.mutable_data_ptr<scalar_t>(), geometry(s), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_backward_cuda", [&] {
+          auto kernel = s.channels_last ? max_backward_kernel<scalar_t, true>
+                                        : max_backward_kernel<scalar_t, false>;
+          kernel<<<grid_for(total), kThreads, 0, stream>>>(
+              dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
+              grad_input.mutable_data_ptr<scalar_t>(), geometry(s), total);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return detail::pool2d_result(grad_input, s);
 }
 
-at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                   at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
+                                   bool count_include_pad,
                                    std::optional<int64_t> divisor_override) {
   const auto s = detail::check_avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode,
                                                   count_include_pad, divisor_override);
@@ -198,33 +214,40 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kern
   const int64_t total = output.numel();
   if (total > 0) {
     const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
-      auto kernel = s.channels_last ? avg_forward_kernel<scalar_t, true> : avg_forward_kernel<scalar_t, false>;
-      kernel<<<grid_for(total), kThreads, 0, stream>>>(x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-                                                       geometry(s), count_include_pad, divisor_override.value_or(0), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
+          auto kernel = s.channels_last ? avg_forward_kernel<scalar_t, true>
+                                        : avg_forward_kernel<scalar_t, false>;
+          kernel<<<grid_for(total), kThreads, 0, stream>>>(
+              x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), geometry(s),
+              count_include_pad, divisor_override.value_or(0), total);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return detail::pool2d_result(output, s);
 }
 
 at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input,
-                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                    bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  const auto s = detail::check_avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode,
-                                                   count_include_pad, divisor_override);
+                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                    at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                                    std::optional<int64_t> divisor_override) {
+  const auto s = detail::check_avg_pool2d_backward(grad_output, input, kernel_size, stride, padding,
+                                                   ceil_mode, count_include_pad, divisor_override);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
   const int64_t total = grad_input.numel();
   if (total > 0) {
     const auto stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "avg_pool2d_backward_cuda", [&] {
-      auto kernel = s.channels_last ? avg_backward_kernel<scalar_t, true> : avg_backward_kernel<scalar_t, false>;
-      kernel<<<grid_for(total), kThreads, 0, stream>>>(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-                                                       geometry(s), count_include_pad, divisor_override.value_or(0), total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, input.scalar_type(), "avg_pool2d_backward_cuda", [&] {
+          auto kernel = s.channels_last ? avg_backward_kernel<scalar_t, true>
+                                        : avg_backward_kernel<scalar_t, false>;
+          kernel<<<grid_for(total), kThreads, 0, stream>>>(
+              dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), geometry(s),
+              count_include_pad, divisor_override.value_or(0), total);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return detail::pool2d_result(grad_input, s);
 }

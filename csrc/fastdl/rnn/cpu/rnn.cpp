@@ -60,11 +60,17 @@ inline void over_lanes(int64_t n, const Body& body) {
 }
 
 template <typename T>
-const T* ptr(const at::Tensor& t) { return data_or_null<T>(t); }
+const T* ptr(const at::Tensor& t) {
+  return data_or_null<T>(t);
+}
 template <typename T>
-T* mptr(const at::Tensor& t) { return mutable_data_or_null<T>(t); }
+T* mptr(const at::Tensor& t) {
+  return mutable_data_or_null<T>(t);
+}
 
-inline bool is_active(const int64_t* lengths, int64_t b, int64_t t) { return !lengths || t < lengths[b]; }
+inline bool is_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return !lengths || t < lengths[b];
+}
 
 // Rows of (4H) work per batch element: enough rows per task to pay for scheduling.
 inline int64_t rows_grain(int64_t row_work) { return cpu::grain(8 * row_work); }
@@ -103,7 +109,8 @@ void lstm_step_forward_kernel(const detail::LstmStepForward& p) {
         V pre[4];
         for (int k = 0; k < 4; ++k) {
           const int64_t o = k * H + j;
-          pre[k] = L::load(xg + g4 + o) + L::load(hg + g4 + o) + bias_at<L>(b_ih, o) + bias_at<L>(b_hh, o);
+          pre[k] = L::load(xg + g4 + o) + L::load(hg + g4 + o) + bias_at<L>(b_ih, o) +
+                   bias_at<L>(b_hh, o);
         }
         const V zero(T(0));
         const auto s = rnn_math::lstm_forward<typename L::Act, kPeephole>(
@@ -182,8 +189,8 @@ void gru_step_forward_kernel(const detail::GruStepForward& p) {
           gi[k] = L::load(xg + g3 + o) + bias_at<L>(b_ih, o);
           gh[k] = L::load(hg + g3 + o) + bias_at<L>(b_hh, o);
         }
-        const auto s = rnn_math::gru_forward<typename L::Act>(gi[0], gi[1], gi[2], gh[0], gh[1], gh[2],
-                                                              L::load(h_prev + r + j));
+        const auto s = rnn_math::gru_forward<typename L::Act>(gi[0], gi[1], gi[2], gh[0], gh[1],
+                                                              gh[2], L::load(h_prev + r + j));
         L::store(work + w4 + j, s.r);
         L::store(work + w4 + H + j, s.z);
         L::store(work + w4 + 2 * H + j, s.n);
@@ -213,9 +220,9 @@ void gru_step_backward_kernel(const detail::GruStepBackward& p) {
         using V = typename L::V;
         V d_h = L::load(dh + r + j);
         if (gy) d_h = d_h + L::load(gy + r + j);
-        const auto d = rnn_math::gru_backward(L::load(work + w4 + j), L::load(work + w4 + H + j),
-                                              L::load(work + w4 + 2 * H + j),
-                                              L::load(work + w4 + 3 * H + j), L::load(h_prev + r + j), d_h);
+        const auto d = rnn_math::gru_backward(
+            L::load(work + w4 + j), L::load(work + w4 + H + j), L::load(work + w4 + 2 * H + j),
+            L::load(work + w4 + 3 * H + j), L::load(h_prev + r + j), d_h);
         L::store(dgi + g3 + j, d.dr);
         L::store(dgi + g3 + H + j, d.dz);
         L::store(dgi + g3 + 2 * H + j, d.dn);
@@ -230,8 +237,8 @@ void gru_step_backward_kernel(const detail::GruStepBackward& p) {
 
 // ------------------------------------------------------------------ projection and reductions
 template <typename T>
-void carry_state_kernel(const at::Tensor& state_t, const at::Tensor& prev_t, const at::Tensor& output_t,
-                        const at::Tensor& lengths, int64_t t) {
+void carry_state_kernel(const at::Tensor& state_t, const at::Tensor& prev_t,
+                        const at::Tensor& output_t, const at::Tensor& lengths, int64_t t) {
   const int64_t B = state_t.size(0), P = state_t.size(1);
   T *state = mptr<T>(state_t), *out = mptr<T>(output_t);
   const T* prev = ptr<T>(prev_t);
@@ -249,8 +256,8 @@ void carry_state_kernel(const at::Tensor& state_t, const at::Tensor& prev_t, con
 }
 
 template <typename T>
-void split_state_grad_kernel(const at::Tensor& dh_t, const at::Tensor& gy_t, const at::Tensor& total_t,
-                             const at::Tensor& lengths, int64_t t) {
+void split_state_grad_kernel(const at::Tensor& dh_t, const at::Tensor& gy_t,
+                             const at::Tensor& total_t, const at::Tensor& lengths, int64_t t) {
   const int64_t B = dh_t.size(0), P = dh_t.size(1);
   T *dh = mptr<T>(dh_t), *total = mptr<T>(total_t);
   const T* gy = ptr<T>(gy_t);
@@ -297,14 +304,13 @@ template <typename T>
 void column_sums_kernel(const at::Tensor& rows_t, const at::Tensor& out) {
   const int64_t N = rows_t.size(0), C = rows_t.size(1);
   const T* x = ptr<T>(rows_t);
-  column_block_sums<T>(N, C, mptr<T>(out), [&]<typename L>(int64_t n, int64_t c) {
-    return L::load(x + n * C + c);
-  });
+  column_block_sums<T>(N, C, mptr<T>(out),
+                       [&]<typename L>(int64_t n, int64_t c) { return L::load(x + n * C + c); });
 }
 
 template <typename T>
-void peephole_grad_kernel(const at::Tensor& dgates_t, const at::Tensor& c_prev_t, const at::Tensor& c_t,
-                          const at::Tensor& out) {
+void peephole_grad_kernel(const at::Tensor& dgates_t, const at::Tensor& c_prev_t,
+                          const at::Tensor& c_t, const at::Tensor& out) {
   const int64_t N = c_t.size(0), H = c_t.size(1);
   const T *dg = ptr<T>(dgates_t), *c_prev = ptr<T>(c_prev_t), *c = ptr<T>(c_t);
   T* o = mptr<T>(out);
@@ -330,15 +336,21 @@ void peephole_grad_kernel(const at::Tensor& dgates_t, const at::Tensor& c_prev_t
 template <template <typename, bool> class Kernel, typename Params>
 void dispatch_peephole(const Params& p, const at::Tensor& like) {
   AT_DISPATCH_FLOATING_TYPES(like.scalar_type(), "lstm_step_cpu", [&] {
-    if (p.peephole.defined()) Kernel<scalar_t, true>::run(p);
-    else Kernel<scalar_t, false>::run(p);
+    if (p.peephole.defined())
+      Kernel<scalar_t, true>::run(p);
+    else
+      Kernel<scalar_t, false>::run(p);
   });
 }
 
 template <typename T, bool kPeephole>
-struct LstmForwardRun { static void run(const detail::LstmStepForward& p) { lstm_step_forward_kernel<T, kPeephole>(p); } };
+struct LstmForwardRun {
+  static void run(const detail::LstmStepForward& p) { lstm_step_forward_kernel<T, kPeephole>(p); }
+};
 template <typename T, bool kPeephole>
-struct LstmBackwardRun { static void run(const detail::LstmStepBackward& p) { lstm_step_backward_kernel<T, kPeephole>(p); } };
+struct LstmBackwardRun {
+  static void run(const detail::LstmStepBackward& p) { lstm_step_backward_kernel<T, kPeephole>(p); }
+};
 
 // The step products (a batch of rows times a weight matrix) go to our register-tiled kernel,
 // which reads the weights in place; the big ones (input projections of all steps, weight
@@ -354,15 +366,16 @@ void matmul_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool 
   if (M <= 64 && a.stride(1) == 1 && b.is_contiguous() && out.is_contiguous()) {
     AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_matmul_cpu", [&] {
       cpu::parallel_gemm<scalar_t>(M, N, K, a.const_data_ptr<scalar_t>(), a.stride(0),
-                                   b.const_data_ptr<scalar_t>(), N, out.mutable_data_ptr<scalar_t>(),
-                                   N, accumulate);
+                                   b.const_data_ptr<scalar_t>(), N,
+                                   out.mutable_data_ptr<scalar_t>(), N, accumulate);
     });
     return;
   }
   if (out.scalar_type() == at::kFloat && cpu::gemm_available() && out.stride(1) == 1) {
     // MatrixRef holds mutable pointers; A and B are only read.
     const cpu::MatrixRef A{const_cast<float*>(a.const_data_ptr<float>()), a.stride(0), a.stride(1)};
-    const cpu::MatrixRef Bm{const_cast<float*>(b.const_data_ptr<float>()), b.stride(0), b.stride(1)};
+    const cpu::MatrixRef Bm{const_cast<float*>(b.const_data_ptr<float>()), b.stride(0),
+                            b.stride(1)};
     const cpu::MatrixRef C{out.mutable_data_ptr<float>(), out.stride(0), 1};
     cpu::gemm(M, N, K, A, Bm, C, accumulate);
     return;
@@ -380,28 +393,33 @@ const detail::RnnKernels& cpu_kernels() {
       [](const detail::LstmStepForward& p) { dispatch_peephole<LstmForwardRun>(p, p.gates); },
       [](const detail::LstmStepBackward& p) { dispatch_peephole<LstmBackwardRun>(p, p.gates); },
       [](const detail::GruStepForward& p) {
-        AT_DISPATCH_FLOATING_TYPES(p.h.scalar_type(), "gru_step_forward_cpu", [&] { gru_step_forward_kernel<scalar_t>(p); });
+        AT_DISPATCH_FLOATING_TYPES(p.h.scalar_type(), "gru_step_forward_cpu",
+                                   [&] { gru_step_forward_kernel<scalar_t>(p); });
       },
       [](const detail::GruStepBackward& p) {
-        AT_DISPATCH_FLOATING_TYPES(p.dh.scalar_type(), "gru_step_backward_cpu", [&] { gru_step_backward_kernel<scalar_t>(p); });
+        AT_DISPATCH_FLOATING_TYPES(p.dh.scalar_type(), "gru_step_backward_cpu",
+                                   [&] { gru_step_backward_kernel<scalar_t>(p); });
       },
-      [](const at::Tensor& state, const at::Tensor& prev, const at::Tensor& output, const at::Tensor& lengths, int64_t t) {
+      [](const at::Tensor& state, const at::Tensor& prev, const at::Tensor& output,
+         const at::Tensor& lengths, int64_t t) {
         AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "carry_state_cpu", [&] {
           carry_state_kernel<scalar_t>(state, prev, output, lengths, t);
         });
       },
-      [](const at::Tensor& dh, const at::Tensor& gy, const at::Tensor& total, const at::Tensor& lengths, int64_t t) {
+      [](const at::Tensor& dh, const at::Tensor& gy, const at::Tensor& total,
+         const at::Tensor& lengths, int64_t t) {
         AT_DISPATCH_FLOATING_TYPES(dh.scalar_type(), "split_state_grad_cpu", [&] {
           split_state_grad_kernel<scalar_t>(dh, gy, total, lengths, t);
         });
       },
       [](const at::Tensor& rows, const at::Tensor& out) {
-        AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "column_sums_cpu", [&] { column_sums_kernel<scalar_t>(rows, out); });
+        AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "column_sums_cpu",
+                                   [&] { column_sums_kernel<scalar_t>(rows, out); });
       },
-      [](const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& out) {
-        AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "peephole_grad_cpu", [&] {
-          peephole_grad_kernel<scalar_t>(dgates, c_prev, c, out);
-        });
+      [](const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
+         const at::Tensor& out) {
+        AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "peephole_grad_cpu",
+                                   [&] { peephole_grad_kernel<scalar_t>(dgates, c_prev, c, out); });
       },
   };
   return k;

@@ -27,18 +27,24 @@ constexpr int kThreads = 256;
 template <typename A>
 struct DeviceAct {
   static __device__ __forceinline__ A exp_(A x) {
-    if constexpr (std::is_same_v<A, float>) return expf(x);
-    else return exp(x);
+    if constexpr (std::is_same_v<A, float>)
+      return expf(x);
+    else
+      return exp(x);
   }
   static __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp_(-x)); }
   static __device__ __forceinline__ A tanh(A x) {
-    if constexpr (std::is_same_v<A, float>) return tanhf(x);
-    else return ::tanh(x);
+    if constexpr (std::is_same_v<A, float>)
+      return tanhf(x);
+    else
+      return ::tanh(x);
   }
 };
 
 template <typename T>
-__device__ __forceinline__ acc_t<T> ld(const T* p, int64_t i) { return static_cast<acc_t<T>>(p[i]); }
+__device__ __forceinline__ acc_t<T> ld(const T* p, int64_t i) {
+  return static_cast<acc_t<T>>(p[i]);
+}
 template <typename T>
 __device__ __forceinline__ acc_t<T> ld_or_zero(const T* p, int64_t i) {
   return p ? static_cast<acc_t<T>>(p[i]) : acc_t<T>(0);
@@ -48,18 +54,21 @@ __device__ __forceinline__ bool is_active(const int64_t* lengths, int64_t b, int
 }
 
 template <typename T>
-const T* ptr(const at::Tensor& t) { return data_or_null<T>(t); }
+const T* ptr(const at::Tensor& t) {
+  return data_or_null<T>(t);
+}
 template <typename T>
-T* mptr(const at::Tensor& t) { return mutable_data_or_null<T>(t); }
+T* mptr(const at::Tensor& t) {
+  return mutable_data_or_null<T>(t);
+}
 
 // ------------------------------------------------------------------------------- LSTM
 template <typename T, bool kPeephole>
-__global__ void lstm_step_forward_kernel(const T* __restrict__ xg, const T* __restrict__ hg,
-                                         const T* __restrict__ b_ih, const T* __restrict__ b_hh,
-                                         const T* __restrict__ peep, const T* __restrict__ c_prev,
-                                         const T* __restrict__ h_prev, const int64_t* __restrict__ len,
-                                         int64_t t, T* __restrict__ gates, T* __restrict__ c,
-                                         T* __restrict__ h, T* __restrict__ out, int64_t B, int64_t H) {
+__global__ void lstm_step_forward_kernel(
+    const T* __restrict__ xg, const T* __restrict__ hg, const T* __restrict__ b_ih,
+    const T* __restrict__ b_hh, const T* __restrict__ peep, const T* __restrict__ c_prev,
+    const T* __restrict__ h_prev, const int64_t* __restrict__ len, int64_t t, T* __restrict__ gates,
+    T* __restrict__ c, T* __restrict__ h, T* __restrict__ out, int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g4 = b * 4 * H;
@@ -96,8 +105,9 @@ __global__ void lstm_step_forward_kernel(const T* __restrict__ xg, const T* __re
 template <typename T, bool kPeephole>
 __global__ void lstm_step_backward_kernel(const T* __restrict__ gates, const T* __restrict__ c,
                                           const T* __restrict__ c_prev, const T* __restrict__ peep,
-                                          T* __restrict__ dh, const T* __restrict__ gy, bool dh_is_state,
-                                          T* __restrict__ dc, const int64_t* __restrict__ len, int64_t t,
+                                          T* __restrict__ dh, const T* __restrict__ gy,
+                                          bool dh_is_state, T* __restrict__ dc,
+                                          const int64_t* __restrict__ len, int64_t t,
                                           T* __restrict__ dgates, int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
@@ -109,9 +119,10 @@ __global__ void lstm_step_backward_kernel(const T* __restrict__ gates, const T* 
     A d_h = ld(dh, e);
     if (gy) d_h += ld(gy, e);
     const auto d = rnn_math::lstm_backward<DeviceAct<A>, kPeephole>(
-        ld(gates, g4 + j), ld(gates, g4 + H + j), ld(gates, g4 + 2 * H + j), ld(gates, g4 + 3 * H + j),
-        ld(c, e), ld(c_prev, e), d_h, ld(dc, e), kPeephole ? ld(peep, j) : A(0),
-        kPeephole ? ld(peep, H + j) : A(0), kPeephole ? ld(peep, 2 * H + j) : A(0));
+        ld(gates, g4 + j), ld(gates, g4 + H + j), ld(gates, g4 + 2 * H + j),
+        ld(gates, g4 + 3 * H + j), ld(c, e), ld(c_prev, e), d_h, ld(dc, e),
+        kPeephole ? ld(peep, j) : A(0), kPeephole ? ld(peep, H + j) : A(0),
+        kPeephole ? ld(peep, 2 * H + j) : A(0));
     dgates[g4 + j] = static_cast<T>(d.di);
     dgates[g4 + H + j] = static_cast<T>(d.df);
     dgates[g4 + 2 * H + j] = static_cast<T>(d.dg);
@@ -125,8 +136,9 @@ __global__ void lstm_step_backward_kernel(const T* __restrict__ gates, const T* 
 template <typename T>
 __global__ void gru_step_forward_kernel(const T* __restrict__ xg, const T* __restrict__ hg,
                                         const T* __restrict__ b_ih, const T* __restrict__ b_hh,
-                                        const T* __restrict__ h_prev, const int64_t* __restrict__ len,
-                                        int64_t t, T* __restrict__ work, T* __restrict__ h,
+                                        const T* __restrict__ h_prev,
+                                        const int64_t* __restrict__ len, int64_t t,
+                                        T* __restrict__ work, T* __restrict__ h,
                                         T* __restrict__ out, int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
@@ -144,7 +156,8 @@ __global__ void gru_step_forward_kernel(const T* __restrict__ xg, const T* __res
       gi[k] = ld(xg, g3 + o) + ld_or_zero(b_ih, o);
       gh[k] = ld(hg, g3 + o) + ld_or_zero(b_hh, o);
     }
-    const auto s = rnn_math::gru_forward<DeviceAct<A>>(gi[0], gi[1], gi[2], gh[0], gh[1], gh[2], ld(h_prev, e));
+    const auto s = rnn_math::gru_forward<DeviceAct<A>>(gi[0], gi[1], gi[2], gh[0], gh[1], gh[2],
+                                                       ld(h_prev, e));
     work[w4 + j] = static_cast<T>(s.r);
     work[w4 + H + j] = static_cast<T>(s.z);
     work[w4 + 2 * H + j] = static_cast<T>(s.n);
@@ -157,8 +170,9 @@ __global__ void gru_step_forward_kernel(const T* __restrict__ xg, const T* __res
 template <typename T>
 __global__ void gru_step_backward_kernel(const T* __restrict__ work, const T* __restrict__ h_prev,
                                          T* __restrict__ dh, const T* __restrict__ gy,
-                                         const int64_t* __restrict__ len, int64_t t, T* __restrict__ dgi,
-                                         T* __restrict__ dgh, int64_t B, int64_t H) {
+                                         const int64_t* __restrict__ len, int64_t t,
+                                         T* __restrict__ dgi, T* __restrict__ dgh, int64_t B,
+                                         int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g3 = b * 3 * H, w4 = b * 4 * H;
@@ -168,8 +182,9 @@ __global__ void gru_step_backward_kernel(const T* __restrict__ work, const T* __
     }
     A d_h = ld(dh, e);
     if (gy) d_h += ld(gy, e);
-    const auto d = rnn_math::gru_backward(ld(work, w4 + j), ld(work, w4 + H + j), ld(work, w4 + 2 * H + j),
-                                          ld(work, w4 + 3 * H + j), ld(h_prev, e), d_h);
+    const auto d =
+        rnn_math::gru_backward(ld(work, w4 + j), ld(work, w4 + H + j), ld(work, w4 + 2 * H + j),
+                               ld(work, w4 + 3 * H + j), ld(h_prev, e), d_h);
     dgi[g3 + j] = dgh[g3 + j] = static_cast<T>(d.dr);
     dgi[g3 + H + j] = dgh[g3 + H + j] = static_cast<T>(d.dz);
     dgi[g3 + 2 * H + j] = static_cast<T>(d.dn);
@@ -180,8 +195,9 @@ __global__ void gru_step_backward_kernel(const T* __restrict__ work, const T* __
 
 // ------------------------------------------------------------------ projection and reductions
 template <typename T>
-__global__ void carry_state_kernel(T* __restrict__ state, const T* __restrict__ prev, T* __restrict__ out,
-                                   const int64_t* __restrict__ len, int64_t t, int64_t B, int64_t P) {
+__global__ void carry_state_kernel(T* __restrict__ state, const T* __restrict__ prev,
+                                   T* __restrict__ out, const int64_t* __restrict__ len, int64_t t,
+                                   int64_t B, int64_t P) {
   FASTDL_GRID_STRIDE(e, B * P) {
     if (is_active(len, e / P, t)) {
       out[e] = state[e];
@@ -193,8 +209,9 @@ __global__ void carry_state_kernel(T* __restrict__ state, const T* __restrict__ 
 }
 
 template <typename T>
-__global__ void split_state_grad_kernel(T* __restrict__ dh, const T* __restrict__ gy, T* __restrict__ total,
-                                        const int64_t* __restrict__ len, int64_t t, int64_t B, int64_t P) {
+__global__ void split_state_grad_kernel(T* __restrict__ dh, const T* __restrict__ gy,
+                                        T* __restrict__ total, const int64_t* __restrict__ len,
+                                        int64_t t, int64_t B, int64_t P) {
   FASTDL_GRID_STRIDE(e, B * P) {
     if (is_active(len, e / P, t)) {
       total[e] = static_cast<T>(ld(dh, e) + ld_or_zero(gy, e));
@@ -253,9 +270,11 @@ struct PeepholeTerm {
 template <typename T, typename Term>
 void launch_column_sums(int64_t rows, int64_t cols, T* out, Term term) {
   if (cols == 0) return;
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(cuda::ceil_div(cols, kColumnTile), cuda::kMaxGridYZ * 16));
-  column_sums_kernel<T><<<blocks, dim3(kColumnTile, kRowThreads), 0, at::cuda::getCurrentCUDAStream()>>>(
-      rows, cols, out, term);
+  const auto blocks = static_cast<unsigned>(
+      std::min<int64_t>(cuda::ceil_div(cols, kColumnTile), cuda::kMaxGridYZ * 16));
+  column_sums_kernel<T>
+      <<<blocks, dim3(kColumnTile, kRowThreads), 0, at::cuda::getCurrentCUDAStream()>>>(rows, cols,
+                                                                                        out, term);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -274,12 +293,14 @@ void lstm_step_forward(const detail::LstmStepForward& p) {
     using T = scalar_t;
     auto launch = [&](auto kernel) {
       kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
-          ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.peephole),
-          ptr<T>(p.c_prev), ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.gates),
-          mptr<T>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
+          ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh),
+          ptr<T>(p.peephole), ptr<T>(p.c_prev), ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths),
+          p.t, mptr<T>(p.gates), mptr<T>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
     };
-    if (p.peephole.defined()) launch(lstm_step_forward_kernel<T, true>);
-    else launch(lstm_step_forward_kernel<T, false>);
+    if (p.peephole.defined())
+      launch(lstm_step_forward_kernel<T, true>);
+    else
+      launch(lstm_step_forward_kernel<T, false>);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -294,11 +315,13 @@ void lstm_step_backward(const detail::LstmStepBackward& p) {
     auto launch = [&](auto kernel) {
       kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
           ptr<T>(p.gates), ptr<T>(p.c), ptr<T>(p.c_prev), ptr<T>(p.peephole), mptr<T>(p.dh),
-          ptr<T>(p.grad_output), p.dh_is_state, mptr<T>(p.dc), data_or_null<int64_t>(p.lengths), p.t,
-          mptr<T>(p.dgates), B, H);
+          ptr<T>(p.grad_output), p.dh_is_state, mptr<T>(p.dc), data_or_null<int64_t>(p.lengths),
+          p.t, mptr<T>(p.dgates), B, H);
     };
-    if (p.peephole.defined()) launch(lstm_step_backward_kernel<T, true>);
-    else launch(lstm_step_backward_kernel<T, false>);
+    if (p.peephole.defined())
+      launch(lstm_step_backward_kernel<T, true>);
+    else
+      launch(lstm_step_backward_kernel<T, false>);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -309,9 +332,11 @@ void gru_step_forward(const detail::GruStepForward& p) {
   c10::cuda::CUDAGuard guard(p.h.device());
   FASTDL_RNN_DISPATCH(p.h.scalar_type(), "gru_step_forward_cuda", [&] {
     using T = scalar_t;
-    gru_step_forward_kernel<T><<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.h_prev),
-        data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.work), mptr<T>(p.h), mptr<T>(p.output), B, H);
+    gru_step_forward_kernel<T>
+        <<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh),
+            ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.work), mptr<T>(p.h),
+            mptr<T>(p.output), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -322,9 +347,10 @@ void gru_step_backward(const detail::GruStepBackward& p) {
   c10::cuda::CUDAGuard guard(p.dh.device());
   FASTDL_RNN_DISPATCH(p.dh.scalar_type(), "gru_step_backward_cuda", [&] {
     using T = scalar_t;
-    gru_step_backward_kernel<T><<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        ptr<T>(p.work), ptr<T>(p.h_prev), mptr<T>(p.dh), ptr<T>(p.grad_output),
-        data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates), mptr<T>(p.dh_gates), B, H);
+    gru_step_backward_kernel<T>
+        <<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            ptr<T>(p.work), ptr<T>(p.h_prev), mptr<T>(p.dh), ptr<T>(p.grad_output),
+            data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates), mptr<T>(p.dh_gates), B, H);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -349,8 +375,9 @@ void split_state_grad(const at::Tensor& dh, const at::Tensor& gy, const at::Tens
   c10::cuda::CUDAGuard guard(dh.device());
   FASTDL_RNN_DISPATCH(dh.scalar_type(), "split_state_grad_cuda", [&] {
     using T = scalar_t;
-    split_state_grad_kernel<T><<<blocks_for(B * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        mptr<T>(dh), ptr<T>(gy), mptr<T>(total), data_or_null<int64_t>(lengths), t, B, P);
+    split_state_grad_kernel<T>
+        <<<blocks_for(B * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+            mptr<T>(dh), ptr<T>(gy), mptr<T>(total), data_or_null<int64_t>(lengths), t, B, P);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -359,11 +386,13 @@ void column_sums(const at::Tensor& rows, const at::Tensor& out) {
   c10::cuda::CUDAGuard guard(out.device());
   FASTDL_RNN_DISPATCH(rows.scalar_type(), "column_sums_cuda", [&] {
     using T = scalar_t;
-    launch_column_sums<T>(rows.size(0), rows.size(1), mptr<T>(out), RowsTerm<T>{ptr<T>(rows), rows.size(1)});
+    launch_column_sums<T>(rows.size(0), rows.size(1), mptr<T>(out),
+                          RowsTerm<T>{ptr<T>(rows), rows.size(1)});
   });
 }
 
-void peephole_grad(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& out) {
+void peephole_grad(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
+                   const at::Tensor& out) {
   c10::cuda::CUDAGuard guard(out.device());
   FASTDL_RNN_DISPATCH(c.scalar_type(), "peephole_grad_cuda", [&] {
     using T = scalar_t;
@@ -381,9 +410,9 @@ void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accu
 }
 
 const detail::RnnKernels& cuda_kernels() {
-  static const detail::RnnKernels k{&matmul,            &lstm_step_forward, &lstm_step_backward, &gru_step_forward,
-                                    &gru_step_backward, &carry_state,        &split_state_grad,
-                                    &column_sums,       &peephole_grad};
+  static const detail::RnnKernels k{&matmul,           &lstm_step_forward, &lstm_step_backward,
+                                    &gru_step_forward, &gru_step_backward, &carry_state,
+                                    &split_state_grad, &column_sums,       &peephole_grad};
   return k;
 }
 
