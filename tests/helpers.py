@@ -2,7 +2,11 @@
 
 Parametrisation
     ``DEVICES`` / ``devices()``      cpu always; cuda marked ``cuda`` and skipped without a GPU
-                                     or without fastdl's CUDA kernels.
+                                     or without fastdl's CUDA kernels; cuda_sim (the CUDA
+                                     kernels in the emulator, on CPU tensors: the test gets
+                                     device "cpu" and runs inside ``fastdl.testing.cuda_sim()``)
+                                     marked ``cuda_sim``, run by ``scripts/test_cuda_sim.sh``.
+    ``cuda_devices()``               cuda and cuda_sim only, for CUDA-specific tests.
     ``dtypes_for(device)``           float32, float64 (+ float16, bfloat16 on CUDA).
     ``DEVICE_DTYPES`` / ``device_dtypes()``  every (device, dtype) pair, marks included.
 
@@ -29,15 +33,17 @@ Typical op test::
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import pytest
 import torch
 
 import fastdl
+import fastdl.testing
 
 __all__ = [
-    "CUDA_AVAILABLE", "DEVICES", "DEVICE_DTYPES", "HALF_DTYPES", "TOLERANCES",
+    "CUDA_AVAILABLE", "CUDA_SIM_AVAILABLE", "DEVICES", "cuda_devices", "DEVICE_DTYPES", "HALF_DTYPES", "TOLERANCES",
     "assert_close_to_reference", "assert_no_double_backward", "assert_raises_naming",
     "assert_unchanged", "check_compile", "check_compile_module", "check_gradcheck",
     "check_opcheck", "clone_tree", "compare_with_torch", "device_dtypes", "devices",
@@ -53,32 +59,77 @@ CUDA_AVAILABLE = torch.cuda.is_available() and bool(fastdl.build_info()["cuda"])
 _CUDA_SKIP_REASON = ("no CUDA device" if not torch.cuda.is_available()
                      else "fastdl was built without CUDA kernels")
 
+#: True when the emulated CUDA tests run: the emulator is built and the run asked for them
+#: (``FASTDL_CUDA_SIM_TESTS=1``, as ``scripts/test_cuda_sim.sh`` sets under AddressSanitizer).
+CUDA_SIM_AVAILABLE = (fastdl.testing.cuda_sim_available()
+                      and os.environ.get("FASTDL_CUDA_SIM_TESTS") == "1")
+_CUDA_SIM_SKIP_REASON = ("fastdl was built without the CUDA emulator (FASTDL_CUDA_SIM=ON)"
+                         if not fastdl.testing.cuda_sim_available()
+                         else "emulated CUDA tests run with scripts/test_cuda_sim.sh")
+
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+ALL_DEVICES = ("cpu", "cuda", "cuda_sim")
 
 
 def _device_marks(device: str) -> list:
     if device == "cuda":
         return [pytest.mark.cuda, pytest.mark.skipif(not CUDA_AVAILABLE, reason=_CUDA_SKIP_REASON)]
+    if device == "cuda_sim":
+        return [pytest.mark.cuda_sim,
+                pytest.mark.skipif(not CUDA_SIM_AVAILABLE, reason=_CUDA_SIM_SKIP_REASON)]
     return []
 
 
-def devices() -> list:
+class SimDevice(str):
+    """The cuda_sim test device. To torch it is "cpu" (the emulator runs on CPU tensors), but it
+    compares equal only to "cuda_sim": a test's ``device == "cpu"`` branch (CPU-kernel
+    behaviour) and ``device == "cuda"`` branch (a real GPU) both stay untaken."""
+
+    def __new__(cls):
+        return super().__new__(cls, "cpu")
+
+    def __eq__(self, other):
+        return isinstance(other, str) and str.__eq__(other, "cuda_sim")
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+    def __hash__(self):
+        return hash("cuda_sim")
+
+    def __repr__(self):
+        return "'cuda_sim'"
+
+
+def tensor_device(device: str) -> str:
+    """The value tests get for a test device (cuda_sim: a :class:`SimDevice`, CPU tensors)."""
+    return SimDevice() if device == "cuda_sim" else device
+
+
+def devices(device_list: Sequence[str] = ALL_DEVICES) -> list:
     """``pytest.param`` for every device: "cpu" always, "cuda" marked ``cuda`` and skipped when
-    it cannot run. Use as ``@pytest.mark.parametrize("device", devices())``."""
-    return [pytest.param(d, marks=_device_marks(d), id=d) for d in ("cpu", "cuda")]
+    it cannot run, "cuda_sim" (value "cpu", see the module docstring) marked ``cuda_sim``. Use
+    as ``@pytest.mark.parametrize("device", devices())``."""
+    return [pytest.param(tensor_device(d), marks=_device_marks(d), id=d) for d in device_list]
 
 
 DEVICES = devices()
 
 
+def cuda_devices() -> list:
+    """:func:`devices` for tests of CUDA-only behaviour: cuda and cuda_sim."""
+    return devices(("cuda", "cuda_sim"))
+
+
 def dtypes_for(device: str) -> list[torch.dtype]:
     """The dtypes fastdl supports on ``device``: float32 and float64 everywhere, and float16
-    and bfloat16 on CUDA."""
+    and bfloat16 on CUDA (and cuda_sim)."""
     base = [torch.float32, torch.float64]
-    return base + list(HALF_DTYPES) if str(device).startswith("cuda") else base
+    on_cuda = device == "cuda_sim" or str(device).startswith("cuda")
+    return base + list(HALF_DTYPES) if on_cuda else base
 
 
-def device_dtypes(device_list: Sequence[str] = ("cpu", "cuda"),
+def device_dtypes(device_list: Sequence[str] = ALL_DEVICES,
                   only: Optional[Iterable[torch.dtype]] = None) -> list:
     """``pytest.param(device, dtype)`` for every supported pair (ids like ``cpu-float32``),
     CUDA ones marked and skipped as in :func:`devices`. ``only`` restricts the dtypes."""
@@ -86,7 +137,7 @@ def device_dtypes(device_list: Sequence[str] = ("cpu", "cuda"),
     for d in device_list:
         for dt in dtypes_for(d):
             if only is None or dt in only:
-                params.append(pytest.param(d, dt, marks=_device_marks(d),
+                params.append(pytest.param(tensor_device(d), dt, marks=_device_marks(d),
                                            id=f"{d}-{str(dt).removeprefix('torch.')}"))
     return params
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference, cuda_devices,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_gradcheck, check_opcheck, compare_with_torch)
 
@@ -327,23 +327,22 @@ def test_bad_input(device):
         assert_raises_naming(RuntimeError, lambda: sdpa(q, k.cpu(), v), "key", "device")
 
 
-@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
-@pytest.mark.cuda
+@pytest.mark.parametrize("device", cuda_devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "no_keys_visible"])
-def test_cuda_tensor_core_forward(dtype, head_dim, case):
+def test_cuda_tensor_core_forward(device, dtype, head_dim, case):
     """Half types with E == Ev in {64, 128} take the WMMA forward: tails of both tiles (70
     queries, 131 keys), masks, causal, GQA, and rows with every key masked."""
     Hq = 4 if case == "gqa" else 2
-    q, k, v = _qkv("cuda", dtype, (2, Hq, 70, head_dim), (2, 2, 131, head_dim), (2, 2, 131, head_dim))
+    q, k, v = _qkv(device, dtype, (2, Hq, 70, head_dim), (2, 2, 131, head_dim), (2, 2, 131, head_dim))
     args, kwargs = [q, k, v], {"enable_gqa": case == "gqa", "is_causal": case == "causal"}
     if case == "bool_mask":
-        args.append(torch.rand(70, 131, device="cuda") > 0.3)
+        args.append(torch.rand(70, 131, device=device) > 0.3)
     elif case == "float_mask":
-        args.append(torch.randn(2, 1, 70, 131, device="cuda", dtype=dtype))
+        args.append(torch.randn(2, 1, 70, 131, device=device, dtype=dtype))
     elif case == "no_keys_visible":
-        mask = torch.rand(70, 131, device="cuda") > 0.3
+        mask = torch.rand(70, 131, device=device) > 0.3
         mask[5] = False
         args.append(mask)
     ours, ref = _both(**kwargs)

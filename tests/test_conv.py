@@ -9,7 +9,7 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.models import LeNet5
-from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+from helpers import (cuda_devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
@@ -377,21 +377,20 @@ IMPLICIT_GEMM_CASES = [
 ]
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("device", cuda_devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", IMPLICIT_GEMM_CASES)
-def test_cuda_implicit_gemm_forward(case, bias, dtype):
+def test_cuda_implicit_gemm_forward(device, case, bias, dtype):
     """float16/bfloat16 channels-last dense convolutions take the tensor-core implicit GEMM on
     CUDA (compute capability >= 8): forward against a float64 reference with torch's own
     error as the baseline, output channels-last; gradients (the im2col path) against torch."""
-    if torch.cuda.get_device_capability()[0] < 8:
+    if device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
         pytest.skip("the implicit GEMM needs compute capability 8.0")
     xs, ws, stride, padding, dilation = case
-    x = torch.randn(xs, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = (torch.randn(ws, device="cuda", dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5).requires_grad_()
-    b = torch.randn(ws[0], device="cuda", dtype=dtype).requires_grad_() if bias else None
+    x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(ws, device=device, dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5).requires_grad_()
+    b = torch.randn(ws[0], device=device, dtype=dtype).requires_grad_() if bias else None
     ours = assert_unchanged((x, w), lambda: FF.conv2d(x, w, b, stride, padding, dilation))
     theirs = F.conv2d(x, w, b, stride, padding, dilation)
     assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == dtype

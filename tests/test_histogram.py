@@ -16,7 +16,7 @@ import torch
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 from fastdl.reference import histogram_reference
-from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
                      assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
                      assert_unchanged, check_compile, check_gradcheck, check_opcheck,
                      compare_with_torch)
@@ -636,11 +636,10 @@ def test_device_mismatch(name):
 
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
+@pytest.mark.parametrize("device", cuda_devices())
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_half_x_with_float64_parameters_raises(dtype):
-    x, c, w = _good("cuda", dtype)
+def test_half_x_with_float64_parameters_raises(device, dtype):
+    x, c, w = _good(device, dtype)
     _raises(lambda: FF.histogram(x, c.double(), w), "centers")
 
 

@@ -1,6 +1,7 @@
 // fastdl._C: importing it loads libfastdl, whose static initialisers register the ops in the
 // torch dispatcher (torch.ops.fastdl.*). Itself it exposes only the build information.
 #include "fastdl/build_info.h"
+#include "fastdl/common/checks.h"
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -22,4 +23,14 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs, cpu_isa.");
+  m.def(
+      "_set_emulating_cuda",
+      [](bool on) {
+        bool& flag = fastdl::checks::emulating_cuda();
+        const bool previous = flag;
+        flag = on;
+        return previous;
+      },
+      "For fastdl.testing.cuda_sim: whether this thread runs CUDA kernels in the emulator (the "
+      "CUDA-only argument rules apply). Returns the previous value.");
 }

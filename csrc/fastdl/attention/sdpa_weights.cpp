@@ -1,5 +1,6 @@
 // sdpa_weights: schema, checks, autograd, autocast and the device-generic host code (the GEMMs);
-// the row kernels are beside the attention kernels, in cpu/sdpa.cpp and cuda/sdpa.cu.
+// the row kernels are beside the attention kernels, in cpu/sdpa.cpp and cuda/sdpa.cu, which
+// register the ops for their device (FASTDL_SDPA_WEIGHTS_KERNELS).
 #include "fastdl/attention/sdpa_weights.h"
 
 #include "fastdl/attention/sdpa.h"
@@ -63,15 +64,11 @@ at::Tensor scaled_scores(const at::Tensor& query, const at::Tensor& key,
   return out.view({s.batch, s.q_heads, s.q_len, s.kv_len});
 }
 
-void probs(at::Tensor& scores, const std::optional<at::Tensor>& mask, const at::Tensor& lse,
-           const detail::SdpaShape& s, at::Tensor* dropped) {
-#ifdef FASTDL_WITH_CUDA
-  if (scores.is_cuda()) return detail::sdpa_probs_cuda(scores, mask, lse, s, dropped);
-#endif
-  detail::sdpa_probs_cpu(scores, mask, lse, s, dropped);
-}
+}  // namespace
 
-at::Tensor sdpa_weights_kernel(const at::Tensor& query, const at::Tensor& key,
+namespace detail {
+
+at::Tensor sdpa_weights_kernel(const SdpaWeightsRows& rows, const at::Tensor& query, const at::Tensor& key,
                                const std::optional<at::Tensor>& attn_mask, double dropout_p,
                                bool is_causal, std::optional<double> scale,
                                const std::optional<at::Tensor>& dropout_seed,
@@ -82,15 +79,15 @@ at::Tensor sdpa_weights_kernel(const at::Tensor& query, const at::Tensor& key,
   auto weights = scaled_scores(query, key, s);
   if (s.dropout_p > 0) {
     auto dropped = at::empty_like(weights);
-    probs(weights, attn_mask, logsumexp, s, &dropped);
+    rows.probs(weights, attn_mask, logsumexp, s, &dropped);
     return dropped;
   }
-  probs(weights, attn_mask, logsumexp, s, nullptr);
+  rows.probs(weights, attn_mask, logsumexp, s, nullptr);
   return weights;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
-    const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
+    const SdpaWeightsRows& rows, const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
@@ -109,17 +106,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
             zeros_if(output_mask[2], grad_weights)};
   }
   auto p = scaled_scores(query, key, s);  // P recomputed, not stored
-  probs(p, attn_mask, logsumexp, s, nullptr);
+  rows.probs(p, attn_mask, logsumexp, s, nullptr);
   auto ds = grad_weights.contiguous().clone();
-#ifdef FASTDL_WITH_CUDA
-  if (ds.is_cuda()) {
-    detail::sdpa_softmax_backward_cuda(ds, p, s);
-  } else {
-    detail::sdpa_softmax_backward_cpu(ds, p, s);
-  }
-#else
-  detail::sdpa_softmax_backward_cpu(ds, p, s);
-#endif
+  rows.softmax_backward(ds, p, s);
   at::Tensor grad_query, grad_key, grad_mask;
   const auto ds3 = ds.view({s.batch * s.kv_heads, s.group() * s.q_len, s.kv_len});
   if (output_mask[0]) {
@@ -138,6 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
   if (output_mask[2]) grad_mask = ds;
   return {grad_query, grad_key, grad_mask};
 }
+
+}  // namespace detail
+
+namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -255,18 +248,6 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "float dropout_p, bool is_causal, float? scale, Tensor? dropout_seed, Tensor logsumexp, "
       "bool[3] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_attn_mask)");
 }
-
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
-  m.impl("sdpa_weights", &sdpa_weights_kernel);
-  m.impl("sdpa_weights_backward", &sdpa_weights_backward_kernel);
-}
-
-#ifdef FASTDL_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
-  m.impl("sdpa_weights", &sdpa_weights_kernel);
-  m.impl("sdpa_weights_backward", &sdpa_weights_backward_kernel);
-}
-#endif
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
   m.impl("sdpa_weights", &sdpa_weights_autocast<c10::DeviceType::CPU>);

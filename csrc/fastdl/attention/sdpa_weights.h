@@ -31,18 +31,60 @@ namespace detail {
 
 struct SdpaShape;
 
-// Row kernels, per device: turn raw products Q K^T (B, Hq, L, S contiguous, in place) into
+// A device's row kernels. probs: raw products Q K^T (B, Hq, L, S contiguous, in place) become
 // probabilities exp(scale * s + mask - lse) (0 where masked or lse = -inf); `dropped`, when
-// defined, receives them times dropout's keep factor.
+// given, receives them times dropout's keep factor. softmax_backward: grad (B, Hq, L, S, in
+// place) becomes dS = P (dP - rowsum(dP P)) with dP = grad * keep factor.
+struct SdpaWeightsRows {
+  void (*probs)(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
+                const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped);
+  void (*softmax_backward)(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape);
+};
+
+// The ops' device-generic bodies (checks, GEMMs) around a device's row kernels.
+at::Tensor sdpa_weights_kernel(const SdpaWeightsRows& rows, const at::Tensor& query,
+                               const at::Tensor& key, const std::optional<at::Tensor>& attn_mask,
+                               double dropout_p, bool is_causal, std::optional<double> scale,
+                               const std::optional<at::Tensor>& dropout_seed,
+                               const at::Tensor& logsumexp);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
+    const SdpaWeightsRows& rows, const at::Tensor& grad_weights, const at::Tensor& query,
+    const at::Tensor& key, const std::optional<at::Tensor>& attn_mask, double dropout_p,
+    bool is_causal, std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+    const at::Tensor& logsumexp, std::array<bool, 3> output_mask);
+
 void sdpa_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
                     const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped);
-// grad (B, Hq, L, S, in place) becomes dS = P (dP - rowsum(dP P)) with dP = grad * keep factor.
 void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape);
-#ifdef FASTDL_WITH_CUDA
 void sdpa_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
                      const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped);
 void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape);
-#endif
+
+// The two ops' kernels for one device, bound to its row-kernel table.
+template <const SdpaWeightsRows& (*rows)()>
+struct SdpaWeightsImpls {
+  static at::Tensor forward(const at::Tensor& query, const at::Tensor& key,
+                            const std::optional<at::Tensor>& attn_mask, double dropout_p,
+                            bool is_causal, std::optional<double> scale,
+                            const std::optional<at::Tensor>& dropout_seed,
+                            const at::Tensor& logsumexp) {
+    return sdpa_weights_kernel(rows(), query, key, attn_mask, dropout_p, is_causal, scale,
+                               dropout_seed, logsumexp);
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+      const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
+      const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
+      std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+      const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
+    return sdpa_weights_backward_kernel(rows(), grad_weights, query, key, attn_mask, dropout_p,
+                                        is_causal, scale, dropout_seed, logsumexp, output_mask);
+  }
+};
 
 }  // namespace detail
 }  // namespace fastdl
+
+// Registers sdpa_weights / sdpa_weights_backward for library `m` with a device's row kernels.
+#define FASTDL_SDPA_WEIGHTS_KERNELS(m, rows)                           \
+  m.impl("sdpa_weights", &::fastdl::detail::SdpaWeightsImpls<rows>::forward); \
+  m.impl("sdpa_weights_backward", &::fastdl::detail::SdpaWeightsImpls<rows>::backward)

@@ -12,12 +12,19 @@
 
 namespace fastdl::checks {
 
+// True on this thread while the CUDA emulator (cuda-sim, a test tool) runs an op's CUDA
+// kernels on CPU tensors, so that the CUDA-only rules (half types) apply to them.
+bool& emulating_cuda();
+
+// Whether `t` is handled by CUDA kernels: a CUDA tensor, or any tensor under the emulator.
+inline bool on_cuda(const at::Tensor& t) { return t.is_cuda() || emulating_cuda(); }
+
 // Floating point tensors only: float32/float64 everywhere, float16/bfloat16 on CUDA.
 inline void floating(const at::Tensor& t, std::string_view op, std::string_view name) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
   const auto dtype = t.scalar_type();
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && t.is_cuda()), op, ": ", name,
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && on_cuda(t)), op, ": ", name,
               " must be float32 or float64 (float16/bfloat16 on CUDA), got ", dtype, " on ",
               t.device());
 }

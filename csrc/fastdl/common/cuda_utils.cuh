@@ -2,9 +2,9 @@
 // warp and block reductions of small structs, launch checks.
 #pragma once
 
+#include "fastdl/common/cuda_runtime.cuh"
+
 #include <ATen/AccumulateType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <cstdint>
 
@@ -134,6 +134,18 @@ inline int pack_width(int64_t n, std::initializer_list<const void*> ptrs) {
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// f(std::integral_constant<int, V>{}) for V = vec, one of 8, 4, 2, 1: a vector width chosen at
+// run time (pack_width) as the template argument of a kernel.
+template <typename F>
+void with_pack_width(int vec, F&& f) {
+  switch (vec) {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
+  }
+}
 
 // for (e = this thread's first element; e < total; e += all threads of the grid), 64-bit.
 #define FASTDL_GRID_STRIDE(e, total)                                                         \

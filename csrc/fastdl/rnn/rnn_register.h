@@ -1,5 +1,5 @@
-// Registers the LSTM/GRU drivers for one dispatch key with that device's kernel table:
-//   FASTDL_REGISTER_RNN(CPU, cpu_kernels) in cpu/rnn.cpp, (CUDA, cuda_kernels) in cuda/rnn.cu.
+// Registers the LSTM/GRU drivers for one dispatch key with that device's kernel table
+// (FASTDL_RNN_KERNELS below).
 #pragma once
 
 #include "fastdl/rnn/rnn.h"
@@ -54,11 +54,12 @@ struct RnnImpls {
 
 }  // namespace fastdl::detail
 
-#define FASTDL_REGISTER_RNN(KEY, kernels)              \
-  TORCH_LIBRARY_IMPL(fastdl, KEY, m) {                 \
-    using Impls = ::fastdl::detail::RnnImpls<kernels>; \
-    m.impl("lstm_forward", &Impls::lstm_forward);      \
-    m.impl("lstm_backward", &Impls::lstm_backward);    \
-    m.impl("gru_forward", &Impls::gru_forward);        \
-    m.impl("gru_backward", &Impls::gru_backward);      \
-  }
+// The four ops' kernels for library `m` from a device's kernel table: in cpu/rnn.cpp
+// TORCH_LIBRARY_IMPL(fastdl, CPU, m) { FASTDL_RNN_KERNELS(m, cpu_kernels); }, in cuda/rnn.cu
+// under FASTDL_CUDA_KERNELS(m).
+#define FASTDL_RNN_KERNELS(m, kernels)               \
+  using Impls = ::fastdl::detail::RnnImpls<kernels>; \
+  m.impl("lstm_forward", &Impls::lstm_forward);      \
+  m.impl("lstm_backward", &Impls::lstm_backward);    \
+  m.impl("gru_forward", &Impls::gru_forward);        \
+  m.impl("gru_backward", &Impls::gru_backward)

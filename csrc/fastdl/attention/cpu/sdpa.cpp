@@ -458,11 +458,18 @@ void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const 
 
 }  // namespace detail
 
-namespace {}  // namespace
+namespace {
+const detail::SdpaWeightsRows& cpu_weights_rows() {
+  static const detail::SdpaWeightsRows rows{&detail::sdpa_probs_cpu,
+                                            &detail::sdpa_softmax_backward_cpu};
+  return rows;
+}
+}  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
   m.impl("sdpa_forward", &sdpa_forward_cpu);
   m.impl("sdpa_backward", &sdpa_backward_cpu);
+  FASTDL_SDPA_WEIGHTS_KERNELS(m, cpu_weights_rows);
 }
 
 }  // namespace fastdl

@@ -22,10 +22,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -139,7 +135,7 @@ template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
     forward_kernel(Params<T> p, T* out, acc_t<T>* lse, int64_t row_blocks) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);  // [kTileKeys][E + 1] (padded: lane j reads row j)
   A* vs = ks + kTileKeys * (E + 1);    // [kTileKeys][Ev]
@@ -242,7 +238,7 @@ template <typename T, int kChunks>
 __global__ void __launch_bounds__(kWarps * 32)
     backward_dq_kernel(Params<T> p, BackwardArgs<T> g, T* dq, T* dmask, int64_t row_blocks) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);  // [kTileKeys][E + 1]
   A* vs = ks + kTileKeys * (E + 1);    // [kTileKeys][Ev + 1]
@@ -317,7 +313,7 @@ __global__ void __launch_bounds__(32)
     backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads,
                          int64_t key_blocks) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t E = p.head_dim, Ev = p.value_dim;
   A* ks = reinterpret_cast<A*>(smem);  // [kKeys][E + 1]
   A* vs = ks + kKeys * (E + 1);        // [kKeys][Ev + 1]
@@ -457,7 +453,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   using L = TcLayout<D>;
   // WMMA loads and stores want 256-bit aligned addresses: every offset below is a multiple of
   // 32 bytes (the pitches times 16 rows, 16-column steps), from a 128-byte aligned base.
-  extern __shared__ __align__(128) unsigned char tc_smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, tc_smem);
   T* qs = reinterpret_cast<T*>(tc_smem);
   T* ks = qs + kTcRows * L::qk_pitch;
   T* vs = ks + kTcKeys * L::qk_pitch;
@@ -603,16 +599,10 @@ void with_chunks(int64_t dim, const Launch& launch) {
   }
 }
 
-// Raises the kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
+// Allows `kernel` `bytes` of dynamic shared memory (a clear error when the device has less).
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, size_t bytes) {
-  const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  TORCH_CHECK(bytes <= optin, "fastdl.scaled_dot_product_attention: head dims need ", bytes,
-              " bytes of shared memory, the device allows ", optin);
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-  }
+  cuda::reserve_dynamic_shared(kernel, bytes, "fastdl.scaled_dot_product_attention", "head dims");
 }
 
 void check_cuda_dims(const detail::SdpaShape& s) {
@@ -631,24 +621,25 @@ int64_t grid_blocks(int64_t blocks) {
 // returns false otherwise.
 template <typename T>
 bool launch_forward_tensor_core(const detail::SdpaShape& shape, const Params<T>& params,
-                                at::Tensor& output, at::Tensor& logsumexp, cudaStream_t stream) {
+                                at::Tensor& output, at::Tensor& logsumexp) {
   if constexpr (std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>) {
     if (shape.head_dim != shape.value_dim || (shape.head_dim != 64 && shape.head_dim != 128))
       return false;
     // WMMA on half types needs sm_80+; D = 128 needs 110 KiB of shared memory, more than
     // sm_86/89 allow: those take the CUDA-core kernel.
-    const auto* props = at::cuda::getCurrentDeviceProperties();
+    const auto& props = cuda::device_properties();
     const size_t bytes = shape.head_dim == 64 ? TcLayout<64>::bytes : TcLayout<128>::bytes;
-    if (props->major < 8 || bytes > props->sharedMemPerBlockOptin) return false;
+    if (props.major < 8 || bytes > props.sharedMemPerBlockOptin) return false;
     const int64_t row_blocks = cuda::ceil_div(shape.q_len, kTcRows);
     const auto launch = [&](auto head_dim) {
       constexpr int D = decltype(head_dim)::value;
       auto kernel = forward_tensor_core_kernel<T, D>;
       allow_shared_memory(kernel, TcLayout<D>::bytes);
-      kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kTcWarps * 32,
-               TcLayout<D>::bytes, stream>>>(params, output.mutable_data_ptr<T>(),
-                                             logsumexp.mutable_data_ptr<float>(), row_blocks);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(kernel,
+                   {grid_blocks(shape.batch * shape.q_heads * row_blocks), kTcWarps * 32,
+                    TcLayout<D>::bytes},
+                   params, output.mutable_data_ptr<T>(), logsumexp.mutable_data_ptr<float>(),
+                   row_blocks);
     };
     if (shape.head_dim == 64) {
       launch(std::integral_constant<int, 64>{});
@@ -667,7 +658,7 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
   const auto shape = detail::check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal,
                                                 scale, dropout_seed);
   check_cuda_dims(shape);
-  c10::cuda::CUDAGuard guard(query.device());
+  cuda::DeviceGuard guard(query.device());
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
@@ -678,22 +669,20 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cuda(
   const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
   const int64_t blocks = shape.batch * shape.q_heads * row_blocks;
   if (blocks == 0) return {output, logsumexp};
-  const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_forward_cuda", [&] {
         using A = acc_t<scalar_t>;
         const auto params = make_params<scalar_t>(shape, q, k, v, attn_mask);
-        if (launch_forward_tensor_core<scalar_t>(shape, params, output, logsumexp, stream)) return;
+        if (launch_forward_tensor_core<scalar_t>(shape, params, output, logsumexp)) return;
         const size_t smem =
             sizeof(A) * (kTileKeys * (shape.head_dim + 1) + kTileKeys * shape.value_dim +
                          kRowsPerBlock * shape.head_dim);
         with_chunks(shape.value_dim, [&](auto chunks) {
           auto kernel = forward_kernel<scalar_t, decltype(chunks)::value>;
           allow_shared_memory(kernel, smem);
-          kernel<<<grid_blocks(blocks), kWarps * 32, smem, stream>>>(
-              params, output.mutable_data_ptr<scalar_t>(), logsumexp.mutable_data_ptr<A>(),
-              row_blocks);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_blocks(blocks), kWarps * 32, smem}, params,
+                       output.mutable_data_ptr<scalar_t>(), logsumexp.mutable_data_ptr<A>(),
+                       row_blocks);
         });
       });
   return {output, logsumexp};
@@ -708,7 +697,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
       detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
                                   dropout_p, is_causal, scale, dropout_seed);
   check_cuda_dims(shape);
-  c10::cuda::CUDAGuard guard(query.device());
+  cuda::DeviceGuard guard(query.device());
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
@@ -719,7 +708,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
       detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0 || shape.kv_len == 0) return {grad_query, grad_key, grad_value, grad_mask};
-  const auto stream = at::cuda::getCurrentCUDAStream();
   auto delta = at::empty({rows}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_backward_cuda", [&] {
@@ -732,11 +720,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
         args.delta = delta.const_data_ptr<A>();
         {
           constexpr int threads = 256;
-          delta_kernel<scalar_t>
-              <<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0, stream>>>(
-                  args, out.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<A>(), shape.q_heads,
-                  shape.q_len, shape.value_dim, rows);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(delta_kernel<scalar_t>,
+                       {grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0}, args,
+                       out.const_data_ptr<scalar_t>(), delta.mutable_data_ptr<A>(), shape.q_heads,
+                       shape.q_len, shape.value_dim, rows);
         }
         if (output_mask[0] || output_mask[3]) {
           const int64_t row_blocks = cuda::ceil_div(shape.q_len, kRowsPerBlock);
@@ -746,10 +733,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
           with_chunks(shape.head_dim, [&](auto chunks) {
             auto kernel = backward_dq_kernel<scalar_t, decltype(chunks)::value>;
             allow_shared_memory(kernel, smem);
-            kernel<<<grid_blocks(shape.batch * shape.q_heads * row_blocks), kWarps * 32, smem,
-                     stream>>>(params, args, mutable_data_or_null<scalar_t>(grad_query),
-                               mutable_data_or_null<scalar_t>(grad_mask), row_blocks);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(kernel,
+                         {grid_blocks(shape.batch * shape.q_heads * row_blocks), kWarps * 32, smem},
+                         params, args, mutable_data_or_null<scalar_t>(grad_query),
+                         mutable_data_or_null<scalar_t>(grad_mask), row_blocks);
           });
         }
         if (output_mask[1] || output_mask[2]) {
@@ -757,17 +744,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
             return sizeof(A) * (2 * keys * (shape.head_dim + 1) + 2 * keys * (shape.value_dim + 1) +
                                 shape.head_dim + shape.value_dim);
           };
-          const auto optin = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+          const auto optin = cuda::device_properties().sharedMemPerBlockOptin;
           const auto launch = [&](auto keys) {
             constexpr int kKeys = decltype(keys)::value;
             auto kernel = backward_dkdv_kernel<scalar_t, kKeys>;
             const size_t smem = dkdv_smem(kKeys);
             allow_shared_memory(kernel, smem);
             const int64_t key_blocks = cuda::ceil_div(shape.kv_len, kKeys);
-            kernel<<<grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem, stream>>>(
-                params, args, mutable_data_or_null<scalar_t>(grad_key),
-                mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(kernel, {grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem},
+                         params, args, mutable_data_or_null<scalar_t>(grad_key),
+                         mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
           };
           // 32 keys per warp when they fit in shared memory, else 16 (float64 at the widest dims).
           if (dkdv_smem(32) <= optin) {
@@ -835,7 +821,7 @@ namespace detail {
 
 void sdpa_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
                      const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped) {
-  c10::cuda::CUDAGuard guard(scores.device());
+  cuda::DeviceGuard guard(scores.device());
   const auto lse = logsumexp.contiguous();
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0) return;
@@ -845,34 +831,41 @@ void sdpa_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_m
         // Params with the scores as a stand-in for q/k/v: only the mask, sizes and dropout
         // are read.
         const auto params = make_params<scalar_t>(shape, scores, scores, scores, attn_mask);
-        probs_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0,
-                                 at::cuda::getCurrentCUDAStream()>>>(
-            params, scores.mutable_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t<scalar_t>>(),
-            dropped ? dropped->mutable_data_ptr<scalar_t>() : nullptr, rows);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(probs_kernel<scalar_t>,
+                     {grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0}, params,
+                     scores.mutable_data_ptr<scalar_t>(), lse.const_data_ptr<acc_t<scalar_t>>(),
+                     dropped ? dropped->mutable_data_ptr<scalar_t>() : nullptr, rows);
       });
 }
 
 void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape) {
-  c10::cuda::CUDAGuard guard(grad.device());
+  cuda::DeviceGuard guard(grad.device());
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
   if (rows == 0) return;
   constexpr int threads = 256;
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad.scalar_type(), "sdpa_softmax_backward_cuda", [&] {
         const auto params = make_params<scalar_t>(shape, grad, grad, grad, std::nullopt);
-        softmax_backward_kernel<scalar_t><<<grid_blocks(cuda::ceil_div(rows, threads / 32)),
-                                            threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            params, grad.mutable_data_ptr<scalar_t>(), probs.const_data_ptr<scalar_t>(), rows);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(softmax_backward_kernel<scalar_t>,
+                     {grid_blocks(cuda::ceil_div(rows, threads / 32)), threads, 0}, params,
+                     grad.mutable_data_ptr<scalar_t>(), probs.const_data_ptr<scalar_t>(), rows);
       });
 }
 
 }  // namespace detail
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+namespace {
+const detail::SdpaWeightsRows& cuda_weights_rows() {
+  static const detail::SdpaWeightsRows rows{&detail::sdpa_probs_cuda,
+                                            &detail::sdpa_softmax_backward_cuda};
+  return rows;
+}
+}  // namespace
+
+FASTDL_CUDA_KERNELS(m) {
   m.impl("sdpa_forward", &sdpa_forward_cuda);
   m.impl("sdpa_backward", &sdpa_backward_cuda);
+  FASTDL_SDPA_WEIGHTS_KERNELS(m, cuda_weights_rows);
 }
 
 }  // namespace fastdl

@@ -18,11 +18,9 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -116,7 +114,7 @@ __global__ void add_bias_kernel(T* __restrict__ y, const T* __restrict__ bias, i
 
 template <typename A>
 __device__ A block_sum(A v) {
-  __shared__ A scratch[kThreads];
+  FASTDL_SHARED(A, scratch, [kThreads]);
   scratch[threadIdx.x] = v;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
@@ -231,12 +229,10 @@ void launch_im2col(const at::Tensor& x, at::Tensor& cols, const Conv2dShape& s, 
                    int64_t nb) {
   const int64_t total = cols.numel();
   if (total == 0) return;
-  const auto stream = at::cuda::getCurrentCUDAStream();
   FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d im2col", [&] {
-    im2col_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
-        cols.mutable_data_ptr<scalar_t>(), geometry(s), nb, total);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(im2col_kernel<scalar_t>, {grid_for(total), kThreads, 0},
+                 x.const_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
+                 cols.mutable_data_ptr<scalar_t>(), geometry(s), nb, total);
   });
 }
 
@@ -245,7 +241,7 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto s =
       detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   // float16/bfloat16 channels-last dense: the tensor-core implicit GEMM, read in place.
   if (detail::conv2d_implicit_gemm_applies(input, s))
     return detail::conv2d_forward_implicit_gemm(input, weight, bias, s);
@@ -255,16 +251,14 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
                 L = s.out_h * s.out_w;
   auto y = at::empty({N, K, s.out_h, s.out_w}, x.options());
-  const auto stream = at::cuda::getCurrentCUDAStream();
   if (s.depthwise()) {
     const int64_t total = y.numel();
     if (total > 0) {
       FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
-        depthwise_forward_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(),
-            geometry(s), total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(depthwise_forward_kernel<scalar_t>, {grid_for(total), kThreads, 0},
+                     x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                     b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                     y.mutable_data_ptr<scalar_t>(), geometry(s), total);
       });
     }
     return detail::conv2d_result(y, s);
@@ -291,9 +285,8 @@ at::Tensor conv2d_forward_cuda(const at::Tensor& input, const at::Tensor& weight
   if (b.defined() && y.numel() > 0) {
     const int64_t total = y.numel();
     FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d bias", [&] {
-      add_bias_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-          y.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), K, L, total);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(add_bias_kernel<scalar_t>, {grid_for(total), kThreads, 0},
+                   y.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), K, L, total);
     });
   }
   return detail::conv2d_result(y, s);
@@ -305,11 +298,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     std::array<bool, 3> output_mask) {
   const auto s =
       detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto gy = detail::conv2d_kernel_layout(grad_output, s);
   const auto w = weight.contiguous();
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
                 L = s.out_h * s.out_w;
   at::Tensor gx, gw, gb;
@@ -318,18 +310,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d depthwise backward", [&] {
       if (output_mask[0] && gx.numel() > 0) {
         const int64_t total = gx.numel();
-        depthwise_grad_input_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-            gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            gx.mutable_data_ptr<scalar_t>(), geometry(s), total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(depthwise_grad_input_kernel<scalar_t>, {grid_for(total), kThreads, 0},
+                     gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                     gx.mutable_data_ptr<scalar_t>(), geometry(s), total);
       }
       if (output_mask[1]) {
         gw = at::empty(w.sizes(), w.options());
-        depthwise_grad_weight_kernel<scalar_t>
-            <<<static_cast<unsigned>(w.numel()), kThreads, 0, stream>>>(
-                gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                gw.mutable_data_ptr<scalar_t>(), geometry(s));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(depthwise_grad_weight_kernel<scalar_t>,
+                     {static_cast<unsigned>(w.numel()), kThreads, 0}, gy.const_data_ptr<scalar_t>(),
+                     x.const_data_ptr<scalar_t>(), gw.mutable_data_ptr<scalar_t>(), geometry(s));
       }
     });
   } else if (output_mask[0] || output_mask[1]) {
@@ -368,11 +357,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
         const int64_t total = nb * s.in_channels * s.in_h * s.in_w;
         if (total > 0) {
           FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d col2im", [&] {
-            col2im_kernel<scalar_t><<<grid_for(total), kThreads, 0, stream>>>(
-                cols.const_data_ptr<scalar_t>(),
-                gx.mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w, geometry(s),
-                nb, total);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(col2im_kernel<scalar_t>, {grid_for(total), kThreads, 0},
+                         cols.const_data_ptr<scalar_t>(),
+                         gx.mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
+                         geometry(s), nb, total);
           });
         }
       }
@@ -382,9 +370,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   if (output_mask[2]) {
     gb = at::empty({K}, x.options());
     FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d grad_bias", [&] {
-      bias_grad_kernel<scalar_t><<<static_cast<unsigned>(K), kThreads, 0, stream>>>(
-          gy.const_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), N, K, L);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(bias_grad_kernel<scalar_t>, {static_cast<unsigned>(K), kThreads, 0},
+                   gy.const_data_ptr<scalar_t>(), gb.mutable_data_ptr<scalar_t>(), N, K, L);
     });
   }
   if (gx.defined()) gx = detail::conv2d_result(gx, s);
@@ -393,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("conv2d_forward", &conv2d_forward_cuda);
   m.impl("conv2d_backward", &conv2d_backward_cuda);
 }

@@ -9,14 +9,9 @@
 // the bias is added and the values are rounded to the output type, written coalesced along K.
 // Every load is bounds-checked, so any sizes work (no divisibility requirements).
 #include "fastdl/conv/cuda/implicit_gemm.cuh"
+#include "fastdl/common/cuda_runtime.cuh"
 
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
 
 #include <cstdint>
 
@@ -54,9 +49,9 @@ __global__ void __launch_bounds__(kThreads)
                          const E* __restrict__ bias, E* __restrict__ y, ImplicitGemmGeometry g) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
-  __shared__ __align__(128) E a_tile[kTileM * kTileK];      // (m, r) row-major
-  __shared__ __align__(128) E b_tile[kTileK * kTileN];      // (r, k) row-major
-  __shared__ __align__(128) float c_tile[kTileM * kTileN];  // (m, k) row-major
+  FASTDL_SHARED_ALIGNED(128, E, a_tile, [kTileM * kTileK]);      // (m, r) row-major
+  FASTDL_SHARED_ALIGNED(128, E, b_tile, [kTileK * kTileN]);      // (r, k) row-major
+  FASTDL_SHARED_ALIGNED(128, float, c_tile, [kTileM * kTileN]);  // (m, k) row-major
 
   const int tid = threadIdx.x, warp = tid / 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
@@ -149,31 +144,29 @@ void launch(const at::Tensor& x, const at::Tensor& wt, const at::Tensor& b, at::
             const ImplicitGemmGeometry& g) {
   const dim3 grid(static_cast<unsigned>((g.M + kTileM - 1) / kTileM),
                   static_cast<unsigned>((g.K + kTileN - 1) / kTileN));
-  implicit_gemm_kernel<E><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const E*>(x.const_data_ptr()),
-      reinterpret_cast<const E*>(wt.const_data_ptr()),
-      b.defined() ? reinterpret_cast<const E*>(b.const_data_ptr()) : nullptr,
-      reinterpret_cast<E*>(y.mutable_data_ptr()), g);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch(implicit_gemm_kernel<E>, {grid, kThreads, 0},
+               reinterpret_cast<const E*>(x.const_data_ptr()),
+               reinterpret_cast<const E*>(wt.const_data_ptr()),
+               b.defined() ? reinterpret_cast<const E*>(b.const_data_ptr()) : nullptr,
+               reinterpret_cast<E*>(y.mutable_data_ptr()), g);
 }
 
 }  // namespace
 
 bool conv2d_implicit_gemm_applies(const at::Tensor& input, const Conv2dShape& s) {
   const auto dtype = input.scalar_type();
-  if (!input.is_cuda() || (dtype != at::kHalf && dtype != at::kBFloat16)) return false;
+  if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
   if (!s.channels_last || !s.batched || s.groups != 1) return false;
   const int64_t m = s.batch * s.out_h * s.out_w;
   if ((m + kTileM - 1) / kTileM > 2147483647 || (s.out_channels + kTileN - 1) / kTileN > 65535)
     return false;
-  const auto* props = at::cuda::getDeviceProperties(input.device().index());
-  return props->major >= 8;
+  return cuda::device_properties().major >= 8;
 }
 
 at::Tensor conv2d_forward_implicit_gemm(const at::Tensor& input, const at::Tensor& weight,
                                         const std::optional<at::Tensor>& bias,
                                         const Conv2dShape& s) {
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = input.contiguous(at::MemoryFormat::ChannelsLast);  // (N, H, W, C) in memory
   const auto wt = weight.permute({2, 3, 1, 0}).contiguous();        // (kh, kw, C, K) = (R, K)
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();

@@ -14,7 +14,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -82,7 +81,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const bool* __restrict__
                                T* __restrict__ out, int64_t bags, int64_t n, int64_t features,
                                int64_t bins, int64_t pstride, int ft) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem);
   const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
@@ -118,7 +117,7 @@ __global__ void param_grad_kernel(const T* __restrict__ grad_out, const T* __res
                                   int64_t bags, int64_t n, int64_t features, int64_t bins,
                                   int64_t pstride, int ft) {
   using A = acc_t<T>;
-  extern __shared__ unsigned char smem[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem);
   const TileThread t(ft, features, bins);
   A* xs = reinterpret_cast<A*>(smem);
   bool* present = reinterpret_cast<bool*>(xs + kRowsPerChunk * ft);
@@ -195,6 +194,14 @@ __global__ void sum_groups_kernel(const A* __restrict__ part, T* __restrict__ ou
   out[p] = static_cast<T>(s);
 }
 
+// (A launcher of its own: nvcc cannot name the kernel's instantiation from inside the nested
+// dispatch lambdas.)
+template <typename A, typename T>
+void launch_sum_groups(const A* part, T* out, int64_t groups, int64_t count) {
+  cuda::launch(sum_groups_kernel<A, T>, {cuda::ceil_div(count, 256), 256, 0}, part, out, groups,
+               count);
+}
+
 size_t shared_bytes(int ft, size_t acc_size) {
   return kRowsPerChunk * ft * acc_size + kRowsPerChunk;
 }
@@ -206,7 +213,7 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
   const auto s = detail::check_histogram(x, centers, widths, kernel, mask, sharpness);
   TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ",
               s.bins);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   const auto x3 = x.reshape({s.bags, s.n, s.features}).contiguous();
   // Centres and widths in the accumulation type: half precision would blur the bin edges.
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -219,18 +226,16 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
     const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
                     std::min(s.bags, cuda::kMaxGridYZ));
     const int64_t pstride = s.shared_params ? 0 : s.bins;
-    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cuda", [&] {
           using A = acc_t<scalar_t>;
           detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-            forward_kernel<scalar_t, K>
-                <<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
-                    x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<A>(),
-                    w.const_data_ptr<A>(), scale.const_data_ptr<A>(), static_cast<A>(sharpness),
-                    out.mutable_data_ptr<scalar_t>(), s.bags, s.n, s.features, s.bins, pstride,
-                    t.features_per_block);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(forward_kernel<scalar_t, K>,
+                         {grid, t.threads, shared_bytes(t.features_per_block, sizeof(A))},
+                         x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
+                         c.const_data_ptr<A>(), w.const_data_ptr<A>(), scale.const_data_ptr<A>(),
+                         static_cast<A>(sharpness), out.mutable_data_ptr<scalar_t>(), s.bags, s.n,
+                         s.features, s.bins, pstride, t.features_per_block);
           });
         });
   }
@@ -245,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
   detail::check_histogram_grad(grad_output, x, s);
   TORCH_CHECK(s.bins <= kMaxBins, "fastdl.histogram: at most ", kMaxBins, " bins on CUDA, got ",
               s.bins);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const cuda::DeviceGuard guard(x.device());
   const auto x3 = x.reshape({s.bags, s.n, s.features}).contiguous();
   const auto go = grad_output.reshape({s.bags, s.features, s.bins}).contiguous();
   // Centres and widths in the accumulation type: half precision would blur the bin edges.
@@ -254,7 +259,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
   const auto m = contiguous_or_undefined(mask);
   const auto scale = detail::histogram_bag_scale(x3, mask, s, normalize);
   const int64_t pstride = s.shared_params ? 0 : s.bins;
-  const auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor gx, gc, gw;
   if (output_mask[0]) gx = at::empty({s.bags, s.n, s.features}, x.options());
   // Contiguous (F, B) or (B,) gradients in the parameters' own dtypes, whatever their strides.
@@ -266,13 +270,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
         detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
           if (gx.defined() && gx.numel() > 0) {
             const int threads = 256;
-            input_grad_kernel<scalar_t, K>
-                <<<cuda::grid_stride_blocks(gx.numel(), threads), threads, 0, stream>>>(
-                    go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
-                    data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
-                    scale.const_data_ptr<A>(), static_cast<A>(sharpness),
-                    gx.mutable_data_ptr<scalar_t>(), gx.numel(), s.n, s.features, s.bins, pstride);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(input_grad_kernel<scalar_t, K>,
+                         {cuda::grid_stride_blocks(gx.numel(), threads), threads, 0},
+                         go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
+                         data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
+                         scale.const_data_ptr<A>(), static_cast<A>(sharpness),
+                         gx.mutable_data_ptr<scalar_t>(), gx.numel(), s.n, s.features, s.bins,
+                         pstride);
           }
           if ((gc.defined() || gw.defined()) && go.numel() > 0) {
             auto parts = at::empty({2, s.bags, s.features, s.bins},
@@ -280,14 +284,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
             const auto t = tiling_for(s.bins);
             const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
                             std::min(s.bags, cuda::kMaxGridYZ));
-            param_grad_kernel<scalar_t, K>
-                <<<grid, t.threads, shared_bytes(t.features_per_block, sizeof(A)), stream>>>(
-                    go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
-                    data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
-                    scale.const_data_ptr<A>(), static_cast<A>(sharpness),
-                    parts[0].mutable_data_ptr<A>(), parts[1].mutable_data_ptr<A>(), s.bags, s.n,
-                    s.features, s.bins, pstride, t.features_per_block);
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            cuda::launch(param_grad_kernel<scalar_t, K>,
+                         {grid, t.threads, shared_bytes(t.features_per_block, sizeof(A))},
+                         go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),
+                         data_or_null<bool>(m), c.const_data_ptr<A>(), w.const_data_ptr<A>(),
+                         scale.const_data_ptr<A>(), static_cast<A>(sharpness),
+                         parts[0].mutable_data_ptr<A>(), parts[1].mutable_data_ptr<A>(), s.bags,
+                         s.n, s.features, s.bins, pstride, t.features_per_block);
             // Shared (B,) parameters sum over bags and features, per-feature ones over bags.
             const int64_t count = s.shared_params ? s.bins : s.features * s.bins;
             const int64_t groups = s.shared_params ? s.bags * s.features : s.bags;
@@ -295,11 +298,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
               if (!grad->defined()) continue;
               AT_DISPATCH_FLOATING_TYPES_AND2(
                   at::kHalf, at::kBFloat16, grad->scalar_type(), "histogram_param_sum", [&] {
-                    sum_groups_kernel<A, scalar_t><<<cuda::ceil_div(count, 256), 256, 0, stream>>>(
-                        part.const_data_ptr<A>(), grad->mutable_data_ptr<scalar_t>(), groups,
-                        count);
+                    launch_sum_groups(part.template const_data_ptr<A>(),
+                                      grad->template mutable_data_ptr<scalar_t>(), groups, count);
                   });
-              C10_CUDA_KERNEL_LAUNCH_CHECK();
             }
           }
         });
@@ -310,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("histogram_forward", &histogram_forward_cuda);
   m.impl("histogram_backward", &histogram_backward_cuda);
 }

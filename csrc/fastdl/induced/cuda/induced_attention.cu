@@ -16,9 +16,7 @@
 #include "fastdl/induced/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -72,7 +70,7 @@ __device__ __forceinline__ A dot_shared(const A* x, const A* row, int64_t d) {
 // The block's dynamic shared memory (sized at launch).
 template <typename A>
 __device__ __forceinline__ A* shared_buffer() {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FASTDL_DYNAMIC_SHARED(unsigned char, smem_raw);
   return reinterpret_cast<A*>(smem_raw);
 }
 
@@ -321,19 +319,12 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
     for (int64_t e = lane; e < Ev; e += kWarpSize) dv.row(bh, key)[e] = static_cast<T>(my_dv[e]);
 }
 
-// Dynamic shared memory of `bytes` for `kernel`: opts in above the 48 KiB default and raises a
-// clear error when the head dims need more than the device has.
+// Dynamic shared memory of `bytes` for `kernel` (a clear error when the device has less).
 template <typename Kernel>
 void reserve_shared_memory(Kernel kernel, size_t bytes, const detail::InducedShape& s) {
-  const auto* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(bytes <= prop->sharedMemPerBlockOptin,
-              "fastdl.induced_attention: head dims E = ", s.head_dim, ", Ev = ", s.value_dim,
-              " need ", bytes, " bytes of shared memory, more than the ",
-              prop->sharedMemPerBlockOptin, " this device has; use smaller heads");
-  if (bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(bytes)));
-  }
+  const std::string what = "head dims E = " + std::to_string(s.head_dim) +
+                           ", Ev = " + std::to_string(s.value_dim) + " (use smaller heads)";
+  cuda::reserve_dynamic_shared(kernel, bytes, "fastdl.induced_attention", what);
 }
 
 unsigned grid_for(int64_t blocks) {
@@ -347,7 +338,7 @@ using induced::rows_of;
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale_arg) {
-  c10::cuda::CUDAGuard guard(query.device());
+  cuda::DeviceGuard guard(query.device());
   auto f =
       detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale_arg);
   const auto& s = f.shape;
@@ -357,7 +348,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
   const auto acc_opts = lse.options();
   const int64_t BH = s.batch * s.heads;
   if (BH * s.queries == 0) return {out, lse};
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = cuda::device_properties().multiProcessorCount;
   const auto part = induced::partition(BH, s.queries, s.keys, kWarps, 8 * sms, kMinKeysPerSplit);
   const int64_t splits = std::min<int64_t>(part.key_splits, cuda::kMaxGridYZ);
   const int64_t keys_per_split = s.keys > 0 ? (s.keys + splits - 1) / splits : 0;
@@ -369,7 +360,6 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
     part_out = at::empty({splits, rows, s.value_dim}, acc_opts);
     part_lse = at::empty({splits, rows}, acc_opts);
   }
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_forward_cuda", [&] {
         using A = acc_t<scalar_t>;
@@ -378,18 +368,18 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
         auto kernel = rows_kernel<scalar_t, false>;
         reserve_shared_memory(kernel, bytes, s);
         const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
-        kernel<<<grid, kWarps * kWarpSize, bytes, stream>>>(
-            rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-            data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<scalar_t>(out),
-            lse.mutable_data_ptr<A>(), mutable_data_or_null<A>(part_out),
-            mutable_data_or_null<A>(part_lse), induced::Rows<const scalar_t>{nullptr, 0, 0, 0, 1},
-            nullptr, nullptr, induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1});
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(kernel, {grid, kWarps * kWarpSize, bytes}, rows_of<const scalar_t>(q),
+                     rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
+                     data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<scalar_t>(out),
+                     lse.mutable_data_ptr<A>(), mutable_data_or_null<A>(part_out),
+                     mutable_data_or_null<A>(part_lse),
+                     induced::Rows<const scalar_t>{nullptr, 0, 0, 0, 1}, nullptr, nullptr,
+                     induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1});
         if (splits > 1) {
-          combine_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
+          cuda::launch(
+              combine_kernel<scalar_t>, {grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0},
               part_out.const_data_ptr<A>(), part_lse.const_data_ptr<A>(), rows_of<scalar_t>(out),
               lse.mutable_data_ptr<A>(), rows, splits, s.queries, s.value_dim);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       });
   return {out, lse};
@@ -400,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
     const at::Tensor& output, const at::Tensor& lse, double scale,
     std::array<bool, 3> output_mask) {
-  c10::cuda::CUDAGuard guard(query.device());
+  cuda::DeviceGuard guard(query.device());
   auto b = detail::prepare_induced_attention_backward(
       grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask);
   const auto& s = b.shape;
@@ -413,14 +403,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
   const int64_t BH = s.batch * s.heads, rows = BH * s.queries;
   if (rows * s.keys == 0) return {dq, dk, dv};
   auto delta = at::empty({rows}, lse_c.options());
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_backward_cuda", [&] {
         using A = acc_t<scalar_t>;
-        delta_kernel<scalar_t><<<grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0, stream>>>(
-            rows_of<const scalar_t>(dout), rows_of<const scalar_t>(out),
-            delta.mutable_data_ptr<A>(), rows, s.queries, s.value_dim);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(delta_kernel<scalar_t>, {grid_for(cuda::ceil_div(rows, 8)), 8 * kWarpSize, 0},
+                     rows_of<const scalar_t>(dout), rows_of<const scalar_t>(out),
+                     delta.mutable_data_ptr<A>(), rows, s.queries, s.value_dim);
         if (dq.defined()) {
           const int64_t blocks = cuda::ceil_div(s.queries, kWarps);
           Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
@@ -429,13 +417,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
                            kTile * (s.value_dim + 1) + kWarps * s.head_dim);
           auto kernel = rows_kernel<scalar_t, true>;
           reserve_shared_memory(kernel, bytes, s);
-          kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
-              rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-              data_or_null<bool>(mask), static_cast<A>(scale), dims,
-              induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1}, nullptr, nullptr, nullptr,
-              rows_of<const scalar_t>(dout), lse_c.const_data_ptr<A>(), delta.const_data_ptr<A>(),
-              rows_of<scalar_t>(dq));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(BH * blocks), kWarps * kWarpSize, bytes},
+                       rows_of<const scalar_t>(q), rows_of<const scalar_t>(k),
+                       rows_of<const scalar_t>(v), data_or_null<bool>(mask), static_cast<A>(scale),
+                       dims, induced::Rows<scalar_t>{nullptr, 0, 0, 0, 1}, nullptr, nullptr,
+                       nullptr, rows_of<const scalar_t>(dout), lse_c.const_data_ptr<A>(),
+                       delta.const_data_ptr<A>(), rows_of<scalar_t>(dq));
         }
         if (dk.defined() || dv.defined()) {
           const int64_t blocks = cuda::ceil_div(s.keys, kWarps);
@@ -445,12 +432,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
                            kTile * (s.value_dim + 1) + 2 * kTile);
           auto kernel = key_rows_kernel<scalar_t>;
           reserve_shared_memory(kernel, bytes, s);
-          kernel<<<grid_for(BH * blocks), kWarps * kWarpSize, bytes, stream>>>(
-              rows_of<const scalar_t>(q), rows_of<const scalar_t>(k), rows_of<const scalar_t>(v),
-              data_or_null<bool>(mask), static_cast<A>(scale), dims, rows_of<const scalar_t>(dout),
-              lse_c.const_data_ptr<A>(), delta.const_data_ptr<A>(), rows_of<scalar_t>(dk),
-              rows_of<scalar_t>(dv));
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(BH * blocks), kWarps * kWarpSize, bytes},
+                       rows_of<const scalar_t>(q), rows_of<const scalar_t>(k),
+                       rows_of<const scalar_t>(v), data_or_null<bool>(mask), static_cast<A>(scale),
+                       dims, rows_of<const scalar_t>(dout), lse_c.const_data_ptr<A>(),
+                       delta.const_data_ptr<A>(), rows_of<scalar_t>(dk), rows_of<scalar_t>(dv));
         }
       });
   return {dq, dk, dv};
@@ -458,7 +444,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("induced_attention_forward", &induced_attention_forward_cuda);
   m.impl("induced_attention_backward", &induced_attention_backward_cuda);
 }

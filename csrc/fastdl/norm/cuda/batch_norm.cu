@@ -20,7 +20,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -67,7 +66,7 @@ __global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ par
                                      int64_t outer, int64_t channels, int64_t inner,
                                      int64_t outer_per_split) {
   using State = typename Op::State;
-  __shared__ State scratch[cuda::kWarpSize];
+  FASTDL_SHARED(State, scratch, [cuda::kWarpSize]);
   const int64_t c = blockIdx.x;
   const int64_t o0 = blockIdx.y * outer_per_split;
   const int64_t o1 = min(outer, o0 + outer_per_split);
@@ -88,7 +87,7 @@ __global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict_
                                           int64_t outer, int64_t channels, int64_t inner,
                                           int64_t outer_per_split) {
   using State = typename Op::State;
-  __shared__ State tile[kRowThreads][kColTile];
+  FASTDL_SHARED(State, tile, [kRowThreads][kColTile]);
   const int64_t R = channels * inner;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t o0 = blockIdx.y * outer_per_split;
@@ -112,8 +111,7 @@ template <typename Op>
 at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
                               const at::TensorOptions& options, int64_t& count) {
   using State = typename Op::State;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = cuda::device_properties().multiProcessorCount;
   const int64_t C = shape.channels, outer = shape.outer, inner = shape.inner;
   static_assert(sizeof(State) % sizeof(float) == 0, "reduction states are made of floats/doubles");
   auto alloc = [&](int64_t n) {
@@ -126,9 +124,8 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
     const int64_t per_split = cuda::ceil_div(outer, splits);
     splits = cuda::ceil_div(outer, per_split);
     auto buf = alloc(C * splits);
-    planar_reduce_kernel<Op><<<dim3(C, splits), kReduceThreads, 0, stream>>>(
-        op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(planar_reduce_kernel<Op>, {dim3(C, splits), kReduceThreads, 0}, op,
+                 reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
     count = splits;
     return buf;
   }
@@ -138,10 +135,9 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
   const int64_t per_split = cuda::ceil_div(outer, splits);
   splits = cuda::ceil_div(outer, per_split);
   auto buf = alloc(C * inner * splits);
-  interleaved_reduce_kernel<Op>
-      <<<dim3(col_tiles, splits), dim3(kColTile, kRowThreads), 0, stream>>>(
-          op, reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch(interleaved_reduce_kernel<Op>,
+               {dim3(col_tiles, splits), dim3(kColTile, kRowThreads), 0}, op,
+               reinterpret_cast<State*>(buf.data_ptr()), outer, C, inner, per_split);
   count = inner * splits;
   return buf;
 }
@@ -250,18 +246,17 @@ __global__ void channel_affine_kernel(const T* __restrict__ a, const T* __restri
 template <typename T>
 void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, const acc_t<T>* k1,
                            const acc_t<T>* k2, const acc_t<T>* k3, T* out, int64_t numel) {
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const bool interleaved = shape.inner == 1;
   const int64_t run = interleaved ? shape.channels : shape.inner;  // values sharing the pattern
   const int vec = cuda::pack_width<T>(run, {a, b, out});
   const int threads = 256;
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int sms = cuda::device_properties().multiProcessorCount;
   const int64_t blocks =
       std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
   const int64_t C = shape.channels, inner = shape.inner;
-#define FASTDL_AFFINE(V, I)      \
-  channel_affine_kernel<T, V, I> \
-      <<<blocks, threads, 0, stream>>>(a, b, k1, k2, k3, out, numel, C, inner)
+#define FASTDL_AFFINE(V, I)                                                                        \
+  cuda::launch(channel_affine_kernel<T, V, I>, {blocks, threads, 0}, a, b, k1, k2, k3, out, numel, \
+               C, inner)
   if (interleaved) {
     switch (vec) {
       case 8:
@@ -294,7 +289,6 @@ void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, 
     }
   }
 #undef FASTDL_AFFINE
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
@@ -312,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
             ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
         "fastdl.batch_norm: weight, bias and running stats must share one dtype");
   }
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = detail::batch_norm_layout(input, shape);
   const auto w = contiguous_or_undefined(weight), b = contiguous_or_undefined(bias);
   auto output = at::empty_like(x);
@@ -326,7 +320,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
   const auto rm_eval = training ? at::Tensor() : contiguous_or_undefined(running_mean);
   const auto rv_eval = training ? at::Tensor() : contiguous_or_undefined(running_var);
   auto coef = at::empty({2, C}, x.options().dtype(acc));
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int threads = 128;
   const int64_t blocks = cuda::ceil_div(C, threads);
 
@@ -342,20 +335,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
             int64_t count = 0;
             const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape,
                                                      x.options(), count);
-            finalize_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(
-                reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()), count, C,
-                data_or_null<P>(w), data_or_null<P>(b),
-                mutable_data_or_null<P>(running_mean_io.work()),
-                mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum),
-                static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
-                save_invstd.mutable_data_ptr<A>(), k1, k3);
+            cuda::launch(finalize_stats_kernel<T, P>, {blocks, threads, 0},
+                         reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()),
+                         count, C, data_or_null<P>(w), data_or_null<P>(b),
+                         mutable_data_or_null<P>(running_mean_io.work()),
+                         mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum),
+                         static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+                         save_invstd.mutable_data_ptr<A>(), k1, k3);
           } else {
-            finalize_eval_kernel<T, P><<<blocks, threads, 0, stream>>>(
-                C, data_or_null<P>(w), data_or_null<P>(b), data_or_null<P>(rm_eval),
-                data_or_null<P>(rv_eval), static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
-                save_invstd.mutable_data_ptr<A>(), k1, k3);
+            cuda::launch(finalize_eval_kernel<T, P>, {blocks, threads, 0}, C, data_or_null<P>(w),
+                         data_or_null<P>(b), data_or_null<P>(rm_eval), data_or_null<P>(rv_eval),
+                         static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),
+                         save_invstd.mutable_data_ptr<A>(), k1, k3);
           }
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
           if (x.numel() > 0) {
             launch_channel_affine<T>(shape, x.const_data_ptr<T>(), nullptr, k1, nullptr, k3,
                                      output.mutable_data_ptr<T>(), x.numel());
@@ -377,7 +369,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
     std::array<bool, 3> output_mask) {
   const auto shape =
       detail::check_batch_norm_backward(grad_output, input, weight, save_mean, save_invstd);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = detail::batch_norm_layout(input, shape);
   const auto dy = detail::batch_norm_layout(grad_output, shape);
   const auto w = contiguous_or_undefined(weight);
@@ -394,7 +386,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   if (output_mask[2]) grad_bias = at::zeros({C}, param_options);
   if (n == 0 || C == 0) return {grad_input, grad_weight, grad_bias};
   auto coef = at::empty({3, C}, x.options().dtype(acc));
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int threads = 128;
   const int64_t blocks = cuda::ceil_div(C, threads);
   const bool need_sums =
@@ -417,14 +408,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
           A* k1 = coef[0].mutable_data_ptr<A>();
           A* k2 = coef[1].mutable_data_ptr<A>();
           A* k3 = coef[2].mutable_data_ptr<A>();
-          finalize_grad_kernel<T, P><<<blocks, threads, 0, stream>>>(
-              partials.defined()
-                  ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr())
-                  : nullptr,
-              count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
-              invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
-              mutable_data_or_null<P>(grad_bias), k1, k2, k3);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(finalize_grad_kernel<T, P>, {blocks, threads, 0},
+                       partials.defined()
+                           ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr())
+                           : nullptr,
+                       count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
+                       invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
+                       mutable_data_or_null<P>(grad_bias), k1, k2, k3);
           if (grad_input.defined()) {
             launch_channel_affine<T>(shape, dy.const_data_ptr<T>(),
                                      training ? x.const_data_ptr<T>() : nullptr, k1, k2, k3,
@@ -441,7 +431,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("batch_norm_forward", &batch_norm_forward_cuda);
   m.impl("batch_norm_backward", &batch_norm_backward_cuda);
 }

@@ -13,7 +13,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 namespace fastdl {
@@ -31,7 +30,7 @@ __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ we
                                acc_t<T>* __restrict__ mean_out, acc_t<T>* __restrict__ rstd_out,
                                int64_t rows, int64_t cols, acc_t<T> eps) {
   using A = acc_t<T>;
-  __shared__ cuda::Welford<A> scratch[cuda::kWarpSize];
+  FASTDL_SHARED(cuda::Welford<A>, scratch, [cuda::kWarpSize]);
   // Rows beyond the grid (more than 2^31 - 1) are taken by the same blocks again; every thread
   // of a block runs the same iterations, so the block reductions stay uniform.
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -74,7 +73,7 @@ __global__ void backward_input_kernel(const T* __restrict__ dy, const T* __restr
                                       const P* __restrict__ weight, T* __restrict__ dx,
                                       int64_t rows, int64_t cols) {
   using A = acc_t<T>;
-  __shared__ cuda::SumPair<A> scratch[cuda::kWarpSize];
+  FASTDL_SHARED(cuda::SumPair<A>, scratch, [cuda::kWarpSize]);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* dyr = dy + row * cols;
     const T* xr = x + row * cols;
@@ -124,8 +123,8 @@ __global__ void backward_params_partial_kernel(const T* __restrict__ dy, const T
                                                acc_t<T>* __restrict__ partial_b, int64_t rows,
                                                int64_t cols, int64_t rows_per_chunk) {
   using A = acc_t<T>;
-  __shared__ A tile_w[kRowThreads][kColTile + 1];
-  __shared__ A tile_b[kRowThreads][kColTile + 1];
+  FASTDL_SHARED(A, tile_w, [kRowThreads][kColTile + 1]);
+  FASTDL_SHARED(A, tile_b, [kRowThreads][kColTile + 1]);
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t r0 = blockIdx.y * rows_per_chunk;
   const int64_t r1 = min(rows, r0 + rows_per_chunk);
@@ -169,33 +168,34 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const P* bp = data_or_null<P>(b);
   auto* mp = mean.mutable_data_ptr<acc_t<T>>();
   auto* rp = rstd.mutable_data_ptr<acc_t<T>>();
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const int vec = cuda::pack_width<T>(cols, {xp, yp});
   const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
   const int threads = threads_for(cols / vec);
   const auto e = static_cast<acc_t<T>>(eps);
   switch (vec) {
     case 8:
-      forward_kernel<T, P, 8><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      cuda::launch(forward_kernel<T, P, 8>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
+                   e);
       break;
     case 4:
-      forward_kernel<T, P, 4><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      cuda::launch(forward_kernel<T, P, 4>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
+                   e);
       break;
     case 2:
-      forward_kernel<T, P, 2><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      cuda::launch(forward_kernel<T, P, 2>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
+                   e);
       break;
     default:
-      forward_kernel<T, P, 1><<<grid, threads, 0, stream>>>(xp, wp, bp, yp, mp, rp, rows, cols, e);
+      cuda::launch(forward_kernel<T, P, 1>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
+                   e);
       break;
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename T, typename P>
 void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& mean,
                      const at::Tensor& rstd, const at::Tensor& w, at::Tensor& dx, at::Tensor& dw,
                      at::Tensor& db, int64_t rows, int64_t cols) {
-  const auto stream = at::cuda::getCurrentCUDAStream();
   const T* dyp = dy.const_data_ptr<T>();
   const T* xp = x.const_data_ptr<T>();
   const auto* mp = mean.const_data_ptr<acc_t<T>>();
@@ -208,28 +208,27 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     const int threads = threads_for(cols / vec);
     switch (vec) {
       case 8:
-        backward_input_kernel<T, P, 8>
-            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        cuda::launch(backward_input_kernel<T, P, 8>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
+                     rows, cols);
         break;
       case 4:
-        backward_input_kernel<T, P, 4>
-            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        cuda::launch(backward_input_kernel<T, P, 4>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
+                     rows, cols);
         break;
       case 2:
-        backward_input_kernel<T, P, 2>
-            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        cuda::launch(backward_input_kernel<T, P, 2>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
+                     rows, cols);
         break;
       default:
-        backward_input_kernel<T, P, 1>
-            <<<grid, threads, 0, stream>>>(dyp, xp, mp, rp, wp, dxp, rows, cols);
+        cuda::launch(backward_input_kernel<T, P, 1>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
+                     rows, cols);
         break;
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   if (dw.defined() || db.defined()) {
     // Enough row chunks to fill the GPU with column tiles, each chunk at least 64 rows.
     const int64_t col_tiles = cuda::ceil_div(cols, kColTile);
-    const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int sms = cuda::device_properties().multiProcessorCount;
     int64_t chunks = std::max<int64_t>(
         1, std::min<int64_t>(cuda::ceil_div(rows, 64), cuda::ceil_div(4 * sms, col_tiles)));
     const int64_t rows_per_chunk = cuda::ceil_div(rows, chunks);
@@ -239,20 +238,17 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
         at::empty({2, chunks, cols}, x.options().dtype(c10::CppTypeToScalarType<A>::value));
     A* pw = dw.defined() ? partial[0].template mutable_data_ptr<A>() : nullptr;
     A* pb = db.defined() ? partial[1].template mutable_data_ptr<A>() : nullptr;
-    backward_params_partial_kernel<T>
-        <<<dim3(col_tiles, chunks), dim3(kColTile, kRowThreads), 0, stream>>>(
-            dyp, xp, mp, rp, pw, pb, rows, cols, rows_per_chunk);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(backward_params_partial_kernel<T>,
+                 {dim3(col_tiles, chunks), dim3(kColTile, kRowThreads), 0}, dyp, xp, mp, rp, pw, pb,
+                 rows, cols, rows_per_chunk);
     const int threads = 256;
     if (dw.defined()) {
-      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(
-          pw, dw.mutable_data_ptr<P>(), chunks, cols);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(sum_partials_kernel<A, P>, {cuda::ceil_div(cols, threads), threads, 0}, pw,
+                   dw.mutable_data_ptr<P>(), chunks, cols);
     }
     if (db.defined()) {
-      sum_partials_kernel<A, P><<<cuda::ceil_div(cols, threads), threads, 0, stream>>>(
-          pb, db.mutable_data_ptr<P>(), chunks, cols);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(sum_partials_kernel<A, P>, {cuda::ceil_div(cols, threads), threads, 0}, pb,
+                   db.mutable_data_ptr<P>(), chunks, cols);
     }
   }
 }
@@ -261,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cuda(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
   const auto shape = detail::check_layer_norm_forward(input, normalized_shape, weight, bias, eps);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = input.contiguous();
   const auto w = contiguous_or_undefined(weight);
   const auto b = contiguous_or_undefined(bias);
@@ -293,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
     std::array<bool, 3> output_mask) {
   const auto shape =
       detail::check_layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto dy = grad_output.contiguous();
   const auto x = input.contiguous();
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -320,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("layer_norm_forward", &layer_norm_forward_cuda);
   m.impl("layer_norm_backward", &layer_norm_backward_cuda);
 }

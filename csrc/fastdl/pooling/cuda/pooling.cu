@@ -9,9 +9,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -156,21 +154,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_cuda(
     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   const auto s =
       detail::check_max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = detail::pool2d_kernel_layout(input, s);
   auto output = detail::pool2d_empty(s, s.out_h, s.out_w, x.options());
   auto indices = detail::pool2d_empty(s, s.out_h, s.out_w, x.options().dtype(at::kLong));
   const int64_t total = output.numel();
   if (total > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_forward_cuda", [&] {
           auto kernel = s.channels_last ? max_forward_kernel<scalar_t, true>
                                         : max_forward_kernel<scalar_t, false>;
-          kernel<<<grid_for(total), kThreads, 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-              indices.mutable_data_ptr<int64_t>(), geometry(s), total);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(total), kThreads, 0}, x.const_data_ptr<scalar_t>(),
+                       output.mutable_data_ptr<scalar_t>(), indices.mutable_data_ptr<int64_t>(),
+                       geometry(s), total);
         });
   }
   return {detail::pool2d_result(output, s), detail::pool2d_result(indices, s)};
@@ -182,21 +178,19 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef dilation, bool ceil_mode) {
   const auto s = detail::check_max_pool2d_backward(grad_output, input, indices, kernel_size, stride,
                                                    padding, dilation, ceil_mode);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   const auto idx = detail::pool2d_kernel_layout(indices, s);
   auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
   const int64_t total = grad_input.numel();
   if (total > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool2d_backward_cuda", [&] {
           auto kernel = s.channels_last ? max_backward_kernel<scalar_t, true>
                                         : max_backward_kernel<scalar_t, false>;
-          kernel<<<grid_for(total), kThreads, 0, stream>>>(
-              dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
-              grad_input.mutable_data_ptr<scalar_t>(), geometry(s), total);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(total), kThreads, 0}, dy.const_data_ptr<scalar_t>(),
+                       idx.const_data_ptr<int64_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+                       geometry(s), total);
         });
   }
   return detail::pool2d_result(grad_input, s);
@@ -208,20 +202,18 @@ at::Tensor avg_pool2d_forward_cuda(const at::Tensor& input, at::IntArrayRef kern
                                    std::optional<int64_t> divisor_override) {
   const auto s = detail::check_avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode,
                                                   count_include_pad, divisor_override);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto x = detail::pool2d_kernel_layout(input, s);
   auto output = detail::pool2d_empty(s, s.out_h, s.out_w, x.options());
   const int64_t total = output.numel();
   if (total > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "avg_pool2d_forward_cuda", [&] {
           auto kernel = s.channels_last ? avg_forward_kernel<scalar_t, true>
                                         : avg_forward_kernel<scalar_t, false>;
-          kernel<<<grid_for(total), kThreads, 0, stream>>>(
-              x.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), geometry(s),
-              count_include_pad, divisor_override.value_or(0), total);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(total), kThreads, 0}, x.const_data_ptr<scalar_t>(),
+                       output.mutable_data_ptr<scalar_t>(), geometry(s), count_include_pad,
+                       divisor_override.value_or(0), total);
         });
   }
   return detail::pool2d_result(output, s);
@@ -233,20 +225,18 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     std::optional<int64_t> divisor_override) {
   const auto s = detail::check_avg_pool2d_backward(grad_output, input, kernel_size, stride, padding,
                                                    ceil_mode, count_include_pad, divisor_override);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   const auto dy = detail::pool2d_kernel_layout(grad_output, s);
   auto grad_input = detail::pool2d_empty(s, s.in_h, s.in_w, input.options());
   const int64_t total = grad_input.numel();
   if (total > 0) {
-    const auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, input.scalar_type(), "avg_pool2d_backward_cuda", [&] {
           auto kernel = s.channels_last ? avg_backward_kernel<scalar_t, true>
                                         : avg_backward_kernel<scalar_t, false>;
-          kernel<<<grid_for(total), kThreads, 0, stream>>>(
-              dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), geometry(s),
-              count_include_pad, divisor_override.value_or(0), total);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          cuda::launch(kernel, {grid_for(total), kThreads, 0}, dy.const_data_ptr<scalar_t>(),
+                       grad_input.mutable_data_ptr<scalar_t>(), geometry(s), count_include_pad,
+                       divisor_override.value_or(0), total);
         });
   }
   return detail::pool2d_result(grad_input, s);
@@ -254,7 +244,7 @@ at::Tensor avg_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CUDA, m) {
+FASTDL_CUDA_KERNELS(m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
   m.impl("avg_pool2d_forward", &avg_pool2d_forward_cuda);

@@ -427,6 +427,6 @@ const detail::RnnKernels& cpu_kernels() {
 
 }  // namespace
 
-FASTDL_REGISTER_RNN(CPU, cpu_kernels)
+TORCH_LIBRARY_IMPL(fastdl, CPU, m) { FASTDL_RNN_KERNELS(m, cpu_kernels); }
 
 }  // namespace fastdl

@@ -12,7 +12,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/mm.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include <type_traits>
 
@@ -230,7 +229,7 @@ constexpr int kRowThreads = 8;
 template <typename T, typename Term>
 __global__ void column_sums_kernel(int64_t rows, int64_t cols, T* __restrict__ out, Term term) {
   using A = acc_t<T>;
-  __shared__ A partial[kRowThreads][kColumnTile];
+  FASTDL_SHARED(A, partial, [kRowThreads][kColumnTile]);
   for (int64_t tile = blockIdx.x; tile * kColumnTile < cols; tile += gridDim.x) {
     const int64_t col = tile * kColumnTile + threadIdx.x;
     A sum = 0;
@@ -272,10 +271,8 @@ void launch_column_sums(int64_t rows, int64_t cols, T* out, Term term) {
   if (cols == 0) return;
   const auto blocks = static_cast<unsigned>(
       std::min<int64_t>(cuda::ceil_div(cols, kColumnTile), cuda::kMaxGridYZ * 16));
-  column_sums_kernel<T>
-      <<<blocks, dim3(kColumnTile, kRowThreads), 0, at::cuda::getCurrentCUDAStream()>>>(rows, cols,
-                                                                                        out, term);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cuda::launch(column_sums_kernel<T, Term>, {blocks, dim3(kColumnTile, kRowThreads), 0}, rows, cols, out,
+               term);
 }
 
 // ------------------------------------------------------------------ launchers and registration
@@ -287,71 +284,64 @@ inline unsigned blocks_for(int64_t n) { return cuda::grid_stride_blocks(n, kThre
 void lstm_step_forward(const detail::LstmStepForward& p) {
   const int64_t B = p.gates.size(0), H = p.c.size(1);
   if (B * H == 0) return;
-  c10::cuda::CUDAGuard guard(p.gates.device());
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DeviceGuard guard(p.gates.device());
   FASTDL_RNN_DISPATCH(p.gates.scalar_type(), "lstm_step_forward_cuda", [&] {
     using T = scalar_t;
     auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
-          ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh),
-          ptr<T>(p.peephole), ptr<T>(p.c_prev), ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths),
-          p.t, mptr<T>(p.gates), mptr<T>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
+      cuda::launch(kernel, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.x_gates), ptr<T>(p.h_gates),
+                   ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.peephole), ptr<T>(p.c_prev),
+                   ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.gates),
+                   mptr<T>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
     };
     if (p.peephole.defined())
       launch(lstm_step_forward_kernel<T, true>);
     else
       launch(lstm_step_forward_kernel<T, false>);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void lstm_step_backward(const detail::LstmStepBackward& p) {
   const int64_t B = p.gates.size(0), H = p.c.size(1);
   if (B * H == 0) return;
-  c10::cuda::CUDAGuard guard(p.gates.device());
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  cuda::DeviceGuard guard(p.gates.device());
   FASTDL_RNN_DISPATCH(p.gates.scalar_type(), "lstm_step_backward_cuda", [&] {
     using T = scalar_t;
     auto launch = [&](auto kernel) {
-      kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
-          ptr<T>(p.gates), ptr<T>(p.c), ptr<T>(p.c_prev), ptr<T>(p.peephole), mptr<T>(p.dh),
-          ptr<T>(p.grad_output), p.dh_is_state, mptr<T>(p.dc), data_or_null<int64_t>(p.lengths),
-          p.t, mptr<T>(p.dgates), B, H);
+      cuda::launch(kernel, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.gates), ptr<T>(p.c),
+                   ptr<T>(p.c_prev), ptr<T>(p.peephole), mptr<T>(p.dh), ptr<T>(p.grad_output),
+                   p.dh_is_state, mptr<T>(p.dc), data_or_null<int64_t>(p.lengths), p.t,
+                   mptr<T>(p.dgates), B, H);
     };
     if (p.peephole.defined())
       launch(lstm_step_backward_kernel<T, true>);
     else
       launch(lstm_step_backward_kernel<T, false>);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void gru_step_forward(const detail::GruStepForward& p) {
   const int64_t B = p.h.size(0), H = p.h.size(1);
   if (B * H == 0) return;
-  c10::cuda::CUDAGuard guard(p.h.device());
+  cuda::DeviceGuard guard(p.h.device());
   FASTDL_RNN_DISPATCH(p.h.scalar_type(), "gru_step_forward_cuda", [&] {
     using T = scalar_t;
-    gru_step_forward_kernel<T>
-        <<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            ptr<T>(p.x_gates), ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh),
-            ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.work), mptr<T>(p.h),
-            mptr<T>(p.output), B, H);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(gru_step_forward_kernel<T>, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.x_gates),
+                 ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.h_prev),
+                 data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.work), mptr<T>(p.h),
+                 mptr<T>(p.output), B, H);
   });
 }
 
 void gru_step_backward(const detail::GruStepBackward& p) {
   const int64_t B = p.dh.size(0), H = p.dh.size(1);
   if (B * H == 0) return;
-  c10::cuda::CUDAGuard guard(p.dh.device());
+  cuda::DeviceGuard guard(p.dh.device());
   FASTDL_RNN_DISPATCH(p.dh.scalar_type(), "gru_step_backward_cuda", [&] {
     using T = scalar_t;
-    gru_step_backward_kernel<T>
-        <<<blocks_for(B * H), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            ptr<T>(p.work), ptr<T>(p.h_prev), mptr<T>(p.dh), ptr<T>(p.grad_output),
-            data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates), mptr<T>(p.dh_gates), B, H);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(gru_step_backward_kernel<T>, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.work),
+                 ptr<T>(p.h_prev), mptr<T>(p.dh), ptr<T>(p.grad_output),
+                 data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates), mptr<T>(p.dh_gates), B,
+                 H);
   });
 }
 
@@ -359,12 +349,11 @@ void carry_state(const at::Tensor& state, const at::Tensor& prev, const at::Tens
                  const at::Tensor& lengths, int64_t t) {
   const int64_t B = state.size(0), P = state.size(1);
   if (B * P == 0) return;
-  c10::cuda::CUDAGuard guard(state.device());
+  cuda::DeviceGuard guard(state.device());
   FASTDL_RNN_DISPATCH(state.scalar_type(), "carry_state_cuda", [&] {
     using T = scalar_t;
-    carry_state_kernel<T><<<blocks_for(B * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        mptr<T>(state), ptr<T>(prev), mptr<T>(output), data_or_null<int64_t>(lengths), t, B, P);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(carry_state_kernel<T>, {blocks_for(B * P), kThreads, 0}, mptr<T>(state),
+                 ptr<T>(prev), mptr<T>(output), data_or_null<int64_t>(lengths), t, B, P);
   });
 }
 
@@ -372,18 +361,16 @@ void split_state_grad(const at::Tensor& dh, const at::Tensor& gy, const at::Tens
                       const at::Tensor& lengths, int64_t t) {
   const int64_t B = dh.size(0), P = dh.size(1);
   if (B * P == 0) return;
-  c10::cuda::CUDAGuard guard(dh.device());
+  cuda::DeviceGuard guard(dh.device());
   FASTDL_RNN_DISPATCH(dh.scalar_type(), "split_state_grad_cuda", [&] {
     using T = scalar_t;
-    split_state_grad_kernel<T>
-        <<<blocks_for(B * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            mptr<T>(dh), ptr<T>(gy), mptr<T>(total), data_or_null<int64_t>(lengths), t, B, P);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch(split_state_grad_kernel<T>, {blocks_for(B * P), kThreads, 0}, mptr<T>(dh),
+                 ptr<T>(gy), mptr<T>(total), data_or_null<int64_t>(lengths), t, B, P);
   });
 }
 
 void column_sums(const at::Tensor& rows, const at::Tensor& out) {
-  c10::cuda::CUDAGuard guard(out.device());
+  cuda::DeviceGuard guard(out.device());
   FASTDL_RNN_DISPATCH(rows.scalar_type(), "column_sums_cuda", [&] {
     using T = scalar_t;
     launch_column_sums<T>(rows.size(0), rows.size(1), mptr<T>(out),
@@ -393,7 +380,7 @@ void column_sums(const at::Tensor& rows, const at::Tensor& out) {
 
 void peephole_grad(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                    const at::Tensor& out) {
-  c10::cuda::CUDAGuard guard(out.device());
+  cuda::DeviceGuard guard(out.device());
   FASTDL_RNN_DISPATCH(c.scalar_type(), "peephole_grad_cuda", [&] {
     using T = scalar_t;
     launch_column_sums<T>(c.size(0), 3 * c.size(1), mptr<T>(out),
@@ -418,6 +405,6 @@ const detail::RnnKernels& cuda_kernels() {
 
 }  // namespace
 
-FASTDL_REGISTER_RNN(CUDA, cuda_kernels)
+FASTDL_CUDA_KERNELS(m) { FASTDL_RNN_KERNELS(m, cuda_kernels); }
 
 }  // namespace fastdl
