@@ -94,7 +94,10 @@ struct Dims {
 
 // Forward (and, with Backward = true, dQ): grid.x = batch*heads*query_blocks, grid.y = key split.
 // Shared memory (A): q rows kWarps*E | (Backward: dO rows kWarps*Ev) | K tile kTile*(E+1) |
-// V tile kTile*(Ev+1) | acc kWarps*max(E, Ev).
+// V tile kTile*(Ev+1) | acc kWarps*max(E, Ev) | weights kWarps*kTile.
+// A warp's 32 weights of a tile (p, or dS in backward: lane j's for key j) go through shared
+// memory to every lane: the loops over output features (e = lane, lane + 32, ... < Ev) run a
+// different number of times on different lanes, so no warp collective may sit inside them.
 template <typename T, bool Backward>
 __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
                             induced::Rows<const T> v, const bool* __restrict__ mask, acc_t<T> scale,
@@ -119,9 +122,11 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
   A* k_tile = do_rows + (Backward ? kWarps * Ev : 0);
   A* v_tile = k_tile + kTile * (E + 1);
   A* acc = v_tile + kTile * (Ev + 1);
+  A* weights = acc + kWarps * acc_width;
   A* my_q = q_rows + warp * E;
   A* my_do = do_rows + warp * Ev;
   A* my_acc = acc + warp * acc_width;
+  A* my_w = weights + warp * kTile;
 
   const int64_t grow = bh * L + row;  // global row index
   for (int64_t e = lane; e < E; e += kWarpSize)
@@ -156,20 +161,21 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
       const A p = valid ? induced::exp_of(score - m_new) : A(0);
       l = l * alpha + warp_sum(p);
       m = m_new;
+      my_w[lane] = p;
+      __syncwarp();
       for (int64_t e = lane; e < Ev; e += kWarpSize) {
         A a = my_acc[e] * alpha;
-        for (int j = 0; j < kTile; ++j)
-          a += __shfl_sync(0xffffffff, p, j) * v_tile[j * (Ev + 1) + e];
+        for (int j = 0; j < kTile; ++j) a += my_w[j] * v_tile[j * (Ev + 1) + e];
         my_acc[e] = a;
       }
     } else {
       const A p = valid ? induced::probability(score, row_lse) : A(0);
       const A dp = valid ? dot_shared(my_do, v_tile + lane * (Ev + 1), Ev) : A(0);
-      const A ds = p * (dp - row_delta) * scale;
+      my_w[lane] = p * (dp - row_delta) * scale;  // dS
+      __syncwarp();
       for (int64_t e = lane; e < E; e += kWarpSize) {
         A a = my_acc[e];
-        for (int j = 0; j < kTile; ++j)
-          a += __shfl_sync(0xffffffff, ds, j) * k_tile[j * (E + 1) + e];
+        for (int j = 0; j < kTile; ++j) a += my_w[j] * k_tile[j * (E + 1) + e];
         my_acc[e] = a;
       }
     }
@@ -244,7 +250,7 @@ __global__ void delta_kernel(induced::Rows<const T> dout, induced::Rows<const T>
 // dK and dV: a warp per key row; grid.x = batch*heads*ceil(S / kWarps). Query tiles (q, dO,
 // lse, delta) are staged in shared memory. Shared memory (A): k rows kWarps*E | v rows
 // kWarps*Ev | q tile kTile*(E+1) | dO tile kTile*(Ev+1) | lse, delta 2*kTile |
-// dk acc kWarps*E | dv acc kWarps*Ev.
+// dk acc kWarps*E | dv acc kWarps*Ev | weights 2*kWarps*kTile (p and dS, as rows_kernel's).
 template <typename T>
 __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
                                 induced::Rows<const T> v, const bool* __restrict__ mask,
@@ -268,6 +274,8 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
   A* delta_tile = lse_tile + kTile;
   A* dk_acc = delta_tile + kTile;
   A* dv_acc = dk_acc + kWarps * E;
+  A* my_p = dv_acc + kWarps * Ev + warp * 2 * kTile;
+  A* my_ds = my_p + kTile;
   A* my_k = k_rows + warp * E;
   A* my_v = v_rows + warp * Ev;
   A* my_dk = dk_acc + warp * E;
@@ -294,20 +302,20 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
     const A score = scale * dot_shared(my_k, q_tile + lane * (E + 1), E);
     const A p = induced::probability(score, lse_tile[lane]);  // 0 past L (lse -inf)
     const A dp = dot_shared(my_v, do_tile + lane * (Ev + 1), Ev);
-    const A ds = p * (dp - delta_tile[lane]) * scale;
+    my_p[lane] = p;
+    my_ds[lane] = p * (dp - delta_tile[lane]) * scale;
+    __syncwarp();
     if (dv.data) {
       for (int64_t e = lane; e < Ev; e += kWarpSize) {
         A a = my_dv[e];
-        for (int i = 0; i < kTile; ++i)
-          a += __shfl_sync(0xffffffff, p, i) * do_tile[i * (Ev + 1) + e];
+        for (int i = 0; i < kTile; ++i) a += my_p[i] * do_tile[i * (Ev + 1) + e];
         my_dv[e] = a;
       }
     }
     if (dk.data) {
       for (int64_t e = lane; e < E; e += kWarpSize) {
         A a = my_dk[e];
-        for (int i = 0; i < kTile; ++i)
-          a += __shfl_sync(0xffffffff, ds, i) * q_tile[i * (E + 1) + e];
+        for (int i = 0; i < kTile; ++i) a += my_ds[i] * q_tile[i * (E + 1) + e];
         my_dk[e] = a;
       }
     }
@@ -364,7 +372,8 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
       at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_forward_cuda", [&] {
         using A = acc_t<scalar_t>;
         const size_t bytes = sizeof(A) * (kWarps * s.head_dim + kTile * (s.head_dim + 1) +
-                                          kTile * (s.value_dim + 1) + kWarps * s.value_dim);
+                                          kTile * (s.value_dim + 1) + kWarps * s.value_dim +
+                                          kWarps * kTile);
         auto kernel = rows_kernel<scalar_t, false>;
         reserve_shared_memory(kernel, bytes, s);
         const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
@@ -414,7 +423,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
           Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
           const size_t bytes =
               sizeof(A) * (kWarps * s.head_dim + kWarps * s.value_dim + kTile * (s.head_dim + 1) +
-                           kTile * (s.value_dim + 1) + kWarps * s.head_dim);
+                           kTile * (s.value_dim + 1) + kWarps * s.head_dim + kWarps * kTile);
           auto kernel = rows_kernel<scalar_t, true>;
           reserve_shared_memory(kernel, bytes, s);
           cuda::launch(kernel, {grid_for(BH * blocks), kWarps * kWarpSize, bytes},
@@ -429,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cuda(
           Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, blocks, s.keys};
           const size_t bytes =
               sizeof(A) * (2 * kWarps * (s.head_dim + s.value_dim) + kTile * (s.head_dim + 1) +
-                           kTile * (s.value_dim + 1) + 2 * kTile);
+                           kTile * (s.value_dim + 1) + 2 * kTile + 2 * kWarps * kTile);
           auto kernel = key_rows_kernel<scalar_t>;
           reserve_shared_memory(kernel, bytes, s);
           cuda::launch(kernel, {grid_for(BH * blocks), kWarps * kWarpSize, bytes},
