@@ -810,3 +810,34 @@ def test_zero_channels(device, training):
     (gx,) = torch.autograd.grad(y.sum(), x)
     assert gx.shape == x.shape
 
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_input_float32_bias_without_weight(device, dtype):
+    """A half input with a float32 bias and no weight: the bias gradient is summed and returned
+    in float32 (100 rows of 1000 overflow float16 and round in bfloat16)."""
+    x = torch.randn(100, 3, device=device, dtype=dtype, requires_grad=True)
+    b = torch.zeros(3, device=device, requires_grad=True)
+    out = FF.batch_norm(x, None, None, None, b, training=True)
+    out.backward(torch.full((100, 3), 1000.0, device=device, dtype=dtype))
+    assert b.grad.dtype == torch.float32
+    torch.testing.assert_close(b.grad, torch.full((3,), 100000.0, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_mean_small_spread(device, mode, channels_last):
+    """|mean| / std = 10^4 in float32: the normalisation is centred ((x - mean) * k), so output
+    and gradients keep torch's accuracy where x * k + (b - mean * k) would cancel ~4 digits."""
+    x = 100 + 0.01 * torch.randn(4, 3, 16, 16, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.rand(3, device=device).add_(0.5).requires_grad_()
+    b = torch.randn(3, device=device).requires_grad_()
+    rm = rv = None
+    if mode != "train_no_running":
+        rm = x.detach().mean((0, 2, 3)) + 0.001 * torch.randn(3, device=device)
+        rv = x.detach().var((0, 2, 3))
+    compare_with_torch(*_fns(mode != "eval"), [x, w, b, rm, rv], torch.float32)

@@ -566,3 +566,14 @@ def test_module_bad_input():
     m = fnn.LayerNorm((3, 5))
     assert_raises_naming(RuntimeError, lambda: m(torch.randn(2, 5, 3)), "normalized_shape")
 
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_input_float32_bias_without_weight(device, dtype):
+    """A half input with a float32 bias and no weight: the bias gradient is summed and returned
+    in float32 (100 rows of 1000 overflow float16 and round in bfloat16)."""
+    x = torch.randn(100, 4, device=device, dtype=dtype, requires_grad=True)
+    b = torch.zeros(4, device=device, requires_grad=True)
+    FF.layer_norm(x, (4,), None, b).backward(torch.full((100, 4), 1000.0, device=device, dtype=dtype))
+    assert b.grad.dtype == torch.float32
+    torch.testing.assert_close(b.grad, torch.full((4,), 100000.0, device=device))

@@ -26,12 +26,19 @@ def _layer_norm_forward(input, normalized_shape, weight=None, bias=None, eps=1e-
     return out, input.new_empty(stats_shape, dtype=dtype), input.new_empty(stats_shape, dtype=dtype)
 
 
+def _bias_grad_dtype(input: torch.Tensor, weight) -> torch.dtype:
+    """A norm's bias gradient: the weight's dtype, or the accumulation dtype without a weight
+    (csrc/fastdl/norm/norm_params.h)."""
+    return weight.dtype if weight is not None else _stats_dtype(input)
+
+
 @register_fake("fastdl::layer_norm_backward")
 def _layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight, output_mask):
     param = weight if weight is not None else input
     grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None
     grad_weight = param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
-    grad_bias = param.new_empty(normalized_shape) if output_mask[2] else None
+    grad_bias = (input.new_empty(normalized_shape, dtype=_bias_grad_dtype(input, weight))
+                 if output_mask[2] else None)
     return grad_input, grad_weight, grad_bias
 
 
@@ -59,7 +66,8 @@ def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, tra
     grad_input = (torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
                   if output_mask[0] else None)
     grad_weight = param.new_empty((channels,)) if output_mask[1] and weight is not None else None
-    grad_bias = param.new_empty((channels,)) if output_mask[2] else None
+    grad_bias = (input.new_empty((channels,), dtype=_bias_grad_dtype(input, weight))
+                 if output_mask[2] else None)
     return grad_input, grad_weight, grad_bias
 
 

@@ -2,13 +2,15 @@
 // inner = spatial; channels-last and (N, C): inner = 1), and everything reduces to two
 // layout-generic passes:
 //   channel_sums:   per channel, sum_i f(a_i, b_i, p_c) for two functions at once;
-//   channel_affine: out_i = a_i * k1_c + b_i * k2_c + k3_c.
+//   channel_affine: out_i = (a_i - sa_c) * k1_c + (b_i - sb_c) * k2_c + k3_c (x centred by the
+//                   mean: batch_norm_math.h).
 // Forward = statistics (one pass of shifted sums) + affine; backward = sums of dy and
 // dy * (x - mean) + affine. Parallel over channels when the inner run is long, over rows with
 // per-thread accumulators otherwise; vectorised along the contiguous dim.
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
+#include "fastdl/norm/norm_params.h"
 #include "fastdl/norm/batch_norm_math.h"
 
 #include <ATen/Dispatch.h>
@@ -120,11 +122,12 @@ void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, d
   }
 }
 
-// out[0..n) = a * k1 + b * k2 + k3 with per-element coefficient vectors (K = Vec<T>) or
-// per-run scalars broadcast (K = T); b may be null. Split on b so the loop has no branch.
-template <typename T, typename K1, typename K2, typename K3>
-inline void affine_run(const T* a, const T* b, const K1& k1, const K2& k2, const K3& k3, T* out,
-                       int64_t n) {
+// out[0..n) = (a - sa) * k1 + (b - sb) * k2 + k3 with per-element coefficient arrays (a
+// pointer) or per-run scalars broadcast (a T); b may be null. Split on b so the loop has no
+// branch.
+template <typename T, typename SA, typename K1, typename SB, typename K2, typename K3>
+inline void affine_run(const T* a, const SA& sa, const T* b, const SB& sb, const K1& k1,
+                       const K2& k2, const K3& k3, T* out, int64_t n) {
   constexpr int64_t L = Vec<T>::size();
   auto coef = [](const auto& k, int64_t i) {
     if constexpr (std::is_pointer_v<std::decay_t<decltype(k)>>)
@@ -141,47 +144,54 @@ inline void affine_run(const T* a, const T* b, const K1& k1, const K2& k2, const
   int64_t i = 0;
   if (b) {
     for (; i + L <= n; i += L) {
-      const auto v = at::vec::fmadd(Vec<T>::loadu(a + i), coef(k1, i),
-                                    at::vec::fmadd(Vec<T>::loadu(b + i), coef(k2, i), coef(k3, i)));
-      v.store(out + i);
+      const auto bk = at::vec::fmadd(Vec<T>::loadu(b + i) - coef(sb, i), coef(k2, i), coef(k3, i));
+      at::vec::fmadd(Vec<T>::loadu(a + i) - coef(sa, i), coef(k1, i), bk).store(out + i);
     }
-    for (; i < n; ++i) out[i] = a[i] * scalar(k1, i) + b[i] * scalar(k2, i) + scalar(k3, i);
+    for (; i < n; ++i) {
+      out[i] = (a[i] - scalar(sa, i)) * scalar(k1, i) + (b[i] - scalar(sb, i)) * scalar(k2, i) +
+               scalar(k3, i);
+    }
   } else {
     for (; i + L <= n; i += L) {
-      at::vec::fmadd(Vec<T>::loadu(a + i), coef(k1, i), coef(k3, i)).store(out + i);
+      at::vec::fmadd(Vec<T>::loadu(a + i) - coef(sa, i), coef(k1, i), coef(k3, i)).store(out + i);
     }
-    for (; i < n; ++i) out[i] = a[i] * scalar(k1, i) + scalar(k3, i);
+    for (; i < n; ++i) out[i] = (a[i] - scalar(sa, i)) * scalar(k1, i) + scalar(k3, i);
   }
 }
 
-// out = a * k1[c] + b * k2[c] + k3[c]; b may be null (then k2 is ignored).
+// out = (a - a_shift[c]) * k1[c] + (b - b_shift[c]) * k2[c] + k3[c] (batch_norm_math.h's
+// centred forms); b may be null (then k2 is ignored), a shift null (0).
 template <typename T>
-void channel_affine(const BatchNormShape& s, const T* a, const T* b, const T* k1, const T* k2,
-                    const T* k3, T* out) {
+void channel_affine(const BatchNormShape& s, const T* a, const T* a_shift, const T* b,
+                    const T* b_shift, const T* k1, const T* k2, const T* k3, T* out) {
   const int64_t C = s.channels, inner = s.inner;
+  const auto at_c = [](const T* v, int64_t c) { return v ? v[c] : T(0); };
   if (inner >= kPlanarMinInner) {
     at::parallel_for(0, s.outer * C, cpu::grain(inner), [&](int64_t begin, int64_t end) {
       for (int64_t oc = begin; oc < end; ++oc) {
         const int64_t c = oc % C, base = oc * inner;
-        affine_run<T>(a + base, b ? b + base : nullptr, k1[c], b ? k2[c] : T(0), k3[c], out + base,
-                      inner);
+        affine_run<T>(a + base, at_c(a_shift, c), b ? b + base : nullptr, at_c(b_shift, c), k1[c],
+                      b ? k2[c] : T(0), k3[c], out + base, inner);
       }
     });
     return;
   }
   // Row-wise: element j of a row of R = C * inner values belongs to channel j / inner.
   const int64_t R = C * inner;
-  std::vector<T> r1(R), r2(R), r3(R);
+  std::vector<T> ra(R), rb(R), r1(R), r2(R), r3(R);
   for (int64_t j = 0; j < R; ++j) {
-    r1[j] = k1[j / inner];
-    r2[j] = b ? k2[j / inner] : T(0);
-    r3[j] = k3[j / inner];
+    const int64_t c = j / inner;
+    ra[j] = at_c(a_shift, c);
+    rb[j] = at_c(b_shift, c);
+    r1[j] = k1[c];
+    r2[j] = b ? k2[c] : T(0);
+    r3[j] = k3[c];
   }
   at::parallel_for(0, s.outer, cpu::grain(R), [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       const int64_t base = o * R;
-      affine_run<T>(a + base, b ? b + base : nullptr, r1.data(), r2.data(), r3.data(), out + base,
-                    R);
+      affine_run<T>(a + base, ra.data(), b ? b + base : nullptr, rb.data(), r1.data(), r2.data(),
+                    r3.data(), out + base, R);
     }
   });
 }
@@ -240,16 +250,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
             static_cast<T>(1.0 / std::sqrt(static_cast<double>(rv.const_data_ptr<T>()[c]) + eps));
       }
     }
-    // y = x * scale + (bias - mean * scale), scale = invstd * weight.
+    // y = (x - mean) * scale + bias, scale = invstd * weight.
     const auto w = contiguous_or_undefined(weight);
     const auto b = contiguous_or_undefined(bias);
     std::vector<T> scale(C), offset(C);
     for (int64_t c = 0; c < C; ++c) {
-      detail::bn_output_coefficients<T>(
-          mean[c], invstd[c], w.defined() ? w.const_data_ptr<T>()[c] : T(1),
-          b.defined() ? b.const_data_ptr<T>()[c] : T(0), scale[c], offset[c]);
+      detail::bn_output_coefficients<T>(invstd[c], w.defined() ? w.const_data_ptr<T>()[c] : T(1),
+                                        b.defined() ? b.const_data_ptr<T>()[c] : T(0), scale[c],
+                                        offset[c]);
     }
-    channel_affine<T>(shape, xp, nullptr, scale.data(), nullptr, offset.data(),
+    channel_affine<T>(shape, xp, mean, nullptr, nullptr, scale.data(), nullptr, offset.data(),
                       output.mutable_data_ptr<T>());
   });
   running_mean_io.commit();
@@ -270,8 +280,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   const int64_t n = shape.per_channel();
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) grad_input = at::empty_like(x);
-  if (output_mask[1] && w.defined()) grad_weight = at::empty({C}, w.options());
-  if (output_mask[2]) grad_bias = at::empty({C}, x.options());
+  const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
+  if (output_mask[1] && w.defined()) grad_weight = at::empty({C}, x.options().dtype(weight_dtype));
+  if (output_mask[2]) grad_bias = at::empty({C}, x.options().dtype(bias_dtype));
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_norm_backward_cpu", [&] {
     using T = scalar_t;
@@ -297,19 +308,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
       for (int64_t c = 0; c < C; ++c) gb[c] = static_cast<T>(sum_dy[c]);
     }
     if (grad_input.defined() && n > 0) {
-      // dx = dy * k1 + x * k2 + k3 (batch_norm_math.h).
+      // dx = dy * k1 + (x - mean) * k2 + k3 (batch_norm_math.h).
       std::vector<T> k1(C), k2(C), k3(C);
       for (int64_t c = 0; c < C; ++c) {
         double c1, c2, c3;
         detail::bn_input_grad_coefficients<double>(
-            mean[c], invstd[c], w.defined() ? static_cast<double>(w.const_data_ptr<T>()[c]) : 1.0,
+            invstd[c], w.defined() ? static_cast<double>(w.const_data_ptr<T>()[c]) : 1.0,
             sum_dy[c], sum_dyx[c], static_cast<double>(n), training, c1, c2, c3);
         k1[c] = static_cast<T>(c1);
         k2[c] = static_cast<T>(c2);
         k3[c] = static_cast<T>(c3);
       }
-      channel_affine<T>(shape, dy.const_data_ptr<T>(), training ? x.const_data_ptr<T>() : nullptr,
-                        k1.data(), k2.data(), k3.data(), grad_input.mutable_data_ptr<T>());
+      channel_affine<T>(shape, dy.const_data_ptr<T>(), nullptr,
+                        training ? x.const_data_ptr<T>() : nullptr, mean, k1.data(), k2.data(),
+                        k3.data(), grad_input.mutable_data_ptr<T>());
     }
   });
   return {grad_input, grad_weight, grad_bias};

@@ -4,6 +4,7 @@
 #include "fastdl/common/cpu_vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/layer_norm.h"
+#include "fastdl/norm/norm_params.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -155,9 +156,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   const auto w = contiguous_or_undefined(weight);
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  const auto param_options = w.defined() ? w.options() : x.options();
-  if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, param_options);
-  if (output_mask[2]) db = at::empty(normalized_shape, param_options);
+  const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
+  if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, x.options().dtype(weight_dtype));
+  if (output_mask[2]) db = at::empty(normalized_shape, x.options().dtype(bias_dtype));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_backward_cpu", [&] {
     backward_kernel<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                               m.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),

@@ -7,14 +7,15 @@
 //                                  along C for channels-last;
 //  2. one thread per channel merges its partials: statistics, running-stat update, and the
 //     three per-channel coefficients of step 3;
-//  3. channel_affine_kernel: out = a * k1[c] + b * k2[c] + k3[c] (forward: y from x; backward:
-//     dx from dy and x), vectorised along the contiguous dim.
+//  3. channel_affine_kernel: y = (x - mean) k1 + k3 in forward, dx = dy k1 + (x - mean) k2 + k3
+//     in backward (centred, batch_norm_math.h), vectorised along the contiguous dim.
 // Half types are read and written as such, accumulated in float; weight, bias and running
 // stats may be float32 for half inputs.
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/batch_norm_math.h"
+#include "fastdl/norm/norm_params.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -168,7 +169,7 @@ __global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict_
     running_var[c] = static_cast<P>(
         detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
   }
-  detail::bn_output_coefficients(s.mean, invstd, weight ? static_cast<A>(weight[c]) : A(1),
+  detail::bn_output_coefficients(invstd, weight ? static_cast<A>(weight[c]) : A(1),
                                  bias ? static_cast<A>(bias[c]) : A(0), k1[c], k3[c]);
 }
 
@@ -187,17 +188,17 @@ __global__ void finalize_eval_kernel(int64_t channels, const P* __restrict__ wei
   const A invstd = rsqrt(static_cast<A>(running_var[c]) + eps);
   save_mean[c] = mean;
   save_invstd[c] = invstd;
-  detail::bn_output_coefficients(mean, invstd, weight ? static_cast<A>(weight[c]) : A(1),
+  detail::bn_output_coefficients(invstd, weight ? static_cast<A>(weight[c]) : A(1),
                                  bias ? static_cast<A>(bias[c]) : A(0), k1[c], k3[c]);
 }
 
 // Backward, per channel: grad_weight = sum(dy * (x - mean)) * invstd, grad_bias = sum(dy), and
-// dx = dy * k1 + x * k2 + k3 (training) or dy * k1 (evaluation).
-template <typename T, typename P>
+// dx = dy * k1 + (x - mean) * k2 + k3 (training) or dy * k1 (evaluation).
+template <typename T, typename P, typename PB>
 __global__ void finalize_grad_kernel(
     const cuda::SumPair<acc_t<T>>* __restrict__ partials, int64_t count, int64_t channels,
     int64_t n, bool training, const P* __restrict__ weight, const acc_t<T>* __restrict__ mean,
-    const acc_t<T>* __restrict__ invstd, P* __restrict__ grad_weight, P* __restrict__ grad_bias,
+    const acc_t<T>* __restrict__ invstd, P* __restrict__ grad_weight, PB* __restrict__ grad_bias,
     acc_t<T>* __restrict__ k1, acc_t<T>* __restrict__ k2, acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -209,86 +210,69 @@ __global__ void finalize_grad_kernel(
   const A is = invstd[c];
   const A w = weight ? static_cast<A>(weight[c]) : A(1);
   if (grad_weight) grad_weight[c] = static_cast<P>(s.b * is);
-  if (grad_bias) grad_bias[c] = static_cast<P>(s.a);
-  detail::bn_input_grad_coefficients(mean[c], is, w, s.a, s.b, static_cast<A>(n), training, k1[c],
-                                     k2[c], k3[c]);
+  if (grad_bias) grad_bias[c] = static_cast<PB>(s.a);
+  detail::bn_input_grad_coefficients(is, w, s.a, s.b, static_cast<A>(n), training, k1[c], k2[c],
+                                     k3[c]);
 }
 
-// out = a * k1[c] + b * k2[c] + k3[c] over all elements (b may be null). VEC consecutive
-// elements share a channel (planar, inner % VEC == 0) or are VEC consecutive channels
-// (interleaved, inner == 1, C % VEC == 0).
+// The elementwise pass, out = (a - a_shift[c]) * k1[c] + (b - b_shift[c]) * k2[c] + k3[c]:
+// forward y from x (a = x shifted by the mean, no b), backward dx from dy (a = dy, b = x shifted
+// by the mean); b and the shifts may be null (b's term vanishes, a shift is 0).
+template <typename T>
+struct Affine {
+  const T* a;
+  const acc_t<T>* a_shift;
+  const T* b;
+  const acc_t<T>* b_shift;
+  const acc_t<T>* k1;
+  const acc_t<T>* k2;
+  const acc_t<T>* k3;
+  T* out;
+};
+
+// VEC consecutive elements share a channel (planar, inner % VEC == 0) or are VEC consecutive
+// channels (interleaved, inner == 1, C % VEC == 0).
 template <typename T, int VEC, bool INTERLEAVED>
-__global__ void channel_affine_kernel(const T* __restrict__ a, const T* __restrict__ b,
-                                      const acc_t<T>* __restrict__ k1,
-                                      const acc_t<T>* __restrict__ k2,
-                                      const acc_t<T>* __restrict__ k3, T* __restrict__ out,
-                                      int64_t numel, int64_t channels, int64_t inner) {
+__global__ void channel_affine_kernel(Affine<T> f, int64_t numel, int64_t channels, int64_t inner) {
   using A = acc_t<T>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * VEC;
   for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC; i < numel;
        i += stride) {
-    const auto ap = cuda::load_pack<T, VEC>(a + i);
+    const auto ap = cuda::load_pack<T, VEC>(f.a + i);
     cuda::Pack<T, VEC> bp{};
-    if (b) bp = cuda::load_pack<T, VEC>(b + i);
+    if (f.b) bp = cuda::load_pack<T, VEC>(f.b + i);
     cuda::Pack<T, VEC> op;
     const int64_t c0 = INTERLEAVED ? i % channels : (i / inner) % channels;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       const int64_t c = INTERLEAVED ? c0 + k : c0;
-      A v = static_cast<A>(ap.v[k]) * k1[c] + k3[c];
-      if (b) v += static_cast<A>(bp.v[k]) * k2[c];
+      A v = (static_cast<A>(ap.v[k]) - (f.a_shift ? f.a_shift[c] : A(0))) * f.k1[c] + f.k3[c];
+      if (f.b) v += (static_cast<A>(bp.v[k]) - (f.b_shift ? f.b_shift[c] : A(0))) * f.k2[c];
       op.v[k] = static_cast<T>(v);
     }
-    cuda::store_pack<T, VEC>(out + i, op);
+    cuda::store_pack<T, VEC>(f.out + i, op);
   }
 }
 
 template <typename T>
-void launch_channel_affine(const BatchNormShape& shape, const T* a, const T* b, const acc_t<T>* k1,
-                           const acc_t<T>* k2, const acc_t<T>* k3, T* out, int64_t numel) {
+void launch_channel_affine(const BatchNormShape& shape, const Affine<T>& f, int64_t numel) {
   const bool interleaved = shape.inner == 1;
   const int64_t run = interleaved ? shape.channels : shape.inner;  // values sharing the pattern
-  const int vec = cuda::pack_width<T>(run, {a, b, out});
+  const int vec = cuda::pack_width<T>(run, {f.a, f.b, f.out});
   const int threads = 256;
   const int sms = cuda::device_properties().multiProcessorCount;
   const int64_t blocks =
       std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
-  const int64_t C = shape.channels, inner = shape.inner;
-#define FASTDL_AFFINE(V, I)                                                                        \
-  cuda::launch(channel_affine_kernel<T, V, I>, {blocks, threads, 0}, a, b, k1, k2, k3, out, numel, \
-               C, inner)
-  if (interleaved) {
-    switch (vec) {
-      case 8:
-        FASTDL_AFFINE(8, true);
-        break;
-      case 4:
-        FASTDL_AFFINE(4, true);
-        break;
-      case 2:
-        FASTDL_AFFINE(2, true);
-        break;
-      default:
-        FASTDL_AFFINE(1, true);
-        break;
+  cuda::with_pack_width(vec, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    if (interleaved) {
+      cuda::launch(channel_affine_kernel<T, V, true>, {blocks, threads, 0}, f, numel,
+                   shape.channels, shape.inner);
+    } else {
+      cuda::launch(channel_affine_kernel<T, V, false>, {blocks, threads, 0}, f, numel,
+                   shape.channels, shape.inner);
     }
-  } else {
-    switch (vec) {
-      case 8:
-        FASTDL_AFFINE(8, false);
-        break;
-      case 4:
-        FASTDL_AFFINE(4, false);
-        break;
-      case 2:
-        FASTDL_AFFINE(2, false);
-        break;
-      default:
-        FASTDL_AFFINE(1, false);
-        break;
-    }
-  }
-#undef FASTDL_AFFINE
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
@@ -349,8 +333,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
                          save_invstd.mutable_data_ptr<A>(), k1, k3);
           }
           if (x.numel() > 0) {
-            launch_channel_affine<T>(shape, x.const_data_ptr<T>(), nullptr, k1, nullptr, k3,
-                                     output.mutable_data_ptr<T>(), x.numel());
+            launch_channel_affine<T>(shape,
+                                     {x.const_data_ptr<T>(), save_mean.const_data_ptr<A>(),
+                                      nullptr, nullptr, k1, nullptr, k3,
+                                      output.mutable_data_ptr<T>()},
+                                     x.numel());
           }
         };
         if (mixed)
@@ -379,11 +366,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto mean = save_mean.contiguous().to(acc);
   const auto invstd = save_invstd.contiguous().to(acc);
-  const auto param_options = x.options().dtype(w.defined() ? w.scalar_type() : x.scalar_type());
+  const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) grad_input = at::empty_like(x);
-  if (output_mask[1] && w.defined()) grad_weight = at::zeros({C}, param_options);
-  if (output_mask[2]) grad_bias = at::zeros({C}, param_options);
+  if (output_mask[1] && w.defined()) grad_weight = at::zeros({C}, x.options().dtype(weight_dtype));
+  if (output_mask[2]) grad_bias = at::zeros({C}, x.options().dtype(bias_dtype));
   if (n == 0 || C == 0) return {grad_input, grad_weight, grad_bias};
   auto coef = at::empty({3, C}, x.options().dtype(acc));
   const int threads = 128;
@@ -408,17 +395,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
           A* k1 = coef[0].mutable_data_ptr<A>();
           A* k2 = coef[1].mutable_data_ptr<A>();
           A* k3 = coef[2].mutable_data_ptr<A>();
-          cuda::launch(finalize_grad_kernel<T, P>, {blocks, threads, 0},
-                       partials.defined()
-                           ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr())
-                           : nullptr,
-                       count, C, n, training, data_or_null<P>(w), mean.const_data_ptr<A>(),
-                       invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
-                       mutable_data_or_null<P>(grad_bias), k1, k2, k3);
+          const auto* sums =
+              partials.defined()
+                  ? reinterpret_cast<const cuda::SumPair<A>*>(partials.const_data_ptr())
+                  : nullptr;
+          const auto finalize = [&](auto bias_tag) {
+            using PB = decltype(bias_tag);
+            cuda::launch(finalize_grad_kernel<T, P, PB>, {blocks, threads, 0}, sums, count, C, n,
+                         training, data_or_null<P>(w), mean.const_data_ptr<A>(),
+                         invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
+                         mutable_data_or_null<PB>(grad_bias), k1, k2, k3);
+          };
+          if (grad_bias.defined() && grad_bias.scalar_type() == c10::CppTypeToScalarType<A>::value) {
+            finalize(A{});
+          } else {
+            finalize(P{});
+          }
           if (grad_input.defined()) {
-            launch_channel_affine<T>(shape, dy.const_data_ptr<T>(),
-                                     training ? x.const_data_ptr<T>() : nullptr, k1, k2, k3,
-                                     grad_input.mutable_data_ptr<T>(), x.numel());
+            launch_channel_affine<T>(shape,
+                                     {dy.const_data_ptr<T>(), nullptr,
+                                      training ? x.const_data_ptr<T>() : nullptr,
+                                      mean.const_data_ptr<A>(), k1, k2, k3,
+                                      grad_input.mutable_data_ptr<T>()},
+                                     x.numel());
           }
         };
         if (mixed)

@@ -8,6 +8,7 @@
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/layer_norm.h"
+#include "fastdl/norm/norm_params.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -246,7 +247,10 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
       cuda::launch(sum_partials_kernel<A, P>, {cuda::ceil_div(cols, threads), threads, 0}, pw,
                    dw.mutable_data_ptr<P>(), chunks, cols);
     }
-    if (db.defined()) {
+    if (db.defined() && db.scalar_type() == c10::CppTypeToScalarType<A>::value) {
+      cuda::launch(sum_partials_kernel<A, A>, {cuda::ceil_div(cols, threads), threads, 0}, pb,
+                   db.mutable_data_ptr<A>(), chunks, cols);
+    } else if (db.defined()) {
       cuda::launch(sum_partials_kernel<A, P>, {cuda::ceil_div(cols, threads), threads, 0}, pb,
                    db.mutable_data_ptr<P>(), chunks, cols);
     }
@@ -297,11 +301,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
   const auto s = rstd.contiguous().to(acc);
   const auto w = contiguous_or_undefined(weight);
   const bool mixed = float_params_for_half_input(x, {w});
-  const auto param_options = x.options().dtype(w.defined() ? w.scalar_type() : x.scalar_type());
+  const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (output_mask[1] && w.defined()) dw = at::zeros(normalized_shape, param_options);
-  if (output_mask[2]) db = at::zeros(normalized_shape, param_options);
+  if (output_mask[1] && w.defined()) dw = at::zeros(normalized_shape, x.options().dtype(weight_dtype));
+  if (output_mask[2]) db = at::zeros(normalized_shape, x.options().dtype(bias_dtype));
   if (shape.rows == 0 || shape.cols == 0) return {dx, dw, db};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_backward_cuda", [&] {
