@@ -448,6 +448,9 @@ __device__ __forceinline__ void mma_accumulate(
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcWarps * 32)
     forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) {
+// WMMA on 16-bit types needs sm_80 (bfloat16); older architectures compile an empty body (the
+// launcher only takes this kernel on sm_80+).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   namespace wmma = nvcuda::wmma;
   using W = typename WmmaType<T>::type;
   using L = TcLayout<D>;
@@ -540,6 +543,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
           l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
     }
   }
+#endif
 }
 
 template <typename T>
