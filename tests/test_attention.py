@@ -42,6 +42,9 @@ SHAPES = [
     (1, 6, 1, 10, 12, 16, 8),
     (1, 1, 1, 1000, 17, 8, 8),
     (1, 1, 1, 3, 1000, 8, 8),
+    # value dims past 128 (the CUDA kernels' widest accumulator buckets)
+    (1, 2, 2, 21, 37, 160, 200),
+    (1, 1, 1, 7, 9, 64, 256),
 ]
 
 
@@ -347,3 +350,31 @@ def test_cuda_tensor_core_forward(device, dtype, head_dim, case):
         args.append(mask)
     ours, ref = _both(**kwargs)
     compare_with_torch(ours, ref, args, dtype)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
+    """The tensor-core forward (half types, E == Ev in {64, 128}) with dropout, on (B, L, H, E)
+    tensors seen as (B, H, L, E) (the strides of a fused projection's output): the float64
+    composition with the same keep mask, and the same seed reproduces it."""
+    B, H, L, S, p = 2, 2, 70, 131, 0.25
+    keep = _dropout_keep_mask((B, H, L, S), p, 3, device, torch.float64)
+    make = lambda n: torch.randn(B, n, H, head_dim, device=device, dtype=dtype).transpose(1, 2)  # noqa: E731
+    q, k, v = (make(n).requires_grad_() for n in (L, S, S))
+    assert q.stride(-2) == H * head_dim
+
+    def ours(q, k, v):
+        torch.manual_seed(3)
+        return FF.scaled_dot_product_attention(q, k, v, dropout_p=p)
+
+    def ref(q, k, v):
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+        return (torch.softmax(scores, -1) * keep.to(q.dtype)) @ v
+
+    with torch.no_grad():
+        out = ours(q, k, v)
+        torch.testing.assert_close(out, ours(q, k, v), rtol=0, atol=0)
+    assert_close_to_reference(out, ref(*(t.double() for t in (q, k, v))), dtype,
+                              baseline=ref(q, k, v))

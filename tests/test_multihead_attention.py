@@ -8,7 +8,7 @@ from torch import nn
 
 import fastdl  # noqa: F401
 import fastdl.nn as fnn
-from helpers import (DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
+from helpers import (cuda_devices, DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
                      check_gradcheck, check_opcheck)
 
 E, HEADS = 16, 4
@@ -272,3 +272,23 @@ def test_weights_op_empty_problems(device):
         assert w.shape == (q_shape[0], q_shape[1], q_shape[2], k_shape[2])
         w.sum().backward()
         assert q.grad.shape == q.shape and k.grad.shape == k.shape
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("average", [True, False])
+def test_need_weights_half(device, dtype, average):
+    """need_weights in half precision: the weights rows (sdpa_weights' CUDA row kernels) and
+    the output, against torch within twice torch's own half error of a float64 reference."""
+    from helpers import assert_close_to_reference
+
+    ours, ref = _pair(device, torch.float64)
+    q, k, v = _inputs(device, torch.float64, False, L=9, S=40)
+    out64, w64 = ref(q, k, v, need_weights=True, average_attn_weights=average)
+    ours, ref = ours.to(dtype), ref.to(dtype)
+    qh, kh, vh = (t.detach().to(dtype) for t in (q, k, v))
+    out, weights = ours(qh, kh, vh, need_weights=True, average_attn_weights=average)
+    base_out, base_w = ref(qh, kh, vh, need_weights=True, average_attn_weights=average)
+    assert out.dtype == weights.dtype == dtype
+    assert_close_to_reference(out, out64.detach(), dtype, baseline=base_out, name="output")
+    assert_close_to_reference(weights, w64.detach(), dtype, baseline=base_w, name="weights")

@@ -7,9 +7,9 @@
 // accumulates output columns lane, lane + 32, ... Only O and the row log-sum-exp are written.
 // Backward: delta_i = rowsum(dO_i * O_i); a dQ kernel shaped like the forward recomputes
 // P = exp(S - lse) and dS = P (dP - delta) per tile and accumulates dQ = scale dS K (and writes
-// dS for a float mask's gradient); a dK/dV kernel gives each warp a tile of keys, walks every
-// query row of the key/value head's group and accumulates dV = P^T dO and dK = scale dS^T Q in
-// shared memory. No atomics.
+// dS for a float mask's gradient); a dK/dV kernel gives each block of 4 warps a tile of 32
+// keys, walks the query rows of the key/value head's group 16 at a time and accumulates
+// dV = P^T dO and dK = scale dS^T Q in shared memory. No atomics.
 // float16/bfloat16 forward with head dims 64 or 128 (E == Ev): a tensor-core kernel (WMMA
 // 16x16x16, float accumulation) over 64-query x 64-key tiles; everything else on CUDA cores.
 // Not yet: tensor cores in backward, wgmma.
@@ -149,11 +149,15 @@ __global__ void __launch_bounds__(kWarps * 32)
       qs, kRowsPerBlock, E, E, rows, [&](int64_t r) { return p.q_row(b, h, row0 + r); },
       threadIdx.x, blockDim.x);
 
+  // Per-row state in registers: every loop over r and c below has a compile-time trip count
+  // and is unrolled (a `break` would keep the arrays in local memory).
   A o[kRowsPerWarp][kChunks];
   A m[kRowsPerWarp], l[kRowsPerWarp];
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     m[r] = detail::sdpa_neg_inf<A>();
     l[r] = 0;
+#pragma unroll
     for (int c = 0; c < kChunks; ++c) o[r][c] = 0;
   }
   const int64_t keys = p.visible_keys(row0 + rows - 1);
@@ -168,39 +172,46 @@ __global__ void __launch_bounds__(kWarps * 32)
         threadIdx.x, blockDim.x);
     __syncthreads();
     const int64_t j = k0 + lane;
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int local = warp * kRowsPerWarp + r;
       const int64_t i = row0 + local;
-      if (i >= p.q_len) break;  // uniform across the warp
-      const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
-      const A new_m = max(m[r], warp_max(s));
-      A prob = detail::sdpa_exp_shifted(s, new_m);
-      const A correction = detail::sdpa_exp_shifted(m[r], new_m);
-      m[r] = new_m;
-      l[r] = l[r] * correction + warp_sum(prob);
-      prob *= p.template keep_factor<A>(b, h, i, j);
-      for (int c = 0; c < kChunks; ++c) o[r][c] *= correction;
-      for (int jj = 0; jj < kTileKeys; ++jj) {
-        const A pj = __shfl_sync(kFullMask, prob, jj);
-        for (int c = 0; c < kChunks; ++c) {
-          const int64_t e = lane + 32 * c;
-          if (e < Ev) o[r][c] += pj * vs[jj * Ev + e];
+      if (i < p.q_len) {  // uniform across the warp
+        const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
+        const A new_m = max(m[r], warp_max(s));
+        A prob = detail::sdpa_exp_shifted(s, new_m);
+        const A correction = detail::sdpa_exp_shifted(m[r], new_m);
+        m[r] = new_m;
+        l[r] = l[r] * correction + warp_sum(prob);
+        prob *= p.template keep_factor<A>(b, h, i, j);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) o[r][c] *= correction;
+        for (int jj = 0; jj < kTileKeys; ++jj) {
+          const A pj = __shfl_sync(kFullMask, prob, jj);
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c) {
+            const int64_t e = lane + 32 * c;
+            if (e < Ev) o[r][c] += pj * vs[jj * Ev + e];
+          }
         }
       }
     }
   }
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = row0 + warp * kRowsPerWarp + r;
-    if (i >= p.q_len) break;
-    const A inv = l[r] > A(0) ? A(1) / l[r] : A(0);
-    T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * Ev;
-    for (int c = 0; c < kChunks; ++c) {
-      const int64_t e = lane + 32 * c;
-      if (e < Ev) out_row[e] = static_cast<T>(o[r][c] * inv);
-    }
-    if (lane == 0) {
-      lse[(b * p.q_heads + h) * p.q_len + i] =
-          l[r] > A(0) ? m[r] + log(l[r]) : detail::sdpa_neg_inf<A>();
+    if (i < p.q_len) {
+      const A inv = l[r] > A(0) ? A(1) / l[r] : A(0);
+      T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * Ev;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const int64_t e = lane + 32 * c;
+        if (e < Ev) out_row[e] = static_cast<T>(o[r][c] * inv);
+      }
+      if (lane == 0) {
+        lse[(b * p.q_heads + h) * p.q_len + i] =
+            l[r] > A(0) ? m[r] + log(l[r]) : detail::sdpa_neg_inf<A>();
+      }
     }
   }
 }
@@ -255,8 +266,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   stage_rows<T, A>(
       dos, kRowsPerBlock, Ev, Ev, rows, [&](int64_t r) { return g.dout_row(b, h, row0 + r); },
       threadIdx.x, blockDim.x);
-  A acc[kRowsPerWarp][kChunks];
+  A acc[kRowsPerWarp][kChunks];  // in registers: the loops over r and c are unrolled
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
+#pragma unroll
     for (int c = 0; c < kChunks; ++c) acc[r][c] = 0;
   }
   const int64_t keys = p.visible_keys(row0 + rows - 1);
@@ -271,109 +284,153 @@ __global__ void __launch_bounds__(kWarps * 32)
         threadIdx.x, blockDim.x);
     __syncthreads();
     const int64_t j = k0 + lane;
+#pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int local = warp * kRowsPerWarp + r;
       const int64_t i = row0 + local;
-      if (i >= p.q_len) break;
-      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
-      const A row_lse = g.lse[row];
-      const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
-      const A prob =
-          row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
-      const A dp =
-          dot(dos + local * Ev, vs + lane * (Ev + 1), Ev) * p.template keep_factor<A>(b, h, i, j);
-      A ds = prob * (dp - g.delta[row]);
-      if (dmask && j < p.kv_len) dmask[row * p.kv_len + j] = static_cast<T>(ds);
-      ds *= static_cast<A>(p.scale);
-      for (int jj = 0; jj < kTileKeys; ++jj) {
-        const A dsj = __shfl_sync(kFullMask, ds, jj);
-        for (int c = 0; c < kChunks; ++c) {
-          const int64_t e = lane + 32 * c;
-          if (e < E) acc[r][c] += dsj * ks[jj * (E + 1) + e];
+      if (i < p.q_len) {  // uniform across the warp
+        const int64_t row = (b * p.q_heads + h) * p.q_len + i;
+        const A row_lse = g.lse[row];
+        const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
+        const A prob =
+            row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
+        const A dp =
+            dot(dos + local * Ev, vs + lane * (Ev + 1), Ev) * p.template keep_factor<A>(b, h, i, j);
+        A ds = prob * (dp - g.delta[row]);
+        if (dmask && j < p.kv_len) dmask[row * p.kv_len + j] = static_cast<T>(ds);
+        ds *= static_cast<A>(p.scale);
+        for (int jj = 0; jj < kTileKeys; ++jj) {
+          const A dsj = __shfl_sync(kFullMask, ds, jj);
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c) {
+            const int64_t e = lane + 32 * c;
+            if (e < E) acc[r][c] += dsj * ks[jj * (E + 1) + e];
+          }
         }
       }
     }
   }
   if (!dq) return;
+#pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = row0 + warp * kRowsPerWarp + r;
-    if (i >= p.q_len) break;
-    T* dq_row = dq + ((b * p.q_heads + h) * p.q_len + i) * E;
-    for (int c = 0; c < kChunks; ++c) {
-      const int64_t e = lane + 32 * c;
-      if (e < E) dq_row[e] = static_cast<T>(acc[r][c]);
+    if (i < p.q_len) {
+      T* dq_row = dq + ((b * p.q_heads + h) * p.q_len + i) * E;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        const int64_t e = lane + 32 * c;
+        if (e < E) dq_row[e] = static_cast<T>(acc[r][c]);
+      }
     }
   }
 }
 
-// One warp per block of kKeys keys of one (batch, key/value head): walks every query row of
-// the head group and accumulates the keys' dK and dV rows in shared memory.
+// dK and dV of a tile of kKeys keys of one (batch, key/value head): a block of kWarps warps
+// walks the query rows of the head group kDkdvRows at a time. Per query tile the threads
+// score its (row, key) pairs (P after dropout and dS into shared memory), then each thread
+// adds a kDkdvRows-term sum to the dK / dV entries it owns (accumulated in shared memory; the
+// same thread owns an entry in every tile). No atomics: a block owns its keys.
+// Shared memory (A): K, V, dK, dV tiles [kKeys][E + 1 | Ev + 1] | Q, dO tiles
+// [kDkdvRows][E + 1 | Ev + 1] | P, dS [kDkdvRows][kKeys + 1] | lse, delta [kDkdvRows].
+constexpr int kDkdvRows = 16;
+
+template <int kKeys>
+size_t dkdv_shared_elements(int64_t E, int64_t Ev) {
+  return static_cast<size_t>(kKeys * 2 * ((E + 1) + (Ev + 1)) + kDkdvRows * ((E + 1) + (Ev + 1)) +
+                             2 * kDkdvRows * (kKeys + 1) + 2 * kDkdvRows);
+}
+
 template <typename T, int kKeys>
-__global__ void __launch_bounds__(32)
+__global__ void __launch_bounds__(kWarps * 32)
     backward_dkdv_kernel(Params<T> p, BackwardArgs<T> g, T* dk, T* dv, int64_t kv_heads,
                          int64_t key_blocks) {
   using A = acc_t<T>;
   FASTDL_DYNAMIC_SHARED(unsigned char, smem);
-  const int64_t E = p.head_dim, Ev = p.value_dim;
-  A* ks = reinterpret_cast<A*>(smem);  // [kKeys][E + 1]
-  A* vs = ks + kKeys * (E + 1);        // [kKeys][Ev + 1]
-  A* dks = vs + kKeys * (Ev + 1);      // [kKeys][E + 1]
-  A* dvs = dks + kKeys * (E + 1);      // [kKeys][Ev + 1]
-  A* q_row = dvs + kKeys * (Ev + 1);   // [E]
-  A* do_row = q_row + E;               // [Ev]
+  const int64_t E = p.head_dim, Ev = p.value_dim, pe = E + 1, pv = Ev + 1;
+  constexpr int kPitch = kKeys + 1;
+  A* ks = reinterpret_cast<A*>(smem);
+  A* vs = ks + kKeys * pe;
+  A* dks = vs + kKeys * pv;
+  A* dvs = dks + kKeys * pe;
+  A* qs = dvs + kKeys * pv;
+  A* dos = qs + kDkdvRows * pe;
+  A* probs = dos + kDkdvRows * pv;  // P times dropout's keep factor
+  A* dss = probs + kDkdvRows * kPitch;
+  A* lse_t = dss + kDkdvRows * kPitch;
+  A* delta_t = lse_t + kDkdvRows;
   const BlockIndex at(blockIdx.x, kv_heads, key_blocks);
   const int64_t b = at.b, kv_h = at.h;
-  const int lane = threadIdx.x;
   const int64_t k0 = at.block * kKeys;
   const int64_t tile = imin(kKeys, p.kv_len - k0);
+  const int t = threadIdx.x, nt = blockDim.x;
   stage_rows<T, A>(
-      ks, kKeys, E, E + 1, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); }, lane, 32);
+      ks, kKeys, E, pe, tile, [&](int64_t r) { return p.k_row(b, kv_h, k0 + r); }, t, nt);
   stage_rows<T, A>(
-      vs, kKeys, Ev, Ev + 1, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); }, lane, 32);
-  for (int64_t idx = lane; idx < kKeys * (E + 1); idx += 32) dks[idx] = 0;
-  for (int64_t idx = lane; idx < kKeys * (Ev + 1); idx += 32) dvs[idx] = 0;
-  const int64_t j = k0 + lane;
-  const bool owns_key = lane < kKeys && j < p.kv_len;
+      vs, kKeys, Ev, pv, tile, [&](int64_t r) { return p.v_row(b, kv_h, k0 + r); }, t, nt);
+  for (int64_t idx = t; idx < kKeys * pe; idx += nt) dks[idx] = 0;
+  for (int64_t idx = t; idx < kKeys * pv; idx += nt) dvs[idx] = 0;
   const A scale = static_cast<A>(p.scale);
   // Under is_causal, query rows before the first key see none of this block's keys.
   const int64_t first_row = p.causal ? imin(k0, p.q_len) : 0;
   for (int64_t h = kv_h * p.group; h < (kv_h + 1) * p.group; ++h) {
-    for (int64_t i = first_row; i < p.q_len; ++i) {
-      __syncwarp();
-      const T* qg = p.q_row(b, h, i);
-      const T* dg = g.dout_row(b, h, i);
-      for (int64_t e = lane; e < E; e += 32) q_row[e] = static_cast<A>(qg[e]);
-      for (int64_t e = lane; e < Ev; e += 32) do_row[e] = static_cast<A>(dg[e]);
-      __syncwarp();
-      if (!owns_key) continue;
-      const int64_t row = (b * p.q_heads + h) * p.q_len + i;
-      const A row_lse = g.lse[row];
-      const A s = p.score(dot(q_row, ks + lane * (E + 1), E), b, h, i, j);
-      const A prob =
-          row_lse == detail::sdpa_neg_inf<A>() ? A(0) : detail::sdpa_exp_shifted(s, row_lse);
-      if (prob == A(0)) continue;
-      const A keep = p.template keep_factor<A>(b, h, i, j);
-      const A dp = dot(do_row, vs + lane * (Ev + 1), Ev) * keep;
-      const A ds = prob * (dp - g.delta[row]) * scale;
-      const A dropped = prob * keep;
-      A* dv_acc = dvs + lane * (Ev + 1);
-      A* dk_acc = dks + lane * (E + 1);
-      for (int64_t e = 0; e < Ev; ++e) dv_acc[e] += dropped * do_row[e];
-      for (int64_t e = 0; e < E; ++e) dk_acc[e] += ds * q_row[e];
+    for (int64_t i0 = first_row; i0 < p.q_len; i0 += kDkdvRows) {
+      const int64_t rows = imin(kDkdvRows, p.q_len - i0);
+      __syncthreads();  // the previous tile's P and dS are consumed (the first time: K, V staged)
+      stage_rows<T, A>(
+          qs, kDkdvRows, E, pe, rows, [&](int64_t r) { return p.q_row(b, h, i0 + r); }, t, nt);
+      stage_rows<T, A>(
+          dos, kDkdvRows, Ev, pv, rows, [&](int64_t r) { return g.dout_row(b, h, i0 + r); }, t, nt);
+      for (int r = t; r < kDkdvRows; r += nt) {
+        const int64_t row = (b * p.q_heads + h) * p.q_len + i0 + r;
+        lse_t[r] = r < rows ? g.lse[row] : detail::sdpa_neg_inf<A>();
+        delta_t[r] = r < rows ? g.delta[row] : A(0);
+      }
+      __syncthreads();
+      for (int idx = t; idx < kDkdvRows * kKeys; idx += nt) {
+        const int r = idx / kKeys, c = idx % kKeys;
+        const int64_t i = i0 + r, j = k0 + c;
+        A dropped = 0, ds = 0;
+        if (r < rows && c < tile && lse_t[r] != detail::sdpa_neg_inf<A>()) {
+          const A s = p.score(dot(qs + r * pe, ks + c * pe, E), b, h, i, j);
+          const A prob = detail::sdpa_exp_shifted(s, lse_t[r]);
+          if (prob != A(0)) {
+            const A keep = p.template keep_factor<A>(b, h, i, j);
+            const A dp = dot(dos + r * pv, vs + c * pv, Ev) * keep;
+            ds = prob * (dp - delta_t[r]) * scale;
+            dropped = prob * keep;
+          }
+        }
+        probs[r * kPitch + c] = dropped;
+        dss[r * kPitch + c] = ds;
+      }
+      __syncthreads();
+      // dV[c] += sum_r P[r][c] dO[r]; dK[c] += sum_r dS[r][c] Q[r].
+      for (int64_t idx = t; idx < kKeys * Ev; idx += nt) {
+        const int64_t c = idx / Ev, e = idx % Ev;
+        A a = 0;
+#pragma unroll
+        for (int r = 0; r < kDkdvRows; ++r) a += probs[r * kPitch + c] * dos[r * pv + e];
+        dvs[c * pv + e] += a;
+      }
+      for (int64_t idx = t; idx < kKeys * E; idx += nt) {
+        const int64_t c = idx / E, e = idx % E;
+        A a = 0;
+#pragma unroll
+        for (int r = 0; r < kDkdvRows; ++r) a += dss[r * kPitch + c] * qs[r * pe + e];
+        dks[c * pe + e] += a;
+      }
     }
   }
-  __syncwarp();
-  for (int64_t idx = lane; idx < tile * E; idx += 32) {
+  __syncthreads();
+  for (int64_t idx = t; idx < tile * E; idx += nt) {
     const int64_t r = idx / E, e = idx % E;
     if (dk)
-      dk[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * E + e] =
-          static_cast<T>(dks[r * (E + 1) + e]);
+      dk[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * E + e] = static_cast<T>(dks[r * pe + e]);
   }
-  for (int64_t idx = lane; idx < tile * Ev; idx += 32) {
+  for (int64_t idx = t; idx < tile * Ev; idx += nt) {
     const int64_t r = idx / Ev, e = idx % Ev;
     if (dv)
-      dv[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * Ev + e] =
-          static_cast<T>(dvs[r * (Ev + 1) + e]);
+      dv[((b * kv_heads + kv_h) * p.kv_len + k0 + r) * Ev + e] = static_cast<T>(dvs[r * pv + e]);
   }
 }
 
@@ -471,6 +528,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   stage_tile16<T, D>(qs, L::qk_pitch, rows, [&](int r) { return p.q_row(b, h, row0 + r); });
   for (int idx = threadIdx.x; idx < kTcRows * L::o_pitch; idx += blockDim.x) os[idx] = 0.0f;
   float m[16], l[16];  // this warp's rows' running max and sum (the same in every lane)
+#pragma unroll  // m and l stay in registers: every loop over r is unrolled
   for (int r = 0; r < 16; ++r) {
     m[r] = detail::sdpa_neg_inf<float>();
     l[r] = 0.0f;
@@ -495,6 +553,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     }
     __syncwarp();
     // Online softmax, one row at a time, two keys per lane.
+#pragma unroll
     for (int r = 0; r < 16; ++r) {
       const int64_t i = row0 + wr + r;
       float s2[2];
@@ -531,16 +590,18 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     __syncwarp();
   }
   __syncthreads();  // with no keys at all, the zeroed accumulators come from other warps
+#pragma unroll
   for (int r = 0; r < 16; ++r) {
     const int64_t i = row0 + wr + r;
-    if (i >= p.q_len) break;
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * D;
-    for (int e = lane; e < D; e += 32)
-      out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
-    if (lane == 0) {
-      lse[(b * p.q_heads + h) * p.q_len + i] =
-          l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
+    if (i < p.q_len) {
+      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * D;
+      for (int e = lane; e < D; e += 32)
+        out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
+      if (lane == 0) {
+        lse[(b * p.q_heads + h) * p.q_len + i] =
+            l[r] > 0.0f ? m[r] + logf(l[r]) : detail::sdpa_neg_inf<float>();
+      }
     }
   }
 #endif
@@ -616,7 +677,7 @@ void check_cuda_dims(const detail::SdpaShape& s) {
 }
 
 int64_t grid_blocks(int64_t blocks) {
-  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl attention: problem too large (", blocks,
+  TORCH_CHECK(blocks <= cuda::max_grid_x(), "fastdl attention: problem too large (", blocks,
               " blocks)");
   return blocks;
 }
@@ -744,23 +805,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
           });
         }
         if (output_mask[1] || output_mask[2]) {
-          const auto dkdv_smem = [&](int keys) {
-            return sizeof(A) * (2 * keys * (shape.head_dim + 1) + 2 * keys * (shape.value_dim + 1) +
-                                shape.head_dim + shape.value_dim);
-          };
           const auto optin = cuda::device_properties().sharedMemPerBlockOptin;
           const auto launch = [&](auto keys) {
             constexpr int kKeys = decltype(keys)::value;
             auto kernel = backward_dkdv_kernel<scalar_t, kKeys>;
-            const size_t smem = dkdv_smem(kKeys);
+            const size_t smem =
+                sizeof(A) * dkdv_shared_elements<kKeys>(shape.head_dim, shape.value_dim);
             allow_shared_memory(kernel, smem);
             const int64_t key_blocks = cuda::ceil_div(shape.kv_len, kKeys);
-            cuda::launch(kernel, {grid_blocks(shape.batch * shape.kv_heads * key_blocks), 32, smem},
-                         params, args, mutable_data_or_null<scalar_t>(grad_key),
-                         mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
+            cuda::launch(
+                kernel, {grid_blocks(shape.batch * shape.kv_heads * key_blocks), kWarps * 32, smem},
+                params, args, mutable_data_or_null<scalar_t>(grad_key),
+                mutable_data_or_null<scalar_t>(grad_value), shape.kv_heads, key_blocks);
           };
-          // 32 keys per warp when they fit in shared memory, else 16 (float64 at the widest dims).
-          if (dkdv_smem(32) <= optin) {
+          // 32 keys a block when they fit in shared memory, else 16 (float64 at the widest dims).
+          if (sizeof(A) * dkdv_shared_elements<32>(shape.head_dim, shape.value_dim) <= optin) {
             launch(std::integral_constant<int, 32>{});
           } else {
             launch(std::integral_constant<int, 16>{});
