@@ -8,6 +8,11 @@ torch.compile and bad-input checks) live in ``helpers.py``; test files do
 import pytest
 import torch
 
+# float32 means float32: torch's own CUDA matmuls and convolutions (the references) may not use
+# TF32, whose ~1e-3 error would loosen the bar for fastdl's float32 CUDA kernels.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
 
 def pytest_configure(config):
     # Also declared in pyproject.toml; registered here so the suite runs from any rootdir.

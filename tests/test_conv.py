@@ -136,10 +136,11 @@ def test_only_some_gradients(device):
     ((1, 3, 5, 5), (6, 1, 3, 3), 1, 1, 1, 3),
     ((3, 4, 4), (2, 3, 2, 2), 1, 0, 1, 1),
 ])
-def test_gradcheck(case):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device, case):
     x_shape, w_shape, stride, padding, dilation, groups = case
-    args = [make(x_shape, "cpu", torch.float64), make(w_shape, "cpu", torch.float64),
-            make(w_shape[0], "cpu", torch.float64)]
+    args = [make(x_shape, device, torch.float64), make(w_shape, device, torch.float64),
+            make(w_shape[0], device, torch.float64)]
     fn = lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
     check_gradcheck(fn, args)
     assert_no_double_backward(fn, args)
@@ -252,6 +253,29 @@ def test_bad_inputs():
         assert_raises_naming(RuntimeError, lambda: FF.conv2d(x.cuda(), w, groups=2), "weight", "device")
 
 
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_chunked_batch_small_budget(device, dtype, groups, monkeypatch):
+    """The CUDA kernels cut the batch so the column buffer stays within its budget: with the
+    budget at two images' columns, 5 images run as chunks of 2, 2 and 1 (forward and both
+    gradients; the weight gradient accumulates over the chunks)."""
+    x, w = make((5, 4, 7, 6), device, dtype), make((6, 4 // groups, 3, 3), device, dtype)
+    b = make(6, device, dtype)
+    monkeypatch.setenv("FASTDL_CONV_COLUMN_BUDGET", str(2 * 4 * 9 * 7 * 6))
+    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, 1, 1, 1, groups),
+                       lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b], dtype)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_input_gradient_sums_in_float32(device, dtype):
+    """grad_input of a half convolution: W^T @ grad_output stays float32 until col2im has
+    summed the taps that read each input element (a 7x7 kernel: 49 taps), then rounds once."""
+    x, w = make((2, 16, 12, 12), device, dtype), make((32, 16, 7, 7), device, dtype)
+    compare_with_torch(lambda x, w: FF.conv2d(x, w, None, 1, 3), lambda x, w: F.conv2d(x, w, None, 1, 3),
+                       [x, w], dtype)
+
+
 def test_chunked_batch():
     """A batch whose column buffer exceeds the CPU budget runs in chunks (2 images, then 1)."""
     x, w, b = make((3, 8, 300, 300), "cpu", torch.float32), make((5, 8, 3, 3), "cpu", torch.float32), \
@@ -264,10 +288,11 @@ def test_chunked_batch():
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3 * e.abs().max().item(), msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("groups", [1, 4])
-def test_empty_batch(groups):
-    x, w = make((0, 4, 5, 5), "cpu", torch.float64), make((4, 4 // groups, 3, 3), "cpu", torch.float64)
-    b = make(4, "cpu", torch.float64)
+def test_empty_batch(device, groups):
+    x, w = make((0, 4, 5, 5), device, torch.float64), make((4, 4 // groups, 3, 3), device, torch.float64)
+    b = make(4, device, torch.float64)
     compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, 1, 1, 1, groups),
                        lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b], torch.float64)
 

@@ -16,7 +16,7 @@ import torch
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 from fastdl.reference import histogram_reference
-from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
                      assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
                      assert_unchanged, check_compile, check_gradcheck, check_opcheck,
                      compare_with_torch)
@@ -118,6 +118,9 @@ CASES = {
     "unbatched_mask": dict(bags=None, n=7, f=5, b=4, mask=True),
     "unbatched_shared_sum": dict(bags=None, n=7, f=5, b=4, shared=True, normalize=False),
     "wide": dict(bags=2, n=37, f=19, b=33, mask=True),
+    # more bins than 256 (CUDA: one feature a block, 320 threads) and one feature of 1000
+    "bins300": dict(bags=2, n=11, f=3, b=300, mask=True),
+    "bins1000": dict(bags=1, n=5, f=1, b=1000),
     "sharpness20": dict(bags=3, n=9, f=4, b=5, mask=True, sharpness=20.0),
 }
 
@@ -674,3 +677,15 @@ def test_bad_sharpness(device, sharpness):
     x = torch.rand(2, 3, 4, device=device)
     c, w = torch.rand(4, 5, device=device), torch.full((4, 5), 0.2, device=device)
     assert_raises_naming(ValueError, lambda: FF.histogram(x, c, w, "sigmoid", sharpness=sharpness), "sharpness")
+
+
+@pytest.mark.parametrize("device", devices(("cuda_sim",)))
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_bags_past_the_grid(device, kernel, shared):
+    """More bags than the grid's y extent (65535 on a GPU; 3 on the emulated device here): the
+    forward and parameter-gradient kernels' loops over bags, and the sums over bags."""
+    import fastdl.testing
+
+    with fastdl.testing.cuda_sim(max_grid=(0, 3, 3)):
+        _run_case(device, torch.float32, kernel, dict(bags=8, n=5, f=3, b=4, mask=True), shared=shared)

@@ -15,7 +15,7 @@ import fastdl
 import fastdl.testing
 from fastdl.functional import induced_attention, induced_attention_with_lse
 from fastdl.reference import induced_attention_reference
-from helpers import (cuda_devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+from helpers import (cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
                      check_opcheck, compare_with_torch)
 
@@ -33,6 +33,8 @@ SHAPES = [
     (1, 1, 300, 260, 3, 7),    # many queries over two key chunks
     (3, 1, 13, 13, 9, 9),      # L = S, odd
     (2, 2, 1, 1, 4, 4),        # one query, one key
+    (1, 2, 5, 300, 40, 72),    # head dims past one warp's 32 lanes, not a multiple of 32
+    (1, 1, 70, 20, 64, 64),    # the common 64-wide heads, many queries
 ]
 
 
@@ -229,3 +231,16 @@ def test_output_layout_merges_heads_for_free():
     q, k, v, _ = _inputs((2, 3, 5, 9, 4, 6), "cpu", torch.float32)
     out = induced_attention(q, k, v)
     assert out.transpose(1, 2).is_contiguous()
+
+
+@pytest.mark.parametrize("device", devices(("cuda_sim",)))
+def test_key_splits_past_the_grid(device):
+    """Few queries over many keys want more key splits than the grid's y extent holds (65535 on
+    a GPU; 2 on the emulated device): each split takes more keys, then they are merged."""
+    import fastdl.testing
+
+    q, k, v, mask = _inputs((1, 2, 3, 1500, 8, 8), device, torch.float32, "tail")
+    with fastdl.testing.cuda_sim(max_grid=(0, 2, 2)):
+        compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
+                           lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v],
+                           torch.float32)

@@ -10,7 +10,7 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
                      assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
                      assert_unchanged, check_compile, check_compile_module, check_gradcheck,
                      check_opcheck, compare_with_torch, device_dtypes)
@@ -577,3 +577,29 @@ def test_half_input_float32_bias_without_weight(device, dtype):
     FF.layer_norm(x, (4,), None, b).backward(torch.full((100, 4), 1000.0, device=device, dtype=dtype))
     assert b.grad.dtype == torch.float32
     torch.testing.assert_close(b.grad, torch.full((4,), 100000.0, device=device))
+
+
+# Row lengths across the CUDA kernels' choices: 8-wide half loads (cols % 8 == 0), 4-wide float
+# loads, an odd length (scalar loads), and 64/128/256/512-thread blocks (cols / width up to
+# 256, 1024, 4096 and beyond).
+WIDE_ROWS = [8, 1032, 4104, 8192, 9000, 16384, 20000]
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("cols", WIDE_ROWS)
+def test_row_lengths_across_load_widths_and_block_sizes(device, dtype, cols):
+    x = torch.randn(3, cols, device=device, dtype=dtype).requires_grad_()
+    w, b = _params((cols,), device, dtype, "weight_bias")
+    compare_with_torch(*_fns((cols,)), [x, w, b], dtype)
+
+
+@pytest.mark.parametrize("device", devices(("cuda_sim",)))
+def test_rows_past_the_grid(device):
+    """More rows than the grid's x extent (2^31 - 1 on a GPU; 4 on the emulated device): each
+    block takes rows blockIdx.x, + gridDim.x, ... in forward and backward."""
+    import fastdl.testing
+
+    x = torch.randn(11, 37, device=device).requires_grad_()
+    w, b = _params((37,), device, torch.float32, "weight_bias")
+    with fastdl.testing.cuda_sim(max_grid=(4, 0, 0)):
+        compare_with_torch(*_fns((37,)), [x, w, b], torch.float32)

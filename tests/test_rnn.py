@@ -12,7 +12,7 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.reference import peephole_lstm
-from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_compile_module, check_gradcheck, check_opcheck,
                      compare_with_torch)
@@ -165,37 +165,41 @@ def _gru_args(device, dtype, steps=T, batch=B, bias=True):
                 bias_ih=mk(3 * H) if bias else None, bias_hh=mk(3 * H) if bias else None)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("proj", [0, 3])
 @pytest.mark.parametrize("peephole", [False, True])
-def test_lstm_gradcheck(reverse, proj, peephole):
-    a = _lstm_args("cpu", torch.float64, steps=4, batch=3, proj=proj, peephole=peephole)
+def test_lstm_gradcheck(device, reverse, proj, peephole):
+    a = _lstm_args(device, torch.float64, steps=4, batch=3, proj=proj, peephole=peephole)
     lengths = torch.tensor([4, 2, 3])
     keys = list(a)
     fn = lambda *v: FF.lstm(**dict(zip(keys, v)), lengths=lengths, reverse=reverse)  # noqa: E731
     check_gradcheck(fn, list(a.values()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_gru_gradcheck(reverse, bias):
-    a = _gru_args("cpu", torch.float64, steps=4, batch=3, bias=bias)
+def test_gru_gradcheck(device, reverse, bias):
+    a = _gru_args(device, torch.float64, steps=4, batch=3, bias=bias)
     keys = list(a)
     fn = lambda *v: FF.gru(**dict(zip(keys, v)), lengths=torch.tensor([1, 4, 3]), reverse=reverse)  # noqa: E731
     check_gradcheck(fn, list(a.values()))
 
 
-def test_cells_gradcheck():
-    a = _lstm_args("cpu", torch.float64, steps=1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_cells_gradcheck(device):
+    a = _lstm_args(device, torch.float64, steps=1)
     check_gradcheck(lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
                     [a[k] for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
-    g = _gru_args("cpu", torch.float64, steps=1)
+    g = _gru_args(device, torch.float64, steps=1)
     check_gradcheck(lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
                     [g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
 
 
-def test_no_double_backward():
-    a = _gru_args("cpu", torch.float64, steps=2, batch=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_double_backward(device):
+    a = _gru_args(device, torch.float64, steps=2, batch=2)
     assert_no_double_backward(lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0], [a["input"], a["hx"]])
 
 
@@ -219,45 +223,50 @@ def test_lstm_lengths_match_torch_packed(device, dtype, reverse):
     assert_close_to_reference(ours[2], cn[d], dtype, **tol)
 
 
-def test_zero_length_elements_keep_initial_state():
-    a = _gru_args("cpu", torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_length_elements_keep_initial_state(device):
+    a = _gru_args(device, torch.float32)
     out, h = FF.gru(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], lengths=torch.tensor([0, 5, 0]))
     assert (out[:, 0] == 0).all() and torch.equal(h[0], a["hx"][0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0), (0, 0)])
-def test_empty_sequences_and_batches(steps, batch):
-    a = _lstm_args("cpu", torch.float64, steps=steps, batch=batch, proj=3)
+def test_empty_sequences_and_batches(device, steps, batch):
+    a = _lstm_args(device, torch.float64, steps=steps, batch=batch, proj=3)
     out, h, c = FF.lstm(**a)
     assert out.shape == (steps, batch, 3) and torch.equal(h, a["hx"]) and torch.equal(c, a["cx"])
     (out.sum() + h.sum() + c.sum()).backward()
     assert a["weight_hh"].grad.abs().sum() == 0 and torch.equal(a["hx"].grad, torch.ones_like(a["hx"]))
-    g = _gru_args("cpu", torch.float64, steps=steps, batch=batch)
+    g = _gru_args(device, torch.float64, steps=steps, batch=batch)
     out, h = FF.gru(**g, lengths=torch.zeros(batch, dtype=torch.long))
     (out.sum() + h.sum()).backward()
     assert g["bias_hh"].grad.abs().sum() == 0
 
 
-def test_opcheck():
-    a = _lstm_args("cpu", torch.float32, proj=3, peephole=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    a = _lstm_args(device, torch.float32, proj=3, peephole=True)
     check_opcheck(torch.ops.fastdl.lstm_forward, list(a.values()) + [torch.tensor([5, 2, 4]), True])
-    check_opcheck(torch.ops.fastdl.lstm_forward, list(_lstm_args("cpu", torch.float32, bias=False).values())
+    check_opcheck(torch.ops.fastdl.lstm_forward, list(_lstm_args(device, torch.float32, bias=False).values())
                   + [None, False])
-    g = _gru_args("cpu", torch.float32)
+    g = _gru_args(device, torch.float32)
     check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [torch.tensor([1, 5, 3]), False])
     check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [None, True])
 
 
-def test_compile_functional():
-    a = _lstm_args("cpu", torch.float32, proj=3)
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_functional(device):
+    a = _lstm_args(device, torch.float32, proj=3)
     check_compile(lambda *v: torch.cat([t.flatten() for t in FF.lstm(*v)]), *a.values())
-    g = _gru_args("cpu", torch.float32)
+    g = _gru_args(device, torch.float32)
     check_compile(lambda *v: torch.cat([t.flatten() for t in FF.gru(*v, lengths=torch.tensor([5, 1, 3]))]), *g.values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_compile_module(kind):
-    ours, _ = _pair(kind, "cpu", torch.float32, num_layers=2, bidirectional=True)
+def test_compile_module(device, kind):
+    ours, _ = _pair(kind, device, torch.float32, num_layers=2, bidirectional=True)
 
     class Head(nn.Module):
         def __init__(self):
@@ -269,20 +278,22 @@ def test_compile_module(kind):
     # Dynamo refuses every torch.nn.RNNBase subclass unless allow_rnn is set (cuDNN's flat
     # weights); fastdl's modules trace fully through their fake kernels once it is.
     with torch._dynamo.config.patch(allow_rnn=True):
-        check_compile_module(Head(), torch.randn(T, B, I, requires_grad=True))
+        check_compile_module(Head(), torch.randn(T, B, I, device=device, requires_grad=True))
 
 
-def test_inputs_unchanged():
-    a = _lstm_args("cpu", torch.float32, proj=3, peephole=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_inputs_unchanged(device):
+    a = _lstm_args(device, torch.float32, proj=3, peephole=True)
     assert_unchanged(list(a.values()), lambda: FF.lstm(**a, lengths=torch.tensor([5, 1, 3]))[0].sum().backward())
-    g = _gru_args("cpu", torch.float32)
+    g = _gru_args(device, torch.float32)
     assert_unchanged(list(g.values()), lambda: FF.gru(**g)[0].sum().backward())
 
 
-def test_noncontiguous_inputs():
-    a = _lstm_args("cpu", torch.float64)
-    x = torch.randn(B, T, 2 * I, dtype=torch.float64)[:, :, ::2].transpose(0, 1)
-    w = torch.randn(I, 4 * H, dtype=torch.float64).t()
+@pytest.mark.parametrize("device", DEVICES)
+def test_noncontiguous_inputs(device):
+    a = _lstm_args(device, torch.float64)
+    x = torch.randn(B, T, 2 * I, device=device, dtype=torch.float64)[:, :, ::2].transpose(0, 1)
+    w = torch.randn(I, 4 * H, device=device, dtype=torch.float64).t()
     out = FF.lstm(x, a["hx"], a["cx"], w, a["weight_hh"])
     ref = FF.lstm(x.contiguous(), a["hx"], a["cx"], w.contiguous(), a["weight_hh"])
     for o, r in zip(out, ref):
@@ -462,3 +473,44 @@ def test_large_products_match_torch(device, dtype, kind):
               for _ in range(2 if kind == "lstm" else 1)]
     args = [x, *states] + [p.detach().clone().requires_grad_() for p in ref.parameters()]
     compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_half_inputs_keep_the_state_in_float32(device, dtype, kind):
+    """Half inputs: what carries from step to step and what backward reads back (LSTM gates
+    and cells, GRU work) is float32, as torch keeps it; outputs and states come back in the
+    input's dtype; a 64-step sequence's outputs and gradients stay within twice torch's own
+    half error of a float64 reference."""
+    if kind == "lstm":
+        a = _lstm_args(device, dtype, steps=64, batch=3, proj=3)
+        out = torch.ops.fastdl.lstm_forward(*a.values(), None, False)
+        assert [t.dtype for t in out[3:5]] == [torch.float32] * 2  # gates, cells
+        assert [t.dtype for t in out[:3]] == [dtype] * 3
+    else:
+        a = _gru_args(device, dtype, steps=64, batch=3)
+        out = torch.ops.fastdl.gru_forward(*a.values(), None, False)
+        assert out[2].dtype == torch.float32 and out[0].dtype == out[1].dtype == dtype
+    ours, ref = _pair(kind, device, dtype)
+    args = _module_args(kind, ref, device, dtype, steps=64)
+    compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
+
+
+@pytest.mark.parametrize("device", devices(("cuda_sim",)))
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_column_sums_past_the_grid(device, kind):
+    """Bias gradients of 4H = 800 columns on an emulated device whose grid holds 16 column
+    tiles: the kernel's grid-stride loop over tiles runs (at H = 200 on any real GPU it would
+    not)."""
+    import fastdl.testing
+
+    torch_type, ours_type = (nn.LSTM, fnn.LSTM) if kind == "lstm" else (nn.GRU, fnn.GRU)
+    ref = torch_type(I, 200)
+    ours = ours_type(I, 200)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, I, requires_grad=True)
+    h0 = [torch.randn(1, 2, 200, requires_grad=True) for _ in range(2 if kind == "lstm" else 1)]
+    args = [x] + h0 + [p.detach().clone().requires_grad_() for p in ref.parameters()]
+    with fastdl.testing.cuda_sim(max_grid=(0, 1, 1)):
+        compare_with_torch(_module_fn(ours), _module_fn(ref), args, torch.float32)

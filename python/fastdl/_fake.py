@@ -215,8 +215,10 @@ def _lstm_forward(input, hx, cx, weight_ih, weight_hh, bias_ih=None, bias_hh=Non
     T, B, H = _rnn_check_input("fastdl.lstm", input, weight_ih, 4)
     P = weight_hr.shape[0] if weight_hr is not None else H
     new = input.new_empty
-    return (new((T, B, P)), new((B, P)), new((B, H)), new((T, B, 4 * H)), new((T, B, H)),
-            new((T, B, P)), new((T if weight_hr is not None else 0, B, H)))
+    state = _stats_dtype(input)  # gates and cells stay float32 for half inputs (rnn.h)
+    return (new((T, B, P)), new((B, P)), new((B, H)), new((T, B, 4 * H), dtype=state),
+            new((T, B, H), dtype=state), new((T, B, P)),
+            new((T if weight_hr is not None else 0, B, H)))
 
 
 @register_fake("fastdl::lstm_backward")
@@ -232,7 +234,7 @@ def _lstm_backward(grad_output, grad_hy, grad_cy, input, hx, cx, weight_ih, weig
 def _gru_forward(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, lengths=None, reverse=False):
     T, B, H = _rnn_check_input("fastdl.gru", input, weight_ih, 3)
     new = input.new_empty
-    return new((T, B, H)), new((B, H)), new((T, B, 4 * H)), new((T, B, H))
+    return new((T, B, H)), new((B, H)), new((T, B, 4 * H), dtype=_stats_dtype(input)), new((T, B, H))
 
 
 @register_fake("fastdl::gru_backward")

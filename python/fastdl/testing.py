@@ -119,11 +119,21 @@ _register_functionalized_ops()
 
 
 @contextlib.contextmanager
-def cuda_sim() -> Iterator[None]:
-    """Run fastdl's CUDA kernels, in the emulator, for every fastdl op called inside."""
+def cuda_sim(max_grid: Optional[tuple[int, int, int]] = None) -> Iterator[None]:
+    """Run fastdl's CUDA kernels, in the emulator, for every fastdl op called inside.
+
+    ``max_grid`` emulates a device with smaller grid limits (x, y, z; 0 keeps the real one),
+    so that the kernels' paths past the limits (grid-stride loops over rows, bags, key
+    splits) run at small sizes."""
     _load()
-    with _CudaSimMode():
-        yield
+    if max_grid is not None:
+        torch.ops.fastdl_cudasim._set_max_grid(*max_grid)
+    try:
+        with _CudaSimMode():
+            yield
+    finally:
+        if max_grid is not None:
+            torch.ops.fastdl_cudasim._set_max_grid(0, 0, 0)
 
 
 @contextlib.contextmanager

@@ -115,6 +115,8 @@ DeviceProperties make_properties() {
                                                    : 98304;
   p.maxThreadsPerBlock = kMaxThreads;
   p.warpSize = 32;
+  p.maxGridSize[0] = 2147483647;
+  p.maxGridSize[1] = p.maxGridSize[2] = 65535;
   return p;
 }
 
@@ -768,10 +770,24 @@ extern "C" __attribute__((visibility("hidden"))) void __asan_after_dynamic_init(
 
 namespace fastdl::cuda_sim {
 
-const DeviceProperties& device_properties() {
-  static const DeviceProperties p = make_properties();
+namespace {
+DeviceProperties& mutable_properties() {
+  static DeviceProperties p = make_properties();
   return p;
 }
+
+// Tests emulate a device with smaller grid limits, so that the kernels' paths past the
+// limits (grid-stride loops over rows, bags, splits) run at small sizes. 0 restores a limit.
+void set_max_grid(int64_t x, int64_t y, int64_t z) {
+  const DeviceProperties real = make_properties();
+  auto& p = mutable_properties();
+  p.maxGridSize[0] = x > 0 ? static_cast<int>(x) : real.maxGridSize[0];
+  p.maxGridSize[1] = y > 0 ? static_cast<int>(y) : real.maxGridSize[1];
+  p.maxGridSize[2] = z > 0 ? static_cast<int>(z) : real.maxGridSize[2];
+}
+}  // namespace
+
+const DeviceProperties& device_properties() { return mutable_properties(); }
 
 namespace {
 std::mutex g_launches_mutex;
@@ -838,9 +854,12 @@ void run_grid(KernelLaunch& k) {
   const int64_t threads = int64_t(k.block.x) * k.block.y * k.block.z;
   if (k.grid.x == 0 || k.grid.y == 0 || k.grid.z == 0) {
     bad << "an empty grid (" << k.grid.x << ", " << k.grid.y << ", " << k.grid.z << ")";
-  } else if (k.grid.x > 2147483647u || k.grid.y > 65535 || k.grid.z > 65535) {
+  } else if (k.grid.x > static_cast<unsigned>(props.maxGridSize[0]) ||
+             k.grid.y > static_cast<unsigned>(props.maxGridSize[1]) ||
+             k.grid.z > static_cast<unsigned>(props.maxGridSize[2])) {
     bad << "grid (" << k.grid.x << ", " << k.grid.y << ", " << k.grid.z
-        << ") beyond the limits (2^31-1, 65535, 65535)";
+        << ") beyond the device's limits (" << props.maxGridSize[0] << ", "
+        << props.maxGridSize[1] << ", " << props.maxGridSize[2] << ")";
   } else if (threads == 0 || threads > props.maxThreadsPerBlock || k.block.x > 1024 ||
              k.block.y > 1024 || k.block.z > 64) {
     bad << "a block of (" << k.block.x << ", " << k.block.y << ", " << k.block.z << ") threads";
@@ -897,6 +916,7 @@ TORCH_LIBRARY(fastdl_cudasim, m) {
   // The emulator's own: "kernel\tlaunches" for every kernel launched so far (tests/conftest.py
   // reports which kernels of the tree have run).
   m.def("_kernel_launches() -> str[]", &fastdl::cuda_sim::kernel_launches);
+  m.def("_set_max_grid(int x, int y, int z) -> ()", &fastdl::cuda_sim::set_max_grid);
   for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
     if (name.name.rfind("fastdl::", 0) != 0) continue;
     const auto op = c10::Dispatcher::singleton().findOp(name);

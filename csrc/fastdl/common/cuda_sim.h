@@ -147,6 +147,7 @@ inline T shuffle(Shuffle kind, const char* name, unsigned mask, T var, int arg, 
 // The fields of cudaDeviceProp the launchers read.
 struct DeviceProperties {
   int major, minor, multiProcessorCount, maxThreadsPerBlock, warpSize;
+  int maxGridSize[3];
   size_t sharedMemPerBlock, sharedMemPerBlockOptin;
 };
 const DeviceProperties& device_properties();

@@ -5,6 +5,8 @@
 #include "fastdl/common/cuda_runtime.cuh"
 
 #include <ATen/AccumulateType.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
 
 #include <cstdint>
 
@@ -15,8 +17,11 @@ template <typename T>
 using acc_t = at::acc_type<T, /*is_cuda=*/true>;
 
 constexpr int kWarpSize = 32;
-constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit (y and z: 65535)
-constexpr int64_t kMaxGridYZ = 65535;
+
+// The device's grid limits (2^31 - 1 along x, 65535 along y and z on every GPU since sm_30;
+// the emulator can emulate smaller ones, so the paths past them are tested).
+inline int64_t max_grid_x() { return device_properties().maxGridSize[0]; }
+inline int64_t max_grid_yz() { return device_properties().maxGridSize[1]; }
 
 // The reduction states below are aggregates without initialisers, so they can live in
 // shared memory; value-initialise them (`Welford<float> w{};`) to start from zero.
@@ -135,15 +140,44 @@ inline int pack_width(int64_t n, std::initializer_list<const void*> ptrs) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// out (float32) = a @ b, or += when `accumulate`, for float16/bfloat16 a and b: cuBLAS multiplies
+// the half operands and accumulates and writes in float, so the result is not rounded to half
+// (the emulator, whose CPU matmul has no mixed form, multiplies float copies: the same sums).
+inline void mm_into_float(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
+                          bool accumulate) {
+#if defined(FASTDL_CUDA_SIM)
+  const auto af = a.to(at::kFloat), bf = b.to(at::kFloat);
+  if (accumulate) {
+    out.addmm_(af, bf);
+  } else {
+    at::mm_out(out, af, bf);
+  }
+#else
+  if (accumulate) {
+    at::addmm_out(out, out, a, b, at::kFloat);
+  } else {
+    at::mm_out(out, a, b, at::kFloat);
+  }
+#endif
+}
+
 // f(std::integral_constant<int, V>{}) for V = vec, one of 8, 4, 2, 1: a vector width chosen at
 // run time (pack_width) as the template argument of a kernel.
 template <typename F>
 void with_pack_width(int vec, F&& f) {
   switch (vec) {
-    case 8: f(std::integral_constant<int, 8>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    default: f(std::integral_constant<int, 1>{}); break;
+    case 8:
+      f(std::integral_constant<int, 8>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    default:
+      f(std::integral_constant<int, 1>{});
+      break;
   }
 }
 
@@ -155,8 +189,8 @@ void with_pack_width(int vec, F&& f) {
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, at least one (an
 // empty grid is a launch error), capped so the loop does the rest.
 inline unsigned grid_stride_blocks(int64_t n, int threads) {
-  return static_cast<unsigned>(
-      std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, threads), 65535 * 8)));
+  const int64_t cap = std::min<int64_t>(65535 * 8, max_grid_x());
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(ceil_div(n, threads), cap)));
 }
 
 }  // namespace fastdl::cuda

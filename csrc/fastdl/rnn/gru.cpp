@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
   // Input projections of every step in one GEMM (biases are added by the step kernel, which
   // needs W_hn h + b_hn apart from W_in x + b_in).
   const auto x_gates = rnn_mm(kernels, x.view({T * B, s.input}), weight_ih.t()).view({T, B, 3 * H});
-  auto work = at::empty({T, B, 4 * H}, opts);
+  auto work = at::empty({T, B, 4 * H}, opts.dtype(rnn_state_dtype(x)));
   auto hiddens = at::empty({T, B, H}, opts);
   auto output = at::empty({T, B, H}, opts);
   auto h_gates = at::empty({B, 3 * H}, opts);
@@ -90,7 +90,10 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
               kOp, ": the saved work/hiddens do not match the input's shape");
   if (present(grad_output)) check_shape(*grad_output, {T, B, H}, kOp, "grad_output");
 
-  auto dh = present(grad_hy) ? grad_hy->contiguous().clone() : at::zeros({B, H}, opts);
+  // The running gradient of the state, in the state dtype.
+  const auto state_dtype = rnn_state_dtype(x);
+  auto dh = present(grad_hy) ? grad_hy->contiguous().to(state_dtype, false, /*copy=*/true)
+                             : at::zeros({B, H}, opts.dtype(state_dtype));
   auto dx_gates = at::empty({T, B, 3 * H}, opts);
   auto dh_gates = at::empty({T, B, 3 * H}, opts);
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
@@ -134,7 +137,8 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
     d_b_hh = at::empty({3 * H}, opts);
     kernels.column_sums(dgh, d_b_hh);
   }
-  return {d_input, output_mask[1] ? dh : at::Tensor(), d_w_ih, d_w_hh, d_b_ih, d_b_hh};
+  return {d_input, output_mask[1] ? dh.to(x.scalar_type()) : at::Tensor(), d_w_ih, d_w_hh, d_b_ih,
+          d_b_hh};
 }
 
 }  // namespace detail

@@ -48,13 +48,14 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
   const bool projected = present(weight_hr);
   const auto x = input.contiguous();
   const auto opts = x.options();
-  const auto h0 = hx.contiguous(), c0 = cx.contiguous();
+  const auto state_opts = opts.dtype(rnn_state_dtype(x));
+  const auto h0 = hx.contiguous(), c0 = cx.contiguous().to(state_opts.dtype());
   const auto len = lengths_for(lengths, x);
 
   // Input projections of every step in one GEMM (biases are added by the step kernel).
   const auto x_gates = rnn_mm(kernels, x.view({T * B, s.input}), weight_ih.t()).view({T, B, 4 * H});
-  auto gates = at::empty({T, B, 4 * H}, opts);
-  auto cells = at::empty({T, B, H}, opts);
+  auto gates = at::empty({T, B, 4 * H}, state_opts);
+  auto cells = at::empty({T, B, H}, state_opts);
   auto hiddens = at::empty({T, B, P}, opts);
   auto output = at::empty({T, B, P}, opts);
   auto hidden_pre = at::empty({projected ? T : 0, B, H}, opts);
@@ -89,7 +90,7 @@ lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tenso
   }
   const int64_t last = reverse ? 0 : T - 1;
   auto h_n = T > 0 ? hiddens[last].clone() : h0.clone();
-  auto c_n = T > 0 ? cells[last].clone() : c0.clone();
+  auto c_n = (T > 0 ? cells[last] : c0).to(x.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
   return {output, h_n, c_n, gates, cells, hiddens, hidden_pre};
 }
 
@@ -108,7 +109,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   const bool projected = present(weight_hr);
   const auto x = input.contiguous();
   const auto opts = x.options();
-  const auto h0 = hx.contiguous(), c0 = cx.contiguous();
+  const auto state_opts = opts.dtype(rnn_state_dtype(x));
+  const auto h0 = hx.contiguous(), c0 = cx.contiguous().to(state_opts.dtype());
   const auto len = lengths_for(lengths, x);
   TORCH_CHECK(gates.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
                   cells.sizes() == at::IntArrayRef({T, B, H}) &&
@@ -117,12 +119,16 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   if (present(grad_output)) check_shape(*grad_output, {T, B, P}, kOp, "grad_output");
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
 
-  // Running gradients of the state after the step being processed.
-  auto dh = present(grad_hy) ? grad_hy->contiguous().clone() : at::zeros({B, P}, opts);
-  auto dc = present(grad_cy) ? grad_cy->contiguous().clone() : at::zeros({B, H}, opts);
+  // Running gradients of the state after the step being processed (state dtype).
+  const auto state_copy = [&](const std::optional<at::Tensor>& g, at::IntArrayRef shape) {
+    return present(g) ? g->contiguous().to(state_opts.dtype(), false, /*copy=*/true)
+                      : at::zeros(shape, state_opts);
+  };
+  auto dh = state_copy(grad_hy, {B, P});
+  auto dc = state_copy(grad_cy, {B, H});
   auto dgates = at::empty({T, B, 4 * H}, opts);
   auto dh_total = at::empty({projected ? T : 0, B, P}, opts);
-  auto dr = projected ? at::empty({B, H}, opts) : at::Tensor();
+  auto dr = projected ? at::empty({B, H}, state_opts) : at::Tensor();
   const auto w_hr = projected ? weight_hr->contiguous() : at::Tensor();
   const auto w_hh = weight_hh.contiguous();
 
@@ -186,8 +192,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
                           d_peephole);
   }
   return {d_input,
-          output_mask[1] ? dh : at::Tensor(),
-          output_mask[2] ? dc : at::Tensor(),
+          output_mask[1] ? dh.to(x.scalar_type()) : at::Tensor(),
+          output_mask[2] ? dc.to(x.scalar_type()) : at::Tensor(),
           d_w_ih,
           d_w_hh,
           d_b_ih,

@@ -57,26 +57,38 @@ namespace detail {
 // `lengths` is undefined or an int64 (B,) tensor on the kernel's device; element b is active
 // at step t when t < lengths[b].
 
+// Tensors marked [state] are in the state dtype (rnn_state_dtype: float32 for float16/bfloat16
+// inputs, as torch keeps them): what carries from step to step (the cell, the running
+// gradients) and what backward reads back (gates, GRU work) never rounds to half precision.
+// The others (GEMM operands, outputs) are in the input's dtype; a product accumulated into a
+// [state] tensor takes half operands and writes float (matmul's mixed case).
+inline at::ScalarType rnn_state_dtype(const at::Tensor& input) {
+  const auto dtype = input.scalar_type();
+  return dtype == at::kHalf || dtype == at::kBFloat16 ? at::kFloat : dtype;
+}
+
 struct LstmStepForward {
   at::Tensor x_gates;                     // (B, 4H) W_ih x(t), no bias
   at::Tensor h_gates;                     // (B, 4H) W_hh h(t-1), no bias
   at::Tensor bias_ih, bias_hh, peephole;  // (4H), (4H), (3, H); each may be undefined
-  at::Tensor c_prev;                      // (B, H)
+  at::Tensor c_prev;                      // [state] (B, H)
   at::Tensor h_prev;  // (B, H) read when `output` is defined (no projection): carried state
   at::Tensor lengths;
   int64_t t;
-  at::Tensor gates;   // out (B, 4H): activated i, f, g, o (zeros where inactive)
-  at::Tensor c;       // out (B, H): new cell state (c_prev where inactive)
+  at::Tensor gates;   // [state] out (B, 4H): activated i, f, g, o (zeros where inactive)
+  at::Tensor c;       // [state] out (B, H): new cell state (c_prev where inactive)
   at::Tensor h;       // out (B, H): o ⊙ tanh(c) (h_prev where inactive, when no projection)
   at::Tensor output;  // out (B, H) or undefined (projection): h where active, else 0
 };
 
 struct LstmStepBackward {
-  at::Tensor gates, c, c_prev, peephole;  // saved by forward; peephole may be undefined
-  at::Tensor dh;           // (B, H) gradient of o ⊙ tanh(c); zeroed where active when `dh_is_state`
+  at::Tensor gates, c, c_prev;  // [state] saved by forward
+  at::Tensor peephole;          // (3, H) or undefined
+  // [state] (B, H) gradient of o ⊙ tanh(c); zeroed where active when `dh_is_state`
+  at::Tensor dh;
   at::Tensor grad_output;  // (B, H) added to dh where active, or undefined
   bool dh_is_state;        // dh is the running state gradient (no projection)
-  at::Tensor dc;           // in/out (B, H): gradient of c(t), becomes that of c(t-1)
+  at::Tensor dc;           // [state] in/out (B, H): gradient of c(t), becomes that of c(t-1)
   at::Tensor lengths;
   int64_t t;
   at::Tensor dgates;  // out (B, 4H): pre-activation gradients (zeros where inactive)
@@ -88,14 +100,15 @@ struct GruStepForward {
   at::Tensor h_prev;            // (B, H)
   at::Tensor lengths;
   int64_t t;
-  at::Tensor work;    // out (B, 4H): r, z, n, gh_n
+  at::Tensor work;    // [state] out (B, 4H): r, z, n, gh_n
   at::Tensor h;       // out (B, H): new state (h_prev where inactive)
   at::Tensor output;  // out (B, H): h where active, else 0
 };
 
 struct GruStepBackward {
-  at::Tensor work, h_prev;
-  at::Tensor dh;           // in/out (B, H): gradient of h(t) -> direct part of that of h(t-1)
+  at::Tensor work;    // [state]
+  at::Tensor h_prev;  // (B, H)
+  at::Tensor dh;  // [state] in/out (B, H): gradient of h(t) -> direct part of that of h(t-1)
   at::Tensor grad_output;  // (B, H) or undefined
   at::Tensor lengths;
   int64_t t;
@@ -105,7 +118,7 @@ struct GruStepBackward {
 struct RnnKernels {
   // out (+)= a (M, K) b (K, N), any strides (out's last stride 1): every product of the
   // drivers. On the CPU our kernels (a BLAS call costs most at the skinny per-step shapes); on
-  // CUDA cuBLAS.
+  // CUDA cuBLAS. `out` may be a [state] float32 tensor for half a and b.
   void (*matmul)(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate);
   void (*lstm_step_forward)(const LstmStepForward&);
   void (*lstm_step_backward)(const LstmStepBackward&);
@@ -115,13 +128,13 @@ struct RnnKernels {
   void (*carry_state)(const at::Tensor& state, const at::Tensor& prev, const at::Tensor& output,
                       const at::Tensor& lengths, int64_t t);
   // Projection path backward: where active, dh_total[b] = dh[b] + grad_output[b] and dh[b] = 0;
-  // elsewhere dh_total[b] = 0 and dh[b] is kept. grad_output may be undefined.
+  // elsewhere dh_total[b] = 0 and dh[b] is kept. grad_output may be undefined; dh [state].
   void (*split_state_grad)(const at::Tensor& dh, const at::Tensor& grad_output,
                            const at::Tensor& dh_total, const at::Tensor& lengths, int64_t t);
   // out (C) = column sums of rows (N, C) (bias gradients).
   void (*column_sums)(const at::Tensor& rows, const at::Tensor& out);
   // out (3, H): sums over rows of dgates_i ⊙ c_prev, dgates_f ⊙ c_prev, dgates_o ⊙ c
-  // (peephole gradients); dgates (N, 4H), c_prev and c (N, H).
+  // (peephole gradients); dgates (N, 4H), c_prev and c (N, H) [state].
   void (*peephole_grad)(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                         const at::Tensor& out);
 };

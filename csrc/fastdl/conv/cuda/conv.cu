@@ -3,7 +3,7 @@
 // (channels-last inputs are made contiguous and the result turned back). Dense and grouped:
 // our im2col into a (C * kh * kw, chunk * OH * OW) column matrix
 // (one thread per column entry, coalesced writes), one at::mm per group (cuBLAS, tensor cores
-// for float16/bfloat16), the batch chunked so the columns stay within kColumnBudget elements.
+// for float16/bfloat16), the batch chunked so the columns stay within column_budget() elements.
 // Backward: grad_input = W^T @ grad_output then our col2im as a gather (each input element
 // sums the column entries that read it: deterministic, no atomics), grad_weight = grad_output @
 // columns^T accumulated over the chunks (in float32 for half types), grad_bias = a block
@@ -24,6 +24,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace fastdl {
 namespace {
@@ -31,7 +32,14 @@ namespace {
 using detail::Conv2dShape;
 
 constexpr int kThreads = 256;
-constexpr int64_t kColumnBudget = int64_t(1) << 26;  // elements of the column buffer
+
+// Elements of the column buffer (the batch is cut in chunks that fit): 2^26 (256 MiB of
+// float32), or FASTDL_CONV_COLUMN_BUDGET, which lets the tests take the chunked path at small
+// sizes.
+int64_t column_budget() {
+  const char* v = std::getenv("FASTDL_CONV_COLUMN_BUDGET");  // read per call: tests change it
+  return v && std::atoll(v) > 0 ? std::atoll(v) : int64_t(1) << 26;
+}
 
 struct Geometry {
   int64_t N, C, H, W, K, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw,
@@ -49,7 +57,7 @@ unsigned grid_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads); }
 
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.in_channels * s.kh * s.kw * s.out_h * s.out_w;
-  return std::clamp<int64_t>(kColumnBudget / std::max<int64_t>(per_image, 1), 1,
+  return std::clamp<int64_t>(column_budget() / std::max<int64_t>(per_image, 1), 1,
                              std::max<int64_t>(s.batch, 1));
 }
 
@@ -75,9 +83,10 @@ __global__ void im2col_kernel(const T* __restrict__ x, T* __restrict__ col, Geom
   }
 }
 
-// gx[n, c, ih, iw] = sum over taps of the column entries that read it.
-template <typename T>
-__global__ void col2im_kernel(const T* __restrict__ col, T* __restrict__ gx, Geometry g, int64_t nb,
+// gx[n, c, ih, iw] = sum over taps of the column entries that read it. The columns are float32
+// for half types (the GEMM's products are not rounded before this sum).
+template <typename T, typename C>
+__global__ void col2im_kernel(const C* __restrict__ col, T* __restrict__ gx, Geometry g, int64_t nb,
                               int64_t total) {
   using A = at::opmath_type<T>;
   FASTDL_GRID_STRIDE(e, total) {
@@ -350,15 +359,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
         }
       }
       if (output_mask[0]) {
+        // W^T @ grad_output, in float32 for half types (cuBLAS writes its float sums).
+        auto gcols = half ? at::empty({rows, nb * L}, x.options().dtype(at::kFloat)) : cols;
         for (int64_t g = 0; g < G; ++g) {
-          auto out = cols.narrow(0, g * rows_g, rows_g);
-          at::mm_out(out, wg.select(0, g).t(), gyc.narrow(0, g * Kg, Kg));
+          auto out = gcols.narrow(0, g * rows_g, rows_g);
+          if (half) {
+            cuda::mm_into_float(wg.select(0, g).t(), gyc.narrow(0, g * Kg, Kg), out, false);
+          } else {
+            at::mm_out(out, wg.select(0, g).t(), gyc.narrow(0, g * Kg, Kg));
+          }
         }
         const int64_t total = nb * s.in_channels * s.in_h * s.in_w;
         if (total > 0) {
           FASTDL_CONV_DISPATCH(x.scalar_type(), "fastdl.conv2d col2im", [&] {
-            cuda::launch(col2im_kernel<scalar_t>, {grid_for(total), kThreads, 0},
-                         cols.const_data_ptr<scalar_t>(),
+            using C = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+            cuda::launch(col2im_kernel<scalar_t, C>, {grid_for(total), kThreads, 0},
+                         gcols.const_data_ptr<C>(),
                          gx.mutable_data_ptr<scalar_t>() + n0 * s.in_channels * s.in_h * s.in_w,
                          geometry(s), nb, total);
           });

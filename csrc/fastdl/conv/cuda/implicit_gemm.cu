@@ -9,7 +9,7 @@
 // the bias is added and the values are rounded to the output type, written coalesced along K.
 // Every load is bounds-checked, so any sizes work (no divisibility requirements).
 #include "fastdl/conv/cuda/implicit_gemm.cuh"
-#include "fastdl/common/cuda_runtime.cuh"
+#include "fastdl/common/cuda_utils.cuh"
 
 #include <ATen/ops/empty.h>
 
@@ -158,7 +158,8 @@ bool conv2d_implicit_gemm_applies(const at::Tensor& input, const Conv2dShape& s)
   if (dtype != at::kHalf && dtype != at::kBFloat16) return false;
   if (!s.channels_last || !s.batched || s.groups != 1) return false;
   const int64_t m = s.batch * s.out_h * s.out_w;
-  if ((m + kTileM - 1) / kTileM > 2147483647 || (s.out_channels + kTileN - 1) / kTileN > 65535)
+  if ((m + kTileM - 1) / kTileM > cuda::max_grid_x() ||
+      (s.out_channels + kTileN - 1) / kTileN > cuda::max_grid_yz())
     return false;
   return cuda::device_properties().major >= 8;
 }

@@ -224,7 +224,7 @@ at::Tensor histogram_forward_cuda(const at::Tensor& x, const at::Tensor& centers
   if (out.numel() > 0) {
     const auto t = tiling_for(s.bins);
     const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
-                    std::min(s.bags, cuda::kMaxGridYZ));
+                    std::min(s.bags, cuda::max_grid_yz()));
     const int64_t pstride = s.shared_params ? 0 : s.bins;
     AT_DISPATCH_FLOATING_TYPES_AND2(
         at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cuda", [&] {
@@ -283,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cuda(
                                    x.options().dtype(c10::CppTypeToScalarType<A>::value));
             const auto t = tiling_for(s.bins);
             const dim3 grid(cuda::ceil_div(s.features, t.features_per_block),
-                            std::min(s.bags, cuda::kMaxGridYZ));
+                            std::min(s.bags, cuda::max_grid_yz()));
             cuda::launch(param_grad_kernel<scalar_t, K>,
                          {grid, t.threads, shared_bytes(t.features_per_block, sizeof(A))},
                          go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(),

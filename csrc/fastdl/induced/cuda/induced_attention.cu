@@ -336,7 +336,7 @@ void reserve_shared_memory(Kernel kernel, size_t bytes, const detail::InducedSha
 }
 
 unsigned grid_for(int64_t blocks) {
-  TORCH_CHECK(blocks <= cuda::kMaxGridX, "fastdl.induced_attention: too many rows for one launch (",
+  TORCH_CHECK(blocks <= cuda::max_grid_x(), "fastdl.induced_attention: too many rows for one launch (",
               blocks, " blocks)");
   return static_cast<unsigned>(blocks);
 }
@@ -358,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
   if (BH * s.queries == 0) return {out, lse};
   const int64_t sms = cuda::device_properties().multiProcessorCount;
   const auto part = induced::partition(BH, s.queries, s.keys, kWarps, 8 * sms, kMinKeysPerSplit);
-  const int64_t splits = std::min<int64_t>(part.key_splits, cuda::kMaxGridYZ);
+  const int64_t splits = std::min<int64_t>(part.key_splits, cuda::max_grid_yz());
   const int64_t keys_per_split = s.keys > 0 ? (s.keys + splits - 1) / splits : 0;
   const int64_t query_blocks = cuda::ceil_div(s.queries, kWarps);
   Dims dims{s.heads, s.queries, s.keys, s.head_dim, s.value_dim, query_blocks, keys_per_split};

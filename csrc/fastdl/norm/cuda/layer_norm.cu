@@ -170,7 +170,7 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   auto* mp = mean.mutable_data_ptr<acc_t<T>>();
   auto* rp = rstd.mutable_data_ptr<acc_t<T>>();
   const int vec = cuda::pack_width<T>(cols, {xp, yp});
-  const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
+  const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::max_grid_x()));
   const int threads = threads_for(cols / vec);
   const auto e = static_cast<acc_t<T>>(eps);
   switch (vec) {
@@ -205,7 +205,7 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     const P* wp = data_or_null<P>(w);
     T* dxp = dx.mutable_data_ptr<T>();
     const int vec = cuda::pack_width<T>(cols, {dyp, xp, dxp});
-    const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::kMaxGridX));
+    const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::max_grid_x()));
     const int threads = threads_for(cols / vec);
     switch (vec) {
       case 8:

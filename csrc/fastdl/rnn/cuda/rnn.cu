@@ -65,14 +65,15 @@ T* mptr(const at::Tensor& t) {
 template <typename T, bool kPeephole>
 __global__ void lstm_step_forward_kernel(
     const T* __restrict__ xg, const T* __restrict__ hg, const T* __restrict__ b_ih,
-    const T* __restrict__ b_hh, const T* __restrict__ peep, const T* __restrict__ c_prev,
-    const T* __restrict__ h_prev, const int64_t* __restrict__ len, int64_t t, T* __restrict__ gates,
-    T* __restrict__ c, T* __restrict__ h, T* __restrict__ out, int64_t B, int64_t H) {
+    const T* __restrict__ b_hh, const T* __restrict__ peep, const acc_t<T>* __restrict__ c_prev,
+    const T* __restrict__ h_prev, const int64_t* __restrict__ len, int64_t t,
+    acc_t<T>* __restrict__ gates, acc_t<T>* __restrict__ c, T* __restrict__ h, T* __restrict__ out,
+    int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g4 = b * 4 * H;
     if (!is_active(len, b, t)) {  // carry the state, output zero
-      for (int k = 0; k < 4; ++k) gates[g4 + k * H + j] = T(0);
+      for (int k = 0; k < 4; ++k) gates[g4 + k * H + j] = A(0);
       c[e] = c_prev[e];
       if (out) {
         h[e] = h_prev[e];
@@ -91,23 +92,22 @@ __global__ void lstm_step_forward_kernel(
     const auto s = rnn_math::lstm_forward<DeviceAct<A>, kPeephole>(
         pre[0], pre[1], pre[2], pre[3], ld(c_prev, e), kPeephole ? ld(peep, j) : A(0),
         kPeephole ? ld(peep, H + j) : A(0), kPeephole ? ld(peep, 2 * H + j) : A(0));
-    gates[g4 + j] = static_cast<T>(s.i);
-    gates[g4 + H + j] = static_cast<T>(s.f);
-    gates[g4 + 2 * H + j] = static_cast<T>(s.g);
-    gates[g4 + 3 * H + j] = static_cast<T>(s.o);
-    c[e] = static_cast<T>(s.c);
+    gates[g4 + j] = s.i;
+    gates[g4 + H + j] = s.f;
+    gates[g4 + 2 * H + j] = s.g;
+    gates[g4 + 3 * H + j] = s.o;
+    c[e] = s.c;
     h[e] = static_cast<T>(s.h);
     if (out) out[e] = static_cast<T>(s.h);
   }
 }
 
 template <typename T, bool kPeephole>
-__global__ void lstm_step_backward_kernel(const T* __restrict__ gates, const T* __restrict__ c,
-                                          const T* __restrict__ c_prev, const T* __restrict__ peep,
-                                          T* __restrict__ dh, const T* __restrict__ gy,
-                                          bool dh_is_state, T* __restrict__ dc,
-                                          const int64_t* __restrict__ len, int64_t t,
-                                          T* __restrict__ dgates, int64_t B, int64_t H) {
+__global__ void lstm_step_backward_kernel(
+    const acc_t<T>* __restrict__ gates, const acc_t<T>* __restrict__ c,
+    const acc_t<T>* __restrict__ c_prev, const T* __restrict__ peep, acc_t<T>* __restrict__ dh,
+    const T* __restrict__ gy, bool dh_is_state, acc_t<T>* __restrict__ dc,
+    const int64_t* __restrict__ len, int64_t t, T* __restrict__ dgates, int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g4 = b * 4 * H;
@@ -126,8 +126,8 @@ __global__ void lstm_step_backward_kernel(const T* __restrict__ gates, const T* 
     dgates[g4 + H + j] = static_cast<T>(d.df);
     dgates[g4 + 2 * H + j] = static_cast<T>(d.dg);
     dgates[g4 + 3 * H + j] = static_cast<T>(d.do_);
-    dc[e] = static_cast<T>(d.dc_prev);
-    if (dh_is_state) dh[e] = T(0);  // the GEMM adds dgates W_hh next
+    dc[e] = d.dc_prev;
+    if (dh_is_state) dh[e] = A(0);  // the GEMM adds dgates W_hh next
   }
 }
 
@@ -137,13 +137,13 @@ __global__ void gru_step_forward_kernel(const T* __restrict__ xg, const T* __res
                                         const T* __restrict__ b_ih, const T* __restrict__ b_hh,
                                         const T* __restrict__ h_prev,
                                         const int64_t* __restrict__ len, int64_t t,
-                                        T* __restrict__ work, T* __restrict__ h,
+                                        acc_t<T>* __restrict__ work, T* __restrict__ h,
                                         T* __restrict__ out, int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g3 = b * 3 * H, w4 = b * 4 * H;
     if (!is_active(len, b, t)) {
-      for (int k = 0; k < 4; ++k) work[w4 + k * H + j] = T(0);
+      for (int k = 0; k < 4; ++k) work[w4 + k * H + j] = A(0);
       h[e] = h_prev[e];
       out[e] = T(0);
       continue;
@@ -157,21 +157,21 @@ __global__ void gru_step_forward_kernel(const T* __restrict__ xg, const T* __res
     }
     const auto s = rnn_math::gru_forward<DeviceAct<A>>(gi[0], gi[1], gi[2], gh[0], gh[1], gh[2],
                                                        ld(h_prev, e));
-    work[w4 + j] = static_cast<T>(s.r);
-    work[w4 + H + j] = static_cast<T>(s.z);
-    work[w4 + 2 * H + j] = static_cast<T>(s.n);
-    work[w4 + 3 * H + j] = static_cast<T>(gh[2]);
+    work[w4 + j] = s.r;
+    work[w4 + H + j] = s.z;
+    work[w4 + 2 * H + j] = s.n;
+    work[w4 + 3 * H + j] = gh[2];
     h[e] = static_cast<T>(s.h);
     out[e] = static_cast<T>(s.h);
   }
 }
 
 template <typename T>
-__global__ void gru_step_backward_kernel(const T* __restrict__ work, const T* __restrict__ h_prev,
-                                         T* __restrict__ dh, const T* __restrict__ gy,
-                                         const int64_t* __restrict__ len, int64_t t,
-                                         T* __restrict__ dgi, T* __restrict__ dgh, int64_t B,
-                                         int64_t H) {
+__global__ void gru_step_backward_kernel(const acc_t<T>* __restrict__ work,
+                                         const T* __restrict__ h_prev, acc_t<T>* __restrict__ dh,
+                                         const T* __restrict__ gy, const int64_t* __restrict__ len,
+                                         int64_t t, T* __restrict__ dgi, T* __restrict__ dgh,
+                                         int64_t B, int64_t H) {
   using A = acc_t<T>;
   FASTDL_GRID_STRIDE(e, B * H) {
     const int64_t b = e / H, j = e % H, g3 = b * 3 * H, w4 = b * 4 * H;
@@ -188,7 +188,7 @@ __global__ void gru_step_backward_kernel(const T* __restrict__ work, const T* __
     dgi[g3 + H + j] = dgh[g3 + H + j] = static_cast<T>(d.dz);
     dgi[g3 + 2 * H + j] = static_cast<T>(d.dn);
     dgh[g3 + 2 * H + j] = static_cast<T>(d.dgh_n);
-    dh[e] = static_cast<T>(d.dh_prev);
+    dh[e] = d.dh_prev;
   }
 }
 
@@ -208,13 +208,13 @@ __global__ void carry_state_kernel(T* __restrict__ state, const T* __restrict__ 
 }
 
 template <typename T>
-__global__ void split_state_grad_kernel(T* __restrict__ dh, const T* __restrict__ gy,
+__global__ void split_state_grad_kernel(acc_t<T>* __restrict__ dh, const T* __restrict__ gy,
                                         T* __restrict__ total, const int64_t* __restrict__ len,
                                         int64_t t, int64_t B, int64_t P) {
   FASTDL_GRID_STRIDE(e, B * P) {
     if (is_active(len, e / P, t)) {
       total[e] = static_cast<T>(ld(dh, e) + ld_or_zero(gy, e));
-      dh[e] = T(0);
+      dh[e] = acc_t<T>(0);
     } else {
       total[e] = T(0);
     }
@@ -257,7 +257,8 @@ struct RowsTerm {
 // Columns [0, H): dgates_i ⊙ c(t-1); [H, 2H): dgates_f ⊙ c(t-1); [2H, 3H): dgates_o ⊙ c(t).
 template <typename T>
 struct PeepholeTerm {
-  const T *dgates, *c_prev, *c;
+  const T* dgates;
+  const acc_t<T>*c_prev, *c;  // [state]
   int64_t H;
   __device__ acc_t<T> operator()(int64_t n, int64_t col) const {
     const int64_t k = col / H, j = col % H;
@@ -270,9 +271,9 @@ template <typename T, typename Term>
 void launch_column_sums(int64_t rows, int64_t cols, T* out, Term term) {
   if (cols == 0) return;
   const auto blocks = static_cast<unsigned>(
-      std::min<int64_t>(cuda::ceil_div(cols, kColumnTile), cuda::kMaxGridYZ * 16));
-  cuda::launch(column_sums_kernel<T, Term>, {blocks, dim3(kColumnTile, kRowThreads), 0}, rows, cols, out,
-               term);
+      std::min<int64_t>(cuda::ceil_div(cols, kColumnTile), cuda::max_grid_yz() * 16));
+  cuda::launch(column_sums_kernel<T, Term>, {blocks, dim3(kColumnTile, kRowThreads), 0}, rows, cols,
+               out, term);
 }
 
 // ------------------------------------------------------------------ launchers and registration
@@ -285,13 +286,14 @@ void lstm_step_forward(const detail::LstmStepForward& p) {
   const int64_t B = p.gates.size(0), H = p.c.size(1);
   if (B * H == 0) return;
   cuda::DeviceGuard guard(p.gates.device());
-  FASTDL_RNN_DISPATCH(p.gates.scalar_type(), "lstm_step_forward_cuda", [&] {
+  FASTDL_RNN_DISPATCH(p.x_gates.scalar_type(), "lstm_step_forward_cuda", [&] {
     using T = scalar_t;
+    using A = acc_t<T>;
     auto launch = [&](auto kernel) {
       cuda::launch(kernel, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.x_gates), ptr<T>(p.h_gates),
-                   ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.peephole), ptr<T>(p.c_prev),
-                   ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.gates),
-                   mptr<T>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
+                   ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.peephole), ptr<A>(p.c_prev),
+                   ptr<T>(p.h_prev), data_or_null<int64_t>(p.lengths), p.t, mptr<A>(p.gates),
+                   mptr<A>(p.c), mptr<T>(p.h), mptr<T>(p.output), B, H);
     };
     if (p.peephole.defined())
       launch(lstm_step_forward_kernel<T, true>);
@@ -304,12 +306,13 @@ void lstm_step_backward(const detail::LstmStepBackward& p) {
   const int64_t B = p.gates.size(0), H = p.c.size(1);
   if (B * H == 0) return;
   cuda::DeviceGuard guard(p.gates.device());
-  FASTDL_RNN_DISPATCH(p.gates.scalar_type(), "lstm_step_backward_cuda", [&] {
+  FASTDL_RNN_DISPATCH(p.dgates.scalar_type(), "lstm_step_backward_cuda", [&] {
     using T = scalar_t;
+    using A = acc_t<T>;
     auto launch = [&](auto kernel) {
-      cuda::launch(kernel, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.gates), ptr<T>(p.c),
-                   ptr<T>(p.c_prev), ptr<T>(p.peephole), mptr<T>(p.dh), ptr<T>(p.grad_output),
-                   p.dh_is_state, mptr<T>(p.dc), data_or_null<int64_t>(p.lengths), p.t,
+      cuda::launch(kernel, {blocks_for(B * H), kThreads, 0}, ptr<A>(p.gates), ptr<A>(p.c),
+                   ptr<A>(p.c_prev), ptr<T>(p.peephole), mptr<A>(p.dh), ptr<T>(p.grad_output),
+                   p.dh_is_state, mptr<A>(p.dc), data_or_null<int64_t>(p.lengths), p.t,
                    mptr<T>(p.dgates), B, H);
     };
     if (p.peephole.defined())
@@ -327,7 +330,7 @@ void gru_step_forward(const detail::GruStepForward& p) {
     using T = scalar_t;
     cuda::launch(gru_step_forward_kernel<T>, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.x_gates),
                  ptr<T>(p.h_gates), ptr<T>(p.bias_ih), ptr<T>(p.bias_hh), ptr<T>(p.h_prev),
-                 data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.work), mptr<T>(p.h),
+                 data_or_null<int64_t>(p.lengths), p.t, mptr<acc_t<T>>(p.work), mptr<T>(p.h),
                  mptr<T>(p.output), B, H);
   });
 }
@@ -336,12 +339,12 @@ void gru_step_backward(const detail::GruStepBackward& p) {
   const int64_t B = p.dh.size(0), H = p.dh.size(1);
   if (B * H == 0) return;
   cuda::DeviceGuard guard(p.dh.device());
-  FASTDL_RNN_DISPATCH(p.dh.scalar_type(), "gru_step_backward_cuda", [&] {
+  FASTDL_RNN_DISPATCH(p.dx_gates.scalar_type(), "gru_step_backward_cuda", [&] {
     using T = scalar_t;
-    cuda::launch(gru_step_backward_kernel<T>, {blocks_for(B * H), kThreads, 0}, ptr<T>(p.work),
-                 ptr<T>(p.h_prev), mptr<T>(p.dh), ptr<T>(p.grad_output),
-                 data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates), mptr<T>(p.dh_gates), B,
-                 H);
+    cuda::launch(gru_step_backward_kernel<T>, {blocks_for(B * H), kThreads, 0},
+                 ptr<acc_t<T>>(p.work), ptr<T>(p.h_prev), mptr<acc_t<T>>(p.dh),
+                 ptr<T>(p.grad_output), data_or_null<int64_t>(p.lengths), p.t, mptr<T>(p.dx_gates),
+                 mptr<T>(p.dh_gates), B, H);
   });
 }
 
@@ -362,9 +365,9 @@ void split_state_grad(const at::Tensor& dh, const at::Tensor& gy, const at::Tens
   const int64_t B = dh.size(0), P = dh.size(1);
   if (B * P == 0) return;
   cuda::DeviceGuard guard(dh.device());
-  FASTDL_RNN_DISPATCH(dh.scalar_type(), "split_state_grad_cuda", [&] {
+  FASTDL_RNN_DISPATCH(total.scalar_type(), "split_state_grad_cuda", [&] {
     using T = scalar_t;
-    cuda::launch(split_state_grad_kernel<T>, {blocks_for(B * P), kThreads, 0}, mptr<T>(dh),
+    cuda::launch(split_state_grad_kernel<T>, {blocks_for(B * P), kThreads, 0}, mptr<acc_t<T>>(dh),
                  ptr<T>(gy), mptr<T>(total), data_or_null<int64_t>(lengths), t, B, P);
   });
 }
@@ -381,15 +384,18 @@ void column_sums(const at::Tensor& rows, const at::Tensor& out) {
 void peephole_grad(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                    const at::Tensor& out) {
   cuda::DeviceGuard guard(out.device());
-  FASTDL_RNN_DISPATCH(c.scalar_type(), "peephole_grad_cuda", [&] {
+  FASTDL_RNN_DISPATCH(dgates.scalar_type(), "peephole_grad_cuda", [&] {
     using T = scalar_t;
+    using A = acc_t<T>;
     launch_column_sums<T>(c.size(0), 3 * c.size(1), mptr<T>(out),
-                          PeepholeTerm<T>{ptr<T>(dgates), ptr<T>(c_prev), ptr<T>(c), c.size(1)});
+                          PeepholeTerm<T>{ptr<T>(dgates), ptr<A>(c_prev), ptr<A>(c), c.size(1)});
   });
 }
 
 void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
-  if (accumulate) {
+  if (out.scalar_type() != a.scalar_type()) {
+    cuda::mm_into_float(a, b, out, accumulate);  // half operands into a float32 [state] tensor
+  } else if (accumulate) {
     out.addmm_(a, b);
   } else {
     at::mm_out(out, a, b);
