@@ -25,7 +25,7 @@ import torch
 qp = pytest.importorskip("quapy")
 pytest.importorskip("sklearn")
 
-from helpers import assert_raises_naming  # noqa: E402
+from helpers import CUDA_AVAILABLE, assert_raises_naming  # noqa: E402
 from quapy.data import LabelledCollection  # noqa: E402
 from quapy.protocol import APP, UPP  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
@@ -224,11 +224,9 @@ def test_fit_bags_trains_on_prevalences_only(easy):
     assert err < 0.1, err
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and
-                         __import__("fastdl").build_info()["cuda"]),
-                    reason="needs CUDA and fastdl's CUDA kernels")
 @pytest.mark.cuda
-def test_cuda_matches_the_cpu_recipe(easy):
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs a GPU and fastdl's CUDA kernels")
+def test_trains_and_predicts_on_cuda(easy):
     train, test = easy
     model = HistNetQuantifier(steps=100, device="cuda", **SMALL).fit(*train.Xy)
     assert next(model.model_.parameters()).is_cuda
