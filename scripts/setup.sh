@@ -22,7 +22,8 @@ fi
 echo "setup: installing dependencies"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
-  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn
+  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn \
+  "quapy>=0.2.3" tqdm matplotlib  # the quantification extra: its tests and example
 
 echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90})"
 start=$(date +%s)

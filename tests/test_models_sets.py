@@ -1,11 +1,6 @@
-"""fastdl.models DeepSets and HistNetQ: permutation invariance, masks, prevalences, bad
-arguments, and a short run of the quantification example (HistNetQ trains and beats the
-prevalence-agnostic baseline)."""
+"""fastdl.models DeepSets and HistNetQ: permutation invariance, masks, prevalences and bad
+arguments (the quantification example and the QuaPy quantifiers: test_quantification.py)."""
 
-import importlib.util
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,7 +13,6 @@ from helpers import assert_raises_naming
 
 POOLINGS = ["sum", "mean", "max", "median"]
 HISTOGRAMS = ["soft", "sigmoid", "rbf", "hard"]
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quantification.py"
 
 
 def _padded(sizes, F, N=None, fill=float("nan")):
@@ -201,78 +195,3 @@ def test_histnetq_bad_arguments():
     # A feature extractor whose output is not n_features wide: the histogram layer says so.
     bad = HistNetQ(4, 2, feature_extractor=nn.Linear(4, 3), n_features=5)
     assert_raises_naming(ValueError, lambda: bad(torch.randn(2, 5, 4)), "n_features=5")
-
-
-# ---------------------------------------------------------------------------------------------
-# The quantification example, shortened
-# ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def example():
-    pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("quantification_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def short_run(example):
-    # A few seconds on 2 idle cores: 300 Adam steps of 16 bags of 50 digits, 100 test bags; seeded.
-    return example.run(steps=300, bag_size=50, bags=100, batch=16, seed=0,
-                       models=("HistNetQ",), device="cpu", verbose=False)
-
-
-def test_app_bags(example):
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), [5, 7, 9])
-    idx, p = example.app_bags(y, 3, 50, 20, rng)
-    assert idx.shape == (50, 20) and p.shape == (50, 3)
-    np.testing.assert_allclose(p.sum(1), 1.0)
-    for b in range(50):  # the prevalences are the bags' true class proportions
-        np.testing.assert_allclose(np.bincount(y[idx[b]], minlength=3) / 20, p[b])
-    # Prevalences cover the simplex: every class is sometimes a majority, sometimes rare.
-    assert (p.max(0) > 0.6).all() and (p.min(0) < 0.1).all()
-
-
-def test_classic_quantifiers_on_exact_classifier(example):
-    q = example.ClassifyAndCount(3)
-    q.M = np.eye(3)
-    preds = np.array([[0, 0, 1, 2], [2, 2, 2, 2]])
-    np.testing.assert_allclose(q.cc(preds), [[0.5, 0.25, 0.25], [0, 0, 1]])
-    np.testing.assert_allclose(q.acc(preds), q.cc(preds))
-    # Binary ACC undoes a known tpr/fpr: q = fpr + p (tpr - fpr).
-    b = example.ClassifyAndCount(2)
-    b.M = np.array([[0.9, 0.2], [0.1, 0.8]])  # tpr 0.8, fpr 0.1
-    preds = np.array([[1] * 45 + [0] * 55])  # q = 0.45 -> p = (0.45 - 0.1) / 0.7 = 0.5
-    np.testing.assert_allclose(b.acc(preds), [[0.5, 0.5]])
-
-
-def test_errors(example):
-    p = np.array([[0.5, 0.5, 0.0]])
-    p_hat = np.array([[0.4, 0.5, 0.1]])
-    np.testing.assert_allclose(example.absolute_error(p, p_hat), [0.2 / 3])
-    eps = 0.01
-    ps, qs = (p + eps) / (1 + 3 * eps), (p_hat + eps) / (1 + 3 * eps)
-    np.testing.assert_allclose(example.relative_absolute_error(p, p_hat, eps),
-                               [(np.abs(ps - qs) / ps).mean()])
-
-
-@pytest.mark.slow
-def test_histnetq_training_loss_goes_down(short_run):
-    losses = np.asarray(short_run["losses"]["HistNetQ"])
-    assert len(losses) == 300 and np.isfinite(losses).all()
-    first, last = losses[:30].mean(), losses[-30:].mean()
-    assert last < 0.6 * first, f"loss went from {first:.5f} to only {last:.5f}"
-
-
-@pytest.mark.slow
-def test_histnetq_beats_prevalence_agnostic_baseline(short_run):
-    errors = short_run["errors"]
-    assert set(errors) == {"train prevalence", "CC", "ACC", "HistNetQ"}
-    base, ours = errors["train prevalence"], errors["HistNetQ"]
-    # Seeded: HistNetQ's AE is about half the baseline's (0.036 vs 0.071).
-    assert ours["ae"] < 0.75 * base["ae"], errors
-    assert ours["rae"] < base["rae"], errors
-    # The classic quantifiers work too (a logistic regression on digits is ~96% accurate).
-    assert errors["CC"]["ae"] < 0.5 * base["ae"] and errors["ACC"]["ae"] < 0.5 * base["ae"]
