@@ -95,6 +95,25 @@ def test_routes_to_fastdl(index):
             assert_close_to_reference(ours, theirs, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_routes_to_fastdl(dtype):
+    """Under CPU autocast the patched calls run fastdl's autocast kernels (float32 compute,
+    the autocast dtype out, as torch's ops return), not torch's."""
+    x, w, q = torch.randn(2, 4, 9, 7), torch.randn(3, 4, 3, 3), torch.randn(2, 2, 5, 8)
+    with torch.autocast("cpu", dtype=dtype):
+        direct = (fastdl.functional.conv2d(x, w),
+                  fastdl.functional.scaled_dot_product_attention(q, q, q))
+        expected = (ORIGINALS["conv2d"](x, w), ORIGINALS["scaled_dot_product_attention"](q, q, q))
+        with FastdlOps() as ops, fastdl.patch():
+            got = (F.conv2d(x, w), F.scaled_dot_product_attention(q, q, q))
+    assert ops.names() == ["conv2d_forward", "sdpa_forward"]
+    reference = (ORIGINALS["conv2d"](x.double(), w.double()),
+                 ORIGINALS["scaled_dot_product_attention"](q.double(), q.double(), q.double()))
+    for g, d, e, r in zip(got, direct, expected, reference):
+        assert g.dtype == e.dtype == dtype and torch.equal(g, d)
+        assert_close_to_reference(g, r, dtype, baseline=e)  # no worse than torch's own error
+
+
 class Mixed(nn.Module):
     """Every patchable op through the torch.nn modules and functions a model would use."""
 
@@ -204,8 +223,6 @@ def _fallback_calls():
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
         ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
-        ("autocast to bfloat16 on cpu",
-         lambda: _autocast(lambda: F.conv2d(x, torch.randn(3, 4, 3, 3))), "autocast"),
         ("dropout_p=1", lambda: F.scaled_dot_product_attention(x, x, x, dropout_p=1.0),
          "dropout_p"),
         ("forward AD", lambda: _dual(lambda d: F.layer_norm(d, (7,))), "fastdl raised"),
@@ -213,11 +230,6 @@ def _fallback_calls():
             lambda t: F.batch_norm(t, None, None, training=True).square().sum())(x),
          "torch.func"),
     ]
-
-
-def _autocast(fn):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        return fn()
 
 
 def _dual(fn):

@@ -15,9 +15,10 @@ run fastdl when it supports the call and torch's own function otherwise::
 A call falls back to the original torch function, with no error, when fastdl does not
 support it: a dtype or device fastdl has no kernel for (float16 on the CPU, MPS tensors),
 tensor subclasses and ``__torch_function__`` overrides (``torch.fx`` proxies), nested,
-sparse or quantized tensors, ``torch.func`` transforms, autocast to a dtype the device has
-no fastdl kernel for, and arguments torch would reject (so the error is torch's own). Outside
-``torch.compile`` a fastdl error is a fallback too. Each fallback is counted (see
+sparse or quantized tensors, ``torch.func`` transforms, and arguments torch would reject (so
+the error is torch's own). Outside ``torch.compile`` a fastdl error is a fallback too. Under
+``torch.autocast`` fastdl's ops cast as torch's do (on the CPU, convolution and attention
+compute in float32 and return the autocast dtype). Each fallback is counted (see
 :func:`patch_stats`) and logged at debug level on the ``fastdl.patch`` logger.
 
 The patch is process-wide (``torch.nn.functional`` is one module) and thread-safe: each op
@@ -132,17 +133,6 @@ def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
     return None
 
 
-def _autocast_reason(t: Tensor) -> Optional[str]:
-    """For ops autocast runs in low precision (conv, attention): why not, under autocast to a
-    dtype fastdl has no kernel for on the device."""
-    kind = t.device.type
-    if torch.is_autocast_enabled(kind):
-        dtype = torch.get_autocast_dtype(kind)
-        if dtype not in _DTYPES.get(kind, ()):
-            return f"autocast to {dtype} on {kind}"
-    return None
-
-
 def _dims_reason(input: Tensor, dims: tuple[int, ...], name: str = "input") -> Optional[str]:
     return None if input.dim() in dims else f"{name} is {input.dim()}-d"
 
@@ -183,7 +173,7 @@ def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional
         return "both attn_mask and is_causal (torch raises)"
     if not 0.0 <= dropout_p < 1.0:
         return f"dropout_p={dropout_p}"
-    return _autocast_reason(query)
+    return None
 
 
 def _scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
@@ -235,7 +225,7 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
 
 def _conv_reason(input, weight, bias, dims: tuple[int, ...]) -> Optional[str]:
     reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"))
-    return reason or _dims_reason(input, dims) or _autocast_reason(input)
+    return reason or _dims_reason(input, dims)
 
 
 def _conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
