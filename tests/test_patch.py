@@ -268,12 +268,14 @@ def test_fallback_to_torch(index, caplog):
 @pytest.mark.parametrize("call, args", [
     ("layer_norm", (torch.randn(3, 5), (4,))),
     ("layer_norm", (torch.randn(3, 5), (5,), torch.ones(5, dtype=torch.float64))),
+    ("layer_norm", (None, (4,))),
     ("scaled_dot_product_attention", (torch.randn(2, 3, 4), torch.randn(2, 3, 4),
                                       torch.randn(2, 3, 4), torch.ones(3, 3, dtype=torch.bool),
                                       0.0, True)),
     ("conv2d", (torch.randn(1, 4, 5, 5), torch.randn(2, 3, 3, 3))),
     ("max_pool2d", (torch.randn(1, 2, 5, 5), 2, 2, 2)),
     ("batch_norm", (torch.randn(1, 3), None, None, None, None, True)),
+    ("avg_pool2d", ([1.0, 2.0], 2)),
 ])
 def test_bad_arguments_raise_torchs_error(call, args):
     """Arguments torch rejects raise torch's own exception and message, patched or not."""

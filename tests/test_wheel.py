@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import re
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import fastdl
-from test_cpp_example import EXAMPLE, _cmake, _cxx, _run, _tool, wave
+from test_cpp_example import _cmake, _cxx, _run, build_example, wave
 
 pytestmark = pytest.mark.slow
 
@@ -154,18 +153,11 @@ def test_find_package_from_wheel(venv, tmp_path):
     prefix = _run([str(venv / "bin" / "python"), "-I", "-c",
                    "import fastdl; print(fastdl.cmake_prefix_path())"], "prefix").strip()
     build = tmp_path / "example"
-    cmd = [cmake, "-S", EXAMPLE, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-           f"-DCMAKE_PREFIX_PATH={prefix}", f"-DCMAKE_CXX_COMPILER={cxx}"]
-    if ninja := _tool("ninja"):
-        cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
-    if ccache := shutil.which("ccache"):
-        cmd += [f"-DCMAKE_CXX_COMPILER_LAUNCHER={ccache}"]
-    _run(cmd, "cmake configure")
-    _run([cmake, "--build", build], "cmake build")
+    program = build_example(build, prefix, cmake, cxx)
     found = re.search(r"^fastdl_DIR:PATH=(.*)$", (build / "CMakeCache.txt").read_text(), re.M)
     assert found and Path(found.group(1)).resolve().is_relative_to(venv.resolve()), found
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
-    out = _run([build / "fastdl_example", "cpu"], "fastdl_example", env=env)
+    out = _run([program, "cpu"], "fastdl_example", env=env)
     lines = {line.split(" ")[0]: line.split(" ")[1:] for line in out.splitlines()}
     assert lines["version"][:2] == [fastdl.__version__, fastdl.build_info()["torch"]]
     shape, *values = lines["layer_norm.output"]

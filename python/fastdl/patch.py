@@ -64,10 +64,13 @@ _HALFS = (torch.float16, torch.bfloat16)
 _DTYPES = {"cpu": _FLOATS, "cuda": _FLOATS + _HALFS if _CUDA_BUILT else ()}
 
 # ------------------------------------------------------------------------------- state
-# All of it is guarded by _lock, except the reads on the call path: _active[name] (a dict
-# lookup, atomic under the GIL) and _originals[name], written before a wrapper is installed.
+# All of it is guarded by _lock, except the reads on the call path: _on[name] (a dict lookup,
+# atomic under the GIL) and _originals[name], written before a wrapper is installed. _on is
+# _active > 0 kept apart, so that torch.compile's guards on it see no change when patches
+# nest (a count going from 1 to 2 would recompile for nothing).
 _lock = threading.Lock()
 _active: dict[str, int] = {name: 0 for name in PATCHABLE_OPS}
+_on: dict[str, bool] = {name: False for name in PATCHABLE_OPS}
 _originals: dict[str, Callable] = {}
 _counts: Counter = Counter()  # (op, "fastdl" | "fallback") -> calls
 _reasons: Counter = Counter()  # (op, reason) -> fallbacks
@@ -108,6 +111,8 @@ def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
     layouts, devices and dtypes without a kernel. All must be on the first one's device and,
     but for those named in ``loose`` (whose dtype the caller checks), of its dtype."""
     present = [(t, n) for t, n in zip(tensors, names) if t is not None]
+    if not present or present[0][1] != names[0]:
+        return f"{names[0]} is None"
     for t, n in present:
         if not isinstance(t, Tensor):
             return f"{n} is a {type(t).__name__}, not a tensor"
@@ -277,7 +282,7 @@ def _make_wrapper(name: str) -> Callable:
     routed = _ROUTED[name]
 
     def wrapper(*args, **kwargs):
-        if not _active[name]:
+        if not _on[name]:
             return _original(name)(*args, **kwargs)
         return routed(*args, **kwargs)
 
@@ -398,6 +403,7 @@ class Patch:
                     if current is not _WRAPPERS[name]:
                         _originals[name] = current
                     setattr(F, name, _WRAPPERS[name])
+                    _on[name] = True
                 _active[name] += 1
             self._start = (Counter(_counts), Counter(_reasons))
             self._active = True
@@ -419,6 +425,7 @@ class Patch:
             for name in self.ops:
                 _active[name] -= 1
                 if _active[name] == 0:
+                    _on[name] = False
                     if getattr(F, name) is _WRAPPERS[name]:
                         setattr(F, name, _originals[name])
                     else:
