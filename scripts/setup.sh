@@ -4,6 +4,7 @@
 # CUDA kernels compiled whenever torch has CUDA and nvcc is found.
 #
 #   FASTDL_TORCH   torch requirement (default torch==2.14.1, the CUDA 13.0 build)
+#   FASTDL_TORCHVISION  the matching torchvision (default torchvision==0.29.1)
 #   FASTDL_CUDA    AUTO | ON | OFF (default AUTO)
 #   FASTDL_CUDA_ARCHS  CUDA architectures (default 90 here: the H100/H200 we run on)
 set -euo pipefail
@@ -24,6 +25,10 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
   "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn \
   "quapy>=0.2.3" tqdm matplotlib  # the quantification extra: its tests and example
+# The integration tests' real models (tests/test_real_models.py, test_transformers.py);
+# torchvision must be the release built for the torch above.
+python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" "${FASTDL_TORCHVISION:-torchvision==0.29.1}" \
+  "timm>=1.0,<2" "transformers>=4.48,<6"
 
 echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90})"
 start=$(date +%s)

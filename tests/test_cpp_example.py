@@ -55,9 +55,15 @@ def example(tmp_path_factory):
         pytest.skip(f"no cmake >= {'.'.join(map(str, MIN_CMAKE))} in {Path(sys.executable).parent} or on PATH")
     if cxx is None:
         pytest.skip("no C++ compiler ($CXX, c++, g++ or clang++)")
-    build = tmp_path_factory.mktemp("cpp_example")
+    return build_example(tmp_path_factory.mktemp("cpp_example"), fastdl.cmake_prefix_path(),
+                         cmake, cxx)
+
+
+def build_example(build, prefix, cmake, cxx):
+    """examples/cpp configured in ``build`` with ``prefix`` on CMAKE_PREFIX_PATH, built;
+    returns the program."""
     cmd = [cmake, "-S", EXAMPLE, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-           f"-DCMAKE_PREFIX_PATH={fastdl.cmake_prefix_path()}", f"-DCMAKE_CXX_COMPILER={cxx}"]
+           f"-DCMAKE_PREFIX_PATH={prefix}", f"-DCMAKE_CXX_COMPILER={cxx}"]
     if ninja := _tool("ninja"):
         cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
     if ccache := shutil.which("ccache"):

@@ -14,7 +14,7 @@ import importlib
 
 from harness import Case, Result
 
-FAMILIES = ("norm", "histogram", "pooling", "conv", "attention", "rnn", "induced")
+FAMILIES = ("norm", "histogram", "pooling", "conv", "attention", "rnn", "induced", "models")
 
 
 def collect(devices: list[str], quick: bool) -> tuple[list[Case], list[Result]]:

@@ -11,6 +11,8 @@ import torch as _torch  # loads libtorch before libfastdl
 from . import _C  # noqa: F401  (loading it registers the ops)
 from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
 from . import functional, models, nn
+# fastdl.patch is the function (its module stays importable as sys.modules["fastdl.patch"]).
+from .patch import PATCHABLE_OPS, Patch, PatchStats, patch, patch_stats, reset_patch_stats
 
 __version__ = _C.build_info()["version"]
 
@@ -30,4 +32,5 @@ def cmake_prefix_path() -> str:
     return _os.path.join(_os.path.dirname(_C.__file__), "share", "cmake")
 
 
-__all__ = ["build_info", "cmake_prefix_path", "functional", "models", "nn", "__version__"]
+__all__ = ["PATCHABLE_OPS", "Patch", "PatchStats", "build_info", "cmake_prefix_path", "functional",
+           "models", "nn", "patch", "patch_stats", "reset_patch_stats", "__version__"]
