@@ -7,6 +7,8 @@
 #   FASTDL_TORCHVISION  the matching torchvision (default torchvision==0.29.1)
 #   FASTDL_CUDA    AUTO | ON | OFF (default AUTO)
 #   FASTDL_CUDA_ARCHS  CUDA architectures (default 90 here: the H100/H200 we run on)
+#   FASTDL_CUDA_SIM  ON | OFF (default ON): also build the CUDA emulator (libfastdl_cudasim),
+#                  which runs the CUDA kernels' tests on the CPU (scripts/test_cuda_sim.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,8 +32,9 @@ python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ni
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" "${FASTDL_TORCHVISION:-torchvision==0.29.1}" \
   "timm>=1.0,<2" "transformers>=4.48,<6"
 
-echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90})"
+echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90}, CUDA emulator ${FASTDL_CUDA_SIM:-ON})"
 start=$(date +%s)
-FASTDL_CUDA_ARCHS="${FASTDL_CUDA_ARCHS:-90}" python -m pip install -q --no-build-isolation --no-deps -e .
+FASTDL_CUDA_ARCHS="${FASTDL_CUDA_ARCHS:-90}" FASTDL_CUDA_SIM="${FASTDL_CUDA_SIM:-ON}" \
+  python -m pip install -q --no-build-isolation --no-deps -e .
 python -c "import fastdl; print('setup: built', fastdl.build_info())"
 echo "setup: build took $(( $(date +%s) - start )) s"
