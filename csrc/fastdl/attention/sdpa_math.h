@@ -1,12 +1,13 @@
 // Formulas shared by the CPU and CUDA attention kernels so they cannot drift apart: the
 // dropout keep mask (a counter-based hash, identical on both devices and regenerated in
-// backward) and the masked-score conventions.
+// backward). The softmax conventions are common/online_softmax.h's.
 #pragma once
+
+#include "fastdl/common/online_softmax.h"
 
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
-#include <limits>
 
 namespace fastdl::detail {
 
@@ -23,27 +24,6 @@ C10_HOST_DEVICE inline bool sdpa_dropout_keep(uint64_t seed, uint64_t index, flo
   const uint64_t bits = sdpa_mix64(index + sdpa_mix64(seed));
   const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
   return u >= p;
-}
-
-// The score a masked-out key gets. Rows where every key is masked produce zeros (torch's
-// safe softmax), which the kernels detect by a running maximum still at -inf.
-template <typename A>
-C10_HOST_DEVICE constexpr A sdpa_neg_inf() {
-  return -std::numeric_limits<A>::infinity();
-}
-
-// exp(s - m), zero when the row maximum m is still -inf (every key so far masked).
-template <typename A>
-C10_HOST_DEVICE inline A sdpa_exp_shifted(A s, A m);
-
-template <>
-C10_HOST_DEVICE inline float sdpa_exp_shifted<float>(float s, float m) {
-  return m == sdpa_neg_inf<float>() ? 0.0f : ::expf(s - m);
-}
-
-template <>
-C10_HOST_DEVICE inline double sdpa_exp_shifted<double>(double s, double m) {
-  return m == sdpa_neg_inf<double>() ? 0.0 : ::exp(s - m);
 }
 
 }  // namespace fastdl::detail

@@ -53,12 +53,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
     bool is_causal, std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask);
 
-void sdpa_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
-                    const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped);
-void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape);
-void sdpa_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
-                     const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped);
-void sdpa_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape);
+void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
+                            const at::Tensor& logsumexp, const SdpaShape& shape,
+                            at::Tensor* dropped);
+void sdpa_weights_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs,
+                                       const SdpaShape& shape);
+void sdpa_weights_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
+                             const at::Tensor& logsumexp, const SdpaShape& shape,
+                             at::Tensor* dropped);
+void sdpa_weights_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs,
+                                        const SdpaShape& shape);
 
 // The two ops' kernels for one device, bound to its row-kernel table.
 template <const SdpaWeightsRows& (*rows)()>
@@ -85,6 +89,6 @@ struct SdpaWeightsImpls {
 }  // namespace fastdl
 
 // Registers sdpa_weights / sdpa_weights_backward for library `m` with a device's row kernels.
-#define FASTDL_SDPA_WEIGHTS_KERNELS(m, rows)                           \
+#define FASTDL_SDPA_WEIGHTS_KERNELS(m, rows)                                  \
   m.impl("sdpa_weights", &::fastdl::detail::SdpaWeightsImpls<rows>::forward); \
   m.impl("sdpa_weights_backward", &::fastdl::detail::SdpaWeightsImpls<rows>::backward)

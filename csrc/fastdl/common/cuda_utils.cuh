@@ -3,6 +3,7 @@
 #pragma once
 
 #include "fastdl/common/cuda_runtime.cuh"
+#include "fastdl/common/switch.h"
 
 #include <ATen/AccumulateType.h>
 #include <ATen/ops/addmm.h>
@@ -161,25 +162,6 @@ inline void mm_into_float(const at::Tensor& a, const at::Tensor& b, at::Tensor& 
 #endif
 }
 
-// f(std::integral_constant<int, V>{}) for V = vec, one of 8, 4, 2, 1: a vector width chosen at
-// run time (pack_width) as the template argument of a kernel.
-template <typename F>
-void with_pack_width(int vec, F&& f) {
-  switch (vec) {
-    case 8:
-      f(std::integral_constant<int, 8>{});
-      break;
-    case 4:
-      f(std::integral_constant<int, 4>{});
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{});
-      break;
-    default:
-      f(std::integral_constant<int, 1>{});
-      break;
-  }
-}
 
 // for (e = this thread's first element; e < total; e += all threads of the grid), 64-bit.
 #define FASTDL_GRID_STRIDE(e, total)                                                         \

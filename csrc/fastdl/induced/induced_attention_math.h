@@ -1,11 +1,8 @@
-// Online-softmax formulas and the work partition shared by the CPU and CUDA kernels of
-// induced attention, so the two cannot drift apart.
-//
-// A softmax over keys is kept as a running state (m, l, acc): m the largest score seen,
-// l = sum_j exp(s_j - m), acc = sum_j exp(s_j - m) v_j. An empty state has m = -inf, l = 0.
-// Two states (or a state and a new chunk of keys) merge by rescaling the one with the smaller
-// m by exp(m_old - m_new). The row's log-sum-exp is m + log(l); its output acc / l.
+// The work partition shared by the CPU and CUDA kernels of induced attention, so the two
+// cannot drift apart; the online softmax is common/online_softmax.h's.
 #pragma once
+
+#include "fastdl/common/online_softmax.h"
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
@@ -17,49 +14,6 @@
 #include <type_traits>
 
 namespace fastdl::induced {
-
-template <typename A>
-C10_HOST_DEVICE inline A neg_inf() {
-  return -std::numeric_limits<A>::infinity();
-}
-
-C10_HOST_DEVICE inline float exp_of(float x) { return ::expf(x); }
-C10_HOST_DEVICE inline double exp_of(double x) { return ::exp(x); }
-C10_HOST_DEVICE inline float log_of(float x) { return ::logf(x); }
-C10_HOST_DEVICE inline double log_of(double x) { return ::log(x); }
-
-// exp(m_old - m_new): the factor that rescales a state whose maximum grows from m_old to
-// m_new; 0 for an empty state (m_old = -inf), whatever m_new is (no -inf - -inf = NaN).
-template <typename A>
-C10_HOST_DEVICE inline A rescale_factor(A m_old, A m_new) {
-  return m_old == neg_inf<A>() ? A(0) : exp_of(m_old - m_new);
-}
-
-// The row's log-sum-exp from its state; -inf for a row that saw no key.
-template <typename A>
-C10_HOST_DEVICE inline A log_sum_exp(A m, A l) {
-  return l > A(0) ? m + log_of(l) : neg_inf<A>();
-}
-
-// 1 / l, or 0 for a row that saw no key (its output is 0).
-template <typename A>
-C10_HOST_DEVICE inline A inverse_or_zero(A l) {
-  return l > A(0) ? A(1) / l : A(0);
-}
-
-// The softmax probability of a score given its row's log-sum-exp (backward); 0 for a fully
-// masked row (lse = -inf) or a masked key (score = -inf).
-template <typename A>
-C10_HOST_DEVICE inline A probability(A score, A lse) {
-  return lse == neg_inf<A>() ? A(0) : exp_of(score - lse);
-}
-
-// Weight of a partial result (over one key split) with log-sum-exp lse_part in the row's
-// combined result of log-sum-exp lse.
-template <typename A>
-C10_HOST_DEVICE inline A split_weight(A lse_part, A lse) {
-  return lse_part == neg_inf<A>() ? A(0) : exp_of(lse_part - lse);
-}
 
 // How the (batch * heads, L, S) problem is cut into parallel tasks.
 struct Partition {

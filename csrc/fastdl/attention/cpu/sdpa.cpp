@@ -8,11 +8,11 @@
 // by its group of query heads under GQA) are accumulated by one task without atomics. For each
 // key block and query block it recomputes P = exp(S - logsumexp), then
 // dV += P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dK += scale dS^T Q, dQ += scale dS K.
+#include "fastdl/attention/cpu/sdpa_rows.h"
 #include "fastdl/attention/sdpa.h"
-#include "fastdl/attention/sdpa_weights.h"
 #include "fastdl/attention/sdpa_math.h"
-#include "fastdl/common/cpu_gemm.h"
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/small_gemm.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 
 #include <ATen/Dispatch.h>
@@ -28,85 +28,14 @@ namespace fastdl {
 namespace {
 
 using cpu::Vec;
+using sdpa_cpu::apply_dropout;
+using sdpa_cpu::finish_scores;
+using sdpa_cpu::MaskView;
+using sdpa_cpu::Operand;
+using sdpa_cpu::operand;
 
 constexpr int64_t kQueryBlock = 32;  // query rows per task / per backward block
 constexpr int64_t kKeyBlock = 128;   // keys per block: the score tile is 32 x 128
-
-// Strided views of q, k, v (last stride 1) and of the mask, in elements.
-template <typename T>
-struct Operand {
-  const T* data;
-  int64_t batch_stride, head_stride, row_stride;
-  const T* rows(int64_t b, int64_t h) const { return data + b * batch_stride + h * head_stride; }
-};
-
-template <typename T>
-Operand<T> operand(const at::Tensor& t) {
-  return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-// The additive mask of one (batch, head): bool (true = attend) or float, any strides.
-template <typename T>
-struct MaskView {
-  const bool* bool_data = nullptr;
-  const T* float_data = nullptr;
-  int64_t strides[4] = {0, 0, 0, 0};
-
-  static MaskView make(const std::optional<at::Tensor>& mask) {
-    MaskView view;
-    if (!present(mask)) return view;
-    for (int d = 0; d < 4; ++d) view.strides[d] = mask->stride(d);
-    if (mask->scalar_type() == at::kBool) {
-      view.bool_data = mask->const_data_ptr<bool>();
-    } else {
-      view.float_data = mask->const_data_ptr<T>();
-    }
-    return view;
-  }
-};
-
-// Turns a block of raw dot products into scores: s = scale * s + mask, -inf where masked (bool
-// mask false, or a key after the query under is_causal). rows x cols at ld.
-template <typename T>
-void finish_scores(T* s, int64_t ld, int64_t rows, int64_t cols, int64_t q0, int64_t k0, T scale,
-                   const MaskView<T>& mask, int64_t b, int64_t h, bool is_causal) {
-  constexpr int64_t L = Vec<T>::size();
-  const T neg_inf = detail::sdpa_neg_inf<T>();
-  const int64_t mask_offset = b * mask.strides[0] + h * mask.strides[1];
-  for (int64_t r = 0; r < rows; ++r) {
-    T* row = s + r * ld;
-    const int64_t i = q0 + r;
-    int64_t c = 0;
-    for (; c + L <= cols; c += L) (Vec<T>::loadu(row + c) * Vec<T>(scale)).store(row + c);
-    for (; c < cols; ++c) row[c] *= scale;
-    if (mask.float_data) {
-      const T* m = mask.float_data + mask_offset + i * mask.strides[2] + k0 * mask.strides[3];
-      for (c = 0; c < cols; ++c) row[c] += m[c * mask.strides[3]];
-    } else if (mask.bool_data) {
-      const bool* m = mask.bool_data + mask_offset + i * mask.strides[2] + k0 * mask.strides[3];
-      for (c = 0; c < cols; ++c) row[c] = m[c * mask.strides[3]] ? row[c] : neg_inf;
-    }
-    if (is_causal) {
-      // Keys j > i are masked (top-left aligned, as torch).
-      for (c = std::max<int64_t>(0, i + 1 - k0); c < cols; ++c) row[c] = neg_inf;
-    }
-  }
-}
-
-// Applies dropout's keep mask (scaled by 1/(1-p)) to a block of probabilities, in place.
-template <typename T>
-void apply_dropout(T* p, int64_t ld, int64_t rows, int64_t cols, const detail::SdpaShape& shape,
-                   int64_t b, int64_t h, int64_t q0, int64_t k0) {
-  const T keep_scale = T(1) / T(1 - shape.dropout_p);
-  const float p_drop = static_cast<float>(shape.dropout_p);
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint64_t base =
-        static_cast<uint64_t>(((b * shape.q_heads + h) * shape.q_len + q0 + r) * shape.kv_len + k0);
-    for (int64_t c = 0; c < cols; ++c) {
-      p[r * ld + c] *= detail::sdpa_dropout_keep(shape.seed, base + c, p_drop) ? keep_scale : T(0);
-    }
-  }
-}
 
 // The number of keys a causal query block [q0, q0 + rows) can see: keys after its last row
 // are masked for every row, so their blocks are skipped rather than masked.
@@ -136,7 +65,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
       const T* k_rows = k.rows(b, kv_h);
       const T* v_rows = v.rows(b, kv_h);
       std::fill(acc.begin(), acc.end(), T(0));
-      std::fill(row_max.begin(), row_max.end(), detail::sdpa_neg_inf<T>());
+      std::fill(row_max.begin(), row_max.end(), softmax::neg_inf<T>());
       std::fill(row_sum.begin(), row_sum.end(), T(0));
       const int64_t keys = visible_keys(shape, q0, rows);
       for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
@@ -151,9 +80,9 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * kKeyBlock;
           const T new_max = std::max(row_max[r], cpu::max_of(s, cols));
-          const T correction = detail::sdpa_exp_shifted(row_max[r], new_max);
+          const T correction = softmax::exp_shifted(row_max[r], new_max);
           row_max[r] = new_max;
-          if (new_max == detail::sdpa_neg_inf<T>()) {
+          if (new_max == softmax::neg_inf<T>()) {
             std::fill(s, s + cols, T(0));
             continue;
           }
@@ -189,7 +118,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         const bool empty = row_sum[r] == T(0);
         const T inv = empty ? T(0) : T(1) / row_sum[r];
         for (int64_t e = 0; e < Ev; ++e) out_rows[r * Ev + e] = acc[r * Ev + e] * inv;
-        lse_rows[r] = empty ? detail::sdpa_neg_inf<T>() : row_max[r] + std::log(row_sum[r]);
+        lse_rows[r] = empty ? softmax::neg_inf<T>() : row_max[r] + std::log(row_sum[r]);
       }
     }
   });
@@ -257,7 +186,7 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
             for (int64_t r = 0; r < rows; ++r) {
               T* row = p + r * kKeyBlock;
               const T m = lse_rows[q0 + r];
-              if (m == detail::sdpa_neg_inf<T>()) {
+              if (m == softmax::neg_inf<T>()) {
                 std::fill(row, row + cols, T(0));
                 continue;
               }
@@ -376,100 +305,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   return {grad_query, grad_key, grad_value, grad_mask};
 }
 
-// exp(s - lse) over one row in place; zeros when lse is -inf (a fully masked row).
-template <typename T>
-void exp_shifted_row(T* row, int64_t n, T lse) {
-  constexpr int64_t L = Vec<T>::size();
-  if (lse == detail::sdpa_neg_inf<T>()) {
-    std::fill(row, row + n, T(0));
-    return;
-  }
-  int64_t c = 0;
-  for (; c + L <= n; c += L) (Vec<T>::loadu(row + c) - Vec<T>(lse)).exp().store(row + c);
-  for (; c < n; ++c) row[c] = std::exp(row[c] - lse);
-}
-
-// Calls fn(b, h, i, row index) for every (batch, query head, query row), in parallel.
-template <typename F>
-void for_each_row(const detail::SdpaShape& shape, const F& fn) {
-  const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
-  at::parallel_for(0, rows, cpu::grain(shape.kv_len), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t i = row % shape.q_len;
-      const int64_t h = (row / shape.q_len) % shape.q_heads;
-      const int64_t b = row / (shape.q_len * shape.q_heads);
-      fn(b, h, i, row);
-    }
-  });
-}
-
-}  // namespace
-
-namespace detail {
-
-void sdpa_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
-                    const at::Tensor& logsumexp, const SdpaShape& shape, at::Tensor* dropped) {
-  const auto lse = logsumexp.contiguous();
-  const int64_t S = shape.kv_len;
-  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "sdpa_probs_cpu", [&] {
-    using T = scalar_t;
-    const auto mask = MaskView<T>::make(attn_mask);
-    T* s = scores.mutable_data_ptr<T>();
-    T* d = dropped ? dropped->mutable_data_ptr<T>() : nullptr;
-    const T* l = lse.const_data_ptr<T>();
-    for_each_row(shape, [&](int64_t b, int64_t h, int64_t i, int64_t row) {
-      T* r = s + row * S;
-      // The scores arrive scaled (the GEMM's alpha): add the mask, then exp(s - lse).
-      finish_scores(r, S, 1, S, i, 0, T(1), mask, b, h, shape.is_causal);
-      exp_shifted_row(r, S, l[row]);
-      if (d) {
-        std::copy(r, r + S, d + row * S);
-        apply_dropout(d + row * S, S, 1, S, shape, b, h, i, 0);
-      }
-    });
-  });
-}
-
-void sdpa_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs, const SdpaShape& shape) {
-  const int64_t S = shape.kv_len;
-  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sdpa_softmax_backward_cpu", [&] {
-    using T = scalar_t;
-    constexpr int64_t L = Vec<T>::size();
-    T* g = grad.mutable_data_ptr<T>();
-    const T* p = probs.const_data_ptr<T>();
-    for_each_row(shape, [&](int64_t b, int64_t h, int64_t i, int64_t row) {
-      T* dp = g + row * S;
-      const T* pr = p + row * S;
-      if (shape.dropout_p > 0) apply_dropout(dp, S, 1, S, shape, b, h, i, 0);
-      // delta = sum_c dP P: the softmax backward's row term.
-      Vec<T> acc(T(0));
-      int64_t c = 0;
-      for (; c + L <= S; c += L)
-        acc = at::vec::fmadd(Vec<T>::loadu(dp + c), Vec<T>::loadu(pr + c), acc);
-      T delta = cpu::horizontal_sum(acc);
-      for (; c < S; ++c) delta += dp[c] * pr[c];
-      for (c = 0; c + L <= S; c += L) {
-        (Vec<T>::loadu(pr + c) * (Vec<T>::loadu(dp + c) - Vec<T>(delta))).store(dp + c);
-      }
-      for (; c < S; ++c) dp[c] = pr[c] * (dp[c] - delta);
-    });
-  });
-}
-
-}  // namespace detail
-
-namespace {
-const detail::SdpaWeightsRows& cpu_weights_rows() {
-  static const detail::SdpaWeightsRows rows{&detail::sdpa_probs_cpu,
-                                            &detail::sdpa_softmax_backward_cpu};
-  return rows;
-}
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
   m.impl("sdpa_forward", &sdpa_forward_cpu);
   m.impl("sdpa_backward", &sdpa_backward_cpu);
-  FASTDL_SDPA_WEIGHTS_KERNELS(m, cpu_weights_rows);
 }
 
 }  // namespace fastdl

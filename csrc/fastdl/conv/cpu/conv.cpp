@@ -11,10 +11,10 @@
 // chunked column buffer is bounded (kColumnBudget elements). Depthwise (one input channel
 // per group, any channel multiplier): direct loops, forward and both gradients, branch-free
 // inner loops over the valid output range of each tap (conv_math.h).
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
-#include "fastdl/conv/cpu/gemm.h"
+#include "fastdl/common/cpu/gemm.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -36,33 +36,8 @@ using detail::Conv2dShape;
 // the columns are written and read while cached and no large buffer is faulted in per call.
 constexpr int64_t kColumnBudget = int64_t(1) << 18;
 
-// sum_i a[i] * b[i], vectorised (two accumulators).
-template <typename T>
-T dot(const T* a, const T* b, int64_t n) {
-  using V = cpu::Vec<T>;
-  constexpr int64_t L = V::size();
-  V s0(T(0)), s1(T(0));
-  int64_t i = 0;
-  for (; i + 2 * L <= n; i += 2 * L) {
-    s0 = at::vec::fmadd(V::loadu(a + i), V::loadu(b + i), s0);
-    s1 = at::vec::fmadd(V::loadu(a + i + L), V::loadu(b + i + L), s1);
-  }
-  T s = cpu::horizontal_sum<T>(s0 + s1);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// y[i] += a * x[i], vectorised.
-template <typename T>
-void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
-  using V = cpu::Vec<T>;
-  constexpr int64_t L = V::size();
-  const V av(a);
-  int64_t i = 0;
-  for (; i + L <= n; i += L) at::vec::fmadd(av, V::loadu(x + i), V::loadu(y + i)).store(y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
+using cpu::axpy;
+using cpu::dot;
 using cpu::grain;
 
 // Images per chunk so that the (C * kh * kw, chunk * OH * OW) columns stay within budget.

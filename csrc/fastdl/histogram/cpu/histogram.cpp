@@ -3,7 +3,7 @@
 // kernel values summed into a (features x bins) block that stays in L1: one pass over x, no
 // (bags, N, F, B) tensor. Backward recomputes the kernel derivatives; the input gradient is a
 // sum over bins, centre/width gradients go to per-thread buffers.
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/histogram/histogram.h"
 #include "fastdl/histogram/histogram_math.h"

@@ -12,8 +12,8 @@
 // buffers. Many queries: tasks own query blocks and write dQ directly; dK, dV go to per-thread
 // buffers. Either way the buffers hold the smaller side's gradient once per thread (tiny for
 // ISAB's m inducing points), summed at the end: no atomics, deterministic for a thread count.
-#include "fastdl/common/cpu_gemm.h"
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/small_gemm.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/induced/induced_attention.h"
 #include "fastdl/induced/induced_attention_math.h"
@@ -45,36 +45,9 @@ struct Problem {
   const bool* mask_of(int64_t bh) const { return mask ? mask + (bh / heads) * S : nullptr; }
 };
 
-// y[0..n) += a * x[0..n)
-template <typename T>
-inline void axpy(T* y, const T* x, T a, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  const Vec<T> av(a);
-  int64_t i = 0;
-  for (; i + W <= n; i += W)
-    at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
-// y[0..n) *= a
-template <typename T>
-inline void scale_inplace(T* y, T a, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  int64_t i = 0;
-  for (; i + W <= n; i += W) (Vec<T>::loadu(y + i) * Vec<T>(a)).store(y + i);
-  for (; i < n; ++i) y[i] *= a;
-}
-
-template <typename T>
-inline T dot(const T* a, const T* b, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  Vec<T> acc(T(0));
-  int64_t i = 0;
-  for (; i + W <= n; i += W) acc = at::vec::fmadd(Vec<T>::loadu(a + i), Vec<T>::loadu(b + i), acc);
-  T s = cpu::horizontal_sum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+using cpu::axpy;
+using cpu::dot;
+using cpu::scale_inplace;
 
 // y[0..d) += sum_j w[j] * row(j)[0..d) over the j < n with w[j] != 0. Register blocked: four
 // vectors of y accumulate over all j before one store.
@@ -142,24 +115,6 @@ struct KeyChunk {
   }
 };
 
-// x[0..n) = exp(x - shift), vectorised; -inf entries give 0.
-template <typename T>
-inline T exp_shifted(T* x, T shift, int64_t n) {
-  constexpr int64_t W = Vec<T>::size();
-  Vec<T> sum_v(T(0));
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    const auto e = (Vec<T>::loadu(x + j) - Vec<T>(shift)).exp();
-    e.store(x + j);
-    sum_v += e;
-  }
-  T sum = cpu::horizontal_sum(sum_v);
-  for (; j < n; ++j) {
-    x[j] = induced::exp_of(x[j] - shift);
-    sum += x[j];
-  }
-  return sum;
-}
 
 // scores[j] = scale * q_row . k_j, -inf for padded keys (whatever they hold, even NaN);
 // returns the largest.
@@ -168,7 +123,7 @@ inline T chunk_scores(const Problem<T>& p, const KeyChunk<T>& c, const T* q_row,
   // scores = q_row times the transposed chunk (E x n).
   cpu::small_gemm<T>(1, c.n, p.E, q_row, 0, 1, c.kt.data(), c.n, scores, c.n, false);
   scale_inplace(scores, p.scale, c.n);
-  for (int64_t j : c.padded) scores[j] = induced::neg_inf<T>();
+  for (int64_t j : c.padded) scores[j] = softmax::neg_inf<T>();
   return cpu::max_of(scores, c.n);
 }
 
@@ -178,7 +133,7 @@ template <typename T>
 void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0, int64_t s1, T* m,
             T* l, T* acc, KeyChunk<T>& chunk, std::vector<T>& scores) {
   const int64_t rows = l1 - l0;
-  std::fill(m, m + rows, induced::neg_inf<T>());
+  std::fill(m, m + rows, softmax::neg_inf<T>());
   std::fill(l, l + rows, T(0));
   std::fill(acc, acc + rows * p.Ev, T(0));
   scores.resize(static_cast<size_t>(std::min(kKeyChunk, std::max<int64_t>(s1 - s0, 1))));
@@ -189,13 +144,13 @@ void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0,
     const int64_t n = chunk.n;
     for (int64_t r = 0; r < rows; ++r) {
       const T chunk_max = chunk_scores(p, chunk, q_rows.row(l0 + r), scores.data());
-      if (chunk_max == induced::neg_inf<T>()) continue;  // every key of the chunk is padded
+      if (chunk_max == softmax::neg_inf<T>()) continue;  // every key of the chunk is padded
       const T m_new = std::max(m[r], chunk_max);
-      const T alpha = induced::rescale_factor(m[r], m_new);
+      const T alpha = softmax::exp_shifted(m[r], m_new);
       T* acc_r = acc + r * p.Ev;
       if (alpha != T(1)) scale_inplace(acc_r, alpha, p.Ev);
       // p_j = exp(s_j - m_new) (padded keys: exp(-inf) = 0), summed, then acc += p_j v_j.
-      const T sum = exp_shifted(scores.data(), m_new, n);
+      const T sum = cpu::exp_shifted_row(scores.data(), n, m_new);
       add_weighted_rows(acc_r, scores.data(), n, p.Ev,
                         [&](int64_t j) { return v_rows.row(c0 + j); });
       l[r] = l[r] * alpha + sum;
@@ -231,10 +186,10 @@ void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out
             const int64_t row = bh * p.L + l0 + r;
             T* dst = splits > 1 ? part_out.data() + (split * BH * p.L + row) * p.Ev
                                 : out.row(bh, l0 + r);
-            const T inv = induced::inverse_or_zero(l[r]);
+            const T inv = softmax::inverse_or_zero(l[r]);
             for (int64_t e = 0; e < p.Ev; ++e) dst[e] = acc[r * p.Ev + e] * inv;
             (splits > 1 ? part_lse[split * BH * p.L + row] : lse[row]) =
-                induced::log_sum_exp(m[r], l[r]);
+                softmax::log_sum_exp(m[r], l[r]);
           }
         }
       });
@@ -242,17 +197,17 @@ void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out
   // Combine the splits: lse = logsumexp_j lse_j, out = sum_j exp(lse_j - lse) out_j.
   at::parallel_for(0, BH * p.L, cpu::grain(splits * p.Ev), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      T mx = induced::neg_inf<T>();
+      T mx = softmax::neg_inf<T>();
       for (int64_t j = 0; j < splits; ++j) mx = std::max(mx, part_lse[j * BH * p.L + row]);
       T total = 0;
       for (int64_t j = 0; j < splits; ++j)
-        total += induced::rescale_factor(part_lse[j * BH * p.L + row], mx);
-      const T row_lse = induced::log_sum_exp(mx, total);
+        total += softmax::exp_shifted(part_lse[j * BH * p.L + row], mx);
+      const T row_lse = softmax::log_sum_exp(mx, total);
       lse[row] = row_lse;
       T* dst = out.row(row / p.L, row % p.L);
       std::fill(dst, dst + p.Ev, T(0));
       for (int64_t j = 0; j < splits; ++j) {
-        const T w = induced::split_weight(part_lse[j * BH * p.L + row], row_lse);
+        const T w = softmax::exp_shifted(part_lse[j * BH * p.L + row], row_lse);
         if (w != T(0)) axpy(dst, part_out.data() + (j * BH * p.L + row) * p.Ev, w, p.Ev);
       }
     }
@@ -286,13 +241,13 @@ void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int6
       // The block's rows that have keys (a fully padded row, lse = -inf, has no gradient).
       int64_t count = 0;
       for (int64_t i = r0; i < std::min(l1, r0 + kBackwardRows); ++i) {
-        if (lse[bh * p.L + i] != induced::neg_inf<T>()) rows[count++] = i;
+        if (lse[bh * p.L + i] != softmax::neg_inf<T>()) rows[count++] = i;
       }
       for (int64_t r = 0; r < count; ++r) {
         const int64_t i = rows[r];
         T* prob_r = prob.data() + r * n;
         chunk_scores(p, chunk, q_rows.row(i), prob_r);
-        exp_shifted(prob_r, lse[bh * p.L + i], n);  // p = exp(s - lse); padded keys: 0
+        cpu::exp_shifted_row(prob_r, n, lse[bh * p.L + i]);  // p = exp(s - lse); padded keys: 0
         if (need_ds) {  // dS_ij = p_ij (dO_i . v_j - D_i), times scale for dQ and dK
           T* ds_r = dscore.data() + r * n;
           cpu::small_gemm<T>(1, n, p.Ev, do_rows.row(i), 0, 1, chunk.vt.data(), n, ds_r, n, false);

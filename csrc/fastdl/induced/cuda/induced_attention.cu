@@ -140,9 +140,9 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
   const A row_lse = Backward && active ? lse_in[grow] : A(0);
   const A row_delta = Backward && active ? delta[grow] : A(0);
   // A fully padded row has no gradient (its lse is -inf): skip the work, keep the syncs.
-  const bool work = active && (!Backward || row_lse != induced::neg_inf<A>());
+  const bool work = active && (!Backward || row_lse != softmax::neg_inf<A>());
 
-  A m = induced::neg_inf<A>(), l = 0;
+  A m = softmax::neg_inf<A>(), l = 0;
   for (int64_t t0 = s0; t0 < s1; t0 += kTile) {
     __syncthreads();  // the previous tile is no longer read (and q/dO rows are written)
     load_tile(k, bh, t0, s1, E, k_tile, key_mask);
@@ -152,13 +152,13 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
     const int64_t key = t0 + lane;
     const bool valid = key < s1 && !(key_mask && key_mask[key]);
     const A score =
-        valid ? scale * dot_shared(my_q, k_tile + lane * (E + 1), E) : induced::neg_inf<A>();
+        valid ? scale * dot_shared(my_q, k_tile + lane * (E + 1), E) : softmax::neg_inf<A>();
     if (!Backward) {
       const A tile_max = warp_max(score);
-      if (tile_max == induced::neg_inf<A>()) continue;  // every key of the tile is padded
+      if (tile_max == softmax::neg_inf<A>()) continue;  // every key of the tile is padded
       const A m_new = max(m, tile_max);
-      const A alpha = induced::rescale_factor(m, m_new);
-      const A p = valid ? induced::exp_of(score - m_new) : A(0);
+      const A alpha = softmax::exp_shifted(m, m_new);
+      const A p = valid ? softmax::exp_of(score - m_new) : A(0);
       l = l * alpha + warp_sum(p);
       m = m_new;
       my_w[lane] = p;
@@ -169,7 +169,7 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
         my_acc[e] = a;
       }
     } else {
-      const A p = valid ? induced::probability(score, row_lse) : A(0);
+      const A p = valid ? softmax::exp_shifted(score, row_lse) : A(0);
       const A dp = valid ? dot_shared(my_do, v_tile + lane * (Ev + 1), Ev) : A(0);
       my_w[lane] = p * (dp - row_delta) * scale;  // dS
       __syncwarp();
@@ -185,8 +185,8 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
     for (int64_t e = lane; e < E; e += kWarpSize) dq.row(bh, row)[e] = static_cast<T>(my_acc[e]);
     return;
   }
-  const A inv = induced::inverse_or_zero(l);
-  const A row_lse_out = induced::log_sum_exp(m, l);
+  const A inv = softmax::inverse_or_zero(l);
+  const A row_lse_out = softmax::log_sum_exp(m, l);
   if (part_out == nullptr) {
     for (int64_t e = lane; e < Ev; e += kWarpSize)
       out.row(bh, row)[e] = static_cast<T>(my_acc[e] * inv);
@@ -210,19 +210,19 @@ __global__ void combine_kernel(const acc_t<T>* __restrict__ part_out,
   const int64_t row =
       static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
-  A mx = induced::neg_inf<A>();
+  A mx = softmax::neg_inf<A>();
   for (int64_t j = lane; j < splits; j += kWarpSize) mx = max(mx, part_lse[j * rows + row]);
   mx = warp_max(mx);
   A total = 0;
   for (int64_t j = lane; j < splits; j += kWarpSize)
-    total += induced::rescale_factor(part_lse[j * rows + row], mx);
+    total += softmax::exp_shifted(part_lse[j * rows + row], mx);
   total = warp_sum(total);
-  const A row_lse = induced::log_sum_exp(mx, total);
+  const A row_lse = softmax::log_sum_exp(mx, total);
   if (lane == 0) lse[row] = row_lse;
   for (int64_t e = lane; e < Ev; e += kWarpSize) {
     A a = 0;
     for (int64_t j = 0; j < splits; ++j) {
-      const A w = induced::split_weight(part_lse[j * rows + row], row_lse);
+      const A w = softmax::exp_shifted(part_lse[j * rows + row], row_lse);
       if (w != A(0)) a += w * part_out[(j * rows + row) * Ev + e];
     }
     out.row(row / L, row % L)[e] = static_cast<T>(a);
@@ -294,13 +294,13 @@ __global__ void key_rows_kernel(induced::Rows<const T> q, induced::Rows<const T>
     load_tile(q, bh, t0, L, E, q_tile);
     load_tile(dout, bh, t0, L, Ev, do_tile);
     for (int64_t i = threadIdx.x; i < kTile; i += blockDim.x) {
-      lse_tile[i] = t0 + i < L ? lse[bh * L + t0 + i] : induced::neg_inf<A>();
+      lse_tile[i] = t0 + i < L ? lse[bh * L + t0 + i] : softmax::neg_inf<A>();
       delta_tile[i] = t0 + i < L ? delta[bh * L + t0 + i] : A(0);
     }
     __syncthreads();
     if (!work) continue;
     const A score = scale * dot_shared(my_k, q_tile + lane * (E + 1), E);
-    const A p = induced::probability(score, lse_tile[lane]);  // 0 past L (lse -inf)
+    const A p = softmax::exp_shifted(score, lse_tile[lane]);  // 0 past L (lse -inf)
     const A dp = dot_shared(my_v, do_tile + lane * (Ev + 1), Ev);
     my_p[lane] = p;
     my_ds[lane] = p * (dp - delta_tile[lane]) * scale;

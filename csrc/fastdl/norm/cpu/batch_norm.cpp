@@ -7,7 +7,7 @@
 // Forward = statistics (one pass of shifted sums) + affine; backward = sums of dy and
 // dy * (x - mean) + affine. Parallel over channels when the inner run is long, over rows with
 // per-thread accumulators otherwise; vectorised along the contiguous dim.
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/batch_norm.h"
 #include "fastdl/norm/norm_params.h"

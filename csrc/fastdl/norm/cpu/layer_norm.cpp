@@ -1,7 +1,7 @@
 // layer_norm CPU kernels: parallel over rows, vectorised along each row. Forward is two-pass
 // per row (the row stays in cache); backward computes the input gradient row by row and
 // accumulates the weight/bias gradients in per-thread buffers.
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/layer_norm.h"
 #include "fastdl/norm/norm_params.h"

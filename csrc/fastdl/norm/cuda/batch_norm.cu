@@ -263,7 +263,7 @@ void launch_channel_affine(const BatchNormShape& shape, const Affine<T>& f, int6
   const int sms = cuda::device_properties().multiProcessorCount;
   const int64_t blocks =
       std::max<int64_t>(1, std::min<int64_t>(cuda::ceil_div(numel / vec, threads), sms * 16));
-  cuda::with_pack_width(vec, [&](auto width) {
+  static_switch<8, 4, 2, 1>(vec, [&](auto width) {
     constexpr int V = decltype(width)::value;
     if (interleaved) {
       cuda::launch(channel_affine_kernel<T, V, true>, {blocks, threads, 0}, f, numel,

@@ -4,7 +4,7 @@
 // registers). Backward: max scatters into the task's own plane (channels-last: own image), so
 // threads never share an output; avg scatters likewise for NCHW and, for channels-last,
 // gathers for each input element the windows that cover it (vectorised over channels).
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/pooling/pooling.h"
 #include "fastdl/pooling/pooling_math.h"
 

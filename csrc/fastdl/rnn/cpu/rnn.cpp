@@ -2,9 +2,8 @@
 // along the hidden units with at::vec::Vectorized, the scalar tail by the same formula), and
 // the column reductions for the bias and peephole gradients. The GEMMs and the time loop are
 // in the drivers (lstm.cpp, gru.cpp); the formulas in rnn_math.h.
-#include "fastdl/common/cpu_gemm.h"
-#include "fastdl/conv/cpu/gemm.h"
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/matmul.h"
+#include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_math.h"
@@ -12,7 +11,6 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/mm.h>
 
 #include <cmath>
 #include <cstring>
@@ -352,44 +350,9 @@ struct LstmBackwardRun {
   static void run(const detail::LstmStepBackward& p) { lstm_step_backward_kernel<T, kPeephole>(p); }
 };
 
-// The step products (a batch of rows times a weight matrix) go to our register-tiled kernel,
-// which reads the weights in place; the big ones (input projections of all steps, weight
-// gradients) to our packed float32 GEMM; what neither takes (float64 without the packed GEMM,
-// odd layouts) to BLAS.
-void matmul_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (!accumulate) out.zero_();
-    return;
-  }
-  if (M <= 64 && a.stride(1) == 1 && b.is_contiguous() && out.is_contiguous()) {
-    AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnn_matmul_cpu", [&] {
-      cpu::parallel_gemm<scalar_t>(M, N, K, a.const_data_ptr<scalar_t>(), a.stride(0),
-                                   b.const_data_ptr<scalar_t>(), N,
-                                   out.mutable_data_ptr<scalar_t>(), N, accumulate);
-    });
-    return;
-  }
-  if (out.scalar_type() == at::kFloat && cpu::gemm_available() && out.stride(1) == 1) {
-    // MatrixRef holds mutable pointers; A and B are only read.
-    const cpu::MatrixRef A{const_cast<float*>(a.const_data_ptr<float>()), a.stride(0), a.stride(1)};
-    const cpu::MatrixRef Bm{const_cast<float*>(b.const_data_ptr<float>()), b.stride(0),
-                            b.stride(1)};
-    const cpu::MatrixRef C{out.mutable_data_ptr<float>(), out.stride(0), 1};
-    cpu::gemm(M, N, K, A, Bm, C, accumulate);
-    return;
-  }
-  if (accumulate) {
-    out.addmm_(a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
-}
-
 const detail::RnnKernels& cpu_kernels() {
   static const detail::RnnKernels k{
-      &matmul_cpu,
+      &cpu::matmul,
       [](const detail::LstmStepForward& p) { dispatch_peephole<LstmForwardRun>(p, p.gates); },
       [](const detail::LstmStepBackward& p) { dispatch_peephole<LstmBackwardRun>(p, p.gates); },
       [](const detail::GruStepForward& p) {

@@ -5,7 +5,7 @@
 // into MR-tall panels (it stays in L2), and the micro-kernel runs over every (MR, NR) tile,
 // one B panel (in L1) against every A panel. Partial tiles (edges, a tile crossing a column
 // group of C) are computed into a small buffer and copied out.
-#include "fastdl/conv/cpu/gemm.h"
+#include "fastdl/common/cpu/gemm.h"
 
 #include <ATen/Parallel.h>
 

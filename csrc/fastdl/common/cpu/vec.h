@@ -1,11 +1,13 @@
-// CPU kernel helpers: vectorised row reductions (at::vec::Vectorized, several accumulators
-// for instruction-level parallelism and accuracy) and per-thread reduction buffers.
+// CPU kernel helpers: vectorised dot products, axpy and row reductions (at::vec::Vectorized,
+// several accumulators for instruction-level parallelism and accuracy) and per-thread
+// reduction buffers.
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -48,6 +50,65 @@ inline T max_of(const T* x, int64_t n) {
   }
   for (; i < n; ++i) best = x[i] > best ? x[i] : best;
   return best;
+}
+
+// sum_i a[i] * b[i], vectorised (two accumulators).
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  Vec<T> s0(T(0)), s1(T(0));
+  int64_t i = 0;
+  for (; i + 2 * L <= n; i += 2 * L) {
+    s0 = at::vec::fmadd(Vec<T>::loadu(a + i), Vec<T>::loadu(b + i), s0);
+    s1 = at::vec::fmadd(Vec<T>::loadu(a + i + L), Vec<T>::loadu(b + i + L), s1);
+  }
+  for (; i + L <= n; i += L) s0 = at::vec::fmadd(Vec<T>::loadu(a + i), Vec<T>::loadu(b + i), s0);
+  T s = horizontal_sum<T>(s0 + s1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// y[i] += a * x[i], vectorised.
+template <typename T>
+inline void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  const Vec<T> av(a);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// y[i] *= a, vectorised.
+template <typename T>
+inline void scale_inplace(T* y, T a, int64_t n) {
+  constexpr int64_t L = Vec<T>::size();
+  int64_t i = 0;
+  for (; i + L <= n; i += L) (Vec<T>::loadu(y + i) * Vec<T>(a)).store(y + i);
+  for (; i < n; ++i) y[i] *= a;
+}
+
+// x[0..n) = exp(x - shift) in place, vectorised, and their sum; all zeros when shift is -inf
+// (a fully masked row: common/online_softmax.h's convention). Entries of -inf give 0.
+template <typename T>
+inline T exp_shifted_row(T* x, int64_t n, T shift) {
+  constexpr int64_t L = Vec<T>::size();
+  if (shift == -std::numeric_limits<T>::infinity()) {
+    std::fill(x, x + n, T(0));
+    return T(0);
+  }
+  Vec<T> sum_v(T(0));
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    const auto e = (Vec<T>::loadu(x + j) - Vec<T>(shift)).exp();
+    e.store(x + j);
+    sum_v += e;
+  }
+  T sum = horizontal_sum<T>(sum_v);
+  for (; j < n; ++j) {
+    x[j] = std::exp(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
 }
 
 // sum_i f(x[i]) for a vector-capable f (called with Vec<T> and with T), four accumulators.

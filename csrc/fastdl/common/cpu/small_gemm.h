@@ -4,7 +4,7 @@
 // inside at::parallel_for tasks without nesting threads.
 #pragma once
 
-#include "fastdl/common/cpu_vec.h"
+#include "fastdl/common/cpu/vec.h"
 
 namespace fastdl::cpu {
 
