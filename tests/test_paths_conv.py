@@ -1,0 +1,152 @@
+"""Every code path of the conv2d CPU kernels (conv/cpu/conv.cpp) and of the packed float32
+GEMM under them (conv/cpu/gemm.cpp), with shapes on both sides of each threshold, in float32
+and float64, with 1 thread and with several.
+
+conv.cpp: with at least 2 threads and a batch divisible by the thread count or at least 4
+times it, float32 runs whole images per thread (``images_in_parallel``), else the batch is
+chunked; either way images go through im2col a chunk at a time (``chunk_images``: at most
+``kColumnBudget`` = 2^18 column elements), the weight gradient accumulating over chunks.
+float64 runs at::mm. Stride 1 and strided im2col/col2im; groups; bias or none; only some
+gradients wanted. Depthwise: direct loops, vectorised along output rows (stride 1) of ``L``
+lanes, the weight gradient a two-vector dot product.
+
+gemm.cpp: ``kKc`` = 320 reduction steps per packed block, ``kMc`` = 192 rows, ``kNc`` = 2048
+columns per block; 8 x 32 (AVX-512) or 6 x 16 (AVX2) tiles with partial edge tiles and tiles
+crossing an image boundary; one task per thread once ``2 M N K >= 4e6`` outside a parallel
+region (the split of the output between threads, or the fallback when too few panels); the
+packs of transposed and strided operands. The AVX2 micro-kernel and the BLAS fallback are
+selected by ``FASTDL_CPU_GEMM`` when the library loads: a subprocess runs the GEMM cases
+under each.
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastdl.functional as FF
+from helpers import compare_with_torch
+from thresholds import DTYPES, around, threads, vec_width  # noqa: F401  (threads: a fixture)
+
+KCOLUMN_BUDGET = 1 << 18
+
+
+def _conv(dtype, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, bias=True,
+          grads="xwb"):
+    """fastdl's conv2d vs torch's, forward and the gradients of the arguments in ``grads``
+    (x, w, b), the others not requiring grad (so the backward op gets a partial mask)."""
+    x = torch.randn(x_shape, dtype=dtype).requires_grad_("x" in grads)
+    fan_in = math.prod(w_shape[1:])
+    w = (torch.randn(w_shape, dtype=dtype) / math.sqrt(fan_in)).requires_grad_("w" in grads)
+    b = torch.randn(w_shape[0], dtype=dtype).requires_grad_("b" in grads) if bias else None
+    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups),
+                       lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+                       [x, w, b], dtype)
+
+
+def _batches(threads, chunk):
+    """Batches on both sides of images_in_parallel for ``threads`` and of ``chunk`` images:
+    1; threads + 1 (neither a multiple of the threads nor 4 times them: chunked); a multiple
+    of the threads with more than ``chunk`` images per thread (whole images, several chunks a
+    thread); 4 threads + 1 (whole images, uneven); 2 chunk + 1 (a partial last chunk)."""
+    return sorted({1, threads + 1, threads * (chunk + 1), 4 * threads + 1, 2 * chunk + 1})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("grads", ["xwb", "x", "w", "b"])
+def test_conv_chunks_and_image_partition(dtype, grads, threads):
+    # C * kh * kw * OH * OW = 4 * 9 * 16 * 16 = 9216 column elements an image: chunks of 28.
+    C, k, out = 4, 3, 16
+    chunk = KCOLUMN_BUDGET // (C * k * k * out * out)
+    assert chunk == 28
+    # 18 x 18 images, 5 x 5 output channels (stride 1): small, while a chunk is 28 images.
+    for n in _batches(threads, chunk):
+        _conv(dtype, (n, C, out + 2, out + 2), (5, C, k, k), grads=grads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_strides_dilation_groups(dtype, threads):
+    # Strided im2col/col2im (stride 2, and 2 x 1 where rows are strided but columns are not),
+    # dilation, padding, groups with Kg = 3, no bias; batches chunked and whole-image.
+    for n in [2, 3]:
+        _conv(dtype, (n, 4, 11, 10), (6, 4, 3, 3), stride=2, padding=1)
+        _conv(dtype, (n, 4, 11, 10), (6, 4, 3, 2), stride=(2, 1), dilation=(1, 2))
+        _conv(dtype, (n, 6, 9, 8), (6, 3, 3, 3), padding=(2, 1), dilation=2, groups=2,
+              bias=False)
+
+
+# GEMM shapes (M = output channels per group, N = images * OH * OW, K = C * kh * kw / groups):
+# the packed blocks, edge tiles and thread splits. Batch 1 and 3 (chunked on 2 threads, so
+# the GEMM itself is parallel), float32 the packed GEMM, float64 at::mm.
+GEMM_CASES = {
+    # K = 360 > kKc = 320: two reduction blocks (the second accumulates)
+    "k_blocks": ((1, 40, 6, 6), (8, 40, 3, 3)),
+    # K = 648: three blocks of 216
+    "k_blocks3": ((1, 72, 5, 5), (9, 72, 3, 3)),
+    # M = 200 > kMc = 192 rows (and 200 % 8 != 0: a partial row tile)
+    "m_blocks": ((1, 2, 6, 6), (200, 2, 3, 3)),
+    # N = 50 x 50 = 2500 > kNc = 2048 columns
+    "n_blocks": ((1, 1, 52, 52), (4, 1, 3, 3)),
+    # 2 M N K = 2 * 64 * 576 * 144 >= 4e6: split between threads (columns), K not a multiple
+    "thread_split": ((1, 16, 26, 26), (64, 16, 3, 3)),
+    # 256 rows and 900 columns, large enough to split: tm x tn chosen by packing cost
+    "thread_split_rows": ((1, 8, 32, 32), (256, 8, 3, 3)),
+    # 2 M N K >= 4e6 with one row panel and one column panel: the fallback split
+    "thread_fallback": ((1, 890, 6, 10), (8, 890, 3, 3)),
+    # 3 images of 5 x 5: column tiles crossing image boundaries (25 % 32 != 0), M = 5 < 8
+    "cross_images": ((3, 7, 7, 7), (5, 7, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_conv_gemm_blocks(dtype, case, threads):
+    x_shape, w_shape = GEMM_CASES[case]
+    _conv(dtype, x_shape, w_shape)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "blas"])
+def test_conv_gemm_kernel_choice(isa):
+    # FASTDL_CPU_GEMM is read when the library loads: rerun the GEMM and partition cases in a
+    # fresh interpreter with the AVX2 micro-kernel (6 x 16 tiles) forced, or BLAS instead of
+    # the packed GEMM (float32 convolution through at::mm). Skipped where the CPU lacks AVX2.
+    if isa == "avx2" and "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, FASTDL_CPU_GEMM=isa, FASTDL_TEST_THREADS="1,2")
+    here = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         os.path.join(here, "test_paths_conv.py"), os.path.join(here, "test_paths_rnn.py"),
+         "-k", "float32 and (gemm_blocks or image_partition and xwb or matmul_paths)"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def _depthwise_widths(L):
+    """Output row lengths around the vector width and the dot product's two vectors."""
+    return sorted(set(around(L) + around(2 * L) + [2 * L + 3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_row_lengths(dtype, multiplier, threads):
+    # Stride 1: rows of OW outputs in L-lane vectors plus a tail, forward and grad_input; the
+    # weight gradient a dot product over OW values (2 L at a time).
+    for ow in _depthwise_widths(vec_width(dtype)):
+        _conv(dtype, (2, 3, 5, ow + 2), (3 * multiplier, 1, 3, 3), groups=3)
+        _conv(dtype, (2, 3, 6, ow + 2), (3 * multiplier, 1, 3, 3), padding=1, dilation=(2, 1),
+              groups=3, bias=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_strided(dtype, threads):
+    # grad_input of strided depthwise convolutions: the scatter with unit column stride (an
+    # axpy over the row, 2 x 1 strides) and with column strides; padding and dilation.
+    L = vec_width(dtype)
+    _conv(dtype, (2, 4, 9, 2 * L + 5), (4, 1, 3, 3), stride=(2, 1), padding=1, groups=4)
+    _conv(dtype, (2, 4, 9, 2 * L + 5), (8, 1, 3, 2), stride=2, padding=(1, 0), dilation=2,
+          groups=4)
