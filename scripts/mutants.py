@@ -50,13 +50,19 @@ MUTANTS = [
         "csrc/fastdl/common/cpu/vec.h", NORM + ATTN[:1],
         ("reduce_sum: fourth accumulator reads the third vector",
          "a3 += f(Vec<T>::loadu(x + i + 3 * L));", "a3 += f(Vec<T>::loadu(x + i + 2 * L));"),
-        ("max_of: last whole vector skipped",
-         "for (i = L; i + L <= n; i += L) acc", "for (i = L; i + L < n; i += L) acc"),
         ("mean_var: exact second pass never taken",
          "if (!(d * d <= T(64) * var)) {", "if (false) {"),
         ("ThreadColumnSums: only the first thread's row summed",
          "for (int64_t t = 0; t < threads; ++t) s += data_[t * columns_ + c];",
          "for (int64_t t = 0; t < 1; ++t) s += data_[t * columns_ + c];"),
+    ),
+    *_family(
+        # A row maximum short of the true one changes no softmax on paper (exp(s - m) / sum
+        # is the same for any m), only its overflow: caught by the dominant-key tests. (A
+        # loop bound one vector short is no mutant here: the scalar tail takes the vector.)
+        "csrc/fastdl/common/cpu/vec.h", [ATTN[0], INDUCED[0], ATTN[1], INDUCED[1]],
+        ("max_of: running vector maximum overwritten by each vector",
+         "acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));", "acc = Vec<T>::loadu(x + i);"),
     ),
     *_family(
         "csrc/fastdl/common/cpu/vec.h", CONV[:1] + INDUCED[:1] + CONV[1:],
@@ -182,8 +188,10 @@ MUTANTS = [
         ("gemm AVX2 kernel: accumulate reads the wrong half",
          "acc1[i] = _mm256_add_ps(acc1[i], _mm256_loadu_ps(row + 8));",
          "acc1[i] = _mm256_add_ps(acc1[i], _mm256_loadu_ps(row));"),
-        ("gemm: each task's column range loses its last column",
-         "tn1 = std::min(N, tn0 + nc_task);", "tn1 = std::min(N, tn0 + nc_task - 1);"),
+        # (One column short is no mutant: the panel is padded to NR columns and its edge
+        # tile's width comes from N, so the column is still computed.)
+        ("gemm: each task's column range loses its last tile",
+         "tn1 = std::min(N, tn0 + nc_task);", "tn1 = std::min(N, tn0 + nc_task - NR);"),
         ("gemm: column blocks past kNc skip a column",
          "for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {",
          "for (int64_t n0 = tn0; n0 < tn1; n0 += kNc + 1) {"),
