@@ -25,7 +25,7 @@ fi
 echo "setup: installing dependencies"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
-  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn \
+  "scikit-build-core>=0.10" "pybind11>=2.12" pytest pytest-xdist expecttest scikit-learn \
   "quapy>=0.2.3" tqdm matplotlib  # the quantification extra: its tests and example
 # The integration tests' real models (tests/test_real_models.py, test_transformers.py);
 # torchvision must be the release built for the torch above.

@@ -87,6 +87,25 @@ def _launched_kernels():
     return launched
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its emulator launch counts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is None:
+        return
+    try:
+        workeroutput["fastdl_kernel_launches"] = [[f, n, c] for (f, n), c in _launched_kernels().items()]
+    except (AttributeError, RuntimeError):
+        pass
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without pytest-xdist
+def pytest_testnodedown(node, error):
+    """The controller side of pytest_sessionfinish: sums the workers' launch counts."""
+    total = node.config.__dict__.setdefault("_fastdl_kernel_launches", {})
+    for family, name, count in getattr(node, "workeroutput", {}).get("fastdl_kernel_launches", []):
+        total[(family, name)] = total.get((family, name), 0) + count
+
+
 def pytest_terminal_summary(terminalreporter):
     """After a run with emulated CUDA tests: the test cases that passed in the emulator per op
     family, and every CUDA kernel of the tree with the number of times it was launched."""
@@ -104,10 +123,12 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     write("cuda-sim: test cases passed in the emulator, per family: " +
           ", ".join(f"{k} {v}" for k, v in sorted(per_family.items())))
-    try:
-        launched = _launched_kernels()
-    except (AttributeError, RuntimeError):
-        return
+    launched = terminalreporter.config.__dict__.get("_fastdl_kernel_launches")
+    if launched is None:  # not under xdist: this process ran the kernels
+        try:
+            launched = _launched_kernels()
+        except (AttributeError, RuntimeError):
+            return
     kernels = _cuda_kernels_in_tree()
     never = sorted(k for k in kernels if k not in launched)
     for family in sorted({f for f, _ in kernels}):
