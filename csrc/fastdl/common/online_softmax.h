@@ -1,4 +1,4 @@
-// The online softmax both attention families (attention/, induced/) compute with, on CPU and
+// The online softmax both attention families (attention/, sets/) compute with, on CPU and
 // CUDA, so the conventions cannot drift apart.
 //
 // A softmax over keys is a running state (m, l, acc): m the largest score seen, l the sum of

@@ -16,13 +16,6 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.batch_norm";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, double);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const at::Tensor&, bool, std::array<bool, 3>);
-
 detail::BatchNormShape shape_of(const at::Tensor& input) {
   detail::BatchNormShape s;
   s.channels = input.size(1);
@@ -118,7 +111,7 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         ctx, {true, present(weight), present(bias), present(running_mean), present(running_var)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, mean, invstd] =
-        FASTDL_OP("batch_norm_forward", ForwardSig)
+        FASTDL_CALL(batch_norm_forward)
             .call(input, weight, bias, running_mean, running_var, training, momentum, eps);
     autograd::save_with_optional(ctx, {input, mean, invstd}, weight);
     ctx->saved_data["training"] = training;
@@ -135,8 +128,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     variable_list result(8);
     if (!grads[0].defined()) return result;
     auto [grad_input, grad_weight, grad_bias] =
-        FASTDL_OP("batch_norm_backward", BackwardSig)
-            .call(grads[0], saved[0], autograd::saved_optional(saved, 3), saved[1], saved[2],
+        FASTDL_CALL(batch_norm_backward)
+            .call(grads[0], saved[0], autograd::saved_optional(ctx, saved, 0), saved[1], saved[2],
                   training, mask);
     result[0] = grad_input;
     result[1] = grad_weight;
@@ -154,17 +147,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autograd(
   return {out[0], out[1], out[2]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
-    std::array<bool, 3> mask) {
-  return autograd::not_differentiable(
-      "fastdl.batch_norm_backward", {grad_output, input, weight.value_or(at::Tensor())}, [&] {
-        return FASTDL_OP("batch_norm_backward", BackwardSig)
-            .call(grad_output, input, weight, save_mean, save_invstd, training, mask);
-      });
-}
-
 // Under autocast torch's batch_norm keeps the input's dtype (cuDNN takes half inputs with
 // float32 parameters, as our CUDA kernels do, so CUDA needs no autocast kernel). Our CPU
 // kernels are float32/float64 only: on CPU a half input is computed in float32 and the output
@@ -176,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autocast_cpu(
   constexpr auto cpu = c10::DeviceType::CPU;
   autocast::BelowAutocast<cpu> below;
   auto [output, mean, invstd] =
-      FASTDL_OP("batch_norm_forward", ForwardSig)
+      FASTDL_CALL(batch_norm_forward)
           .call(autocast::to_float<cpu>(input), autocast::to_float<cpu>(weight),
                 autocast::to_float<cpu>(bias), running_mean, running_var, training, momentum, eps);
   return {output.to(input.scalar_type()), mean, invstd};
@@ -188,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
-  return FASTDL_OP("batch_norm_forward", ForwardSig)
+  return FASTDL_CALL(batch_norm_forward)
       .call(input, weight, bias, running_mean, running_var, training, momentum, eps);
 }
 
@@ -196,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
     std::array<bool, 3> output_mask) {
-  return FASTDL_OP("batch_norm_backward", BackwardSig)
+  return FASTDL_CALL(batch_norm_backward)
       .call(grad_output, input, weight, save_mean, save_invstd, training, output_mask);
 }
 
@@ -222,7 +204,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm_forward", &batch_norm_forward_autograd);
-  m.impl("batch_norm_backward", &batch_norm_backward_autograd);
+  m.impl("batch_norm_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {

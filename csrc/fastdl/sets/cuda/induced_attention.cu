@@ -12,8 +12,8 @@
 //            staged in shared memory. No atomics: every output element has one writer.
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/common/tensors.h"
-#include "fastdl/induced/induced_attention.h"
-#include "fastdl/induced/induced_attention_math.h"
+#include "fastdl/sets/induced_attention.h"
+#include "fastdl/sets/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>

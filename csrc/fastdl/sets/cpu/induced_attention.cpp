@@ -15,8 +15,8 @@
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
-#include "fastdl/induced/induced_attention.h"
-#include "fastdl/induced/induced_attention_math.h"
+#include "fastdl/sets/induced_attention.h"
+#include "fastdl/sets/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
