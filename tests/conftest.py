@@ -42,13 +42,14 @@ def _cuda_sim(request):
         yield
 
 
-_FAMILY_OF_TEST = {
-    "attention": "attention", "multihead_attention": "attention", "conv": "conv",
-    "models_cnn": "conv", "pooling": "pooling", "layer_norm": "norm", "batch_norm": "norm",
-    "histogram": "histogram", "histogram_modules": "histogram", "induced_attention": "induced",
-    "set_transformer": "induced", "models_sets": "induced", "rnn": "rnn", "rnn_models": "rnn",
-    "cuda_sim": "the emulator itself",
-}
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tags each report with its test module's FAMILY (the op family it covers), which reaches
+    the terminal summary from pytest-xdist workers too."""
+    outcome = yield
+    family = getattr(getattr(item, "module", None), "FAMILY", None)
+    if family:
+        outcome.get_result().user_properties.append(("fastdl_family", family))
 
 
 def _cuda_kernels_in_tree():
@@ -118,7 +119,7 @@ def pytest_terminal_summary(terminalreporter):
     per_family = collections.Counter()
     for r in passed:
         stem = os.path.basename(r.nodeid.split("::", 1)[0]).removeprefix("test_").removesuffix(".py")
-        per_family[_FAMILY_OF_TEST.get(stem, stem)] += 1
+        per_family[dict(r.user_properties).get("fastdl_family", stem)] += 1
     write = terminalreporter.write_line
     write("")
     write("cuda-sim: test cases passed in the emulator, per family: " +

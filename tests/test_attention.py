@@ -12,6 +12,8 @@ from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_ref
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "attention"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.sdpa_forward
 OP_BACKWARD = torch.ops.fastdl.sdpa_backward
 

@@ -13,6 +13,8 @@ from helpers import (cuda_devices, DEVICE_DTYPES, DEVICES, assert_close_to_refer
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "conv"  # the emulator summary counts test cases per op family
+
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
 OP = torch.ops.fastdl.conv2d_forward

@@ -19,6 +19,8 @@ from helpers import (cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close
                      assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
                      check_opcheck, compare_with_torch)
 
+FAMILY = "sets"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.induced_attention_forward
 
 # (batch, heads, L queries, S keys, E, Ev). CPU splits the key axis (flash-decoding) when the

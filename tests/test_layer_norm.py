@@ -15,6 +15,8 @@ from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVIC
                      assert_unchanged, check_compile, check_compile_module, check_gradcheck,
                      check_opcheck, compare_with_torch, device_dtypes)
 
+FAMILY = "norm"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.layer_norm_forward
 OP_BACKWARD = torch.ops.fastdl.layer_norm_backward
 

@@ -12,6 +12,8 @@ from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_n
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "pooling"  # the emulator summary counts test cases per op family
+
 MAX_OP = torch.ops.fastdl.max_pool2d_forward
 MAX_BACKWARD = torch.ops.fastdl.max_pool2d_backward
 AVG_OP = torch.ops.fastdl.avg_pool2d_forward
