@@ -81,12 +81,7 @@ def peak_mib(step: Callable, device: str) -> float | None:
     """What one call of ``step`` adds to the peak memory in use before it, in MiB."""
     gc.collect()
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return harness._peak_mib(step)
     if not _rss_peak_reset():
         return None
     base = _rss_kib("VmRSS")
