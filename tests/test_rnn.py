@@ -200,7 +200,7 @@ def test_cells_gradcheck(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_no_double_backward(device):
+def test_double_backward_raises(device):
     a = _gru_args(device, torch.float64, steps=2, batch=2)
     assert_no_double_backward(lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0], [a["input"], a["hx"]])
 
