@@ -32,6 +32,9 @@ python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ni
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" "${FASTDL_TORCHVISION:-torchvision==0.29.1}" \
   "timm>=1.0,<2" "transformers>=4.48,<6"
 
+# Paths below the checkout are hashed relative to it, so ccache serves one checkout's objects
+# to another (a fresh clone in CI, a worktree) when the sources and flags are the same.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90}, CUDA emulator ${FASTDL_CUDA_SIM:-ON})"
 start=$(date +%s)
 FASTDL_CUDA_ARCHS="${FASTDL_CUDA_ARCHS:-90}" FASTDL_CUDA_SIM="${FASTDL_CUDA_SIM:-ON}" \
