@@ -213,6 +213,22 @@ def test_dropout_matches_reference_with_its_mask(device, dtype):
     torch.testing.assert_close(ours(q, k, v), ours(q, k, v), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_dropout_one_drops_everything(device, dtype, masked):
+    """dropout_p=1.0 is accepted, as torch: every weight dropped, output and all gradients
+    (the float mask's included) exactly zero, as torch's."""
+    q, k, v = _qkv(device, dtype, (2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4))
+    mask = torch.randn(5, 7, device=device, dtype=dtype, requires_grad=True) if masked else None
+    inputs = [q, k, v] + ([mask] if masked else [])
+    out = FF.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
+    ref = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
+    assert out.shape == ref.shape and torch.equal(out, torch.zeros_like(out)) and torch.equal(out, ref)
+    g = torch.randn_like(out)
+    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert torch.equal(ours, torch.zeros_like(ours)) and torch.equal(ours, theirs)
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, compile
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +336,7 @@ def test_bad_input(device):
                          "attn_mask", "dtype")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device),
                                                     is_causal=True), "attn_mask", "is_causal")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.0), "dropout_p")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.5), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=-0.1), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")
     # The op itself: 4-d only, a seed with dropout.

@@ -270,6 +270,33 @@ def test_empty_batch(device, mode, shape):
     assert x.grad is not None and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training, stats", [(True, "running"), (True, "none"), (True, "no_channels"),
+                                             (False, "running"), (False, "no_channels")])
+def test_empty_1d_input(device, training, stats):
+    """A 1-d input with no elements: torch returns it (empty), leaves the running statistics
+    alone and gives zero gradients to weight and bias; so does fastdl, reading it as (0, C)."""
+    c = 0 if stats == "no_channels" else 3  # no channels: no affine (torch raises IndexError)
+    x = torch.empty(0, device=device, requires_grad=True)
+    w = torch.randn(c, device=device, requires_grad=True) if c else None
+    b = torch.randn(c, device=device, requires_grad=True) if c else None
+    rm = None if stats == "none" else torch.randn(c, device=device)
+    rv = None if stats == "none" else torch.rand(c, device=device) + 1
+    ours = (None, None) if rm is None else (rm.clone(), rv.clone())
+    out = FF.batch_norm(x, *ours, w, b, training)
+    ref = F.batch_norm(x.detach(), rm, rv, None if w is None else w.detach(), None if b is None else b.detach(), training)
+    assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype
+    if rm is not None:
+        assert torch.equal(ours[0], rm) and torch.equal(ours[1], rv)
+    out.sum().backward()
+    assert x.grad.shape == (0,)
+    if c:
+        assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    # The per-channel tensors still have to agree with each other.
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, torch.ones(3, device=device),
+                                                             torch.ones(4, device=device), True), "bias")
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, compile, export, autocast
 # ---------------------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<
     dv_dw = Vec<T>(s / 2) * (da + db);
   } else if constexpr (K == HistogramKernel::Soft) {
     const Vec<T> ad = d.abs();
-    const Vec<T> active = (w * ad) < one;
+    const Vec<T> wad = w * ad;
+    const Vec<T> active = (wad < one) | (wad != wad);  // NaN is active, as hist_derivatives
     // -w * sign(d), 0 at d == 0 (torch's d|d|/dd), without a multiply.
     const Vec<T> neg_w_sign = ((d > zero) & (zero - w)) | ((d < zero) & w);
     dv_dd = active & neg_w_sign;
