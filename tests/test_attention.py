@@ -394,3 +394,41 @@ def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
         torch.testing.assert_close(out, ours(q, k, v), rtol=0, atol=0)
     assert_close_to_reference(out, ref(*(t.double() for t in (q, k, v))), dtype,
                               baseline=ref(q, k, v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions from the differential fuzzer (tests/fuzz)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("where", ["query", "key", "float_mask"])
+def test_nan_propagates_as_torch(device, dtype, where):
+    """A NaN score makes its row NaN, output and gradients, as torch's softmax (the online
+    softmax's row maximum used to drop it and return 0 or a finite mix); other rows stay finite."""
+    q, k, v = _qkv(device, dtype, (2, 2, 5, 4), (2, 2, 300, 4), (2, 2, 300, 3), requires_grad=False)
+    mask = torch.randn(5, 300, device=device, dtype=dtype) if where == "float_mask" else None
+    {"query": q, "key": k, "float_mask": mask}[where].view(-1)[7] = float("nan")
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    out = FF.scaled_dot_product_attention(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q, k, v, mask)
+    assert out.isnan().any() and not out.isnan().all()
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    g = torch.randn_like(out)
+    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert torch.equal(ours.isnan(), theirs.isnan())
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_empty_value_dim_gradients_are_zero(device, dtype):
+    """Ev = 0: no output element, so zero gradients, as torch (a NaN or -inf in the inputs
+    used to give NaN * 0 = NaN)."""
+    q, k, v = _qkv(device, dtype, (3, 6), (9, 6), (9, 0), requires_grad=False)
+    q[2, 0] = float("-inf")
+    k[1, 3] = -1e30
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    out = FF.scaled_dot_product_attention(q, k, v, is_causal=True, scale=2.0)
+    assert out.shape == (3, 0)
+    for g in torch.autograd.grad(out, inputs, torch.zeros_like(out)):
+        assert torch.equal(g, torch.zeros_like(g))

@@ -35,7 +35,7 @@ inline T horizontal_sum(const Vec<T>& v) {
   return lanes[0];
 }
 
-// max_i x[i] over n >= 0 values (-inf for none), vectorised.
+// max_i x[i] over n >= 0 values (-inf for none), vectorised; NaN if any x[i] is NaN.
 template <typename T>
 inline T max_of(const T* x, int64_t n) {
   constexpr int64_t L = Vec<T>::size();
@@ -46,9 +46,9 @@ inline T max_of(const T* x, int64_t n) {
     for (i = L; i + L <= n; i += L) acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));
     alignas(64) T lanes[L];
     acc.store(lanes);
-    for (int64_t j = 0; j < L; ++j) best = lanes[j] > best ? lanes[j] : best;
+    for (int64_t j = 0; j < L; ++j) best = (lanes[j] > best || lanes[j] != lanes[j]) ? lanes[j] : best;
   }
-  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+  for (; i < n; ++i) best = (x[i] > best || x[i] != x[i]) ? x[i] : best;
   return best;
 }
 
