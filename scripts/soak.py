@@ -121,15 +121,17 @@ def _models() -> dict[str, Callable[[torch.Generator], tuple[nn.Module, Callable
             "histnetq": histnetq, "lenet": lenet}
 
 
-def soak(name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1) -> dict:
+def soak(name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1, leak_kib: int = 0) -> dict:
     """Train model ``name`` for ``steps`` steps (in ``threads`` Python threads at once, each its
-    own model copy) and return its figures and whether it passed."""
+    own model copy) and return its figures and whether it passed. ``leak_kib``: hold that much
+    more memory every step (the test that the soak catches a leak)."""
     torch.manual_seed(0)
     build = _models()[name]
     runs = [build() for _ in range(threads)]
     samples: list[float] = []
     bad: list[str] = []
     barrier = threading.Barrier(threads)
+    leaked: list[bytearray] = []
 
     def train(index: int):
         model, step_loss = runs[index]
@@ -144,6 +146,8 @@ def soak(name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1)
                 return
             loss.backward()
             opt.step()
+            if leak_kib:
+                leaked.append(bytearray(b"x" * (leak_kib * 1024)))
             if threads > 1:
                 barrier.wait()
             if index == 0 and step >= warmup:
@@ -176,6 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="all", help=f"comma-separated, of {', '.join(_models())}")
     parser.add_argument("--threads", type=int, default=1, help="Python threads training at once")
     parser.add_argument("--num-threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--leak-kib-per-step", type=int, default=0, help=argparse.SUPPRESS)  # self-test
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
     failed = 0
     print(f"{'model':22} {'steps':>6} {'RSS first MiB':>14} {'RSS last MiB':>13} {'growth':>8}  result")
     for name in names:
-        r = soak(name, args.steps, warmup, args.bound_mib, args.threads)
+        r = soak(name, args.steps, warmup, args.bound_mib, args.threads, args.leak_kib_per_step)
         failed += not r["ok"]
         print(f"{name:22} {r['steps']:6d} {r['rss_first_mib']:14.1f} {r['rss_last_mib']:13.1f} "
               f"{r['growth_mib']:8.2f}  {'ok' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])}", flush=True)

@@ -884,3 +884,22 @@ def test_strided_weight(device):
     rx, rw = torch.autograd.grad(ref, [x, w], g)
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_channel_whose_squares_overflow(device):
+    """Found by the differential fuzzer: a float32 channel holding -1e30 (squares past float's
+    range) got invstd = 0 and came out as the bias; its sums are now redone in double, giving
+    the float64 result (torch's float32 one here)."""
+    x = torch.randn(3, 4, 5, device=device)
+    x[1, 2, 3] = -1e30
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    rm64, rv64 = rm.double(), rv.double()
+    out = FF.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    ref = F.batch_norm(x.double(), rm64, rv64, training=True, momentum=1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rm.double(), rm64, rtol=1e-5, atol=0)
+    # channel 2's variance (~1e59) is past float32's range: inf, as float32 rounds it
+    assert torch.isinf(rv[2]) and rv64[2] > torch.finfo(torch.float32).max
+    keep = torch.tensor([0, 1, 3], device=device)
+    torch.testing.assert_close(rv[keep].double(), rv64[keep], rtol=1e-5, atol=0)

@@ -628,3 +628,18 @@ def test_rows_past_the_grid(device):
     w, b = _params((37,), device, torch.float32, "weight_bias")
     with fastdl.testing.cuda_sim(max_grid=(4, 0, 0)):
         compare_with_torch(*_fns((37,)), [x, w, b], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_rows_whose_squares_overflow(device):
+    """Found by the differential fuzzer: a float32 row holding +-1e30 (its squares pass float's
+    range) came out as the bias (rstd = 1 / sqrt(inf) = 0), where torch gives NaN; fastdl now
+    computes such a row's statistics in double, matching the float64 result."""
+    x = torch.randn(3, 7, device=device)
+    x[1, 2] = 1e30
+    x[2, 0] = -3e25
+    w, b = torch.randn(7, device=device), torch.randn(7, device=device)
+    out = FF.layer_norm(x, (7,), w, b)
+    ref = F.layer_norm(x.double(), (7,), w.double(), b.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[1], b)

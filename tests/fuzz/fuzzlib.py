@@ -56,6 +56,7 @@ class Case:
         self.drawn["special"] = self.special
         self.huge_left = 1  # at most one ±1e30 per case: two could cancel, and no order is right
         self.infinities = False  # an input holds ±inf: inf - inf may be NaN in one order, inf in another
+        self.nans = False  # an input holds NaN
         self.gen = torch.Generator().manual_seed(self.seed)
 
     def __repr__(self) -> str:
@@ -134,8 +135,8 @@ def tensor(case: Case, name: str, shape: Sequence[int], *, layouts: Optional[Seq
     if low is not None:
         values = lambda s: torch.rand(s, generator=case.gen, dtype=torch.float64) * (high - low) + low  # noqa: E731
     else:
-        if scale is None:
-            scale = 10.0 ** case.rng.choice([-2, 0, 0, 0, 1, 2])
+        if scale is None:  # without huge values, no 100-scale inputs either (their products are)
+            scale = 10.0 ** case.rng.choice([-2, 0, 0, 0, 1, 2] if huge else [-2, 0, 0, 0, 1])
         values = lambda s: torch.randn(s, generator=case.gen, dtype=torch.float64) * scale  # noqa: E731
     if layout == "transposed":
         i, j = sorted(case.rng.sample(range(nd), 2))
@@ -179,13 +180,18 @@ def tensor(case: Case, name: str, shape: Sequence[int], *, layouts: Optional[Seq
             pos = case.rng.randrange(flat.numel())
             flat[pos] = value
             case.infinities |= math.isinf(value)
+            case.nans |= math.isnan(value)
             case.drawn.setdefault(f"{name}.specials", []).append((pos, value))
     return Gen(base, view, layout)
 
 
-def mask_tensor(case: Case, name: str, shape: Sequence[int], p_true: float = 0.7) -> Gen:
-    """A bool tensor (contiguous): True with probability ``p_true``."""
+def mask_tensor(case: Case, name: str, shape: Sequence[int], p_true: float = 0.7,
+                first: Optional[bool] = None) -> Gen:
+    """A bool tensor (contiguous): True with probability ``p_true``; ``first`` fixes index 0
+    of the last dim (e.g. so that every query keeps a key)."""
     base = torch.rand(list(shape), generator=case.gen, dtype=torch.float64) < p_true
+    if first is not None and base.numel():
+        base[..., 0] = first
     return Gen(base, lambda b: b, "contiguous")
 
 
@@ -211,6 +217,10 @@ class Problem:
     #: the reference's gradient is NaN where fastdl's is a number by design (torch.where's
     #: 0 * NaN in the branch it did not take, in the hard histogram's surrogate).
     reference_grad_nan_artifact: bool = False
+    #: torch returns 0 for a NaN row on some paths (its sdpa's math path for short sequences,
+    #: which nn.MultiheadAttention takes) and NaN on others (its flash kernel); fastdl always
+    #: NaN. With a NaN input, fastdl may be NaN where torch is a number, never the reverse.
+    torch_may_drop_nan: bool = False
 
 
 #: Calls torch rejects and fastdl accepts on purpose, by a fragment of torch's message: torch's
@@ -219,6 +229,7 @@ TORCH_REJECTS_ON_PURPOSE = (
     "select(): index 0 out of range for tensor of size [0]",  # batch_norm with C = 0 and weights
     "cannot reshape tensor of 0 elements",                     # MultiheadAttention with batch 0
     "Expected sequence length to be larger than 0 in RNN",     # LSTM/GRU over 0 steps: h_n = h_0
+    "Only zero batch or zero channel inputs are supported",    # conv of an empty row padded: bias
 )
 
 
@@ -282,7 +293,7 @@ def _matches(a: torch.Tensor, x: torch.Tensor, tol: torch.Tensor) -> torch.Tenso
 
 def compare_tensor(what: str, a, s, r, dtype: torch.dtype, values: bool = True, *,
                    scale: Optional[float] = None, infinities: bool = False,
-                   nan_artifact: bool = False) -> Optional[str]:
+                   nan_artifact: bool = False, extra_nan: bool = False) -> Optional[str]:
     """None when fastdl's ``a`` passes against torch's ``s`` (same dtype) and ``r`` (float64).
 
     ``scale``: the magnitude the absolute tolerance is relative to (default: ``r``'s typical
@@ -323,6 +334,8 @@ def compare_tensor(what: str, a, s, r, dtype: torch.dtype, values: bool = True, 
             ok |= ~a64.isfinite() & (~s64.isfinite() | ~r64.isfinite())
         if nan_artifact:
             ok |= a64.isfinite() & s64.isnan()
+        if extra_nan:
+            ok |= a64.isnan()
     if bool(ok.all()):
         return None
     idx = (~ok).nonzero()
@@ -369,14 +382,16 @@ def check(case: Case, problem: Problem) -> None:
                      [_typical(g.base) ** 2 for g in problem.tensors.values() if g.base.is_floating_point()
                       and g.base.numel()] or [1.0])
     inf = case.infinities
+    extra_nan = problem.torch_may_drop_nan and case.nans
     for i, (a, s, r) in enumerate(zip(ours.outputs, theirs.outputs, ref.outputs)):
         errors.append(compare_tensor(f"output {i}", a, s, r, case.dtype, not problem.values_differ,
-                                     infinities=inf))
+                                     infinities=inf, extra_nan=extra_nan))
     for name in theirs.grads if problem.compare_grads else ():
         errors.append(compare_tensor(f"gradient of {name}", ours.grads.get(name), theirs.grads[name],
                                      ref.grads.get(name), case.dtype, not problem.values_differ,
                                      scale=grad_scale, infinities=inf,
-                                     nan_artifact=problem.reference_grad_nan_artifact))
+                                     nan_artifact=problem.reference_grad_nan_artifact,
+                                     extra_nan=extra_nan))
     for name in theirs.state:
         errors.append(compare_tensor(f"{name} after the call", ours.state[name], theirs.state[name],
                                      ref.state.get(name), case.dtype, infinities=inf))

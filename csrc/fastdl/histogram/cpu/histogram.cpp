@@ -28,7 +28,10 @@ Vec<T> vec_exp(const Vec<T>& z) {
   // Arguments are clamped where exp over/underflows anyway, so the fast polynomial of
   // exp_u20 (float) never sees values it does not handle.
   if constexpr (std::is_same_v<T, float>) {
-    return at::vec::clamp(z, Vec<T>(-87.f), Vec<T>(87.f)).exp_u20();
+    // exp_u20 does not handle NaN (it returns inf or garbage): cz - cz is 0, or NaN for a NaN,
+    // so NaN propagates as in the reference.
+    const Vec<T> cz = at::vec::clamp(z, Vec<T>(-87.f), Vec<T>(87.f));
+    return cz.exp_u20() + (cz - cz);
   } else {
     return at::vec::clamp(z, Vec<T>(-700.0), Vec<T>(700.0)).exp();
   }

@@ -228,6 +228,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
         const auto d = a - p;
         return std::make_pair(d, d * d);
       });
+      if constexpr (std::is_same_v<T, float>) {
+        // A channel whose float squares overflowed (|x - shift| ~ 1e20 and more): its sums
+        // again in double. An inf or NaN in the channel stays NaN.
+        for (int64_t c = 0; c < C; ++c) {
+          if (std::isfinite(s2[c])) continue;
+          double t1 = 0, t2 = 0;
+          for (int64_t o = 0; o < shape.outer; ++o) {
+            for (int64_t i = 0; i < shape.inner; ++i) {
+              const double d = static_cast<double>(xp[(o * C + c) * shape.inner + i]) - shift[c];
+              t1 += d;
+              t2 += d * d;
+            }
+          }
+          s1[c] = t1;
+          s2[c] = t2;
+        }
+      }
       for (int64_t c = 0; c < C; ++c) {
         const double m1 = s1[c] / n;
         const double var = std::max(s2[c] / n - m1 * m1, 0.0);
