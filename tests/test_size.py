@@ -133,6 +133,10 @@ def test_layer_norm_past_2_31(big):
     out = FF.layer_norm(x, (1024,), w)
     torch.testing.assert_close(out[images], F.layer_norm(x[images], (1024,), w), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[100], F.layer_norm(x[100], (1024,), w), rtol=1e-5, atol=1e-5)
+    del out
+    out = FF.layer_norm(x, (1024, 1024))  # rows of a million values
+    ref = F.layer_norm(x[images].double(), (1024, 1024))
+    torch.testing.assert_close(out[images].double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_norm_past_2_31(big):
