@@ -9,7 +9,7 @@ the process is sampled every step; the model fails if the largest RSS of the las
 the run exceeds the largest of the first quarter by more than ``--bound-mib`` (a leak of even
 a few KiB per step shows over thousands of steps), or if a loss or parameter is not finite.
 
-    python scripts/soak.py                       # every model, 2000 steps each (~10 min on 2 cores)
+    python scripts/soak.py                       # every model, 2000 steps each (about half an hour on 2 cores)
     python scripts/soak.py --steps 200 --models lenet,lstm_lm
     python scripts/soak.py --threads 3           # also from 3 Python threads at once
 

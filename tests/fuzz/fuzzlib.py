@@ -36,7 +36,7 @@ import torch
 #: Cases per op: the fast profile (every CI run) and ``--fuzz-long`` (before a release: about
 #: an hour on the 2-core CI machine for all ops).
 FAST_CASES = 100
-LONG_CASES = 6000
+LONG_CASES = 12000
 
 SPECIALS = (0.0, -0.0, 1e-40, -1e-40, 5e-324, float("inf"), float("-inf"), float("nan"),
             1e30, -1e30, 1e-30, -1e-30)
