@@ -14,6 +14,11 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the long differential-fuzzing profile (tests/fuzz; about an hour)")
+
+
 def pytest_configure(config):
     # Also declared in pyproject.toml; registered here so the suite runs from any rootdir.
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")

@@ -273,6 +273,33 @@ def test_empty_batch(device, mode, shape):
     assert x.grad is not None and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training, stats", [(True, "running"), (True, "none"), (True, "no_channels"),
+                                             (False, "running"), (False, "no_channels")])
+def test_empty_1d_input(device, training, stats):
+    """A 1-d input with no elements: torch returns it (empty), leaves the running statistics
+    alone and gives zero gradients to weight and bias; so does fastdl, reading it as (0, C)."""
+    c = 0 if stats == "no_channels" else 3  # no channels: no affine (torch raises IndexError)
+    x = torch.empty(0, device=device, requires_grad=True)
+    w = torch.randn(c, device=device, requires_grad=True) if c else None
+    b = torch.randn(c, device=device, requires_grad=True) if c else None
+    rm = None if stats == "none" else torch.randn(c, device=device)
+    rv = None if stats == "none" else torch.rand(c, device=device) + 1
+    ours = (None, None) if rm is None else (rm.clone(), rv.clone())
+    out = FF.batch_norm(x, *ours, w, b, training)
+    ref = F.batch_norm(x.detach(), rm, rv, None if w is None else w.detach(), None if b is None else b.detach(), training)
+    assert out.shape == ref.shape == (0,) and out.dtype == ref.dtype
+    if rm is not None:
+        assert torch.equal(ours[0], rm) and torch.equal(ours[1], rv)
+    out.sum().backward()
+    assert x.grad.shape == (0,)
+    if c:
+        assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+    # The per-channel tensors still have to agree with each other.
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, torch.ones(3, device=device),
+                                                             torch.ones(4, device=device), True), "bias")
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, compile, export, autocast
 # ---------------------------------------------------------------------------------------------
@@ -650,3 +677,38 @@ def test_large_mean_small_spread(device, mode, channels_last):
         rm = x.detach().mean((0, 2, 3)) + 0.001 * torch.randn(3, device=device)
         rv = x.detach().var((0, 2, 3))
     compare_with_torch(*_fns(mode != "eval"), [x, w, b, rm, rv], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_weight(device):
+    """A non-contiguous weight (a slice with stride 2) gives the gradients of the same weight
+    contiguous, checked against the equations. (The differential fuzzer found torch 2.14's CPU
+    batch_norm backward wrong here: it reads the strided weight as contiguous.)"""
+    x = torch.randn(3, 5, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, device=device, dtype=torch.float64)[1::2].detach().requires_grad_()
+    g = torch.randn(3, 5, device=device, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(FF.batch_norm(x, None, None, w, None, True), [x, w], g)
+    mean, var = x.mean(0), x.var(0, unbiased=False)
+    ref = (x - mean) / torch.sqrt(var + 1e-5) * w
+    rx, rw = torch.autograd.grad(ref, [x, w], g)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_channel_whose_squares_overflow(device):
+    """Found by the differential fuzzer: a float32 channel holding -1e30 (squares past float's
+    range) got invstd = 0 and came out as the bias; its sums are now redone in double, giving
+    the float64 result (torch's float32 one here)."""
+    x = torch.randn(3, 4, 5, device=device)
+    x[1, 2, 3] = -1e30
+    rm, rv = torch.zeros(4, device=device), torch.ones(4, device=device)
+    rm64, rv64 = rm.double(), rv.double()
+    out = FF.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    ref = F.batch_norm(x.double(), rm64, rv64, training=True, momentum=1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rm.double(), rm64, rtol=1e-5, atol=0)
+    # channel 2's variance (~1e59) is past float32's range: inf, as float32 rounds it
+    assert torch.isinf(rv[2]) and rv64[2] > torch.finfo(torch.float32).max
+    keep = torch.tensor([0, 1, 3], device=device)
+    torch.testing.assert_close(rv[keep].double(), rv64[keep], rtol=1e-5, atol=0)

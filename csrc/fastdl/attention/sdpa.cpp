@@ -65,7 +65,9 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
               query.sizes());
   s.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(s.head_dim));
   TORCH_CHECK(std::isfinite(s.scale), kOp, ": scale must be finite, got ", s.scale);
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp, ": dropout_p must be in [0, 1), got ",
+  // dropout_p = 1 drops every weight, as torch: the output and gradients are zeros (the keep
+  // test u >= 1 never passes, so the infinite 1 / (1 - p) is never applied).
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, kOp, ": dropout_p must be in [0, 1], got ",
               dropout_p);
   s.dropout_p = dropout_p;
   s.is_causal = is_causal;

@@ -11,14 +11,29 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <initializer_list>
 
 namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.batch_norm";
 
-detail::BatchNormShape shape_of(const at::Tensor& input) {
+// torch accepts a 1-d input with no elements and returns it as it is: it is read here as an
+// (0, C) batch, C the length of the first per-channel tensor given with it (0 without any), so
+// the per-channel tensors still have to agree with each other.
+bool empty_1d(const at::Tensor& input) { return input.dim() == 1 && input.numel() == 0; }
+
+int64_t channels_of(const at::Tensor& input,
+                    std::initializer_list<const std::optional<at::Tensor>*> per_channel) {
+  if (!empty_1d(input)) return input.size(1);
+  for (const auto* t : per_channel) {
+    if (present(*t) && (*t)->dim() == 1) return (*t)->size(0);
+  }
+  return 0;
+}
+
+detail::BatchNormShape shape_of(const at::Tensor& input, int64_t channels) {
   detail::BatchNormShape s;
-  s.channels = input.size(1);
+  s.channels = channels;
   int64_t spatial = 1;
   for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
   // Channels-last (NHWC / NDHWC) only when it is the actual layout, not merely compatible.
@@ -40,9 +55,9 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& running_var, bool training,
                                         double momentum, double eps) {
   checks::floating(input, kOp, "input");
-  TORCH_CHECK(input.dim() >= 2, kOp, ": input must have shape (N, C) or (N, C, *), got ",
-              input.sizes());
-  const int64_t c = input.size(1);
+  TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
+              ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
+  const int64_t c = channels_of(input, {&weight, &bias, &running_mean, &running_var});
   checks::parameter(weight, input, {c}, kOp, "weight");
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
@@ -56,7 +71,7 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
               ": eps must be a finite non-negative number, got ", eps);
   // As torch: a constant channel would divide by zero.
   TORCH_CHECK_VALUE(!training || eps > 0, kOp, ": eps must be positive during training, got ", eps);
-  const auto shape = shape_of(input);
+  const auto shape = shape_of(input, c);
   TORCH_CHECK_VALUE(!training || shape.per_channel() != 1, kOp,
                     ": expected more than 1 value per channel when training, got input size ",
                     input.sizes());
@@ -68,9 +83,10 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
                                          const at::Tensor& save_mean,
                                          const at::Tensor& save_invstd) {
   checks::floating(input, kOp, "input");
-  TORCH_CHECK(input.dim() >= 2, kOp, ": input must have shape (N, C) or (N, C, *), got ",
-              input.sizes());
-  const int64_t c = input.size(1);
+  TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
+              ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
+  const std::optional<at::Tensor> mean_as_channels(save_mean);
+  const int64_t c = channels_of(input, {&mean_as_channels});
   checks::parameter(weight, input, {c}, kOp, "weight");
   checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
@@ -83,7 +99,7 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
         stat->defined() && stat->sizes() == at::IntArrayRef{c} && stat->device() == input.device(),
         kOp, ": save_mean and save_invstd must have shape [", c, "] on ", input.device());
   }
-  return shape_of(input);
+  return shape_of(input, c);
 }
 
 at::Tensor batch_norm_layout(const at::Tensor& t, const BatchNormShape& shape) {

@@ -32,8 +32,8 @@ LayerNormShape check_layer_norm_forward(const at::Tensor& input, at::IntArrayRef
               " must match the trailing dimensions of input, got input of shape ", input.sizes());
   checks::parameter(weight, input, normalized_shape, kOp, "weight");
   checks::parameter(bias, input, normalized_shape, kOp, "bias");
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp,
-              ": eps must be a finite non-negative number, got ", eps);
+  // A negative eps is accepted, as torch: rows whose variance + eps is negative give NaN.
+  TORCH_CHECK(std::isfinite(eps), kOp, ": eps must be a finite number, got ", eps);
   int64_t cols = 1;
   for (auto s : normalized_shape) cols *= s;
   int64_t rows = 1;

@@ -107,10 +107,17 @@ def _batch_norm_memory_format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _batch_norm_empty_1d_channels(*per_channel):
+    """C of a 1-d input with no elements, read as (0, C) (as batch_norm.cpp's channels_of)."""
+    return next((t.shape[0] for t in per_channel if t is not None and t.dim() == 1), 0)
+
+
 @register_fake("fastdl::batch_norm_forward")
 def _batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    torch._check(input.dim() >= 2, lambda: f"fastdl.batch_norm: input must have shape (N, C) or (N, C, *), got {list(input.shape)}")
-    channels = input.shape[1]
+    torch._check(input.dim() >= 2 or (input.dim() == 1 and input.numel() == 0),
+                 lambda: f"fastdl.batch_norm: input must have shape (N, C) or (N, C, *), got {list(input.shape)}")
+    channels = input.shape[1] if input.dim() >= 2 else _batch_norm_empty_1d_channels(
+        weight, bias, running_mean, running_var)
     out = torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
     dtype = stats_dtype(input)
     return out, input.new_empty((channels,), dtype=dtype), input.new_empty((channels,), dtype=dtype)
@@ -118,7 +125,7 @@ def _batch_norm_forward(input, weight, bias, running_mean, running_var, training
 
 @register_fake("fastdl::batch_norm_backward")
 def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, training, output_mask):
-    channels = input.shape[1]
+    channels = input.shape[1] if input.dim() >= 2 else save_mean.shape[0]
     param = weight if weight is not None else input
     grad_input = (torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
                   if output_mask[0] else None)

@@ -79,7 +79,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         // Online softmax: new maximum, rescale what was accumulated, add this block.
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * kKeyBlock;
-          const T new_max = std::max(row_max[r], cpu::max_of(s, cols));
+          const T new_max = softmax::max_nan(row_max[r], cpu::max_of(s, cols));
           const T correction = softmax::exp_shifted(row_max[r], new_max);
           row_max[r] = new_max;
           if (new_max == softmax::neg_inf<T>()) {
@@ -311,7 +311,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   const auto lse = logsumexp.contiguous();
   auto [grad_query, grad_key, grad_value, grad_mask] =
       detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
-  if (shape.batch * shape.kv_heads == 0) return {grad_query, grad_key, grad_value, grad_mask};
+  // No output element (Ev = 0 included): nothing depends on the inputs, the gradients are zeros
+  // (computing them would give NaN * 0 = NaN where a probability is NaN).
+  if (shape.batch * shape.kv_heads * shape.value_dim == 0) {
+    return {grad_query, grad_key, grad_value, grad_mask};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_backward_cpu", [&] {
     Gradients<scalar_t> grads{
         mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),

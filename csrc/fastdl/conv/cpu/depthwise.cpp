@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace fastdl::conv_cpu {
@@ -125,7 +126,11 @@ void depthwise_grad_input_stride1(const T* gy, const T* w, T* gx, const Conv2dSh
 
 template <typename T>
 void depthwise_grad_input(const T* gy, const T* w, T* gx, const Conv2dShape& s) {
-  if (s.sh == 1 && s.sw == 1) return depthwise_grad_input_stride1(gy, w, gx, s);
+  // The stride-1 kernel multiplies grad_output's zero padding by the weights: with a weight
+  // that is not finite (0 * inf = NaN at the borders) the loops below, over valid taps only.
+  const bool finite =
+      std::all_of(w, w + s.out_channels * s.kh * s.kw, [](T v) { return std::isfinite(v); });
+  if (s.sh == 1 && s.sw == 1 && finite) return depthwise_grad_input_stride1(gy, w, gx, s);
   const int64_t H = s.in_h, W = s.in_w, OH = s.out_h, OW = s.out_w, K = s.out_channels,
                 C = s.in_channels;
   const int64_t m = K / C;
