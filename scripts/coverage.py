@@ -7,7 +7,7 @@ the previous counts, runs the CPU suite on that build (``pytest tests -m "not cu
 tests/test_wheel.py, which builds and installs a separate wheel, is left out), and prints,
 per file of csrc/fastdl, lines and branches covered (gcovr; throw and unreachable branches
 excluded), then the uncovered lines of every CPU kernel file (``*/cpu/*``, the shared
-``common/cpu_*`` helpers) and front file (``<family>/<op>.cpp``).
+``common/cpu/`` helpers) and front file (``<family>/<op>.cpp``).
 
     python scripts/coverage.py [--report-only] [pytest args...]
 

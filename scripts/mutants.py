@@ -45,22 +45,42 @@ def _family(file, tests, *mutants):
 QUICK = True
 
 MUTANTS = [
-    # ---- common/cpu_vec.h (row reductions, per-thread column sums) ----
+    # ---- common/cpu/vec.h (row reductions, per-thread column sums, dot, exp rows) ----
     *_family(
-        "csrc/fastdl/common/cpu_vec.h", NORM + ATTN[:1],
+        "csrc/fastdl/common/cpu/vec.h", NORM + ATTN[:1],
         ("reduce_sum: fourth accumulator reads the third vector",
          "a3 += f(Vec<T>::loadu(x + i + 3 * L));", "a3 += f(Vec<T>::loadu(x + i + 2 * L));"),
-        ("max_of: last whole vector skipped",
-         "for (i = L; i + L <= n; i += L) acc", "for (i = L; i + L < n; i += L) acc"),
         ("mean_var: exact second pass never taken",
          "if (!(d * d <= T(64) * var)) {", "if (false) {"),
         ("ThreadColumnSums: only the first thread's row summed",
          "for (int64_t t = 0; t < threads; ++t) s += data_[t * columns_ + c];",
          "for (int64_t t = 0; t < 1; ++t) s += data_[t * columns_ + c];"),
     ),
-    # ---- common/cpu_gemm.h (register-tiled small GEMM) ----
     *_family(
-        "csrc/fastdl/common/cpu_gemm.h", ATTN[:1] + INDUCED[:1] + RNN[:1],
+        # A row maximum short of the true one changes no softmax on paper (exp(s - m) / sum
+        # is the same for any m), only its overflow: caught by the dominant-key tests. (A
+        # loop bound one vector short is no mutant here: the scalar tail takes the vector.)
+        "csrc/fastdl/common/cpu/vec.h", [ATTN[0], INDUCED[0], ATTN[1], INDUCED[1]],
+        ("max_of: running vector maximum overwritten by each vector",
+         "acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));", "acc = Vec<T>::loadu(x + i);"),
+    ),
+    *_family(
+        "csrc/fastdl/common/cpu/vec.h", CONV[:1] + INDUCED[:1] + CONV[1:],
+        ("dot: second accumulator reads the first vector of b",
+         "s1 = at::vec::fmadd(Vec<T>::loadu(a + i + L), Vec<T>::loadu(b + i + L), s1);",
+         "s1 = at::vec::fmadd(Vec<T>::loadu(a + i + L), Vec<T>::loadu(b + i), s1);"),
+    ),
+    *_family(
+        "csrc/fastdl/common/cpu/vec.h", [ATTN[0], INDUCED[0], ATTN[1], INDUCED[1]],
+        ("exp_shifted_row: vector exp not shifted (sdpa weights, induced probabilities)",
+         "const auto e = (Vec<T>::loadu(x + j) - Vec<T>(shift)).exp();",
+         "const auto e = Vec<T>::loadu(x + j).exp();"),
+        ("exp_shifted_row: scalar exp tail not shifted",
+         "x[j] = std::exp(x[j] - shift);", "x[j] = std::exp(x[j]);"),
+    ),
+    # ---- common/cpu/small_gemm.h (register-tiled small GEMM) ----
+    *_family(
+        "csrc/fastdl/common/cpu/small_gemm.h", ATTN[:1] + INDUCED[:1] + RNN[:1],
         ("small_gemm: tiles ignore accumulate",
          "acc[r][v] = accumulate ? Vec<T>::loadu(c + r * ldc + v * L) : Vec<T>(T(0));",
          "acc[r][v] = Vec<T>(T(0));"),
@@ -153,12 +173,9 @@ MUTANTS = [
         ("depthwise grad_weight: last column of each row dropped",
          "partial += dot(gr + wr.begin, xr + wr.begin, wr.end - wr.begin);",
          "partial += dot(gr + wr.begin, xr + wr.begin, wr.end - wr.begin - 1);"),
-        ("conv dot: second accumulator reads the first vector of b",
-         "s1 = at::vec::fmadd(V::loadu(a + i + L), V::loadu(b + i + L), s1);",
-         "s1 = at::vec::fmadd(V::loadu(a + i + L), V::loadu(b + i), s1);"),
     ),
     *_family(
-        "csrc/fastdl/conv/cpu/gemm.cpp", CONV,
+        "csrc/fastdl/common/cpu/gemm.cpp", CONV,
         ("gemm: later reduction blocks overwrite",
          "const bool acc = accumulate || k0 > 0;", "const bool acc = accumulate;"),
         ("gemm: edge tiles ignore accumulate",
@@ -171,8 +188,10 @@ MUTANTS = [
         ("gemm AVX2 kernel: accumulate reads the wrong half",
          "acc1[i] = _mm256_add_ps(acc1[i], _mm256_loadu_ps(row + 8));",
          "acc1[i] = _mm256_add_ps(acc1[i], _mm256_loadu_ps(row));"),
-        ("gemm: each task's column range loses its last column",
-         "tn1 = std::min(N, tn0 + nc_task);", "tn1 = std::min(N, tn0 + nc_task - 1);"),
+        # (One column short is no mutant: the panel is padded to NR columns and its edge
+        # tile's width comes from N, so the column is still computed.)
+        ("gemm: each task's column range loses its last tile",
+         "tn1 = std::min(N, tn0 + nc_task);", "tn1 = std::min(N, tn0 + nc_task - NR);"),
         ("gemm: column blocks past kNc skip a column",
          "for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {",
          "for (int64_t n0 = tn0; n0 < tn1; n0 += kNc + 1) {"),
@@ -186,8 +205,6 @@ MUTANTS = [
         ("sdpa: vector part of the rescale dropped",
          "(Vec<T>::loadu(a + e) * Vec<T>(correction)).store(a + e);",
          "(Vec<T>::loadu(a + e) * Vec<T>(T(1))).store(a + e);"),
-        ("sdpa causal: the key after the diagonal visible",
-         "c = std::max<int64_t>(0, i + 1 - k0);", "c = std::max<int64_t>(0, i + 2 - k0);"),
         ("sdpa causal: a block's last visible key skipped",
          "std::min(shape.kv_len, q0 + rows)", "std::min(shape.kv_len, q0 + rows - 1)"),
         ("sdpa causal backward: first query block after the key block skipped",
@@ -201,12 +218,20 @@ MUTANTS = [
         ("sdpa backward: dK not scaled", "gk[n] = dk[n] * scale;", "gk[n] = dk[n];"),
         ("sdpa GQA backward: only the first head of a group",
          "h < (kv_h + 1) * shape.group(); ++h) {", "h < kv_h * shape.group() + 1; ++h) {"),
+    ),
+    *_family(
+        "csrc/fastdl/attention/cpu/sdpa_rows.h", ATTN,
+        ("sdpa causal: the key after the diagonal visible",
+         "c = std::max<int64_t>(0, i + 1 - k0);", "c = std::max<int64_t>(0, i + 2 - k0);"),
+    ),
+    *_family(
+        "csrc/fastdl/attention/cpu/sdpa_weights.cpp", ATTN,
         ("sdpa weights backward: tail drops delta",
          "for (; c < S; ++c) dp[c] = pr[c] * (dp[c] - delta);",
          "for (; c < S; ++c) dp[c] = pr[c] * dp[c];"),
-        ("sdpa weights: vector exp not shifted by lse",
-         "(Vec<T>::loadu(row + c) - Vec<T>(lse)).exp().store(row + c);",
-         "(Vec<T>::loadu(row + c)).exp().store(row + c);"),
+        ("sdpa weights backward: vector part drops delta",
+         "(Vec<T>::loadu(pr + c) * (Vec<T>::loadu(dp + c) - Vec<T>(delta))).store(dp + c);",
+         "(Vec<T>::loadu(pr + c) * Vec<T>::loadu(dp + c)).store(dp + c);"),
     ),
     # ---- induced attention ----
     *_family(
@@ -215,15 +240,15 @@ MUTANTS = [
          "a3 = at::vec::fmadd(wj, Vec<T>::loadu(r + 3 * W), a3);",
          "a3 = at::vec::fmadd(wj, Vec<T>::loadu(r + 2 * W), a3);", QUICK),
         ("induced key splits: total of the split weights overwritten",
-         "total += induced::rescale_factor(part_lse[j * BH * p.L + row], mx);",
-         "total = induced::rescale_factor(part_lse[j * BH * p.L + row], mx);"),
+         "total += softmax::exp_shifted(part_lse[j * BH * p.L + row], mx);",
+         "total = softmax::exp_shifted(part_lse[j * BH * p.L + row], mx);"),
         ("induced key splits: weights against the maximum, not the lse",
-         "induced::split_weight(part_lse[j * BH * p.L + row], row_lse);",
-         "induced::split_weight(part_lse[j * BH * p.L + row], mx);"),
+         "softmax::exp_shifted(part_lse[j * BH * p.L + row], row_lse);",
+         "softmax::exp_shifted(part_lse[j * BH * p.L + row], mx);"),
         ("induced backward: only the first thread's buffer summed",
          "for (int64_t th = 0; th < threads; ++th) {", "for (int64_t th = 0; th < 1; ++th) {"),
         ("induced: padded keys not masked",
-         "for (int64_t j : c.padded) scores[j] = induced::neg_inf<T>();",
+         "for (int64_t j : c.padded) scores[j] = softmax::neg_inf<T>();",
          "for (int64_t j : c.padded) (void)j;"),
         ("induced backward: each 32-row block drops its last row",
          "i < std::min(l1, r0 + kBackwardRows); ++i) {",
@@ -232,8 +257,6 @@ MUTANTS = [
          "prob_r[j] * (ds_r[j] - d_i) * p.scale;", "prob_r[j] * (ds_r[j] - d_i);"),
         ("induced: running sum not rescaled", "l[r] = l[r] * alpha + sum;",
          "l[r] = l[r] + sum;"),
-        ("induced: scalar exp tail not shifted", "x[j] = induced::exp_of(x[j] - shift);",
-         "x[j] = induced::exp_of(x[j]);"),
         ("induced: key chunks one key short",
          "chunk.load(p, bh, c0, std::min(kKeyChunk, s1 - c0), /*with_values=*/false);",
          "chunk.load(p, bh, c0, std::min(kKeyChunk - 1, s1 - c0), /*with_values=*/false);"),

@@ -11,9 +11,9 @@ they caught it (a failing test, a crash or a timeout) or it survived.
 
 The source file is changed in place and always restored: on success, failure, Ctrl-C and
 SIGTERM; if the process is killed outright, the original is kept in build/mutate/pending.json
-and the next run restores it before anything else. Before the mutants, the tests run once on
-the unmutated side build (they must pass, or a "caught" would mean nothing). Exit status 0
-when every mutant was caught, 1 otherwise.
+and the next run restores it before anything else (if the file still holds that mutant).
+Before the mutants, the tests run once on the unmutated side build (they must pass, or a
+"caught" would mean nothing). Exit status 0 when every mutant was caught, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -36,12 +36,19 @@ PENDING = BUILD / "pending.json"
 
 
 def restore_pending() -> None:
-    """Puts back a file a killed run left mutated."""
-    if PENDING.exists():
-        saved = json.loads(PENDING.read_text())
-        Path(saved["path"]).write_text(saved["original"])
-        PENDING.unlink()
+    """Puts back a file a killed run left mutated, only if it still holds that mutant (a file
+    since moved, deleted or edited is left alone: restoring it would bring back old code)."""
+    if not PENDING.exists():
+        return
+    saved = json.loads(PENDING.read_text())
+    path = REPO / saved["path"]
+    if path.exists() and path.read_text() == saved.get("mutated"):
+        path.write_text(saved["original"])
         print(f"mutate: restored {saved['path']} left mutated by an earlier run")
+    else:
+        print(f"mutate: {saved['path']} no longer holds the mutant an earlier run left; "
+              "not restored (check `git diff csrc/`)")
+    PENDING.unlink()
 
 
 def locate(m: Mutant) -> tuple[Path | None, str]:
@@ -50,9 +57,13 @@ def locate(m: Mutant) -> tuple[Path | None, str]:
     path = REPO / m.file
     if path.exists():
         count = path.read_text().count(m.original)
-        return (path, "") if count == 1 else (None, f"snippet found {count} times in {m.file}")
+        if count == 1:
+            return path, ""
     hits = [p for p in (REPO / "csrc" / "fastdl").rglob("*")
             if p.is_file() and p.suffix in (".h", ".cpp") and p.read_text().count(m.original) == 1]
+    if path.exists():
+        where = f" (now in {', '.join(str(h.relative_to(REPO)) for h in hits)})" if hits else ""
+        return None, f"snippet found {count} times in {m.file}{where}"
     if len(hits) == 1:
         return hits[0], f"(moved: {m.file} -> {hits[0].relative_to(REPO)})"
     return None, f"{m.file} is gone and the snippet is in {len(hits)} other files"
@@ -80,9 +91,11 @@ def run_tests(tests: list[str], timeout: int) -> tuple[str, str]:
 
 def apply_and_test(m: Mutant, path: Path, tests: list[str], timeout: int) -> tuple[str, str]:
     original = path.read_text()
-    PENDING.write_text(json.dumps({"path": str(path), "original": original}))
+    mutated = original.replace(m.original, m.replacement, 1)
+    PENDING.write_text(json.dumps({"path": str(path.relative_to(REPO)), "original": original,
+                                   "mutated": mutated}))
     try:
-        path.write_text(original.replace(m.original, m.replacement, 1))
+        path.write_text(mutated)
         built = lib_build.build(BUILD, check=False)
         if built.returncode != 0:
             return "invalid", "does not compile: " + built.stdout[-300:].replace("\n", " ")
@@ -119,9 +132,9 @@ def main() -> int:
         bad = 0
         for m in chosen:
             path, problem = locate(m)
-            bad += path is None
+            bad += path is None or (args.check and bool(problem))  # --check: moved too
             print(f"{'Q' if m.quick else ' '} {m.name:<80} {problem or m.file}")
-        print(f"mutate: {len(chosen)} mutants" + (f", {bad} do not apply" if bad else ""))
+        print(f"mutate: {len(chosen)} mutants" + (f", {bad} with problems" if bad else ""))
         return 1 if bad else 0
 
     def tests_of(m: Mutant) -> list[str]:

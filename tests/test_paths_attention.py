@@ -1,15 +1,16 @@
 """Every code path of the scaled-dot-product attention CPU kernels (attention/cpu/sdpa.cpp,
-and the register-tiled products of common/cpu_gemm.h under them), with shapes on both sides
-of each threshold, in float32 and float64, with 1 thread and with several.
+sdpa_rows.h, sdpa_weights.cpp, and the register-tiled products of common/cpu/small_gemm.h
+under them), with shapes on both sides of each threshold, in float32 and float64, with 1
+thread and with several.
 
 sdpa.cpp: tasks of ``kQueryBlock`` = 32 query rows (a partial last block), key blocks of
 ``kKeyBlock`` = 128 (a partial last block, the running maximum and the rescaling of what was
 accumulated when it grows), causal blocks skipped, fully masked rows, bool and float masks
 with broadcast strides, grouped-query heads; row loops in ``L``-lane vectors plus a tail.
-The need_weights rows (``sdpa_probs_cpu``, ``sdpa_softmax_backward_cpu``): rows of S keys in
-vectors plus a tail.
+The need_weights rows (sdpa_weights.cpp's ``sdpa_weights_probs_cpu``,
+``sdpa_weights_softmax_backward_cpu``): rows of S keys in vectors plus a tail.
 
-cpu_gemm.h's ``small_gemm``: one or two rows take four-vector column panels (``4 L``), then
+small_gemm.h's ``small_gemm``: one or two rows take four-vector column panels (``4 L``), then
 two-vector and one-vector panels and a scalar column tail; rows in tiles of 8 (AVX-512) or
 4, then 4, 2, 1. Its m is the block's query rows (or keys, for dK and dV), its n the keys or
 the head dims: head dims around L, 2 L and 4 L below.
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 import fastdl.functional as FF
 from helpers import compare_with_torch
-from thresholds import DTYPES, around, threads, vec_width  # noqa: F401  (threads: a fixture)
+from thresholds import DTYPES, around, dominant_keys, threads, vec_width  # noqa: F401  (threads: a fixture)
 
 
 def _sdpa(dtype, Lq, S, E, Ev, heads=1, kv_heads=None, mask=None, causal=False):
@@ -128,3 +129,16 @@ def test_sdpa_weights_rows(dtype, mask, threads):
         compare_with_torch(lambda q, k, m: _weights(q, k, heads(m), causal),
                            lambda q, k, m: _weights_reference(q, k, heads(m), causal),
                            [q, k, m], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sdpa_dominant_keys(dtype, threads):
+    # Each query row scores one key (at a vector / key-block edge) 200 (float32) or 1000
+    # (float64) above the rest: the row maximum (vector max_of over a key block, then the
+    # running maximum across blocks) must be the true one, or exp(s - max) overflows.
+    L = vec_width(dtype)
+    positions = [0, 1, L - 1, L, 2 * L - 1, 2 * L, 127, 128, 129, 260]
+    q, k = dominant_keys(dtype, positions, 261, max(len(positions), L + 1))
+    v = torch.randn(1, 1, 261, L + 1, dtype=dtype)
+    compare_with_torch(FF.scaled_dot_product_attention, F.scaled_dot_product_attention,
+                       [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()], dtype)

@@ -1,5 +1,5 @@
 """Every code path of the conv2d CPU kernels (conv/cpu/conv.cpp) and of the packed float32
-GEMM under them (conv/cpu/gemm.cpp), with shapes on both sides of each threshold, in float32
+GEMM under them (common/cpu/gemm.cpp), with shapes on both sides of each threshold, in float32
 and float64, with 1 thread and with several.
 
 conv.cpp: with at least 2 threads and a batch divisible by the thread count or at least 4

@@ -19,7 +19,7 @@ import torch
 import fastdl.functional as FF
 from fastdl.reference import induced_attention_reference
 from helpers import compare_with_torch
-from thresholds import DTYPES, around, threads, vec_width  # noqa: F401  (threads: a fixture)
+from thresholds import DTYPES, around, dominant_keys, threads, vec_width  # noqa: F401  (threads: a fixture)
 
 
 def _induced(dtype, L, S, E, Ev, batch=1, heads=1, mask=None, strided=False):
@@ -90,3 +90,19 @@ def test_induced_padding(dtype, queries, threads):
     mask[1, : min(S, 256)] = True
     mask[2] = True
     _induced(dtype, L, S, W + 1, 4 * W, batch=3, heads=2, mask=mask, strided=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_induced_dominant_keys(dtype, threads):
+    # Each query row scores one key (at a vector / key-chunk edge) 200 (float32) or 1000
+    # (float64) above the rest: a chunk's maximum (vector max_of) and the running maximum
+    # must be the true ones, or exp(s - max) overflows. The output and dV only: with one-hot
+    # probabilities dQ and dK are sums that cancel to ~0, whose float32 rounding (a few 1e-5
+    # against scores of 200) no relative tolerance can judge.
+    W = vec_width(dtype)
+    positions = [0, 1, W - 1, W, 2 * W - 1, 2 * W, 255, 256, 299]
+    q, k = dominant_keys(dtype, positions, 300, max(len(positions), W + 1))
+    v = torch.randn(1, 1, 300, 4 * W + 1, dtype=dtype)
+    compare_with_torch(lambda v: FF.induced_attention(q, k, v),
+                       lambda v: induced_attention_reference(q.to(v.dtype), k.to(v.dtype), v),
+                       [v.requires_grad_()], dtype)

@@ -1,5 +1,5 @@
 """Every code path of the layer_norm and batch_norm CPU kernels (norm/cpu/*.cpp and the row
-reductions of common/cpu_vec.h), with shapes on both sides of each threshold, in float32 and
+reductions of common/cpu/vec.h), with shapes on both sides of each threshold, in float32 and
 float64, with 1 thread and with several (see thresholds.py).
 
 layer_norm: rows of ``cols`` values, vectorised in ``L``-lane steps (``L`` = vector width),

@@ -66,3 +66,21 @@ def threads(request):
 
 #: Parametrisation over the CPU kernels' dtypes, for ``@pytest.mark.parametrize("dtype", DTYPES)``.
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
+
+
+def dominant_keys(dtype: torch.dtype, positions: list[int], keys: int, dim: int):
+    """Queries and keys (batch and head 1) whose query row i scores key ``positions[i]`` far
+    above every other key: by 200 in float32 and 1000 in float64, past the largest argument
+    of exp (88.7 and 709.8), so a softmax shifted by anything but the row's true maximum
+    overflows to inf/NaN (exp(s - m) is the same number for any m on paper). ``dim`` must be
+    at least ``len(positions)``; the other scores stay within a few units of 0."""
+    rows = len(positions)
+    assert dim >= rows
+    margin = 200.0 if dtype == torch.float32 else 1000.0
+    c = (margin * dim ** 0.5) ** 0.5  # scale * c^2 = margin, scale = 1 / sqrt(dim)
+    q = torch.zeros(1, 1, rows, dim, dtype=torch.float64)
+    k = 0.1 * torch.randn(1, 1, keys, dim, dtype=torch.float64)
+    for i, p in enumerate(positions):
+        q[0, 0, i, i] = c
+        k[0, 0, p, i] += c
+    return q.to(dtype), k.to(dtype)
