@@ -14,7 +14,6 @@ import sys
 import threading
 
 import torch
-import torch.nn.functional as F
 
 import fastdl.functional as FF
 import fastdl.nn as fnn
