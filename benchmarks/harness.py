@@ -11,10 +11,14 @@ For each case the harness
    updates), and, for fwd+bwd, that the gradients of every argument with ``requires_grad``
    agree. A disagreement makes the row MISMATCH, an exception makes it ERROR (the other
    side is still timed); neither stops the run;
-3. times both sides in alternating blocks of calls (wall clock, between
-   ``torch.cuda.synchronize()`` calls on CUDA), for at least ``min_time`` seconds each,
-   and reports the median time per call over the blocks, GB/s (and TFLOP/s) from the
-   case's work counts and, on CUDA, the peak memory.
+3. times both sides twice (wall clock, between ``torch.cuda.synchronize()`` calls on CUDA):
+   **interleaved**, single calls taking turns (torch, fastdl, fastdl, torch, ...) for at
+   least ``min_time`` seconds each: how a model calls an op, between other ops, with
+   whatever the other side left in the caches — the reported time and speedup; and in
+   alternating **blocks** of many calls, for at least ``min_time / 2`` seconds each: the op
+   in a loop, warm caches (``speedup_blocks``). Both report the median time per call, GB/s
+   (and TFLOP/s) from the case's work counts, the fraction of the machine's ceilings
+   measured in the same run (:func:`measure_ceilings`) and, on CUDA, the peak memory.
 
 Modes: ``fwd`` calls the op under ``torch.no_grad()``; ``fwd+bwd`` calls it with autograd,
 then ``torch.autograd.grad(outputs, inputs_with_requires_grad, grad_outputs)`` with fixed
@@ -43,6 +47,8 @@ FWD, FWD_BWD = "fwd", "fwd+bwd"
 SIDES = ("torch", "fastdl")
 BLOCKS = 20  # timed blocks per side and measurement, aimed at
 MIN_BLOCKS = 5  # for ops slower than min_time / BLOCKS
+MIN_CALLS = 5  # interleaved calls per side at least
+MAX_CALLS = 20000  # and at most (microsecond ops)
 
 
 @dataclasses.dataclass
@@ -116,8 +122,18 @@ class Result:
     fastdl_tflops: Optional[float] = None
     torch_peak_mib: Optional[float] = None
     fastdl_peak_mib: Optional[float] = None
+    torch_calls: int = 0  # interleaved calls behind the median
+    fastdl_calls: int = 0
+    # The blocks measurement: many calls in a row.
+    torch_block_ms: Optional[float] = None
+    fastdl_block_ms: Optional[float] = None
+    speedup_blocks: Optional[float] = None
     torch_blocks: int = 0  # timed blocks behind the median
     fastdl_blocks: int = 0
+    # fastdl's fraction of the same-run ceiling: GEMM FLOP/s for cases that count flops,
+    # else copy bandwidth for cases that count bytes.
+    fastdl_of_ceiling: Optional[float] = None
+    ceiling: str = ""  # "gemm" | "copy" | ""
 
     def fail(self, status: str, message: str) -> None:
         """Mark the row; the first failure's status wins, messages accumulate."""
@@ -260,6 +276,28 @@ def _time_alternately(steps: dict[str, Callable], min_time: float, cuda: bool) -
     return times
 
 
+def _time_interleaved(steps: dict[str, Callable], min_time: float, cuda: bool) -> dict[str, list[float]]:
+    """Seconds of single calls, the steps taking turns call by call (the order reversed each
+    round, so neither always follows the other), until every step has run ``min_time``
+    seconds and ``MIN_CALLS`` calls, or ``MAX_CALLS`` calls."""
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    while any(len(ts) < MAX_CALLS and (len(ts) < MIN_CALLS or sum(ts) < min_time)
+              for ts in times.values()):
+        for name in order:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            steps[name]()
+            if cuda:
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+        order.reverse()
+    return times
+
+
 def _peak_mib(step: Callable) -> float:
     """Peak CUDA memory one call allocates beyond what is allocated before it."""
     torch.cuda.synchronize()
@@ -270,8 +308,9 @@ def _peak_mib(step: Callable) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def run_case(case: Case, min_time: float) -> list[Result]:
-    """Check and time one case; one Result per mode. Never raises for a failing op."""
+def run_case(case: Case, min_time: float, ceilings: Optional[dict] = None) -> list[Result]:
+    """Check and time one case; one Result per mode. Never raises for a failing op.
+    ``ceilings`` (from :func:`measure_ceilings`) adds each row's fraction of them."""
     rows = {m: Result(case.op, case.shape, case.dtype_name, case.device, m) for m in case.modes}
     sides: dict[str, _Side] = {}
     try:
@@ -285,8 +324,10 @@ def run_case(case: Case, min_time: float) -> list[Result]:
             if not steps:
                 continue
             try:
-                times = _time_alternately(steps, min_time, cuda=case.device.startswith("cuda"))
-                _fill(row, case, mode, steps, times)
+                cuda = case.device.startswith("cuda")
+                interleaved = _time_interleaved(steps, min_time, cuda)
+                blocks = _time_alternately(steps, min_time / 2, cuda)
+                _fill(row, case, mode, steps, interleaved, blocks, ceilings)
             except Exception as exc:  # noqa: BLE001
                 row.fail("ERROR", _error("timing", exc))
     except Exception as exc:  # noqa: BLE001 (make_inputs or the harness itself)
@@ -300,20 +341,70 @@ def run_case(case: Case, min_time: float) -> list[Result]:
     return list(rows.values())
 
 
-def _fill(row: Result, case: Case, mode: str, steps: dict, times: dict[str, list[float]]) -> None:
+def _fill(row: Result, case: Case, mode: str, steps: dict, interleaved: dict[str, list[float]],
+          blocks: dict[str, list[float]], ceilings: Optional[dict]) -> None:
     nbytes, flops = case.work(mode)
-    for side, ts in times.items():
+    for side, ts in interleaved.items():
         median = statistics.median(ts)
         q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (median,) * 3
         setattr(row, f"{side}_ms", median * 1e3)
         setattr(row, f"{side}_iqr_ms", (q3 - q1) * 1e3)
-        setattr(row, f"{side}_blocks", len(ts))
+        setattr(row, f"{side}_calls", len(ts))
         setattr(row, f"{side}_gbps", nbytes / median / 1e9 if nbytes else None)
         setattr(row, f"{side}_tflops", flops / median / 1e12 if flops else None)
         if case.device.startswith("cuda"):
             setattr(row, f"{side}_peak_mib", _peak_mib(steps[side]))
+    for side, ts in blocks.items():
+        setattr(row, f"{side}_block_ms", statistics.median(ts) * 1e3)
+        setattr(row, f"{side}_blocks", len(ts))
     if row.torch_ms and row.fastdl_ms:
         row.speedup = row.torch_ms / row.fastdl_ms
+    if row.torch_block_ms and row.fastdl_block_ms:
+        row.speedup_blocks = row.torch_block_ms / row.fastdl_block_ms
+    if ceilings and row.fastdl_tflops:
+        row.ceiling, row.fastdl_of_ceiling = "gemm", row.fastdl_tflops * 1e3 / ceilings["gemm_gflops"]
+    elif ceilings and row.fastdl_gbps:
+        row.ceiling, row.fastdl_of_ceiling = "copy", row.fastdl_gbps / ceilings["copy_gbps"]
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def measure_ceilings(device: str, quick: bool = False) -> dict:
+    """What the machine itself reaches, measured now, in this process: float32 GEMM GFLOP/s
+    through ``torch.mm`` (MKL/oneDNN on the CPU, cuBLAS without TF32 on CUDA) and copy
+    bandwidth (GB/s read + write) through ``Tensor.copy_``, the best of a few tries each (a
+    ceiling, not a typical run)."""
+    cuda = device.startswith("cuda")
+    n = (8192 if cuda else 2048) // (2 if quick else 1)
+    copy_numel = (1 << 28 if cuda else 1 << 24) // (4 if quick else 1)  # 1 GiB / 64 MiB fp32
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    src = torch.randn(copy_numel, device=device)
+    dst = torch.empty_like(src)
+
+    def best(fn, tries: int) -> float:
+        fn()
+        out = []
+        for _ in range(tries):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            out.append(time.perf_counter() - start)
+        return min(out)
+
+    gemm_s = best(lambda: torch.mm(a, b), 3 if quick else 5)
+    copy_s = best(lambda: dst.copy_(src), 5 if quick else 10)
+    return {"device": device, "gemm_n": n, "gemm_gflops": 2.0 * n ** 3 / gemm_s / 1e9,
+            "copy_bytes": 2 * src.numel() * 4, "copy_gbps": 2.0 * src.numel() * 4 / copy_s / 1e9}
+
+
+def ceilings_line(ceilings: dict) -> str:
+    return (f"Ceilings ({ceilings['device']}, same run): float32 GEMM {ceilings['gemm_gflops']:.0f} "
+            f"GFLOP/s (torch.mm {ceilings['gemm_n']}^3), copy {ceilings['copy_gbps']:.1f} GB/s")
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -379,17 +470,28 @@ def _rate(x: Optional[float]) -> str:
     return _num(x, ".2f" if x is None or x < 10 else ".1f" if x < 100 else ".0f")
 
 
+def _x(speedup: Optional[float]) -> str:
+    return _num(speedup, ".2f") + "x" * (speedup is not None)
+
+
 def markdown(results: list[Result]) -> str:
-    """The report table (TFLOP/s only when some case counts flops), then each problem once."""
+    """The report table, then each problem once. speedup: interleaved single calls (the
+    reported figure); blocks: many calls in a row; TFLOP/s only when some case counts flops;
+    of ceiling: fastdl's GFLOP/s (gemm) or GB/s (copy) over the same-run ceiling."""
     flops = any(r.fastdl_tflops or r.torch_tflops for r in results)
-    head = ["op", "shape", "dtype", "device", "mode", "torch ms", "fastdl ms", "speedup", "GB/s"]
-    head += ["TFLOP/s"] * flops + ["peak MiB fastdl", "peak MiB torch", "status"]
+    peaks = any(r.fastdl_peak_mib is not None for r in results)
+    head = ["op", "shape", "dtype", "device", "mode", "torch ms", "fastdl ms", "speedup",
+            "blocks", "GB/s"]
+    head += ["GFLOP/s"] * flops + ["of ceiling"]
+    head += ["peak MiB fastdl", "peak MiB torch"] * peaks + ["status"]
     table = []
     for r in results:
         cells = [r.op, r.shape, r.dtype, r.device, r.mode, _ms(r.torch_ms), _ms(r.fastdl_ms),
-                 _num(r.speedup, ".2f") + "x" * (r.speedup is not None), _rate(r.fastdl_gbps)]
-        cells += [_rate(r.fastdl_tflops)] * flops
-        cells += [_num(r.fastdl_peak_mib, ".1f"), _num(r.torch_peak_mib, ".1f"), r.status]
+                 _x(r.speedup), _x(r.speedup_blocks), _rate(r.fastdl_gbps)]
+        cells += [_rate(r.fastdl_tflops * 1e3 if r.fastdl_tflops else None)] * flops
+        cells += [f"{r.fastdl_of_ceiling:.0%} {r.ceiling}" if r.fastdl_of_ceiling else "-"]
+        cells += [_num(r.fastdl_peak_mib, ".1f"), _num(r.torch_peak_mib, ".1f")] * peaks
+        cells += [r.status]
         table.append(cells)
     widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
 
@@ -408,9 +510,11 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(out)
 
 
-def write_json(path: str, env: dict, results: list[Result]) -> None:
-    """``{"environment": {...}, "results": [one record per row, all its fields]}``."""
+def write_json(path: str, env: dict, results: list[Result], ceilings: Optional[list] = None) -> None:
+    """``{"environment": {...}, "ceilings": [...], "results": [one record per row, all its
+    fields]}``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"environment": env, "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
+        json.dump({"environment": env, "ceilings": ceilings or [],
+                   "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
         f.write("\n")

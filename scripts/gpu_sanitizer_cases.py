@@ -55,6 +55,7 @@ def main() -> int:
             (o, go), (ro, gro) = grads(lambda a, b: f(a, b, padding=1), x, w), \
                 grads(lambda a, b: r(a, b, padding=1), x, w)
             ok &= close(f"{name} {tag}", o, ro, tol)
+            ok &= all(close(f"{name} grad {i} {tag}", a, b, tol) for i, (a, b) in enumerate(zip(go, gro)))
         ok &= close(f"max_pool2d {tag}", FF.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1), tol)
         ok &= close(f"avg_pool2d {tag}", FF.avg_pool2d(x, 2), F.avg_pool2d(x, 2), tol)
         for d in (40, 64):

@@ -20,7 +20,7 @@ POOL = ["tests/test_paths_pooling.py", "tests/test_pooling.py"]
 CONV = ["tests/test_paths_conv.py", "tests/test_conv.py", "tests/test_models_cnn.py"]
 ATTN = ["tests/test_paths_attention.py", "tests/test_attention.py",
         "tests/test_multihead_attention.py"]
-INDUCED = ["tests/test_paths_induced.py", "tests/test_induced_attention.py",
+INDUCED = ["tests/test_paths_sets.py", "tests/test_induced_attention.py",
            "tests/test_set_transformer.py"]
 RNN = ["tests/test_paths_rnn.py", "tests/test_rnn.py"]
 HIST = ["tests/test_paths_histogram.py", "tests/test_histogram.py"]
@@ -51,7 +51,7 @@ MUTANTS = [
         ("reduce_sum: fourth accumulator reads the third vector",
          "a3 += f(Vec<T>::loadu(x + i + 3 * L));", "a3 += f(Vec<T>::loadu(x + i + 2 * L));"),
         ("mean_var: exact second pass never taken",
-         "if (!(d * d <= T(64) * var)) {", "if (false) {"),
+         "if (!(d * d <= 64.0 * var)) {", "if (false) {"),
         ("ThreadColumnSums: only the first thread's row summed",
          "for (int64_t t = 0; t < threads; ++t) s += data_[t * columns_ + c];",
          "for (int64_t t = 0; t < 1; ++t) s += data_[t * columns_ + c];"),
@@ -166,6 +166,9 @@ MUTANTS = [
         ("conv bias gradient: images overwrite",
          "total += cpu::reduce_sum(row, L, [](auto v) { return v; });",
          "total = cpu::reduce_sum(row, L, [](auto v) { return v; });"),
+    ),
+    *_family(
+        "csrc/fastdl/conv/cpu/depthwise.cpp", CONV,
         ("depthwise forward vector: column dilation ignored",
          "V::loadu(xr + kj * s.dw), acc);", "V::loadu(xr + kj), acc);"),
         ("depthwise grad_input: channel multiplier terms not accumulated",
@@ -235,7 +238,7 @@ MUTANTS = [
     ),
     # ---- induced attention ----
     *_family(
-        "csrc/fastdl/induced/cpu/induced_attention.cpp", INDUCED,
+        "csrc/fastdl/sets/cpu/induced_attention.cpp", INDUCED,
         ("induced add_weighted_rows: fourth vector reads r + 2 W (issue 18)",
          "a3 = at::vec::fmadd(wj, Vec<T>::loadu(r + 3 * W), a3);",
          "a3 = at::vec::fmadd(wj, Vec<T>::loadu(r + 2 * W), a3);", QUICK),
@@ -296,7 +299,10 @@ MUTANTS = [
         ("lstm driver: recurrent state gradient not accumulated",
          "kernels.matmul(dgates[t], w_hh, dh, true);",
          "kernels.matmul(dgates[t], w_hh, dh, false);"),
-        ("lstm driver: reverse dW_hh reads unshifted hiddens",
+    ),
+    *_family(
+        "csrc/fastdl/rnn/rnn_common.h", RNN,
+        ("rnn drivers: reverse dW_hh reads unshifted hiddens",
          "const auto hp = reverse ? hiddens.narrow(0, 1, T - 1)",
          "const auto hp = reverse ? hiddens.narrow(0, 0, T - 1)"),
     ),

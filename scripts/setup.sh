@@ -25,13 +25,16 @@ fi
 echo "setup: installing dependencies"
 python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
-  "scikit-build-core>=0.10" "pybind11>=2.12" pytest expecttest scikit-learn \
+  "scikit-build-core>=0.10" "pybind11>=2.12" pytest pytest-xdist expecttest scikit-learn \
   "quapy>=0.2.3" tqdm matplotlib  # the quantification extra: its tests and example
 # The integration tests' real models (tests/test_real_models.py, test_transformers.py);
 # torchvision must be the release built for the torch above.
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" "${FASTDL_TORCHVISION:-torchvision==0.29.1}" \
   "timm>=1.0,<2" "transformers>=4.48,<6"
 
+# Paths below the checkout are hashed relative to it, so ccache serves one checkout's objects
+# to another (a fresh clone in CI, a worktree) when the sources and flags are the same.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}"
 echo "setup: building fastdl (FASTDL_CUDA=${FASTDL_CUDA:-AUTO}, archs ${FASTDL_CUDA_ARCHS:-90}, CUDA emulator ${FASTDL_CUDA_SIM:-ON})"
 start=$(date +%s)
 FASTDL_CUDA_ARCHS="${FASTDL_CUDA_ARCHS:-90}" FASTDL_CUDA_SIM="${FASTDL_CUDA_SIM:-ON}" \

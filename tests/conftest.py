@@ -14,6 +14,11 @@ torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the long differential-fuzzing profile (tests/fuzz; about an hour)")
+
+
 def pytest_configure(config):
     # Also declared in pyproject.toml; registered here so the suite runs from any rootdir.
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
@@ -42,13 +47,14 @@ def _cuda_sim(request):
         yield
 
 
-_FAMILY_OF_TEST = {
-    "attention": "attention", "multihead_attention": "attention", "conv": "conv",
-    "models_cnn": "conv", "pooling": "pooling", "layer_norm": "norm", "batch_norm": "norm",
-    "histogram": "histogram", "histogram_modules": "histogram", "induced_attention": "induced",
-    "set_transformer": "induced", "models_sets": "induced", "rnn": "rnn", "rnn_models": "rnn",
-    "cuda_sim": "the emulator itself",
-}
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Tags each report with its test module's FAMILY (the op family it covers), which reaches
+    the terminal summary from pytest-xdist workers too."""
+    outcome = yield
+    family = getattr(getattr(item, "module", None), "FAMILY", None)
+    if family:
+        outcome.get_result().user_properties.append(("fastdl_family", family))
 
 
 def _cuda_kernels_in_tree():
@@ -87,6 +93,25 @@ def _launched_kernels():
     return launched
 
 
+def pytest_sessionfinish(session):
+    """Under pytest-xdist, a worker hands its emulator launch counts to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is None:
+        return
+    try:
+        workeroutput["fastdl_kernel_launches"] = [[f, n, c] for (f, n), c in _launched_kernels().items()]
+    except (AttributeError, RuntimeError):
+        pass
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without pytest-xdist
+def pytest_testnodedown(node, error):
+    """The controller side of pytest_sessionfinish: sums the workers' launch counts."""
+    total = node.config.__dict__.setdefault("_fastdl_kernel_launches", {})
+    for family, name, count in getattr(node, "workeroutput", {}).get("fastdl_kernel_launches", []):
+        total[(family, name)] = total.get((family, name), 0) + count
+
+
 def pytest_terminal_summary(terminalreporter):
     """After a run with emulated CUDA tests: the test cases that passed in the emulator per op
     family, and every CUDA kernel of the tree with the number of times it was launched."""
@@ -99,15 +124,17 @@ def pytest_terminal_summary(terminalreporter):
     per_family = collections.Counter()
     for r in passed:
         stem = os.path.basename(r.nodeid.split("::", 1)[0]).removeprefix("test_").removesuffix(".py")
-        per_family[_FAMILY_OF_TEST.get(stem, stem)] += 1
+        per_family[dict(r.user_properties).get("fastdl_family", stem)] += 1
     write = terminalreporter.write_line
     write("")
     write("cuda-sim: test cases passed in the emulator, per family: " +
           ", ".join(f"{k} {v}" for k, v in sorted(per_family.items())))
-    try:
-        launched = _launched_kernels()
-    except (AttributeError, RuntimeError):
-        return
+    launched = terminalreporter.config.__dict__.get("_fastdl_kernel_launches")
+    if launched is None:  # not under xdist: this process ran the kernels
+        try:
+            launched = _launched_kernels()
+        except (AttributeError, RuntimeError):
+            return
     kernels = _cuda_kernels_in_tree()
     never = sorted(k for k in kernels if k not in launched)
     for family in sorted({f for f, _ in kernels}):

@@ -12,6 +12,8 @@ from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_ref
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "attention"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.sdpa_forward
 OP_BACKWARD = torch.ops.fastdl.sdpa_backward
 
@@ -213,6 +215,22 @@ def test_dropout_matches_reference_with_its_mask(device, dtype):
     torch.testing.assert_close(ours(q, k, v), ours(q, k, v), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_dropout_one_drops_everything(device, dtype, masked):
+    """dropout_p=1.0 is accepted, as torch: every weight dropped, output and all gradients
+    (the float mask's included) exactly zero, as torch's."""
+    q, k, v = _qkv(device, dtype, (2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 4))
+    mask = torch.randn(5, 7, device=device, dtype=dtype, requires_grad=True) if masked else None
+    inputs = [q, k, v] + ([mask] if masked else [])
+    out = FF.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
+    ref = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
+    assert out.shape == ref.shape and torch.equal(out, torch.zeros_like(out)) and torch.equal(out, ref)
+    g = torch.randn_like(out)
+    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert torch.equal(ours, torch.zeros_like(ours)) and torch.equal(ours, theirs)
+
+
 # ---------------------------------------------------------------------------------------------
 # gradcheck, opcheck, compile
 # ---------------------------------------------------------------------------------------------
@@ -320,7 +338,7 @@ def test_bad_input(device):
                          "attn_mask", "dtype")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device),
                                                     is_causal=True), "attn_mask", "is_causal")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.0), "dropout_p")
+    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.5), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=-0.1), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")
     # The op itself: 4-d only, a seed with dropout.
@@ -378,3 +396,41 @@ def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
         torch.testing.assert_close(out, ours(q, k, v), rtol=0, atol=0)
     assert_close_to_reference(out, ref(*(t.double() for t in (q, k, v))), dtype,
                               baseline=ref(q, k, v))
+
+
+# ---------------------------------------------------------------------------------------------
+# Regressions from the differential fuzzer (tests/fuzz)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("where", ["query", "key", "float_mask"])
+def test_nan_propagates_as_torch(device, dtype, where):
+    """A NaN score makes its row NaN, output and gradients, as torch's softmax (the online
+    softmax's row maximum used to drop it and return 0 or a finite mix); other rows stay finite."""
+    q, k, v = _qkv(device, dtype, (2, 2, 5, 4), (2, 2, 300, 4), (2, 2, 300, 3), requires_grad=False)
+    mask = torch.randn(5, 300, device=device, dtype=dtype) if where == "float_mask" else None
+    {"query": q, "key": k, "float_mask": mask}[where].view(-1)[7] = float("nan")
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    out = FF.scaled_dot_product_attention(q, k, v, mask)
+    ref = F.scaled_dot_product_attention(q, k, v, mask)
+    assert out.isnan().any() and not out.isnan().all()
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    g = torch.randn_like(out)
+    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        assert torch.equal(ours.isnan(), theirs.isnan())
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_empty_value_dim_gradients_are_zero(device, dtype):
+    """Ev = 0: no output element, so zero gradients, as torch (a NaN or -inf in the inputs
+    used to give NaN * 0 = NaN)."""
+    q, k, v = _qkv(device, dtype, (3, 6), (9, 6), (9, 0), requires_grad=False)
+    q[2, 0] = float("-inf")
+    k[1, 3] = -1e30
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    out = FF.scaled_dot_product_attention(q, k, v, is_causal=True, scale=2.0)
+    assert out.shape == (3, 0)
+    for g in torch.autograd.grad(out, inputs, torch.zeros_like(out)):
+        assert torch.equal(g, torch.zeros_like(g))

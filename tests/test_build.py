@@ -9,7 +9,29 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fastdl
 
-OPS = ["layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "batch_norm_backward"]
+# Every op the library registers, one line each: a new op adds its line here, and the contract
+# tests below then check its kernels. test_every_registered_op_is_listed keeps the list true.
+OPS = [
+    "avg_pool2d_backward", "avg_pool2d_forward",
+    "batch_norm_backward", "batch_norm_forward",
+    "conv2d_backward", "conv2d_forward",
+    "gru_backward", "gru_forward",
+    "histogram_backward", "histogram_forward",
+    "induced_attention_backward", "induced_attention_forward",
+    "layer_norm_backward", "layer_norm_forward",
+    "lstm_backward", "lstm_forward",
+    "max_pool2d_backward", "max_pool2d_forward",
+    "sdpa_backward", "sdpa_forward",
+    "sdpa_weights", "sdpa_weights_backward",
+]
+CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
+
+
+def test_every_registered_op_is_listed():
+    registered = {n.removeprefix("fastdl::") for n in torch._C._dispatch_get_all_op_names()
+                  if n.startswith("fastdl::")}
+    assert registered == set(OPS), (f"registered but not in OPS: {sorted(registered - set(OPS))}; "
+                                    f"in OPS but not registered: {sorted(set(OPS) - registered)}")
 
 
 def test_build_info_keys_and_types():
@@ -44,23 +66,36 @@ def test_version_matches_distribution_metadata():
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_op_registered(op):
-    assert hasattr(torch.ops.fastdl, op)
+def test_op_contract(op):
+    """Every op has a CPU kernel, an Autograd kernel, a fake kernel for torch.compile/export,
+    and a CUDA kernel iff CUDA was built."""
+    from torch._library.simple_registry import singleton
+
+    assert isinstance(getattr(torch.ops.fastdl, op).default, torch._ops.OpOverload)
     qualname = f"fastdl::{op}"
     for key in ("CPU", "Autograd"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), f"{op}: no {key} kernel"
-    assert isinstance(getattr(torch.ops.fastdl, op).default, torch._ops.OpOverload)
+    assert singleton.find(qualname).fake_impl.kernel is not None, f"{op}: no fake kernel"
+    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA")
+    assert has_cuda_kernel == fastdl.build_info()["cuda"], f"{op}: CUDA kernel {has_cuda_kernel}"
+
+
+def _public_header_text() -> str:
+    """fastdl.h and the headers it includes, as one text."""
+    top = open(os.path.join(CSRC, "fastdl", "fastdl.h")).read()
+    included = re.findall(r'#include "(fastdl/[^"]+)"', top)
+    return top + "".join(open(os.path.join(CSRC, h)).read() for h in included)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_op_declared_in_public_headers(op):
+    """C++ programs reach every op: its function is declared in a header fastdl.h includes."""
+    assert re.search(rf"\b{op}\(", _public_header_text()), f"fastdl.h does not declare {op}"
 
 
 @pytest.mark.parametrize("op", ["layer_norm_forward", "batch_norm_forward"])
 def test_autocast_kernel_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdl::{op}", "AutocastCPU")
-
-
-@pytest.mark.parametrize("op", OPS)
-def test_cuda_kernels_match_build_info(op):
-    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(f"fastdl::{op}", "CUDA")
-    assert has_cuda_kernel == fastdl.build_info()["cuda"]
 
 
 def test_fake_kernels_registered():

@@ -13,6 +13,8 @@ from helpers import (cuda_devices, DEVICE_DTYPES, DEVICES, assert_close_to_refer
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "conv"  # the emulator summary counts test cases per op family
+
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
 OP = torch.ops.fastdl.conv2d_forward
@@ -429,3 +431,20 @@ def test_cuda_implicit_gemm_forward(device, case, bias, dtype):
     ref_g = torch.autograd.grad(ref, doubles, go.double())
     for name, a, e, base in zip("xwb", ours_g, ref_g, theirs_g):
         assert_close_to_reference(a, e, dtype, baseline=base, name=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_depthwise_grad_input_with_an_infinite_weight(device):
+    """Found by the differential fuzzer: the stride-1 depthwise backward multiplied the zero
+    padding of grad_output by the weights, so an infinite weight gave NaN (0 * inf) at input
+    positions it never touches; torch's answer is finite there."""
+    x = torch.randn(2, 7, 9, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, 4, 4, device=device, dtype=torch.float64)
+    w[1, 0, 0, 3] = float("-inf")
+    w[0, 0, 2, 1] = 1e30
+    g = torch.randn(2, 6, 8, device=device, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(FF.conv2d(x, w, padding=1, groups=2), x, g)
+    (ref,) = torch.autograd.grad(F.conv2d(x, w, padding=1, groups=2), x, g)
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.isinf(), ref.isinf())
+    assert ours[1].isfinite().any() and not ours[0].isnan().any()
+    torch.testing.assert_close(ours, ref, equal_nan=True)

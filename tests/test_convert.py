@@ -256,3 +256,29 @@ def test_frozen_parameters_stay_frozen():
     net[1].weight.requires_grad_(False)
     fnn.convert(net)
     assert not net[1].weight.requires_grad and net[1].bias.requires_grad
+
+
+def test_conversion_table_is_every_module_with_a_twin():
+    """convert's table is what the modules registered (fastdl.nn._base.TWINS): every public
+    fastdl.nn module naming a torch twin, and nothing else."""
+    from fastdl.nn._base import TWINS, FastdlModule
+
+    modules = [getattr(fnn, n) for n in fnn.__all__ if isinstance(getattr(fnn, n), type)]
+    with_twin = {m.torch_type: m for m in modules
+                 if issubclass(m, FastdlModule) and m.__dict__.get("torch_type") is not None}
+    assert TWINS == with_twin
+    assert {nn.LayerNorm, nn.Conv2d, nn.LSTM, nn.MultiheadAttention} <= set(TWINS)
+    assert all(issubclass(ours, twin) for twin, ours in TWINS.items())
+
+
+def test_twin_registration_rejects_mistakes():
+    """A module naming a twin it does not subclass, or a second module for a registered twin,
+    fails when the class is defined."""
+    from fastdl.nn._base import TWINS, FastdlModule
+
+    before = dict(TWINS)
+    with pytest.raises(TypeError, match="must subclass its torch twin"):
+        type("NotATwin", (FastdlModule, nn.Module), {"torch_type": nn.GELU})
+    with pytest.raises(TypeError, match="two fastdl twins"):
+        type("SecondLayerNorm", (FastdlModule, nn.LayerNorm), {"torch_type": nn.LayerNorm})
+    assert TWINS == before

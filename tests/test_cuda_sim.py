@@ -15,6 +15,8 @@ import torch
 import fastdl.testing
 from helpers import CUDA_SIM_AVAILABLE
 
+FAMILY = "the emulator itself"  # the emulator summary counts test cases per op family
+
 pytestmark = [pytest.mark.cuda_sim,
               pytest.mark.skipif(not CUDA_SIM_AVAILABLE,
                                  reason="emulated CUDA tests run with scripts/test_cuda_sim.sh")]

@@ -11,6 +11,8 @@ import fastdl.nn as fnn
 from fastdl.reference import histogram_reference
 from helpers import DEVICES, assert_raises_naming, check_compile_module
 
+FAMILY = "histogram"  # the emulator summary counts test cases per op family
+
 # (class, kernel name, learnable by default, initial widths as a function of B)
 LAYERS = [
     (fnn.SigmoidHistogram, "sigmoid", False, lambda B: 1.0 / B),

@@ -19,6 +19,8 @@ from helpers import (cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close
                      assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
                      check_opcheck, compare_with_torch)
 
+FAMILY = "sets"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.induced_attention_forward
 
 # (batch, heads, L queries, S keys, E, Ev). CPU splits the key axis (flash-decoding) when the
@@ -163,7 +165,7 @@ def test_gradcheck(device, shape):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_no_double_backward(device):
+def test_double_backward_raises(device):
     q, k, v, _ = _inputs((1, 1, 2, 3, 2, 2), device, torch.float64)
     assert_no_double_backward(lambda q, k, v: induced_attention(q, k, v), [q, k, v])
 
@@ -244,3 +246,33 @@ def test_key_splits_past_the_grid(device):
         compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
                            lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v],
                            torch.float32)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_nan_query_propagates_and_padding_gets_no_gradient(device, dtype):
+    """Found by the differential fuzzer: a NaN query row is NaN (output and its gradients, as
+    the reference), where the online softmax used to return 0; padded keys still get exactly
+    zero gradients, also from a NaN row."""
+    q = torch.randn(2, 2, 7, 4, device=device, dtype=dtype)
+    k = torch.randn(2, 2, 5, 4, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(2, 2, 5, 3, device=device, dtype=dtype, requires_grad=True)
+    q[0, 1, 3, 2] = float("nan")
+    q.requires_grad_()
+    pad = torch.zeros(2, 5, dtype=torch.bool, device=device)
+    pad[0, 4] = True
+    out = induced_attention(q, k, v, pad)
+    ref = induced_attention_reference(q, k, v, pad)
+    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1, 3].isnan().all() and out.isnan().sum() == 3
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    g = torch.randn_like(out)
+    gq, gk, gv = torch.autograd.grad(out, [q, k, v], g)
+    rq, rk, rv = torch.autograd.grad(ref, [q, k, v], g)
+    assert torch.equal(gq.isnan(), rq.isnan())
+    torch.testing.assert_close(gq, rq, equal_nan=True)
+    # The reference's padded key 4 of bag 0 gets 0 * NaN = NaN through masked_fill; fastdl's 0.
+    present = ~pad[:, None, :, None].expand_as(gk)
+    torch.testing.assert_close(gk[present], rk[present], equal_nan=True)
+    torch.testing.assert_close(gv[present[..., :1].expand_as(gv)], rv[present[..., :1].expand_as(gv)],
+                               equal_nan=True)
+    assert torch.equal(gk[0, :, 4], torch.zeros_like(gk[0, :, 4]))
+    assert torch.equal(gv[0, :, 4], torch.zeros_like(gv[0, :, 4]))

@@ -15,6 +15,8 @@ from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVIC
                      assert_unchanged, check_compile, check_compile_module, check_gradcheck,
                      check_opcheck, compare_with_torch, device_dtypes)
 
+FAMILY = "norm"  # the emulator summary counts test cases per op family
+
 OP = torch.ops.fastdl.layer_norm_forward
 OP_BACKWARD = torch.ops.fastdl.layer_norm_backward
 
@@ -423,10 +425,35 @@ def test_half_on_cpu_raises(dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("eps", [-1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), float("-inf")])
 def test_bad_eps(device, eps):
     x = torch.randn(2, 4, device=device)
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), eps=eps), "eps")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_negative_eps_as_torch(device, dtype):
+    """torch accepts eps < 0: 1 / sqrt(var + eps), NaN for the rows whose variance is below
+    -eps (here the constant row and the small one), a number for the others; fastdl matches,
+    NaN positions and gradients included."""
+    x = torch.randn(4, 6, device=device, dtype=dtype)
+    x[1] = 2.0          # var 0: NaN
+    x[2] *= 1e-3        # var ~1e-6 < 1e-4: NaN
+    x.requires_grad_()
+    for eps in (-1e-4, -1e-12):
+        ours = FF.layer_norm(x, (6,), eps=eps)
+        ref = F.layer_norm(x, (6,), eps=eps)
+        assert torch.equal(ours.isnan(), ref.isnan())
+        torch.testing.assert_close(ours, ref, equal_nan=True)
+        g = torch.randn_like(ours)
+        (gx,) = torch.autograd.grad(ours, x, g)
+        (rx,) = torch.autograd.grad(ref, x, g)
+        assert torch.equal(gx.isnan(), rx.isnan())
+        # rstd is ~1e3 in the small row: gradients ~1e4, float32 rounding to match
+        torch.testing.assert_close(gx, rx, equal_nan=True, rtol=1e-4,
+                                   atol=1e-6 * rx.nan_to_num().abs().max().item())
+    assert ref[0].isfinite().all() and ref[1].isnan().all()  # the case is what it claims
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -603,3 +630,18 @@ def test_rows_past_the_grid(device):
     w, b = _params((37,), device, torch.float32, "weight_bias")
     with fastdl.testing.cuda_sim(max_grid=(4, 0, 0)):
         compare_with_torch(*_fns((37,)), [x, w, b], torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_rows_whose_squares_overflow(device):
+    """Found by the differential fuzzer: a float32 row holding +-1e30 (its squares pass float's
+    range) came out as the bias (rstd = 1 / sqrt(inf) = 0), where torch gives NaN; fastdl now
+    computes such a row's statistics in double, matching the float64 result."""
+    x = torch.randn(3, 7, device=device)
+    x[1, 2] = 1e30
+    x[2, 0] = -3e25
+    w, b = torch.randn(7, device=device), torch.randn(7, device=device)
+    out = FF.layer_norm(x, (7,), w, b)
+    ref = F.layer_norm(x.double(), (7,), w.double(), b.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[1], b)

@@ -13,6 +13,8 @@ import fastdl.nn as fnn
 from fastdl.models import LeNet5, ResNetBlock
 from helpers import CUDA_AVAILABLE, DEVICES, assert_raises_naming
 
+FAMILY = "conv"  # the emulator summary counts test cases per op family
+
 HAS_CONV2D = hasattr(fnn, "Conv2d")
 needs_conv2d = pytest.mark.skipif(
     not HAS_CONV2D, reason="fastdl.nn.Conv2d is not in this build of fastdl yet (issue 7)")

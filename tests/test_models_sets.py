@@ -11,6 +11,8 @@ from fastdl.models import DeepSets, HistNetQ
 from fastdl.models.sets import masked_pool
 from helpers import assert_raises_naming
 
+FAMILY = "sets"  # the emulator summary counts test cases per op family
+
 POOLINGS = ["sum", "mean", "max", "median"]
 HISTOGRAMS = ["soft", "sigmoid", "rbf", "hard"]
 

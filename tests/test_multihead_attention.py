@@ -11,6 +11,8 @@ import fastdl.nn as fnn
 from helpers import (cuda_devices, DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
                      check_gradcheck, check_opcheck)
 
+FAMILY = "attention"  # the emulator summary counts test cases per op family
+
 E, HEADS = 16, 4
 
 

@@ -223,8 +223,6 @@ def _fallback_calls():
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
         ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
-        ("dropout_p=1", lambda: F.scaled_dot_product_attention(x, x, x, dropout_p=1.0),
-         "dropout_p"),
         ("forward AD", lambda: _dual(lambda d: F.layer_norm(d, (7,))), "fastdl raised"),
         ("torch.func.grad", lambda: torch.func.grad(
             lambda t: F.batch_norm(t, None, None, training=True).square().sum())(x),
@@ -275,6 +273,8 @@ def test_fallback_to_torch(index, caplog):
     ("conv2d", (torch.randn(1, 4, 5, 5), torch.randn(2, 3, 3, 3))),
     ("max_pool2d", (torch.randn(1, 2, 5, 5), 2, 2, 2)),
     ("batch_norm", (torch.randn(1, 3), None, None, None, None, True)),
+    ("scaled_dot_product_attention", (torch.randn(2, 3, 4), torch.randn(2, 3, 4),
+                                      torch.randn(2, 3, 4), None, 1.5)),
     ("avg_pool2d", ([1.0, 2.0], 2)),
 ])
 def test_bad_arguments_raise_torchs_error(call, args):

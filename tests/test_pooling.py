@@ -12,6 +12,8 @@ from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_n
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
+FAMILY = "pooling"  # the emulator summary counts test cases per op family
+
 MAX_OP = torch.ops.fastdl.max_pool2d_forward
 MAX_BACKWARD = torch.ops.fastdl.max_pool2d_backward
 AVG_OP = torch.ops.fastdl.avg_pool2d_forward
@@ -416,3 +418,15 @@ def test_autocast_cpu_half_input(channels_last):
         g_theirs, = torch.autograd.grad(theirs.float().sum(), x)
         assert g_ours.dtype == torch.bfloat16
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_pool_window_of_only_padding(device):
+    """A window that holds only padding (the dilation steps over the whole input) gives -inf
+    and sends its gradient nowhere. (The differential fuzzer found torch's index for it past
+    the plane, and its CPU backward adding that gradient to the next plane's element.)"""
+    x = torch.tensor([[[5.0]], [[3.0]]], device=device, requires_grad=True)  # (N=2, C=1, L=1)
+    out = FF.max_pool1d(x, 2, stride=2, padding=1, dilation=2)
+    assert out.shape == (2, 1, 1) and (out == float("-inf")).all()
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad, torch.zeros_like(grad))

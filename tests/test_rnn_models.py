@@ -10,6 +10,8 @@ from torch import nn
 
 import fastdl.nn as fnn
 
+FAMILY = "rnn"  # the emulator summary counts test cases per op family
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
 
 

@@ -10,12 +10,13 @@ import copy
 import pytest
 import torch
 
-import fastdl
 from fastdl.models import SetTransformer
 from fastdl.nn import ISAB, MAB, PMA, SAB
 from fastdl.reference import (isab_reference, mab_reference, pma_reference, reference_code_mab,
                               set_transformer_reference)
 from helpers import (DEVICES, assert_raises_naming, check_compile_module, check_gradcheck)
+
+FAMILY = "sets"  # the emulator summary counts test cases per op family
 
 VARIANTS = ["paper", "reference"]
 

@@ -5,7 +5,7 @@ To add a family, write ``benchmarks/ops/<family>.py`` defining
     def cases(device: str, quick: bool) -> list[harness.Case]
 
 (``device`` is ``"cpu"`` or ``"cuda"``; ``quick`` asks for the small, fast set) and add
-``<family>`` to ``FAMILIES``. Shapes come from ``ANCHORS.md``.
+``<family>`` to ``FAMILIES``. Shapes come from ``docs/ANCHORS.md``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import importlib
 
 from harness import Case, Result
 
-FAMILIES = ("norm", "histogram", "pooling", "conv", "attention", "rnn", "induced", "models")
+FAMILIES = ("norm", "histogram", "pooling", "conv", "attention", "rnn", "sets", "models")
 
 
 def collect(devices: list[str], quick: bool) -> tuple[list[Case], list[Result]]:

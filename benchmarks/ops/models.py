@@ -1,7 +1,16 @@
-"""Whole models from other libraries, patched: a Hugging Face BERT-style encoder and a timm
-ViT, forward in evaluation mode, torch (unpatched) against the same model and weights under
-``fastdl.patch()`` (its SDPA and LayerNorm calls, and the ViT's patch-embedding convolution,
-run fastdl's kernels; the Linear layers and activations are torch's on both sides).
+"""Whole models, as users run them, torch against fastdl on the same weights:
+
+- converted by ``fastdl.nn.convert``: torchvision's resnet18, mobilenet_v2 and convnext_tiny
+  (random weights, 224x224 images) in evaluation and as a training step (train mode, the
+  gradients of every parameter of a squared-output loss), and the two models of examples/
+  (the character LSTM language model and the Transformer encoder classifier), training steps;
+- patched by ``fastdl.patch()``: a Hugging Face BERT-style encoder and a timm ViT, forward in
+  evaluation mode (their SDPA and LayerNorm calls, and the ViT's patch-embedding
+  convolution, run fastdl's kernels; the Linear layers and activations are torch's on both
+  sides).
+
+A converted model is a deep copy of the torch one made on the first fastdl call (kept per
+model, so both sides start from the same weights and buffers).
 
 The models are built in ``make_inputs`` (passed to both sides as the first argument), so
 listing or filtering the suite builds none, and a missing transformers or timm makes an
@@ -12,10 +21,18 @@ ERROR row of its case only. FLOPs count the matrix products: per layer
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import os
+import weakref
+
 import torch
 
 import fastdl
 from harness import FWD, Case
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 
 TOLERANCE = {
     torch.float32: dict(atol=1e-4, rtol=1e-4),
@@ -29,6 +46,82 @@ def _patched(forward):
         with fastdl.patch():
             return forward(*args)
     return run
+
+
+def _converted(run):
+    """``run(model, *args)`` on fastdl.nn.convert's copy of ``model`` (made once per model)."""
+    def fastdl_run(model, *args):
+        if model not in _CONVERTED:
+            twin = copy.deepcopy(model)
+            fastdl.nn.convert(twin)
+            _CONVERTED[model] = twin
+        return run(_CONVERTED[model], *args)
+    return fastdl_run
+
+
+def _train_step(forward):
+    """A training step of ``forward(model, *args)``: the gradients of every parameter of
+    mean(output^2), with autograd on even where the harness times under no_grad."""
+    def step(model, *args):
+        with torch.enable_grad():
+            out = forward(model, *args)
+            loss = sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+            params = [p for p in model.parameters() if p.requires_grad]
+            return torch.autograd.grad(loss, params)
+    return step
+
+
+def torchvision_case(device: str, name: str, batch: int, image: int, train: bool) -> Case:
+    """torchvision's ``name`` (random weights) on ``batch`` images, eval or a training step."""
+
+    def make_inputs():
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None).to(device).train(train)
+        return (model, torch.randn(batch, 3, image, image, device=device))
+
+    def forward(model, images):
+        return model(images)
+
+    run = _train_step(forward) if train else forward
+    label = f"B{batch} {image}x{image} {'train step' if train else 'eval'}"
+    # Deep float32 networks: differences of a few 1e-4 relative grow through the layers.
+    tol = dict(atol=5e-3, rtol=5e-2) if train else dict(atol=1e-3, rtol=1e-3)
+    return Case(name, label, torch.float32, device, make_inputs, _converted(run), run,
+                modes=(FWD,), **tol)
+
+
+def _example(module: str):
+    spec = importlib.util.spec_from_file_location(module, os.path.join(EXAMPLES, f"{module}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def char_lm_case(device: str, batch: int, length: int, hidden: int) -> Case:
+    """examples/char_lm.py's model (embedding, 2-layer LSTM, head), a training step."""
+
+    def make_inputs():
+        model = _example("char_lm").CharModel(96, hidden=hidden, dropout=0.0).to(device).train()
+        return (model, torch.randint(0, 96, (batch, length), device=device))
+
+    run = _train_step(lambda model, tokens: model(tokens)[0])
+    return Case("char_lm_step", f"B{batch} T{length} H{hidden} lstm x2", torch.float32, device,
+                make_inputs, _converted(run), run, modes=(FWD,), atol=1e-4, rtol=1e-3)
+
+
+def transformer_case(device: str, batch: int, length: int) -> Case:
+    """examples/transformer_classifier.py's encoder (2 layers, padded sequences), a step."""
+
+    def make_inputs():
+        ex = _example("transformer_classifier")
+        model = ex.TransformerClassifier(max_len=length).to(device).train()
+        tokens, padding, _ = ex.make_batch(batch, length, torch.Generator().manual_seed(0))
+        return (model, tokens.to(device), padding.to(device))
+
+    run = _train_step(lambda model, tokens, padding: model(tokens, padding))
+    return Case("transformer_step", f"B{batch} L{length} d32 x2 padded", torch.float32, device,
+                make_inputs, _converted(run), run, modes=(FWD,), atol=1e-4, rtol=1e-3)
 
 
 def _encoder_flops(batch: int, seq: int, width: int, mlp: int, layers: int) -> float:
@@ -93,14 +186,20 @@ _VIT_DIMS = {"vit_tiny_patch16_224": (192, 12, 16), "vit_small_patch16_224": (38
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """CPU fp32: BERT-style encoder B2 L512 H256 x4 layers (4 heads of 64), a timm ViT-Tiny
-    forward on 8 images of 224x224 (197 tokens); ``quick``: one sequence of 512 tokens, two
-    layers, 2 images. CUDA: bf16 BERT-base size (B8 L512 H768 x12) and ViT-Base B32."""
+    """CPU fp32: the torchvision models on 2 images of 224x224 (as issue #14 measured them),
+    the char LM (B16 T64 H128) and Transformer encoder (B32 L64) steps, the BERT-style
+    encoder B2 L512 H256 x4 layers (4 heads of 64) and a timm ViT-Tiny forward on 8 images
+    (197 tokens); ``quick``: resnet18 only, smaller LM/encoder batches, one BERT sequence of
+    two layers, 2 ViT images. CUDA: bf16 BERT-base size (B8 L512 H768 x12) and ViT-Base B32."""
     if device == "cpu":
+        vision = [torchvision_case("cpu", name, 2, 224, train)
+                  for name in ("resnet18", "mobilenet_v2", "convnext_tiny") for train in (False, True)]
         if quick:
-            return [bert_case("cpu", torch.float32, 1, 512, 256, 2, 4),
-                    vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 2, 224)]
-        return [bert_case("cpu", torch.float32, 2, 512, 256, 4, 4),
-                vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 8, 224)]
+            return vision[:2] + [char_lm_case("cpu", 8, 32, 64), transformer_case("cpu", 16, 32),
+                                 bert_case("cpu", torch.float32, 1, 512, 256, 2, 4),
+                                 vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 2, 224)]
+        return vision + [char_lm_case("cpu", 16, 64, 128), transformer_case("cpu", 32, 64),
+                         bert_case("cpu", torch.float32, 2, 512, 256, 4, 4),
+                         vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 8, 224)]
     return [bert_case("cuda", torch.bfloat16, 8, 512, 768, 12, 12),
             vit_case("cuda", torch.bfloat16, "vit_base_patch16_224", 32, 224)]

@@ -6,11 +6,10 @@ wraps them with torch.nn.functional's signatures and ``fastdl.nn`` gives drop-in
 
 import os as _os
 
-import torch as _torch  # loads libtorch before libfastdl
+import torch as _torch  # noqa: F401  (loads libtorch before libfastdl)
 
 from . import _C  # noqa: F401  (loading it registers the ops)
-from . import _fake  # noqa: F401  (fake kernels for torch.compile / export)
-from . import functional, models, nn
+from . import functional, models, nn  # functional registers the fake kernels too
 # fastdl.patch is the function (its module stays importable as sys.modules["fastdl.patch"]).
 from .patch import PATCHABLE_OPS, Patch, PatchStats, patch, patch_stats, reset_patch_stats
 

@@ -176,7 +176,7 @@ def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional
         return "query, key or value below 2-d (torch raises)"
     if is_causal and attn_mask is not None:
         return "both attn_mask and is_causal (torch raises)"
-    if not 0.0 <= dropout_p < 1.0:
+    if not 0.0 <= dropout_p <= 1.0:
         return f"dropout_p={dropout_p}"
     return None
 

@@ -18,21 +18,6 @@
 namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.scaled_dot_product_attention";
-
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&,
-                                                      const std::optional<at::Tensor>&, double,
-                                                      bool, std::optional<double>,
-                                                      const std::optional<at::Tensor>&);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double, bool,
-    std::optional<double>, const std::optional<at::Tensor>&, std::array<bool, 4>);
-
-void check_same_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, kOp, ": ", name, " must have shape ", expected, ", got ",
-              t.sizes());
-}
 }  // namespace
 
 namespace detail {
@@ -80,7 +65,9 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
               query.sizes());
   s.scale = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(s.head_dim));
   TORCH_CHECK(std::isfinite(s.scale), kOp, ": scale must be finite, got ", s.scale);
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, kOp, ": dropout_p must be in [0, 1), got ",
+  // dropout_p = 1 drops every weight, as torch: the output and gradients are zeros (the keep
+  // test u >= 1 never passes, so the infinite 1 / (1 - p) is never applied).
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p <= 1.0, kOp, ": dropout_p must be in [0, 1], got ",
               dropout_p);
   s.dropout_p = dropout_p;
   s.is_causal = is_causal;
@@ -92,7 +79,7 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
                 ": expected attn_mask dtype to be bool or to match query dtype (",
                 query.scalar_type(), "), got ", mask.scalar_type());
     checks::same_device(mask, query, kOp, "attn_mask", "query");
-    check_same_shape(mask, {s.batch, s.q_heads, s.q_len, s.kv_len}, "attn_mask");
+    checks::shape(mask, {s.batch, s.q_heads, s.q_len, s.kv_len}, kOp, "attn_mask");
     s.mask_is_bool = mask.scalar_type() == at::kBool;
   }
   if (dropout_p > 0.0) {
@@ -118,13 +105,13 @@ SdpaShape check_sdpa_backward(const at::Tensor& grad_output, const at::Tensor& q
   for (const auto& [t, name] :
        {std::pair{&grad_output, "grad_output"}, std::pair{&output, "output"}}) {
     TORCH_CHECK(t->defined(), kOp, ": ", name, " must be a tensor, got None");
-    check_same_shape(*t, out_shape, name);
+    checks::shape(*t, out_shape, kOp, name);
     TORCH_CHECK(t->scalar_type() == query.scalar_type(), kOp, ": ", name, " must be ",
                 query.scalar_type(), ", got ", t->scalar_type());
     checks::same_device(*t, query, kOp, name, "query");
   }
   TORCH_CHECK(logsumexp.defined(), kOp, ": logsumexp must be a tensor, got None");
-  check_same_shape(logsumexp, {s.batch, s.q_heads, s.q_len}, "logsumexp");
+  checks::shape(logsumexp, {s.batch, s.q_heads, s.q_len}, kOp, "logsumexp");
   checks::same_device(logsumexp, query, kOp, "logsumexp", "query");
   const auto half = query.scalar_type() == at::kHalf || query.scalar_type() == at::kBFloat16;
   TORCH_CHECK(logsumexp.scalar_type() == (half ? at::kFloat : query.scalar_type()), kOp,
@@ -167,7 +154,7 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
     autograd::InputEdges::save(ctx, {true, true, true, present(attn_mask), present(dropout_seed)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, logsumexp] =
-        FASTDL_OP("sdpa_forward", ForwardSig)
+        FASTDL_CALL(sdpa_forward)
             .call(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
     autograd::save_with_optional(ctx, {query, key, value, output, logsumexp}, attn_mask);
     detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
@@ -177,7 +164,7 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto mask = autograd::saved_optional(saved, 5);
+    const auto mask = autograd::saved_optional(ctx, saved, 0);
     const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 3);
     TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp,
@@ -188,7 +175,7 @@ class SdpaFunction : public torch::autograd::Function<SdpaFunction> {
     variable_list result(8);
     if (!grads[0].defined()) return result;
     auto [grad_query, grad_key, grad_value, grad_mask] =
-        FASTDL_OP("sdpa_backward", BackwardSig)
+        FASTDL_CALL(sdpa_backward)
             .call(grads[0], saved[0], saved[1], saved[2], mask, saved[3], saved[4],
                   options.dropout_p, options.is_causal, options.scale, options.dropout_seed, needs);
     result[0] = grad_query;
@@ -208,20 +195,6 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autograd(
   return {out[0], out[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
-    const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
-    const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
-  return autograd::not_differentiable(
-      "fastdl.sdpa_backward", {grad_output, query, key, value, attn_mask.value_or(at::Tensor())},
-      [&] {
-        return FASTDL_OP("sdpa_backward", BackwardSig)
-            .call(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
-                  is_causal, scale, dropout_seed, output_mask);
-      });
-}
-
 // Autocast, as torch's scaled_dot_product_attention: it runs in the autocast dtype. On CUDA
 // the kernels take float16/bfloat16 directly; the CPU kernels compute in float32 (they take
 // float32/float64 only), and the output is cast to the autocast dtype as torch returns it.
@@ -238,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
   };
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
-  auto [output, logsumexp] = FASTDL_OP("sdpa_forward", ForwardSig)
+  auto [output, logsumexp] = FASTDL_CALL(sdpa_forward)
                                  .call(cast(query), cast(key), cast(value), mask, dropout_p,
                                        is_causal, scale, dropout_seed);
   if (compute != dtype) output = output.to(dtype);
@@ -253,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward(const at::Tensor& query, const a
                                                 double dropout_p, bool is_causal,
                                                 std::optional<double> scale,
                                                 const std::optional<at::Tensor>& dropout_seed) {
-  return FASTDL_OP("sdpa_forward", ForwardSig)
+  return FASTDL_CALL(sdpa_forward)
       .call(query, key, value, attn_mask, dropout_p, is_causal, scale, dropout_seed);
 }
 
@@ -262,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward(
     const at::Tensor& value, const std::optional<at::Tensor>& attn_mask, const at::Tensor& output,
     const at::Tensor& logsumexp, double dropout_p, bool is_causal, std::optional<double> scale,
     const std::optional<at::Tensor>& dropout_seed, std::array<bool, 4> output_mask) {
-  return FASTDL_OP("sdpa_backward", BackwardSig)
+  return FASTDL_CALL(sdpa_backward)
       .call(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p, is_causal,
             scale, dropout_seed, output_mask);
 }
@@ -288,7 +261,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("sdpa_forward", &sdpa_forward_autograd);
-  m.impl("sdpa_backward", &sdpa_backward_autograd);
+  m.impl("sdpa_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {

@@ -20,14 +20,6 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.sdpa_weights";
 
-using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&,
-                              const std::optional<at::Tensor>&, double, bool, std::optional<double>,
-                              const std::optional<at::Tensor>&, const at::Tensor&);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    double, bool, std::optional<double>, const std::optional<at::Tensor>&, const at::Tensor&,
-    std::array<bool, 3>);
-
 detail::SdpaShape check_weights(const at::Tensor& query, const at::Tensor& key,
                                 const std::optional<at::Tensor>& attn_mask, double dropout_p,
                                 bool is_causal, std::optional<double> scale,
@@ -68,9 +60,9 @@ at::Tensor scaled_scores(const at::Tensor& query, const at::Tensor& key,
 
 namespace detail {
 
-at::Tensor sdpa_weights_kernel(const SdpaWeightsRows& rows, const at::Tensor& query, const at::Tensor& key,
-                               const std::optional<at::Tensor>& attn_mask, double dropout_p,
-                               bool is_causal, std::optional<double> scale,
+at::Tensor sdpa_weights_kernel(const SdpaWeightsRows& rows, const at::Tensor& query,
+                               const at::Tensor& key, const std::optional<at::Tensor>& attn_mask,
+                               double dropout_p, bool is_causal, std::optional<double> scale,
                                const std::optional<at::Tensor>& dropout_seed,
                                const at::Tensor& logsumexp) {
   const auto s =
@@ -87,9 +79,9 @@ at::Tensor sdpa_weights_kernel(const SdpaWeightsRows& rows, const at::Tensor& qu
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
-    const SdpaWeightsRows& rows, const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
-    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
+    const SdpaWeightsRows& rows, const at::Tensor& grad_weights, const at::Tensor& query,
+    const at::Tensor& key, const std::optional<at::Tensor>& attn_mask, double dropout_p,
+    bool is_causal, std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
   const auto s =
       check_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
@@ -145,7 +137,7 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
     autograd::InputEdges::save(ctx, {true, true, present(attn_mask), present(dropout_seed), true});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto weights =
-        FASTDL_OP("sdpa_weights", ForwardSig)
+        FASTDL_CALL(sdpa_weights)
             .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
     autograd::save_with_optional(ctx, {query, key, logsumexp}, attn_mask);
     detail::SdpaOptions{dropout_p, is_causal, scale, dropout_seed}.save(ctx);
@@ -154,14 +146,14 @@ class WeightsFunction : public torch::autograd::Function<WeightsFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto mask = autograd::saved_optional(saved, 3);
+    const auto mask = autograd::saved_optional(ctx, saved, 0);
     const auto options = detail::SdpaOptions::load(ctx);
     const bool mask_grad = autograd::InputEdges::needs_grad(ctx, 2);
     TORCH_CHECK(!mask_grad || mask->scalar_type() != at::kBool, kOp,
                 ": a bool attn_mask has no gradient");
     variable_list result(8);
     if (!grads[0].defined()) return result;
-    auto [gq, gk, gm] = FASTDL_OP("sdpa_weights_backward", BackwardSig)
+    auto [gq, gk, gm] = FASTDL_CALL(sdpa_weights_backward)
                             .call(grads[0], saved[0], saved[1], mask, options.dropout_p,
                                   options.is_causal, options.scale, options.dropout_seed, saved[2],
                                   {autograd::InputEdges::needs_grad(ctx, 0),
@@ -182,20 +174,6 @@ at::Tensor sdpa_weights_autograd(const at::Tensor& query, const at::Tensor& key,
                                 logsumexp)[0];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_autograd(
-    const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
-    const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
-    std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
-    const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
-  return autograd::not_differentiable(
-      "fastdl.sdpa_weights_backward", {grad_weights, query, key, attn_mask.value_or(at::Tensor())},
-      [&] {
-        return FASTDL_OP("sdpa_weights_backward", BackwardSig)
-            .call(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
-                  logsumexp, output_mask);
-      });
-}
-
 // Autocast, like sdpa_forward's: the autocast dtype on CUDA; float32 kernels on CPU with the
 // weights returned in the autocast dtype.
 template <c10::DeviceType device>
@@ -213,7 +191,7 @@ at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
   auto weights =
-      FASTDL_OP("sdpa_weights", ForwardSig)
+      FASTDL_CALL(sdpa_weights)
           .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
   return compute != dtype ? weights.to(dtype) : weights;
 }
@@ -225,7 +203,7 @@ at::Tensor sdpa_weights(const at::Tensor& query, const at::Tensor& key,
                         bool is_causal, std::optional<double> scale,
                         const std::optional<at::Tensor>& dropout_seed,
                         const at::Tensor& logsumexp) {
-  return FASTDL_OP("sdpa_weights", ForwardSig)
+  return FASTDL_CALL(sdpa_weights)
       .call(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
 }
 
@@ -234,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward(
     const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
-  return FASTDL_OP("sdpa_weights_backward", BackwardSig)
+  return FASTDL_CALL(sdpa_weights_backward)
       .call(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed,
             logsumexp, output_mask);
 }
@@ -259,7 +237,7 @@ TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("sdpa_weights", &sdpa_weights_autograd);
-  m.impl("sdpa_weights_backward", &sdpa_weights_backward_autograd);
+  m.impl("sdpa_weights_backward", autograd::not_differentiable_kernel());
 }
 
 }  // namespace fastdl

@@ -5,6 +5,8 @@
 // dropout, and the softmax backward dS = P (dP - rowsum(dP P))) is ours, on CPU and CUDA.
 #pragma once
 
+#include "fastdl/common/dispatch.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <array>
@@ -64,31 +66,13 @@ void sdpa_weights_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>
 void sdpa_weights_softmax_backward_cuda(at::Tensor& grad, const at::Tensor& probs,
                                         const SdpaShape& shape);
 
-// The two ops' kernels for one device, bound to its row-kernel table.
-template <const SdpaWeightsRows& (*rows)()>
-struct SdpaWeightsImpls {
-  static at::Tensor forward(const at::Tensor& query, const at::Tensor& key,
-                            const std::optional<at::Tensor>& attn_mask, double dropout_p,
-                            bool is_causal, std::optional<double> scale,
-                            const std::optional<at::Tensor>& dropout_seed,
-                            const at::Tensor& logsumexp) {
-    return sdpa_weights_kernel(rows(), query, key, attn_mask, dropout_p, is_causal, scale,
-                               dropout_seed, logsumexp);
-  }
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-      const at::Tensor& grad_weights, const at::Tensor& query, const at::Tensor& key,
-      const std::optional<at::Tensor>& attn_mask, double dropout_p, bool is_causal,
-      std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
-      const at::Tensor& logsumexp, std::array<bool, 3> output_mask) {
-    return sdpa_weights_backward_kernel(rows(), grad_weights, query, key, attn_mask, dropout_p,
-                                        is_causal, scale, dropout_seed, logsumexp, output_mask);
-  }
-};
-
 }  // namespace detail
 }  // namespace fastdl
 
 // Registers sdpa_weights / sdpa_weights_backward for library `m` with a device's row kernels.
-#define FASTDL_SDPA_WEIGHTS_KERNELS(m, rows)                                  \
-  m.impl("sdpa_weights", &::fastdl::detail::SdpaWeightsImpls<rows>::forward); \
-  m.impl("sdpa_weights_backward", &::fastdl::detail::SdpaWeightsImpls<rows>::backward)
+#define FASTDL_SDPA_WEIGHTS_KERNELS(m, rows)                                                 \
+  m.impl("sdpa_weights",                                                                     \
+         &::fastdl::detail::BindTable<&::fastdl::detail::sdpa_weights_kernel, &rows>::call); \
+  m.impl(                                                                                    \
+      "sdpa_weights_backward",                                                               \
+      &::fastdl::detail::BindTable<&::fastdl::detail::sdpa_weights_backward_kernel, &rows>::call)

@@ -8,11 +8,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
+#include <torch/library.h>
 
 #include <optional>
-#include <string>
-#include <tuple>
-#include <string_view>
 #include <vector>
 
 namespace fastdl::autograd {
@@ -40,41 +38,34 @@ class InputEdges {
   }
 };
 
-// save_for_backward rejects undefined tensors: save `always` and then the optional tensor
-// when present; saved_optional(saved, i) reads it back (nullopt when it was absent).
-inline void save_with_optional(torch::autograd::AutogradContext* ctx,
-                               torch::autograd::variable_list always,
-                               const std::optional<at::Tensor>& optional) {
-  if (present(optional)) always.push_back(*optional);
+// save_for_backward rejects undefined tensors: save_with_optional saves `always`, then those of
+// the optional tensors that are present, and where each went; saved_optional(ctx, saved, k)
+// reads the k-th optional back (nullopt when it was absent).
+template <typename... Optionals>
+void save_with_optional(torch::autograd::AutogradContext* ctx,
+                        torch::autograd::variable_list always, const Optionals&... optionals) {
+  std::vector<int64_t> slots;  // index in the saved list of each optional, -1 when absent
+  const auto add = [&](const std::optional<at::Tensor>& t) {
+    slots.push_back(present(t) ? static_cast<int64_t>(always.size()) : -1);
+    if (present(t)) always.push_back(*t);
+  };
+  (add(optionals), ...);
+  ctx->saved_data["fastdl_optional_slots"] = slots;
   ctx->save_for_backward(always);
 }
 
-inline std::optional<at::Tensor> saved_optional(const torch::autograd::variable_list& saved,
-                                                size_t i) {
-  return i < saved.size() ? std::optional<at::Tensor>(saved[i]) : std::nullopt;
+inline std::optional<at::Tensor> saved_optional(torch::autograd::AutogradContext* ctx,
+                                                const torch::autograd::variable_list& saved,
+                                                size_t k) {
+  const int64_t slot = ctx->saved_data["fastdl_optional_slots"].toIntVector().at(k);
+  return slot >= 0 ? std::optional<at::Tensor>(saved.at(slot)) : std::nullopt;
 }
 
-// The Autograd kernel of a backward op (backward ops are not differentiable): runs `run` below
-// autograd and, when a graph is recorded over the call (create_graph=True), attaches the
-// defined outputs to a node that raises if anything differentiates through them.
-template <typename Run>
-auto not_differentiable(std::string_view op, const torch::autograd::variable_list& inputs,
-                        Run&& run) {
-  bool record = false;
-  if (at::GradMode::is_enabled()) {
-    for (const auto& t : inputs) record = record || (t.defined() && t.requires_grad());
-  }
-  auto outputs = [&] {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return run();
-  }();
-  if (record) {
-    auto node = c10::make_intrusive<torch::autograd::Error>(
-        std::string(op) + ": double backward is not supported",
-        torch::autograd::collect_next_edges(inputs));
-    std::apply([&](auto&... t) { (torch::autograd::set_history(t, node), ...); }, outputs);
-  }
-  return outputs;
-}
+// The Autograd kernel of every backward op (backward ops are not differentiable), boxed so one
+// kernel serves every schema: m.impl("x_backward", autograd::not_differentiable_kernel()).
+// It runs the op below autograd and, when a graph is recorded over the call
+// (create_graph=True), attaches the defined outputs to a node that raises
+// "fastdl.x_backward: double backward is not supported" if anything differentiates them.
+torch::CppFunction not_differentiable_kernel();
 
 }  // namespace fastdl::autograd

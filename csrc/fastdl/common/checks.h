@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <optional>
 #include <string_view>
 
@@ -35,6 +36,20 @@ inline void same_device(const at::Tensor& t, const at::Tensor& ref, std::string_
               ref_name, " (", ref.device(), "), got ", t.device());
 }
 
+inline void shape(const at::Tensor& t, at::IntArrayRef expected, std::string_view op,
+                  std::string_view name) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", expected, ", got ",
+              t.sizes());
+}
+
+// `t` is on the input's device with the input's dtype.
+inline void like_input(const at::Tensor& t, const at::Tensor& input, std::string_view op,
+                       std::string_view name) {
+  same_device(t, input, op, name, "input");
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name,
+              " must have the input's dtype (", input.scalar_type(), "), got ", t.scalar_type());
+}
+
 inline void rank_at_least(const at::Tensor& t, int64_t rank, std::string_view op,
                           std::string_view name) {
   TORCH_CHECK(t.dim() >= rank, op, ": ", name, " must have at least ", rank,
@@ -54,8 +69,18 @@ inline void parameter(const std::optional<at::Tensor>& t, const at::Tensor& inpu
   TORCH_CHECK(dtype == input.scalar_type() || (half_input && dtype == at::kFloat), op, ": ", name,
               " must have the input's dtype (", input.scalar_type(),
               half_input ? " or float32" : "", "), got ", dtype);
-  TORCH_CHECK(t->sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ",
-              t->sizes());
+  checks::shape(*t, shape, op, name);
+}
+
+// A 2-d size argument (stride, padding, ...) as (h, w): one value means both, as torch;
+// `fallback` stands in for an empty list (pooling's stride defaults to kernel_size).
+inline std::array<int64_t, 2> int_pair(
+    at::IntArrayRef v, std::string_view op, std::string_view name,
+    std::optional<std::array<int64_t, 2>> fallback = std::nullopt) {
+  if (v.empty() && fallback) return *fallback;
+  TORCH_CHECK(v.size() == 1 || v.size() == 2, op, ": ", name,
+              " must be a single int or a tuple of two ints, got ", v);
+  return {v[0], v.size() == 2 ? v[1] : v[0]};
 }
 
 }  // namespace fastdl::checks

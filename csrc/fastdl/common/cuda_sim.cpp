@@ -1,7 +1,8 @@
 // cuda-sim's runtime (see cuda_sim.h): blocks of fibers, barriers and warp collectives, shared
-// memory with bounds and race checks, the memory-access hooks of the instrumented kernels, and
-// the launch. Built only into libfastdl_cudasim (CMake FASTDL_CUDA_SIM=ON), not instrumented.
+// memory allocation, and the launch (the memory checks: cuda_sim_memory.cpp). Built only into
+// libfastdl_cudasim (CMake FASTDL_CUDA_SIM=ON), not instrumented.
 #include "fastdl/common/cuda_sim.h"
+#include "fastdl/common/cuda_sim_state.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -23,21 +24,6 @@ FASTDL_SIM_TLS uint3 threadIdx;
 FASTDL_SIM_TLS uint3 blockIdx;
 FASTDL_SIM_TLS uint3 blockDim;
 FASTDL_SIM_TLS uint3 gridDim;
-
-// AddressSanitizer's interface, present when the process runs under it (LD_PRELOAD of
-// libasan): global memory is checked against its shadow, fibers are announced to it so its
-// stack traces follow them, and it symbolizes program counters for messages.
-extern "C" {
-__attribute__((weak)) void* __asan_region_is_poisoned(void* beg, size_t size);
-__attribute__((weak)) void __asan_describe_address(void* addr);
-__attribute__((weak)) void __sanitizer_print_stack_trace();
-__attribute__((weak)) void __sanitizer_symbolize_pc(void* pc, const char* fmt, char* out, size_t n);
-__attribute__((weak)) void __sanitizer_start_switch_fiber(void** fake_stack_save,
-                                                          const void* bottom, size_t size);
-__attribute__((weak)) void __sanitizer_finish_switch_fiber(void* fake_stack_save,
-                                                           const void** bottom_old,
-                                                           size_t* size_old);
-}
 
 // ---- fibers: a minimal x86-64 context switch -------------------------------------------------
 // fastdl_sim_switch(save, load): saves the callee-saved registers and the FP control words on
@@ -90,99 +76,13 @@ fastdl_sim_fiber_start:
 )");
 
 namespace fastdl::cuda_sim {
-namespace {
+using namespace internal;  // NOLINT: the runtime owns the state
 
-constexpr int kMaxThreads = 1024;
-constexpr size_t kStackBytes = 256 * 1024;
-constexpr size_t kArenaBytes = 512 * 1024;  // dynamic + static shared memory, with red zones
-constexpr size_t kRedZone = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
+namespace {}  // namespace
 
-// The emulated device: an H100/H200 (sm_90) unless FASTDL_CUDA_SIM_ARCH says otherwise.
-DeviceProperties make_properties() {
-  DeviceProperties p{};
-  const char* arch = std::getenv("FASTDL_CUDA_SIM_ARCH");
-  const int sm = arch ? std::atoi(arch) : 90;
-  p.major = sm / 10;
-  p.minor = sm % 10;
-  p.multiProcessorCount = sm >= 90 ? 132 : sm >= 80 ? 108 : 84;
-  p.sharedMemPerBlock = 48 * 1024;
-  // Opt-in limits per block: sm_90 227 KiB, sm_80 163 KiB, sm_86/89 99 KiB, sm_70 96 KiB, sm_75 64 KiB.
-  p.sharedMemPerBlockOptin = sm >= 90              ? 232448
-                             : sm == 80            ? 166912
-                             : sm >= 86            ? 101376
-                             : sm >= 75 && sm < 80 ? 65536
-                                                   : 98304;
-  p.maxThreadsPerBlock = kMaxThreads;
-  p.warpSize = 32;
-  p.maxGridSize[0] = 2147483647;
-  p.maxGridSize[1] = p.maxGridSize[2] = 65535;
-  return p;
-}
+// ---- the state of cuda_sim_state.h -------------------------------------------------------
 
-enum class Wait : uint8_t { running, barrier, warp, exited };
-
-struct Thread {
-  void* sp = nullptr;  // saved stack pointer while switched out
-  char* stack = nullptr;
-  uint3 idx{};
-  int linear = 0, warp = 0, lane = 0;
-  Wait wait = Wait::running;
-  Where where{};  // the barrier or collective it waits at
-  const char* op = nullptr;
-  unsigned mask = 0;
-  void* data = nullptr;
-  WarpComplete complete = nullptr;
-  const void* info = nullptr;
-  bool exited_ok = false;
-  void* fake_stack = nullptr;  // AddressSanitizer's fiber bookkeeping
-};
-
-// One shadow entry per byte of shared memory: the last writer and the readers since then,
-// with the barrier interval (block-wide, unique per block) and warp interval they did it in.
-struct Shadow {
-  const void* write_pc;
-  const void* read_pc;
-  uint32_t write_interval, read_interval;
-  uint32_t write_warp_interval, read_warp_interval;
-  uint16_t writer, reader;  // thread (linear id); reader == kManyReaders: several
-  uint16_t reader_warp;     // kManyReaders: readers in several warps
-};
-constexpr uint16_t kManyReaders = 0xffff;
-
-struct SharedSpan {
-  size_t offset, bytes;
-  const SharedVar* var;  // null: the dynamic shared memory
-};
-
-struct Launch;
-
-// Per OS thread: the fibers, the shared-memory arena and its shadow, and the block it runs.
-struct Worker {
-  std::vector<Thread> threads;
-  char* stacks = nullptr;
-  size_t stack_count = 0;
-  char* arena = nullptr;
-  std::vector<Shadow> shadow;
-  void* main_sp = nullptr;
-  const void* main_stack_bottom = nullptr;
-  size_t main_stack_size = 0;
-  void* main_fake_stack = nullptr;
-  // The block being run.
-  const Launch* launch = nullptr;
-  int nthreads = 0;
-  std::vector<SharedSpan> spans;
-  size_t static_bytes = 0, arena_used = 0;
-  uint32_t interval = 0;  // the current barrier interval
-  uint32_t warp_interval[32] = {};
-  Thread* current = nullptr;  // the thread running now (null in the scheduler)
-  std::string error;          // set when the block fails
-
-  ~Worker() {
-    if (stacks) munmap(stacks, stack_count * (kStackBytes + 4096));
-    if (arena) munmap(arena, kArenaBytes);
-  }
-};
+namespace internal {
 
 thread_local Worker* tls_worker = nullptr;
 __attribute__((tls_model("initial-exec"))) thread_local Thread* tls_thread = nullptr;
@@ -202,14 +102,7 @@ Worker& worker() {
   return *tls_worker;
 }
 
-struct Launch {
-  const KernelLaunch* kernel;
-  std::string name;  // the kernel's function name, for messages
-};
-
-// "fastdl::(anonymous namespace)::forward_kernel<float, 2>(...) file:line:column" for a
-// program counter (with AddressSanitizer's symbolizer; the address without it).
-std::string symbolize(const void* pc, const char* format = "%f %L") {
+std::string symbolize(const void* pc, const char* format) {
   if (!pc) return "?";
   if (__sanitizer_symbolize_pc) {
     char buf[1024] = {0};
@@ -240,6 +133,10 @@ std::string block_string() {
   return s.str();
 }
 
+}  // namespace internal
+
+namespace {
+
 // ---- switching ----------------------------------------------------------------------------------
 
 void enter_fiber(Worker& w, Thread& t) {
@@ -267,13 +164,16 @@ void yield(Worker& w, Thread& t, bool final = false) {
   }
 }
 
-// Records the block's first error and leaves the fiber for good.
-[[noreturn]] void fail_in_fiber(Worker& w, Thread& t, std::string message) {
+}  // namespace
+
+[[noreturn]] void internal::fail_in_fiber(Worker& w, Thread& t, std::string message) {
   if (w.error.empty()) w.error = std::move(message);
   t.wait = Wait::exited;
   yield(w, t, /*final=*/true);
   std::abort();  // never resumed
 }
+
+namespace {
 
 struct SchedulerError {
   std::string message;
@@ -441,7 +341,10 @@ bool resolve_barrier(Worker& w) {
 }
 
 // Runs one block to completion; returns its error ("" when it ran through).
-std::string run_block(Worker& w, const Launch& launch, uint3 block) {
+
+}  // namespace
+
+std::string internal::run_block(Worker& w, const Launch& launch, uint3 block) {
   const KernelLaunch& k = *launch.kernel;
   const int n = static_cast<int>(k.block.x * k.block.y * k.block.z);
   w.launch = &launch;
@@ -490,8 +393,6 @@ std::string run_block(Worker& w, const Launch& launch, uint3 block) {
   }
   return w.error;
 }
-
-}  // namespace
 
 // ---- the device-side API ---------------------------------------------------------------------
 
@@ -597,334 +498,4 @@ void* shared_variable(const SharedVar* var, size_t bytes, size_t align) {
   return w.arena + offset;
 }
 
-// ---- memory checks ---------------------------------------------------------------------------
-
-namespace {
-
-std::string span_name(const SharedSpan& s) {
-  if (!s.var) return "the dynamic shared memory (" + std::to_string(s.bytes) + " bytes)";
-  return std::string("__shared__ ") + s.var->name + " (" + s.var->file + ":" +
-         std::to_string(s.var->line) + ", " + std::to_string(s.bytes) + " bytes)";
-}
-
-[[noreturn]] void shared_out_of_bounds(Worker& w, Thread& t, size_t offset, size_t size, bool write,
-                                       const void* pc) {
-  std::ostringstream s;
-  s << "out-of-bounds shared memory " << (write ? "write" : "read") << " of " << size
-    << " bytes at offset " << offset;
-  const SharedSpan* near = nullptr;
-  for (const auto& sp : w.spans) {
-    if (sp.offset <= offset && (!near || sp.offset > near->offset)) near = &sp;
-  }
-  if (near) s << ", " << offset - near->offset << " bytes from the start of " << span_name(*near);
-  s << ", by " << thread_string(t) << " at " << symbolize(pc);
-  if (__sanitizer_print_stack_trace) __sanitizer_print_stack_trace();
-  fail_in_fiber(w, t, s.str());
-}
-
-[[noreturn]] void shared_race(Worker& w, Thread& t, size_t offset, bool write, const void* pc,
-                              bool other_write, int other, const void* other_pc) {
-  std::ostringstream s;
-  s << "shared memory race at offset " << offset;
-  for (const auto& sp : w.spans) {
-    if (sp.offset <= offset && offset < sp.offset + sp.bytes) s << " (" << span_name(sp) << ")";
-  }
-  s << ": " << thread_string(t) << " " << (write ? "writes" : "reads") << " it at " << symbolize(pc)
-    << " and ";
-  if (other == kManyReaders) {
-    s << "other threads read it";
-  } else {
-    s << thread_string(w.threads[other]) << " " << (other_write ? "wrote" : "read") << " it";
-  }
-  s << " at " << symbolize(other_pc) << ", with no __syncthreads()/__syncwarp() between";
-  fail_in_fiber(w, t, s.str());
-}
-
-void check_shared(Worker& w, Thread& t, size_t offset, size_t size, bool write, const void* pc) {
-  const SharedSpan* span = nullptr;
-  for (const auto& s : w.spans) {
-    if (offset >= s.offset && offset + size <= s.offset + s.bytes) {
-      span = &s;
-      break;
-    }
-  }
-  if (!span) shared_out_of_bounds(w, t, offset, size, write, pc);
-  const uint32_t interval = w.interval;
-  const uint32_t winterval = w.warp_interval[t.warp];
-  const auto me = static_cast<uint16_t>(t.linear);
-  const auto my_warp = static_cast<uint16_t>(t.warp);
-  for (size_t b = offset; b < offset + size; ++b) {
-    Shadow& sh = w.shadow[b];
-    // An earlier access in this barrier interval by another thread conflicts, unless both are
-    // in one warp and a __syncwarp() separates them.
-    const bool w_conflict = sh.write_interval == interval && sh.writer != me &&
-                            !(sh.writer / 32 == my_warp && sh.write_warp_interval != winterval);
-    if (w_conflict) shared_race(w, t, b, write, pc, true, sh.writer, sh.write_pc);
-    if (write) {
-      const bool r_conflict = sh.read_interval == interval && sh.reader != me &&
-                              !(sh.reader_warp == my_warp && sh.read_warp_interval != winterval);
-      if (r_conflict) shared_race(w, t, b, true, pc, false, sh.reader, sh.read_pc);
-      sh.writer = me;
-      sh.write_interval = interval;
-      sh.write_warp_interval = winterval;
-      sh.write_pc = pc;
-      sh.read_interval = 0;
-    } else {
-      // Readers in this warp before its last __syncwarp() are ordered before this read and
-      // before any later access from the warp; one from another warp conflicts with this read
-      // anyway. So this read replaces them.
-      const bool ordered_before = sh.reader_warp == my_warp && sh.read_warp_interval != winterval;
-      if (sh.read_interval != interval || ordered_before) {
-        sh.reader = me;
-        sh.reader_warp = my_warp;
-      } else {
-        if (sh.reader != me) sh.reader = kManyReaders;
-        if (sh.reader_warp != my_warp) sh.reader_warp = kManyReaders;
-      }
-      sh.read_interval = interval;
-      sh.read_warp_interval = winterval;
-      sh.read_pc = pc;
-    }
-  }
-}
-
-[[noreturn]] void global_error(uintptr_t addr, size_t size, bool write, const void* pc) {
-  std::ostringstream s;
-  s << "out-of-bounds or freed global memory " << (write ? "write" : "read") << " of " << size
-    << " bytes at 0x" << std::hex << addr << std::dec << " at " << symbolize(pc)
-    << " (AddressSanitizer's description above)";
-  fprintf(stderr, "cuda-sim: %s\n", s.str().c_str());
-  if (__asan_describe_address) __asan_describe_address(reinterpret_cast<void*>(addr));
-  if (__sanitizer_print_stack_trace) __sanitizer_print_stack_trace();
-  if (tls_thread) {
-    Thread& t = *tls_thread;
-    fail_in_fiber(*tls_worker, t, thread_string(t) + ": " + s.str());
-  }
-  TORCH_CHECK(false, "cuda-sim: ", s.str());
-}
-
-// AddressSanitizer's shadow (x86-64 Linux: shadow = (addr >> 3) + 0x7fff8000): nonzero bytes
-// mark red zones and freed memory.
-inline bool asan_poisoned(uintptr_t addr, size_t size) {
-  const auto* shadow = reinterpret_cast<const int8_t*>((addr >> 3) + 0x7fff8000);
-  const uintptr_t last = addr + size - 1;
-  for (uintptr_t g = addr >> 3; g <= last >> 3; ++g) {
-    const int8_t k = shadow[g - (addr >> 3)];
-    if (k == 0) continue;
-    const uintptr_t hi = std::min<uintptr_t>(last, (g << 3) + 7);
-    if (k < 0 || static_cast<int8_t>(hi & 7) >= k) return true;
-  }
-  return false;
-}
-
-const bool g_asan = __asan_region_is_poisoned != nullptr;
-
-inline void check_access(uintptr_t addr, size_t size, bool write, const void* pc) {
-  if (size == 0) return;
-  if (Thread* t = tls_thread) {
-    const uintptr_t offset = addr - reinterpret_cast<uintptr_t>(tls_arena);
-    if (offset < kArenaBytes) {
-      check_shared(*tls_worker, *t, offset, size, write, pc);
-      return;
-    }
-  }
-  if (g_asan && asan_poisoned(addr, size) &&
-      __asan_region_is_poisoned(reinterpret_cast<void*>(addr), size)) {
-    global_error(addr, size, write, pc);
-  }
-}
-
-}  // namespace
 }  // namespace fastdl::cuda_sim
-
-// The instrumentation of the emulated kernels (gcc -fsanitize=kernel-address with outlined
-// checks): every load and store of the .cu files calls these first.
-#define FASTDL_SIM_HOOK(kind, size, write)                                             \
-  extern "C" __attribute__((visibility("hidden"))) void __asan_##kind##size##_noabort( \
-      uintptr_t a) {                                                                   \
-    fastdl::cuda_sim::check_access(a, size, write, __builtin_return_address(0));       \
-  }
-FASTDL_SIM_HOOK(load, 1, false)
-FASTDL_SIM_HOOK(load, 2, false)
-FASTDL_SIM_HOOK(load, 4, false)
-FASTDL_SIM_HOOK(load, 8, false)
-FASTDL_SIM_HOOK(load, 16, false)
-FASTDL_SIM_HOOK(store, 1, true)
-FASTDL_SIM_HOOK(store, 2, true)
-FASTDL_SIM_HOOK(store, 4, true)
-FASTDL_SIM_HOOK(store, 8, true)
-FASTDL_SIM_HOOK(store, 16, true)
-#undef FASTDL_SIM_HOOK
-extern "C" __attribute__((visibility("hidden"))) void __asan_loadN_noabort(uintptr_t a, size_t n) {
-  fastdl::cuda_sim::check_access(a, n, false, __builtin_return_address(0));
-}
-extern "C" __attribute__((visibility("hidden"))) void __asan_storeN_noabort(uintptr_t a, size_t n) {
-  fastdl::cuda_sim::check_access(a, n, true, __builtin_return_address(0));
-}
-extern "C" __attribute__((visibility("hidden"))) void __asan_handle_no_return() {}
-// Initialisation-order checking is AddressSanitizer's, not ours: nothing to do.
-extern "C" __attribute__((visibility("hidden"))) void __asan_before_dynamic_init(const char*) {}
-extern "C" __attribute__((visibility("hidden"))) void __asan_after_dynamic_init() {}
-
-// ---- host side -------------------------------------------------------------------------------
-
-namespace fastdl::cuda_sim {
-
-namespace {
-DeviceProperties& mutable_properties() {
-  static DeviceProperties p = make_properties();
-  return p;
-}
-
-// Tests emulate a device with smaller grid limits, so that the kernels' paths past the
-// limits (grid-stride loops over rows, bags, splits) run at small sizes. 0 restores a limit.
-void set_max_grid(int64_t x, int64_t y, int64_t z) {
-  const DeviceProperties real = make_properties();
-  auto& p = mutable_properties();
-  p.maxGridSize[0] = x > 0 ? static_cast<int>(x) : real.maxGridSize[0];
-  p.maxGridSize[1] = y > 0 ? static_cast<int>(y) : real.maxGridSize[1];
-  p.maxGridSize[2] = z > 0 ? static_cast<int>(z) : real.maxGridSize[2];
-}
-}  // namespace
-
-const DeviceProperties& device_properties() { return mutable_properties(); }
-
-namespace {
-std::mutex g_launches_mutex;
-std::vector<std::pair<const void*, int64_t>> g_launches;  // kernel -> launches so far
-
-void count_launch(const void* kernel) {
-  std::lock_guard<std::mutex> lock(g_launches_mutex);
-  for (auto& [k, n] : g_launches) {
-    if (k == kernel) {
-      ++n;
-      return;
-    }
-  }
-  g_launches.emplace_back(kernel, 1);
-}
-
-// "name<args>(params) file:line:column\tlaunches" for every kernel launched in this process.
-std::vector<std::string> kernel_launches() {
-  std::lock_guard<std::mutex> lock(g_launches_mutex);
-  std::vector<std::string> out;
-  for (const auto& [k, n] : g_launches) {
-    out.push_back(symbolize(static_cast<const char*>(k) + 1) + "\t" + std::to_string(n));
-  }
-  return out;
-}
-
-std::mutex g_optin_mutex;
-std::vector<std::pair<const void*, size_t>> g_optin;  // kernel -> opted-in dynamic shared bytes
-}  // namespace
-
-void set_max_dynamic_shared(const void* kernel, size_t bytes) {
-  std::lock_guard<std::mutex> lock(g_optin_mutex);
-  for (auto& [k, b] : g_optin) {
-    if (k == kernel) {
-      b = bytes;
-      return;
-    }
-  }
-  g_optin.emplace_back(kernel, bytes);
-}
-
-namespace {
-size_t max_dynamic_shared(const void* kernel) {
-  std::lock_guard<std::mutex> lock(g_optin_mutex);
-  for (auto& [k, b] : g_optin) {
-    if (k == kernel) return b;
-  }
-  return device_properties().sharedMemPerBlock;
-}
-
-// Blocks in a scrambled order: a kernel must not rely on the order blocks run in.
-int64_t block_order(int64_t i, int64_t n) {
-  if (n <= 2) return n - 1 - i;
-  // i * p mod n for a p coprime with n.
-  int64_t p = n / 2 + 1;
-  while (std::__gcd(p, n) != 1) ++p;
-  return (i * p) % n;
-}
-}  // namespace
-
-void run_grid(KernelLaunch& k) {
-  const auto& props = device_properties();
-  std::ostringstream bad;
-  const int64_t threads = int64_t(k.block.x) * k.block.y * k.block.z;
-  if (k.grid.x == 0 || k.grid.y == 0 || k.grid.z == 0) {
-    bad << "an empty grid (" << k.grid.x << ", " << k.grid.y << ", " << k.grid.z << ")";
-  } else if (k.grid.x > static_cast<unsigned>(props.maxGridSize[0]) ||
-             k.grid.y > static_cast<unsigned>(props.maxGridSize[1]) ||
-             k.grid.z > static_cast<unsigned>(props.maxGridSize[2])) {
-    bad << "grid (" << k.grid.x << ", " << k.grid.y << ", " << k.grid.z
-        << ") beyond the device's limits (" << props.maxGridSize[0] << ", "
-        << props.maxGridSize[1] << ", " << props.maxGridSize[2] << ")";
-  } else if (threads == 0 || threads > props.maxThreadsPerBlock || k.block.x > 1024 ||
-             k.block.y > 1024 || k.block.z > 64) {
-    bad << "a block of (" << k.block.x << ", " << k.block.y << ", " << k.block.z << ") threads";
-  } else {
-    k.shared_limit = max_dynamic_shared(k.kernel);
-    if (k.dynamic_shared_bytes > k.shared_limit) {
-      bad << k.dynamic_shared_bytes << " bytes of dynamic shared memory, more than the "
-          << k.shared_limit << " allowed"
-          << (k.shared_limit == props.sharedMemPerBlock ? " without cudaFuncSetAttribute's opt-in"
-                                                        : "");
-    }
-  }
-  // The symbolizer takes return addresses (it looks one byte back): the entry point + 1.
-  const std::string name = symbolize(static_cast<const char*>(k.kernel) + 1, "%f");
-  count_launch(k.kernel);
-  TORCH_CHECK(bad.str().empty(), "cuda-sim: invalid launch of ", name, " from ",
-              where_string(k.where), ": ", bad.str());
-  k.shared_limit = std::max(k.shared_limit, props.sharedMemPerBlock);
-  const Launch launch{&k, name};
-  const int64_t blocks = int64_t(k.grid.x) * k.grid.y * k.grid.z;
-  std::mutex error_mutex;
-  std::string error;
-  std::atomic<bool> failed{false};
-  const char* serial = std::getenv("FASTDL_CUDA_SIM_THREADS");
-  const int64_t grain = serial && std::atoi(serial) == 1 ? blocks : 1;
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    Worker& w = worker();
-    for (int64_t i = begin; i < end && !failed.load(); ++i) {
-      const int64_t b = block_order(i, blocks);
-      const uint3 idx{static_cast<unsigned>(b % k.grid.x),
-                      static_cast<unsigned>((b / k.grid.x) % k.grid.y),
-                      static_cast<unsigned>(b / (int64_t(k.grid.x) * k.grid.y))};
-      std::string e = run_block(w, launch, idx);
-      if (!e.empty()) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!failed.exchange(true)) {
-          std::ostringstream s;
-          s << "cuda-sim: kernel " << name << " launched from " << where_string(k.where)
-            << ", block (" << idx.x << "," << idx.y << "," << idx.z << "): " << e;
-          error = s.str();
-        }
-      }
-    }
-  });
-  TORCH_CHECK(!failed.load(), error);
-}
-
-}  // namespace fastdl::cuda_sim
-
-// ---- the op namespace ----------------------------------------------------------------------------
-// torch.ops.fastdl_cudasim.X has the schema of torch.ops.fastdl.X; the emulated .cu files
-// register their kernels for it on the CPU key (FASTDL_CUDA_KERNELS in cuda_runtime.cuh).
-TORCH_LIBRARY(fastdl_cudasim, m) {
-  // The emulator's own: "kernel\tlaunches" for every kernel launched so far (tests/conftest.py
-  // reports which kernels of the tree have run).
-  m.def("_kernel_launches() -> str[]", &fastdl::cuda_sim::kernel_launches);
-  m.def("_set_max_grid(int x, int y, int z) -> ()", &fastdl::cuda_sim::set_max_grid);
-  for (const auto& name : c10::Dispatcher::singleton().getAllOpNames()) {
-    if (name.name.rfind("fastdl::", 0) != 0) continue;
-    const auto op = c10::Dispatcher::singleton().findOp(name);
-    if (!op.has_value() || !op->hasSchema()) continue;
-    std::ostringstream schema;
-    schema << op->schema();
-    std::string text = schema.str();
-    text.erase(0, std::string("fastdl::").size());
-    m.def(text.c_str());
-  }
-}

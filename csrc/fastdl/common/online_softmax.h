@@ -1,4 +1,4 @@
-// The online softmax both attention families (attention/, induced/) compute with, on CPU and
+// The online softmax both attention families (attention/, sets/) compute with, on CPU and
 // CUDA, so the conventions cannot drift apart.
 //
 // A softmax over keys is a running state (m, l, acc): m the largest score seen, l the sum of
@@ -6,7 +6,8 @@
 // whose maximum grows from m_old to m_new is rescaled by exp_shifted(m_old, m_new); two states
 // (key chunks) merge the same way. The row's log-sum-exp is log_sum_exp(m, l), its output
 // acc * inverse_or_zero(l). Masked keys score -inf; a row whose keys are all masked gives 0
-// (torch's safe softmax), never NaN.
+// (torch's safe softmax), never NaN. A NaN score (from a NaN or an infinity in the inputs) makes
+// its row NaN, as torch's softmax: the maximum, log-sum-exp and 1 / l below let NaN through.
 #pragma once
 
 #include <c10/macros/Macros.h>
@@ -26,6 +27,12 @@ C10_HOST_DEVICE inline double exp_of(double x) { return ::exp(x); }
 C10_HOST_DEVICE inline float log_of(float x) { return ::logf(x); }
 C10_HOST_DEVICE inline double log_of(double x) { return ::log(x); }
 
+// max(a, b) that keeps a NaN of either (std::max, fmaxf and max drop a NaN in some positions).
+template <typename A>
+C10_HOST_DEVICE inline A max_nan(A a, A b) {
+  return (a > b || a != a) ? a : b;
+}
+
 // exp(s - m) for m >= s, and 0 when m is -inf (no -inf - -inf = NaN): a probability given
 // the row maximum or log-sum-exp m, the factor rescaling a state from maximum s to m, and the
 // weight of a partial result of log-sum-exp s in a row of log-sum-exp m.
@@ -37,13 +44,13 @@ C10_HOST_DEVICE inline A exp_shifted(A s, A m) {
 // The row's log-sum-exp from its state; -inf for a row that saw no key.
 template <typename A>
 C10_HOST_DEVICE inline A log_sum_exp(A m, A l) {
-  return l > A(0) ? m + log_of(l) : neg_inf<A>();
+  return (l > A(0) || l != l) ? m + log_of(l) : neg_inf<A>();
 }
 
-// 1 / l, or 0 for a row that saw no key (its output is 0).
+// 1 / l, or 0 for a row that saw no key (its output is 0); NaN stays NaN.
 template <typename A>
 C10_HOST_DEVICE inline A inverse_or_zero(A l) {
-  return l > A(0) ? A(1) / l : A(0);
+  return (l > A(0) || l != l) ? A(1) / l : A(0);
 }
 
 }  // namespace fastdl::softmax

@@ -15,20 +15,6 @@
 namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.conv2d";
-
-using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&,
-                              const std::optional<at::Tensor>&, at::IntArrayRef, at::IntArrayRef,
-                              at::IntArrayRef, int64_t);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-    at::IntArrayRef, int64_t, std::array<bool, 3>);
-
-std::array<int64_t, 2> pair_arg(at::IntArrayRef v, const char* name) {
-  TORCH_CHECK(v.size() == 1 || v.size() == 2, kOp, ": ", name,
-              " must be a single int or a tuple of two ints, got ", v);
-  return {v[0], v.size() == 2 ? v[1] : v[0]};
-}
-
 }  // namespace
 
 namespace detail {
@@ -55,9 +41,9 @@ Conv2dShape check_conv2d_forward(const at::Tensor& input, const at::Tensor& weig
       weight.dim() == 4, kOp,
       ": weight must be a 4-d (out_channels, in_channels / groups, kH, kW) tensor, got shape ",
       weight.sizes());
-  const auto [sh, sw] = pair_arg(stride, "stride");
-  const auto [ph, pw] = pair_arg(padding, "padding");
-  const auto [dh, dw] = pair_arg(dilation, "dilation");
+  const auto [sh, sw] = checks::int_pair(stride, kOp, "stride");
+  const auto [ph, pw] = checks::int_pair(padding, kOp, "padding");
+  const auto [dh, dw] = checks::int_pair(dilation, kOp, "dilation");
   TORCH_CHECK(sh > 0 && sw > 0, kOp, ": non-positive stride is not supported, got stride=(", sh,
               ", ", sw, ")");
   TORCH_CHECK(ph >= 0 && pw >= 0, kOp, ": negative padding is not supported, got padding=(", ph,
@@ -155,8 +141,8 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto output = FASTDL_OP("conv2d_forward", ForwardSig)
-                      .call(input, weight, bias, stride, padding, dilation, groups);
+    auto output =
+        FASTDL_CALL(conv2d_forward).call(input, weight, bias, stride, padding, dilation, groups);
     ctx->save_for_backward({input, weight});
     autograd::InputEdges::save(ctx, {true, true, present(bias)});
     ctx->saved_data["stride"] = stride.vec();
@@ -174,7 +160,7 @@ class Conv2dFunction : public torch::autograd::Function<Conv2dFunction> {
                                    autograd::InputEdges::needs_grad(ctx, 1),
                                    autograd::InputEdges::needs_grad(ctx, 2)};
     auto [gi, gw, gb] =
-        FASTDL_OP("conv2d_backward", BackwardSig)
+        FASTDL_CALL(conv2d_backward)
             .call(grads[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
                   ctx->saved_data["padding"].toIntVector(),
                   ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt(),
@@ -190,16 +176,6 @@ at::Tensor conv2d_forward_autograd(const at::Tensor& input, const at::Tensor& we
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> output_mask) {
-  return autograd::not_differentiable("fastdl.conv2d_backward", {grad_output, input, weight}, [&] {
-    return FASTDL_OP("conv2d_backward", BackwardSig)
-        .call(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
-  });
-}
-
 // Autocast on CUDA, as torch's conv2d: run in the autocast dtype (float16 by default).
 at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& weight,
                                         const std::optional<at::Tensor>& bias,
@@ -212,7 +188,7 @@ at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tenso
   };
   std::optional<at::Tensor> b = bias;
   if (present(bias)) b = cast(*bias);
-  return FASTDL_OP("conv2d_forward", ForwardSig)
+  return FASTDL_CALL(conv2d_forward)
       .call(cast(input), cast(weight), b, stride, padding, dilation, groups);
 }
 
@@ -236,7 +212,7 @@ at::Tensor conv2d_forward_autocast_cpu(const at::Tensor& input, const at::Tensor
   std::optional<at::Tensor> b = bias;
   if (present(bias)) b = cast(*bias);
   const bool lowered = lower(input).scalar_type() == dtype;
-  auto output = FASTDL_OP("conv2d_forward", ForwardSig)
+  auto output = FASTDL_CALL(conv2d_forward)
                     .call(cast(input), cast(weight), b, stride, padding, dilation, groups);
   return lowered ? output.to(dtype) : output;
 }
@@ -246,15 +222,14 @@ at::Tensor conv2d_forward_autocast_cpu(const at::Tensor& input, const at::Tensor
 at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight,
                           const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return FASTDL_OP("conv2d_forward", ForwardSig)
-      .call(input, weight, bias, stride, padding, dilation, groups);
+  return FASTDL_CALL(conv2d_forward).call(input, weight, bias, stride, padding, dilation, groups);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> output_mask) {
-  return FASTDL_OP("conv2d_backward", BackwardSig)
+  return FASTDL_CALL(conv2d_backward)
       .call(grad_output, input, weight, stride, padding, dilation, groups, output_mask);
 }
 
@@ -295,7 +270,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("conv2d_forward", &conv2d_forward_autograd);
-  m.impl("conv2d_backward", &conv2d_backward_autograd);
+  m.impl("conv2d_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {

@@ -23,12 +23,6 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.histogram";
 
-using ForwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              c10::string_view, const std::optional<at::Tensor>&, bool, double);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-    const std::optional<at::Tensor>&, bool, double, std::array<bool, 3>);
-
 detail::HistogramKernel parse_kernel(std::string_view name) {
   if (name == "sigmoid") return detail::HistogramKernel::Sigmoid;
   if (name == "soft") return detail::HistogramKernel::Soft;
@@ -118,8 +112,8 @@ class HistogramFunction : public torch::autograd::Function<HistogramFunction> {
                                const std::optional<at::Tensor>& mask, bool normalize,
                                double sharpness) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto out = FASTDL_OP("histogram_forward", ForwardSig)
-                   .call(x, centers, widths, kernel, mask, normalize, sharpness);
+    auto out =
+        FASTDL_CALL(histogram_forward).call(x, centers, widths, kernel, mask, normalize, sharpness);
     autograd::save_with_optional(ctx, {x, centers, widths}, mask);
     ctx->saved_data["kernel"] = std::string(kernel);
     ctx->saved_data["normalize"] = normalize;
@@ -136,9 +130,9 @@ class HistogramFunction : public torch::autograd::Function<HistogramFunction> {
                                       ctx->needs_input_grad(2)};
     const auto kernel = ctx->saved_data["kernel"].toStringRef();
     auto [gx, gc, gw] =
-        FASTDL_OP("histogram_backward", BackwardSig)
+        FASTDL_CALL(histogram_backward)
             .call(grads[0], saved[0], saved[1], saved[2], kernel,
-                  autograd::saved_optional(saved, 3), ctx->saved_data["normalize"].toBool(),
+                  autograd::saved_optional(ctx, saved, 0), ctx->saved_data["normalize"].toBool(),
                   ctx->saved_data["sharpness"].toDouble(), mask);
     result[0] = gx;
     result[1] = gc;
@@ -154,24 +148,13 @@ at::Tensor histogram_forward_autograd(const at::Tensor& x, const at::Tensor& cen
   return HistogramFunction::apply(x, centers, widths, kernel, mask, normalize, sharpness)[0];
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& centers,
-    const at::Tensor& widths, c10::string_view kernel, const std::optional<at::Tensor>& mask,
-    bool normalize, double sharpness, std::array<bool, 3> output_mask) {
-  return autograd::not_differentiable(
-      "fastdl.histogram_backward", {grad_output, x, centers, widths}, [&] {
-        return FASTDL_OP("histogram_backward", BackwardSig)
-            .call(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask);
-      });
-}
-
 }  // namespace
 
 at::Tensor histogram_forward(const at::Tensor& x, const at::Tensor& centers,
                              const at::Tensor& widths, std::string_view kernel,
                              const std::optional<at::Tensor>& mask, bool normalize,
                              double sharpness) {
-  return FASTDL_OP("histogram_forward", ForwardSig)
+  return FASTDL_CALL(histogram_forward)
       .call(x, centers, widths, kernel, mask, normalize, sharpness);
 }
 
@@ -179,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward(
     const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& centers,
     const at::Tensor& widths, std::string_view kernel, const std::optional<at::Tensor>& mask,
     bool normalize, double sharpness, std::array<bool, 3> output_mask) {
-  return FASTDL_OP("histogram_backward", BackwardSig)
+  return FASTDL_CALL(histogram_backward)
       .call(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask);
 }
 
@@ -201,7 +184,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("histogram_forward", &histogram_forward_autograd);
-  m.impl("histogram_backward", &histogram_backward_autograd);
+  m.impl("histogram_backward", autograd::not_differentiable_kernel());
 }
 
 }  // namespace fastdl

@@ -6,6 +6,10 @@
 //   rbf:     v = exp(-(w d)^2)
 //   hard:    v = [|d| < w]; gradient of the surrogate 1.01^(w - |d|) on |d| < w (HistNetQ)
 // The derivatives follow torch's conventions at kinks: d|d|/dd = 0 at d = 0, relu' = 0 at 0.
+// NaN propagates as in the pure-PyTorch reference: the soft kernel's relu keeps a NaN (so the
+// bin's sum is NaN) and passes it to dv/dw; sign(NaN) = 0 (so dv/dd = 0 there, as torch's
+// d|d|/dd). The hard kernel's indicator of a NaN is 0 and so is its surrogate gradient (the
+// reference's NaN there is torch.where's 0 * NaN of the branch it did not take).
 #pragma once
 
 #include "fastdl/histogram/histogram.h"
@@ -41,7 +45,7 @@ C10_HOST_DEVICE inline A hist_value(A d, A w, A s) {
     return hist_sigmoid(s * (d + w / 2)) - hist_sigmoid(s * (d - w / 2));
   } else if constexpr (K == HistogramKernel::Soft) {
     const A t = A(1) - w * hist_abs(d);
-    return t > A(0) ? t : A(0);
+    return t < A(0) ? A(0) : t;  // relu that keeps NaN
   } else if constexpr (K == HistogramKernel::Rbf) {
     const A z = w * d;
     return hist_exp(-z * z);
@@ -60,7 +64,7 @@ C10_HOST_DEVICE inline void hist_derivatives(A d, A w, A s, A& dv_dd, A& dv_dw) 
     dv_dd = s * (da - db);
     dv_dw = s / 2 * (da + db);
   } else if constexpr (K == HistogramKernel::Soft) {
-    const bool active = A(1) - w * hist_abs(d) > A(0);
+    const bool active = !(A(1) - w * hist_abs(d) <= A(0));  // NaN is active, as torch's relu
     dv_dd = active ? -w * hist_sign(d) : A(0);
     dv_dw = active ? -hist_abs(d) : A(0);
   } else if constexpr (K == HistogramKernel::Rbf) {

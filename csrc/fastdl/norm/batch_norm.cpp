@@ -11,21 +11,29 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <initializer_list>
 
 namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.batch_norm";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, double);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-    const at::Tensor&, bool, std::array<bool, 3>);
+// torch accepts a 1-d input with no elements and returns it as it is: it is read here as an
+// (0, C) batch, C the length of the first per-channel tensor given with it (0 without any), so
+// the per-channel tensors still have to agree with each other.
+bool empty_1d(const at::Tensor& input) { return input.dim() == 1 && input.numel() == 0; }
 
-detail::BatchNormShape shape_of(const at::Tensor& input) {
+int64_t channels_of(const at::Tensor& input,
+                    std::initializer_list<const std::optional<at::Tensor>*> per_channel) {
+  if (!empty_1d(input)) return input.size(1);
+  for (const auto* t : per_channel) {
+    if (present(*t) && (*t)->dim() == 1) return (*t)->size(0);
+  }
+  return 0;
+}
+
+detail::BatchNormShape shape_of(const at::Tensor& input, int64_t channels) {
   detail::BatchNormShape s;
-  s.channels = input.size(1);
+  s.channels = channels;
   int64_t spatial = 1;
   for (int64_t d = 2; d < input.dim(); ++d) spatial *= input.size(d);
   // Channels-last (NHWC / NDHWC) only when it is the actual layout, not merely compatible.
@@ -47,9 +55,9 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& running_var, bool training,
                                         double momentum, double eps) {
   checks::floating(input, kOp, "input");
-  TORCH_CHECK(input.dim() >= 2, kOp, ": input must have shape (N, C) or (N, C, *), got ",
-              input.sizes());
-  const int64_t c = input.size(1);
+  TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
+              ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
+  const int64_t c = channels_of(input, {&weight, &bias, &running_mean, &running_var});
   checks::parameter(weight, input, {c}, kOp, "weight");
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
@@ -63,7 +71,7 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
               ": eps must be a finite non-negative number, got ", eps);
   // As torch: a constant channel would divide by zero.
   TORCH_CHECK_VALUE(!training || eps > 0, kOp, ": eps must be positive during training, got ", eps);
-  const auto shape = shape_of(input);
+  const auto shape = shape_of(input, c);
   TORCH_CHECK_VALUE(!training || shape.per_channel() != 1, kOp,
                     ": expected more than 1 value per channel when training, got input size ",
                     input.sizes());
@@ -75,9 +83,10 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
                                          const at::Tensor& save_mean,
                                          const at::Tensor& save_invstd) {
   checks::floating(input, kOp, "input");
-  TORCH_CHECK(input.dim() >= 2, kOp, ": input must have shape (N, C) or (N, C, *), got ",
-              input.sizes());
-  const int64_t c = input.size(1);
+  TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
+              ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
+  const std::optional<at::Tensor> mean_as_channels(save_mean);
+  const int64_t c = channels_of(input, {&mean_as_channels});
   checks::parameter(weight, input, {c}, kOp, "weight");
   checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
@@ -90,7 +99,7 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
         stat->defined() && stat->sizes() == at::IntArrayRef{c} && stat->device() == input.device(),
         kOp, ": save_mean and save_invstd must have shape [", c, "] on ", input.device());
   }
-  return shape_of(input);
+  return shape_of(input, c);
 }
 
 at::Tensor batch_norm_layout(const at::Tensor& t, const BatchNormShape& shape) {
@@ -118,7 +127,7 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
         ctx, {true, present(weight), present(bias), present(running_mean), present(running_var)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, mean, invstd] =
-        FASTDL_OP("batch_norm_forward", ForwardSig)
+        FASTDL_CALL(batch_norm_forward)
             .call(input, weight, bias, running_mean, running_var, training, momentum, eps);
     autograd::save_with_optional(ctx, {input, mean, invstd}, weight);
     ctx->saved_data["training"] = training;
@@ -135,8 +144,8 @@ class BatchNormFunction : public torch::autograd::Function<BatchNormFunction> {
     variable_list result(8);
     if (!grads[0].defined()) return result;
     auto [grad_input, grad_weight, grad_bias] =
-        FASTDL_OP("batch_norm_backward", BackwardSig)
-            .call(grads[0], saved[0], autograd::saved_optional(saved, 3), saved[1], saved[2],
+        FASTDL_CALL(batch_norm_backward)
+            .call(grads[0], saved[0], autograd::saved_optional(ctx, saved, 0), saved[1], saved[2],
                   training, mask);
     result[0] = grad_input;
     result[1] = grad_weight;
@@ -154,17 +163,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autograd(
   return {out[0], out[1], out[2]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
-    std::array<bool, 3> mask) {
-  return autograd::not_differentiable(
-      "fastdl.batch_norm_backward", {grad_output, input, weight.value_or(at::Tensor())}, [&] {
-        return FASTDL_OP("batch_norm_backward", BackwardSig)
-            .call(grad_output, input, weight, save_mean, save_invstd, training, mask);
-      });
-}
-
 // Under autocast torch's batch_norm keeps the input's dtype (cuDNN takes half inputs with
 // float32 parameters, as our CUDA kernels do, so CUDA needs no autocast kernel). Our CPU
 // kernels are float32/float64 only: on CPU a half input is computed in float32 and the output
@@ -176,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autocast_cpu(
   constexpr auto cpu = c10::DeviceType::CPU;
   autocast::BelowAutocast<cpu> below;
   auto [output, mean, invstd] =
-      FASTDL_OP("batch_norm_forward", ForwardSig)
+      FASTDL_CALL(batch_norm_forward)
           .call(autocast::to_float<cpu>(input), autocast::to_float<cpu>(weight),
                 autocast::to_float<cpu>(bias), running_mean, running_var, training, momentum, eps);
   return {output.to(input.scalar_type()), mean, invstd};
@@ -188,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
-  return FASTDL_OP("batch_norm_forward", ForwardSig)
+  return FASTDL_CALL(batch_norm_forward)
       .call(input, weight, bias, running_mean, running_var, training, momentum, eps);
 }
 
@@ -196,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
     std::array<bool, 3> output_mask) {
-  return FASTDL_OP("batch_norm_backward", BackwardSig)
+  return FASTDL_CALL(batch_norm_backward)
       .call(grad_output, input, weight, save_mean, save_invstd, training, output_mask);
 }
 
@@ -222,7 +220,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm_forward", &batch_norm_forward_autograd);
-  m.impl("batch_norm_backward", &batch_norm_backward_autograd);
+  m.impl("batch_norm_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {

@@ -14,14 +14,6 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.layer_norm";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
-                                                                  at::IntArrayRef,
-                                                                  const std::optional<at::Tensor>&,
-                                                                  const std::optional<at::Tensor>&,
-                                                                  double);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, at::IntArrayRef, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, std::array<bool, 3>);
 }  // namespace
 
 namespace detail {
@@ -40,8 +32,8 @@ LayerNormShape check_layer_norm_forward(const at::Tensor& input, at::IntArrayRef
               " must match the trailing dimensions of input, got input of shape ", input.sizes());
   checks::parameter(weight, input, normalized_shape, kOp, "weight");
   checks::parameter(bias, input, normalized_shape, kOp, "bias");
-  TORCH_CHECK(std::isfinite(eps) && eps >= 0, kOp,
-              ": eps must be a finite non-negative number, got ", eps);
+  // A negative eps is accepted, as torch: rows whose variance + eps is negative give NaN.
+  TORCH_CHECK(std::isfinite(eps), kOp, ": eps must be a finite number, got ", eps);
   int64_t cols = 1;
   for (auto s : normalized_shape) cols *= s;
   int64_t rows = 1;
@@ -89,8 +81,8 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
                                const std::optional<at::Tensor>& bias, double eps) {
     autograd::InputEdges::save(ctx, {true, present(weight), present(bias)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, mean, rstd] = FASTDL_OP("layer_norm_forward", ForwardSig)
-                                    .call(input, normalized_shape, weight, bias, eps);
+    auto [output, mean, rstd] =
+        FASTDL_CALL(layer_norm_forward).call(input, normalized_shape, weight, bias, eps);
     autograd::save_with_optional(ctx, {input, mean, rstd}, weight);
     ctx->saved_data["normalized_shape"] = normalized_shape.vec();
     ctx->mark_non_differentiable({mean, rstd});
@@ -107,9 +99,9 @@ class LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     auto [grad_input, grad_weight, grad_bias] =
-        FASTDL_OP("layer_norm_backward", BackwardSig)
+        FASTDL_CALL(layer_norm_backward)
             .call(grads[0], saved[0], normalized_shape, saved[1], saved[2],
-                  autograd::saved_optional(saved, 3), mask);
+                  autograd::saved_optional(ctx, saved, 0), mask);
     return {grad_input, at::Tensor(), grad_weight, grad_bias, at::Tensor()};
   }
 };
@@ -121,17 +113,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autograd(
   return {out[0], out[1], out[2]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
-    const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
-    std::array<bool, 3> mask) {
-  return autograd::not_differentiable(
-      "fastdl.layer_norm_backward", {grad_output, input, weight.value_or(at::Tensor())}, [&] {
-        return FASTDL_OP("layer_norm_backward", BackwardSig)
-            .call(grad_output, input, normalized_shape, mean, rstd, weight, mask);
-      });
-}
-
 // Autocast, as torch: on CUDA layer_norm runs in float32 and returns float32; on CPU torch has
 // no autocast rule for it and returns the input's dtype, which we keep (our CPU kernels compute
 // half inputs in float32 and cast the output back).
@@ -141,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
   autocast::BelowAutocast<device> below;
   auto [output, mean, rstd] =
-      FASTDL_OP("layer_norm_forward", ForwardSig)
+      FASTDL_CALL(layer_norm_forward)
           .call(autocast::to_float<device>(input), normalized_shape,
                 autocast::to_float<device>(weight), autocast::to_float<device>(bias), eps);
   if (device == c10::DeviceType::CPU) output = output.to(input.scalar_type());
@@ -153,15 +134,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_autocast(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward(
     const at::Tensor& input, at::IntArrayRef normalized_shape,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, double eps) {
-  return FASTDL_OP("layer_norm_forward", ForwardSig)
-      .call(input, normalized_shape, weight, bias, eps);
+  return FASTDL_CALL(layer_norm_forward).call(input, normalized_shape, weight, bias, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward(
     const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef normalized_shape,
     const at::Tensor& mean, const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
     std::array<bool, 3> output_mask) {
-  return FASTDL_OP("layer_norm_backward", BackwardSig)
+  return FASTDL_CALL(layer_norm_backward)
       .call(grad_output, input, normalized_shape, mean, rstd, weight, output_mask);
 }
 
@@ -183,7 +163,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("layer_norm_forward", &layer_norm_forward_autograd);
-  m.impl("layer_norm_backward", &layer_norm_backward_autograd);
+  m.impl("layer_norm_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {

@@ -17,29 +17,6 @@ namespace fastdl {
 namespace {
 constexpr const char* kMaxOp = "fastdl.max_pool2d";
 constexpr const char* kAvgOp = "fastdl.avg_pool2d";
-
-using MaxForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef,
-                                                         at::IntArrayRef, at::IntArrayRef,
-                                                         at::IntArrayRef, bool);
-using MaxBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
-                                  at::IntArrayRef, bool);
-using AvgForwardSig = at::Tensor(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
-                                 at::IntArrayRef, bool, bool, std::optional<int64_t>);
-using AvgBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef,
-                                  at::IntArrayRef, at::IntArrayRef, bool, bool,
-                                  std::optional<int64_t>);
-
-// A pooling argument as (h, w): one value means both dims, as torch. `fallback` stands in for
-// an empty list (stride defaults to kernel_size).
-std::array<int64_t, 2> pair_arg(at::IntArrayRef v, const char* op, const char* name,
-                                std::optional<std::array<int64_t, 2>> fallback = std::nullopt) {
-  if (v.empty() && fallback) return *fallback;
-  TORCH_CHECK(v.size() == 1 || v.size() == 2, op, ": ", name,
-              " must be a single int or a tuple of two ints, got ", v);
-  return {v[0], v.size() == 2 ? v[1] : v[0]};
-}
-
 }  // namespace
 
 namespace detail {
@@ -65,10 +42,10 @@ Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRe
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                          bool ceil_mode) {
   checks::floating(input, op, "input");
-  const auto [kh, kw] = pair_arg(kernel_size, op, "kernel_size");
-  const auto [sh, sw] = pair_arg(stride, op, "stride", std::array<int64_t, 2>{kh, kw});
-  const auto [ph, pw] = pair_arg(padding, op, "padding");
-  const auto [dh, dw] = pair_arg(dilation, op, "dilation");
+  const auto [kh, kw] = checks::int_pair(kernel_size, op, "kernel_size");
+  const auto [sh, sw] = checks::int_pair(stride, op, "stride", std::array<int64_t, 2>{kh, kw});
+  const auto [ph, pw] = checks::int_pair(padding, op, "padding");
+  const auto [dh, dw] = checks::int_pair(dilation, op, "dilation");
   TORCH_CHECK(kh > 0 && kw > 0, op, ": kernel_size must be greater than zero, got (", kh, ", ", kw,
               ")");
   TORCH_CHECK(sh > 0 && sw > 0, op, ": stride must be greater than zero, got (", sh, ", ", sw, ")");
@@ -202,7 +179,7 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, indices] = FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+    auto [output, indices] = FASTDL_CALL(max_pool2d_forward)
                                  .call(input, kernel_size, stride, padding, dilation, ceil_mode);
     ctx->save_for_backward({input, indices});
     save_geometry(ctx, kernel_size, stride, padding, ceil_mode);
@@ -216,7 +193,7 @@ class MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     auto grad_input =
-        FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
+        FASTDL_CALL(max_pool2d_backward)
             .call(grads[0], saved[0], saved[1], ctx->saved_data["kernel_size"].toIntVector(),
                   ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
                   ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["ceil_mode"].toBool());
@@ -231,7 +208,7 @@ class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
                                at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                std::optional<int64_t> divisor_override) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto output = FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
+    auto output = FASTDL_CALL(avg_pool2d_forward)
                       .call(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                             divisor_override);
     ctx->save_for_backward({input});
@@ -249,7 +226,7 @@ class AvgPool2dFunction : public torch::autograd::Function<AvgPool2dFunction> {
     const auto saved = ctx->get_saved_variables();
     const auto& divisor = ctx->saved_data["divisor_override"];
     auto grad_input =
-        FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
+        FASTDL_CALL(avg_pool2d_backward)
             .call(grads[0], saved[0], ctx->saved_data["kernel_size"].toIntVector(),
                   ctx->saved_data["stride"].toIntVector(), ctx->saved_data["padding"].toIntVector(),
                   ctx->saved_data["ceil_mode"].toBool(),
@@ -267,39 +244,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autograd(
   return {out[0], out[1]};
 }
 
-at::Tensor max_pool2d_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
-                                        const at::Tensor& indices, at::IntArrayRef kernel_size,
-                                        at::IntArrayRef stride, at::IntArrayRef padding,
-                                        at::IntArrayRef dilation, bool ceil_mode) {
-  auto [grad_input] =
-      autograd::not_differentiable("fastdl.max_pool2d_backward", {grad_output, input}, [&] {
-        return std::make_tuple(FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
-                                   .call(grad_output, input, indices, kernel_size, stride, padding,
-                                         dilation, ceil_mode));
-      });
-  return grad_input;
-}
-
 at::Tensor avg_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef kernel_size,
                                        at::IntArrayRef stride, at::IntArrayRef padding,
                                        bool ceil_mode, bool count_include_pad,
                                        std::optional<int64_t> divisor_override) {
   return AvgPool2dFunction::apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                   divisor_override)[0];
-}
-
-at::Tensor avg_pool2d_backward_autograd(const at::Tensor& grad_output, const at::Tensor& input,
-                                        at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                        at::IntArrayRef padding, bool ceil_mode,
-                                        bool count_include_pad,
-                                        std::optional<int64_t> divisor_override) {
-  auto [grad_input] =
-      autograd::not_differentiable("fastdl.avg_pool2d_backward", {grad_output, input}, [&] {
-        return std::make_tuple(FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
-                                   .call(grad_output, input, kernel_size, stride, padding,
-                                         ceil_mode, count_include_pad, divisor_override));
-      });
-  return grad_input;
 }
 
 // Under CPU autocast torch's pooling keeps the input's dtype; a bfloat16/float16 input there
@@ -315,11 +265,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autocast_cpu(
     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   autocast::BelowAutocast<c10::DeviceType::CPU> below;
   if (!half_on_cpu(input)) {
-    return FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+    return FASTDL_CALL(max_pool2d_forward)
         .call(input, kernel_size, stride, padding, dilation, ceil_mode);
   }
   auto [output, indices] =
-      FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+      FASTDL_CALL(max_pool2d_forward)
           .call(input.to(at::kFloat), kernel_size, stride, padding, dilation, ceil_mode);
   return {output.to(input.scalar_type()), indices};
 }
@@ -331,7 +281,7 @@ at::Tensor avg_pool2d_forward_autocast_cpu(const at::Tensor& input, at::IntArray
   autocast::BelowAutocast<c10::DeviceType::CPU> below;
   const auto x = half_on_cpu(input) ? input.to(at::kFloat) : input;
   auto output =
-      FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
+      FASTDL_CALL(avg_pool2d_forward)
           .call(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
   return output.to(input.scalar_type());
 }
@@ -343,7 +293,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input,
                                                       at::IntArrayRef stride,
                                                       at::IntArrayRef padding,
                                                       at::IntArrayRef dilation, bool ceil_mode) {
-  return FASTDL_OP("max_pool2d_forward", MaxForwardSig)
+  return FASTDL_CALL(max_pool2d_forward)
       .call(input, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
@@ -351,14 +301,14 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                const at::Tensor& indices, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding,
                                at::IntArrayRef dilation, bool ceil_mode) {
-  return FASTDL_OP("max_pool2d_backward", MaxBackwardSig)
+  return FASTDL_CALL(max_pool2d_backward)
       .call(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode);
 }
 
 at::Tensor avg_pool2d_forward(const at::Tensor& input, at::IntArrayRef kernel_size,
                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode,
                               bool count_include_pad, std::optional<int64_t> divisor_override) {
-  return FASTDL_OP("avg_pool2d_forward", AvgForwardSig)
+  return FASTDL_CALL(avg_pool2d_forward)
       .call(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
 }
 
@@ -366,7 +316,7 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
                                std::optional<int64_t> divisor_override) {
-  return FASTDL_OP("avg_pool2d_backward", AvgBackwardSig)
+  return FASTDL_CALL(avg_pool2d_backward)
       .call(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
             divisor_override);
 }
@@ -402,9 +352,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_autograd);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_autograd);
+  m.impl("max_pool2d_backward", autograd::not_differentiable_kernel());
   m.impl("avg_pool2d_forward", &avg_pool2d_forward_autograd);
-  m.impl("avg_pool2d_backward", &avg_pool2d_backward_autograd);
+  m.impl("avg_pool2d_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {

@@ -19,24 +19,15 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.gru";
 
-using ForwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, bool);
-using BackwardSig = detail::GruGrads(const std::optional<at::Tensor>&,
-                                     const std::optional<at::Tensor>&, const at::Tensor&,
-                                     const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                     const std::optional<at::Tensor>&, bool, const at::Tensor&,
-                                     const at::Tensor&, std::array<bool, 6>);
 }  // namespace
 
 namespace detail {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
-    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-    const std::optional<at::Tensor>& lengths, bool reverse) {
+GruForward gru_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                       const std::optional<at::Tensor>& bias_ih,
+                       const std::optional<at::Tensor>& bias_hh,
+                       const std::optional<at::Tensor>& lengths, bool reverse) {
   const auto s = check_rnn_arguments(kOp, 3, input, hx, nullptr, weight_ih, weight_hh, bias_ih,
                                      bias_hh, std::nullopt, std::nullopt, lengths);
   const int64_t T = s.steps, B = s.batch, H = s.hidden;
@@ -88,7 +79,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   TORCH_CHECK(work.sizes() == at::IntArrayRef({T, B, 4 * H}) &&
                   hiddens.sizes() == at::IntArrayRef({T, B, H}),
               kOp, ": the saved work/hiddens do not match the input's shape");
-  if (present(grad_output)) check_shape(*grad_output, {T, B, H}, kOp, "grad_output");
+  if (present(grad_output)) checks::shape(*grad_output, {T, B, H}, kOp, "grad_output");
 
   // The running gradient of the state, in the state dtype.
   const auto state_dtype = rnn_state_dtype(x);
@@ -119,16 +110,8 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   at::Tensor d_input, d_w_ih, d_w_hh, d_b_ih, d_b_hh;
   if (output_mask[0]) d_input = rnn_mm(kernels, dgi, weight_ih).view({T, B, s.input});
   if (output_mask[2]) d_w_ih = rnn_mm(kernels, dgi.t(), x.view({T * B, s.input}));
-  if (output_mask[3] && T == 0) d_w_hh = at::zeros_like(weight_hh);
-  if (output_mask[3] && T > 0) {
-    d_w_hh = rnn_mm(kernels, dh_gates[reverse ? T - 1 : 0].t(), h0);
-    if (T > 1) {
-      const auto dg = reverse ? dh_gates.narrow(0, 0, T - 1) : dh_gates.narrow(0, 1, T - 1);
-      const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      kernels.matmul(dg.reshape({(T - 1) * B, 3 * H}).t(), hp.reshape({(T - 1) * B, H}), d_w_hh,
-                     true);
-    }
-  }
+  if (output_mask[3])
+    d_w_hh = recurrent_weight_grad(kernels, dh_gates, hiddens, h0, weight_hh, reverse);
   if (output_mask[4]) {
     d_b_ih = at::empty({3 * H}, opts);
     kernels.column_sums(dgi, d_b_ih);
@@ -159,7 +142,7 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
         ctx, {true, true, true, true, present(bias_ih), present(bias_hh), present(lengths)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n, work, hiddens] =
-        FASTDL_OP("gru_forward", ForwardSig)
+        FASTDL_CALL(gru_forward)
             .call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
     autograd::save_with_optional(ctx, {input, hx, weight_ih, weight_hh, work, hiddens}, lengths);
     ctx->saved_data["reverse"] = reverse;
@@ -176,67 +159,67 @@ class GruFunction : public torch::autograd::Function<GruFunction> {
     };
     variable_list out(8);
     if (!grads[0].defined() && !grads[1].defined()) return out;
-    auto g = FASTDL_OP("gru_backward", BackwardSig)
+    auto g = FASTDL_CALL(gru_backward)
                  .call(grad(0), grad(1), saved[0], saved[1], saved[2], saved[3],
-                       autograd::saved_optional(saved, 6), ctx->saved_data["reverse"].toBool(),
+                       autograd::saved_optional(ctx, saved, 0), ctx->saved_data["reverse"].toBool(),
                        saved[4], saved[5], mask);
     std::tie(out[0], out[1], out[2], out[3], out[4], out[5]) = g;
     return out;
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_autograd(
-    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
-    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
-    bool reverse) {
+GruForward gru_forward_autograd(const at::Tensor& input, const at::Tensor& hx,
+                                const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                const std::optional<at::Tensor>& bias_ih,
+                                const std::optional<at::Tensor>& bias_hh,
+                                const std::optional<at::Tensor>& lengths, bool reverse) {
   auto o = GruFunction::apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
   return {o[0], o[1], o[2], o[3]};
 }
 
-detail::GruGrads gru_backward_autograd(const std::optional<at::Tensor>& grad_output,
-                                       const std::optional<at::Tensor>& grad_hy,
-                                       const at::Tensor& input, const at::Tensor& hx,
-                                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                                       const std::optional<at::Tensor>& lengths, bool reverse,
-                                       const at::Tensor& work, const at::Tensor& hiddens,
-                                       std::array<bool, 6> mask) {
-  return autograd::not_differentiable(
-      "fastdl.gru_backward",
-      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()), input, hx, weight_ih,
-       weight_hh},
-      [&] {
-        return FASTDL_OP("gru_backward", BackwardSig)
-            .call(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths, reverse, work,
-                  hiddens, mask);
-      });
-}
-
 // Autocast on CUDA, as torch's gru: run in the autocast dtype (float16 by default).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward_autocast_cuda(
-    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
-    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
-    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
-    bool reverse) {
+GruForward gru_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx,
+                                     const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                                     const std::optional<at::Tensor>& bias_ih,
+                                     const std::optional<at::Tensor>& bias_hh,
+                                     const std::optional<at::Tensor>& lengths, bool reverse) {
   autocast::BelowAutocast<c10::DeviceType::CUDA> below;
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   const auto cast = [&](const auto& t) {
     return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
   };
-  return FASTDL_OP("gru_forward", ForwardSig)
+  return FASTDL_CALL(gru_forward)
       .call(cast(input), cast(hx), cast(weight_ih), cast(weight_hh), cast(bias_ih), cast(bias_hh),
             lengths, reverse);
 }
 
 }  // namespace
 
+GruForward gru_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+                       const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                       const std::optional<at::Tensor>& bias_hh,
+                       const std::optional<at::Tensor>& lengths, bool reverse) {
+  return FASTDL_CALL(gru_forward)
+      .call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
+}
+
+GruGrads gru_backward(const std::optional<at::Tensor>& grad_output,
+                      const std::optional<at::Tensor>& grad_hy, const at::Tensor& input,
+                      const at::Tensor& hx, const at::Tensor& weight_ih,
+                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& lengths,
+                      bool reverse, const at::Tensor& work, const at::Tensor& hiddens,
+                      std::array<bool, 6> output_mask) {
+  return FASTDL_CALL(gru_backward)
+      .call(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths, reverse, work, hiddens,
+            output_mask);
+}
+
 std::tuple<at::Tensor, at::Tensor> gru(const at::Tensor& input, const at::Tensor& hx,
                                        const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                        const std::optional<at::Tensor>& bias_ih,
                                        const std::optional<at::Tensor>& bias_hh,
                                        const std::optional<at::Tensor>& lengths, bool reverse) {
-  auto o = FASTDL_OP("gru_forward", ForwardSig)
-               .call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
+  auto o = gru_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse);
   return {std::get<0>(o), std::get<1>(o)};
 }
 
@@ -262,7 +245,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("gru_forward", &gru_forward_autograd);
-  m.impl("gru_backward", &gru_backward_autograd);
+  m.impl("gru_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) { m.impl("gru_forward", &gru_forward_autocast_cuda); }

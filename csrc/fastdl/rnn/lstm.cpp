@@ -20,28 +20,17 @@ namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.lstm";
 
-using ForwardSig =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-        const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-        const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-        const std::optional<at::Tensor>&, bool);
-using BackwardSig = detail::LstmGrads(
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, const at::Tensor&,
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 9>);
 }  // namespace
 
 namespace detail {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
-             const at::Tensor& cx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-             const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
-             const std::optional<at::Tensor>& lengths, bool reverse) {
+LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+                         const at::Tensor& cx, const at::Tensor& weight_ih,
+                         const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                         const std::optional<at::Tensor>& bias_hh,
+                         const std::optional<at::Tensor>& weight_hr,
+                         const std::optional<at::Tensor>& peephole,
+                         const std::optional<at::Tensor>& lengths, bool reverse) {
   const auto s = check_rnn_arguments(kOp, 4, input, hx, &cx, weight_ih, weight_hh, bias_ih, bias_hh,
                                      weight_hr, peephole, lengths);
   const int64_t T = s.steps, B = s.batch, H = s.hidden, P = s.state;
@@ -116,7 +105,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
                   cells.sizes() == at::IntArrayRef({T, B, H}) &&
                   hiddens.sizes() == at::IntArrayRef({T, B, P}),
               kOp, ": the saved gates/cells/hiddens do not match the input's shape");
-  if (present(grad_output)) check_shape(*grad_output, {T, B, P}, kOp, "grad_output");
+  if (present(grad_output)) checks::shape(*grad_output, {T, B, P}, kOp, "grad_output");
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
 
   // Running gradients of the state after the step being processed (state dtype).
@@ -162,17 +151,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   at::Tensor d_input, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, d_peephole;
   if (output_mask[0]) d_input = rnn_mm(kernels, dgates_2d, weight_ih).view({T, B, s.input});
   if (output_mask[3]) d_w_ih = rnn_mm(kernels, dgates_2d.t(), x.view({T * B, s.input}));
-  if (output_mask[4] && T == 0) d_w_hh = at::zeros_like(weight_hh);
-  if (output_mask[4] && T > 0) {
-    // dW_hh = sum_t dgates(t)^T h(t-1): the steps after the first read hiddens shifted by one.
-    d_w_hh = rnn_mm(kernels, dgates[reverse ? T - 1 : 0].t(), h0);
-    if (T > 1) {
-      const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
-      const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
-      kernels.matmul(dg.reshape({(T - 1) * B, 4 * H}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh,
-                     true);
-    }
-  }
+  if (output_mask[4])
+    d_w_hh = recurrent_weight_grad(kernels, dgates, hiddens, h0, weight_hh, reverse);
   if (output_mask[5] || output_mask[6]) {
     auto db = at::empty({4 * H}, opts);
     kernels.column_sums(dgates_2d, db);
@@ -224,27 +204,19 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
               present(peephole), present(lengths)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n, c_n, gates, cells, hiddens, hidden_pre] =
-        FASTDL_OP("lstm_forward", ForwardSig)
+        FASTDL_CALL(lstm_forward)
             .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole,
                   lengths, reverse);
-    // Optional tensors are saved as empty placeholders (save_for_backward rejects undefined).
-    const auto placeholder = at::empty({0}, input.options());
-    ctx->save_for_backward({input, hx, cx, weight_ih, weight_hh, gates, cells, hiddens, hidden_pre,
-                            present(weight_hr) ? *weight_hr : placeholder,
-                            present(peephole) ? *peephole : placeholder,
-                            present(lengths) ? *lengths : placeholder});
-    ctx->saved_data["flags"] =
-        std::vector<int64_t>{present(weight_hr), present(peephole), present(lengths), reverse};
+    autograd::save_with_optional(
+        ctx, {input, hx, cx, weight_ih, weight_hh, gates, cells, hiddens, hidden_pre}, weight_hr,
+        peephole, lengths);
+    ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({gates, cells, hiddens, hidden_pre});
     return {output, h_n, c_n, gates, cells, hiddens, hidden_pre};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto flags = ctx->saved_data["flags"].toIntVector();
-    auto opt = [&](size_t i, bool has) {
-      return has ? std::optional<at::Tensor>(saved[i]) : std::nullopt;
-    };
     auto grad = [&](size_t i) {
       return grads[i].defined() ? std::optional<at::Tensor>(grads[i]) : std::nullopt;
     };
@@ -252,69 +224,77 @@ class LstmFunction : public torch::autograd::Function<LstmFunction> {
     for (size_t k = 0; k < 9; ++k) mask[k] = autograd::InputEdges::needs_grad(ctx, k);
     variable_list out(11);
     if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return out;
-    auto g = FASTDL_OP("lstm_backward", BackwardSig)
-                 .call(grad(0), grad(1), grad(2), saved[0], saved[1], saved[2], saved[3], saved[4],
-                       opt(9, flags[0]), opt(10, flags[1]), opt(11, flags[2]), flags[3] != 0,
-                       saved[5], saved[6], saved[7], saved[8], mask);
+    auto g =
+        FASTDL_CALL(lstm_backward)
+            .call(grad(0), grad(1), grad(2), saved[0], saved[1], saved[2], saved[3], saved[4],
+                  autograd::saved_optional(ctx, saved, 0), autograd::saved_optional(ctx, saved, 1),
+                  autograd::saved_optional(ctx, saved, 2), ctx->saved_data["reverse"].toBool(),
+                  saved[5], saved[6], saved[7], saved[8], mask);
     std::tie(out[0], out[1], out[2], out[3], out[4], out[5], out[6], out[7], out[8]) = g;
     return out;
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_autograd(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                      const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                      const std::optional<at::Tensor>& bias_ih,
-                      const std::optional<at::Tensor>& bias_hh,
-                      const std::optional<at::Tensor>& weight_hr,
-                      const std::optional<at::Tensor>& peephole,
-                      const std::optional<at::Tensor>& lengths, bool reverse) {
+LstmForward lstm_forward_autograd(const at::Tensor& input, const at::Tensor& hx,
+                                  const at::Tensor& cx, const at::Tensor& weight_ih,
+                                  const at::Tensor& weight_hh,
+                                  const std::optional<at::Tensor>& bias_ih,
+                                  const std::optional<at::Tensor>& bias_hh,
+                                  const std::optional<at::Tensor>& weight_hr,
+                                  const std::optional<at::Tensor>& peephole,
+                                  const std::optional<at::Tensor>& lengths, bool reverse) {
   auto o = LstmFunction::apply(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
                                peephole, lengths, reverse);
   return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
 }
 
-detail::LstmGrads lstm_backward_autograd(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_hy,
-    const std::optional<at::Tensor>& grad_cy, const at::Tensor& input, const at::Tensor& hx,
-    const at::Tensor& cx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-    const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
-    const std::optional<at::Tensor>& lengths, bool reverse, const at::Tensor& gates,
-    const at::Tensor& cells, const at::Tensor& hiddens, const at::Tensor& hidden_pre,
-    std::array<bool, 9> mask) {
-  return autograd::not_differentiable(
-      "fastdl.lstm_backward",
-      {grad_output.value_or(at::Tensor()), grad_hy.value_or(at::Tensor()),
-       grad_cy.value_or(at::Tensor()), input, hx, cx, weight_ih, weight_hh,
-       weight_hr.value_or(at::Tensor()), peephole.value_or(at::Tensor())},
-      [&] {
-        return FASTDL_OP("lstm_backward", BackwardSig)
-            .call(grad_output, grad_hy, grad_cy, input, hx, cx, weight_ih, weight_hh, weight_hr,
-                  peephole, lengths, reverse, gates, cells, hiddens, hidden_pre, mask);
-      });
-}
-
 // Autocast on CUDA, as torch's lstm: run in the autocast dtype (float16 by default). On CPU
 // the kernels have no half types, so the op keeps its inputs' dtype there.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
-                           const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-                           const std::optional<at::Tensor>& bias_ih,
-                           const std::optional<at::Tensor>& bias_hh,
-                           const std::optional<at::Tensor>& weight_hr,
-                           const std::optional<at::Tensor>& peephole,
-                           const std::optional<at::Tensor>& lengths, bool reverse) {
+LstmForward lstm_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx,
+                                       const at::Tensor& cx, const at::Tensor& weight_ih,
+                                       const at::Tensor& weight_hh,
+                                       const std::optional<at::Tensor>& bias_ih,
+                                       const std::optional<at::Tensor>& bias_hh,
+                                       const std::optional<at::Tensor>& weight_hr,
+                                       const std::optional<at::Tensor>& peephole,
+                                       const std::optional<at::Tensor>& lengths, bool reverse) {
   autocast::BelowAutocast<c10::DeviceType::CUDA> below;
   const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
   const auto cast = [&](const auto& t) {
     return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
   };
-  return FASTDL_OP("lstm_forward", ForwardSig)
+  return FASTDL_CALL(lstm_forward)
       .call(cast(input), cast(hx), cast(cx), cast(weight_ih), cast(weight_hh), cast(bias_ih),
             cast(bias_hh), cast(weight_hr), cast(peephole), lengths, reverse);
 }
 
 }  // namespace
+
+LstmForward lstm_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                         const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                         const std::optional<at::Tensor>& bias_ih,
+                         const std::optional<at::Tensor>& bias_hh,
+                         const std::optional<at::Tensor>& weight_hr,
+                         const std::optional<at::Tensor>& peephole,
+                         const std::optional<at::Tensor>& lengths, bool reverse) {
+  return FASTDL_CALL(lstm_forward)
+      .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole, lengths,
+            reverse);
+}
+
+LstmGrads lstm_backward(const std::optional<at::Tensor>& grad_output,
+                        const std::optional<at::Tensor>& grad_hy,
+                        const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
+                        const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& weight_ih,
+                        const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
+                        const std::optional<at::Tensor>& peephole,
+                        const std::optional<at::Tensor>& lengths, bool reverse,
+                        const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens,
+                        const at::Tensor& hidden_pre, std::array<bool, 9> output_mask) {
+  return FASTDL_CALL(lstm_backward)
+      .call(grad_output, grad_hy, grad_cy, input, hx, cx, weight_ih, weight_hh, weight_hr, peephole,
+            lengths, reverse, gates, cells, hiddens, hidden_pre, output_mask);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
@@ -322,9 +302,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm(
     const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
     const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  auto o = FASTDL_OP("lstm_forward", ForwardSig)
-               .call(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole,
-                     lengths, reverse);
+  auto o = lstm_forward(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole,
+                        lengths, reverse);
   return {std::get<0>(o), std::get<1>(o), std::get<2>(o)};
 }
 
@@ -356,7 +335,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("lstm_forward", &lstm_forward_autograd);
-  m.impl("lstm_backward", &lstm_backward_autograd);
+  m.impl("lstm_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) { m.impl("lstm_forward", &lstm_forward_autocast_cuda); }

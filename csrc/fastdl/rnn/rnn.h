@@ -11,6 +11,8 @@
 // are zero and its final state is the state after its last valid step.
 #pragma once
 
+#include "fastdl/common/dispatch.h"
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
@@ -49,6 +51,46 @@ at::Tensor gru_cell(const at::Tensor& input, const at::Tensor& hx, const at::Ten
                     const at::Tensor& weight_hh,
                     const std::optional<at::Tensor>& bias_ih = std::nullopt,
                     const std::optional<at::Tensor>& bias_hh = std::nullopt);
+
+// The raw ops behind them (fastdl.functional calls these), whose forward also returns what
+// its backward reads (shapes at detail::lstm_forward / gru_forward below); the backward ops
+// take output_mask and are not differentiable.
+using LstmForward =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_input, grad_hx, grad_cx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
+//  grad_weight_hr, grad_peephole); entries whose output_mask is false are undefined.
+using LstmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                             at::Tensor, at::Tensor, at::Tensor>;
+using GruForward = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+// (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh).
+using GruGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+LstmForward lstm_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                         const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                         const std::optional<at::Tensor>& bias_ih,
+                         const std::optional<at::Tensor>& bias_hh,
+                         const std::optional<at::Tensor>& weight_hr,
+                         const std::optional<at::Tensor>& peephole,
+                         const std::optional<at::Tensor>& lengths, bool reverse);
+LstmGrads lstm_backward(const std::optional<at::Tensor>& grad_output,
+                        const std::optional<at::Tensor>& grad_hy,
+                        const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
+                        const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& weight_ih,
+                        const at::Tensor& weight_hh, const std::optional<at::Tensor>& weight_hr,
+                        const std::optional<at::Tensor>& peephole,
+                        const std::optional<at::Tensor>& lengths, bool reverse,
+                        const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& hiddens,
+                        const at::Tensor& hidden_pre, std::array<bool, 9> output_mask);
+GruForward gru_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& weight_ih,
+                       const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                       const std::optional<at::Tensor>& bias_hh,
+                       const std::optional<at::Tensor>& lengths, bool reverse);
+GruGrads gru_backward(const std::optional<at::Tensor>& grad_output,
+                      const std::optional<at::Tensor>& grad_hy, const at::Tensor& input,
+                      const at::Tensor& hx, const at::Tensor& weight_ih,
+                      const at::Tensor& weight_hh, const std::optional<at::Tensor>& lengths,
+                      bool reverse, const at::Tensor& work, const at::Tensor& hiddens,
+                      std::array<bool, 6> output_mask);
 
 namespace detail {
 
@@ -108,7 +150,7 @@ struct GruStepForward {
 struct GruStepBackward {
   at::Tensor work;    // [state]
   at::Tensor h_prev;  // (B, H)
-  at::Tensor dh;  // [state] in/out (B, H): gradient of h(t) -> direct part of that of h(t-1)
+  at::Tensor dh;      // [state] in/out (B, H): gradient of h(t) -> direct part of that of h(t-1)
   at::Tensor grad_output;  // (B, H) or undefined
   at::Tensor lengths;
   int64_t t;
@@ -149,17 +191,14 @@ inline at::Tensor rnn_mm(const RnnKernels& kernels, const at::Tensor& a, const a
 // The drivers: argument checks, GEMMs and the time loop around a device's kernels.
 // lstm_forward: (output, h_n, c_n, gates (T,B,4H), cells (T,B,H), hiddens (T,B,P), hidden_pre
 // (T,B,H), or (0) without projection). hiddens are the carried states.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
-             const at::Tensor& cx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-             const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
-             const std::optional<at::Tensor>& lengths, bool reverse);
+LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+                         const at::Tensor& cx, const at::Tensor& weight_ih,
+                         const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+                         const std::optional<at::Tensor>& bias_hh,
+                         const std::optional<at::Tensor>& weight_hr,
+                         const std::optional<at::Tensor>& peephole,
+                         const std::optional<at::Tensor>& lengths, bool reverse);
 
-// (grad_input, grad_hx, grad_cx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh,
-//  grad_weight_hr, grad_peephole); entries whose output_mask is false are undefined.
-using LstmGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                             at::Tensor, at::Tensor, at::Tensor>;
 LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tensor>& grad_output,
                         const std::optional<at::Tensor>& grad_hy,
                         const std::optional<at::Tensor>& grad_cy, const at::Tensor& input,
@@ -171,14 +210,12 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
                         const at::Tensor& hidden_pre, std::array<bool, 9> output_mask);
 
 // gru_forward: (output, h_n, work (T,B,4H): r, z, n, gh_n, hiddens (T,B,H)).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
-    const at::Tensor& weight_ih, const at::Tensor& weight_hh,
-    const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-    const std::optional<at::Tensor>& lengths, bool reverse);
+GruForward gru_forward(const RnnKernels& kernels, const at::Tensor& input, const at::Tensor& hx,
+                       const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                       const std::optional<at::Tensor>& bias_ih,
+                       const std::optional<at::Tensor>& bias_hh,
+                       const std::optional<at::Tensor>& lengths, bool reverse);
 
-// (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias_ih, grad_bias_hh).
-using GruGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>& grad_output,
                       const std::optional<at::Tensor>& grad_hy, const at::Tensor& input,
                       const at::Tensor& hx, const at::Tensor& weight_ih,
@@ -188,3 +225,16 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
 
 }  // namespace detail
 }  // namespace fastdl
+
+// The four ops' kernels for library `m` from a device's kernel table (a function returning
+// const RnnKernels&): TORCH_LIBRARY_IMPL(fastdl, CPU, m) { FASTDL_RNN_KERNELS(m, cpu_kernels); }
+// in cpu/rnn.cpp, under FASTDL_CUDA_KERNELS(m) in cuda/rnn.cu.
+#define FASTDL_RNN_KERNELS(m, kernels)                                                    \
+  m.impl("lstm_forward",                                                                  \
+         &::fastdl::detail::BindTable<&::fastdl::detail::lstm_forward, &kernels>::call);  \
+  m.impl("lstm_backward",                                                                 \
+         &::fastdl::detail::BindTable<&::fastdl::detail::lstm_backward, &kernels>::call); \
+  m.impl("gru_forward",                                                                   \
+         &::fastdl::detail::BindTable<&::fastdl::detail::gru_forward, &kernels>::call);   \
+  m.impl("gru_backward",                                                                  \
+         &::fastdl::detail::BindTable<&::fastdl::detail::gru_backward, &kernels>::call)

@@ -1,11 +1,14 @@
-// Pieces the LSTM and GRU drivers share: argument checks, step order, the lengths tensor.
+// Pieces the LSTM and GRU drivers share: argument checks, step order, the lengths tensor, the
+// recurrent weight gradient.
 #pragma once
 
 #include "fastdl/common/checks.h"
 #include "fastdl/common/tensors.h"
+#include "fastdl/rnn/rnn.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_to_copy.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -20,18 +23,6 @@ struct RnnShape {
   int64_t hidden;  // H
   int64_t state;   // P: the hidden state size (proj_size or H)
 };
-
-inline void check_same(const at::Tensor& t, const at::Tensor& input, std::string_view op,
-                       std::string_view name) {
-  checks::same_device(t, input, op, name, "input");
-  TORCH_CHECK(t.scalar_type() == input.scalar_type(), op, ": ", name,
-              " must have the input's dtype (", input.scalar_type(), "), got ", t.scalar_type());
-}
-
-inline void check_shape(const at::Tensor& t, at::IntArrayRef shape, std::string_view op,
-                        std::string_view name) {
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-}
 
 // Checks every argument of an LSTM (gate_count 4) or GRU (3) layer; cx, weight_hr and
 // peephole only for the LSTM. lengths: int64 (batch,), on the CPU or the input's device,
@@ -50,7 +41,7 @@ inline RnnShape check_rnn_arguments(
   for (auto [t, name] : {std::pair{&weight_ih, "weight_ih"}, std::pair{&weight_hh, "weight_hh"},
                          std::pair{&hx, "hx"}}) {
     TORCH_CHECK(t->defined(), op, ": ", name, " must be a tensor, got None");
-    check_same(*t, input, op, name);
+    checks::like_input(*t, input, op, name);
   }
   TORCH_CHECK(weight_ih.dim() == 2 && weight_ih.size(0) % gate_count == 0, op,
               ": weight_ih must have shape [", gate_count, " * hidden_size, input_size], got ",
@@ -61,7 +52,7 @@ inline RnnShape check_rnn_arguments(
               weight_ih.sizes());
   s.state = s.hidden;
   if (present(weight_hr)) {
-    check_same(*weight_hr, input, op, "weight_hr");
+    checks::like_input(*weight_hr, input, op, "weight_hr");
     TORCH_CHECK(
         weight_hr->dim() == 2 && weight_hr->size(1) == s.hidden && weight_hr->size(0) >= 1 &&
             weight_hr->size(0) < s.hidden,
@@ -70,21 +61,21 @@ inline RnnShape check_rnn_arguments(
         s.hidden, ", got ", weight_hr->sizes());
     s.state = weight_hr->size(0);
   }
-  check_shape(weight_hh, {gate_count * s.hidden, s.state}, op, "weight_hh");
+  checks::shape(weight_hh, {gate_count * s.hidden, s.state}, op, "weight_hh");
   for (auto [t, name] : {std::pair{&bias_ih, "bias_ih"}, std::pair{&bias_hh, "bias_hh"}}) {
     if (!present(*t)) continue;
-    check_same(**t, input, op, name);
-    check_shape(**t, {gate_count * s.hidden}, op, name);
+    checks::like_input(**t, input, op, name);
+    checks::shape(**t, {gate_count * s.hidden}, op, name);
   }
   if (present(peephole)) {
-    check_same(*peephole, input, op, "peephole");
-    check_shape(*peephole, {3, s.hidden}, op, "peephole");
+    checks::like_input(*peephole, input, op, "peephole");
+    checks::shape(*peephole, {3, s.hidden}, op, "peephole");
   }
-  check_shape(hx, {s.batch, s.state}, op, "hx");
+  checks::shape(hx, {s.batch, s.state}, op, "hx");
   if (cx != nullptr) {
     TORCH_CHECK(cx->defined(), op, ": cx must be a tensor, got None");
-    check_same(*cx, input, op, "cx");
-    check_shape(*cx, {s.batch, s.hidden}, op, "cx");
+    checks::like_input(*cx, input, op, "cx");
+    checks::shape(*cx, {s.batch, s.hidden}, op, "cx");
   }
   if (present(lengths)) {
     const auto& l = *lengths;
@@ -115,5 +106,22 @@ inline int64_t time_of(int64_t s, int64_t steps, bool reverse) {
   return reverse ? steps - 1 - s : s;
 }
 inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
+
+// dW_hh = sum_t dgates(t)^T h(t-1), dgates (T, B, G) the gradients of the recurrent products,
+// hiddens (T, B, P) the carried states, h0 (B, P): the first step processed reads h0, the later
+// ones the hiddens shifted by one in processing order.
+inline at::Tensor recurrent_weight_grad(const RnnKernels& kernels, const at::Tensor& dgates,
+                                        const at::Tensor& hiddens, const at::Tensor& h0,
+                                        const at::Tensor& weight_hh, bool reverse) {
+  const int64_t T = dgates.size(0), B = dgates.size(1), G = dgates.size(2), P = hiddens.size(2);
+  if (T == 0) return at::zeros_like(weight_hh);
+  auto d_w_hh = rnn_mm(kernels, dgates[reverse ? T - 1 : 0].t(), h0);
+  if (T > 1) {
+    const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
+    const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
+    kernels.matmul(dg.reshape({(T - 1) * B, G}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh, true);
+  }
+  return d_w_hh;
+}
 
 }  // namespace fastdl::detail

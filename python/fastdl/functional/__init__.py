@@ -3,7 +3,7 @@
 from .attention import scaled_dot_product_attention
 from .conv import conv1d, conv2d
 from .histogram import histogram
-from .induced import induced_attention, induced_attention_with_lse
+from .sets import induced_attention, induced_attention_with_lse
 from .norm import batch_norm, layer_norm
 from .pooling import avg_pool1d, avg_pool2d, max_pool1d, max_pool2d
 from .rnn import gru, gru_cell, lstm, lstm_cell

@@ -13,6 +13,9 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.library import register_fake
+
+from .._fake import stats_dtype
 
 _NAME = "fastdl.scaled_dot_product_attention"
 
@@ -108,3 +111,39 @@ def scaled_dot_product_attention(
     output = torch.ops.fastdl.sdpa_forward(q4, k4, v4, mask4, float(dropout_p), bool(is_causal),
                                            scale, seed)[0]
     return output.reshape(*lead, L, value.shape[-1]) if lead else output.reshape(L, value.shape[-1])
+
+
+# ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
+
+@register_fake("fastdl::sdpa_forward")
+def _sdpa_forward(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                  dropout_seed=None):
+    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+                 lambda: "fastdl.scaled_dot_product_attention: query, key and value must be 4-d")
+    B, Hq, L, _ = query.shape
+    output = query.new_empty((B, Hq, L, value.shape[-1]))
+    return output, query.new_empty((B, Hq, L), dtype=stats_dtype(query))
+
+
+@register_fake("fastdl::sdpa_backward")
+def _sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
+                   is_causal, scale, dropout_seed, output_mask):
+    grads = [t.new_empty(t.shape) if wanted else None
+             for t, wanted in zip((query, key, value), output_mask[:3])]
+    B, Hq, L, _ = query.shape
+    grad_mask = query.new_empty((B, Hq, L, key.shape[2])) if output_mask[3] else None
+    return (*grads, grad_mask)
+
+
+@register_fake("fastdl::sdpa_weights")
+def _sdpa_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_seed, logsumexp):
+    B, Hq, L, _ = query.shape
+    return query.new_empty((B, Hq, L, key.shape[2]))
+
+
+@register_fake("fastdl::sdpa_weights_backward")
+def _sdpa_weights_backward(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale,
+                           dropout_seed, logsumexp, output_mask):
+    return (query.new_empty(query.shape) if output_mask[0] else None,
+            key.new_empty(key.shape) if output_mask[1] else None,
+            grad_weights.new_empty(grad_weights.shape) if output_mask[2] else None)

@@ -7,32 +7,25 @@ puts the extra zero on the right/bottom, as torch, by zero-padding the input fir
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as torch_F
 from torch import Tensor
 
-_size_any = Union[int, Sequence[int]]
+from .._args import int_tuple, size_any
+from torch.library import register_fake
+
+from .._fake import pair, empty_in_layout
 
 
-def _tuple(value: _size_any, n: int, name: str, fn: str) -> list[int]:
-    """``value`` as a list of ``n`` ints (an int or a 1-tuple is repeated), as torch."""
-    if isinstance(value, int):
-        return [value] * n
-    value = list(value)
-    if len(value) == 1:
-        return [int(value[0])] * n
-    if len(value) != n:
-        raise ValueError(f"fastdl.{fn}: {name} must be a single int or a tuple of {n} ints, got {value}")
-    return [int(v) for v in value]
 
 
-def _resolve_padding(input: Tensor, weight: Tensor, padding: Union[str, _size_any], stride: list[int],
+def _resolve_padding(input: Tensor, weight: Tensor, padding: Union[str, size_any], stride: list[int],
                      dilation: list[int], n: int, fn: str) -> tuple[Tensor, list[int]]:
     """The (possibly zero-padded) input and the symmetric padding the op runs with."""
     if not isinstance(padding, str):
-        return input, _tuple(padding, n, "padding", fn)
+        return input, int_tuple(padding, n, "padding", fn)
     if padding == "valid":
         return input, [0] * n
     if padding != "same":
@@ -58,9 +51,9 @@ def conv2d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
-    stride: _size_any = 1,
-    padding: Union[str, _size_any] = 0,
-    dilation: _size_any = 1,
+    stride: size_any = 1,
+    padding: Union[str, size_any] = 0,
+    dilation: size_any = 1,
     groups: int = 1,
 ) -> Tensor:
     r"""2-d convolution (cross-correlation) over an ``(N, C_in, H, W)`` or ``(C_in, H, W)``
@@ -81,8 +74,8 @@ def conv2d(
         groups: split the channels into this many independent convolutions
             (``groups = C_in`` is depthwise).
     """
-    stride_ = _tuple(stride, 2, "stride", "conv2d")
-    dilation_ = _tuple(dilation, 2, "dilation", "conv2d")
+    stride_ = int_tuple(stride, 2, "stride", "conv2d")
+    dilation_ = int_tuple(dilation, 2, "dilation", "conv2d")
     if isinstance(padding, str) and weight.dim() != 4:
         raise RuntimeError(f"fastdl.conv2d: weight must be a 4-d (out_channels, in_channels / groups, kH, kW) "
                            f"tensor, got shape {list(weight.shape)}")
@@ -94,9 +87,9 @@ def conv1d(
     input: Tensor,
     weight: Tensor,
     bias: Optional[Tensor] = None,
-    stride: _size_any = 1,
-    padding: Union[str, _size_any] = 0,
-    dilation: _size_any = 1,
+    stride: size_any = 1,
+    padding: Union[str, size_any] = 0,
+    dilation: size_any = 1,
     groups: int = 1,
 ) -> Tensor:
     r"""1-d convolution over an ``(N, C_in, L)`` or ``(C_in, L)`` input, as
@@ -108,7 +101,34 @@ def conv1d(
     if weight.dim() != 3:
         raise RuntimeError(f"fastdl.conv1d: weight must be a 3-d (out_channels, in_channels / groups, k) "
                            f"tensor, got shape {list(weight.shape)}")
-    stride_ = [1] + _tuple(stride, 1, "stride", "conv1d")
-    dilation_ = [1] + _tuple(dilation, 1, "dilation", "conv1d")
-    padding_ = padding if isinstance(padding, str) else [0] + _tuple(padding, 1, "padding", "conv1d")
+    stride_ = [1] + int_tuple(stride, 1, "stride", "conv1d")
+    dilation_ = [1] + int_tuple(dilation, 1, "dilation", "conv1d")
+    padding_ = padding if isinstance(padding, str) else [0] + int_tuple(padding, 1, "padding", "conv1d")
     return conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, stride_, padding_, dilation_, groups).squeeze(-2)
+
+
+# ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
+
+def _conv_size(size, kernel, stride, pad, dilation):
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@register_fake("fastdl::conv2d_forward")
+def _conv2d_forward(input, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
+    torch._check(input.dim() in (3, 4), lambda: f"fastdl.conv2d: input must be 3-d or 4-d, got {list(input.shape)}")
+    torch._check(weight.dim() == 4, lambda: f"fastdl.conv2d: weight must be 4-d, got {list(weight.shape)}")
+    sh, sw = pair(stride)
+    ph, pw = pair(padding)
+    dh, dw = pair(dilation)
+    oh = _conv_size(input.shape[-2], weight.shape[2], sh, ph, dh)
+    ow = _conv_size(input.shape[-1], weight.shape[3], sw, pw, dw)
+    shape = list(input.shape[:-3]) + [weight.shape[0], oh, ow]
+    return empty_in_layout(input, shape)
+
+
+@register_fake("fastdl::conv2d_backward")
+def _conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    grad_input = empty_in_layout(input, input.shape) if output_mask[0] else None
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias

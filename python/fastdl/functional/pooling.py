@@ -5,38 +5,31 @@ The 1-d ops run the 2-d kernels on an ``(N, C, 1, L)`` view of the input.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-_size_any = Union[int, Sequence[int]]
+from .._args import int_tuple, size_any
+from torch.library import register_fake
+
+from .._fake import pair, empty_in_layout
 
 
-def _tuple(value: Optional[_size_any], n: int, name: str, fn: str) -> list[int]:
-    """``value`` as a list of ``n`` ints (an int or a 1-tuple is repeated), as torch."""
-    if isinstance(value, int):
-        return [value] * n
-    value = list(value)
-    if len(value) == 1:
-        return value * n
-    if len(value) != n:
-        raise ValueError(f"fastdl.{fn}: {name} must be a single int or a tuple of {n} ints, got {value}")
-    return [int(v) for v in value]
 
 
-def _stride(stride: Optional[_size_any], kernel: list[int], n: int, fn: str) -> list[int]:
+def _stride(stride: Optional[size_any], kernel: list[int], n: int, fn: str) -> list[int]:
     if stride is None or (not isinstance(stride, int) and len(stride) == 0):
         return list(kernel)
-    return _tuple(stride, n, "stride", fn)
+    return int_tuple(stride, n, "stride", fn)
 
 
 def max_pool2d(
     input: Tensor,
-    kernel_size: _size_any,
-    stride: Optional[_size_any] = None,
-    padding: _size_any = 0,
-    dilation: _size_any = 1,
+    kernel_size: size_any,
+    stride: Optional[size_any] = None,
+    padding: size_any = 0,
+    dilation: size_any = 1,
     ceil_mode: bool = False,
     return_indices: bool = False,
 ):
@@ -58,19 +51,19 @@ def max_pool2d(
         return_indices: also return the flat index of each maximum in its ``H * W`` plane
             (int64), as torch.
     """
-    kernel = _tuple(kernel_size, 2, "kernel_size", "max_pool2d")
+    kernel = int_tuple(kernel_size, 2, "kernel_size", "max_pool2d")
     output, indices = torch.ops.fastdl.max_pool2d_forward(
-        input, kernel, _stride(stride, kernel, 2, "max_pool2d"), _tuple(padding, 2, "padding", "max_pool2d"),
-        _tuple(dilation, 2, "dilation", "max_pool2d"), ceil_mode)
+        input, kernel, _stride(stride, kernel, 2, "max_pool2d"), int_tuple(padding, 2, "padding", "max_pool2d"),
+        int_tuple(dilation, 2, "dilation", "max_pool2d"), ceil_mode)
     return (output, indices) if return_indices else output
 
 
 def max_pool1d(
     input: Tensor,
-    kernel_size: _size_any,
-    stride: Optional[_size_any] = None,
-    padding: _size_any = 0,
-    dilation: _size_any = 1,
+    kernel_size: size_any,
+    stride: Optional[size_any] = None,
+    padding: size_any = 0,
+    dilation: size_any = 1,
     ceil_mode: bool = False,
     return_indices: bool = False,
 ):
@@ -80,10 +73,10 @@ def max_pool1d(
     if input.dim() not in (2, 3):
         raise RuntimeError(f"fastdl.max_pool1d: input must be a 2-d (C, L) or 3-d (N, C, L) tensor, "
                            f"got shape {list(input.shape)}")
-    kernel = _tuple(kernel_size, 1, "kernel_size", "max_pool1d")
+    kernel = int_tuple(kernel_size, 1, "kernel_size", "max_pool1d")
     output, indices = torch.ops.fastdl.max_pool2d_forward(
         input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "max_pool1d"),
-        [0] + _tuple(padding, 1, "padding", "max_pool1d"), [1] + _tuple(dilation, 1, "dilation", "max_pool1d"),
+        [0] + int_tuple(padding, 1, "padding", "max_pool1d"), [1] + int_tuple(dilation, 1, "dilation", "max_pool1d"),
         ceil_mode)
     output = output.squeeze(-2)
     return (output, indices.squeeze(-2)) if return_indices else output
@@ -91,9 +84,9 @@ def max_pool1d(
 
 def avg_pool2d(
     input: Tensor,
-    kernel_size: _size_any,
-    stride: Optional[_size_any] = None,
-    padding: _size_any = 0,
+    kernel_size: size_any,
+    stride: Optional[size_any] = None,
+    padding: size_any = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
     divisor_override: Optional[int] = None,
@@ -115,17 +108,17 @@ def avg_pool2d(
         count_include_pad: count the zero padding in the divisor.
         divisor_override: divide by this instead of the window size.
     """
-    kernel = _tuple(kernel_size, 2, "kernel_size", "avg_pool2d")
+    kernel = int_tuple(kernel_size, 2, "kernel_size", "avg_pool2d")
     return torch.ops.fastdl.avg_pool2d_forward(
-        input, kernel, _stride(stride, kernel, 2, "avg_pool2d"), _tuple(padding, 2, "padding", "avg_pool2d"),
+        input, kernel, _stride(stride, kernel, 2, "avg_pool2d"), int_tuple(padding, 2, "padding", "avg_pool2d"),
         ceil_mode, count_include_pad, divisor_override)
 
 
 def avg_pool1d(
     input: Tensor,
-    kernel_size: _size_any,
-    stride: Optional[_size_any] = None,
-    padding: _size_any = 0,
+    kernel_size: size_any,
+    stride: Optional[size_any] = None,
+    padding: size_any = 0,
     ceil_mode: bool = False,
     count_include_pad: bool = True,
 ) -> Tensor:
@@ -134,7 +127,53 @@ def avg_pool1d(
     if input.dim() not in (2, 3):
         raise RuntimeError(f"fastdl.avg_pool1d: input must be a 2-d (C, L) or 3-d (N, C, L) tensor, "
                            f"got shape {list(input.shape)}")
-    kernel = _tuple(kernel_size, 1, "kernel_size", "avg_pool1d")
+    kernel = int_tuple(kernel_size, 1, "kernel_size", "avg_pool1d")
     return torch.ops.fastdl.avg_pool2d_forward(
         input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "avg_pool1d"),
-        [0] + _tuple(padding, 1, "padding", "avg_pool1d"), ceil_mode, count_include_pad, None).squeeze(-2)
+        [0] + int_tuple(padding, 1, "padding", "avg_pool1d"), ceil_mode, count_include_pad, None).squeeze(-2)
+
+
+# ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
+
+def _pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """torch's pooling_output_shape (as detail::pool_output_size in pooling.cpp)."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out = out - 1
+    return out
+
+
+def _pool2d_output(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """An empty (output-shaped) tensor of the pooling kernels, in the input's memory format."""
+    kh, kw = pair(kernel_size)
+    sh, sw = pair(stride) if len(stride) else (kh, kw)
+    ph, pw = pair(padding)
+    dh, dw = pair(dilation)
+    torch._check(input.dim() in (3, 4), lambda: f"fastdl pooling: input must be 3-d or 4-d, got {list(input.shape)}")
+    oh = _pool_output_size(input.shape[-2], kh, sh, ph, dh, ceil_mode)
+    ow = _pool_output_size(input.shape[-1], kw, sw, pw, dw, ceil_mode)
+    shape = list(input.shape[:-2]) + [oh, ow]
+    return empty_in_layout(input, shape)
+
+
+@register_fake("fastdl::max_pool2d_forward")
+def _max_pool2d_forward(input, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+    out = _pool2d_output(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return out, empty_in_layout(input, out.shape, torch.int64)
+
+
+@register_fake("fastdl::max_pool2d_backward")
+def _max_pool2d_backward(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    return empty_in_layout(input, input.shape)
+
+
+@register_fake("fastdl::avg_pool2d_forward")
+def _avg_pool2d_forward(input, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
+    return _pool2d_output(input, kernel_size, stride, padding, (1,), ceil_mode)
+
+
+@register_fake("fastdl::avg_pool2d_backward")
+def _avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override):
+    return empty_in_layout(input, input.shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .. import nn as fnn
+from .._args import positive_int
 
 __all__ = ["LeNet5", "ResNetBlock"]
 
@@ -23,11 +24,6 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 POOLINGS = ("avg", "max")
 BACKENDS = ("fastdl", "torch")
 
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _check_choice(value, name: str, choices) -> str:
@@ -104,8 +100,8 @@ class LeNet5(_TwinMixin, nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, activation: str = "tanh",
                  pooling: str = "avg", *, backend: str = "fastdl"):
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(num_classes, "num_classes")
+        positive_int(in_channels, "in_channels")
+        positive_int(num_classes, "num_classes")
         _check_choice(activation, "activation", tuple(ACTIVATIONS))
         _check_choice(pooling, "pooling", POOLINGS)
         _check_choice(backend, "backend", BACKENDS)
@@ -160,9 +156,9 @@ class ResNetBlock(_TwinMixin, nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
                  backend: str = "fastdl"):
         super().__init__()
-        _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(out_channels, "out_channels")
-        _check_positive_int(stride, "stride")
+        positive_int(in_channels, "in_channels")
+        positive_int(out_channels, "out_channels")
+        positive_int(stride, "stride")
         _check_choice(backend, "backend", BACKENDS)
         self._config = dict(in_channels=in_channels, out_channels=out_channels, stride=stride)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import nn as fnn
+from .._args import positive_int
 
 __all__ = ["DeepSets", "HistNetQ", "SetTransformer", "masked_pool", "mlp"]
 
@@ -35,11 +36,6 @@ def _sizes(value: Sizes, name: str) -> list[int]:
             raise ValueError(f"{name} must be a positive int or a sequence of them, got {value!r}")
     return sizes
 
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0,
@@ -149,8 +145,8 @@ class DeepSets(nn.Module):
                  phi: Optional[nn.Module] = None, rho: Optional[nn.Module] = None,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.out_features = _check_positive_int(out_features, "out_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
@@ -208,9 +204,9 @@ class HistNetQ(nn.Module):
                  extractor_hidden: Sizes = 64, hidden: Sizes = 128, dropout: float = 0.0,
                  learnable: Optional[bool] = None) -> None:
         super().__init__()
-        self.in_features = _check_positive_int(in_features, "in_features")
-        self.n_classes = _check_positive_int(n_classes, "n_classes")
-        self.n_features = _check_positive_int(n_features, "n_features")
+        self.in_features = positive_int(in_features, "in_features")
+        self.n_classes = positive_int(n_classes, "n_classes")
+        self.n_features = positive_int(n_features, "n_features")
         if histogram not in HISTOGRAMS:
             raise ValueError(f"histogram must be one of {tuple(HISTOGRAMS)}, got {histogram!r}")
         self.histogram_kind = histogram
@@ -269,9 +265,9 @@ class SetTransformer(nn.Module):
     def __init__(self, dim_input: int, num_outputs: int, dim_output: int, num_inds: int = 32,
                  dim_hidden: int = 128, num_heads: int = 4, ln: bool = False, variant: str = "paper") -> None:
         super().__init__()
-        self.dim_input = _check_positive_int(dim_input, "dim_input")
-        self.num_outputs = _check_positive_int(num_outputs, "num_outputs")
-        self.dim_output = _check_positive_int(dim_output, "dim_output")
+        self.dim_input = positive_int(dim_input, "dim_input")
+        self.num_outputs = positive_int(num_outputs, "num_outputs")
+        self.dim_output = positive_int(dim_output, "dim_output")
         self.enc = nn.Sequential(
             fnn.ISAB(dim_input, dim_hidden, num_heads, num_inds, ln=ln, variant=variant),
             fnn.ISAB(dim_hidden, dim_hidden, num_heads, num_inds, ln=ln, variant=variant))

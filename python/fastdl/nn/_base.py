@@ -7,10 +7,28 @@ import copy
 from torch import nn
 
 
-class FastdlModule:
-    """Mixin of fastdl.nn modules that subclass their torch.nn twin (``torch_type``)."""
+# torch.nn type -> the fastdl.nn type that replaces it, filled as the classes are defined
+# (each names its twin once, in ``torch_type``); fastdl.nn.convert reads it.
+TWINS: dict[type[nn.Module], type[nn.Module]] = {}
 
-    torch_type: type[nn.Module]
+
+class FastdlModule:
+    """Mixin of fastdl.nn modules that subclass their torch.nn twin (``torch_type``; None for
+    a fastdl-only variant that is no conversion target)."""
+
+    torch_type: type[nn.Module] | None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        twin = cls.__dict__.get("torch_type")
+        if twin is None:
+            return
+        if not issubclass(cls, twin):
+            raise TypeError(f"{cls.__name__} must subclass its torch twin {twin.__name__}")
+        if twin in TWINS:
+            raise TypeError(f"{twin.__name__} has two fastdl twins: {TWINS[twin].__name__}, "
+                            f"{cls.__name__}")
+        TWINS[twin] = cls
 
     @classmethod
     def from_torch(cls, module: nn.Module) -> nn.Module:

@@ -7,30 +7,12 @@ from typing import Iterable, Optional, Union
 
 from torch import nn
 
-from .attention import MultiheadAttention
-from .conv import Conv1d, Conv2d
-from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm
-from .pooling import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d
-from .rnn import GRU, LSTM, GRUCell, LSTMCell
+# The modules register their torch twins (fastdl.nn._base.TWINS) as they are defined.
+from . import attention, conv, norm, pooling, rnn  # noqa: F401
+from ._base import TWINS
 
-# torch.nn type -> fastdl.nn type. Later op families add their layers here.
-CONVERSIONS: dict[type[nn.Module], type] = {
-    nn.LayerNorm: LayerNorm,
-    nn.BatchNorm1d: BatchNorm1d,
-    nn.BatchNorm2d: BatchNorm2d,
-    nn.BatchNorm3d: BatchNorm3d,
-    nn.MaxPool1d: MaxPool1d,
-    nn.MaxPool2d: MaxPool2d,
-    nn.AvgPool1d: AvgPool1d,
-    nn.AvgPool2d: AvgPool2d,
-    nn.Conv1d: Conv1d,
-    nn.Conv2d: Conv2d,
-    nn.MultiheadAttention: MultiheadAttention,
-    nn.LSTM: LSTM,
-    nn.GRU: GRU,
-    nn.LSTMCell: LSTMCell,
-    nn.GRUCell: GRUCell,
-}
+# torch.nn type -> fastdl.nn type.
+CONVERSIONS: dict[type[nn.Module], type] = TWINS
 
 TypeFilter = Optional[Iterable[Union[str, type]]]
 

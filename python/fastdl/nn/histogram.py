@@ -23,14 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional
+from .._args import positive_int
 
 __all__ = ["HardHistogram", "RBFHistogram", "SigmoidHistogram", "SoftHistogram"]
 
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class _Histogram(nn.Module):
@@ -45,8 +41,8 @@ class _Histogram(nn.Module):
                  flatten: bool = True, normalize: bool = True, sharpness: float = 1000.0,
                  device=None, dtype=None) -> None:
         super().__init__()
-        self.n_features = _check_positive_int(n_features, "n_features")
-        self.n_bins = _check_positive_int(n_bins, "n_bins")
+        self.n_features = positive_int(n_features, "n_features")
+        self.n_bins = positive_int(n_bins, "n_bins")
         self.learnable = self.default_learnable if learnable is None else bool(learnable)
         self.flatten = bool(flatten)
         self.normalize = bool(normalize)

@@ -7,7 +7,6 @@ initialisation, ``extra_repr`` and ``state_dict`` are torch's own, and
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .. import functional

@@ -40,17 +40,13 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 import fastdl.functional
+from .._args import positive_int
 from .norm import LayerNorm
 
 __all__ = ["ISAB", "MAB", "PMA", "SAB", "VARIANTS"]
 
 VARIANTS = ("paper", "reference")
 
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _batched(x: Tensor, features: int, name: str) -> tuple[Tensor, bool]:
@@ -96,10 +92,10 @@ class MAB(nn.Module):
     def __init__(self, dim_Q: int, dim_K: int, dim_V: int, num_heads: int, ln: bool = False,
                  variant: str = "paper") -> None:
         super().__init__()
-        self.dim_Q = _positive_int(dim_Q, "dim_Q")
-        self.dim_K = _positive_int(dim_K, "dim_K")
-        self.dim_V = _positive_int(dim_V, "dim_V")
-        self.num_heads = _positive_int(num_heads, "num_heads")
+        self.dim_Q = positive_int(dim_Q, "dim_Q")
+        self.dim_K = positive_int(dim_K, "dim_K")
+        self.dim_V = positive_int(dim_V, "dim_V")
+        self.num_heads = positive_int(num_heads, "num_heads")
         if dim_V % num_heads:
             raise ValueError(f"dim_V ({dim_V}) must be divisible by num_heads ({num_heads})")
         if variant not in VARIANTS:
@@ -180,7 +176,7 @@ class ISAB(nn.Module):
     def __init__(self, dim_in: int, dim_out: int, num_heads: int, num_inds: int, ln: bool = False,
                  variant: str = "paper") -> None:
         super().__init__()
-        self.num_inds = _positive_int(num_inds, "num_inds")
+        self.num_inds = positive_int(num_inds, "num_inds")
         self.I = _xavier_parameter(num_inds, dim_out)
         self.mab0 = MAB(dim_out, dim_in, dim_out, num_heads, ln=ln, variant=variant)
         self.mab1 = MAB(dim_in, dim_out, dim_out, num_heads, ln=ln, variant=variant)
@@ -204,7 +200,7 @@ class PMA(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_seeds: int, ln: bool = False,
                  variant: str = "paper") -> None:
         super().__init__()
-        self.num_seeds = _positive_int(num_seeds, "num_seeds")
+        self.num_seeds = positive_int(num_seeds, "num_seeds")
         self.S = _xavier_parameter(num_seeds, dim)
         self.mab = MAB(dim, dim, dim, num_heads, ln=ln, variant=variant)
 

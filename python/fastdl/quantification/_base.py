@@ -25,6 +25,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 import fastdl
 
+from .._args import positive_int
 from .losses import bag_loss
 
 __all__ = ["BagQuantifier", "PROTOCOLS", "PrevalenceHead"]
@@ -38,11 +39,6 @@ Protocol = Union[str, type]
 # ---------------------------------------------------------------------------------------------
 # Argument checks (at fit time: scikit-learn's convention keeps __init__ a plain store)
 # ---------------------------------------------------------------------------------------------
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _non_negative_float(value: Any, name: str, positive: bool = False) -> float:
@@ -247,9 +243,9 @@ class BagQuantifier(BaseQuantifier):
         return self
 
     def _check_params(self) -> None:
-        _positive_int(self.bag_size, "bag_size")
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.steps, "steps")
+        positive_int(self.bag_size, "bag_size")
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.steps, "steps")
         _non_negative_float(self.lr, "lr", positive=True)
         _non_negative_float(self.weight_decay, "weight_decay")
         bag_loss(self.loss)  # raises naming `loss`

@@ -79,7 +79,7 @@ void forward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const O
         // Online softmax: new maximum, rescale what was accumulated, add this block.
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * kKeyBlock;
-          const T new_max = std::max(row_max[r], cpu::max_of(s, cols));
+          const T new_max = softmax::max_nan(row_max[r], cpu::max_of(s, cols));
           const T correction = softmax::exp_shifted(row_max[r], new_max);
           row_max[r] = new_max;
           if (new_max == softmax::neg_inf<T>()) {
@@ -132,11 +132,58 @@ struct Gradients {
   T* mask = nullptr;   // (B, Hq, L, S)
 };
 
+// delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term, for the
+// n rows of dO (row stride do_stride) and O (contiguous, Ev wide).
+template <typename T>
+void row_deltas(const T* do_rows, int64_t do_stride, const T* o_rows, int64_t n, int64_t Ev,
+                T* delta) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* d = do_rows + i * do_stride;
+    const T* o = o_rows + i * Ev;
+    T sum = 0;
+    for (int64_t e = 0; e < Ev; ++e) sum += d[e] * o[e];
+    delta[i] = sum;
+  }
+}
+
+// The probabilities P = exp(S - lse) of a tile of finished scores (rows x cols, row stride ld),
+// in place; a row whose lse is -inf (every key masked) is all zeros.
+template <typename T>
+void recompute_probs(T* p, int64_t ld, int64_t rows, int64_t cols, const T* lse) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = p + r * ld;
+    const T m = lse[r];
+    if (m == softmax::neg_inf<T>()) {
+      std::fill(row, row + cols, T(0));
+      continue;
+    }
+    int64_t c = 0;
+    for (; c + L <= cols; c += L) (Vec<T>::loadu(row + c) - Vec<T>(m)).exp().store(row + c);
+    for (; c < cols; ++c) row[c] = std::exp(row[c] - m);
+  }
+}
+
+// dS = P (dP - delta), in place over dP: the gradient of the scores (scale * QK^T + mask).
+template <typename T>
+void score_grads(T* ds, const T* p, int64_t ld, int64_t rows, int64_t cols, const T* delta) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int64_t r = 0; r < rows; ++r) {
+    T* d = ds + r * ld;
+    const T* pr = p + r * ld;
+    const Vec<T> dl(delta[r]);
+    int64_t c = 0;
+    for (; c + L <= cols; c += L) {
+      (Vec<T>::loadu(pr + c) * (Vec<T>::loadu(d + c) - dl)).store(d + c);
+    }
+    for (; c < cols; ++c) d[c] = pr[c] * (d[c] - delta[r]);
+  }
+}
+
 template <typename T>
 void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const Operand<T>& k,
                      const Operand<T>& v, const MaskView<T>& mask, const Operand<T>& grad_out,
                      const T* out, const T* lse, const Gradients<T>& grads) {
-  constexpr int64_t L = Vec<T>::size();
   const int64_t E = shape.head_dim, Ev = shape.value_dim;
   const int64_t Lq = shape.q_len, S = shape.kv_len;
   const T scale = static_cast<T>(shape.scale);
@@ -157,14 +204,7 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
         const T* do_rows = grad_out.rows(b, h);
         const T* o_rows = out + (b * shape.q_heads + h) * Lq * Ev;
         const T* lse_rows = lse + (b * shape.q_heads + h) * Lq;
-        // delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the softmax backward's row term.
-        for (int64_t i = 0; i < Lq; ++i) {
-          const T* d = do_rows + i * grad_out.row_stride;
-          const T* o = o_rows + i * Ev;
-          T sum = 0;
-          for (int64_t e = 0; e < Ev; ++e) sum += d[e] * o[e];
-          delta[i] = sum;
-        }
+        row_deltas(do_rows, grad_out.row_stride, o_rows, Lq, Ev, delta.data());
         std::fill(dq.begin(), dq.end(), T(0));
         for (int64_t k0 = 0; k0 < S; k0 += kKeyBlock) {
           const int64_t cols = std::min(kKeyBlock, S - k0);
@@ -183,18 +223,7 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
             cpu::small_gemm<T>(rows, cols, E, q_blk, q.row_stride, 1, kt.data(), kKeyBlock, p,
                                kKeyBlock, false);
             finish_scores(p, kKeyBlock, rows, cols, q0, k0, scale, mask, b, h, shape.is_causal);
-            for (int64_t r = 0; r < rows; ++r) {
-              T* row = p + r * kKeyBlock;
-              const T m = lse_rows[q0 + r];
-              if (m == softmax::neg_inf<T>()) {
-                std::fill(row, row + cols, T(0));
-                continue;
-              }
-              int64_t c = 0;
-              for (; c + L <= cols; c += L)
-                (Vec<T>::loadu(row + c) - Vec<T>(m)).exp().store(row + c);
-              for (; c < cols; ++c) row[c] = std::exp(row[c] - m);
-            }
+            recompute_probs(p, kKeyBlock, rows, cols, lse_rows + q0);
             // dP (before dropout's mask) = dO V^T.
             cpu::small_gemm<T>(rows, cols, Ev, do_blk, grad_out.row_stride, 1, vt.data(), kKeyBlock,
                                ds, kKeyBlock, false);
@@ -211,17 +240,7 @@ void backward_kernel(const detail::SdpaShape& shape, const Operand<T>& q, const 
               cpu::small_gemm<T>(cols, Ev, rows, dropped, 1, kKeyBlock, do_blk, grad_out.row_stride,
                                  dv.data() + k0 * Ev, Ev, true);
             }
-            // dS = P (dP - delta): the gradient of the scores (scale * QK^T + mask).
-            for (int64_t r = 0; r < rows; ++r) {
-              T* d = ds + r * kKeyBlock;
-              const T* pr = p + r * kKeyBlock;
-              const Vec<T> dl(delta[q0 + r]);
-              int64_t c = 0;
-              for (; c + L <= cols; c += L) {
-                (Vec<T>::loadu(pr + c) * (Vec<T>::loadu(d + c) - dl)).store(d + c);
-              }
-              for (; c < cols; ++c) d[c] = pr[c] * (d[c] - delta[q0 + r]);
-            }
+            score_grads(ds, p, kKeyBlock, rows, cols, delta.data() + q0);
             if (grads.mask) {
               for (int64_t r = 0; r < rows; ++r) {
                 T* gm = grads.mask + ((b * shape.q_heads + h) * Lq + q0 + r) * S + k0;
@@ -292,7 +311,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   const auto lse = logsumexp.contiguous();
   auto [grad_query, grad_key, grad_value, grad_mask] =
       detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
-  if (shape.batch * shape.kv_heads == 0) return {grad_query, grad_key, grad_value, grad_mask};
+  // No output element (Ev = 0 included): nothing depends on the inputs, the gradients are zeros
+  // (computing them would give NaN * 0 = NaN where a probability is NaN).
+  if (shape.batch * shape.kv_heads * shape.value_dim == 0) {
+    return {grad_query, grad_key, grad_value, grad_mask};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sdpa_backward_cpu", [&] {
     Gradients<scalar_t> grads{
         mutable_data_or_null<scalar_t>(grad_query), mutable_data_or_null<scalar_t>(grad_key),

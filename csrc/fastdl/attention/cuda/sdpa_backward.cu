@@ -230,7 +230,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cuda(
   auto [grad_query, grad_key, grad_value, grad_mask] =
       detail::sdpa_gradient_buffers(shape, q, k, v, output_mask);
   const int64_t rows = shape.batch * shape.q_heads * shape.q_len;
-  if (rows == 0 || shape.kv_len == 0) return {grad_query, grad_key, grad_value, grad_mask};
+  // No output element (Ev = 0 included): zero gradients, as the CPU kernel.
+  if (rows == 0 || shape.kv_len == 0 || shape.value_dim == 0) {
+    return {grad_query, grad_key, grad_value, grad_mask};
+  }
   auto delta = at::empty({rows}, lse.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, q.scalar_type(), "sdpa_backward_cuda", [&] {

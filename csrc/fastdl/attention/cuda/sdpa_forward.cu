@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int64_t i = row0 + local;
       if (i < p.q_len) {  // uniform across the warp
         const A s = p.score(dot(qs + local * E, ks + lane * (E + 1), E), b, h, i, j);
-        const A new_m = max(m[r], warp_max(s));
+        const A new_m = softmax::max_nan(m[r], warp_max(s));
         A prob = softmax::exp_shifted(s, new_m);
         const A correction = softmax::exp_shifted(m[r], new_m);
         m[r] = new_m;

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         s2[t] = i < p.q_len ? p.score(ss[(wr + r) * L::s_pitch + c], b, h, i, k0 + c)
                             : softmax::neg_inf<float>();
       }
-      const float new_m = fmaxf(m[r], warp_max(fmaxf(s2[0], s2[1])));
+      const float new_m = softmax::max_nan(m[r], warp_max(softmax::max_nan(s2[0], s2[1])));
       const float correction = softmax::exp_shifted(m[r], new_m);
       float sum = 0.0f;
       for (int t = 0; t < 2; ++t) {

@@ -35,7 +35,7 @@ inline T horizontal_sum(const Vec<T>& v) {
   return lanes[0];
 }
 
-// max_i x[i] over n >= 0 values (-inf for none), vectorised.
+// max_i x[i] over n >= 0 values (-inf for none), vectorised; NaN if any x[i] is NaN.
 template <typename T>
 inline T max_of(const T* x, int64_t n) {
   constexpr int64_t L = Vec<T>::size();
@@ -46,9 +46,9 @@ inline T max_of(const T* x, int64_t n) {
     for (i = L; i + L <= n; i += L) acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));
     alignas(64) T lanes[L];
     acc.store(lanes);
-    for (int64_t j = 0; j < L; ++j) best = lanes[j] > best ? lanes[j] : best;
+    for (int64_t j = 0; j < L; ++j) best = (lanes[j] > best || lanes[j] != lanes[j]) ? lanes[j] : best;
   }
-  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
+  for (; i < n; ++i) best = (x[i] > best || x[i] != x[i]) ? x[i] : best;
   return best;
 }
 
@@ -158,6 +158,11 @@ inline std::pair<T, T> reduce_sum2(const T* x, int64_t n, const F& f) {
   return {sa, sb};
 }
 
+// Values summed in T before their sum goes into a double: the rounding error of a sum stays
+// that of a kSumBlock-long one however long the row (a float32 row of a million values lost
+// ~1e-3 of its mean when summed whole).
+constexpr int64_t kSumBlock = 4096;
+
 // Mean and biased variance of x[0..n). One pass of sums shifted by x[0]; when the shift is
 // far from the mean relative to the spread (where the shifted formula loses digits), the
 // variance is recomputed exactly around the mean.
@@ -165,22 +170,29 @@ template <typename T>
 inline std::pair<T, T> mean_var(const T* x, int64_t n) {
   if (n == 0) return {T(0), T(0)};
   const T shift = x[0];
-  const auto [s1, s2] = reduce_sum2<T>(x, n, [shift](auto v) {
-    const auto d = v - decltype(v)(shift);
-    return std::make_pair(d, d * d);
-  });
-  const T d = s1 / T(n);
-  const T mean = shift + d;
-  T var = s2 / T(n) - d * d;
-  if (!(d * d <= T(64) * var)) {
-    var = reduce_sum<T>(x, n,
-                        [mean](auto v) {
-                          const auto e = v - decltype(v)(mean);
-                          return e * e;
-                        }) /
-          T(n);
+  double s1 = 0, s2 = 0;
+  for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+    const auto [b1, b2] = reduce_sum2<T>(x + i0, std::min(kSumBlock, n - i0), [shift](auto v) {
+      const auto d = v - decltype(v)(shift);
+      return std::make_pair(d, d * d);
+    });
+    s1 += b1;
+    s2 += b2;
   }
-  return {mean, std::max(var, T(0))};
+  const double d = s1 / static_cast<double>(n);
+  const T mean = static_cast<T>(shift + d);
+  double var = s2 / static_cast<double>(n) - d * d;
+  if (!(d * d <= 64.0 * var)) {
+    double e2 = 0;
+    for (int64_t i0 = 0; i0 < n; i0 += kSumBlock) {
+      e2 += reduce_sum<T>(x + i0, std::min(kSumBlock, n - i0), [mean](auto v) {
+        const auto e = v - decltype(v)(mean);
+        return e * e;
+      });
+    }
+    var = e2 / static_cast<double>(n);
+  }
+  return {mean, static_cast<T>(std::max(var, 0.0))};
 }
 
 // Per-thread accumulation buffers for column sums over rows (weight/bias gradients): each

@@ -28,7 +28,10 @@ Vec<T> vec_exp(const Vec<T>& z) {
   // Arguments are clamped where exp over/underflows anyway, so the fast polynomial of
   // exp_u20 (float) never sees values it does not handle.
   if constexpr (std::is_same_v<T, float>) {
-    return at::vec::clamp(z, Vec<T>(-87.f), Vec<T>(87.f)).exp_u20();
+    // exp_u20 does not handle NaN (it returns inf or garbage): cz - cz is 0, or NaN for a NaN,
+    // so NaN propagates as in the reference.
+    const Vec<T> cz = at::vec::clamp(z, Vec<T>(-87.f), Vec<T>(87.f));
+    return cz.exp_u20() + (cz - cz);
   } else {
     return at::vec::clamp(z, Vec<T>(-700.0), Vec<T>(700.0)).exp();
   }
@@ -121,7 +124,8 @@ void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<
     dv_dw = Vec<T>(s / 2) * (da + db);
   } else if constexpr (K == HistogramKernel::Soft) {
     const Vec<T> ad = d.abs();
-    const Vec<T> active = (w * ad) < one;
+    const Vec<T> wad = w * ad;
+    const Vec<T> active = (wad < one) | (wad != wad);  // NaN is active, as hist_derivatives
     // -w * sign(d), 0 at d == 0 (torch's d|d|/dd), without a multiply.
     const Vec<T> neg_w_sign = ((d > zero) & (zero - w)) | ((d < zero) & w);
     dv_dd = active & neg_w_sign;

@@ -48,14 +48,21 @@ void channel_sums(const BatchNormShape& s, const T* a, const T* b, const T* p, d
         const Vec<T> pv(p[c]);
         for (int64_t o = 0; o < outer; ++o) {
           const int64_t base = (o * C + c) * inner;
-          Vec<T> v1(T(0)), v2(T(0));
           int64_t i = 0;
-          for (; i + L <= inner; i += L) {
-            const auto [x1, x2] = f(Vec<T>::loadu(a + base + i), Vec<T>::loadu(b + base + i), pv);
-            v1 += x1;
-            v2 += x2;
+          // At most kFlushRows vectors summed in T, then into the doubles: a plane of a
+          // million values summed whole in float32 lost ~1e-3 of its mean.
+          while (i + L <= inner) {
+            const int64_t stop = std::min(inner, i + kFlushRows * L);
+            Vec<T> v1(T(0)), v2(T(0));
+            for (; i + L <= stop; i += L) {
+              const auto [x1, x2] = f(Vec<T>::loadu(a + base + i), Vec<T>::loadu(b + base + i), pv);
+              v1 += x1;
+              v2 += x2;
+            }
+            t1 += cpu::horizontal_sum(v1);
+            t2 += cpu::horizontal_sum(v2);
           }
-          T r1 = cpu::horizontal_sum(v1), r2 = cpu::horizontal_sum(v2);
+          T r1 = 0, r2 = 0;
           for (; i < inner; ++i) {
             const auto [x1, x2] = f(a[base + i], b[base + i], p[c]);
             r1 += x1;
@@ -228,6 +235,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
         const auto d = a - p;
         return std::make_pair(d, d * d);
       });
+      // A shift far from the mean relative to the spread (the first value an outlier, or a
+      // channel nearly constant around another value) leaves var = S2/n - m1^2 as the
+      // difference of two close numbers: then the sums again around the mean just found.
+      bool refine = false;
+      for (int64_t c = 0; c < C; ++c) {
+        const double m1 = s1[c] / n, var = s2[c] / n - m1 * m1;
+        refine |= std::isfinite(var) && !(m1 * m1 <= 64.0 * var);
+      }
+      if (refine) {
+        for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<T>(shift[c] + s1[c] / n);
+        channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), [](auto a, auto, auto p) {
+          const auto d = a - p;
+          return std::make_pair(d, d * d);
+        });
+      }
+      if constexpr (std::is_same_v<T, float>) {
+        // A channel whose float squares overflowed (|x - shift| ~ 1e20 and more): its sums
+        // again in double. An inf or NaN in the channel stays NaN.
+        for (int64_t c = 0; c < C; ++c) {
+          if (std::isfinite(s2[c])) continue;
+          double t1 = 0, t2 = 0;
+          for (int64_t o = 0; o < shape.outer; ++o) {
+            for (int64_t i = 0; i < shape.inner; ++i) {
+              const double d = static_cast<double>(xp[(o * C + c) * shape.inner + i]) - shift[c];
+              t1 += d;
+              t2 += d * d;
+            }
+          }
+          s1[c] = t1;
+          s2[c] = t2;
+        }
+      }
       for (int64_t c = 0; c < C; ++c) {
         const double m1 = s1[c] / n;
         const double var = std::max(s2[c] / n - m1 * m1, 0.0);

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 
 namespace fastdl {
 namespace {
@@ -26,8 +27,21 @@ void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_ou
     for (int64_t r = begin; r < end; ++r) {
       const T* xr = x + r * cols;
       T* yr = y + r * cols;
-      const auto [mean, var] = cpu::mean_var(xr, cols);
-      const T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
+      auto [mean, var] = cpu::mean_var(xr, cols);
+      T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
+      if constexpr (std::is_same_v<T, float>) {
+        if (!std::isfinite(var)) {
+          // Squares past float's range (|x| ~ 1e20 and more): the row's statistics in double,
+          // as rstd still is a float. An inf or NaN in the row stays NaN.
+          double m = 0, v = 0;
+          for (int64_t i = 0; i < cols; ++i) m += xr[i];
+          m /= static_cast<double>(cols);
+          for (int64_t i = 0; i < cols; ++i) v += (xr[i] - m) * (xr[i] - m);
+          v /= static_cast<double>(cols);
+          mean = static_cast<T>(m);
+          rstd = static_cast<T>(1.0 / std::sqrt(std::max(v, 0.0) + eps));
+        }
+      }
       mean_out[r] = mean;
       rstd_out[r] = rstd;
       // y = (x - mean) * rstd * w + b; subtracting first keeps constant rows exact.

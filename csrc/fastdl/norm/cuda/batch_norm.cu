@@ -34,14 +34,21 @@ constexpr int kReduceThreads = 256;
 constexpr int kColTile = 32;
 constexpr int kRowThreads = 8;
 
-// Forward reduction: Welford statistics of x.
+// Each reduction works relative to a per-channel centre, read once per thread: values near it
+// keep their digits in float where |mean| >> std (x ~ 100 + 0.01 z would otherwise lose ~4 of
+// them to the running mean's rounding).
+
+// Forward reduction: Welford statistics of x - x[first element of the channel]; the channel's
+// first element is at c * inner in both layouts (outer index 0).
 template <typename T>
 struct StatsReduce {
   using A = acc_t<T>;
   using State = cuda::Welford<A>;
   const T* x;
-  __device__ __forceinline__ void add(State& s, int64_t idx, int64_t) const {
-    s.add(static_cast<A>(x[idx]));
+  int64_t inner;
+  __device__ __forceinline__ A centre(int64_t c) const { return static_cast<A>(x[c * inner]); }
+  __device__ __forceinline__ void add(State& s, int64_t idx, A centre) const {
+    s.add(static_cast<A>(x[idx]) - centre);
   }
 };
 
@@ -53,10 +60,11 @@ struct GradReduce {
   const T* dy;
   const T* x;
   const A* mean;
-  __device__ __forceinline__ void add(State& s, int64_t idx, int64_t c) const {
+  __device__ __forceinline__ A centre(int64_t c) const { return mean[c]; }
+  __device__ __forceinline__ void add(State& s, int64_t idx, A centre) const {
     const A g = static_cast<A>(dy[idx]);
     s.a += g;
-    s.b += g * (static_cast<A>(x[idx]) - mean[c]);
+    s.b += g * (static_cast<A>(x[idx]) - centre);
   }
 };
 
@@ -72,9 +80,10 @@ __global__ void planar_reduce_kernel(Op op, typename Op::State* __restrict__ par
   const int64_t o0 = blockIdx.y * outer_per_split;
   const int64_t o1 = min(outer, o0 + outer_per_split);
   State s{};
+  const auto centre = op.centre(c);
   for (int64_t o = o0; o < o1; ++o) {
     const int64_t base = (o * channels + c) * inner;
-    for (int64_t i = threadIdx.x; i < inner; i += blockDim.x) op.add(s, base + i, c);
+    for (int64_t i = threadIdx.x; i < inner; i += blockDim.x) op.add(s, base + i, centre);
   }
   s = cuda::block_reduce_all(s, scratch);
   if (threadIdx.x == 0) partials[c * gridDim.y + blockIdx.y] = s;
@@ -95,8 +104,8 @@ __global__ void interleaved_reduce_kernel(Op op, typename Op::State* __restrict_
   const int64_t o1 = min(outer, o0 + outer_per_split);
   State s{};
   if (j < R) {
-    const int64_t c = j / inner;
-    for (int64_t o = o0 + threadIdx.y; o < o1; o += kRowThreads) op.add(s, o * R + j, c);
+    const auto centre = op.centre(j / inner);
+    for (int64_t o = o0 + threadIdx.y; o < o1; o += kRowThreads) op.add(s, o * R + j, centre);
   }
   tile[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
@@ -143,10 +152,11 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
   return buf;
 }
 
-// Per channel: merge the Welford partials; save mean/invstd; update running stats; forward
+// Per channel: merge the Welford partials (relative to the reduction's centre); save mean/invstd; update running stats; forward
 // coefficients k1 = invstd * w, k3 = b - mean * k1.
 template <typename T, typename P>
-__global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict__ partials,
+__global__ void finalize_stats_kernel(StatsReduce<T> op,
+                                      const cuda::Welford<acc_t<T>>* __restrict__ partials,
                                       int64_t count, int64_t channels, const P* __restrict__ weight,
                                       const P* __restrict__ bias, P* __restrict__ running_mean,
                                       P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
@@ -160,6 +170,7 @@ __global__ void finalize_stats_kernel(const cuda::Welford<acc_t<T>>* __restrict_
   for (int64_t k = 0; k < count; ++k) s.combine(partials[c * count + k]);
   const A var = s.n > 0 ? s.m2 / s.n : A(0);
   const A invstd = rsqrt(var + eps);
+  s.mean += op.centre(c);
   save_mean[c] = s.mean;
   save_invstd[c] = invstd;
   if (running_mean) {
@@ -317,9 +328,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
           A* k3 = coef[1].mutable_data_ptr<A>();
           if (training) {
             int64_t count = 0;
-            const auto partials = reduce_per_channel(StatsReduce<T>{x.const_data_ptr<T>()}, shape,
-                                                     x.options(), count);
-            cuda::launch(finalize_stats_kernel<T, P>, {blocks, threads, 0},
+            const StatsReduce<T> stats{x.const_data_ptr<T>(), shape.inner};
+            const auto partials = reduce_per_channel(stats, shape, x.options(), count);
+            cuda::launch(finalize_stats_kernel<T, P>, {blocks, threads, 0}, stats,
                          reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()),
                          count, C, data_or_null<P>(w), data_or_null<P>(b),
                          mutable_data_or_null<P>(running_mean_io.work()),

@@ -173,24 +173,11 @@ void launch_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::max_grid_x()));
   const int threads = threads_for(cols / vec);
   const auto e = static_cast<acc_t<T>>(eps);
-  switch (vec) {
-    case 8:
-      cuda::launch(forward_kernel<T, P, 8>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
-                   e);
-      break;
-    case 4:
-      cuda::launch(forward_kernel<T, P, 4>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
-                   e);
-      break;
-    case 2:
-      cuda::launch(forward_kernel<T, P, 2>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
-                   e);
-      break;
-    default:
-      cuda::launch(forward_kernel<T, P, 1>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
-                   e);
-      break;
-  }
+  static_switch<8, 4, 2, 1>(vec, [&](auto width) {
+    constexpr int V = decltype(width)::value;
+    cuda::launch(forward_kernel<T, P, V>, {grid, threads, 0}, xp, wp, bp, yp, mp, rp, rows, cols,
+                 e);
+  });
 }
 
 template <typename T, typename P>
@@ -207,24 +194,11 @@ void launch_backward(const at::Tensor& dy, const at::Tensor& x, const at::Tensor
     const int vec = cuda::pack_width<T>(cols, {dyp, xp, dxp});
     const auto grid = static_cast<unsigned>(std::min<int64_t>(rows, cuda::max_grid_x()));
     const int threads = threads_for(cols / vec);
-    switch (vec) {
-      case 8:
-        cuda::launch(backward_input_kernel<T, P, 8>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
-                     rows, cols);
-        break;
-      case 4:
-        cuda::launch(backward_input_kernel<T, P, 4>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
-                     rows, cols);
-        break;
-      case 2:
-        cuda::launch(backward_input_kernel<T, P, 2>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
-                     rows, cols);
-        break;
-      default:
-        cuda::launch(backward_input_kernel<T, P, 1>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
-                     rows, cols);
-        break;
-    }
+    static_switch<8, 4, 2, 1>(vec, [&](auto width) {
+      constexpr int V = decltype(width)::value;
+      cuda::launch(backward_input_kernel<T, P, V>, {grid, threads, 0}, dyp, xp, mp, rp, wp, dxp,
+                   rows, cols);
+    });
   }
   if (dw.defined() || db.defined()) {
     // Enough row chunks to fill the GPU with column tiles, each chunk at least 64 rows.

@@ -7,10 +7,10 @@
 #include "fastdl/common/tensors.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_math.h"
-#include "fastdl/rnn/rnn_register.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <cmath>
 #include <cstring>

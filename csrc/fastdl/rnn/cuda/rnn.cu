@@ -8,7 +8,6 @@
 #include "fastdl/common/tensors.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_math.h"
-#include "fastdl/rnn/rnn_register.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/mm.h>

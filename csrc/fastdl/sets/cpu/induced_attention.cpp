@@ -15,8 +15,8 @@
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/tensors.h"
-#include "fastdl/induced/induced_attention.h"
-#include "fastdl/induced/induced_attention_math.h"
+#include "fastdl/sets/induced_attention.h"
+#include "fastdl/sets/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -145,7 +145,7 @@ void attend(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int64_t s0,
     for (int64_t r = 0; r < rows; ++r) {
       const T chunk_max = chunk_scores(p, chunk, q_rows.row(l0 + r), scores.data());
       if (chunk_max == softmax::neg_inf<T>()) continue;  // every key of the chunk is padded
-      const T m_new = std::max(m[r], chunk_max);
+      const T m_new = softmax::max_nan(m[r], chunk_max);
       const T alpha = softmax::exp_shifted(m[r], m_new);
       T* acc_r = acc + r * p.Ev;
       if (alpha != T(1)) scale_inplace(acc_r, alpha, p.Ev);
@@ -198,7 +198,7 @@ void forward_kernel(const Problem<T>& p, int64_t BH, const induced::Rows<T>& out
   at::parallel_for(0, BH * p.L, cpu::grain(splits * p.Ev), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       T mx = softmax::neg_inf<T>();
-      for (int64_t j = 0; j < splits; ++j) mx = std::max(mx, part_lse[j * BH * p.L + row]);
+      for (int64_t j = 0; j < splits; ++j) mx = softmax::max_nan(mx, part_lse[j * BH * p.L + row]);
       T total = 0;
       for (int64_t j = 0; j < splits; ++j)
         total += softmax::exp_shifted(part_lse[j * BH * p.L + row], mx);
@@ -248,6 +248,8 @@ void backward_tile(const Problem<T>& p, int64_t bh, int64_t l0, int64_t l1, int6
         T* prob_r = prob.data() + r * n;
         chunk_scores(p, chunk, q_rows.row(i), prob_r);
         cpu::exp_shifted_row(prob_r, n, lse[bh * p.L + i]);  // p = exp(s - lse); padded keys: 0
+        // ... also when the row's lse is NaN: a padded key gets no gradient (as on CUDA).
+        for (int64_t j : chunk.padded) prob_r[j] = T(0);
         if (need_ds) {  // dS_ij = p_ij (dO_i . v_j - D_i), times scale for dQ and dK
           T* ds_r = dscore.data() + r * n;
           cpu::small_gemm<T>(1, n, p.Ev, do_rows.row(i), 0, 1, chunk.vt.data(), n, ds_r, n, false);

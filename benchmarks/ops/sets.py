@@ -6,13 +6,13 @@ pure-PyTorch compositions that materialise the (L, S) score matrix.
   ``fastdl.reference.induced_attention_reference`` (matmul, softmax, matmul).
 - ``isab``: ``fastdl.nn.ISAB(variant="reference")`` against the same block in the reference
   code's formulation (juho-lee/set_transformer, ``fastdl.reference.reference_code_mab``: heads
-  split with torch.cat, bmm, softmax, bmm), the ANCHORS.md ISAB row, same parameters, all of
+  split with torch.cat, bmm, softmax, bmm), the docs/ANCHORS.md ISAB row, same parameters, all of
   them differentiated.
 - ``set_transformer_step``: a SetTransformer training step (forward and backward to the input
   and every parameter): fastdl's model against the same model computed by
   ``fastdl.reference.set_transformer_reference`` (torch's matmul/softmax/layer_norm).
 
-Shapes: ANCHORS.md's ISAB B16 n10000 d128 h4 m32 (CPU and CUDA); ``--quick`` on CPU: B4 n2500.
+Shapes: docs/ANCHORS.md's ISAB B16 n10000 d128 h4 m32 (CPU and CUDA); ``--quick`` on CPU: B4 n2500.
 Bytes count the attention's unavoidable traffic (q, k, v read, output written; the backward
 also reads dO and writes dq, dk, dv), not the score matrix the reference moves.
 """

@@ -9,6 +9,9 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.library import register_fake
+
+from .._fake import stats_dtype
 
 
 def induced_attention(
@@ -65,3 +68,26 @@ def induced_attention_with_lse(
     ``(batch, heads, L)`` (float32 for half inputs; ``-inf`` for a row with no key)."""
     out, lse = torch.ops.fastdl.induced_attention_forward(query, key, value, key_padding_mask, scale)
     return out, lse
+
+
+# ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
+
+@register_fake("fastdl::induced_attention_forward")
+def _induced_attention_forward(query, key, value, key_padding_mask=None, scale=None):
+    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+                 lambda: "fastdl.induced_attention: query, key and value must be 4-d (batch, heads, L|S, E)")
+    b, h, l, _ = query.shape
+    # The output is laid out as (batch, L, heads, Ev), so merging the heads is free.
+    out = query.new_empty((b, l, h, value.shape[3])).transpose(1, 2)
+    return out, query.new_empty((b, h, l), dtype=stats_dtype(query))
+
+
+def _induced_rows_ready(t):
+    return t if t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
+@register_fake("fastdl::induced_attention_backward")
+def _induced_attention_backward(grad_output, query, key, value, key_padding_mask, output, lse, scale,
+                                output_mask):
+    return tuple(_induced_rows_ready(torch.empty_like(_induced_rows_ready(t))) if need else None
+                 for t, need in zip((query, key, value), output_mask))

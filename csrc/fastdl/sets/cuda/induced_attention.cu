@@ -12,8 +12,8 @@
 //            staged in shared memory. No atomics: every output element has one writer.
 #include "fastdl/common/cuda_utils.cuh"
 #include "fastdl/common/tensors.h"
-#include "fastdl/induced/induced_attention.h"
-#include "fastdl/induced/induced_attention_math.h"
+#include "fastdl/sets/induced_attention.h"
+#include "fastdl/sets/induced_attention_math.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -31,7 +31,7 @@ constexpr int64_t kMinKeysPerSplit = 256;
 
 template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
-  for (int o = kWarpSize / 2; o > 0; o /= 2) v = max(v, __shfl_xor_sync(0xffffffff, v, o));
+  for (int o = kWarpSize / 2; o > 0; o /= 2) v = softmax::max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
   return v;
 }
 
@@ -156,7 +156,7 @@ __global__ void rows_kernel(induced::Rows<const T> q, induced::Rows<const T> k,
     if (!Backward) {
       const A tile_max = warp_max(score);
       if (tile_max == softmax::neg_inf<A>()) continue;  // every key of the tile is padded
-      const A m_new = max(m, tile_max);
+      const A m_new = softmax::max_nan(m, tile_max);
       const A alpha = softmax::exp_shifted(m, m_new);
       const A p = valid ? softmax::exp_of(score - m_new) : A(0);
       l = l * alpha + warp_sum(p);
@@ -211,7 +211,7 @@ __global__ void combine_kernel(const acc_t<T>* __restrict__ part_out,
       static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   A mx = softmax::neg_inf<A>();
-  for (int64_t j = lane; j < splits; j += kWarpSize) mx = max(mx, part_lse[j * rows + row]);
+  for (int64_t j = lane; j < splits; j += kWarpSize) mx = softmax::max_nan(mx, part_lse[j * rows + row]);
   mx = warp_max(mx);
   A total = 0;
   for (int64_t j = lane; j < splits; j += kWarpSize)

@@ -1,7 +1,7 @@
 // induced_attention: schema, argument checks, autograd, autocast and the C++ entry points.
 // Kernels: cpu/induced_attention.cpp and cuda/induced_attention.cu; shared formulas and the
 // work partition: induced_attention_math.h.
-#include "fastdl/induced/induced_attention.h"
+#include "fastdl/sets/induced_attention.h"
 
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
@@ -19,15 +19,6 @@
 namespace fastdl {
 namespace {
 constexpr const char* kOp = "fastdl.induced_attention";
-
-using ForwardSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&,
-                                                      const std::optional<at::Tensor>&,
-                                                      std::optional<double>);
-using BackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, double,
-    std::array<bool, 3>);
 
 void check_rank4(const at::Tensor& t, const char* name, const char* layout) {
   TORCH_CHECK(t.dim() == 4, kOp, ": ", name, " must be 4-d ", layout, ", got shape ", t.sizes());
@@ -182,8 +173,8 @@ class InducedAttentionFunction : public torch::autograd::Function<InducedAttenti
                                std::optional<double> scale) {
     autograd::InputEdges::save(ctx, {true, true, true, present(key_padding_mask)});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [output, lse] = FASTDL_OP("induced_attention_forward", ForwardSig)
-                             .call(query, key, value, key_padding_mask, scale);
+    auto [output, lse] =
+        FASTDL_CALL(induced_attention_forward).call(query, key, value, key_padding_mask, scale);
     // Only the output and the rows' log-sum-exp are kept: backward recomputes probabilities.
     autograd::save_with_optional(ctx, {query, key, value, output, lse}, key_padding_mask);
     ctx->saved_data["scale"] = detail::induced_attention_scale(scale, query.size(3));
@@ -200,8 +191,8 @@ class InducedAttentionFunction : public torch::autograd::Function<InducedAttenti
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     auto [dq, dk, dv] =
-        FASTDL_OP("induced_attention_backward", BackwardSig)
-            .call(grads[0], saved[0], saved[1], saved[2], autograd::saved_optional(saved, 5),
+        FASTDL_CALL(induced_attention_backward)
+            .call(grads[0], saved[0], saved[1], saved[2], autograd::saved_optional(ctx, saved, 0),
                   saved[3], saved[4], ctx->saved_data["scale"].toDouble(), mask);
     return {dq, dk, dv, at::Tensor(), at::Tensor()};
   }
@@ -214,17 +205,6 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autograd(
   return {out[0], out[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
-    const at::Tensor& output, const at::Tensor& lse, double scale, std::array<bool, 3> mask) {
-  return autograd::not_differentiable(
-      "fastdl.induced_attention_backward", {grad_output, query, key, value, output}, [&] {
-        return FASTDL_OP("induced_attention_backward", BackwardSig)
-            .call(grad_output, query, key, value, key_padding_mask, output, lse, scale, mask);
-      });
-}
-
 // Autocast on CUDA, as torch's attention: run in the autocast dtype (float16 by default). On
 // CPU the kernels have no half types, so the op keeps its inputs' dtype there.
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cuda(
@@ -235,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cuda(
   const auto cast = [&](const at::Tensor& t) {
     return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
   };
-  return FASTDL_OP("induced_attention_forward", ForwardSig)
+  return FASTDL_CALL(induced_attention_forward)
       .call(cast(query), cast(key), cast(value), key_padding_mask, scale);
 }
 
@@ -246,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
   autocast::BelowAutocast<c10::DeviceType::CPU> below;
-  return FASTDL_OP("induced_attention_forward", ForwardSig)
+  return FASTDL_CALL(induced_attention_forward)
       .call(autocast::to_float<c10::DeviceType::CPU>(query),
             autocast::to_float<c10::DeviceType::CPU>(key),
             autocast::to_float<c10::DeviceType::CPU>(value), key_padding_mask, scale);
@@ -257,8 +237,7 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cpu(
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
-  return FASTDL_OP("induced_attention_forward", ForwardSig)
-      .call(query, key, value, key_padding_mask, scale);
+  return FASTDL_CALL(induced_attention_forward).call(query, key, value, key_padding_mask, scale);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward(
@@ -266,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward(
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
     const at::Tensor& output, const at::Tensor& lse, double scale,
     std::array<bool, 3> output_mask) {
-  return FASTDL_OP("induced_attention_backward", BackwardSig)
+  return FASTDL_CALL(induced_attention_backward)
       .call(grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask);
 }
 
@@ -289,7 +268,7 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("induced_attention_forward", &induced_attention_forward_autograd);
-  m.impl("induced_attention_backward", &induced_attention_backward_autograd);
+  m.impl("induced_attention_backward", autograd::not_differentiable_kernel());
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
