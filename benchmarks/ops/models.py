@@ -85,8 +85,11 @@ def torchvision_case(device: str, name: str, batch: int, image: int, train: bool
 
     run = _train_step(forward) if train else forward
     label = f"B{batch} {image}x{image} {'train step' if train else 'eval'}"
-    # Deep float32 networks: differences of a few 1e-4 relative grow through the layers.
-    tol = dict(atol=5e-3, rtol=5e-2) if train else dict(atol=1e-3, rtol=1e-3)
+    # Deep float32 networks: differences of a few 1e-4 relative grow through the layers; in
+    # train mode, batch norm over 2 images amplifies them further: torch's own float32 weight
+    # gradients of mobilenet_v2 are 0.04 off its float64 ones (fastdl's: 0.05), so the check
+    # there can only catch gross errors.
+    tol = dict(atol=1e-1, rtol=1e-1) if train else dict(atol=1e-3, rtol=1e-3)
     return Case(name, label, torch.float32, device, make_inputs, _converted(run), run,
                 modes=(FWD,), **tol)
 

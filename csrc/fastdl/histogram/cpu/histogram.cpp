@@ -133,8 +133,9 @@ void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<
   } else if constexpr (K == HistogramKernel::Rbf) {
     const Vec<T> z = w * d;
     const Vec<T> v = vec_exp<T>(zero - z * z);
-    dv_dd = Vec<T>(T(-2)) * w * z * v;
-    dv_dw = Vec<T>(T(-2)) * z * d * v;
+    const Vec<T> dv = d * v;  // v first, as hist_derivatives
+    dv_dd = Vec<T>(T(-2)) * w * w * dv;
+    dv_dw = Vec<T>(T(-2)) * z * dv;
   } else {
     const Vec<T> ad = d.abs();
     const Vec<T> log_base(static_cast<T>(detail::kHardSurrogateLog));
