@@ -324,7 +324,7 @@ MUTANTS = [
         ("histogram backward: input gradient overwritten per vector block",
          "if (gxcol) gxcol[i * stride] += cpu::horizontal_sum(gx);",
          "if (gxcol) gxcol[i * stride] = cpu::horizontal_sum(gx);"),
-        ("histogram rbf: width derivative drops d", "dv_dw = Vec<T>(T(-2)) * z * d * v;",
+        ("histogram rbf: width derivative drops d", "dv_dw = Vec<T>(T(-2)) * z * dv;",
          "dv_dw = Vec<T>(T(-2)) * z * v;"),
         ("histogram forward: last bin not scaled", "for (k = 0; k < B; ++k) o[k] *= scale[bag];",
          "for (k = 0; k < B - 1; ++k) o[k] *= scale[bag];"),
