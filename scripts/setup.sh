@@ -12,8 +12,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v ccache >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && apt-get install -y -qq ccache) >/dev/null 2>&1 || echo "setup: ccache not installed (builds will be slower)"
+# Debian packages, where we may install them: ccache, and qemu's user-mode emulator for the
+# test that runs the library on emulated CPUs without AVX-512 and without AVX
+# (tests/test_cpu_isa.py; skipped without it).
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  command -v ccache >/dev/null 2>&1 || missing="$missing ccache"
+  command -v qemu-x86_64 >/dev/null 2>&1 || [ "$(uname -m)" != x86_64 ] || missing="$missing qemu-user"
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    (apt-get update -qq && apt-get install -y -qq $missing) >/dev/null 2>&1 \
+      || echo "setup: could not install$missing (slower builds; the emulated-CPU test is skipped)"
+  fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

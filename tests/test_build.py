@@ -1,6 +1,7 @@
 """The built package: build information, registered ops, the C++ package files."""
 
 import os
+import platform
 import re
 
 import pytest
@@ -36,8 +37,13 @@ def test_every_registered_op_is_listed():
 
 def test_build_info_keys_and_types():
     info = fastdl.build_info()
-    assert {"version", "torch", "cuda", "cuda_archs", "cpu_isa"} <= set(info)
-    assert info["cpu_isa"] in ("AVX512", "AVX2", "NONE")
+    assert {"version", "torch", "cuda", "cuda_archs", "cpu_isa", "cpu_isas"} <= set(info)
+    # The CPU kernels' copies, lowest first: always the portable one, on x86-64 all three.
+    assert info["cpu_isas"][0] == "portable"
+    assert set(info["cpu_isas"]) <= {"portable", "avx2", "avx512"}
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert info["cpu_isas"] == ["portable", "avx2", "avx512"]
+    assert info["cpu_isa"] in info["cpu_isas"]
     assert isinstance(info["version"], str) and re.match(r"^\d+\.\d+\.\d+", info["version"])
     assert info["version"] == fastdl.__version__
     assert isinstance(info["torch"], str)

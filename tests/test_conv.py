@@ -364,8 +364,9 @@ GEMM_SHAPES = [
 
 @pytest.mark.parametrize("gemm", ["default", "avx2", "blas"])
 def test_cpu_gemm_kernels(gemm):
-    """The CPU GEMM variants (AVX-512 / AVX2 micro-kernels, BLAS), chosen by FASTDL_CPU_GEMM at
-    load time, each checked in a fresh interpreter against torch: forward and all gradients."""
+    """The CPU GEMM variants (AVX-512 / AVX2 micro-kernels, BLAS), chosen at load time by
+    FASTDL_CPU_ISA (the kernels' copy) and FASTDL_CPU_GEMM=blas, each checked in a fresh
+    interpreter against torch: forward and all gradients."""
     import os
     import subprocess
     import sys
@@ -386,8 +387,10 @@ def test_cpu_gemm_kernels(gemm):
         print("ok")
     """)
     env = dict(os.environ)
-    if gemm != "default":
-        env["FASTDL_CPU_GEMM"] = gemm
+    if gemm == "avx2":
+        env["FASTDL_CPU_ISA"] = "avx2"
+    elif gemm == "blas":
+        env["FASTDL_CPU_GEMM"] = "blas"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 

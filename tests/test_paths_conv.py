@@ -14,9 +14,9 @@ gemm.cpp: ``kKc`` = 320 reduction steps per packed block, ``kMc`` = 192 rows, ``
 columns per block; 8 x 32 (AVX-512) or 6 x 16 (AVX2) tiles with partial edge tiles and tiles
 crossing an image boundary; one task per thread once ``2 M N K >= 4e6`` outside a parallel
 region (the split of the output between threads, or the fallback when too few panels); the
-packs of transposed and strided operands. The AVX2 micro-kernel and the BLAS fallback are
-selected by ``FASTDL_CPU_GEMM`` when the library loads: a subprocess runs the GEMM cases
-under each.
+packs of transposed and strided operands. The AVX2 micro-kernel (the AVX2 copy of the kernels,
+``FASTDL_CPU_ISA=avx2``) and the BLAS fallback (``FASTDL_CPU_GEMM=blas``) are chosen when the
+library loads: a subprocess runs the GEMM cases under each.
 """
 
 import math
@@ -111,12 +111,14 @@ def test_conv_gemm_blocks(dtype, case, threads):
 
 @pytest.mark.parametrize("isa", ["avx2", "blas"])
 def test_conv_gemm_kernel_choice(isa):
-    # FASTDL_CPU_GEMM is read when the library loads: rerun the GEMM and partition cases in a
-    # fresh interpreter with the AVX2 micro-kernel (6 x 16 tiles) forced, or BLAS instead of
-    # the packed GEMM (float32 convolution through at::mm). Skipped where the CPU lacks AVX2.
+    # FASTDL_CPU_ISA and FASTDL_CPU_GEMM are read when the library loads: rerun the GEMM and
+    # partition cases in a fresh interpreter with the AVX2 copy of the kernels (its 6 x 16
+    # micro-kernel) forced, or BLAS instead of the packed GEMM (float32 convolution through
+    # at::mm). Skipped where the CPU lacks AVX2.
     if isa == "avx2" and "avx2" not in open("/proc/cpuinfo").read():
         pytest.skip("this CPU has no AVX2")
-    env = dict(os.environ, FASTDL_CPU_GEMM=isa, FASTDL_TEST_THREADS="1,2")
+    env = dict(os.environ, FASTDL_TEST_THREADS="1,2")
+    env["FASTDL_CPU_ISA" if isa == "avx2" else "FASTDL_CPU_GEMM"] = isa
     here = os.path.dirname(__file__)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

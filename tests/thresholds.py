@@ -6,7 +6,7 @@ Each CPU kernel picks its code path from sizes compared with a threshold: the ve
 block and tile sizes, and the thread count (``at::get_num_threads()``: per-thread buffers,
 whole images per thread, key splits). The path tests put shapes on both sides of each
 threshold: below, at, above and at a non-multiple, computed from :func:`vec_width` so that
-they straddle the thresholds of the ISA the library was built for.
+they straddle the thresholds of the ISA in use.
 
 ``threads`` (a fixture) runs a test once with 1 thread and once with the machine's thread
 count (at least 2, so the multi-threaded partitions always run); ``FASTDL_TEST_THREADS=1,4``
@@ -22,12 +22,12 @@ import torch
 
 import fastdl
 
-#: The vector ISA the CPU kernels were compiled for (``FASTDL_CPU_ISA``).
+#: The vector ISA of the CPU kernels in use (the widest this CPU runs, or ``FASTDL_CPU_ISA``).
 CPU_ISA = fastdl.build_info()["cpu_isa"]
 
-# at::vec's register width in bytes: 64 for AVX-512 builds, 32 otherwise (AVX2, and the
-# portable Vectorized<T> of builds without a vector ISA).
-_VECTOR_BYTES = 64 if CPU_ISA == "AVX512" else 32
+# at::vec's register width in bytes: 64 in the AVX-512 copy of the kernels, 32 otherwise (AVX2,
+# and the portable Vectorized<T>).
+_VECTOR_BYTES = 64 if CPU_ISA == "avx512" else 32
 
 
 def vec_width(dtype: torch.dtype) -> int:

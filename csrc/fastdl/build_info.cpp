@@ -1,12 +1,15 @@
 #include "fastdl/build_info.h"
 
+#include "fastdl/common/cpu_isa.h"
+
 namespace fastdl {
 
 BuildInfo build_info() {
   BuildInfo info;
   info.version = FASTDL_VERSION;
   info.torch = FASTDL_TORCH_VERSION;
-  info.cpu_isa = FASTDL_CPU_ISA;
+  info.cpu_isa = cpu::isa_name(cpu::selected_isa());
+  info.cpu_isas = cpu::compiled_isas();
 #ifdef FASTDL_WITH_CUDA
   info.cuda = true;
   const std::string csv = FASTDL_CUDA_ARCHS;

@@ -20,9 +20,11 @@ PYBIND11_MODULE(_C, m) {
         d["cuda"] = info.cuda;
         d["cuda_archs"] = info.cuda_archs;
         d["cpu_isa"] = info.cpu_isa;
+        d["cpu_isas"] = info.cpu_isas;
         return d;
       },
-      "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs, cpu_isa.");
+      "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs, cpu_isa (in "
+      "use), cpu_isas (compiled).");
   m.def(
       "_set_emulating_cuda",
       [](bool on) {

@@ -20,8 +20,10 @@ def build_info() -> dict:
     """What this build contains.
 
     Returns a dict with ``version`` (fastdl), ``torch`` (the torch version it was built
-    against), ``cuda`` (True when the CUDA kernels were compiled), ``cuda_archs`` and
-    ``cpu_isa`` (the vector ISA of the CPU kernels: AVX512, AVX2 or NONE).
+    against), ``cuda`` (True when the CUDA kernels were compiled), ``cuda_archs``, ``cpu_isas``
+    (the vector ISAs the CPU kernels were compiled for: ``portable``, ``avx2``, ``avx512``) and
+    ``cpu_isa`` (the one in use: the widest this CPU runs, chosen when the library loads, or
+    a lower one named by the environment variable ``FASTDL_CPU_ISA``).
     """
     return dict(_C.build_info())
 

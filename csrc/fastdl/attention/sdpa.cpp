@@ -6,6 +6,7 @@
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/checks.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/dispatch.h"
 
 #include <ATen/autocast_mode.h>
@@ -258,6 +259,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "float? scale, Tensor? dropout_seed, bool[4] output_mask) "
       "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value, Tensor grad_attn_mask)");
 }
+
+// The CPU kernels of cpu/sdpa.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(sdpa)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("sdpa_forward", &sdpa_forward_autograd);

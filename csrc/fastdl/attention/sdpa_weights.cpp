@@ -7,6 +7,7 @@
 #include "fastdl/attention/sdpa_options.h"
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/dispatch.h"
 
 #include <ATen/autocast_mode.h>
@@ -226,6 +227,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "float dropout_p, bool is_causal, float? scale, Tensor? dropout_seed, Tensor logsumexp, "
       "bool[3] output_mask) -> (Tensor grad_query, Tensor grad_key, Tensor grad_attn_mask)");
 }
+
+// The CPU kernels of cpu/sdpa_weights.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(sdpa_weights)
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
   m.impl("sdpa_weights", &sdpa_weights_autocast<c10::DeviceType::CPU>);

@@ -55,11 +55,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sdpa_weights_backward_kernel(
     bool is_causal, std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed,
     const at::Tensor& logsumexp, std::array<bool, 3> output_mask);
 
-void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
-                            const at::Tensor& logsumexp, const SdpaShape& shape,
-                            at::Tensor* dropped);
-void sdpa_weights_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs,
-                                       const SdpaShape& shape);
 void sdpa_weights_probs_cuda(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
                              const at::Tensor& logsumexp, const SdpaShape& shape,
                              at::Tensor* dropped);

@@ -1,5 +1,6 @@
 // conv2d: schema, argument checks, autograd, autocast and the C++ entry points.
 // Kernels: cpu/conv.cpp and cuda/conv.cu; geometry: conv_math.h.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/conv/conv.h"
 
 #include "fastdl/common/autocast.h"
@@ -267,6 +268,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "grad_weight, "
       "Tensor grad_bias)");
 }
+
+// The CPU kernels of cpu/conv.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(conv)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("conv2d_forward", &conv2d_forward_autograd);

@@ -1,5 +1,6 @@
 // histogram: schema, argument checks, autograd and the C++ entry points.
 // Kernels: cpu/histogram.cpp and cuda/histogram.cu; formulas: histogram_math.h.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/histogram/histogram.h"
 
 #include "fastdl/common/autograd.h"
@@ -181,6 +182,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "str kernel, Tensor? mask, bool normalize, float sharpness, bool[3] output_mask) "
       "-> (Tensor grad_x, Tensor grad_centers, Tensor grad_widths)");
 }
+
+// The CPU kernels of cpu/histogram.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(histogram)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("histogram_forward", &histogram_forward_autograd);

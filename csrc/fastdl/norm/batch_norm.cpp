@@ -1,5 +1,6 @@
 // batch_norm: schema, argument checks, autograd and the C++ entry points.
 // Kernels: cpu/batch_norm.cpp and cuda/batch_norm.cu.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/norm/batch_norm.h"
 
 #include "fastdl/common/autocast.h"
@@ -217,6 +218,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor save_mean, Tensor save_invstd, bool training, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
+
+// The CPU kernels of cpu/batch_norm.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(batch_norm)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm_forward", &batch_norm_forward_autograd);

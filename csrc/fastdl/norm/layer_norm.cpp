@@ -1,5 +1,6 @@
 // layer_norm: schema, argument checks, autograd, autocast and the C++ entry points.
 // Kernels: cpu/layer_norm.cpp and cuda/layer_norm.cu.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/norm/layer_norm.h"
 
 #include "fastdl/common/autocast.h"
@@ -160,6 +161,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor mean, Tensor rstd, Tensor? weight, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 }
+
+// The CPU kernels of cpu/layer_norm.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(layer_norm)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("layer_norm_forward", &layer_norm_forward_autograd);

@@ -1,5 +1,6 @@
 // max_pool2d and avg_pool2d: schemas, argument checks, autograd and the C++ entry points.
 // Kernels: cpu/pooling.cpp and cuda/pooling.cu; window geometry: pooling_math.h.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/pooling/pooling.h"
 
 #include "fastdl/common/autocast.h"
@@ -349,6 +350,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor "
       "grad_input");
 }
+
+// The CPU kernels of cpu/pooling.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(pooling)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_autograd);

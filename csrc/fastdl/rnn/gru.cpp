@@ -3,6 +3,7 @@
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/dispatch.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_common.h"
@@ -242,6 +243,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor hiddens, bool[6] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias_ih, Tensor grad_bias_hh)");
 }
+
+// The CPU kernels of cpu/rnn.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(gru)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("gru_forward", &gru_forward_autograd);

@@ -3,6 +3,7 @@
 // Kernels: cpu/rnn.cpp and cuda/rnn.cu; gate formulas: rnn_math.h.
 #include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/dispatch.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_common.h"
@@ -332,6 +333,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor grad_hx, Tensor grad_cx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias_ih, Tensor grad_bias_hh, Tensor grad_weight_hr, Tensor grad_peephole)");
 }
+
+// The CPU kernels of cpu/rnn.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(lstm)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("lstm_forward", &lstm_forward_autograd);

@@ -1,6 +1,7 @@
 // induced_attention: schema, argument checks, autograd, autocast and the C++ entry points.
 // Kernels: cpu/induced_attention.cpp and cuda/induced_attention.cu; shared formulas and the
 // work partition: induced_attention_math.h.
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/sets/induced_attention.h"
 
 #include "fastdl/common/autocast.h"
@@ -265,6 +266,9 @@ TORCH_LIBRARY_FRAGMENT(fastdl, m) {
       "Tensor? key_padding_mask, Tensor output, Tensor lse, float scale, bool[3] output_mask) "
       "-> (Tensor grad_query, Tensor grad_key, Tensor grad_value)");
 }
+
+// The CPU kernels of cpu/induced_attention.cpp, in the copy for this CPU's ISA.
+FASTDL_REGISTER_CPU_KERNELS(induced_attention)
 
 TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("induced_attention_forward", &induced_attention_forward_autograd);

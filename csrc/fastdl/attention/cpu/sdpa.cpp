@@ -13,6 +13,7 @@
 #include "fastdl/attention/sdpa_math.h"
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
 
 #include <ATen/Dispatch.h>
@@ -24,7 +25,8 @@
 #include <cmath>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -330,9 +332,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(sdpa, m) {
   m.impl("sdpa_forward", &sdpa_forward_cpu);
   m.impl("sdpa_backward", &sdpa_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

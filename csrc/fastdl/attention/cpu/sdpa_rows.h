@@ -3,6 +3,12 @@
 // operand and mask views, score finishing (scale, mask, causal) and dropout's keep mask.
 #pragma once
 
+// Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
+// ISA's inline namespace (common/cpu_isa.h).
+#ifndef CPU_CAPABILITY
+#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#endif
+
 #include "fastdl/attention/sdpa.h"
 #include "fastdl/attention/sdpa_math.h"
 #include "fastdl/common/cpu/vec.h"
@@ -15,7 +21,7 @@
 #include <cstdint>
 #include <optional>
 
-namespace fastdl::sdpa_cpu {
+namespace fastdl::sdpa_cpu::inline CPU_CAPABILITY {
 
 using cpu::Vec;
 
@@ -96,4 +102,4 @@ inline void apply_dropout(T* p, int64_t ld, int64_t rows, int64_t cols,
   }
 }
 
-}  // namespace fastdl::sdpa_cpu
+}  // namespace fastdl::sdpa_cpu::inline CPU_CAPABILITY

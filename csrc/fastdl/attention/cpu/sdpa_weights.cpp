@@ -2,12 +2,14 @@
 // the softmax backward, one parallel task per block of (batch, head, query) rows.
 #include "fastdl/attention/cpu/sdpa_rows.h"
 #include "fastdl/attention/sdpa_weights.h"
+#include "fastdl/common/cpu_isa.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -29,12 +31,8 @@ void for_each_row(const detail::SdpaShape& shape, const F& fn) {
   });
 }
 
-}  // namespace
-
-namespace detail {
-
 void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
-                            const at::Tensor& logsumexp, const SdpaShape& shape,
+                            const at::Tensor& logsumexp, const detail::SdpaShape& shape,
                             at::Tensor* dropped) {
   const auto lse = logsumexp.contiguous();
   const int64_t S = shape.kv_len;
@@ -58,7 +56,7 @@ void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>&
 }
 
 void sdpa_weights_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs,
-                                       const SdpaShape& shape) {
+                                       const detail::SdpaShape& shape) {
   const int64_t S = shape.kv_len;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sdpa_weights_softmax_backward_cpu", [&] {
     using T = scalar_t;
@@ -84,16 +82,13 @@ void sdpa_weights_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs
   });
 }
 
-}  // namespace detail
-
-namespace {
 const detail::SdpaWeightsRows& cpu_weights_rows() {
-  static const detail::SdpaWeightsRows rows{&detail::sdpa_weights_probs_cpu,
-                                            &detail::sdpa_weights_softmax_backward_cpu};
+  static const detail::SdpaWeightsRows rows{&sdpa_weights_probs_cpu,
+                                            &sdpa_weights_softmax_backward_cpu};
   return rows;
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) { FASTDL_SDPA_WEIGHTS_KERNELS(m, cpu_weights_rows); }
+FASTDL_CPU_KERNELS(sdpa_weights, m) { FASTDL_SDPA_WEIGHTS_KERNELS(m, cpu_weights_rows); }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

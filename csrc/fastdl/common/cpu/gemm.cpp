@@ -18,12 +18,14 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The micro-kernels need AVX2+FMA (this file's AVX2 copy) or AVX-512 (its AVX-512 copy).
+#if defined(__x86_64__) && (defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512))
 #define FASTDL_X86_GEMM 1
 #include <immintrin.h>
 #endif
 
-namespace fastdl::cpu {
+// Compiled once per ISA (common/cpu_isa.h).
+namespace fastdl::cpu::inline CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kKc = 320;   // most reduction steps per packed block: a (kKc, NR) B panel fits L1
@@ -36,34 +38,23 @@ int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 using KernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                           bool accumulate);
 
-enum class Isa { none, avx2, avx512 };
-
-Isa detect_isa() {
+// Whether this copy has a micro-kernel (the AVX2 and AVX-512 copies do); FASTDL_CPU_GEMM=blas
+// in the environment turns ours off (for testing and comparing).
+bool use_our_gemm() {
 #ifdef FASTDL_X86_GEMM
   const char* env = std::getenv("FASTDL_CPU_GEMM");
-  const std::string choice = env ? env : "";
-  if (choice == "blas") return Isa::none;
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2 && choice != "avx2" && __builtin_cpu_supports("avx512f")) return Isa::avx512;
-  if (avx2) return Isa::avx2;
+  return !(env && std::string(env) == "blas");
+#else
+  return false;
 #endif
-  return Isa::none;
-}
-
-Isa isa() {
-  static const Isa value = detect_isa();
-  return value;
 }
 
 #ifdef FASTDL_X86_GEMM
 // c[i, j] (row stride ldc) = (accumulate ? c[i, j] : 0) + sum_k a[k, i] b[k, j] for an 8 x 32
 // tile: a holds kc steps of 8 values, b kc steps of 32 values. 16 zmm accumulators.
-__attribute__((target("avx512f,fma"))) void kernel_avx512_8x32(int64_t kc,
-                                                               const float* __restrict__ a,
-                                                               const float* __restrict__ b,
-                                                               float* c, int64_t ldc,
-                                                               bool accumulate) {
+#ifdef CPU_CAPABILITY_AVX512
+void kernel_avx512_8x32(int64_t kc, const float* __restrict__ a, const float* __restrict__ b,
+                        float* c, int64_t ldc, bool accumulate) {
   constexpr int MR = 8;
   __m512 acc0[MR], acc1[MR];
 #pragma GCC unroll 8
@@ -91,10 +82,10 @@ __attribute__((target("avx512f,fma"))) void kernel_avx512_8x32(int64_t kc,
   }
 }
 
-// The same for a 6 x 16 tile in ymm registers (12 accumulators), for CPUs without AVX-512.
-__attribute__((target("avx2,fma"))) void kernel_avx2_6x16(int64_t kc, const float* __restrict__ a,
-                                                          const float* __restrict__ b, float* c,
-                                                          int64_t ldc, bool accumulate) {
+#else
+// The same for a 6 x 16 tile in ymm registers (12 accumulators): the AVX2 copy's.
+void kernel_avx2_6x16(int64_t kc, const float* __restrict__ a, const float* __restrict__ b,
+                      float* c, int64_t ldc, bool accumulate) {
   constexpr int MR = 6;
   __m256 acc0[MR], acc1[MR];
 #pragma GCC unroll 6
@@ -122,9 +113,10 @@ __attribute__((target("avx2,fma"))) void kernel_avx2_6x16(int64_t kc, const floa
   }
 }
 
+#endif
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for an 8 x 8 block (the transposing packs).
-__attribute__((target("avx2"))) void transpose_8x8(const float* src, int64_t src_stride, float* dst,
-                                                   int64_t dst_stride) {
+void transpose_8x8(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
   for (int i = 0; i < 8; i += 2) {
@@ -320,7 +312,10 @@ void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const Matrix
 
 }  // namespace
 
-bool gemm_available() { return isa() != Isa::none; }
+bool gemm_available() {
+  static const bool available = use_our_gemm();
+  return available;
+}
 
 void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
           const MatrixRef& C, bool accumulate) {
@@ -334,10 +329,12 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& 
     return;
   }
 #ifdef FASTDL_X86_GEMM
-  if (isa() == Isa::avx512)
-    return gemm_blocked<8, 32>(&kernel_avx512_8x32, M, N, K, A, B, C, accumulate);
+#ifdef CPU_CAPABILITY_AVX512
+  return gemm_blocked<8, 32>(&kernel_avx512_8x32, M, N, K, A, B, C, accumulate);
+#else
   return gemm_blocked<6, 16>(&kernel_avx2_6x16, M, N, K, A, B, C, accumulate);
+#endif
 #endif
 }
 
-}  // namespace fastdl::cpu
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY

@@ -1,19 +1,25 @@
 // Our float32 GEMM for the convolution's matrix products on CPU: packed A and B panels and a
 // register-tiled micro-kernel (AVX-512: 8 x 32 tile; AVX2+FMA: 6 x 16), parallel over output
 // tiles with at::parallel_for. BLAS (MKL) is slow on some x86 CPUs (AMD) for these shapes;
-// this one reaches most of the FMA peak there. Which micro-kernel runs is decided at run time
-// (cpuid); where neither instruction set is available, gemm_available() is false and callers
-// keep using at::mm.
+// this one reaches most of the FMA peak there. The AVX-512 copy of this code has the 8 x 32
+// micro-kernel, the AVX2 copy the 6 x 16 one (common/cpu_isa.h chooses the copy at run time);
+// in the portable copy gemm_available() is false and callers keep using at::mm.
 //
 // Operands are strided views with an optional grouping of the column index, so the
 // convolution reads images of a batch in place: element (r, c) of an operand is at
 //   data + r * row_stride + (c / group) * group_stride + (c % group) * col_stride.
 #pragma once
 
+// Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
+// ISA's inline namespace (common/cpu_isa.h).
+#ifndef CPU_CAPABILITY
+#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#endif
+
 #include <cstdint>
 #include <limits>
 
-namespace fastdl::cpu {
+namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 struct MatrixRef {
   float* data;
@@ -28,8 +34,8 @@ struct MatrixRef {
   }
 };
 
-// Whether this CPU runs one of our micro-kernels (AVX-512 or AVX2+FMA). FASTDL_CPU_GEMM=blas
-// in the environment turns ours off, =avx2 forces the AVX2 kernel (for testing and comparing).
+// Whether this copy has a micro-kernel (AVX-512 or AVX2+FMA). FASTDL_CPU_GEMM=blas in the
+// environment turns ours off (for testing and comparing).
 bool gemm_available();
 
 // C[m, n] = (accumulate ? C[m, n] : 0) + sum_k A[m, k] B[k, n], for an (M, K) A, a (K, N) B and
@@ -38,4 +44,4 @@ bool gemm_available();
 void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
           const MatrixRef& C, bool accumulate);
 
-}  // namespace fastdl::cpu
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY

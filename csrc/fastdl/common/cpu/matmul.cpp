@@ -10,7 +10,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/mm.h>
 
-namespace fastdl::cpu {
+// Compiled once per ISA (common/cpu_isa.h).
+namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
@@ -42,4 +43,4 @@ void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accu
   }
 }
 
-}  // namespace fastdl::cpu
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY

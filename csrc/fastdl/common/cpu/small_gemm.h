@@ -4,9 +4,15 @@
 // inside at::parallel_for tasks without nesting threads.
 #pragma once
 
+// Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
+// ISA's inline namespace (common/cpu_isa.h).
+#ifndef CPU_CAPABILITY
+#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#endif
+
 #include "fastdl/common/cpu/vec.h"
 
-namespace fastdl::cpu {
+namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 namespace detail {
 
@@ -129,4 +135,4 @@ void parallel_gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, con
   });
 }
 
-}  // namespace fastdl::cpu
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY

@@ -3,6 +3,12 @@
 // reduction buffers.
 #pragma once
 
+// Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
+// ISA's inline namespace (common/cpu_isa.h).
+#ifndef CPU_CAPABILITY
+#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#endif
+
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -11,7 +17,7 @@
 #include <limits>
 #include <vector>
 
-namespace fastdl::cpu {
+namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
@@ -221,4 +227,4 @@ class ThreadColumnSums {
   std::vector<T> data_;
 };
 
-}  // namespace fastdl::cpu
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY

@@ -12,6 +12,7 @@
 // per group, any channel multiplier): direct loops, forward and both gradients
 // (cpu/depthwise.cpp).
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/conv/conv.h"
 #include "fastdl/conv/conv_math.h"
 #include "fastdl/conv/cpu/depthwise.h"
@@ -28,7 +29,8 @@
 #include <memory>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using detail::Conv2dShape;
@@ -466,9 +468,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(conv, m) {
   m.impl("conv2d_forward", &conv2d_forward_cpu);
   m.impl("conv2d_backward", &conv2d_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

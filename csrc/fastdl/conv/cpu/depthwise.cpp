@@ -11,7 +11,8 @@
 #include <cmath>
 #include <vector>
 
-namespace fastdl::conv_cpu {
+// Compiled once per ISA (common/cpu_isa.h).
+namespace fastdl::conv_cpu::inline CPU_CAPABILITY {
 
 using cpu::axpy;
 using cpu::dot;
@@ -212,4 +213,4 @@ template void depthwise_grad_weight<float>(const float*, const float*, float*, c
 template void depthwise_grad_weight<double>(const double*, const double*, double*,
                                             const Conv2dShape&);
 
-}  // namespace fastdl::conv_cpu
+}  // namespace fastdl::conv_cpu::inline CPU_CAPABILITY

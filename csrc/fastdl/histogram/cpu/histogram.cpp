@@ -4,6 +4,7 @@
 // (bags, N, F, B) tensor. Backward recomputes the kernel derivatives; the input gradient is a
 // sum over bins, centre/width gradients go to per-thread buffers.
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/histogram/histogram.h"
 #include "fastdl/histogram/histogram_math.h"
@@ -16,7 +17,8 @@
 #include <algorithm>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -369,9 +371,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(histogram, m) {
   m.impl("histogram_forward", &histogram_forward_cpu);
   m.impl("histogram_backward", &histogram_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

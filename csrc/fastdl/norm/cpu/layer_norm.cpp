@@ -2,6 +2,7 @@
 // per row (the row stays in cache); backward computes the input gradient row by row and
 // accumulates the weight/bias gradients in per-thread buffers.
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/norm/layer_norm.h"
 #include "fastdl/norm/norm_params.h"
@@ -14,7 +15,8 @@
 #include <cmath>
 #include <type_traits>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -185,9 +187,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(layer_norm, m) {
   m.impl("layer_norm_forward", &layer_norm_forward_cpu);
   m.impl("layer_norm_backward", &layer_norm_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

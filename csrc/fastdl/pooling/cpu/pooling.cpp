@@ -5,6 +5,7 @@
 // threads never share an output; avg scatters likewise for NCHW and, for channels-last,
 // gathers for each input element the windows that cover it (vectorised over channels).
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/pooling/pooling.h"
 #include "fastdl/pooling/pooling_math.h"
 
@@ -18,7 +19,8 @@
 #include <type_traits>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -391,11 +393,11 @@ at::Tensor avg_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(pooling, m) {
   m.impl("max_pool2d_forward", &max_pool2d_forward_cpu);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("avg_pool2d_forward", &avg_pool2d_forward_cpu);
   m.impl("avg_pool2d_backward", &avg_pool2d_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

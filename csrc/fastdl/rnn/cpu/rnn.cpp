@@ -4,6 +4,7 @@
 // in the drivers (lstm.cpp, gru.cpp); the formulas in rnn_math.h.
 #include "fastdl/common/cpu/matmul.h"
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/rnn/rnn.h"
 #include "fastdl/rnn/rnn_math.h"
@@ -16,7 +17,8 @@
 #include <cstring>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -390,6 +392,7 @@ const detail::RnnKernels& cpu_kernels() {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) { FASTDL_RNN_KERNELS(m, cpu_kernels); }
+FASTDL_CPU_KERNELS(lstm, m) { FASTDL_LSTM_KERNELS(m, cpu_kernels); }
+FASTDL_CPU_KERNELS(gru, m) { FASTDL_GRU_KERNELS(m, cpu_kernels); }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

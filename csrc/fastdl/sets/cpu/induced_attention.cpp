@@ -14,6 +14,7 @@
 // ISAB's m inducing points), summed at the end: no atomics, deterministic for a thread count.
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
+#include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
 #include "fastdl/sets/induced_attention.h"
 #include "fastdl/sets/induced_attention_math.h"
@@ -24,7 +25,8 @@
 #include <array>
 #include <vector>
 
-namespace fastdl {
+// Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
+namespace fastdl::CPU_CAPABILITY {
 namespace {
 
 using cpu::Vec;
@@ -406,9 +408,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdl, CPU, m) {
+FASTDL_CPU_KERNELS(induced_attention, m) {
   m.impl("induced_attention_forward", &induced_attention_forward_cpu);
   m.impl("induced_attention_backward", &induced_attention_backward_cpu);
 }
 
-}  // namespace fastdl
+}  // namespace fastdl::CPU_CAPABILITY

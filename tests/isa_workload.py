@@ -1,0 +1,143 @@
+"""Every op family against torch, in a fresh interpreter, for tests/test_cpu_isa.py: run as
+
+    python tests/isa_workload.py [--save-torch FILE | --torch-from FILE]
+
+(with ``FASTDL_CPU_ISA`` set, or under an emulated CPU). It computes each op's forward and
+gradients, in float32 and float64, on shapes past the vector widths, unrolls and the packed
+GEMM's threshold, compares them with torch's ops (or fastdl.reference for the ops torch lacks)
+and prints ``ok <cpu_isa in use> <results compared>``, or raises on the first mismatch.
+``--save-torch`` only computes torch's results and saves them; ``--torch-from`` compares with
+saved ones instead of running torch's ops, for an emulated CPU on which torch's own JIT-compiled
+kernels (oneDNN's RNNs) do not run. The inputs are seeded, so both runs see the same ones.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import fastdl
+import fastdl.functional as FF
+import fastdl.nn as fnn
+from fastdl.reference import histogram_reference, induced_attention_reference
+
+
+def _inputs(dtype, *shapes, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+#: "both" (compute and compare), "save" (torch's results only, to TORCH_FILE) or "load".
+MODE, TORCH_FILE = "both", None
+SAVED: dict[str, list[torch.Tensor]] = {}
+
+
+def _results(fn, inputs, grad_of) -> list[torch.Tensor]:
+    """fn's outputs, then the gradients of sum(output * seeded weights) for grad_of."""
+    out = fn(*inputs)
+    out = list(out) if isinstance(out, tuple) else [out]
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(7), dtype=o.dtype)
+               for o in out]
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), grad_of)
+    return [t.detach() for t in (*out, *grads)]
+
+
+def _check(name, dtype, got_fn, want_fn, inputs, want_grad_of=None) -> int:
+    """got_fn(*inputs) (fastdl's) against want_fn(*inputs) (torch's): outputs and the gradients
+    of every input (of want_grad_of for torch's, when its parameters are other tensors)."""
+    key = f"{name} {dtype}"
+    if MODE == "save":
+        SAVED[key] = _results(want_fn, inputs, want_grad_of or inputs)
+        return 0
+    want = SAVED[key] if MODE == "load" else _results(want_fn, inputs, want_grad_of or inputs)
+    got = _results(got_fn, inputs, inputs)
+    assert len(got) == len(want), key
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    if MODE == "load" and dtype == torch.float64:
+        # Saved results serve emulated CPUs, where BLAS itself (MKL's code for qemu's Nehalem
+        # model, which the float64 recurrent ops call for their matrix products) differs from
+        # the native run by ~5e-8 on these sizes: torch's own x @ w does.
+        tol = dict(rtol=1e-6, atol=1e-6)
+    for i, (a, e) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, e, **tol, msg=lambda m: f"{key} result {i}: {m}")
+    return len(got)
+
+
+def _check_module(name, dtype, ours, ref, x) -> int:
+    """A fastdl module against its torch twin holding the same weights: the output, and the
+    gradients of the input and of every parameter."""
+    return _check(name, dtype, lambda x, *ps: ours(x)[0], lambda x, *ps: ref(x)[0],
+                  [x, *ours.parameters()], [x, *ref.parameters()])
+
+
+def run(dtype) -> int:
+    n = 0
+    # Rows of 70 (4 vectors of 16 and a tail), 67 channels.
+    x, w, b = _inputs(dtype, (6, 67, 70), (70,), (70,), seed=1)
+    n += _check("layer_norm", dtype, lambda x, w, b: FF.layer_norm(x, (70,), w, b),
+                lambda x, w, b: F.layer_norm(x, (70,), w, b), [x, w, b])
+    x, w, b = _inputs(dtype, (5, 67, 70), (67,), (67,), seed=2)
+    n += _check("batch_norm", dtype,
+                lambda x, w, b: FF.batch_norm(x, None, None, w, b, training=True),
+                lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [x, w, b])
+    # 2 M N K past the packed GEMM's threshold (4e6), and a depthwise convolution.
+    x, w, b = _inputs(dtype, (2, 16, 18, 17), (40, 16, 3, 3), (40,), seed=3)
+    n += _check("conv2d", dtype, lambda x, w, b: FF.conv2d(x, w, b, 1, 1),
+                lambda x, w, b: F.conv2d(x, w, b, 1, 1), [x, w, b])
+    x, w = _inputs(dtype, (2, 8, 9, 37), (8, 1, 3, 3), seed=4)
+    n += _check("depthwise conv2d", dtype, lambda x, w: FF.conv2d(x, w, None, 1, 1, 1, 8),
+                lambda x, w: F.conv2d(x, w, None, 1, 1, 1, 8), [x, w])
+    x, w = _inputs(dtype, (3, 5, 41), (7, 5, 4), seed=5)
+    n += _check("conv1d", dtype, lambda x, w: FF.conv1d(x, w, None, 2),
+                lambda x, w: F.conv1d(x, w, None, 2), [x, w])
+    # Channels-last pooling with 67 channels (the 4-vector blocks and a tail).
+    (x,) = _inputs(dtype, (2, 67, 9, 8), seed=6)
+    xl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    n += _check("max_pool2d", dtype, lambda x: FF.max_pool2d(x, 3, 2, 1),
+                lambda x: F.max_pool2d(x, 3, 2, 1), [xl])
+    n += _check("avg_pool2d", dtype, lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [xl])
+    (x,) = _inputs(dtype, (3, 4, 45), seed=7)
+    n += _check("max_pool1d", dtype, lambda x: FF.max_pool1d(x, 3), lambda x: F.max_pool1d(x, 3), [x])
+    n += _check("avg_pool1d", dtype, lambda x: FF.avg_pool1d(x, 3), lambda x: F.avg_pool1d(x, 3), [x])
+    # Head dim 64, keys past one block, causal and a float mask.
+    q, k, v = _inputs(dtype, (2, 2, 37, 64), (2, 2, 70, 64), (2, 2, 70, 64), seed=8)
+    n += _check("sdpa causal", dtype,
+                lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True),
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+    mask = torch.randn(37, 70, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    n += _check("sdpa mask", dtype,
+                lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), [q, k, v])
+    # Value dim 64 (the 4-vector blocks of the weighted rows).
+    q, k, v = _inputs(dtype, (2, 2, 5, 64), (2, 2, 70, 64), (2, 2, 70, 64), seed=10)
+    n += _check("induced_attention", dtype, lambda q, k, v: FF.induced_attention(q, k, v),
+                lambda q, k, v: induced_attention_reference(q, k, v), [q, k, v])
+    (bags,) = _inputs(dtype, (3, 50, 4), seed=11)
+    centres = torch.linspace(-1, 1, 40, dtype=dtype)
+    widths = torch.full((40,), 10.0, dtype=dtype)
+    n += _check("histogram", dtype, lambda x: FF.histogram(x, centres, widths),
+                lambda x: histogram_reference(x, centres, widths), [bags])
+    # Hidden size 70: 280 LSTM gate columns (past the 256-column blocks of the bias gradient).
+    for name, torch_cls, fastdl_cls in (("lstm", torch.nn.LSTM, fnn.LSTM), ("gru", torch.nn.GRU, fnn.GRU)):
+        torch.manual_seed(12)
+        ref = torch_cls(20, 70, batch_first=True).to(dtype)
+        ours = fastdl_cls(20, 70, batch_first=True).to(dtype)
+        ours.load_state_dict(ref.state_dict())
+        (seq,) = _inputs(dtype, (3, 6, 20), seed=13)
+        n += _check_module(name, dtype, ours, ref, seq)
+    return n
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] in ("--save-torch", "--torch-from"):
+        MODE, TORCH_FILE = ("save" if sys.argv[1] == "--save-torch" else "load"), sys.argv[2]
+        if MODE == "load":
+            SAVED.update(torch.load(TORCH_FILE))
+    total = sum(run(dtype) for dtype in (torch.float32, torch.float64))
+    if MODE == "save":
+        torch.save(SAVED, TORCH_FILE)
+        print("saved", len(SAVED))
+    else:
+        print("ok", fastdl.build_info()["cpu_isa"], total)
