@@ -44,7 +44,7 @@ import fastdl.testing
 
 __all__ = [
     "CUDA_AVAILABLE", "CUDA_SIM_AVAILABLE", "DEVICES", "cuda_devices", "DEVICE_DTYPES", "HALF_DTYPES", "TOLERANCES",
-    "assert_close_to_reference", "assert_no_double_backward", "assert_raises_naming",
+    "assert_close_to_reference", "assert_close_with_nans", "assert_no_double_backward", "assert_raises_naming",
     "assert_unchanged", "check_compile", "check_compile_module", "check_gradcheck",
     "check_opcheck", "clone_tree", "compare_with_torch", "device_dtypes", "devices",
     "dtypes_for", "outputs_and_grads",
@@ -218,6 +218,27 @@ def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional
         msg=lambda m: f"{name} ({dtype}): {m}" + (
             f"\n(and its error vs the float64 reference, {err:.3g}, exceeds 2 x torch's "
             f"{torch_err:.3g} + {slack:.3g})" if baseline is not None and dtype != torch.float64 else ""))
+
+
+def assert_close_with_nans(actual: torch.Tensor, baseline: torch.Tensor,
+                           expected: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None,
+                           *, name: str = "output") -> None:
+    """NaN exactly where torch's ``baseline`` (its result in ``dtype``) has NaN, and the other
+    elements close: to ``baseline`` for float32/float64 (``torch.testing.assert_close``), and for
+    float16/bfloat16 by :func:`assert_close_to_reference`'s rule against ``expected``, the
+    float64 reference (torch rounds to half where fastdl accumulates in float), whose NaN
+    positions must be the same."""
+    dtype = dtype or actual.dtype
+    assert actual.shape == baseline.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(baseline.shape)}"
+    assert torch.equal(actual.isnan(), baseline.isnan()), f"{name} ({dtype}): NaN positions differ from torch's"
+    if dtype not in HALF_DTYPES:
+        torch.testing.assert_close(actual, baseline, equal_nan=True,
+                                   msg=lambda m: f"{name} ({dtype}): {m}")
+        return
+    assert expected is not None, f"{name}: half types are judged against a float64 reference"
+    assert torch.equal(expected.isnan(), baseline.isnan()), f"{name}: the float64 reference's NaN positions"
+    keep = ~baseline.isnan()
+    assert_close_to_reference(actual[keep], expected[keep], dtype, baseline=baseline[keep], name=name)
 
 
 # ---------------------------------------------------------------------------------------------

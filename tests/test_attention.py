@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (device_dtypes, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference, cuda_devices,
+from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+                     assert_close_with_nans, cuda_devices,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_gradcheck, check_opcheck, compare_with_torch)
 
@@ -402,8 +403,7 @@ def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
 # Regressions from the differential fuzzer (tests/fuzz)
 # ---------------------------------------------------------------------------------------------
 
-# CPU only for now: the CUDA kernels do not have this fuzz finding's fix yet (issue 15, open).
-@pytest.mark.parametrize("device, dtype", device_dtypes(("cpu",)))
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("where", ["query", "key", "float_mask"])
 def test_nan_propagates_as_torch(device, dtype, where):
     """A NaN score makes its row NaN, output and gradients, as torch's softmax (the online
@@ -412,15 +412,59 @@ def test_nan_propagates_as_torch(device, dtype, where):
     mask = torch.randn(5, 300, device=device, dtype=dtype) if where == "float_mask" else None
     {"query": q, "key": k, "float_mask": mask}[where].view(-1)[7] = float("nan")
     inputs = [t.requires_grad_() for t in (q, k, v)]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    mask64 = None if mask is None else mask.double()
     out = FF.scaled_dot_product_attention(q, k, v, mask)
     ref = F.scaled_dot_product_attention(q, k, v, mask)
+    ref64 = F.scaled_dot_product_attention(*inputs64, mask64)
     assert out.isnan().any() and not out.isnan().all()
-    assert torch.equal(out.isnan(), ref.isnan())
-    torch.testing.assert_close(out, ref, equal_nan=True)
+    assert_close_with_nans(out, ref, ref64, dtype)
     g = torch.randn_like(out)
-    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
-        assert torch.equal(ours.isnan(), theirs.isnan())
-        torch.testing.assert_close(ours, theirs, equal_nan=True)
+    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
+                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
+    for ours, theirs, exact, name in grads:
+        assert_close_with_nans(ours, theirs, exact, dtype, name=name)
+
+
+def _tensor_core_forward_launches():
+    """How many times the emulator has launched the tensor-core forward kernel."""
+    return sum(int(line.rsplit("\t", 1)[1]) for line in torch.ops.fastdl_cudasim._kernel_launches()
+               if "forward_tensor_core_kernel" in line)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("where", ["query", "key", "float_mask"])
+def test_cuda_tensor_core_forward_nan_propagates(device, dtype, where):
+    """The tensor-core forward keeps a NaN score as the CUDA-core one does: a NaN query or mask
+    entry makes its row NaN, a NaN key every row of its head (here in the last, partial key
+    tile and row block, after finite tiles), output and gradients as torch (backward reads the
+    row log-sum-exp it saves, which must be NaN too, not -inf); the rest match torch."""
+    q, k, v = _qkv(device, dtype, (2, 2, 70, 64), (2, 2, 131, 64), (2, 2, 131, 64), requires_grad=False)
+    mask = torch.randn(70, 131, device=device, dtype=dtype) if where == "float_mask" else None
+    if where == "query":
+        q[0, 1, 67, 5] = float("nan")
+    elif where == "key":
+        k[1, 0, 129, 5] = float("nan")
+    else:
+        mask[66, 70] = float("nan")
+    inputs = [t.requires_grad_() for t in (q, k, v)]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    before = _tensor_core_forward_launches() if device == "cuda_sim" else 0
+    out = FF.scaled_dot_product_attention(q, k, v, mask)
+    if device == "cuda_sim":
+        assert _tensor_core_forward_launches() == before + 1
+    ref = F.scaled_dot_product_attention(q, k, v, mask)
+    ref64 = F.scaled_dot_product_attention(*inputs64, None if mask is None else mask.double())
+    nan_rows = out.isnan().all(-1)
+    assert torch.equal(out.isnan(), nan_rows[..., None].expand_as(out))
+    assert nan_rows.sum() == {"query": 1, "key": 70, "float_mask": 4}[where]
+    assert_close_with_nans(out, ref, ref64, dtype)
+    g = torch.randn_like(out)
+    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
+                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
+    for ours, theirs, exact, name in grads:
+        assert_close_with_nans(ours, theirs, exact, dtype, name=name)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)

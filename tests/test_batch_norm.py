@@ -11,7 +11,7 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (devices, cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
                      assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
                      assert_unchanged, check_compile, check_compile_module, check_gradcheck,
                      check_opcheck, compare_with_torch, randomise_running_stats)
@@ -695,8 +695,7 @@ def test_strided_weight(device):
     torch.testing.assert_close(gw, rw)
 
 
-# CPU only for now: the CUDA kernels do not have this fuzz finding's fix yet (issue 15, open).
-@pytest.mark.parametrize("device", devices(("cpu",)))
+@pytest.mark.parametrize("device", DEVICES)
 def test_float32_channel_whose_squares_overflow(device):
     """Found by the differential fuzzer: a float32 channel holding -1e30 (squares past float's
     range) got invstd = 0 and came out as the bias; its sums are now redone in double, giving
@@ -713,3 +712,46 @@ def test_float32_channel_whose_squares_overflow(device):
     assert torch.isinf(rv[2]) and rv64[2] > torch.finfo(torch.float32).max
     keep = torch.tensor([0, 1, 3], device=device)
     torch.testing.assert_close(rv[keep].double(), rv64[keep], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+def test_float32_overflowing_channel_in_other_layouts(device, layout):
+    """The double-precision redo of a channel whose squares overflow reads the channel in each
+    layout: long planes (inner = 42, the CUDA planar reduction) and channels-last (inner = 1)."""
+    x = torch.randn(2, 3, 6, 7, device=device)
+    x[1, 1, 4, 5] = 3e28
+    x[0, 1, 2, 3] = -2e27
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    w, b = torch.randn(3, device=device), torch.randn(3, device=device)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    rm64, rv64 = rm.double(), rv.double()
+    out = FF.batch_norm(x, rm, rv, w, b, training=True, momentum=0.5)
+    ref = F.batch_norm(x.double(), rm64, rv64, w.double(), b.double(), training=True, momentum=0.5)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(out[:, 1], b[1].expand_as(out[:, 1]))
+    torch.testing.assert_close(rm.double(), rm64, rtol=1e-5, atol=1e-6)
+    assert torch.isinf(rv[1]) and rv64[1] > torch.finfo(torch.float32).max
+    keep = torch.tensor([0, 2], device=device)
+    torch.testing.assert_close(rv[keep].double(), rv64[keep], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float32])
+def test_bfloat16_channel_whose_squares_overflow(device, param_dtype):
+    """bfloat16 has float32's range, so its float-accumulated statistics overflow as float32's
+    do: the CUDA kernel redoes such a channel in double for bfloat16 too, with bfloat16 or
+    float32 parameters and running statistics."""
+    x = torch.randn(3, 4, 5, device=device)
+    x[1, 2, 3] = -1e30
+    x = x.bfloat16()
+    rm = torch.zeros(4, device=device, dtype=param_dtype)
+    rv = torch.ones(4, device=device, dtype=param_dtype)
+    rm64, rv64 = rm.double(), rv.double()
+    out = FF.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    ref = F.batch_norm(x.double(), rm64, rv64, training=True, momentum=1.0)
+    assert_close_to_reference(out, ref, torch.bfloat16)
+    torch.testing.assert_close(rm.double(), rm64, rtol=1e-2 if param_dtype == torch.bfloat16 else 1e-5,
+                               atol=1e-6)
+    assert torch.isinf(rv[2]) and torch.isfinite(rv[[0, 1, 3]]).all()

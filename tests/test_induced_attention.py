@@ -15,7 +15,8 @@ import fastdl
 import fastdl.testing
 from fastdl.functional import induced_attention, induced_attention_with_lse
 from fastdl.reference import induced_attention_reference
-from helpers import (device_dtypes, cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+from helpers import (cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+                     assert_close_with_nans, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
                      check_opcheck, compare_with_torch)
 
@@ -248,8 +249,7 @@ def test_key_splits_past_the_grid(device):
                            torch.float32)
 
 
-# CPU only for now: the CUDA kernels do not have this fuzz finding's fix yet (issue 15, open).
-@pytest.mark.parametrize("device, dtype", device_dtypes(("cpu",)))
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 def test_nan_query_propagates_and_padding_gets_no_gradient(device, dtype):
     """Found by the differential fuzzer: a NaN query row is NaN (output and its gradients, as
     the reference), where the online softmax used to return 0; padded keys still get exactly
@@ -261,19 +261,21 @@ def test_nan_query_propagates_and_padding_gets_no_gradient(device, dtype):
     q.requires_grad_()
     pad = torch.zeros(2, 5, dtype=torch.bool, device=device)
     pad[0, 4] = True
+    inputs64 = [t.detach().double().requires_grad_() for t in (q, k, v)]
     out = induced_attention(q, k, v, pad)
     ref = induced_attention_reference(q, k, v, pad)
-    assert torch.equal(out.isnan(), ref.isnan()) and out[0, 1, 3].isnan().all() and out.isnan().sum() == 3
-    torch.testing.assert_close(out, ref, equal_nan=True)
+    ref64 = induced_attention_reference(*inputs64, pad)
+    assert out[0, 1, 3].isnan().all() and out.isnan().sum() == 3
+    assert_close_with_nans(out, ref, ref64, dtype)
     g = torch.randn_like(out)
     gq, gk, gv = torch.autograd.grad(out, [q, k, v], g)
     rq, rk, rv = torch.autograd.grad(ref, [q, k, v], g)
-    assert torch.equal(gq.isnan(), rq.isnan())
-    torch.testing.assert_close(gq, rq, equal_nan=True)
+    eq, ek, ev = torch.autograd.grad(ref64, inputs64, g.double())
+    assert_close_with_nans(gq, rq, eq, dtype, name="dq")
     # The reference's padded key 4 of bag 0 gets 0 * NaN = NaN through masked_fill; fastdl's 0.
     present = ~pad[:, None, :, None].expand_as(gk)
-    torch.testing.assert_close(gk[present], rk[present], equal_nan=True)
-    torch.testing.assert_close(gv[present[..., :1].expand_as(gv)], rv[present[..., :1].expand_as(gv)],
-                               equal_nan=True)
+    assert_close_with_nans(gk[present], rk[present], ek[present], dtype, name="dk")
+    present_v = present[..., :1].expand_as(gv)
+    assert_close_with_nans(gv[present_v], rv[present_v], ev[present_v], dtype, name="dv")
     assert torch.equal(gk[0, :, 4], torch.zeros_like(gk[0, :, 4]))
     assert torch.equal(gv[0, :, 4], torch.zeros_like(gv[0, :, 4]))

@@ -632,8 +632,7 @@ def test_rows_past_the_grid(device):
         compare_with_torch(*_fns((37,)), [x, w, b], torch.float32)
 
 
-# CPU only for now: the CUDA kernels do not have this fuzz finding's fix yet (issue 15, open).
-@pytest.mark.parametrize("device", devices(("cpu",)))
+@pytest.mark.parametrize("device", DEVICES)
 def test_float32_rows_whose_squares_overflow(device):
     """Found by the differential fuzzer: a float32 row holding +-1e30 (its squares pass float's
     range) came out as the bias (rstd = 1 / sqrt(inf) = 0), where torch gives NaN; fastdl now
@@ -646,3 +645,32 @@ def test_float32_rows_whose_squares_overflow(device):
     ref = F.layer_norm(x.double(), (7,), w.double(), b.double())
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out[1], b)
+
+
+@pytest.mark.parametrize("device", cuda_devices())
+def test_bfloat16_rows_whose_squares_overflow(device):
+    """bfloat16 has float32's range, so its float-accumulated statistics overflow as float32's
+    do: the CUDA kernel redoes them in double for bfloat16 too (the float64 result, rounded)."""
+    x = torch.randn(3, 7, device=device)
+    x[1, 2] = 1e30
+    x[2, 0] = -3e25
+    x = x.bfloat16()
+    w, b = torch.randn(7, device=device).bfloat16(), torch.randn(7, device=device).bfloat16()
+    out = FF.layer_norm(x, (7,), w, b)
+    ref = F.layer_norm(x.double(), (7,), w.double(), b.double())
+    assert_close_to_reference(out, ref, torch.bfloat16)
+    assert not torch.allclose(out[1], b)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_nan_row_statistics_are_nan(device, dtype):
+    """A NaN in a row makes its saved mean and rstd NaN on every device and dtype (CUDA's
+    variance clamp used max, which drops a NaN: rstd was 1 / sqrt(eps) in float64), its output
+    row NaN as torch's; the other rows are finite."""
+    x = torch.randn(3, 8, device=device, dtype=dtype)
+    x[1, 5] = float("nan")
+    out, mean, rstd = torch.ops.fastdl.layer_norm_forward(x, [8], None, None, 1e-5)
+    assert mean.isnan().flatten().tolist() == [False, True, False]
+    assert rstd.isnan().flatten().tolist() == [False, True, False]
+    assert torch.equal(out.isnan(), F.layer_norm(x.double(), (8,)).isnan())
+    assert out.isnan().sum() == 8

@@ -1,6 +1,7 @@
 """fastdl.nn.MultiheadAttention (and the sdpa_weights op behind need_weights) against torch."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -249,6 +250,31 @@ def test_weights_op(device, case):
     check_opcheck(torch.ops.fastdl.sdpa_weights, [q, k, mask, p, causal, None, seed, lse])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["bool_mask", "causal"])
+def test_weights_op_nan_query_row(device, case):
+    """A NaN query makes its row of the weights NaN, keys masked by a bool mask or is_causal
+    included, as torch's softmax (the CUDA probabilities kernel gave such keys 0 in a NaN row,
+    the CPU kernel NaN); the other rows match."""
+    q = torch.randn(1, 2, 5, 3, device=device, dtype=torch.float64)
+    k = torch.randn(1, 2, 7, 3, device=device, dtype=torch.float64)
+    q[0, 1, 2, 0] = float("nan")
+    causal = case == "causal"
+    keep = torch.ones(5, 7, dtype=torch.bool, device=device).tril()
+    if not causal:
+        keep = torch.rand(5, 7, device=device) > 0.3
+        keep[:, 0] = True
+        keep[2, 1:] = torch.tensor([False, True, False, True, True, False])
+    mask = None if causal else keep.expand(1, 2, 5, 7)
+    lse = torch.ops.fastdl.sdpa_forward(q, k, k, mask, 0.0, causal, None, None)[1]
+    w = torch.ops.fastdl.sdpa_weights(q, k, mask, 0.0, causal, None, None, lse)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(3)
+    ref = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
+    assert w[0, 1, 2].isnan().all() and w.isnan().sum() == 7
+    assert torch.equal(w.isnan(), ref.isnan())
+    torch.testing.assert_close(w, ref, equal_nan=True)
+
+
 def test_cpu_autocast_with_masks_and_weights():
     """Under CPU autocast the projections come out bfloat16 while the masks stay float32; the
     fused output and the weights both run (in float32 kernels) and return bfloat16, as torch."""
@@ -294,3 +320,29 @@ def test_need_weights_half(device, dtype, average):
     assert out.dtype == weights.dtype == dtype
     assert_close_to_reference(out, out64.detach(), dtype, baseline=base_out, name="output")
     assert_close_to_reference(weights, w64.detach(), dtype, baseline=base_w, name="weights")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_kind", ["key_padding", "causal"])
+def test_need_weights_nan_query_rows(device, mask_kind):
+    """A NaN query makes its rows of the attention weights NaN, masked keys included, as torch's
+    (the weights are exp(s - lse) with the forward's row log-sum-exp, which must be NaN, not
+    -inf); the other rows, the output and its gradients match torch."""
+    ours, ref = _pair(device, batch_first=True)
+    q, k, v = _inputs(device, torch.float64, batch_first=True)
+    with torch.no_grad():
+        q[1, 2, 0] = float("nan")
+    if mask_kind == "key_padding":
+        pad = torch.zeros(3, 7, dtype=torch.bool, device=device)
+        pad[1, 5] = True
+        kwargs = {"key_padding_mask": pad}
+    else:
+        kwargs = {"attn_mask": torch.ones(5, 7, dtype=torch.bool, device=device).triu(1)}
+    o1, w1, g1 = _run(ours, [q, k, v], average_attn_weights=False, **kwargs)
+    o2, w2, g2 = _run(ref, [q, k, v], average_attn_weights=False, **kwargs)
+    assert w1[1, :, 2].isnan().all() and not w1.isnan().all()
+    assert torch.equal(w1.isnan(), w2.isnan())
+    torch.testing.assert_close(w1, w2, equal_nan=True)
+    torch.testing.assert_close(o1, o2, equal_nan=True)
+    assert torch.equal(g1[0].isnan(), g2[0].isnan())
+    torch.testing.assert_close(g1[0], g2[0], equal_nan=True)

@@ -81,6 +81,24 @@ struct SumPair {
   }
 };
 
+// One running sum (the norms' double-precision redo of a row's or channel's statistics).
+template <typename A>
+struct Sum {
+  A v;
+
+  __device__ __forceinline__ void combine(const Sum& o) { v += o.v; }
+
+  __device__ __forceinline__ Sum shfl_down(int offset) const {
+    return {__shfl_down_sync(0xffffffff, v, offset)};
+  }
+};
+
+// Whether x is neither infinite nor NaN (x - x is 0 exactly for finite x; no library call).
+template <typename A>
+__device__ __forceinline__ bool is_finite(A x) {
+  return x - x == A(0);
+}
+
 // Reduces a state over a warp; lane 0 holds the result.
 template <typename S>
 __device__ __forceinline__ S warp_reduce(S s) {

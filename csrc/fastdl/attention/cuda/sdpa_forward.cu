@@ -76,7 +76,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = row0 + warp * kRowsPerWarp + r;
     if (i < p.q_len) {
-      const A inv = l[r] > A(0) ? A(1) / l[r] : A(0);
+      // A NaN score left m and l NaN: the output row and its saved log-sum-exp stay NaN (so
+      // backward gives the row NaN gradients, as torch; -inf would mean "no key" and zero
+      // them); a row that saw no key gives 0 and -inf.
+      const A inv = softmax::inverse_or_zero(l[r]);
       T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * Ev;
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
@@ -84,8 +87,7 @@ __global__ void __launch_bounds__(kWarps * 32)
         if (e < Ev) out_row[e] = static_cast<T>(o[r][c] * inv);
       }
       if (lane == 0) {
-        lse[(b * p.q_heads + h) * p.q_len + i] =
-            l[r] > A(0) ? m[r] + log(l[r]) : softmax::neg_inf<A>();
+        lse[(b * p.q_heads + h) * p.q_len + i] = softmax::log_sum_exp(m[r], l[r]);
       }
     }
   }

@@ -165,13 +165,15 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   for (int r = 0; r < 16; ++r) {
     const int64_t i = row0 + wr + r;
     if (i < p.q_len) {
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      // A NaN score left m and l NaN: the output row and its saved log-sum-exp stay NaN (so
+      // backward gives the row NaN gradients, as torch; -inf would mean "no key" and zero
+      // them); a row that saw no key gives 0 and -inf.
+      const float inv = softmax::inverse_or_zero(l[r]);
       T* out_row = out + ((b * p.q_heads + h) * p.q_len + i) * D;
       for (int e = lane; e < D; e += 32)
         out_row[e] = static_cast<T>(os[(wr + r) * L::o_pitch + e] * inv);
       if (lane == 0) {
-        lse[(b * p.q_heads + h) * p.q_len + i] =
-            l[r] > 0.0f ? m[r] + logf(l[r]) : softmax::neg_inf<float>();
+        lse[(b * p.q_heads + h) * p.q_len + i] = softmax::log_sum_exp(m[r], l[r]);
       }
     }
   }

@@ -27,8 +27,9 @@ __global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dro
         b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
     if (p.mask_float) v += static_cast<A>(p.mask_float[m]);
     const bool masked = (p.causal && j > i) || (p.mask_bool && !p.mask_bool[m]);
-    const A prob =
-        masked || row_lse == softmax::neg_inf<A>() ? A(0) : softmax::exp_shifted(v, row_lse);
+    // A masked key scores -inf: exp(-inf - lse) = 0, or NaN in a NaN row (as the CPU kernel
+    // and torch's softmax); exp_shifted gives 0 for a row with no key.
+    const A prob = softmax::exp_shifted(masked ? softmax::neg_inf<A>() : v, row_lse);
     *s = static_cast<T>(prob);
     if (dropped)
       dropped[row * p.kv_len + j] = static_cast<T>(prob * p.template keep_factor<A>(b, h, i, j));

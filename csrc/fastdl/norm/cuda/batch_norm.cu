@@ -23,6 +23,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace fastdl {
 namespace {
 
@@ -152,12 +154,42 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
   return buf;
 }
 
+// The statistics of a float-accumulated channel whose merged Welford variance is not finite:
+// squares past float's range (|x - centre| ~ 1e19 and more, which bfloat16 holds too)
+// overflow m2, and invstd = 0 would make the output the bias. As the CPU kernel: the
+// channel's sums around the same centre again in double, var = S2/n - (S1/n)^2, rounded to
+// float; an inf or NaN in the channel leaves invstd NaN. The channel's thread reads it
+// serially: only such channels take this path, out of line so the fast path keeps its
+// registers.
+template <typename T>
+__device__ __noinline__ void channel_stats_in_double(const StatsReduce<T>& op, int64_t c,
+                                                     int64_t outer, int64_t channels, double eps,
+                                                     float& mean, float& invstd, float& unbiased) {
+  const double centre = op.centre(c);
+  double s1 = 0, s2 = 0;
+  for (int64_t o = 0; o < outer; ++o) {
+    const T* run = op.x + (o * channels + c) * op.inner;
+    for (int64_t i = 0; i < op.inner; ++i) {
+      const double d = static_cast<double>(run[i]) - centre;
+      s1 += d;
+      s2 += d * d;
+    }
+  }
+  const double n = static_cast<double>(outer * op.inner);
+  const double m1 = s1 / n, d2 = s2 / n - m1 * m1;
+  const double var = d2 < 0.0 ? 0.0 : d2;  // keeps a NaN
+  mean = static_cast<float>(centre + m1);
+  invstd = static_cast<float>(1.0 / sqrt(var + eps));
+  unbiased = static_cast<float>(n > 1 ? var * n / (n - 1) : var);
+}
+
 // Per channel: merge the Welford partials (relative to the reduction's centre); save mean/invstd; update running stats; forward
 // coefficients k1 = invstd * w, k3 = b - mean * k1.
 template <typename T, typename P>
 __global__ void finalize_stats_kernel(StatsReduce<T> op,
                                       const cuda::Welford<acc_t<T>>* __restrict__ partials,
-                                      int64_t count, int64_t channels, const P* __restrict__ weight,
+                                      int64_t count, int64_t outer, int64_t channels,
+                                      const P* __restrict__ weight,
                                       const P* __restrict__ bias, P* __restrict__ running_mean,
                                       P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
                                       acc_t<T>* __restrict__ save_mean,
@@ -169,14 +201,19 @@ __global__ void finalize_stats_kernel(StatsReduce<T> op,
   cuda::Welford<A> s{};
   for (int64_t k = 0; k < count; ++k) s.combine(partials[c * count + k]);
   const A var = s.n > 0 ? s.m2 / s.n : A(0);
-  const A invstd = rsqrt(var + eps);
-  s.mean += op.centre(c);
-  save_mean[c] = s.mean;
+  A invstd = rsqrt(var + eps);
+  A mean = s.mean + op.centre(c);
+  A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
+  if constexpr (std::is_same_v<A, float>) {
+    if (!cuda::is_finite(var)) {
+      channel_stats_in_double(op, c, outer, channels, eps, mean, invstd, unbiased);
+    }
+  }
+  save_mean[c] = mean;
   save_invstd[c] = invstd;
   if (running_mean) {
-    const A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
     running_mean[c] = static_cast<P>(
-        detail::bn_running_update(static_cast<A>(running_mean[c]), s.mean, momentum));
+        detail::bn_running_update(static_cast<A>(running_mean[c]), mean, momentum));
     running_var[c] = static_cast<P>(
         detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
   }
@@ -332,7 +369,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
             const auto partials = reduce_per_channel(stats, shape, x.options(), count);
             cuda::launch(finalize_stats_kernel<T, P>, {blocks, threads, 0}, stats,
                          reinterpret_cast<const cuda::Welford<A>*>(partials.const_data_ptr()),
-                         count, C, data_or_null<P>(w), data_or_null<P>(b),
+                         count, shape.outer, C, data_or_null<P>(w), data_or_null<P>(b),
                          mutable_data_or_null<P>(running_mean_io.work()),
                          mutable_data_or_null<P>(running_var_io.work()), static_cast<A>(momentum),
                          static_cast<A>(eps), save_mean.mutable_data_ptr<A>(),

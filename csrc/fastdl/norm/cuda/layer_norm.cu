@@ -16,6 +16,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 namespace fastdl {
 namespace {
 
@@ -23,6 +25,37 @@ using cuda::acc_t;
 
 int threads_for(int64_t cols) {
   return cols <= 256 ? 64 : cols <= 1024 ? 128 : cols <= 4096 ? 256 : 512;
+}
+
+// The statistics of a float-accumulated row whose Welford variance is not finite: squares
+// past float's range (|x| ~ 1e19 and more, which bfloat16 holds too) overflow m2, and
+// rstd = 1 / sqrt(inf) = 0 would make the output the bias. As the CPU kernel: mean and
+// variance again in double (two passes), rounded to float; an inf or NaN in the row leaves
+// rstd NaN. Every thread of the block calls it (var is the block's), so the reductions are
+// uniform; out of line, so the fast path keeps its registers.
+template <typename T, int VEC>
+__device__ __noinline__ void row_stats_in_double(const T* __restrict__ xr, int64_t cols,
+                                                 double eps, float& mean, float& rstd) {
+  FASTDL_SHARED(cuda::Sum<double>, wide_scratch, [cuda::kWarpSize]);
+  cuda::Sum<double> sum{};
+  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+    const auto pack = cuda::load_pack<T, VEC>(xr + i);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) sum.v += static_cast<double>(pack.v[k]);
+  }
+  const double m = cuda::block_reduce_all(sum, wide_scratch).v / static_cast<double>(cols);
+  cuda::Sum<double> squares{};
+  for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
+    const auto pack = cuda::load_pack<T, VEC>(xr + i);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const double d = static_cast<double>(pack.v[k]) - m;
+      squares.v += d * d;
+    }
+  }
+  const double v = cuda::block_reduce_all(squares, wide_scratch).v / static_cast<double>(cols);
+  mean = static_cast<float>(m);
+  rstd = static_cast<float>(1.0 / sqrt((v < 0.0 ? 0.0 : v) + eps));  // keeps a NaN v
 }
 
 template <typename T, typename P, int VEC>
@@ -45,9 +78,12 @@ __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ we
       for (int k = 0; k < VEC; ++k) w.add(static_cast<A>(pack.v[k]));
     }
     w = cuda::block_reduce_all(w, scratch);
-    const A mean = w.mean;
+    A mean = w.mean;
     const A var = w.n > 0 ? w.m2 / w.n : A(0);
-    const A rstd = rsqrt(max(var, A(0)) + eps);
+    A rstd = rsqrt((var < A(0) ? A(0) : var) + eps);  // a NaN var stays NaN (max would drop it)
+    if constexpr (std::is_same_v<A, float>) {
+      if (!cuda::is_finite(var)) row_stats_in_double<T, VEC>(xr, cols, eps, mean, rstd);
+    }
     if (threadIdx.x == 0) {
       mean_out[row] = mean;
       rstd_out[row] = rstd;
