@@ -38,7 +38,8 @@ def _results(fn, inputs, grad_of) -> list[torch.Tensor]:
     """fn's outputs, then the gradients of sum(output * seeded weights) for grad_of."""
     out = fn(*inputs)
     out = list(out) if isinstance(out, tuple) else [out]
-    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(7), dtype=o.dtype)
+    # Values bfloat16 holds exactly, so that a half run and its float64 reference get the same.
+    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(7)).bfloat16().to(o.dtype)
                for o in out]
     grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), grad_of)
     return [t.detach() for t in (*out, *grads)]
@@ -48,13 +49,22 @@ def _check(name, dtype, got_fn, want_fn, inputs, want_grad_of=None) -> int:
     """got_fn(*inputs) (fastdl's) against want_fn(*inputs) (torch's): outputs and the gradients
     of every input (of want_grad_of for torch's, when its parameters are other tensors)."""
     key = f"{name} {dtype}"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if half:  # judged against torch in float64 on the same (exactly converted) values
+        want_inputs = [t.detach().double().requires_grad_() for t in inputs]
+        want_grad_of = want_inputs
+    else:
+        want_inputs = inputs
     if MODE == "save":
-        SAVED[key] = _results(want_fn, inputs, want_grad_of or inputs)
+        SAVED[key] = _results(want_fn, want_inputs, want_grad_of or want_inputs)
         return 0
-    want = SAVED[key] if MODE == "load" else _results(want_fn, inputs, want_grad_of or inputs)
-    got = _results(got_fn, inputs, inputs)
+    want = (SAVED[key] if MODE == "load"
+            else _results(want_fn, want_inputs, want_grad_of or want_inputs))
+    got = [g.double() if half else g for g in _results(got_fn, inputs, inputs)]
     assert len(got) == len(want), key
-    tol = dict(rtol=2e-4, atol=2e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    tol = {torch.float32: dict(rtol=2e-4, atol=2e-4), torch.float64: dict(rtol=1e-9, atol=1e-9),
+           # fastdl computes in float32 and rounds once: about one unit in the last place.
+           torch.bfloat16: dict(rtol=1e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
     if MODE == "load" and dtype == torch.float64:
         # Saved results serve emulated CPUs, where BLAS itself (MKL's code for qemu's Nehalem
         # model, which the float64 recurrent ops call for their matrix products) differs from
@@ -130,12 +140,20 @@ def run(dtype) -> int:
     return n
 
 
+def run_half(dtype) -> int:
+    """The ops whose CPU kernels take float16/bfloat16 (computed in float32)."""
+    x, w, b = _inputs(dtype, (6, 67, 70), (70,), (70,), seed=1)
+    return _check("layer_norm", dtype, lambda x, w, b: FF.layer_norm(x, (70,), w, b),
+                  lambda x, w, b: F.layer_norm(x, (70,), w, b), [x, w, b])
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] in ("--save-torch", "--torch-from"):
         MODE, TORCH_FILE = ("save" if sys.argv[1] == "--save-torch" else "load"), sys.argv[2]
         if MODE == "load":
             SAVED.update(torch.load(TORCH_FILE))
     total = sum(run(dtype) for dtype in (torch.float32, torch.float64))
+    total += sum(run_half(dtype) for dtype in (torch.bfloat16, torch.float16))
     if MODE == "save":
         torch.save(SAVED, TORCH_FILE)
         print("saved", len(SAVED))

@@ -41,8 +41,8 @@ def _cxx():
         filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
 
 
-def _run(cmd, what, **kwargs):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+def _run(cmd, what, timeout=600, **kwargs):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert r.returncode == 0, f"{what} failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout}\n{r.stderr}"
     return r.stdout
 

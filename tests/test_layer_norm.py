@@ -418,10 +418,69 @@ def test_bad_input_dtype(device, dtype):
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,)), "input", "float32")
 
 
+# ---------------------------------------------------------------------------------------------
+# float16 / bfloat16 on the CPU: rows converted to float, computed, converted back
+# ---------------------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_half_on_cpu_raises(dtype):
-    x = torch.randn(2, 4, dtype=dtype)
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,)), "input", "cpu")
+@pytest.mark.parametrize("shape, ns", SHAPES, ids=[f"{s}-{n}" for s, n in SHAPES])
+@pytest.mark.parametrize("affine", AFFINE)
+def test_half_on_cpu(dtype, shape, ns, affine):
+    """Half input and parameters on the CPU, forward and every gradient, judged by torch's own
+    error in that dtype against a float64 reference (compare_with_torch); the statistics are
+    float32 and the output keeps the input's dtype, as torch."""
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    w, b = _params(ns, "cpu", dtype, affine)
+    out, mean, rstd = OP(x, ns, w, b, 1e-5)
+    assert out.dtype == dtype and mean.dtype == rstd.dtype == torch.float32
+    compare_with_torch(*_fns(ns), [x, w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("shape, ns", [((3, 5), (5,)), ((2, 3, 7), (3, 7)), ((4, 1030), (1030,))])
+def test_half_input_float32_params_on_cpu(dtype, shape, ns):
+    """Half inputs with float32 weight and bias (mixed precision) on the CPU: the parameters'
+    gradients in float32, as torch."""
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    w, b = _params(ns, "cpu", dtype, "weight_bias", param_dtype=torch.float32)
+    out = FF.layer_norm(x, ns, w, b)
+    assert out.dtype == dtype
+    half_w, half_b = (t.detach().to(dtype).requires_grad_() for t in (w, b))
+    compare_with_torch(*_fns(ns), [x, w, b], dtype, baseline_args=[x, half_w, half_b])
+    grads = torch.autograd.grad(FF.layer_norm(x, ns, w, b).float().sum(), (w, b))
+    assert all(g.dtype == torch.float32 for g in grads)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_half_on_cpu_opcheck(dtype):
+    x = torch.randn(3, 67, dtype=dtype, requires_grad=True)
+    w, b = _params((67,), "cpu", dtype, "weight_bias")
+    check_opcheck(OP, (x, (67,), w, b, 1e-5))
+
+
+@pytest.mark.parametrize("to_dtype", ["bfloat16", "half"])
+def test_module_in_half_on_cpu(to_dtype):
+    """fastdl.nn.LayerNorm after .bfloat16() / .half(), as torch's: forward and gradients."""
+    torch.manual_seed(0)
+    ref = getattr(nn.LayerNorm((6, 40)), to_dtype)()
+    ours = getattr(fnn.LayerNorm((6, 40)), to_dtype)()
+    with torch.no_grad():
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            p.copy_(torch.randn_like(q))
+            q.copy_(p)
+    x = torch.randn(3, 6, 40, dtype=ours.weight.dtype)
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yo, yr = ours(xo), ref(xr)
+    assert yo.dtype == yr.dtype == x.dtype
+    # Both compute in float32 and round once: equal to a unit in the last place.
+    torch.testing.assert_close(yo, yr)
+    go = torch.randn_like(yr)
+    yo.backward(go)
+    yr.backward(go)
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=2e-2, atol=2e-2)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert p.grad.dtype == q.grad.dtype == p.dtype
+        torch.testing.assert_close(p.grad, q.grad, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -594,7 +653,7 @@ def test_module_bad_input():
     assert_raises_naming(RuntimeError, lambda: m(torch.randn(2, 5, 3)), "normalized_shape")
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_input_float32_bias_without_weight(device, dtype):
     """A half input with a float32 bias and no weight: the bias gradient is summed and returned

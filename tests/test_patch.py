@@ -216,10 +216,9 @@ def _fallback_calls():
     x = torch.randn(2, 4, 9, 7)
     half = x.half()
     return [
-        ("float16 on cpu", lambda: F.layer_norm(half, (7,)), "dtype torch.float16"),
+        ("float16 on cpu", lambda: F.batch_norm(half, None, None, training=True),
+         "dtype torch.float16"),
         ("float16 conv", lambda: F.conv2d(half, torch.randn(3, 4, 3, 3).half()), "dtype"),
-        ("bfloat16 with float32 weight", lambda: F.layer_norm(x.bfloat16(), (7,), torch.ones(7)),
-         "dtype torch.bfloat16"),
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
         ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
@@ -287,11 +286,25 @@ def test_bad_arguments_raise_torchs_error(call, args):
     assert ours.value.__cause__ is None and ours.value.__context__ is None
 
 
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float32])
+def test_layer_norm_in_bfloat16_on_cpu_runs_fastdl(param_dtype):
+    """fastdl's CPU layer_norm takes bfloat16, with bfloat16 or float32 (mixed precision, as
+    autocast leaves a LayerNorm's parameters) weight and bias: the patch routes both to it."""
+    x = torch.randn(4, 9, 7).bfloat16()
+    w, b = torch.randn(7, dtype=param_dtype), torch.randn(7, dtype=param_dtype)
+    expected = F.layer_norm(x, (7,), w, b)
+    with fastdl.patch(ops=["layer_norm"]) as p:
+        got = F.layer_norm(x, (7,), w, b)
+    assert p.stats().fastdl == {"layer_norm": 1} and p.stats().fallbacks == 0
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)
+
+
 def test_patch_stats_accumulate_and_reset():
     x = torch.randn(2, 3, 5)
     with fastdl.patch(ops=["layer_norm"]) as first:
         F.layer_norm(x, (5,))
-        F.layer_norm(x.half(), (5,))
+        F.layer_norm(x.to("meta"), (5,))
     with fastdl.patch(ops=["layer_norm"]) as second:
         F.layer_norm(x, (5,))
     assert first.stats().fastdl == {"layer_norm": 1} and first.stats().fallbacks == 1

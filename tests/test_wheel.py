@@ -77,8 +77,11 @@ def wheel(tmp_path_factory) -> Path:
     """The wheel ``pip wheel .`` builds from this source tree (CPU kernels only)."""
     dist = tmp_path_factory.mktemp("dist")
     env = dict(os.environ, FASTDL_CUDA="OFF")
+    # A full build where ccache has not seen these sources (each CPU kernel file is compiled
+    # once per ISA): up to ~20 minutes on 2 busy cores.
     _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps",
-          "-w", str(dist), f"--config-settings=build-dir={BUILD_DIR}"], "pip wheel", env=env)
+          "-w", str(dist), f"--config-settings=build-dir={BUILD_DIR}"], "pip wheel", env=env,
+         timeout=1800)
     wheels = list(dist.glob("fastdl-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]

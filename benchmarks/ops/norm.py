@@ -66,8 +66,9 @@ def batch_norm_case(device: str, dtype: torch.dtype, shape: tuple[int, ...], tra
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """CPU: fp32 at the 2-core anchor shapes (smaller with ``quick``); CUDA: the H100 anchor
-    shapes in fp32 and bf16 (``quick`` changes nothing there: they take milliseconds)."""
+    """CPU: fp32 at the 2-core anchor shapes (smaller with ``quick``), and layer_norm in bf16;
+    CUDA: the H100 anchor shapes in fp32 and bf16 (``quick`` changes nothing there: they take
+    milliseconds)."""
     if device == "cpu" and quick:
         dtypes, ln, bn = [torch.float32], (512, 1024), (8, 32, 32, 32)
     elif device == "cpu":
@@ -82,4 +83,6 @@ def cases(device: str, quick: bool) -> list[Case]:
             batch_norm_case(device, dtype, bn, training=True, channels_last=True),
             batch_norm_case(device, dtype, bn, training=False),
         ]
+    if device == "cpu":  # the CPU ops that take bfloat16 so far (issue 13): the same shapes
+        out.append(layer_norm_case(device, torch.bfloat16, *ln))
     return out

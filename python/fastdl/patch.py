@@ -13,8 +13,8 @@ run fastdl when it supports the call and torch's own function otherwise::
     print(fastdl.patch_stats())                 # calls routed to fastdl / fallen back, and why
 
 A call falls back to the original torch function, with no error, when fastdl does not
-support it: a dtype or device fastdl has no kernel for (float16 on the CPU, MPS tensors),
-tensor subclasses and ``__torch_function__`` overrides (``torch.fx`` proxies), nested,
+support it: a dtype or device fastdl has no kernel for (float16 on the CPU for most ops, MPS
+tensors), tensor subclasses and ``__torch_function__`` overrides (``torch.fx`` proxies), nested,
 sparse or quantized tensors, ``torch.func`` transforms, and arguments torch would reject (so
 the error is torch's own). Outside ``torch.compile`` a fastdl error is a fallback too. Under
 ``torch.autocast`` fastdl's ops cast as torch's do (on the CPU, convolution and attention
@@ -106,10 +106,11 @@ def _count(name: str, route: str, reason: Optional[str] = None) -> None:
 
 
 def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
-                   loose: Sequence[str] = ()) -> Optional[str]:
+                   loose: Sequence[str] = (), cpu_half: bool = False) -> Optional[str]:
     """Why fastdl cannot take these tensors (None when it can): non-tensors, overrides,
-    layouts, devices and dtypes without a kernel. All must be on the first one's device and,
-    but for those named in ``loose`` (whose dtype the caller checks), of its dtype."""
+    layouts, devices and dtypes without a kernel (``cpu_half``: the op's CPU kernels take
+    float16/bfloat16). All must be on the first one's device and, but for those named in
+    ``loose`` (whose dtype the caller checks), of its dtype."""
     present = [(t, n) for t, n in zip(tensors, names) if t is not None]
     if not present or present[0][1] != names[0]:
         return f"{names[0]} is None"
@@ -128,7 +129,8 @@ def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
     device = first.device
     if not _DTYPES.get(device.type):
         return f"device {device.type} (fastdl has no kernels there in this build)"
-    if first.dtype not in _DTYPES[device.type]:
+    dtypes = _FLOATS + _HALFS if cpu_half and device.type == "cpu" else _DTYPES[device.type]
+    if first.dtype not in dtypes:
         return f"dtype {first.dtype} on {device.type}"
     for t, n in present[1:]:
         if t.device != device:
@@ -189,8 +191,21 @@ def _scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0
                      {"scale": scale, "enable_gqa": enable_gqa})
 
 
+def _param_dtype_reason(input, tensors, names) -> Optional[str]:
+    """A norm's parameters (and statistics): the input's dtype, or float32 beside a half
+    input (mixed precision, as torch allows)."""
+    allowed = (input.dtype, torch.float32) if input.dtype in _HALFS else (input.dtype,)
+    for t, n in zip(tensors, names):
+        if t is not None and t.dtype not in allowed:
+            return f"{n} is {t.dtype}, input is {input.dtype}"
+    return None
+
+
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"))
+    # Its CPU kernels take float16/bfloat16 too.
+    reason = (_tensor_reason((input, weight, bias), ("input", "weight", "bias"),
+                             loose=("weight", "bias"), cpu_half=True)
+              or _param_dtype_reason(input, (weight, bias), ("weight", "bias")))
     if reason is None:
         shape = normalized_shape
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -202,14 +217,10 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum):
     names = ("input", "running_mean", "running_var", "weight", "bias")
     tensors = (input, running_mean, running_var, weight, bias)
-    reason = _tensor_reason(tensors, names, loose=names[1:])
+    reason = (_tensor_reason(tensors, names, loose=names[1:])
+              or _param_dtype_reason(input, tensors[1:], names[1:]))
     if reason is not None:
         return reason
-    # Statistics and affine parameters: the input's dtype, or float32 beside a half input.
-    allowed = (input.dtype, torch.float32) if input.dtype in _HALFS else (input.dtype,)
-    for t, n in zip(tensors[1:], names[1:]):
-        if t is not None and t.dtype not in allowed:
-            return f"{n} is {t.dtype}, input is {input.dtype}"
     if input.dim() < 2:
         return f"input is {input.dim()}-d (torch raises)"
     if not training and (running_mean is None or running_var is None):

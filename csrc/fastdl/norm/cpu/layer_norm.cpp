@@ -1,6 +1,9 @@
 // layer_norm CPU kernels: parallel over rows, vectorised along each row. Forward is two-pass
 // per row (the row stays in cache); backward computes the input gradient row by row and
-// accumulates the weight/bias gradients in per-thread buffers.
+// accumulates the weight/bias gradients in per-thread buffers. float16/bfloat16 inputs (S)
+// are computed in float (T = at::opmath_type<S>), as torch does: each row is converted into a
+// per-task float buffer, computed by the same code, and the result converted back; the
+// statistics and the parameter gradients' sums stay float.
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
@@ -8,12 +11,14 @@
 #include "fastdl/norm/norm_params.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 // Compiled once per ISA (common/cpu_isa.h): everything here is in that ISA's namespace.
 namespace fastdl::CPU_CAPABILITY {
@@ -21,14 +26,71 @@ namespace {
 
 using cpu::Vec;
 
+// A half tensor's values (`t` of dtype S) as a T array: its data, or a converted copy in
+// `storage` (the parameters: one row's worth, converted once per call); nullptr if undefined.
 template <typename T>
-void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_out, T* rstd_out,
+const T* compute_values(const at::Tensor& t, std::vector<T>& storage) {
+  if (!t.defined()) return nullptr;
+  if (t.scalar_type() == c10::CppTypeToScalarType<T>::value) return t.const_data_ptr<T>();
+  storage.resize(t.numel());
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(t.scalar_type(), "layer_norm_param_to_float", [&] {
+    at::vec::convert(t.const_data_ptr<scalar_t>(), storage.data(), t.numel());
+  });
+  return storage.data();
+}
+
+// `t` (float, double) in `dtype`: itself, or converted into a new tensor (a half weight's
+// gradient, summed in float).
+inline at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
+  if (!t.defined() || t.scalar_type() == dtype) return t;
+  auto out = at::empty(t.sizes(), t.options().dtype(dtype));
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "layer_norm_param_grad", [&] {
+    at::vec::convert(t.const_data_ptr<float>(), out.mutable_data_ptr<scalar_t>(), t.numel());
+  });
+  return out;
+}
+
+// Row r of an S array as T: the row itself, or its conversion into `buffer`.
+template <typename T, typename S>
+const T* row_in(const S* data, int64_t r, int64_t cols, T* buffer) {
+  if constexpr (std::is_same_v<S, T>) {
+    return data + r * cols;
+  } else {
+    at::vec::convert(data + r * cols, buffer, cols);
+    return buffer;
+  }
+}
+
+// Where row r of an S output is computed: in place, or in `buffer` (then row_out stores it).
+template <typename T, typename S>
+T* row_target(S* data, int64_t r, int64_t cols, T* buffer) {
+  if constexpr (std::is_same_v<S, T>) {
+    return data + r * cols;
+  } else {
+    return buffer;
+  }
+}
+
+template <typename T, typename S>
+void row_out(const T* computed, S* data, int64_t r, int64_t cols) {
+  if constexpr (!std::is_same_v<S, T>) at::vec::convert(computed, data + r * cols, cols);
+}
+
+// Per-task row buffers for half inputs (none for float/double).
+template <typename T, typename S>
+std::vector<T> row_buffers(int64_t count, int64_t cols) {
+  return std::vector<T>(std::is_same_v<S, T> ? 0 : count * cols);
+}
+
+template <typename S, typename T = at::opmath_type<S>>
+void forward_kernel(const S* x, const T* weight, const T* bias, S* y, T* mean_out, T* rstd_out,
                     int64_t rows, int64_t cols, double eps) {
   constexpr int64_t L = Vec<T>::size();
   at::parallel_for(0, rows, cpu::grain(cols), [&](int64_t begin, int64_t end) {
+    auto buffers = row_buffers<T, S>(2, cols);
     for (int64_t r = begin; r < end; ++r) {
-      const T* xr = x + r * cols;
-      T* yr = y + r * cols;
+      const T* xr = row_in(x, r, cols, buffers.data());
+      T* yr = row_target(y, r, cols, buffers.data() + (buffers.empty() ? 0 : cols));
       auto [mean, var] = cpu::mean_var(xr, cols);
       T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
       if constexpr (std::is_same_v<T, float>) {
@@ -68,12 +130,13 @@ void forward_kernel(const T* x, const T* weight, const T* bias, T* y, T* mean_ou
         if (bias) v += bias[i];
         yr[i] = v;
       }
+      row_out(yr, y, r, cols);
     }
   });
 }
 
-template <typename T>
-void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, const T* weight, T* dx,
+template <typename S, typename T = at::opmath_type<S>>
+void backward_kernel(const S* dy, const S* x, const T* mean, const T* rstd, const T* weight, S* dx,
                      T* dweight, T* dbias, int64_t rows, int64_t cols) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t threads = at::get_num_threads();
@@ -85,9 +148,10 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
     const int64_t tid = at::get_thread_num();
     T* dw_acc = dweight ? dweight_parts.row(tid) : nullptr;
     T* db_acc = dbias ? dbias_parts.row(tid) : nullptr;
+    auto buffers = row_buffers<T, S>(3, cols);
     for (int64_t r = begin; r < end; ++r) {
-      const T* dyr = dy + r * cols;
-      const T* xr = x + r * cols;
+      const T* dyr = row_in(dy, r, cols, buffers.data());
+      const T* xr = row_in(x, r, cols, buffers.data() + (buffers.empty() ? 0 : cols));
       const T m = mean[r];
       const T s = rstd[r];
       // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
@@ -112,7 +176,8 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
         mean_gx = b * inv_cols;
       }
       // One more pass writes dx and accumulates this thread's weight/bias gradient sums.
-      T* dxr = dx ? dx + r * cols : nullptr;
+      T* dxr =
+          dx ? row_target(dx, r, cols, buffers.data() + (buffers.empty() ? 0 : 2 * cols)) : nullptr;
       int64_t i = 0;
       for (; i + L <= cols; i += L) {
         const auto d = Vec<T>::loadu(dyr + i);
@@ -133,6 +198,7 @@ void backward_kernel(const T* dy, const T* x, const T* mean, const T* rstd, cons
         if (dw_acc) dw_acc[i] += dyr[i] * xhat;
         if (db_acc) db_acc[i] += dyr[i];
       }
+      if (dxr) row_out(dxr, dx, r, cols);
     }
   });
   if (dweight) dweight_parts.sum_into(dweight);
@@ -148,14 +214,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_forward_cpu(
   const auto b = contiguous_or_undefined(bias);
   auto output = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto stats_shape = detail::layer_norm_stats_shape(x, normalized_shape.size());
-  auto mean = at::empty(stats_shape, x.options());
-  auto rstd = at::empty(stats_shape, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), data_or_null<scalar_t>(w),
-                             data_or_null<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
-                             mean.mutable_data_ptr<scalar_t>(), rstd.mutable_data_ptr<scalar_t>(),
-                             shape.rows, shape.cols, eps);
-  });
+  at::Tensor mean, rstd;
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_forward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        mean = at::empty(stats_shape, x.options().dtype(c10::CppTypeToScalarType<T>::value));
+        rstd = at::empty(stats_shape, mean.options());
+        std::vector<T> w_values, b_values;
+        forward_kernel<scalar_t>(x.const_data_ptr<scalar_t>(), compute_values(w, w_values),
+                                 compute_values(b, b_values), output.mutable_data_ptr<scalar_t>(),
+                                 mean.mutable_data_ptr<T>(), rstd.mutable_data_ptr<T>(), shape.rows,
+                                 shape.cols, eps);
+      });
   return {output, mean, rstd};
 }
 
@@ -173,15 +243,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cpu(
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
-  if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, x.options().dtype(weight_dtype));
-  if (output_mask[2]) db = at::empty(normalized_shape, x.options().dtype(bias_dtype));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "layer_norm_backward_cpu", [&] {
-    backward_kernel<scalar_t>(dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                              m.const_data_ptr<scalar_t>(), s.const_data_ptr<scalar_t>(),
-                              data_or_null<scalar_t>(w), mutable_data_or_null<scalar_t>(dx),
-                              mutable_data_or_null<scalar_t>(dw),
-                              mutable_data_or_null<scalar_t>(db), shape.rows, shape.cols);
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "layer_norm_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        // The parameter gradients are summed in T; a half weight's are converted at the end.
+        const auto sums = x.options().dtype(c10::CppTypeToScalarType<T>::value);
+        if (output_mask[1] && w.defined()) dw = at::empty(normalized_shape, sums);
+        if (output_mask[2]) db = at::empty(normalized_shape, sums);
+        std::vector<T> w_values;
+        backward_kernel<scalar_t>(
+            dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), m.const_data_ptr<T>(),
+            s.const_data_ptr<T>(), compute_values(w, w_values), mutable_data_or_null<scalar_t>(dx),
+            mutable_data_or_null<T>(dw), mutable_data_or_null<T>(db), shape.rows, shape.cols);
+        dw = converted(dw, weight_dtype);
+        db = converted(db, bias_dtype);
+      });
   return {dx, dw, db};
 }
 
