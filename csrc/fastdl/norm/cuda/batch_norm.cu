@@ -160,11 +160,16 @@ at::Tensor reduce_per_channel(const Op& op, const BatchNormShape& shape,
 // channel's sums around the same centre again in double, var = S2/n - (S1/n)^2, rounded to
 // float; an inf or NaN in the channel leaves invstd NaN. The channel's thread reads it
 // serially: only such channels take this path, out of line so the fast path keeps its
-// registers.
+// registers (the result is returned by value: references to the caller's locals would put
+// them in local memory).
+struct ChannelStats {
+  float mean, invstd, unbiased;
+};
+
 template <typename T>
-__device__ __noinline__ void channel_stats_in_double(const StatsReduce<T>& op, int64_t c,
-                                                     int64_t outer, int64_t channels, double eps,
-                                                     float& mean, float& invstd, float& unbiased) {
+__device__ __noinline__ ChannelStats channel_stats_in_double(const StatsReduce<T>& op, int64_t c,
+                                                             int64_t outer, int64_t channels,
+                                                             double eps) {
   const double centre = op.centre(c);
   double s1 = 0, s2 = 0;
   for (int64_t o = 0; o < outer; ++o) {
@@ -178,9 +183,8 @@ __device__ __noinline__ void channel_stats_in_double(const StatsReduce<T>& op, i
   const double n = static_cast<double>(outer * op.inner);
   const double m1 = s1 / n, d2 = s2 / n - m1 * m1;
   const double var = d2 < 0.0 ? 0.0 : d2;  // keeps a NaN
-  mean = static_cast<float>(centre + m1);
-  invstd = static_cast<float>(1.0 / sqrt(var + eps));
-  unbiased = static_cast<float>(n > 1 ? var * n / (n - 1) : var);
+  return {static_cast<float>(centre + m1), static_cast<float>(1.0 / sqrt(var + eps)),
+          static_cast<float>(n > 1 ? var * n / (n - 1) : var)};
 }
 
 // Per channel: merge the Welford partials (relative to the reduction's centre); save mean/invstd; update running stats; forward
@@ -206,7 +210,10 @@ __global__ void finalize_stats_kernel(StatsReduce<T> op,
   A unbiased = s.n > 1 ? s.m2 / (s.n - 1) : var;
   if constexpr (std::is_same_v<A, float>) {
     if (!cuda::is_finite(var)) {
-      channel_stats_in_double(op, c, outer, channels, eps, mean, invstd, unbiased);
+      const ChannelStats wide = channel_stats_in_double(op, c, outer, channels, eps);
+      mean = wide.mean;
+      invstd = wide.invstd;
+      unbiased = wide.unbiased;
     }
   }
   save_mean[c] = mean;

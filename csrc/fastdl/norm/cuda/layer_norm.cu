@@ -32,10 +32,15 @@ int threads_for(int64_t cols) {
 // rstd = 1 / sqrt(inf) = 0 would make the output the bias. As the CPU kernel: mean and
 // variance again in double (two passes), rounded to float; an inf or NaN in the row leaves
 // rstd NaN. Every thread of the block calls it (var is the block's), so the reductions are
-// uniform; out of line, so the fast path keeps its registers.
+// uniform; out of line, so the fast path keeps its registers (the result is returned by
+// value: references to the caller's locals would put them in local memory).
+struct RowStats {
+  float mean, rstd;
+};
+
 template <typename T, int VEC>
-__device__ __noinline__ void row_stats_in_double(const T* __restrict__ xr, int64_t cols,
-                                                 double eps, float& mean, float& rstd) {
+__device__ __noinline__ RowStats row_stats_in_double(const T* __restrict__ xr, int64_t cols,
+                                                     double eps) {
   FASTDL_SHARED(cuda::Sum<double>, wide_scratch, [cuda::kWarpSize]);
   cuda::Sum<double> sum{};
   for (int64_t i = threadIdx.x * VEC; i < cols; i += blockDim.x * VEC) {
@@ -54,8 +59,8 @@ __device__ __noinline__ void row_stats_in_double(const T* __restrict__ xr, int64
     }
   }
   const double v = cuda::block_reduce_all(squares, wide_scratch).v / static_cast<double>(cols);
-  mean = static_cast<float>(m);
-  rstd = static_cast<float>(1.0 / sqrt((v < 0.0 ? 0.0 : v) + eps));  // keeps a NaN v
+  // v < 0 ? 0 : v keeps a NaN v (max would drop it)
+  return {static_cast<float>(m), static_cast<float>(1.0 / sqrt((v < 0.0 ? 0.0 : v) + eps))};
 }
 
 template <typename T, typename P, int VEC>
@@ -82,7 +87,11 @@ __global__ void forward_kernel(const T* __restrict__ x, const P* __restrict__ we
     const A var = w.n > 0 ? w.m2 / w.n : A(0);
     A rstd = rsqrt((var < A(0) ? A(0) : var) + eps);  // a NaN var stays NaN (max would drop it)
     if constexpr (std::is_same_v<A, float>) {
-      if (!cuda::is_finite(var)) row_stats_in_double<T, VEC>(xr, cols, eps, mean, rstd);
+      if (!cuda::is_finite(var)) {
+        const RowStats wide = row_stats_in_double<T, VEC>(xr, cols, eps);
+        mean = wide.mean;
+        rstd = wide.rstd;
+      }
     }
     if (threadIdx.x == 0) {
       mean_out[row] = mean;
