@@ -403,6 +403,17 @@ def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
 # Regressions from the differential fuzzer (tests/fuzz)
 # ---------------------------------------------------------------------------------------------
 
+def _assert_nans_and_values_as_torch(out, ref, ref64, inputs, inputs64, dtype):
+    """fastdl's output ``out`` and its q/k/v gradients against torch's (``ref``, and ``ref64``
+    on the float64 copies ``inputs64``): NaN at the same places, the rest close."""
+    assert_close_with_nans(out, ref, ref64, dtype)
+    g = torch.randn_like(out)
+    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
+                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
+    for ours, theirs, exact, name in grads:
+        assert_close_with_nans(ours, theirs, exact, dtype, name=name)
+
+
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("where", ["query", "key", "float_mask"])
 def test_nan_propagates_as_torch(device, dtype, where):
@@ -418,12 +429,7 @@ def test_nan_propagates_as_torch(device, dtype, where):
     ref = F.scaled_dot_product_attention(q, k, v, mask)
     ref64 = F.scaled_dot_product_attention(*inputs64, mask64)
     assert out.isnan().any() and not out.isnan().all()
-    assert_close_with_nans(out, ref, ref64, dtype)
-    g = torch.randn_like(out)
-    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
-                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
-    for ours, theirs, exact, name in grads:
-        assert_close_with_nans(ours, theirs, exact, dtype, name=name)
+    _assert_nans_and_values_as_torch(out, ref, ref64, inputs, inputs64, dtype)
 
 
 def _tensor_core_forward_launches():
@@ -459,12 +465,7 @@ def test_cuda_tensor_core_forward_nan_propagates(device, dtype, where):
     nan_rows = out.isnan().all(-1)
     assert torch.equal(out.isnan(), nan_rows[..., None].expand_as(out))
     assert nan_rows.sum() == {"query": 1, "key": 70, "float_mask": 4}[where]
-    assert_close_with_nans(out, ref, ref64, dtype)
-    g = torch.randn_like(out)
-    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
-                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
-    for ours, theirs, exact, name in grads:
-        assert_close_with_nans(ours, theirs, exact, dtype, name=name)
+    _assert_nans_and_values_as_torch(out, ref, ref64, inputs, inputs64, dtype)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
