@@ -1,6 +1,6 @@
 """Every op family against torch, in a fresh interpreter, for tests/test_cpu_isa.py: run as
 
-    python tests/isa_workload.py [--save-torch FILE | --torch-from FILE]
+    python tests/isa_workload.py [--save-torch FILE | --torch-from FILE | --run-only]
 
 (with ``FASTDL_CPU_ISA`` set, or under an emulated CPU). It computes each op's forward and
 gradients, in float32 and float64, on shapes past the vector widths, unrolls and the packed
@@ -9,6 +9,7 @@ and prints ``ok <cpu_isa in use> <results compared>``, or raises on the first mi
 ``--save-torch`` only computes torch's results and saves them; ``--torch-from`` compares with
 saved ones instead of running torch's ops, for an emulated CPU on which torch's own JIT-compiled
 kernels (oneDNN's RNNs) do not run. The inputs are seeded, so both runs see the same ones.
+``--run-only`` runs fastdl's side of every check and compares nothing.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def _check(name, dtype, got_fn, want_fn, inputs, want_grad_of=None) -> int:
     if MODE == "save":
         SAVED[key] = _results(want_fn, want_inputs, want_grad_of or want_inputs)
         return 0
+    if MODE == "run":
+        return len(_results(got_fn, inputs, inputs))
     want = (SAVED[key] if MODE == "load"
             else _results(want_fn, want_inputs, want_grad_of or want_inputs))
     got = [g.double() if half else g for g in _results(got_fn, inputs, inputs)]
@@ -151,7 +154,9 @@ def run_half(dtype) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] in ("--save-torch", "--torch-from"):
+    if sys.argv[1:] == ["--run-only"]:
+        MODE = "run"
+    elif len(sys.argv) == 3 and sys.argv[1] in ("--save-torch", "--torch-from"):
         MODE, TORCH_FILE = ("save" if sys.argv[1] == "--save-torch" else "load"), sys.argv[2]
         if MODE == "load":
             SAVED.update(torch.load(TORCH_FILE))

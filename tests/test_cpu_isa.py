@@ -13,8 +13,8 @@ a lower one). Checked here:
   baseline for anything the portable path can reach);
 - the library run on emulated CPUs without AVX-512 (Haswell) and without AVX at all (Nehalem),
   under qemu's user-mode emulator, where any wider instruction is SIGILL: it loads, picks
-  avx2 and portable, and gives torch's results (to 1e-2: qemu's floating point is not always
-  the hardware's).
+  avx2 and portable, runs every op, and on Haswell gives torch's results (to 1e-2: qemu's
+  floating point is not always the hardware's, see EMULATED).
 """
 
 from __future__ import annotations
@@ -251,8 +251,14 @@ def test_no_wider_instruction_reachable_outside_its_copy():
 # --- emulated CPUs -------------------------------------------------------------------------
 
 QEMU = shutil.which("qemu-x86_64")
-# Emulated CPU model -> the ISA the library must choose there.
-EMULATED = {"Haswell": "avx2", "Nehalem": "portable"}
+# Emulated CPU model -> the ISA the library must choose there, and whether its results are
+# compared with torch's. Under qemu 7.2's Nehalem model a few elements (one in ~10,000: a
+# float64 conv2d input gradient, a float32 layer_norm one) come out up to 1e-2 away from the
+# native run of the same portable code, which matches torch to 1e-9 there, and torch's own
+# float64 matrix products differ by 5e-8: that model's arithmetic is not the hardware's, so
+# there the run proves only that every op runs without an instruction the CPU lacks; the
+# portable copy's results are checked natively (FASTDL_CPU_ISA=portable).
+EMULATED = {"Haswell": ("avx2", True), "Nehalem": ("portable", False)}
 
 
 def _canary_traps(model: str, instruction: str) -> bool:
@@ -280,19 +286,20 @@ def test_runs_on_cpus_without_avx512_and_without_avx(tmp_path):
     """Under qemu (user mode: the same interpreter, torch and fastdl, instruction by instruction
     on an emulated CPU model), the library loads, chooses the ISA the model has and gives
     torch's results, computed beforehand on this CPU (torch's oneDNN RNN kernels, compiled at
-    run time, crash under qemu), to 1e-2 (qemu's arithmetic is not always the hardware's; see
-    isa_workload.py). Both models run at once (each takes minutes)."""
+    run time, crash under qemu), to 1e-2 on Haswell; on Nehalem every op runs (see EMULATED).
+    Both models run at once (each takes minutes)."""
     assert _canary_traps("Haswell", "vpxord %zmm0, %zmm0, %zmm0")
     assert _canary_traps("Nehalem", "vaddps %xmm0, %xmm0, %xmm0")
     expected = str(tmp_path / "torch_results.pt")
     saved = _run([sys.executable, WORKLOAD, "--save-torch", expected], _env())
     assert saved.returncode == 0 and saved.stdout.startswith("saved"), saved.stderr[-3000:]
     runs = {model: subprocess.Popen([QEMU, "-cpu", model, sys.executable, WORKLOAD,
-                                     "--torch-from", expected],
+                                     *(["--torch-from", expected] if compare else ["--run-only"])],
                                     env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
-            for model in EMULATED}
+            for model, (_, compare) in EMULATED.items()}
     for model, proc in runs.items():
         out, err = proc.communicate(timeout=1800)
         assert proc.returncode == 0, f"{model}: exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
-        assert out.split()[:2] == ["ok", EMULATED[model]], (model, out)
+        assert out.split()[:2] == ["ok", EMULATED[model][0]], (model, out)
+        assert int(out.split()[2]) > 100, (model, out)
