@@ -28,16 +28,19 @@ def _param(size: int, device: str, dtype: torch.dtype, center: float) -> torch.T
     return (center + 0.1 * torch.randn(size)).to(device, dtype).requires_grad_()
 
 
-def layer_norm_case(device: str, dtype: torch.dtype, rows: int, features: int) -> Case:
-    """LayerNorm over the last dim of a (rows, features) input, with weight and bias."""
+def layer_norm_case(device: str, dtype: torch.dtype, rows: int, features: int,
+                    param_grads: bool = True) -> Case:
+    """LayerNorm over the last dim of a (rows, features) input, with weight and bias (their
+    gradients too unless ``param_grads`` is False)."""
 
     def make_inputs():
         x = torch.randn(rows, features, device=device, dtype=dtype, requires_grad=True)
         w, b = _param(features, device, dtype, 1.0), _param(features, device, dtype, 0.0)
-        return (x, (features,), w, b, 1e-5)
+        return (x, (features,), w.requires_grad_(param_grads), b.requires_grad_(param_grads), 1e-5)
 
     activation = rows * features * dtype.itemsize
-    return Case("layer_norm", f"{rows}x{features}", dtype, device, make_inputs,
+    label = f"{rows}x{features}" + ("" if param_grads else " (grad of x only)")
+    return Case("layer_norm", label, dtype, device, make_inputs,
                 fastdl.functional.layer_norm, F.layer_norm,
                 bytes_fwd=2 * activation, bytes_fwd_bwd=5 * activation, **TOLERANCE[dtype])
 
@@ -84,5 +87,8 @@ def cases(device: str, quick: bool) -> list[Case]:
             batch_norm_case(device, dtype, bn, training=False),
         ]
     if device == "cpu":  # the CPU ops that take bfloat16 so far (issue 13): the same shapes
-        out.append(layer_norm_case(device, torch.bfloat16, *ln))
+        # Without the weight and bias gradients: torch's CPU bfloat16 ones are ~12 off on
+        # values of ~160 at 2048 rows against float64 (fastdl's, summed in float32: 0.5), too
+        # far to check fastdl's against. tests/test_layer_norm.py judges them by float64.
+        out.append(layer_norm_case(device, torch.bfloat16, *ln, param_grads=False))
     return out
