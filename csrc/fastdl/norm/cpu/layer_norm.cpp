@@ -76,21 +76,29 @@ void row_out(const T* computed, S* data, int64_t r, int64_t cols) {
   if constexpr (!std::is_same_v<S, T>) at::vec::convert(computed, data + r * cols, cols);
 }
 
-// Per-task row buffers for half inputs (none for float/double).
+// Per-task row buffers for half inputs, `count` rows of `cols` (none for float/double, whose
+// rows are used in place); row(k) is null then.
 template <typename T, typename S>
-std::vector<T> row_buffers(int64_t count, int64_t cols) {
-  return std::vector<T>(std::is_same_v<S, T> ? 0 : count * cols);
-}
+class RowBuffers {
+ public:
+  RowBuffers(int64_t count, int64_t cols)
+      : cols_(cols), data_(std::is_same_v<S, T> ? 0 : count * cols) {}
+  T* row(int64_t k) { return data_.empty() ? nullptr : data_.data() + k * cols_; }
+
+ private:
+  int64_t cols_;
+  std::vector<T> data_;
+};
 
 template <typename S, typename T = at::opmath_type<S>>
 void forward_kernel(const S* x, const T* weight, const T* bias, S* y, T* mean_out, T* rstd_out,
                     int64_t rows, int64_t cols, double eps) {
   constexpr int64_t L = Vec<T>::size();
   at::parallel_for(0, rows, cpu::grain(cols), [&](int64_t begin, int64_t end) {
-    auto buffers = row_buffers<T, S>(2, cols);
+    RowBuffers<T, S> buffers(2, cols);
     for (int64_t r = begin; r < end; ++r) {
-      const T* xr = row_in(x, r, cols, buffers.data());
-      T* yr = row_target(y, r, cols, buffers.data() + (buffers.empty() ? 0 : cols));
+      const T* xr = row_in(x, r, cols, buffers.row(0));
+      T* yr = row_target(y, r, cols, buffers.row(1));
       auto [mean, var] = cpu::mean_var(xr, cols);
       T rstd = T(1) / std::sqrt(std::max(var, T(0)) + T(eps));
       if constexpr (std::is_same_v<T, float>) {
@@ -148,10 +156,10 @@ void backward_kernel(const S* dy, const S* x, const T* mean, const T* rstd, cons
     const int64_t tid = at::get_thread_num();
     T* dw_acc = dweight ? dweight_parts.row(tid) : nullptr;
     T* db_acc = dbias ? dbias_parts.row(tid) : nullptr;
-    auto buffers = row_buffers<T, S>(3, cols);
+    RowBuffers<T, S> buffers(3, cols);
     for (int64_t r = begin; r < end; ++r) {
-      const T* dyr = row_in(dy, r, cols, buffers.data());
-      const T* xr = row_in(x, r, cols, buffers.data() + (buffers.empty() ? 0 : cols));
+      const T* dyr = row_in(dy, r, cols, buffers.row(0));
+      const T* xr = row_in(x, r, cols, buffers.row(1));
       const T m = mean[r];
       const T s = rstd[r];
       // g = dy * w, xhat = (x - m) * s; dx = s * (g - mean(g) - xhat * mean(g * xhat)).
@@ -176,8 +184,7 @@ void backward_kernel(const S* dy, const S* x, const T* mean, const T* rstd, cons
         mean_gx = b * inv_cols;
       }
       // One more pass writes dx and accumulates this thread's weight/bias gradient sums.
-      T* dxr =
-          dx ? row_target(dx, r, cols, buffers.data() + (buffers.empty() ? 0 : 2 * cols)) : nullptr;
+      T* dxr = dx ? row_target(dx, r, cols, buffers.row(2)) : nullptr;
       int64_t i = 0;
       for (; i + L <= cols; i += L) {
         const auto d = Vec<T>::loadu(dyr + i);
