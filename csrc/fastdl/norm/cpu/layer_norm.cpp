@@ -1,9 +1,10 @@
 // layer_norm CPU kernels: parallel over rows, vectorised along each row. Forward is two-pass
 // per row (the row stays in cache); backward computes the input gradient row by row and
 // accumulates the weight/bias gradients in per-thread buffers. float16/bfloat16 inputs (S)
-// are computed in float (T = at::opmath_type<S>), as torch does: each row is converted into a
-// per-task float buffer, computed by the same code, and the result converted back; the
-// statistics and the parameter gradients' sums stay float.
+// are computed in float (common/cpu/half.h): each row is converted into a per-task float
+// buffer, computed by the same code, and the result converted back; the statistics and the
+// parameter gradients' sums stay float.
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
@@ -26,69 +27,12 @@ namespace {
 
 using cpu::Vec;
 
-// A half tensor's values (`t` of dtype S) as a T array: its data, or a converted copy in
-// `storage` (the parameters: one row's worth, converted once per call); nullptr if undefined.
-template <typename T>
-const T* compute_values(const at::Tensor& t, std::vector<T>& storage) {
-  if (!t.defined()) return nullptr;
-  if (t.scalar_type() == c10::CppTypeToScalarType<T>::value) return t.const_data_ptr<T>();
-  storage.resize(t.numel());
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(t.scalar_type(), "layer_norm_param_to_float", [&] {
-    at::vec::convert(t.const_data_ptr<scalar_t>(), storage.data(), t.numel());
-  });
-  return storage.data();
-}
-
-// `t` (float, double) in `dtype`: itself, or converted into a new tensor (a half weight's
-// gradient, summed in float).
-inline at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
-  if (!t.defined() || t.scalar_type() == dtype) return t;
-  auto out = at::empty(t.sizes(), t.options().dtype(dtype));
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "layer_norm_param_grad", [&] {
-    at::vec::convert(t.const_data_ptr<float>(), out.mutable_data_ptr<scalar_t>(), t.numel());
-  });
-  return out;
-}
-
-// Row r of an S array as T: the row itself, or its conversion into `buffer`.
-template <typename T, typename S>
-const T* row_in(const S* data, int64_t r, int64_t cols, T* buffer) {
-  if constexpr (std::is_same_v<S, T>) {
-    return data + r * cols;
-  } else {
-    at::vec::convert(data + r * cols, buffer, cols);
-    return buffer;
-  }
-}
-
-// Where row r of an S output is computed: in place, or in `buffer` (then row_out stores it).
-template <typename T, typename S>
-T* row_target(S* data, int64_t r, int64_t cols, T* buffer) {
-  if constexpr (std::is_same_v<S, T>) {
-    return data + r * cols;
-  } else {
-    return buffer;
-  }
-}
-
-template <typename T, typename S>
-void row_out(const T* computed, S* data, int64_t r, int64_t cols) {
-  if constexpr (!std::is_same_v<S, T>) at::vec::convert(computed, data + r * cols, cols);
-}
-
-// Per-task row buffers for half inputs, `count` rows of `cols` (none for float/double, whose
-// rows are used in place); row(k) is null then.
-template <typename T, typename S>
-class RowBuffers {
- public:
-  RowBuffers(int64_t count, int64_t cols)
-      : cols_(cols), data_(std::is_same_v<S, T> ? 0 : count * cols) {}
-  T* row(int64_t k) { return data_.empty() ? nullptr : data_.data() + k * cols_; }
-
- private:
-  int64_t cols_;
-  std::vector<T> data_;
-};
+using cpu::compute_values;
+using cpu::converted;
+using cpu::row_in;
+using cpu::row_out;
+using cpu::row_target;
+using cpu::RowBuffers;
 
 template <typename S, typename T = at::opmath_type<S>>
 void forward_kernel(const S* x, const T* weight, const T* bias, S* y, T* mean_out, T* rstd_out,
