@@ -121,21 +121,23 @@ def cuda_devices() -> list:
     return devices(("cuda", "cuda_sim"))
 
 
-def dtypes_for(device: str) -> list[torch.dtype]:
+def dtypes_for(device: str, cpu_half: bool = False) -> list[torch.dtype]:
     """The dtypes fastdl supports on ``device``: float32 and float64 everywhere, and float16
-    and bfloat16 on CUDA (and cuda_sim)."""
+    and bfloat16 on CUDA (and cuda_sim), and on the CPU for ops whose CPU kernels take them
+    (``cpu_half``)."""
     base = [torch.float32, torch.float64]
     on_cuda = device == "cuda_sim" or str(device).startswith("cuda")
-    return base + list(HALF_DTYPES) if on_cuda else base
+    return base + list(HALF_DTYPES) if on_cuda or cpu_half else base
 
 
 def device_dtypes(device_list: Sequence[str] = ALL_DEVICES,
-                  only: Optional[Iterable[torch.dtype]] = None) -> list:
+                  only: Optional[Iterable[torch.dtype]] = None, cpu_half: bool = False) -> list:
     """``pytest.param(device, dtype)`` for every supported pair (ids like ``cpu-float32``),
-    CUDA ones marked and skipped as in :func:`devices`. ``only`` restricts the dtypes."""
+    CUDA ones marked and skipped as in :func:`devices`. ``only`` restricts the dtypes;
+    ``cpu_half`` adds float16/bfloat16 on the CPU (see :func:`dtypes_for`)."""
     params = []
     for d in device_list:
-        for dt in dtypes_for(d):
+        for dt in dtypes_for(d, cpu_half):
             if only is None or dt in only:
                 params.append(pytest.param(tensor_device(d), dt, marks=_device_marks(d),
                                            id=f"{d}-{str(dt).removeprefix('torch.')}"))

@@ -11,7 +11,7 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (cuda_devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
+from helpers import (CUDA_AVAILABLE, DEVICES, HALF_DTYPES, device_dtypes,
                      assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
                      assert_unchanged, check_compile, check_compile_module, check_gradcheck,
                      check_opcheck, compare_with_torch, randomise_running_stats)
@@ -20,6 +20,9 @@ FAMILY = "norm"  # the emulator summary counts test cases per op family
 
 OP = torch.ops.fastdl.batch_norm_forward
 OP_BACKWARD = torch.ops.fastdl.batch_norm_backward
+
+# Every device with every dtype: the CPU kernels take float16/bfloat16 too (computed in float).
+DEVICE_DTYPES = device_dtypes(cpu_half=True)
 
 # (N, C) and (N, C, *) for BatchNorm1d/2d/3d: odd sizes, C = 1, spatial size 1, N = 1 with
 # spatial positions (still more than one value per channel), a larger-ish odd case.
@@ -429,8 +432,8 @@ def test_export_train_updates_buffers(device):
 
 
 def test_autocast_cpu():
-    """CPU autocast: batch_norm returns the input's dtype, as torch's does (batch_norm.cpp:
-    a half input is computed in float32 and cast back); running stats stay float32."""
+    """CPU autocast: batch_norm keeps the input's dtype, as torch's does (no autocast rule; the
+    CPU kernels compute a half input in float32); float32 running stats stay float32."""
     x = torch.randn(4, 3, 5)
     xb = x.bfloat16().requires_grad_()
     w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
@@ -481,12 +484,13 @@ def test_autocast_cuda(dtype):
     torch.testing.assert_close(model[1].running_mean, ref[1].running_mean, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape, channels_last", [((4, 3, 7), False), ((2, 3, 5, 4), False),
-                                                  ((2, 3, 5, 4), True), ((8, 64, 9, 9), True)])
-def test_half_input_float32_params_cuda(device, dtype, mode, shape, channels_last):
+                                                  ((2, 3, 5, 4), True), ((8, 64, 9, 9), True),
+                                                  ((3, 70, 40), False), ((300, 37), False)])
+def test_half_input_float32_params(device, dtype, mode, shape, channels_last):
     """Half inputs with float32 weight, bias and running statistics (mixed precision)."""
     x, w, b, rm, rv, training = _inputs(shape, device, dtype, "weight_bias", mode,
                                         param_dtype=torch.float32)
@@ -549,10 +553,16 @@ def test_bad_input_dtype(device, dtype):
     assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=True), "input", "float32")
 
 
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-def test_half_on_cpu_raises(dtype):
-    x = torch.randn(4, 3, dtype=dtype)
-    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, None, None, training=True), "input", "cpu")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("other", ["running_mean", "weight"])
+def test_mixed_parameter_dtypes_rejected(device, other):
+    """A half input's parameters and running statistics share one dtype (all the input's, or
+    all float32), as torch requires."""
+    x = torch.randn(4, 3, 5, device=device, dtype=torch.bfloat16)
+    args = dict(weight=torch.ones(3, device=device), bias=torch.zeros(3, device=device),
+                running_mean=torch.zeros(3, device=device), running_var=torch.ones(3, device=device))
+    args[other] = args[other].bfloat16()
+    assert_raises_naming(RuntimeError, lambda: FF.batch_norm(x, training=True, **args), "share one dtype")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -647,7 +657,7 @@ def test_zero_channels(device, training):
     assert gx.shape == x.shape
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 def test_half_input_float32_bias_without_weight(device, dtype):
     """A half input with a float32 bias and no weight: the bias gradient is summed and returned
@@ -737,12 +747,12 @@ def test_float32_overflowing_channel_in_other_layouts(device, layout):
     torch.testing.assert_close(rv[keep].double(), rv64[keep], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float32])
 def test_bfloat16_channel_whose_squares_overflow(device, param_dtype):
     """bfloat16 has float32's range, so its float-accumulated statistics overflow as float32's
-    do: the CUDA kernel redoes such a channel in double for bfloat16 too, with bfloat16 or
-    float32 parameters and running statistics."""
+    do: the kernels redo such a channel in double for bfloat16 too, with bfloat16 or float32
+    parameters and running statistics."""
     x = torch.randn(3, 4, 5, device=device)
     x[1, 2, 3] = -1e30
     x = x.bfloat16()

@@ -197,3 +197,41 @@ def test_module_deepcopy_and_to(device):
     ref = copy.deepcopy(m2)
     torch.testing.assert_close(m2(x), nn.BatchNorm1d.forward(ref, x))
     torch.testing.assert_close(m2.running_var, ref.running_var)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("to_dtype", ["bfloat16", "half"])
+@pytest.mark.parametrize("ours_t, theirs_t, shape", MODULES, ids=MODULE_IDS)
+def test_module_in_half(device, to_dtype, ours_t, theirs_t, shape):
+    """The modules after .bfloat16() / .half() (parameters and running statistics in that
+    dtype), training steps then eval: judged against float64 copies of the same module, with
+    torch's module in the half dtype as the baseline for the error allowed."""
+    theirs = getattr(_randomise(theirs_t(3, device=device)), to_dtype)()
+    ours = getattr(ours_t(3, device=device), to_dtype)()
+    ours.load_state_dict(theirs.state_dict())
+    ref = copy.deepcopy(theirs).double()
+    dtype = ours.weight.dtype
+    for step in range(3):
+        mode = "eval" if step == 2 else "train"
+        for m in (ours, theirs, ref):
+            getattr(m, mode)()
+        x = (torch.randn(shape, device=device) * (step + 1) + step).to(dtype)
+        xo, xt, xr = (x.clone().double() if m is ref else x.clone() for m in (ours, theirs, ref))
+        xo, xt, xr = (t.requires_grad_() for t in (xo, xt, xr))
+        yo, yt, yr = ours(xo), theirs(xt), ref(xr)
+        assert yo.dtype == yt.dtype == dtype
+        assert_close_to_reference(yo, yr, dtype, baseline=yt, name=f"output at step {step}")
+        g = torch.randn_like(yt)
+        for y in (yo, yt, yr):
+            y.backward(g.to(y.dtype))
+        assert_close_to_reference(xo.grad, xr.grad, dtype, baseline=xt.grad,
+                                  name=f"grad input at step {step}")
+        for (n, p), q, r in zip(ours.named_parameters(), theirs.parameters(), ref.parameters()):
+            assert p.grad.dtype == dtype
+            assert_close_to_reference(p.grad, r.grad, dtype, baseline=q.grad,
+                                      name=f"grad {n} at step {step}")
+            p.grad = q.grad = r.grad = None
+        for (n, bo), bt, br in zip(ours.named_buffers(), theirs.buffers(), ref.buffers()):
+            if bo.is_floating_point():
+                assert bo.dtype == dtype
+                assert_close_to_reference(bo, br, dtype, baseline=bt, name=f"{n} after step {step}")

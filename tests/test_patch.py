@@ -216,8 +216,6 @@ def _fallback_calls():
     x = torch.randn(2, 4, 9, 7)
     half = x.half()
     return [
-        ("float16 on cpu", lambda: F.batch_norm(half, None, None, training=True),
-         "dtype torch.float16"),
         ("float16 conv", lambda: F.conv2d(half, torch.randn(3, 4, 3, 3).half()), "dtype"),
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
         ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
@@ -298,6 +296,25 @@ def test_layer_norm_in_bfloat16_on_cpu_runs_fastdl(param_dtype):
     assert p.stats().fastdl == {"layer_norm": 1} and p.stats().fallbacks == 0
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_in_bfloat16_on_cpu_runs_fastdl(param_dtype, training):
+    """fastdl's CPU batch_norm takes bfloat16 with bfloat16 or float32 parameters and running
+    statistics: the patch routes both to it, and the running statistics update as torch's."""
+    x = torch.randn(4, 6, 5, 3).bfloat16()
+    w, b = torch.randn(6, dtype=param_dtype), torch.randn(6, dtype=param_dtype)
+    rm, rv = torch.randn(6, dtype=param_dtype), torch.rand(6, dtype=param_dtype) + 0.5
+    trm, trv = rm.clone(), rv.clone()
+    expected = F.batch_norm(x, trm, trv, w, b, training)
+    with fastdl.patch(ops=["batch_norm"]) as p:
+        got = F.batch_norm(x, rm, rv, w, b, training)
+    assert p.stats().fastdl == {"batch_norm": 1} and p.stats().fallbacks == 0
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(rm, trm, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(rv, trv, rtol=1e-2, atol=1e-2)
 
 
 def test_patch_stats_accumulate_and_reset():

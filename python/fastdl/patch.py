@@ -217,7 +217,8 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum):
     names = ("input", "running_mean", "running_var", "weight", "bias")
     tensors = (input, running_mean, running_var, weight, bias)
-    reason = (_tensor_reason(tensors, names, loose=names[1:])
+    # Its CPU kernels take float16/bfloat16 too.
+    reason = (_tensor_reason(tensors, names, loose=names[1:], cpu_half=True)
               or _param_dtype_reason(input, tensors[1:], names[1:]))
     if reason is not None:
         return reason

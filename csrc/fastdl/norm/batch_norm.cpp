@@ -3,7 +3,6 @@
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/norm/batch_norm.h"
 
-#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/checks.h"
 #include "fastdl/common/dispatch.h"
@@ -55,7 +54,7 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& running_mean,
                                         const std::optional<at::Tensor>& running_var, bool training,
                                         double momentum, double eps) {
-  checks::floating(input, kOp, "input");
+  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
   TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
               ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
   const int64_t c = channels_of(input, {&weight, &bias, &running_mean, &running_var});
@@ -63,6 +62,15 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
   checks::parameter(bias, input, {c}, kOp, "bias");
   checks::parameter(running_mean, input, {c}, kOp, "running_mean");
   checks::parameter(running_var, input, {c}, kOp, "running_var");
+  // As torch: all of them of one dtype, the input's or float32 beside a half input.
+  const bool mixed = float_params_for_half_input(
+      input, {weight.value_or(at::Tensor()), bias.value_or(at::Tensor()),
+              running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor())});
+  for (const auto* p : {&weight, &bias, &running_mean, &running_var}) {
+    TORCH_CHECK(!present(*p) || ((*p)->scalar_type() == at::kFloat) ==
+                                    (mixed || input.scalar_type() == at::kFloat),
+                kOp, ": weight, bias, running_mean and running_var must share one dtype");
+  }
   TORCH_CHECK_VALUE(present(running_mean) == present(running_var), kOp,
                     ": running_mean and running_var must both be given or both be None");
   TORCH_CHECK(training || present(running_mean), kOp,
@@ -83,13 +91,13 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
                                          const std::optional<at::Tensor>& weight,
                                          const at::Tensor& save_mean,
                                          const at::Tensor& save_invstd) {
-  checks::floating(input, kOp, "input");
+  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
   TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
               ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
   const std::optional<at::Tensor> mean_as_channels(save_mean);
   const int64_t c = channels_of(input, {&mean_as_channels});
   checks::parameter(weight, input, {c}, kOp, "weight");
-  checks::floating(grad_output, kOp, "grad_output");
+  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
   TORCH_CHECK(
       grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(), kOp,
@@ -99,6 +107,10 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
     TORCH_CHECK(
         stat->defined() && stat->sizes() == at::IntArrayRef{c} && stat->device() == input.device(),
         kOp, ": save_mean and save_invstd must have shape [", c, "] on ", input.device());
+    // The statistics the forward op saved: float32 for float32 and half inputs.
+    const auto stats_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK(stat->scalar_type() == stats_dtype, kOp, ": save_mean and save_invstd must be ",
+                stats_dtype, " for a ", input.scalar_type(), " input, got ", stat->scalar_type());
   }
   return shape_of(input, c);
 }
@@ -164,23 +176,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autograd(
   return {out[0], out[1], out[2]};
 }
 
-// Under autocast torch's batch_norm keeps the input's dtype (cuDNN takes half inputs with
-// float32 parameters, as our CUDA kernels do, so CUDA needs no autocast kernel). Our CPU
-// kernels are float32/float64 only: on CPU a half input is computed in float32 and the output
-// cast back. Running statistics are updated in place and keep their dtype.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_autocast_cpu(
-    const at::Tensor& input, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
-    const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps) {
-  constexpr auto cpu = c10::DeviceType::CPU;
-  autocast::BelowAutocast<cpu> below;
-  auto [output, mean, invstd] =
-      FASTDL_CALL(batch_norm_forward)
-          .call(autocast::to_float<cpu>(input), autocast::to_float<cpu>(weight),
-                autocast::to_float<cpu>(bias), running_mean, running_var, training, momentum, eps);
-  return {output.to(input.scalar_type()), mean, invstd};
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward(
@@ -227,8 +222,7 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("batch_norm_backward", autograd::not_differentiable_kernel());
 }
 
-TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
-  m.impl("batch_norm_forward", &batch_norm_forward_autocast_cpu);
-}
+// No autocast kernels: under autocast torch's batch_norm keeps the input's dtype on both
+// devices, and so do ours (the kernels take half inputs with half or float32 parameters).
 
 }  // namespace fastdl

@@ -98,6 +98,18 @@ inline at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
   return out;
 }
 
+// Writes `values` (float or double) into a small contiguous tensor of any floating dtype
+// (running statistics, parameter gradients), rounding once from T's precision.
+template <typename V>
+void store_values(const V* values, const at::Tensor& t) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "store_values", [&] {
+    scalar_t* dst = t.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      dst[i] = static_cast<scalar_t>(static_cast<at::opmath_type<scalar_t>>(values[i]));
+    }
+  });
+}
+
 // A half tensor as a new float tensor of the same shape (contiguous), for kernels that
 // compute in float; any other tensor (or an undefined one) is returned as it is.
 inline at::Tensor to_compute_dtype(const at::Tensor& t) {

@@ -339,12 +339,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
   const bool mixed = float_params_for_half_input(
       input, {weight.value_or(at::Tensor()), bias.value_or(at::Tensor()),
               running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor())});
-  for (const auto* p : {&weight, &bias, &running_mean, &running_var}) {
-    TORCH_CHECK(
-        !p->has_value() || !(*p)->defined() ||
-            ((*p)->scalar_type() == at::kFloat) == (mixed || input.scalar_type() == at::kFloat),
-        "fastdl.batch_norm: weight, bias and running stats must share one dtype");
-  }
   const cuda::DeviceGuard guard(input.device());
   const auto x = detail::batch_norm_layout(input, shape);
   const auto w = contiguous_or_undefined(weight), b = contiguous_or_undefined(bias);
