@@ -8,12 +8,15 @@ import torch.nn.functional as F
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+from helpers import (CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
                      assert_close_with_nans, cuda_devices,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_gradcheck, check_opcheck, compare_with_torch)
 
 FAMILY = "attention"  # the emulator summary counts test cases per op family
+
+# Every device with every dtype: the CPU kernels take float16/bfloat16 too (computed in float32).
+DEVICE_DTYPES = device_dtypes(cpu_half=True)
 
 OP = torch.ops.fastdl.sdpa_forward
 OP_BACKWARD = torch.ops.fastdl.sdpa_backward

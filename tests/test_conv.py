@@ -9,11 +9,14 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.models import LeNet5
-from helpers import (cuda_devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+from helpers import (cuda_devices, device_dtypes, DEVICES, assert_close_to_reference, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
 FAMILY = "conv"  # the emulator summary counts test cases per op family
+
+# Every device with every dtype: the CPU kernels take float16/bfloat16 too (computed in float32).
+DEVICE_DTYPES = device_dtypes(cpu_half=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 
@@ -268,7 +271,7 @@ def test_chunked_batch_small_budget(device, dtype, groups, monkeypatch):
                        lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b], dtype)
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_input_gradient_sums_in_float32(device, dtype):
     """grad_input of a half convolution: W^T @ grad_output stays float32 until col2im has

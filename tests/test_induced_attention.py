@@ -15,12 +15,15 @@ import fastdl
 import fastdl.testing
 from fastdl.functional import induced_attention, induced_attention_with_lse
 from fastdl.reference import induced_attention_reference
-from helpers import (cuda_devices, devices, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+from helpers import (cuda_devices, devices, device_dtypes, DEVICES, assert_close_to_reference,
                      assert_close_with_nans, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
                      check_opcheck, compare_with_torch)
 
 FAMILY = "sets"  # the emulator summary counts test cases per op family
+
+# Every device with every dtype: the CPU kernels take float16/bfloat16 too (computed in float32).
+DEVICE_DTYPES = device_dtypes(cpu_half=True)
 
 OP = torch.ops.fastdl.induced_attention_forward
 
@@ -200,9 +203,6 @@ def test_bad_inputs(device):
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k.double(), v), "same dtype")
     assert_raises_naming(RuntimeError, lambda: induced_attention(q.long(), k, v), "query", "float32")
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, scale=float("nan")), "scale")
-    if device == "cpu":
-        assert_raises_naming(RuntimeError, lambda: induced_attention(q.half(), k.half(), v.half()), "query",
-                             "float16")
 
 
 @pytest.mark.parametrize("device", cuda_devices())
@@ -216,14 +216,16 @@ def test_cuda_matches_cpu(device):
         torch.testing.assert_close(induced_attention(*moved).cpu(), out, rtol=1e-4, atol=1e-5)
 
 
-def test_autocast_cpu_runs_in_float32():
-    """Under CPU autocast (bfloat16 Linear layers) the op runs in float32: a MAB still works."""
+def test_autocast_cpu_runs_in_bfloat16():
+    """Under CPU autocast the op runs in the autocast dtype, as torch's attention does: a
+    float32 input is rounded to bfloat16, the result (computed in float32) is bfloat16; a MAB
+    whose Linear layers autocast works."""
     q, k, v, mask = _inputs((2, 2, 5, 9, 4, 4), "cpu", torch.float32, "random")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = induced_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
-    assert out.dtype == torch.float32
+        out = induced_attention(q, k, v, mask)
+    assert out.dtype == torch.bfloat16
     ref = induced_attention_reference(q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double(), mask)
-    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert_close_to_reference(out, ref, torch.bfloat16)
     mab = fastdl.nn.MAB(6, 6, 8, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = mab(torch.randn(2, 5, 6), torch.randn(2, 7, 6))

@@ -302,11 +302,11 @@ def test_weights_op_empty_problems(device):
         assert q.grad.shape == q.shape and k.grad.shape == k.shape
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("average", [True, False])
 def test_need_weights_half(device, dtype, average):
-    """need_weights in half precision: the weights rows (sdpa_weights' CUDA row kernels) and
+    """need_weights in half precision: the weights rows (sdpa_weights' row kernels) and
     the output, against torch within twice torch's own half error of a float64 reference."""
     from helpers import assert_close_to_reference
 

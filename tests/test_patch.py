@@ -214,9 +214,7 @@ class Traced(torch.Tensor):
 def _fallback_calls():
     """(label, function of no arguments making the call, reason fragment)."""
     x = torch.randn(2, 4, 9, 7)
-    half = x.half()
     return [
-        ("float16 conv", lambda: F.conv2d(half, torch.randn(3, 4, 3, 3).half()), "dtype"),
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
         ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
@@ -315,6 +313,25 @@ def test_batch_norm_in_bfloat16_on_cpu_runs_fastdl(param_dtype, training):
     torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(rm, trm, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(rv, trv, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_conv_and_attention_in_half_on_cpu_run_fastdl(dtype):
+    """fastdl's CPU conv1d/conv2d and scaled_dot_product_attention take float16/bfloat16: the
+    patch routes them to fastdl, with torch's results (both accumulate in float32)."""
+    x1, w1 = torch.randn(2, 4, 9).to(dtype), torch.randn(3, 4, 3).to(dtype)
+    x2, w2 = torch.randn(2, 4, 9, 7).to(dtype), torch.randn(3, 4, 3, 3).to(dtype)
+    q, k, v = (torch.randn(2, 3, 5, 8).to(dtype) for _ in range(3))
+    calls = [lambda: F.conv1d(x1, w1, padding=1), lambda: F.conv2d(x2, w2, stride=2),
+             lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)]
+    expected = [call() for call in calls]
+    with fastdl.patch(ops=["conv1d", "conv2d", "scaled_dot_product_attention"]) as p:
+        got = [call() for call in calls]
+    assert p.stats().fastdl == {"conv1d": 1, "conv2d": 1, "scaled_dot_product_attention": 1}
+    assert p.stats().fallbacks == 0
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
 
 
 def test_patch_stats_accumulate_and_reset():

@@ -12,12 +12,15 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.reference import peephole_lstm
-from helpers import (cuda_devices, devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, assert_close_to_reference,
+from helpers import (cuda_devices, devices, CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_compile_module, check_gradcheck, check_opcheck,
                      compare_with_torch)
 
 FAMILY = "rnn"  # the emulator summary counts test cases per op family
+
+# Every device with every dtype: the CPU kernels take float16/bfloat16 too (computed in float32).
+DEVICE_DTYPES = device_dtypes(cpu_half=True)
 
 T, B, I, H = 5, 3, 4, 6
 
@@ -477,7 +480,7 @@ def test_large_products_match_torch(device, dtype, kind):
     compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
 
 
-@pytest.mark.parametrize("device", cuda_devices())
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_half_inputs_keep_the_state_in_float32(device, dtype, kind):
@@ -516,3 +519,30 @@ def test_column_sums_past_the_grid(device, kind):
     args = [x] + h0 + [p.detach().clone().requires_grad_() for p in ref.parameters()]
     with fastdl.testing.cuda_sim(max_grid=(0, 1, 1)):
         compare_with_torch(_module_fn(ours), _module_fn(ref), args, torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "lstm_cell", "gru_cell"])
+def test_autocast_cpu_as_torch(kind):
+    """CPU autocast as torch's: it runs nn.LSTM in bfloat16 (float32 accumulation inside) and
+    has no rule for GRU or the cells, which return their float32 inputs' dtype. (Inside, torch's
+    GRU and cells call linear, which autocast rounds to bfloat16; ours compute in float32, so
+    the two agree to bfloat16's precision and ours equals the float32 result.)"""
+    torch.manual_seed(0)
+    torch_type = {"lstm": nn.LSTM, "gru": nn.GRU, "lstm_cell": nn.LSTMCell, "gru_cell": nn.GRUCell}[kind]
+    ours_type = {"lstm": fnn.LSTM, "gru": fnn.GRU, "lstm_cell": fnn.LSTMCell, "gru_cell": fnn.GRUCell}[kind]
+    theirs = torch_type(5, 7)
+    ours = ours_type(5, 7)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(6, 3, 5) if kind in ("lstm", "gru") else torch.randn(3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yt, yo = theirs(x), ours(x)
+    yt, yo = (y[0] if isinstance(y, tuple) else y for y in (yt, yo))
+    assert yo.dtype == yt.dtype == (torch.bfloat16 if kind == "lstm" else torch.float32)
+    if kind == "lstm":  # the float64 LSTM on the bfloat16-rounded input and weights
+        ref = copy.deepcopy(theirs).bfloat16().double()
+        assert_close_to_reference(yo, ref(x.bfloat16().double())[0], torch.bfloat16, baseline=yt)
+    else:
+        expected = ours(x)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        torch.testing.assert_close(yo, expected)
+        torch.testing.assert_close(yo, yt, rtol=2e-2, atol=2e-2)

@@ -69,7 +69,7 @@ def batch_norm_case(device: str, dtype: torch.dtype, shape: tuple[int, ...], tra
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """CPU: fp32 at the 2-core anchor shapes (smaller with ``quick``), and layer_norm in bf16;
+    """CPU: fp32 at the 2-core anchor shapes (smaller with ``quick``), and in bf16 too;
     CUDA: the H100 anchor shapes in fp32 and bf16 (``quick`` changes nothing there: they take
     milliseconds)."""
     if device == "cpu" and quick:
@@ -90,5 +90,10 @@ def cases(device: str, quick: bool) -> list[Case]:
         # Without the weight and bias gradients: torch's CPU bfloat16 ones are ~12 off on
         # values of ~160 at 2048 rows against float64 (fastdl's, summed in float32: 0.5), too
         # far to check fastdl's against. tests/test_layer_norm.py judges them by float64.
-        out.append(layer_norm_case(device, torch.bfloat16, *ln, param_grads=False))
+        out += [
+            layer_norm_case(device, torch.bfloat16, *ln, param_grads=False),
+            batch_norm_case(device, torch.bfloat16, bn, training=True),
+            batch_norm_case(device, torch.bfloat16, bn, training=True, channels_last=True),
+            batch_norm_case(device, torch.bfloat16, bn, training=False),
+        ]
     return out

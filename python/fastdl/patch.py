@@ -169,7 +169,7 @@ def _dispatch(name: str, reason: Optional[str], args: tuple, kwargs: dict) -> ob
 
 def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional[str]:
     reason = _tensor_reason((query, key, value, attn_mask), ("query", "key", "value", "attn_mask"),
-                            loose=("attn_mask",))
+                            loose=("attn_mask",), cpu_half=True)
     if reason is not None:
         return reason
     if attn_mask is not None and attn_mask.dtype not in (torch.bool, query.dtype):
@@ -202,7 +202,6 @@ def _param_dtype_reason(input, tensors, names) -> Optional[str]:
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    # Its CPU kernels take float16/bfloat16 too.
     reason = (_tensor_reason((input, weight, bias), ("input", "weight", "bias"),
                              loose=("weight", "bias"), cpu_half=True)
               or _param_dtype_reason(input, (weight, bias), ("weight", "bias")))
@@ -217,7 +216,6 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum):
     names = ("input", "running_mean", "running_var", "weight", "bias")
     tensors = (input, running_mean, running_var, weight, bias)
-    # Its CPU kernels take float16/bfloat16 too.
     reason = (_tensor_reason(tensors, names, loose=names[1:], cpu_half=True)
               or _param_dtype_reason(input, tensors[1:], names[1:]))
     if reason is not None:
@@ -241,7 +239,7 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
 
 
 def _conv_reason(input, weight, bias, dims: tuple[int, ...]) -> Optional[str]:
-    reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"))
+    reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"), cpu_half=True)
     return reason or _dims_reason(input, dims)
 
 

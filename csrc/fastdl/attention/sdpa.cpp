@@ -27,9 +27,9 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                              double dropout_p, bool is_causal, std::optional<double> scale,
                              const std::optional<at::Tensor>& dropout_seed) {
-  checks::floating(query, kOp, "query");
-  checks::floating(key, kOp, "key");
-  checks::floating(value, kOp, "value");
+  checks::floating(query, kOp, "query", checks::HalfOn::cpu_and_cuda);
+  checks::floating(key, kOp, "key", checks::HalfOn::cpu_and_cuda);
+  checks::floating(value, kOp, "value", checks::HalfOn::cpu_and_cuda);
   TORCH_CHECK(
       query.scalar_type() == key.scalar_type() && query.scalar_type() == value.scalar_type(), kOp,
       ": expected query, key and value to have the same dtype, got query.dtype: ",
@@ -196,9 +196,8 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autograd(
   return {out[0], out[1]};
 }
 
-// Autocast, as torch's scaled_dot_product_attention: it runs in the autocast dtype. On CUDA
-// the kernels take float16/bfloat16 directly; the CPU kernels compute in float32 (they take
-// float32/float64 only), and the output is cast to the autocast dtype as torch returns it.
+// Autocast, as torch's scaled_dot_product_attention: it runs in the autocast dtype on both
+// devices (a float mask is cast with the inputs, a bool one kept).
 template <c10::DeviceType device>
 std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
@@ -206,17 +205,13 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_autocast(
     std::optional<double> scale, const std::optional<at::Tensor>& dropout_seed) {
   autocast::BelowAutocast<device> below;
   const auto dtype = at::autocast::get_autocast_dtype(device);
-  const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
   const auto cast = [&](const at::Tensor& t) {
-    return at::autocast::cached_cast(compute, t, device);
+    return at::autocast::cached_cast(dtype, t, device);
   };
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
-  auto [output, logsumexp] = FASTDL_CALL(sdpa_forward)
-                                 .call(cast(query), cast(key), cast(value), mask, dropout_p,
-                                       is_causal, scale, dropout_seed);
-  if (compute != dtype) output = output.to(dtype);
-  return {output, logsumexp};
+  return FASTDL_CALL(sdpa_forward)
+      .call(cast(query), cast(key), cast(value), mask, dropout_p, is_causal, scale, dropout_seed);
 }
 
 }  // namespace

@@ -175,8 +175,7 @@ at::Tensor sdpa_weights_autograd(const at::Tensor& query, const at::Tensor& key,
                                 logsumexp)[0];
 }
 
-// Autocast, like sdpa_forward's: the autocast dtype on CUDA; float32 kernels on CPU with the
-// weights returned in the autocast dtype.
+// Autocast, like sdpa_forward's: the autocast dtype on both devices.
 template <c10::DeviceType device>
 at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
                                  const std::optional<at::Tensor>& attn_mask, double dropout_p,
@@ -185,16 +184,13 @@ at::Tensor sdpa_weights_autocast(const at::Tensor& query, const at::Tensor& key,
                                  const at::Tensor& logsumexp) {
   autocast::BelowAutocast<device> below;
   const auto dtype = at::autocast::get_autocast_dtype(device);
-  const auto compute = device == c10::DeviceType::CUDA ? dtype : at::kFloat;
   const auto cast = [&](const at::Tensor& t) {
-    return at::autocast::cached_cast(compute, t, device);
+    return at::autocast::cached_cast(dtype, t, device);
   };
   std::optional<at::Tensor> mask = attn_mask;
   if (present(mask) && mask->scalar_type() != at::kBool) mask = cast(*mask);
-  auto weights =
-      FASTDL_CALL(sdpa_weights)
-          .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
-  return compute != dtype ? weights.to(dtype) : weights;
+  return FASTDL_CALL(sdpa_weights)
+      .call(cast(query), cast(key), mask, dropout_p, is_causal, scale, dropout_seed, logsumexp);
 }
 
 }  // namespace

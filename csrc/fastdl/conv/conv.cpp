@@ -29,7 +29,7 @@ Conv2dShape check_conv2d_forward(const at::Tensor& input, const at::Tensor& weig
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation,
                                  int64_t groups) {
-  checks::floating(input, kOp, "input");
+  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
   TORCH_CHECK(weight.defined(), kOp, ": weight must be a tensor, got None");
   checks::same_device(weight, input, kOp, "weight", "input");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), kOp,
@@ -108,7 +108,7 @@ Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tenso
                                   int64_t groups) {
   const auto s =
       check_conv2d_forward(input, weight, std::nullopt, stride, padding, dilation, groups);
-  checks::floating(grad_output, kOp, "grad_output");
+  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
   const auto sizes = s.output_sizes();
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) &&
@@ -177,45 +177,22 @@ at::Tensor conv2d_forward_autograd(const at::Tensor& input, const at::Tensor& we
   return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
 }
 
-// Autocast on CUDA, as torch's conv2d: run in the autocast dtype (float16 by default).
-at::Tensor conv2d_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& weight,
-                                        const std::optional<at::Tensor>& bias,
-                                        at::IntArrayRef stride, at::IntArrayRef padding,
-                                        at::IntArrayRef dilation, int64_t groups) {
-  autocast::BelowAutocast<c10::DeviceType::CUDA> below;
-  const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+// Autocast, as torch's conv2d on both devices: run in the autocast dtype (float16 by default
+// on CUDA, bfloat16 on CPU); inputs autocast leaves alone (float64) go through unchanged.
+template <c10::DeviceType device>
+at::Tensor conv2d_forward_autocast(const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation,
+                                   int64_t groups) {
+  autocast::BelowAutocast<device> below;
+  const auto dtype = at::autocast::get_autocast_dtype(device);
   const auto cast = [&](const at::Tensor& t) {
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
+    return at::autocast::cached_cast(dtype, t, device);
   };
   std::optional<at::Tensor> b = bias;
   if (present(bias)) b = cast(*bias);
   return FASTDL_CALL(conv2d_forward)
       .call(cast(input), cast(weight), b, stride, padding, dilation, groups);
-}
-
-// Autocast on CPU, as torch's conv2d: the result has the autocast dtype (bfloat16 by default).
-// Our CPU kernels are float32/float64, so the inputs are rounded to the autocast dtype as torch
-// rounds them, computed in float32, and the output is rounded to the autocast dtype. Inputs
-// autocast leaves alone (float64) go through unchanged.
-at::Tensor conv2d_forward_autocast_cpu(const at::Tensor& input, const at::Tensor& weight,
-                                       const std::optional<at::Tensor>& bias,
-                                       at::IntArrayRef stride, at::IntArrayRef padding,
-                                       at::IntArrayRef dilation, int64_t groups) {
-  autocast::BelowAutocast<c10::DeviceType::CPU> below;
-  const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
-  const auto lower = [&](const at::Tensor& t) {
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CPU);
-  };
-  const auto cast = [&](const at::Tensor& t) {
-    const auto rounded = lower(t);
-    return rounded.scalar_type() == dtype ? rounded.to(at::kFloat) : rounded;
-  };
-  std::optional<at::Tensor> b = bias;
-  if (present(bias)) b = cast(*bias);
-  const bool lowered = lower(input).scalar_type() == dtype;
-  auto output = FASTDL_CALL(conv2d_forward)
-                    .call(cast(input), cast(weight), b, stride, padding, dilation, groups);
-  return lowered ? output.to(dtype) : output;
 }
 
 }  // namespace
@@ -278,11 +255,11 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
-  m.impl("conv2d_forward", &conv2d_forward_autocast_cuda);
+  m.impl("conv2d_forward", &conv2d_forward_autocast<c10::DeviceType::CUDA>);
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
-  m.impl("conv2d_forward", &conv2d_forward_autocast_cpu);
+  m.impl("conv2d_forward", &conv2d_forward_autocast<c10::DeviceType::CPU>);
 }
 
 }  // namespace fastdl

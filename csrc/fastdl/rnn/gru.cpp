@@ -178,7 +178,8 @@ GruForward gru_forward_autograd(const at::Tensor& input, const at::Tensor& hx,
   return {o[0], o[1], o[2], o[3]};
 }
 
-// Autocast on CUDA, as torch's gru: run in the autocast dtype (float16 by default).
+// Autocast on CUDA, as torch's gru: run in the autocast dtype (float16 by default). torch's CPU
+// autocast has no rule for gru: the input's dtype is kept there.
 GruForward gru_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx,
                                      const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                                      const std::optional<at::Tensor>& bias_ih,

@@ -249,21 +249,20 @@ LstmForward lstm_forward_autograd(const at::Tensor& input, const at::Tensor& hx,
   return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
 }
 
-// Autocast on CUDA, as torch's lstm: run in the autocast dtype (float16 by default). On CPU
-// the kernels have no half types, so the op keeps its inputs' dtype there.
-LstmForward lstm_forward_autocast_cuda(const at::Tensor& input, const at::Tensor& hx,
-                                       const at::Tensor& cx, const at::Tensor& weight_ih,
-                                       const at::Tensor& weight_hh,
-                                       const std::optional<at::Tensor>& bias_ih,
-                                       const std::optional<at::Tensor>& bias_hh,
-                                       const std::optional<at::Tensor>& weight_hr,
-                                       const std::optional<at::Tensor>& peephole,
-                                       const std::optional<at::Tensor>& lengths, bool reverse) {
-  autocast::BelowAutocast<c10::DeviceType::CUDA> below;
-  const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
-  const auto cast = [&](const auto& t) {
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
-  };
+// Autocast, as torch's lstm on both devices: run in the autocast dtype (float16 by default on
+// CUDA, bfloat16 on CPU).
+template <c10::DeviceType device>
+LstmForward lstm_forward_autocast(const at::Tensor& input, const at::Tensor& hx,
+                                  const at::Tensor& cx, const at::Tensor& weight_ih,
+                                  const at::Tensor& weight_hh,
+                                  const std::optional<at::Tensor>& bias_ih,
+                                  const std::optional<at::Tensor>& bias_hh,
+                                  const std::optional<at::Tensor>& weight_hr,
+                                  const std::optional<at::Tensor>& peephole,
+                                  const std::optional<at::Tensor>& lengths, bool reverse) {
+  autocast::BelowAutocast<device> below;
+  const auto dtype = at::autocast::get_autocast_dtype(device);
+  const auto cast = [&](const auto& t) { return at::autocast::cached_cast(dtype, t, device); };
   return FASTDL_CALL(lstm_forward)
       .call(cast(input), cast(hx), cast(cx), cast(weight_ih), cast(weight_hh), cast(bias_ih),
             cast(bias_hh), cast(weight_hr), cast(peephole), lengths, reverse);
@@ -342,6 +341,12 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("lstm_backward", autograd::not_differentiable_kernel());
 }
 
-TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) { m.impl("lstm_forward", &lstm_forward_autocast_cuda); }
+TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
+  m.impl("lstm_forward", &lstm_forward_autocast<c10::DeviceType::CUDA>);
+}
+
+TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
+  m.impl("lstm_forward", &lstm_forward_autocast<c10::DeviceType::CPU>);
+}
 
 }  // namespace fastdl

@@ -228,17 +228,18 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
 
 // The ops' kernels for library `m` from a device's kernel table (a function returning
 // const RnnKernels&): the LSTM's two, the GRU's two, or all four (FASTDL_RNN_KERNELS, under
-// FASTDL_CUDA_KERNELS(m) in cuda/rnn.cu). cpu/rnn.cpp registers the LSTM's and the GRU's
-// separately, for lstm.cpp and gru.cpp to pick the copy of the CPU's ISA (common/cpu_isa.h).
-#define FASTDL_LSTM_KERNELS(m, kernels)                                                   \
-  m.impl("lstm_forward",                                                                  \
-         &::fastdl::detail::BindTable<&::fastdl::detail::lstm_forward, &kernels>::call);  \
-  m.impl("lstm_backward",                                                                 \
+// FASTDL_CUDA_KERNELS(m) in cuda/rnn.cu). cpu/rnn.cpp registers its own around the drivers
+// (half inputs in float32), the LSTM's and the GRU's separately, for lstm.cpp and gru.cpp to
+// pick the copy of the CPU's ISA (common/cpu_isa.h).
+#define FASTDL_LSTM_KERNELS(m, kernels)                                                  \
+  m.impl("lstm_forward",                                                                 \
+         &::fastdl::detail::BindTable<&::fastdl::detail::lstm_forward, &kernels>::call); \
+  m.impl("lstm_backward",                                                                \
          &::fastdl::detail::BindTable<&::fastdl::detail::lstm_backward, &kernels>::call)
-#define FASTDL_GRU_KERNELS(m, kernels)                                                    \
-  m.impl("gru_forward",                                                                   \
-         &::fastdl::detail::BindTable<&::fastdl::detail::gru_forward, &kernels>::call);   \
-  m.impl("gru_backward",                                                                  \
+#define FASTDL_GRU_KERNELS(m, kernels)                                                  \
+  m.impl("gru_forward",                                                                 \
+         &::fastdl::detail::BindTable<&::fastdl::detail::gru_forward, &kernels>::call); \
+  m.impl("gru_backward",                                                                \
          &::fastdl::detail::BindTable<&::fastdl::detail::gru_backward, &kernels>::call)
 #define FASTDL_RNN_KERNELS(m, kernels) \
   FASTDL_LSTM_KERNELS(m, kernels);     \

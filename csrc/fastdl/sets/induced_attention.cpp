@@ -96,9 +96,9 @@ InducedShape check_induced_attention_forward(const at::Tensor& query, const at::
                                              const at::Tensor& value,
                                              const std::optional<at::Tensor>& key_padding_mask,
                                              std::optional<double> scale) {
-  checks::floating(query, kOp, "query");
-  checks::floating(key, kOp, "key");
-  checks::floating(value, kOp, "value");
+  checks::floating(query, kOp, "query", checks::HalfOn::cpu_and_cuda);
+  checks::floating(key, kOp, "key", checks::HalfOn::cpu_and_cuda);
+  checks::floating(value, kOp, "value", checks::HalfOn::cpu_and_cuda);
   check_rank4(query, "query", "(batch, heads, L, E)");
   check_rank4(key, "key", "(batch, heads, S, E)");
   check_rank4(value, "value", "(batch, heads, S, Ev)");
@@ -143,7 +143,7 @@ InducedShape check_induced_attention_backward(const at::Tensor& grad_output,
   for (const auto& [t, name] :
        {std::pair<const at::Tensor*, const char*>{&grad_output, "grad_output"},
         {&output, "output"}}) {
-    checks::floating(*t, kOp, name);
+    checks::floating(*t, kOp, name, checks::HalfOn::cpu_and_cuda);
     checks::same_device(*t, query, kOp, name, "query");
     TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
                 kOp, ": ", name, " must be ", query.scalar_type(), " of shape ",
@@ -206,31 +206,19 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autograd(
   return {out[0], out[1]};
 }
 
-// Autocast on CUDA, as torch's attention: run in the autocast dtype (float16 by default). On
-// CPU the kernels have no half types, so the op keeps its inputs' dtype there.
-std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cuda(
+// Autocast, as torch's attention on both devices: run in the autocast dtype (float16 by
+// default on CUDA, bfloat16 on CPU).
+template <c10::DeviceType device>
+std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
-  autocast::BelowAutocast<c10::DeviceType::CUDA> below;
-  const auto dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+  autocast::BelowAutocast<device> below;
+  const auto dtype = at::autocast::get_autocast_dtype(device);
   const auto cast = [&](const at::Tensor& t) {
-    return at::autocast::cached_cast(dtype, t, c10::DeviceType::CUDA);
+    return at::autocast::cached_cast(dtype, t, device);
   };
   return FASTDL_CALL(induced_attention_forward)
       .call(cast(query), cast(key), cast(value), key_padding_mask, scale);
-}
-
-// Autocast on CPU: torch's attention would run in bfloat16, which the CPU kernels do not
-// have; they run in float32 instead (so MABs whose Linear layers autocast still work) and
-// return float32.
-std::tuple<at::Tensor, at::Tensor> induced_attention_forward_autocast_cpu(
-    const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-    const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
-  autocast::BelowAutocast<c10::DeviceType::CPU> below;
-  return FASTDL_CALL(induced_attention_forward)
-      .call(autocast::to_float<c10::DeviceType::CPU>(query),
-            autocast::to_float<c10::DeviceType::CPU>(key),
-            autocast::to_float<c10::DeviceType::CPU>(value), key_padding_mask, scale);
 }
 
 }  // namespace
@@ -276,11 +264,11 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
-  m.impl("induced_attention_forward", &induced_attention_forward_autocast_cpu);
+  m.impl("induced_attention_forward", &induced_attention_forward_autocast<c10::DeviceType::CPU>);
 }
 
 TORCH_LIBRARY_IMPL(fastdl, AutocastCUDA, m) {
-  m.impl("induced_attention_forward", &induced_attention_forward_autocast_cuda);
+  m.impl("induced_attention_forward", &induced_attention_forward_autocast<c10::DeviceType::CUDA>);
 }
 
 }  // namespace fastdl

@@ -98,6 +98,12 @@ def lstm_cell(
     fused pointwise kernel."""
     if input.dim() != 2:
         raise ValueError(f"fastdl.lstm_cell: input must have shape (batch, input_size), got {list(input.shape)}")
+    if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # torch's CPU autocast runs lstm in bfloat16 but has no rule for lstm_cell: as torch,
+        # the cell keeps its inputs' dtype.
+        with torch.autocast("cpu", enabled=False):
+            _, h, c = lstm(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh)
+        return h, c
     _, h, c = lstm(input.unsqueeze(0), hx[0], hx[1], weight_ih, weight_hh, bias_ih, bias_hh)
     return h, c
 

@@ -11,6 +11,7 @@
 #include "fastdl/attention/cpu/sdpa_rows.h"
 #include "fastdl/attention/sdpa.h"
 #include "fastdl/attention/sdpa_math.h"
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
@@ -282,6 +283,14 @@ std::tuple<at::Tensor, at::Tensor> sdpa_forward_cpu(const at::Tensor& query, con
                                                     const std::optional<at::Tensor>& dropout_seed) {
   const auto shape = detail::check_sdpa_forward(query, key, value, attn_mask, dropout_p, is_causal,
                                                 scale, dropout_seed);
+  if (cpu::is_half(query.scalar_type())) {
+    // float16/bfloat16: the float32 kernel on converted copies, the output rounded once to
+    // the input's dtype and the log-sum-exp kept in float32, as torch's CPU flash attention.
+    auto [output, logsumexp] = sdpa_forward_cpu(
+        cpu::to_compute_dtype(query), cpu::to_compute_dtype(key), cpu::to_compute_dtype(value),
+        cpu::to_compute_dtype(attn_mask), dropout_p, is_causal, scale, dropout_seed);
+    return {cpu::converted(output, query.scalar_type()), logsumexp};
+  }
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);
@@ -305,6 +314,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   const auto shape =
       detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
                                   dropout_p, is_causal, scale, dropout_seed);
+  if (cpu::is_half(query.scalar_type())) {  // as the forward: in float32, rounded once
+    const auto dtype = query.scalar_type();
+    const auto [gq, gk, gv, gmask] =
+        sdpa_backward_cpu(cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(query),
+                          cpu::to_compute_dtype(key), cpu::to_compute_dtype(value),
+                          cpu::to_compute_dtype(attn_mask), cpu::to_compute_dtype(output),
+                          logsumexp, dropout_p, is_causal, scale, dropout_seed, output_mask);
+    return {cpu::converted(gq, dtype), cpu::converted(gk, dtype), cpu::converted(gv, dtype),
+            cpu::converted(gmask, dtype)};
+  }
   const auto q = detail::unit_last_stride(query);
   const auto k = detail::unit_last_stride(key);
   const auto v = detail::unit_last_stride(value);

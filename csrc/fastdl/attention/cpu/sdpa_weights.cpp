@@ -2,6 +2,7 @@
 // the softmax backward, one parallel task per block of (batch, head, query) rows.
 #include "fastdl/attention/cpu/sdpa_rows.h"
 #include "fastdl/attention/sdpa_weights.h"
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu_isa.h"
 
 #include <ATen/Dispatch.h>
@@ -34,6 +35,17 @@ void for_each_row(const detail::SdpaShape& shape, const F& fn) {
 void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>& attn_mask,
                             const at::Tensor& logsumexp, const detail::SdpaShape& shape,
                             at::Tensor* dropped) {
+  if (cpu::is_half(scores.scalar_type())) {
+    // float16/bfloat16 scores (the half GEMM's): the float kernel on a float copy, the
+    // probabilities rounded back in place (the log-sum-exp is float32 already).
+    auto scores_f = cpu::to_compute_dtype(scores);
+    auto dropped_f = dropped ? cpu::to_compute_dtype(*dropped) : at::Tensor();
+    sdpa_weights_probs_cpu(scores_f, cpu::to_compute_dtype(attn_mask), logsumexp, shape,
+                           dropped ? &dropped_f : nullptr);
+    cpu::convert_into(scores_f, scores);
+    if (dropped) cpu::convert_into(dropped_f, *dropped);
+    return;
+  }
   const auto lse = logsumexp.contiguous();
   const int64_t S = shape.kv_len;
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "sdpa_weights_probs_cpu", [&] {
@@ -57,6 +69,12 @@ void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>&
 
 void sdpa_weights_softmax_backward_cpu(at::Tensor& grad, const at::Tensor& probs,
                                        const detail::SdpaShape& shape) {
+  if (cpu::is_half(grad.scalar_type())) {  // as above: in float, rounded back in place
+    auto grad_f = cpu::to_compute_dtype(grad);
+    sdpa_weights_softmax_backward_cpu(grad_f, cpu::to_compute_dtype(probs), shape);
+    cpu::convert_into(grad_f, grad);
+    return;
+  }
   const int64_t S = shape.kv_len;
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "sdpa_weights_softmax_backward_cpu", [&] {
     using T = scalar_t;

@@ -1,8 +1,8 @@
 // float16/bfloat16 on CPU: the CPU kernels compute half inputs (storage type S) in float
 // (T = at::opmath_type<S>), as torch does. Helpers to read and write S data as T: vectors
 // (load_as/store_as), whole rows through a per-task buffer (row_in/row_target/row_out,
-// RowBuffers), small parameter tensors (compute_values) and whole tensors (to_compute_dtype,
-// to_dtype) for kernels that take their inputs in float.
+// RowBuffers), small parameter tensors (compute_values, store_values) and whole tensors
+// (to_compute_dtype, converted) for kernels that take their inputs in float.
 #pragma once
 
 // Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <type_traits>
 #include <vector>
@@ -75,29 +76,6 @@ const T* compute_values(const at::Tensor& t, std::vector<T>& storage) {
   return storage.data();
 }
 
-// A float/double tensor `t` in `dtype`: itself, or converted into a new tensor (a half
-// parameter's gradient, summed in float).
-inline at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
-  if (!t.defined() || t.scalar_type() == dtype) return t;
-  auto tc = t.contiguous();
-  auto out = at::empty(t.sizes(), t.options().dtype(dtype));
-  AT_DISPATCH_FLOATING_TYPES(tc.scalar_type(), "converted_from", [&] {
-    using From = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "converted_to", [&] {
-      const From* src = tc.const_data_ptr<From>();
-      scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, tc.numel(), 32768, [&](int64_t begin, int64_t end) {
-        if constexpr (std::is_same_v<From, scalar_t>) {
-          std::copy(src + begin, src + end, dst + begin);
-        } else {
-          at::vec::convert(src + begin, dst + begin, end - begin);
-        }
-      });
-    });
-  });
-  return out;
-}
-
 // Writes `values` (float or double) into a small contiguous tensor of any floating dtype
 // (running statistics, parameter gradients), rounding once from T's precision.
 template <typename V>
@@ -110,20 +88,50 @@ void store_values(const V* values, const at::Tensor& t) {
   });
 }
 
-// A half tensor as a new float tensor of the same shape (contiguous), for kernels that
-// compute in float; any other tensor (or an undefined one) is returned as it is.
+// Converts `from` into `to`, two tensors of one shape and the same dense strides (as
+// empty_like makes them), their memory as one flat run, in parallel.
+inline void convert_into(const at::Tensor& from, const at::Tensor& to) {
+  TORCH_INTERNAL_ASSERT(from.sizes() == to.sizes() && from.strides() == to.strides() &&
+                        from.is_non_overlapping_and_dense());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, from.scalar_type(), "convert_from", [&] {
+        using From = scalar_t;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, to.scalar_type(), "convert_to", [&] {
+              const From* src = from.const_data_ptr<From>();
+              scalar_t* dst = to.mutable_data_ptr<scalar_t>();
+              at::parallel_for(0, from.numel(), 32768, [&](int64_t begin, int64_t end) {
+                if constexpr (std::is_same_v<From, scalar_t>) {
+                  std::copy(src + begin, src + end, dst + begin);
+                } else {
+                  at::vec::convert(src + begin, dst + begin, end - begin);
+                }
+              });
+            });
+      });
+}
+
+// `t` converted to `dtype`, with t's strides when it is dense (a channels-last tensor stays
+// channels-last), else contiguous.
+inline at::Tensor convert_dense(const at::Tensor& t, at::ScalarType dtype) {
+  const auto src = t.is_non_overlapping_and_dense() ? t : t.contiguous();
+  auto out = at::empty_like(src, src.options().dtype(dtype));  // the same strides
+  convert_into(src, out);
+  return out;
+}
+
+// A result computed in float (or double) in `dtype`: itself, or converted (a half op's output,
+// a half parameter's gradient summed in float). Undefined stays undefined.
+inline at::Tensor converted(const at::Tensor& t, at::ScalarType dtype) {
+  if (!t.defined() || t.scalar_type() == dtype) return t;
+  return convert_dense(t, dtype);
+}
+
+// A half tensor as a float tensor (its layout kept when dense), for kernels that compute half
+// inputs in float; any other tensor (or an undefined one) is returned as it is.
 inline at::Tensor to_compute_dtype(const at::Tensor& t) {
   if (!t.defined() || !is_half(t.scalar_type())) return t;
-  auto tc = t.contiguous();
-  auto out = at::empty(tc.sizes(), tc.options().dtype(at::kFloat));
-  AT_DISPATCH_REDUCED_FLOATING_TYPES(tc.scalar_type(), "to_compute_dtype", [&] {
-    const scalar_t* src = tc.const_data_ptr<scalar_t>();
-    float* dst = out.mutable_data_ptr<float>();
-    at::parallel_for(0, tc.numel(), 32768, [&](int64_t begin, int64_t end) {
-      at::vec::convert(src + begin, dst + begin, end - begin);
-    });
-  });
-  return out;
+  return convert_dense(t, at::kFloat);
 }
 
 inline std::optional<at::Tensor> to_compute_dtype(const std::optional<at::Tensor>& t) {

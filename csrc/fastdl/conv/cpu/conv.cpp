@@ -11,6 +11,7 @@
 // chunked column buffer is bounded (kColumnBudget elements). Depthwise (one input channel
 // per group, any channel multiplier): direct loops, forward and both gradients
 // (cpu/depthwise.cpp).
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/conv/conv.h"
@@ -396,6 +397,14 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto s =
       detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  if (cpu::is_half(input.scalar_type())) {
+    // float16/bfloat16: the float32 kernels on converted copies, the output rounded once to
+    // the input's dtype (torch's CPU convolution accumulates half inputs in float32 too).
+    const auto y =
+        conv2d_forward_cpu(cpu::to_compute_dtype(input), cpu::to_compute_dtype(weight),
+                           cpu::to_compute_dtype(bias), stride, padding, dilation, groups);
+    return cpu::converted(y, input.scalar_type());
+  }
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
@@ -403,9 +412,9 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (s.depthwise()) {
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
-      conv_cpu::depthwise_forward<scalar_t>(x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
-                                  y.mutable_data_ptr<scalar_t>(), s);
+      conv_cpu::depthwise_forward<scalar_t>(
+          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>(), s);
     });
   } else if (use_own_gemm(x) && images_in_parallel(s)) {
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
@@ -429,6 +438,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const auto s =
       detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+  if (cpu::is_half(input.scalar_type())) {  // as the forward: in float32, rounded once
+    const auto dtype = input.scalar_type();
+    const auto [gx, gw, gb] = conv2d_backward_cpu(
+        cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(input),
+        cpu::to_compute_dtype(weight), stride, padding, dilation, groups, output_mask);
+    return {cpu::converted(gx, dtype), cpu::converted(gw, dtype), cpu::converted(gb, dtype)};
+  }
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto gy = detail::conv2d_kernel_layout(grad_output, s);
   const auto w = weight.contiguous();
@@ -437,13 +453,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise backward", [&] {
       if (output_mask[0]) {
         gx = at::empty({s.batch, s.in_channels, s.in_h, s.in_w}, x.options());
-        conv_cpu::depthwise_grad_input<scalar_t>(gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                       gx.mutable_data_ptr<scalar_t>(), s);
+        conv_cpu::depthwise_grad_input<scalar_t>(gy.const_data_ptr<scalar_t>(),
+                                                 w.const_data_ptr<scalar_t>(),
+                                                 gx.mutable_data_ptr<scalar_t>(), s);
       }
       if (output_mask[1]) {
         gw = at::empty(w.sizes(), w.options());
-        conv_cpu::depthwise_grad_weight<scalar_t>(gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                        gw.mutable_data_ptr<scalar_t>(), s);
+        conv_cpu::depthwise_grad_weight<scalar_t>(gy.const_data_ptr<scalar_t>(),
+                                                  x.const_data_ptr<scalar_t>(),
+                                                  gw.mutable_data_ptr<scalar_t>(), s);
       }
     });
   } else if ((output_mask[0] || output_mask[1]) && use_own_gemm(x) && images_in_parallel(s)) {

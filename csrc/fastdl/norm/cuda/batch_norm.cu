@@ -190,15 +190,12 @@ __device__ __noinline__ ChannelStats channel_stats_in_double(const StatsReduce<T
 // Per channel: merge the Welford partials (relative to the reduction's centre); save mean/invstd; update running stats; forward
 // coefficients k1 = invstd * w, k3 = b - mean * k1.
 template <typename T, typename P>
-__global__ void finalize_stats_kernel(StatsReduce<T> op,
-                                      const cuda::Welford<acc_t<T>>* __restrict__ partials,
-                                      int64_t count, int64_t outer, int64_t channels,
-                                      const P* __restrict__ weight,
-                                      const P* __restrict__ bias, P* __restrict__ running_mean,
-                                      P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
-                                      acc_t<T>* __restrict__ save_mean,
-                                      acc_t<T>* __restrict__ save_invstd, acc_t<T>* __restrict__ k1,
-                                      acc_t<T>* __restrict__ k3) {
+__global__ void finalize_stats_kernel(
+    StatsReduce<T> op, const cuda::Welford<acc_t<T>>* __restrict__ partials, int64_t count,
+    int64_t outer, int64_t channels, const P* __restrict__ weight, const P* __restrict__ bias,
+    P* __restrict__ running_mean, P* __restrict__ running_var, acc_t<T> momentum, acc_t<T> eps,
+    acc_t<T>* __restrict__ save_mean, acc_t<T>* __restrict__ save_invstd, acc_t<T>* __restrict__ k1,
+    acc_t<T>* __restrict__ k3) {
   using A = acc_t<T>;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= channels) return;
@@ -219,8 +216,8 @@ __global__ void finalize_stats_kernel(StatsReduce<T> op,
   save_mean[c] = mean;
   save_invstd[c] = invstd;
   if (running_mean) {
-    running_mean[c] = static_cast<P>(
-        detail::bn_running_update(static_cast<A>(running_mean[c]), mean, momentum));
+    running_mean[c] =
+        static_cast<P>(detail::bn_running_update(static_cast<A>(running_mean[c]), mean, momentum));
     running_var[c] = static_cast<P>(
         detail::bn_running_update(static_cast<A>(running_var[c]), unbiased, momentum));
   }
@@ -383,9 +380,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cuda(
           }
           if (x.numel() > 0) {
             launch_channel_affine<T>(shape,
-                                     {x.const_data_ptr<T>(), save_mean.const_data_ptr<A>(),
-                                      nullptr, nullptr, k1, nullptr, k3,
-                                      output.mutable_data_ptr<T>()},
+                                     {x.const_data_ptr<T>(), save_mean.const_data_ptr<A>(), nullptr,
+                                      nullptr, k1, nullptr, k3, output.mutable_data_ptr<T>()},
                                      x.numel());
           }
         };
@@ -455,18 +451,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
                          invstd.const_data_ptr<A>(), mutable_data_or_null<P>(grad_weight),
                          mutable_data_or_null<PB>(grad_bias), k1, k2, k3);
           };
-          if (grad_bias.defined() && grad_bias.scalar_type() == c10::CppTypeToScalarType<A>::value) {
+          if (grad_bias.defined() &&
+              grad_bias.scalar_type() == c10::CppTypeToScalarType<A>::value) {
             finalize(A{});
           } else {
             finalize(P{});
           }
           if (grad_input.defined()) {
-            launch_channel_affine<T>(shape,
-                                     {dy.const_data_ptr<T>(), nullptr,
-                                      training ? x.const_data_ptr<T>() : nullptr,
-                                      mean.const_data_ptr<A>(), k1, k2, k3,
-                                      grad_input.mutable_data_ptr<T>()},
-                                     x.numel());
+            launch_channel_affine<T>(
+                shape,
+                {dy.const_data_ptr<T>(), nullptr, training ? x.const_data_ptr<T>() : nullptr,
+                 mean.const_data_ptr<A>(), k1, k2, k3, grad_input.mutable_data_ptr<T>()},
+                x.numel());
           }
         };
         if (mixed)

@@ -12,6 +12,7 @@
 // buffers. Many queries: tasks own query blocks and write dQ directly; dK, dV go to per-thread
 // buffers. Either way the buffers hold the smaller side's gradient once per thread (tiny for
 // ISAB's m inducing points), summed at the end: no atomics, deterministic for a thread count.
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/small_gemm.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
@@ -116,7 +117,6 @@ struct KeyChunk {
     }
   }
 };
-
 
 // scores[j] = scale * q_row . k_j, -inf for padded keys (whatever they hold, even NaN);
 // returns the largest.
@@ -375,6 +375,15 @@ Problem<T> make_problem(const at::Tensor& q, const at::Tensor& k, const at::Tens
 std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cpu(
     const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
     const std::optional<at::Tensor>& key_padding_mask, std::optional<double> scale) {
+  if (cpu::is_half(query.scalar_type())) {
+    // float16/bfloat16: the float32 kernel on converted copies, the output rounded once to
+    // the input's dtype, the log-sum-exp kept in float32 (as the CUDA kernels keep it).
+    detail::check_induced_attention_forward(query, key, value, key_padding_mask, scale);
+    auto [output, lse] =
+        induced_attention_forward_cpu(cpu::to_compute_dtype(query), cpu::to_compute_dtype(key),
+                                      cpu::to_compute_dtype(value), key_padding_mask, scale);
+    return {cpu::converted(output, query.scalar_type()), lse};
+  }
   auto f = detail::prepare_induced_attention_forward(query, key, value, key_padding_mask, scale);
   const auto& s = f.shape;
   if (s.batch * s.heads * s.queries == 0) return {f.output, f.lse};
@@ -391,6 +400,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> induced_attention_backward_cpu(
     const at::Tensor& value, const std::optional<at::Tensor>& key_padding_mask,
     const at::Tensor& output, const at::Tensor& lse, double scale,
     std::array<bool, 3> output_mask) {
+  if (cpu::is_half(query.scalar_type())) {  // as the forward: in float32, rounded once
+    detail::check_induced_attention_backward(grad_output, query, key, value, key_padding_mask,
+                                             output, lse, scale);
+    const auto dtype = query.scalar_type();
+    const auto [gq, gk, gv] = induced_attention_backward_cpu(
+        cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(query),
+        cpu::to_compute_dtype(key), cpu::to_compute_dtype(value), key_padding_mask,
+        cpu::to_compute_dtype(output), lse, scale, output_mask);
+    return {cpu::converted(gq, dtype), cpu::converted(gk, dtype), cpu::converted(gv, dtype)};
+  }
   auto b = detail::prepare_induced_attention_backward(
       grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask);
   const auto& s = b.shape;
