@@ -12,7 +12,7 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.reference import peephole_lstm
-from helpers import (cuda_devices, devices, CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
+from helpers import (devices, CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
                      assert_no_double_backward, assert_raises_naming, assert_unchanged,
                      check_compile, check_compile_module, check_gradcheck, check_opcheck,
                      compare_with_torch)

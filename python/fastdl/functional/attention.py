@@ -82,7 +82,7 @@ def scaled_dot_product_attention(
 
     Returns:
         ``(N, ..., Hq, L, Ev)``. Rows whose keys are all masked are zeros (torch's behaviour).
-        CPU: float32/float64; CUDA: also float16/bfloat16 (accumulating in float32).
+        float32/float64, and float16/bfloat16 (accumulating in float32).
     """
     if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
         raise RuntimeError(
@@ -92,6 +92,13 @@ def scaled_dot_product_attention(
         raise RuntimeError(f"{_NAME}: explicit attn_mask should not be set when is_causal=True")
     lead, kv_heads = _leading_shape(query, key, value, enable_gqa)
     q_heads = lead[-1] if lead else 1
+    dtype, upcast = query.dtype, False
+    if _sums_broadcast_half_gradients_on_cpu((query, key, value), lead, (q_heads, kv_heads, kv_heads)):
+        # A broadcast input's gradient is a sum over the broadcast dims. The CPU kernels compute
+        # half inputs in float32 anyway: entering in float32, the sum is rounded once.
+        query, key, value, upcast = query.float(), key.float(), value.float(), True
+        if attn_mask is not None and attn_mask.dtype == dtype:
+            attn_mask = attn_mask.float()
     q4 = _as_4d(query, lead, q_heads)
     k4 = _as_4d(key, lead, kv_heads)
     v4 = _as_4d(value, lead, kv_heads)
@@ -110,7 +117,18 @@ def scaled_dot_product_attention(
         seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
     output = torch.ops.fastdl.sdpa_forward(q4, k4, v4, mask4, float(dropout_p), bool(is_causal),
                                            scale, seed)[0]
+    if upcast:
+        output = output.to(dtype)
     return output.reshape(*lead, L, value.shape[-1]) if lead else output.reshape(L, value.shape[-1])
+
+
+def _sums_broadcast_half_gradients_on_cpu(tensors, lead: list[int], heads) -> bool:
+    """Whether a float16/bfloat16 CPU input that needs a gradient is broadcast (expanded)."""
+    for t, h in zip(tensors, heads):
+        if (t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) and t.requires_grad
+                and lead and tuple(t.shape) != (*lead[:-1], h, *t.shape[-2:])):
+            return True
+    return False
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----

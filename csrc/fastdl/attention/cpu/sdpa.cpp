@@ -314,13 +314,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sdpa_backward_cpu(
   const auto shape =
       detail::check_sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp,
                                   dropout_p, is_causal, scale, dropout_seed);
-  if (cpu::is_half(query.scalar_type())) {  // as the forward: in float32, rounded once
+  if (cpu::is_half(query.scalar_type())) {
+    // As the forward: in float32, the gradients rounded once. The row terms delta = dO . O
+    // take the float32 output, recomputed, not the rounded one saved: with the rounded one a
+    // row whose softmax is exact (one visible key, probability 1) would get a gradient.
     const auto dtype = query.scalar_type();
+    const auto q = cpu::to_compute_dtype(query), k = cpu::to_compute_dtype(key);
+    const auto v = cpu::to_compute_dtype(value);
+    const auto mask = cpu::to_compute_dtype(attn_mask);
+    const auto output_f =
+        std::get<0>(sdpa_forward_cpu(q, k, v, mask, dropout_p, is_causal, scale, dropout_seed));
     const auto [gq, gk, gv, gmask] =
-        sdpa_backward_cpu(cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(query),
-                          cpu::to_compute_dtype(key), cpu::to_compute_dtype(value),
-                          cpu::to_compute_dtype(attn_mask), cpu::to_compute_dtype(output),
-                          logsumexp, dropout_p, is_causal, scale, dropout_seed, output_mask);
+        sdpa_backward_cpu(cpu::to_compute_dtype(grad_output), q, k, v, mask, output_f, logsumexp,
+                          dropout_p, is_causal, scale, dropout_seed, output_mask);
     return {cpu::converted(gq, dtype), cpu::converted(gk, dtype), cpu::converted(gv, dtype),
             cpu::converted(gmask, dtype)};
   }
