@@ -65,7 +65,9 @@ def cases(device: str, quick: bool) -> list[Case]:
         length = 256 if quick else 512
         return [sdpa_case("cpu", torch.float32, 2, 8, length, 64, False),
                 sdpa_case("cpu", torch.float32, 2, 8, length, 64, True),
-                mha_case("cpu", torch.float32, 2, length, 512, 8)]
+                mha_case("cpu", torch.float32, 2, length, 512, 8),
+                sdpa_case("cpu", torch.bfloat16, 2, 8, length, 64, False),
+                mha_case("cpu", torch.bfloat16, 2, length, 512, 8)]
     length = 1024 if quick else 4096
     rows = []
     for d in (64, 128):

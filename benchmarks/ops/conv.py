@@ -76,13 +76,15 @@ def cases(device: str, quick: bool) -> list[Case]:
     """CPU fp32: N8 C32 32x32 K64 3x3 (the ANCHORS row; N4 with ``quick``) and depthwise
     N8 C64 32x32, a LeNet-5 training step (N64) and a ResNet-block training step (N8 C32
     32x32). CUDA (ANCHORS): channels-last bf16 N32 C64 56x56 K64 3x3 and depthwise N32 C256
-    56x56, plus the fp32 NCHW dense case."""
+    56x56, plus the fp32 NCHW dense case. CPU bf16: the two fp32 convolution shapes."""
     if device == "cpu":
         n = 4 if quick else 8
         return [conv_case("cpu", torch.float32, n, 32, 32, 64, 1, False),
                 conv_case("cpu", torch.float32, n, 64, 32, 64, 64, False),
                 lenet5_step_case("cpu", 8 * n),
-                resnet_block_step_case("cpu", n, 32, 32)]
+                resnet_block_step_case("cpu", n, 32, 32),
+                conv_case("cpu", torch.bfloat16, n, 32, 32, 64, 1, False),
+                conv_case("cpu", torch.bfloat16, n, 64, 32, 64, 64, False)]
     return [conv_case("cuda", torch.bfloat16, 32, 64, 56, 64, 1, True),
             conv_case("cuda", torch.float32, 32, 64, 56, 64, 1, False),
             conv_case("cuda", torch.bfloat16, 32, 256, 56, 256, 256, True)]

@@ -19,6 +19,7 @@ F = fastdl.functional
 TOLERANCE = {
     torch.float32: dict(atol=1e-4, rtol=1e-4),
     torch.float16: dict(atol=2e-2, rtol=2e-2),
+    torch.bfloat16: dict(atol=5e-2, rtol=5e-2),
 }
 
 
@@ -86,7 +87,9 @@ def cases(device: str, quick: bool) -> list[Case]:
         return [rnn_case("lstm", "cpu", torch.float32, steps, 16, 128, 256),
                 rnn_case("gru", "cpu", torch.float32, steps, 16, 128, 256),
                 cell_case("lstm", "cpu", torch.float32, 16, 128, 256),
-                cell_case("gru", "cpu", torch.float32, 16, 128, 256)]
+                cell_case("gru", "cpu", torch.float32, 16, 128, 256),
+                rnn_case("lstm", "cpu", torch.bfloat16, steps, 16, 128, 256),
+                rnn_case("gru", "cpu", torch.bfloat16, steps, 16, 128, 256)]
     out = []
     for kind in ("lstm", "gru"):
         out += [rnn_case(kind, "cuda", torch.float32, 128, 64, 512, 512),
