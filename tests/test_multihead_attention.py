@@ -9,7 +9,7 @@ from torch import nn
 
 import fastdl  # noqa: F401
 import fastdl.nn as fnn
-from helpers import (cuda_devices, DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
+from helpers import (DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
                      check_gradcheck, check_opcheck)
 
 FAMILY = "attention"  # the emulator summary counts test cases per op family
