@@ -149,8 +149,23 @@ def run(dtype) -> int:
 def run_half(dtype) -> int:
     """The ops whose CPU kernels take float16/bfloat16 (computed in float32)."""
     x, w, b = _inputs(dtype, (6, 67, 70), (70,), (70,), seed=1)
-    return _check("layer_norm", dtype, lambda x, w, b: FF.layer_norm(x, (70,), w, b),
-                  lambda x, w, b: F.layer_norm(x, (70,), w, b), [x, w, b])
+    n = _check("layer_norm", dtype, lambda x, w, b: FF.layer_norm(x, (70,), w, b),
+               lambda x, w, b: F.layer_norm(x, (70,), w, b), [x, w, b])
+    # Pooling: channels-last with 67 channels (the 4-vector blocks and a tail), and NCHW.
+    (x,) = _inputs(dtype, (2, 67, 9, 8), seed=6)
+    xl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    for name, inp in (("channels-last", xl), ("nchw", x)):
+        n += _check(f"max_pool2d {name}", dtype, lambda x: FF.max_pool2d(x, 3, 2, 1),
+                    lambda x: F.max_pool2d(x, 3, 2, 1), [inp])
+        n += _check(f"avg_pool2d {name}", dtype, lambda x: FF.avg_pool2d(x, 3, 2, 1),
+                    lambda x: F.avg_pool2d(x, 3, 2, 1), [inp])
+    # Histogram: 40 bins (two 16-lane blocks and a tail), gradients of x, centres and widths.
+    (bags,) = _inputs(dtype, (3, 50, 4), seed=11)
+    centres = torch.linspace(-1, 1, 40, dtype=dtype).requires_grad_()
+    widths = torch.full((40,), 10.0, dtype=dtype).requires_grad_()
+    n += _check("histogram", dtype, lambda x, c, w: FF.histogram(x, c, w),
+                lambda x, c, w: histogram_reference(x, c, w), [bags, centres, widths])
+    return n
 
 
 if __name__ == "__main__":
