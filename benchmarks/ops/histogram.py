@@ -6,9 +6,9 @@ Inputs as in ``anchors/measure_*.py``: x uniform on [0, 1] (HistNetQ feeds sigmo
 centres HistNetQ's (k + 0.5)/B for every feature, widths for bins that tile [0, 1] ("soft"
 and "rbf": slope 2B, i.e. half-width 1/(2B); "hard": half-width 1/(2B); "sigmoid": bin width
 1/B, sharpness 1000). x, centres and widths all require grad (fwd+bwd differentiates all three).
-x is kept 1e-3 of a half-width away from the bin centres and edges, where the kernels have
-kinks (|d| == 0, |d| == 1/(2B)): there the two sides may round onto different sides and pick
-different one-sided gradients, which would make the agreement check flaky.
+x is kept 1e-3 of a half-width (bfloat16: 1e-2) away from the bin centres and edges, where the
+kernels have kinks (|d| == 0, |d| == 1/(2B)): there the two sides may round onto different
+sides and pick different one-sided gradients, which would make the agreement check flaky.
 
 Bytes moved count what any implementation must touch at least, each once: the forward reads
 x (and the mask, when given) and writes the (bags, F, B) output; the backward reads the output
@@ -33,12 +33,26 @@ SHARPNESS = 1000.0
 TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 
 
-def _away_from_kinks(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """Move every element within 1e-3 half-widths of a multiple of 1/(2B) (a bin centre or
-    edge) 2e-3 half-widths up."""
+def _near_kinks(x: torch.Tensor, bins: int, margin: float) -> torch.Tensor:
+    """Where x is within ``margin`` half-widths of a multiple of 1/(2B) (a centre or edge)."""
     t = x * (2 * bins)
-    near = (t - t.round()).abs() < 1e-3
-    return torch.where(near, x + 2e-3 / (2 * bins), x)
+    return (t - t.round()).abs() < margin
+
+
+def _away_from_kinks(x: torch.Tensor, bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """x (float32) with no element near a kink once in ``dtype``. float32: every element within
+    1e-3 half-widths moves 2e-3 half-widths up. bfloat16: its grid is coarser than that, and
+    the reference's bfloat16 d = x - c rounds by up to 2e-3 half-widths (turning a bin on or
+    off at its edge), so elements within 1e-2 half-widths of a kink after rounding are drawn
+    again (the same stream of random numbers every run)."""
+    if dtype == torch.float32:
+        return torch.where(_near_kinks(x, bins, 1e-3), x + 2e-3 / (2 * bins), x)
+    for _ in range(20):
+        near = _near_kinks(x.to(dtype).float(), bins, 1e-2)
+        if not near.any():
+            break
+        x = torch.where(near, torch.rand(x.shape), x)
+    return x
 
 
 def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, bins: int,
@@ -47,7 +61,7 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
     N - i * N / (2 bags) present elements (from N down to about N/2)."""
 
     def make_inputs():
-        x = _away_from_kinks(torch.rand(bags, n, features), bins)
+        x = _away_from_kinks(torch.rand(bags, n, features), bins, dtype)
         centers = ((torch.arange(bins) + 0.5) / bins).repeat(features, 1)
         half_width = 1 / (2 * bins)
         width = {"soft": 1 / half_width, "rbf": 1 / half_width, "hard": half_width,
