@@ -147,9 +147,10 @@ def test_argument_forms(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_max_pool_nan_and_inf(device):
+@pytest.mark.parametrize("dtype", (torch.float32,) + HALF_DTYPES)
+def test_max_pool_nan_and_inf(device, dtype):
     """NaN propagates and its index is reported as torch does; -inf inputs are pooled, not padding."""
-    x = torch.randn(2, 19, 6, 6, device=device)
+    x = torch.randn(2, 19, 6, 6, device=device).to(dtype)
     x[0, 0, 1, 1] = float("nan")
     x[1, 1, 4, 2] = float("nan")
     x[1, 17, 2:4, 2] = float("nan")  # two NaNs in a window (a channels-last tail channel)
@@ -170,6 +171,23 @@ def test_overlapping_windows_accumulate(device):
     x = x.requires_grad_()
     FF.max_pool2d(x, 3, 1, 1).sum().backward()
     assert x.grad[0, 0, 2, 2].item() == 9.0
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_half_overlapping_windows_sum_in_float32(channels_last):
+    """The nine windows that share one maximum send it 256 and eight 1s: 264 in bfloat16,
+    where a bfloat16 running sum (spacing 2 above 256) would drop every 1 and give 256."""
+    x = torch.zeros(1, 1, 5, 5, dtype=torch.bfloat16)
+    x[0, 0, 2, 2] = 1.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.zeros(1, 1, 5, 5, dtype=torch.bfloat16)
+    g[0, 0, 1:4, 1:4] = 1.0
+    g[0, 0, 1, 1] = 256.0  # the first window that takes the maximum
+    for pool in (lambda t: FF.max_pool2d(t, 3, 1, 1), lambda t: FF.avg_pool2d(t, 3, 1, 1, divisor_override=1)):
+        (grad,) = torch.autograd.grad(pool(x), x, g)
+        assert grad[0, 0, 2, 2].item() == 264.0
 
 
 @pytest.mark.parametrize("device", DEVICES)
