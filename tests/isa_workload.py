@@ -32,7 +32,7 @@ def _inputs(dtype, *shapes, seed):
 
 #: Checks not run in float16/bfloat16: those with a torch module as the reference (its weights
 #: are in the half dtype, no float64 twin).
-HALF_SKIPS = {"lstm", "gru", "max_pool2d", "avg_pool2d", "max_pool1d", "avg_pool1d", "histogram"}
+HALF_SKIPS = {"lstm", "gru"}
 
 #: "both" (compute and compare), "save" (torch's results only, to TORCH_FILE) or "load".
 MODE, TORCH_FILE = "both", None
@@ -117,9 +117,11 @@ def run(dtype) -> int:
     # Channels-last pooling with 67 channels (the 4-vector blocks and a tail).
     (x,) = _inputs(dtype, (2, 67, 9, 8), seed=6)
     xl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    n += _check("max_pool2d", dtype, lambda x: FF.max_pool2d(x, 3, 2, 1),
-                lambda x: F.max_pool2d(x, 3, 2, 1), [xl])
-    n += _check("avg_pool2d", dtype, lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [xl])
+    for layout, inp in (("channels-last", xl), ("nchw", x)):
+        n += _check(f"max_pool2d {layout}", dtype, lambda x: FF.max_pool2d(x, 3, 2, 1),
+                    lambda x: F.max_pool2d(x, 3, 2, 1), [inp])
+        n += _check(f"avg_pool2d {layout}", dtype, lambda x: FF.avg_pool2d(x, 3, 2, 1),
+                    lambda x: F.avg_pool2d(x, 3, 2, 1), [inp])
     (x,) = _inputs(dtype, (3, 4, 45), seed=7)
     n += _check("max_pool1d", dtype, lambda x: FF.max_pool1d(x, 3), lambda x: F.max_pool1d(x, 3), [x])
     n += _check("avg_pool1d", dtype, lambda x: FF.avg_pool1d(x, 3), lambda x: F.avg_pool1d(x, 3), [x])
@@ -137,11 +139,12 @@ def run(dtype) -> int:
     q, k, v = _inputs(dtype, (2, 2, 5, 64), (2, 2, 70, 64), (2, 2, 70, 64), seed=10)
     n += _check("induced_attention", dtype, lambda q, k, v: FF.induced_attention(q, k, v),
                 lambda q, k, v: induced_attention_reference(q, k, v), [q, k, v])
+    # 40 bins (two 16-lane blocks and a tail); gradients of x, centres and widths.
     (bags,) = _inputs(dtype, (3, 50, 4), seed=11)
-    centres = torch.linspace(-1, 1, 40, dtype=dtype)
-    widths = torch.full((40,), 10.0, dtype=dtype)
-    n += _check("histogram", dtype, lambda x: FF.histogram(x, centres, widths),
-                lambda x: histogram_reference(x, centres, widths), [bags])
+    centres = torch.linspace(-1, 1, 40, dtype=dtype).requires_grad_()
+    widths = torch.full((40,), 10.0, dtype=dtype).requires_grad_()
+    n += _check("histogram", dtype, lambda x, c, w: FF.histogram(x, c, w),
+                lambda x, c, w: histogram_reference(x, c, w), [bags, centres, widths])
     # Hidden size 70: 280 LSTM gate columns (past the 256-column blocks of the bias gradient).
     for name, torch_cls, fastdl_cls in (("lstm", torch.nn.LSTM, fnn.LSTM), ("gru", torch.nn.GRU, fnn.GRU)):
         torch.manual_seed(12)

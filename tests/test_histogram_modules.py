@@ -9,7 +9,7 @@ import torch
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.nn as fnn
 from fastdl.reference import histogram_reference
-from helpers import DEVICES, assert_raises_naming, check_compile_module
+from helpers import DEVICES, assert_close_to_reference, assert_raises_naming, check_compile_module
 
 FAMILY = "histogram"  # the emulator summary counts test cases per op family
 
@@ -153,6 +153,38 @@ def test_matches_reference_forward_and_backward(device, dtype, cls, kernel, lear
     torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=scale, atol=scale)
     torch.testing.assert_close(m.centers.grad, ref_m.centers.grad, rtol=scale, atol=scale)
     torch.testing.assert_close(m.widths.grad, ref_m.widths.grad, rtol=scale, atol=scale)
+
+
+@pytest.mark.parametrize("to_dtype", ["bfloat16", "half"])
+@pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
+def test_module_in_half_on_cpu(to_dtype, cls, kernel, learnable, width):
+    """A layer after .bfloat16() / .half() on the CPU: output and every gradient in that
+    dtype, judged against the reference in float64 on the same values, with the reference's
+    own error in that dtype as the baseline."""
+    torch.manual_seed(0)
+    extra = {"sharpness": 40.0} if kernel == "sigmoid" else {}
+    m = getattr(_perturb(cls(5, 37, learnable=True, **extra)), to_dtype)()
+    dtype = m.centers.dtype
+    x = torch.rand(3, 17, 5).to(dtype)
+    mask = torch.rand(3, 17) < 0.7
+    mask[0, :2] = True
+    runs = {}
+    for name, fn, cast in (("ours", m, dtype), ("half_ref", None, dtype), ("ref64", None, torch.float64)):
+        mod = copy.deepcopy(m).to(cast)
+        xi = x.to(cast, copy=True).requires_grad_()
+        out = mod(xi, mask) if fn is not None else _reference(mod, xi, mask)
+        runs[name] = (out, xi, mod)
+    out = runs["ours"][0]
+    assert out.dtype == dtype
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    grads = {}
+    for name, (o, xi, mod) in runs.items():
+        o.backward(grad.to(o.dtype))
+        grads[name] = [xi.grad, mod.centers.grad, mod.widths.grad]
+    assert all(g.dtype == dtype for g in grads["ours"])
+    assert_close_to_reference(out, runs["ref64"][0], dtype, baseline=runs["half_ref"][0], name="output")
+    for i, (g, e, b) in enumerate(zip(grads["ours"], grads["ref64"], grads["half_ref"])):
+        assert_close_to_reference(g, e, dtype, baseline=b, name=["x", "centers", "widths"][i])
 
 
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)

@@ -216,7 +216,7 @@ def _fallback_calls():
     x = torch.randn(2, 4, 9, 7)
     return [
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
-        ("float16 pool", lambda: F.avg_pool1d(torch.randn(2, 3, 8).half(), 2), "dtype"),
+        ("int64 pool", lambda: F.avg_pool1d(torch.arange(48).reshape(2, 3, 8), 2), "dtype torch.int64"),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
         ("forward AD", lambda: _dual(lambda d: F.layer_norm(d, (7,))), "fastdl raised"),
         ("torch.func.grad", lambda: torch.func.grad(
@@ -280,6 +280,26 @@ def test_bad_arguments_raise_torchs_error(call, args):
         getattr(F, call)(*args)
     assert str(ours.value) == str(theirs.value)
     assert ours.value.__cause__ is None and ours.value.__context__ is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name, args", [
+    ("max_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
+    ("max_pool2d", (torch.randn(2, 5, 9, 8), 3, 2, 1)),
+    ("avg_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
+    ("avg_pool2d", (torch.randn(2, 5, 9, 8).contiguous(memory_format=torch.channels_last), 2)),
+], ids=["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"])
+def test_pooling_in_half_on_cpu_runs_fastdl(dtype, name, args):
+    """fastdl's CPU pooling takes float16/bfloat16: the patch routes those calls to it, not
+    to torch, and the result is torch's (the maxima exact, the averages rounded once)."""
+    args = (args[0].to(dtype),) + args[1:]
+    expected = getattr(F, name)(*args)
+    with FastdlOps() as ops, fastdl.patch(ops=[name]) as p:
+        got = getattr(F, name)(*args)
+    assert p.stats().fastdl == {name: 1} and p.stats().fallbacks == 0
+    assert ops.names() == [name[:3] + "_pool2d_forward"]
+    assert got.dtype == dtype and got.stride() == expected.stride()
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float32])

@@ -8,7 +8,7 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (DEVICE_DTYPES, DEVICES, assert_close_to_reference, assert_no_double_backward,
+from helpers import (DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference, assert_no_double_backward,
                      assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
                      check_gradcheck, check_opcheck, compare_with_torch)
 
@@ -147,9 +147,10 @@ def test_argument_forms(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_max_pool_nan_and_inf(device):
+@pytest.mark.parametrize("dtype", (torch.float32,) + HALF_DTYPES)
+def test_max_pool_nan_and_inf(device, dtype):
     """NaN propagates and its index is reported as torch does; -inf inputs are pooled, not padding."""
-    x = torch.randn(2, 19, 6, 6, device=device)
+    x = torch.randn(2, 19, 6, 6, device=device).to(dtype)
     x[0, 0, 1, 1] = float("nan")
     x[1, 1, 4, 2] = float("nan")
     x[1, 17, 2:4, 2] = float("nan")  # two NaNs in a window (a channels-last tail channel)
@@ -170,6 +171,23 @@ def test_overlapping_windows_accumulate(device):
     x = x.requires_grad_()
     FF.max_pool2d(x, 3, 1, 1).sum().backward()
     assert x.grad[0, 0, 2, 2].item() == 9.0
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_half_overlapping_windows_sum_in_float32(channels_last):
+    """The nine windows that share one maximum send it 256 and eight 1s: 264 in bfloat16,
+    where a bfloat16 running sum (spacing 2 above 256) would drop every 1 and give 256."""
+    x = torch.zeros(1, 1, 5, 5, dtype=torch.bfloat16)
+    x[0, 0, 2, 2] = 1.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.zeros(1, 1, 5, 5, dtype=torch.bfloat16)
+    g[0, 0, 1:4, 1:4] = 1.0
+    g[0, 0, 1, 1] = 256.0  # the first window that takes the maximum
+    for pool in (lambda t: FF.max_pool2d(t, 3, 1, 1), lambda t: FF.avg_pool2d(t, 3, 1, 1, divisor_override=1)):
+        (grad,) = torch.autograd.grad(pool(x), x, g)
+        assert grad[0, 0, 2, 2].item() == 264.0
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -248,6 +266,10 @@ def test_double_backward_raises(device):
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_opcheck(device, dtype, channels_last):
+    _opcheck_all(device, dtype, channels_last)
+
+
+def _opcheck_all(device, dtype, channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = distinct((2, 3, 7, 6), device, dtype, fmt).requires_grad_()
     check_opcheck(MAX_OP, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
@@ -399,24 +421,32 @@ def test_export_return_indices():
     assert torch.equal(idx, ref_idx)
 
 
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_autocast_cpu_half_input(channels_last):
-    """Under CPU autocast a bfloat16 input (an autocast conv's output) is pooled like torch's:
-    the output stays bfloat16 and the gradient reaches the input in bfloat16."""
-    x = torch.randn(2, 3, 9, 8).bfloat16()
+def test_autocast_cpu_half_input(dtype, channels_last):
+    """torch's CPU autocast has no rule for pooling: a half input (an autocast conv's output)
+    is pooled in its dtype, a float32 one stays float32. fastdl's half kernels run as they
+    are (the same result as outside autocast), and match torch's."""
+    x = torch.randn(2, 3, 9, 8).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        outs = [FF.max_pool2d(x, 3, 2, 1), FF.avg_pool2d(x, 3, 2, 1, count_include_pad=False)]
-        refs = [F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)]
-        assert FF.max_pool2d(x.float(), 2).dtype == torch.float32
-    for ours, theirs in zip(outs, refs):
-        assert ours.dtype == theirs.dtype == torch.bfloat16
-        torch.testing.assert_close(ours, theirs, rtol=1e-2, atol=1e-2)
+    fns = [(lambda f: lambda t: f.max_pool2d(t, 3, 2, 1)), (lambda f: lambda t: f.max_pool1d(t[0], 3, 2)),
+           (lambda f: lambda t: f.avg_pool2d(t, 3, 2, 1, count_include_pad=False)),
+           (lambda f: lambda t: f.avg_pool1d(t[0], 2))]
+    outside = [fn(FF)(x) for fn in fns]
+    with torch.autocast("cpu", dtype=dtype):
+        outs = [fn(FF)(x) for fn in fns]
+        refs = [fn(F)(x) for fn in fns]
+        for fn in fns:
+            assert fn(FF)(x.detach().float()).dtype == fn(F)(x.detach().float()).dtype == torch.float32
+    for ours, theirs, plain in zip(outs, refs, outside):
+        assert ours.dtype == theirs.dtype == dtype
+        assert torch.equal(ours, plain)
+        torch.testing.assert_close(ours, theirs)  # one rounding of a float32 value each
         g_ours, = torch.autograd.grad(ours.float().sum(), x)
         g_theirs, = torch.autograd.grad(theirs.float().sum(), x)
-        assert g_ours.dtype == torch.bfloat16
+        assert g_ours.dtype == dtype
         torch.testing.assert_close(g_ours, g_theirs, rtol=1e-2, atol=1e-2)
 
 
@@ -430,3 +460,100 @@ def test_max_pool_window_of_only_padding(device):
     assert out.shape == (2, 1, 1) and (out == float("-inf")).all()
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+# ---------------------------------------------------------------------------------------------
+# float16 / bfloat16 on the CPU: compared and summed in float32, the output in the input's
+# dtype (judged by torch's own error in that dtype against float64: compare_with_torch)
+# ---------------------------------------------------------------------------------------------
+
+# Channels past the vector widths (4 x 16 float lanes, then 16, then a scalar tail), for the
+# channels-last kernels; odd planes with overlapping windows for the NCHW ones.
+HALF_MAX_CASES = MAX_CASES + [
+    ((2, 67, 9, 8), 3, 2, 1, 1, True),
+    ((1, 83, 7, 5), 2, 1, 0, 1, False),
+    ((2, 64, 6, 6), 3, 1, 1, 2, False),
+]
+HALF_AVG_CASES = AVG_CASES + [
+    ((2, 67, 9, 8), 3, 2, 1, True),
+    ((1, 83, 7, 5), 2, 1, 0, False),
+    ((2, 64, 6, 6), (3, 2), 1, 1, False),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("case", HALF_MAX_CASES, ids=[str(i) for i in range(len(HALF_MAX_CASES))])
+def test_half_max_pool2d_on_cpu(dtype, case):
+    """The maxima are exact and the indices torch's (ties go to the first tap, as torch: the
+    rounded values of distinct() can tie); the gradient is summed in float32."""
+    shape, k, s, p, d, c = case
+    base = distinct(shape, "cpu", dtype)
+    for name, x in _layouts(base):
+        x = x.detach().requires_grad_()
+        (out, idx), (ref, ref_idx), _, _ = compare_with_torch(*_max_fns(k, s, p, d, c), [x], dtype)
+        assert out.dtype == dtype and idx.dtype == torch.int64, name
+        assert torch.equal(out, ref) and torch.equal(idx, ref_idx), name
+        assert out.stride() == ref.stride() and idx.stride() == ref_idx.stride(), name
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("case", HALF_AVG_CASES, ids=[str(i) for i in range(len(HALF_AVG_CASES))])
+@pytest.mark.parametrize("cip, dov", AVG_OPTIONS, ids=["pad", "nopad", "div5", "nopad-div2"])
+def test_half_avg_pool2d_on_cpu(dtype, case, cip, dov):
+    shape, k, s, p, c = case
+    base = torch.randn(shape, dtype=dtype)
+    for name, x in _layouts(base):
+        x = x.detach().requires_grad_()
+        out, ref, _, _ = compare_with_torch(*_avg_fns(k, s, p, c, cip, dov), [x], dtype)
+        assert out.dtype == dtype and out.stride() == ref.stride(), name
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 9), (4, 37), (2, 70, 33)], ids=["batched", "unbatched", "wide"])
+def test_half_pool1d_on_cpu(dtype, shape):
+    x = distinct(shape, "cpu", dtype).requires_grad_()
+    for k, s, p, d, c in [(3, 2, 1, 1, False), (3, 1, 1, 2, True), (2, None, 0, 1, True)]:
+        (out, idx), (ref, ref_idx), _, _ = compare_with_torch(
+            lambda x: FF.max_pool1d(x, k, s, p, d, c, return_indices=True),
+            lambda x: F.max_pool1d(x, k, s, p, d, c, return_indices=True), [x], dtype)
+        assert out.dtype == dtype and torch.equal(out, ref) and torch.equal(idx, ref_idx)
+    for k, s, p, c, cip in [(3, 2, 1, False, True), (4, 1, 2, True, False), (2, None, 0, True, True)]:
+        out, _, _, _ = compare_with_torch(lambda x: FF.avg_pool1d(x, k, s, p, c, cip),
+                                          lambda x: F.avg_pool1d(x, k, s, p, c, cip), [x], dtype)
+        assert out.dtype == dtype
+
+
+def test_half_avg_pool_sums_in_float32():
+    """2048 and eight 1s: their mean is 2056/9 = 228.4; a float16 running sum (spacing 2 above
+    2048) would drop every 1 and give 2048/9 = 227.6, another float16 value (spacing 0.125)."""
+    x = torch.ones(1, 1, 3, 3, dtype=torch.float16)
+    x[0, 0, 0, 0] = 2048
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        out = FF.avg_pool2d(x.contiguous(memory_format=fmt), 3)
+        assert out.item() == torch.tensor(2056 / 9, dtype=torch.float16).item()
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_half_opcheck_on_cpu(dtype, channels_last):
+    _opcheck_all("cpu", dtype, channels_last)
+
+
+@pytest.mark.parametrize("to_dtype", ["bfloat16", "half"])
+@pytest.mark.parametrize("ours, theirs, kwargs, shape", MODULE_PAIRS,
+                         ids=[f"{p[0].__name__}-{i}" for i, p in enumerate(MODULE_PAIRS)])
+def test_modules_in_half_on_cpu(to_dtype, ours, theirs, kwargs, shape):
+    """fastdl.nn pooling modules after .bfloat16() / .half() as torch's: the output in the
+    input's dtype, within a rounding of torch's; gradients to the input."""
+    m, t = getattr(ours(**kwargs), to_dtype)(), getattr(theirs(**kwargs), to_dtype)()
+    dtype = getattr(torch, "float16" if to_dtype == "half" else to_dtype)
+    x = distinct(shape, "cpu", dtype)
+    xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yo, yr = m(xo), t(xr)
+    assert yo.dtype == yr.dtype == dtype
+    torch.testing.assert_close(yo, yr)
+    go = torch.randn_like(yr)
+    yo.backward(go)
+    yr.backward(go)
+    assert xo.grad.dtype == dtype
+    torch.testing.assert_close(xo.grad, xr.grad, rtol=2e-2, atol=2e-2)

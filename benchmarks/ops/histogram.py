@@ -6,9 +6,9 @@ Inputs as in ``anchors/measure_*.py``: x uniform on [0, 1] (HistNetQ feeds sigmo
 centres HistNetQ's (k + 0.5)/B for every feature, widths for bins that tile [0, 1] ("soft"
 and "rbf": slope 2B, i.e. half-width 1/(2B); "hard": half-width 1/(2B); "sigmoid": bin width
 1/B, sharpness 1000). x, centres and widths all require grad (fwd+bwd differentiates all three).
-x is kept 1e-3 of a half-width away from the bin centres and edges, where the kernels have
-kinks (|d| == 0, |d| == 1/(2B)): there the two sides may round onto different sides and pick
-different one-sided gradients, which would make the agreement check flaky.
+x is kept 1e-3 of a half-width (bfloat16: 1e-2) away from the bin centres and edges, where the
+kernels have kinks (|d| == 0, |d| == 1/(2B)): there the two sides may round onto different
+sides and pick different one-sided gradients, which would make the agreement check flaky.
 
 Bytes moved count what any implementation must touch at least, each once: the forward reads
 x (and the mask, when given) and writes the (bags, F, B) output; the backward reads the output
@@ -28,15 +28,31 @@ from fastdl.reference import histogram_reference
 from harness import Case
 
 SHARPNESS = 1000.0
-TOLERANCE = dict(atol=1e-4, rtol=1e-4)  # float32: sums over N of O(1) terms, in another order
+# float32: sums over N of O(1) terms, in another order. bfloat16: the reference computes every
+# (bags, N, F, B) kernel value in bfloat16 (fastdl: in float32, rounding only the results).
+TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 
 
-def _away_from_kinks(x: torch.Tensor, bins: int) -> torch.Tensor:
-    """Move every element within 1e-3 half-widths of a multiple of 1/(2B) (a bin centre or
-    edge) 2e-3 half-widths up."""
+def _near_kinks(x: torch.Tensor, bins: int, margin: float) -> torch.Tensor:
+    """Where x is within ``margin`` half-widths of a multiple of 1/(2B) (a centre or edge)."""
     t = x * (2 * bins)
-    near = (t - t.round()).abs() < 1e-3
-    return torch.where(near, x + 2e-3 / (2 * bins), x)
+    return (t - t.round()).abs() < margin
+
+
+def _away_from_kinks(x: torch.Tensor, bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """x (float32) with no element near a kink once in ``dtype``. float32: every element within
+    1e-3 half-widths moves 2e-3 half-widths up. bfloat16: its grid is coarser than that, and
+    the reference's bfloat16 d = x - c rounds by up to 2e-3 half-widths (turning a bin on or
+    off at its edge), so elements within 1e-2 half-widths of a kink after rounding are drawn
+    again (the same stream of random numbers every run)."""
+    if dtype == torch.float32:
+        return torch.where(_near_kinks(x, bins, 1e-3), x + 2e-3 / (2 * bins), x)
+    for _ in range(20):
+        near = _near_kinks(x.to(dtype).float(), bins, 1e-2)
+        if not near.any():
+            break
+        x = torch.where(near, torch.rand(x.shape), x)
+    return x
 
 
 def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, bins: int,
@@ -45,7 +61,7 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
     N - i * N / (2 bags) present elements (from N down to about N/2)."""
 
     def make_inputs():
-        x = _away_from_kinks(torch.rand(bags, n, features), bins)
+        x = _away_from_kinks(torch.rand(bags, n, features), bins, dtype)
         centers = ((torch.arange(bins) + 0.5) / bins).repeat(features, 1)
         half_width = 1 / (2 * bins)
         width = {"soft": 1 / half_width, "rbf": 1 / half_width, "hard": half_width,
@@ -66,7 +82,7 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
     return Case("histogram", label, dtype, device, make_inputs,
                 fastdl.functional.histogram, histogram_reference,
                 bytes_fwd=x_bytes + out_bytes + mask_bytes,
-                bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes, **TOLERANCE)
+                bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes, **TOLERANCE[dtype])
 
 
 def histnetq_step_case(device: str, bags: int, n: int, in_features: int, n_classes: int = 4,
@@ -105,19 +121,22 @@ def histnetq_step_case(device: str, bags: int, n: int, in_features: int, n_class
     x_bytes = bags * n * in_features * 4
     return Case("histnetq_step", f"bags{bags} N{n} in{in_features} F{n_features} B{bins}",
                 torch.float32, device, make_inputs, with_fastdl, with_reference_histogram,
-                bytes_fwd=x_bytes, bytes_fwd_bwd=3 * x_bytes, **TOLERANCE)
+                bytes_fwd=x_bytes, bytes_fwd_bwd=3 * x_bytes, **TOLERANCE[torch.float32])
 
 
 def cases(device: str, quick: bool) -> list[Case]:
     """Every kernel at the ANCHORS.md shape, and "soft" with a mask. CPU: bags16 N500 F64 B32
-    fp32 (``quick``: bags8 N250, a quarter of it); CUDA: bags64 N1000 F300 B32 fp32 (the
-    reference needs ~12 GiB there; ``quick`` changes nothing)."""
+    fp32 (``quick``: bags8 N250, a quarter of it), and "soft" in bf16 at the same shape;
+    CUDA: bags64 N1000 F300 B32 fp32 (the reference needs ~12 GiB there; ``quick`` changes
+    nothing)."""
     if device == "cpu":
         shape = (8, 250, 64, 32) if quick else (16, 500, 64, 32)
     else:
         shape = (64, 1000, 300, 32)
     out = [histogram_case(device, kernel, *shape) for kernel in ("soft", "sigmoid", "rbf", "hard")]
     out.append(histogram_case(device, "soft", *shape, masked=True))
+    if device == "cpu":  # the CPU kernels take bf16 (computed in float32): the same shape
+        out.append(histogram_case(device, "soft", *shape, dtype=torch.bfloat16))
     bags, n = shape[:2]
     out.append(histnetq_step_case(device, bags, n, in_features=64))
     return out

@@ -49,10 +49,12 @@ def pool_case(op: str, device: str, dtype: torch.dtype, shape: tuple[int, int, i
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """CPU: fp32 at N8 C32 32x32 (N4 C16 32x32 with ``quick``); CUDA: N32 C64 112x112 (the
-    ResNet stem's pooling input) in fp32 and bf16."""
+    """CPU: fp32 and bf16 at N8 C32 32x32 (N4 C16 32x32 with ``quick``); CUDA: N32 C64
+    112x112 (the ResNet stem's pooling input) in fp32 and bf16."""
     if device == "cpu":
-        dtypes, shape = [torch.float32], ((4, 16, 32, 32) if quick else (8, 32, 32, 32))
+        # bf16: the CPU kernels compute it in float32 (the same shapes as fp32).
+        dtypes = [torch.float32, torch.bfloat16]
+        shape = (4, 16, 32, 32) if quick else (8, 32, 32, 32)
     else:
         dtypes, shape = [torch.float32, torch.bfloat16], (32, 64, 112, 112)
     return [pool_case(op, device, dtype, shape, cl)

@@ -254,7 +254,8 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
 
 
 def _pool_reason(input, dims: tuple[int, ...]) -> Optional[str]:
-    return _tensor_reason((input,), ("input",)) or _dims_reason(input, dims)
+    # The CPU pooling kernels take float16/bfloat16 (computed in float32).
+    return _tensor_reason((input,), ("input",), cpu_half=True) or _dims_reason(input, dims)
 
 
 def _max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,

@@ -3,7 +3,6 @@
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/pooling/pooling.h"
 
-#include "fastdl/common/autocast.h"
 #include "fastdl/common/autograd.h"
 #include "fastdl/common/checks.h"
 #include "fastdl/common/dispatch.h"
@@ -42,7 +41,7 @@ namespace {
 Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                          bool ceil_mode) {
-  checks::floating(input, op, "input");
+  checks::floating(input, op, "input", checks::HalfOn::cpu_and_cuda);
   const auto [kh, kw] = checks::int_pair(kernel_size, op, "kernel_size");
   const auto [sh, sw] = checks::int_pair(stride, op, "stride", std::array<int64_t, 2>{kh, kw});
   const auto [ph, pw] = checks::int_pair(padding, op, "padding");
@@ -89,7 +88,7 @@ Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRe
 
 void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
                        const Pool2dShape& s) {
-  checks::floating(grad_output, op, "grad_output");
+  checks::floating(grad_output, op, "grad_output", checks::HalfOn::cpu_and_cuda);
   checks::same_device(grad_output, input, op, "grad_output", "input");
   const auto sizes = s.output_sizes();
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) &&
@@ -253,40 +252,6 @@ at::Tensor avg_pool2d_forward_autograd(const at::Tensor& input, at::IntArrayRef 
                                   divisor_override)[0];
 }
 
-// Under CPU autocast torch's pooling keeps the input's dtype; a bfloat16/float16 input there
-// (the output of an autocast convolution) is pooled in float32 by our float32 kernels and the
-// result cast back. Pooling is exact in float32 for max and rounds once for the average.
-bool half_on_cpu(const at::Tensor& input) {
-  return input.defined() && input.is_cpu() &&
-         (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
-}
-
-std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_autocast_cpu(
-    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  autocast::BelowAutocast<c10::DeviceType::CPU> below;
-  if (!half_on_cpu(input)) {
-    return FASTDL_CALL(max_pool2d_forward)
-        .call(input, kernel_size, stride, padding, dilation, ceil_mode);
-  }
-  auto [output, indices] =
-      FASTDL_CALL(max_pool2d_forward)
-          .call(input.to(at::kFloat), kernel_size, stride, padding, dilation, ceil_mode);
-  return {output.to(input.scalar_type()), indices};
-}
-
-at::Tensor avg_pool2d_forward_autocast_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                           at::IntArrayRef stride, at::IntArrayRef padding,
-                                           bool ceil_mode, bool count_include_pad,
-                                           std::optional<int64_t> divisor_override) {
-  autocast::BelowAutocast<c10::DeviceType::CPU> below;
-  const auto x = half_on_cpu(input) ? input.to(at::kFloat) : input;
-  auto output =
-      FASTDL_CALL(avg_pool2d_forward)
-          .call(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override);
-  return output.to(input.scalar_type());
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward(const at::Tensor& input,
@@ -361,9 +326,7 @@ TORCH_LIBRARY_IMPL(fastdl, Autograd, m) {
   m.impl("avg_pool2d_backward", autograd::not_differentiable_kernel());
 }
 
-TORCH_LIBRARY_IMPL(fastdl, AutocastCPU, m) {
-  m.impl("max_pool2d_forward", &max_pool2d_forward_autocast_cpu);
-  m.impl("avg_pool2d_forward", &avg_pool2d_forward_autocast_cpu);
-}
+// No autocast kernels: torch's CPU and CUDA autocast have no rule for pooling, which keeps the
+// input's dtype; the kernels take float16/bfloat16 on both devices (computing in float32).
 
 }  // namespace fastdl

@@ -33,8 +33,9 @@ def histogram(
       is HistNetQ's surrogate: that of ``1.01^(w - |d|)`` where ``|d| < w`` (zero elsewhere),
       so centres and widths still learn.
 
-    Gradients flow to ``x``, ``centers`` and ``widths``. CPU: float32/float64; CUDA: also
-    float16/bfloat16 (accumulated in float32).
+    Gradients flow to ``x``, ``centers`` and ``widths``. float32, float64, float16 and
+    bfloat16 (half types accumulated in float32; half ``x`` takes centres and widths of its
+    dtype or float32, and their gradients come in their own dtype).
 
     Args:
         x: ``(bags, N, F)`` (or ``(N, F)``: one bag, result ``(F, B)``).

@@ -37,8 +37,8 @@ def max_pool2d(
     :func:`torch.nn.functional.max_pool2d`.
 
     Padding is ``-inf`` (never the maximum); NaN propagates (a window holding a NaN gives NaN).
-    The output keeps the input's memory format. CPU: float32/float64; CUDA: also
-    float16/bfloat16. Differentiable in ``input`` (the gradient goes to each window's argmax).
+    The output keeps the input's memory format. float32, float64, float16 and bfloat16 (half
+    types compared in float32). Differentiable in ``input`` (the gradient goes to each window's argmax).
 
     Args:
         input: tensor of shape ``(N, C, H, W)`` or ``(C, H, W)``.
@@ -96,8 +96,8 @@ def avg_pool2d(
 
     Each output is the window's sum divided by ``divisor_override`` if given, else by the
     window's size counting the zero padding (``count_include_pad=True``) or not. The output
-    keeps the input's memory format. CPU: float32/float64; CUDA: also float16/bfloat16
-    (accumulated in float32). Differentiable in ``input``.
+    keeps the input's memory format. float32, float64, float16 and bfloat16 (half types
+    accumulated in float32). Differentiable in ``input``.
 
     Args:
         input: tensor of shape ``(N, C, H, W)`` or ``(C, H, W)``.

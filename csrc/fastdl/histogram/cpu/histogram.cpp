@@ -2,7 +2,13 @@
 // element x[b, i, f] is compared with all B bins of its feature at once (Vec<T> over k), the
 // kernel values summed into a (features x bins) block that stays in L1: one pass over x, no
 // (bags, N, F, B) tensor. Backward recomputes the kernel derivatives; the input gradient is a
-// sum over bins, centre/width gradients go to per-thread buffers.
+// sum over bins, centre/width gradients go to per-thread buffers. float16/bfloat16 x (S) is
+// computed in float (T = at::opmath_type<S>, common/cpu/half.h): each element is converted as
+// it is read, centres and widths are read as float (a half table converted once), each
+// feature's B sums and N input-gradient sums are kept in float and converted once; centre and
+// width gradients are summed in float and returned in the parameters' dtype. For float/double
+// (S = T) nothing is converted.
+#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
 #include "fastdl/common/tensors.h"
@@ -10,8 +16,9 @@
 #include "fastdl/histogram/histogram_math.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -21,6 +28,11 @@
 namespace fastdl::CPU_CAPABILITY {
 namespace {
 
+using cpu::compute_values;
+using cpu::converted;
+using cpu::row_out;
+using cpu::row_target;
+using cpu::RowBuffers;
 using cpu::Vec;
 using detail::HistogramKernel;
 using detail::HistogramShape;
@@ -161,8 +173,8 @@ int64_t feature_block(const HistogramShape& s, int64_t elem_size) {
 // looping over the bag's elements for one feature (the bag's column of x stays in cache).
 
 // out[k0 .. k0 + KV*L) of feature f of one bag: sums over its present elements.
-template <typename T, HistogramKernel K, int KV>
-void forward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
+template <typename T, HistogramKernel K, int KV, typename S>
+void forward_bins(const S* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
                   const T* w, T sharpness, T* out) {
   constexpr int64_t L = Vec<T>::size();
   Vec<T> cv[KV], acc[KV];
@@ -174,29 +186,30 @@ void forward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, co
   }
   for (int64_t i = 0; i < n; ++i) {
     if (mask && !mask[i]) continue;
-    const Vec<T> xv(xcol[i * stride]);
+    const Vec<T> xv(static_cast<T>(xcol[i * stride]));
     for (int j = 0; j < KV; ++j) acc[j] += vec_value<K, T>(xv - cv[j], bins[j], sharpness);
   }
   for (int j = 0; j < KV; ++j) acc[j].store(out + j * L);
 }
 
-template <typename T, HistogramKernel K>
-void forward_kernel(const HistogramShape& s, const T* x, const bool* mask, const T* centers,
-                    const T* widths, const T* scale, T sharpness, T* out) {
+template <typename S, HistogramKernel K, typename T = at::opmath_type<S>>
+void forward_kernel(const HistogramShape& s, const S* x, const bool* mask, const T* centers,
+                    const T* widths, const T* scale, T sharpness, S* out) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t F = s.features, B = s.bins, N = s.n;
   const int64_t pstride = s.shared_params ? 0 : B;
   const int64_t fb = feature_block(s, sizeof(T));
   const int64_t blocks = (F + fb - 1) / fb;
   at::parallel_for(0, s.bags * blocks, 1, [&](int64_t begin, int64_t end) {
+    RowBuffers<T, S> sums(1, B);  // half: one feature's B sums in float
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bag = task / blocks, f0 = (task % blocks) * fb, f1 = std::min(F, f0 + fb);
       const bool* bag_mask = mask ? mask + bag * N : nullptr;
       for (int64_t f = f0; f < f1; ++f) {
-        const T* xcol = x + bag * N * F + f;
+        const S* xcol = x + bag * N * F + f;
         const T* c = centers + f * pstride;
         const T* w = widths + f * pstride;
-        T* o = out + (bag * F + f) * B;
+        T* o = row_target(out, bag * F + f, B, sums.row(0));
         int64_t k = 0;
         for (; k + 4 * L <= B; k += 4 * L)
           forward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, sharpness, o + k);
@@ -206,21 +219,22 @@ void forward_kernel(const HistogramShape& s, const T* x, const bool* mask, const
           T sum = 0;
           for (int64_t i = 0; i < N; ++i) {
             if (!bag_mask || bag_mask[i])
-              sum += detail::hist_value<K, T>(xcol[i * F] - c[k], w[k], sharpness);
+              sum += detail::hist_value<K, T>(static_cast<T>(xcol[i * F]) - c[k], w[k], sharpness);
           }
           o[k] = sum;
         }
         for (k = 0; k < B; ++k) o[k] *= scale[bag];
+        row_out(o, out, bag * F + f, B);
       }
     }
   });
 }
 
 // Bins [k0, k0 + KV*L) of feature f of one bag: adds each present element's share to
-// grad_x (a column with the given stride) and this thread's centre/width gradient rows.
-template <typename T, HistogramKernel K, int KV>
-void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
-                   const T* w, const T* g, T sharpness, T* gxcol, T* gc, T* gw) {
+// grad_x (a column with stride gx_stride) and this thread's centre/width gradient rows.
+template <typename T, HistogramKernel K, int KV, typename S>
+void backward_bins(const S* xcol, int64_t n, int64_t stride, const bool* mask, const T* c,
+                   const T* w, const T* g, T sharpness, T* gxcol, int64_t gx_stride, T* gc, T* gw) {
   constexpr int64_t L = Vec<T>::size();
   Vec<T> cv[KV], gv[KV], gc_acc[KV], gw_acc[KV];
   Bins<T> bins[KV];
@@ -233,7 +247,7 @@ void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, c
   }
   for (int64_t i = 0; i < n; ++i) {
     if (mask && !mask[i]) continue;
-    const Vec<T> xv(xcol[i * stride]);
+    const Vec<T> xv(static_cast<T>(xcol[i * stride]));
     Vec<T> gx(T(0));
     for (int j = 0; j < KV; ++j) {
       Vec<T> dd, dw;
@@ -243,7 +257,7 @@ void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, c
       gc_acc[j] -= g_dd;
       gw_acc[j] += gv[j] * dw;
     }
-    if (gxcol) gxcol[i * stride] += cpu::horizontal_sum(gx);
+    if (gxcol) gxcol[i * gx_stride] += cpu::horizontal_sum(gx);
   }
   if (gc) {
     for (int j = 0; j < KV; ++j) {
@@ -253,9 +267,9 @@ void backward_bins(const T* xcol, int64_t n, int64_t stride, const bool* mask, c
   }
 }
 
-template <typename T, HistogramKernel K>
-void backward_kernel(const HistogramShape& s, const T* grad_out, const T* x, const bool* mask,
-                     const T* centers, const T* widths, const T* scale, T sharpness, T* grad_x,
+template <typename S, HistogramKernel K, typename T = at::opmath_type<S>>
+void backward_kernel(const HistogramShape& s, const S* grad_out, const S* x, const bool* mask,
+                     const T* centers, const T* widths, const T* scale, T sharpness, S* grad_x,
                      T* grad_centers, T* grad_widths) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t F = s.features, B = s.bins, N = s.n;
@@ -272,15 +286,25 @@ void backward_kernel(const HistogramShape& s, const T* grad_out, const T* x, con
     T* gc = param_grads ? centers_parts.row(tid) : nullptr;
     T* gw = param_grads ? widths_parts.row(tid) : nullptr;
     std::vector<T> g(B);  // grad_out of one feature, times the bag's scale
+    // Half: one feature's column of grad_x summed in float (stride 1), converted at the end.
+    RowBuffers<T, S> gx_sums(1, grad_x ? N : 0);
+    const int64_t gx_stride = std::is_same_v<S, T> ? F : 1;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bag = task / blocks, f0 = (task % blocks) * fb, f1 = std::min(F, f0 + fb);
       const bool* bag_mask = mask ? mask + bag * N : nullptr;
       for (int64_t f = f0; f < f1; ++f) {
-        for (int64_t k = 0; k < B; ++k) g[k] = grad_out[(bag * F + f) * B + k] * scale[bag];
-        const T* xcol = x + bag * N * F + f;
-        T* gxcol = grad_x ? grad_x + bag * N * F + f : nullptr;
-        if (gxcol) {
-          for (int64_t i = 0; i < N; ++i) gxcol[i * F] = T(0);  // absent elements stay 0
+        for (int64_t k = 0; k < B; ++k) {
+          g[k] = static_cast<T>(grad_out[(bag * F + f) * B + k]) * scale[bag];
+        }
+        const S* xcol = x + bag * N * F + f;
+        T* gxcol = nullptr;
+        if (grad_x) {
+          if constexpr (std::is_same_v<S, T>) {
+            gxcol = grad_x + bag * N * F + f;
+          } else {
+            gxcol = gx_sums.row(0);
+          }
+          for (int64_t i = 0; i < N; ++i) gxcol[i * gx_stride] = T(0);  // absent elements stay 0
         }
         const T* c = centers + f * pstride;
         const T* w = widths + f * pstride;
@@ -289,22 +313,29 @@ void backward_kernel(const HistogramShape& s, const T* grad_out, const T* x, con
         int64_t k = 0;
         for (; k + 4 * L <= B; k += 4 * L) {
           backward_bins<T, K, 4>(xcol, N, F, bag_mask, c + k, w + k, g.data() + k, sharpness, gxcol,
-                                 gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
+                                 gx_stride, gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
         }
         for (; k + L <= B; k += L) {
           backward_bins<T, K, 1>(xcol, N, F, bag_mask, c + k, w + k, g.data() + k, sharpness, gxcol,
-                                 gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
+                                 gx_stride, gcf ? gcf + k : nullptr, gwf ? gwf + k : nullptr);
         }
         for (; k < B; ++k) {
           for (int64_t i = 0; i < N; ++i) {
             if (bag_mask && !bag_mask[i]) continue;
             T dd, dw;
-            detail::hist_derivatives<K, T>(xcol[i * F] - c[k], w[k], sharpness, dd, dw);
-            if (gxcol) gxcol[i * F] += g[k] * dd;
+            detail::hist_derivatives<K, T>(static_cast<T>(xcol[i * F]) - c[k], w[k], sharpness, dd,
+                                           dw);
+            if (gxcol) gxcol[i * gx_stride] += g[k] * dd;
             if (gcf) {
               gcf[k] -= g[k] * dd;
               gwf[k] += g[k] * dw;
             }
+          }
+        }
+        if constexpr (!std::is_same_v<S, T>) {
+          if (grad_x) {
+            S* out = grad_x + bag * N * F + f;
+            for (int64_t i = 0; i < N; ++i) out[i * F] = static_cast<S>(gxcol[i]);
           }
         }
       }
@@ -329,14 +360,19 @@ at::Tensor histogram_forward_cpu(const at::Tensor& x, const at::Tensor& centers,
   const auto m = contiguous_or_undefined(mask);
   const auto scale = detail::histogram_bag_scale(x3, mask, s, normalize);
   auto out = at::empty({s.bags, s.features, s.bins}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "histogram_forward_cpu", [&] {
-    detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-      forward_kernel<scalar_t, K>(
-          s, x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), c.const_data_ptr<scalar_t>(),
-          w.const_data_ptr<scalar_t>(), scale.const_data_ptr<scalar_t>(),
-          static_cast<scalar_t>(sharpness), out.mutable_data_ptr<scalar_t>());
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_forward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        // Centres and widths in T (a half table converted): half precision would blur the bins.
+        std::vector<T> c_values, w_values;
+        const T* cp = compute_values(c, c_values);
+        const T* wp = compute_values(w, w_values);
+        detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
+          forward_kernel<scalar_t, K>(s, x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), cp,
+                                      wp, scale.const_data_ptr<T>(), static_cast<T>(sharpness),
+                                      out.mutable_data_ptr<scalar_t>());
+        });
+      });
   return s.batched ? out : out.squeeze(0);
 }
 
@@ -353,18 +389,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> histogram_backward_cpu(
   const auto scale = detail::histogram_bag_scale(x3, mask, s, normalize);
   at::Tensor gx, gc, gw;
   if (output_mask[0]) gx = at::empty({s.bags, s.n, s.features}, x.options());
-  if (output_mask[1]) gc = at::zeros_like(c);
-  if (output_mask[2]) gw = at::zeros_like(w);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "histogram_backward_cpu", [&] {
-    detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
-      backward_kernel<scalar_t, K>(
-          s, go.const_data_ptr<scalar_t>(), x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m),
-          c.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          scale.const_data_ptr<scalar_t>(), static_cast<scalar_t>(sharpness),
-          mutable_data_or_null<scalar_t>(gx), mutable_data_or_null<scalar_t>(gc),
-          mutable_data_or_null<scalar_t>(gw));
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, x.scalar_type(), "histogram_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        // Centre and width gradients summed in T; a half parameter's are converted at the end.
+        const auto sums = c.options().dtype(c10::CppTypeToScalarType<T>::value);
+        if (output_mask[1]) gc = at::zeros(c.sizes(), sums);
+        if (output_mask[2]) gw = at::zeros(w.sizes(), sums);
+        std::vector<T> c_values, w_values;
+        const T* cp = compute_values(c, c_values);
+        const T* wp = compute_values(w, w_values);
+        detail::dispatch_histogram_kernel(s.kernel, [&]<HistogramKernel K>() {
+          backward_kernel<scalar_t, K>(s, go.const_data_ptr<scalar_t>(),
+                                       x3.const_data_ptr<scalar_t>(), data_or_null<bool>(m), cp, wp,
+                                       scale.const_data_ptr<T>(), static_cast<T>(sharpness),
+                                       mutable_data_or_null<scalar_t>(gx),
+                                       mutable_data_or_null<T>(gc), mutable_data_or_null<T>(gw));
+        });
+        gc = converted(gc, c.scalar_type());
+        gw = converted(gw, w.scalar_type());
+      });
   if (gx.defined()) gx = gx.view(x.sizes());
   return {gx, gc, gw};
 }
