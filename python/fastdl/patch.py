@@ -61,7 +61,7 @@ PATCHABLE_OPS: tuple[str, ...] = (
 _CUDA_BUILT = bool(_C.build_info()["cuda"])
 _FLOATS = (torch.float32, torch.float64)
 _HALFS = (torch.float16, torch.bfloat16)
-_DTYPES = {"cpu": _FLOATS, "cuda": _FLOATS + _HALFS if _CUDA_BUILT else ()}
+_DTYPES = {"cpu": _FLOATS + _HALFS, "cuda": _FLOATS + _HALFS if _CUDA_BUILT else ()}
 
 # ------------------------------------------------------------------------------- state
 # All of it is guarded by _lock, except the reads on the call path: _on[name] (a dict lookup,
@@ -106,10 +106,9 @@ def _count(name: str, route: str, reason: Optional[str] = None) -> None:
 
 
 def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
-                   loose: Sequence[str] = (), cpu_half: bool = False) -> Optional[str]:
+                   loose: Sequence[str] = ()) -> Optional[str]:
     """Why fastdl cannot take these tensors (None when it can): non-tensors, overrides,
-    layouts, devices and dtypes without a kernel (``cpu_half``: the op's CPU kernels take
-    float16/bfloat16). All must be on the first one's device and, but for those named in
+    layouts, devices and dtypes without a kernel. All must be on the first one's device and, but for those named in
     ``loose`` (whose dtype the caller checks), of its dtype."""
     present = [(t, n) for t, n in zip(tensors, names) if t is not None]
     if not present or present[0][1] != names[0]:
@@ -129,8 +128,7 @@ def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
     device = first.device
     if not _DTYPES.get(device.type):
         return f"device {device.type} (fastdl has no kernels there in this build)"
-    dtypes = _FLOATS + _HALFS if cpu_half and device.type == "cpu" else _DTYPES[device.type]
-    if first.dtype not in dtypes:
+    if first.dtype not in _DTYPES[device.type]:
         return f"dtype {first.dtype} on {device.type}"
     for t, n in present[1:]:
         if t.device != device:
@@ -169,7 +167,7 @@ def _dispatch(name: str, reason: Optional[str], args: tuple, kwargs: dict) -> ob
 
 def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional[str]:
     reason = _tensor_reason((query, key, value, attn_mask), ("query", "key", "value", "attn_mask"),
-                            loose=("attn_mask",), cpu_half=True)
+                            loose=("attn_mask",))
     if reason is not None:
         return reason
     if attn_mask is not None and attn_mask.dtype not in (torch.bool, query.dtype):
@@ -203,7 +201,7 @@ def _param_dtype_reason(input, tensors, names) -> Optional[str]:
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     reason = (_tensor_reason((input, weight, bias), ("input", "weight", "bias"),
-                             loose=("weight", "bias"), cpu_half=True)
+                             loose=("weight", "bias"))
               or _param_dtype_reason(input, (weight, bias), ("weight", "bias")))
     if reason is None:
         shape = normalized_shape
@@ -216,7 +214,7 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum):
     names = ("input", "running_mean", "running_var", "weight", "bias")
     tensors = (input, running_mean, running_var, weight, bias)
-    reason = (_tensor_reason(tensors, names, loose=names[1:], cpu_half=True)
+    reason = (_tensor_reason(tensors, names, loose=names[1:])
               or _param_dtype_reason(input, tensors[1:], names[1:]))
     if reason is not None:
         return reason
@@ -239,7 +237,7 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, traini
 
 
 def _conv_reason(input, weight, bias, dims: tuple[int, ...]) -> Optional[str]:
-    reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"), cpu_half=True)
+    reason = _tensor_reason((input, weight, bias), ("input", "weight", "bias"))
     return reason or _dims_reason(input, dims)
 
 
@@ -255,7 +253,7 @@ def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
 
 def _pool_reason(input, dims: tuple[int, ...]) -> Optional[str]:
     # The CPU pooling kernels take float16/bfloat16 (computed in float32).
-    return _tensor_reason((input,), ("input",), cpu_half=True) or _dims_reason(input, dims)
+    return _tensor_reason((input,), ("input",)) or _dims_reason(input, dims)
 
 
 def _max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
