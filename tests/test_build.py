@@ -38,11 +38,12 @@ def test_every_registered_op_is_listed():
 def test_build_info_keys_and_types():
     info = fastdl.build_info()
     assert {"version", "torch", "cuda", "cuda_archs", "cpu_isa", "cpu_isas"} <= set(info)
-    # The CPU kernels' copies, lowest first: always the portable one, on x86-64 all three.
+    # The ISAs of the CPU kernels, lowest first: always the portable copy; on x86-64 the AVX2
+    # and AVX-512 copies and the two bfloat16-unit levels of the latter.
     assert info["cpu_isas"][0] == "portable"
-    assert set(info["cpu_isas"]) <= {"portable", "avx2", "avx512"}
+    assert set(info["cpu_isas"]) <= {"portable", "avx2", "avx512", "avx512_bf16", "amx"}
     if platform.machine() in ("x86_64", "AMD64"):
-        assert info["cpu_isas"] == ["portable", "avx2", "avx512"]
+        assert info["cpu_isas"] == ["portable", "avx2", "avx512", "avx512_bf16", "amx"]
     assert info["cpu_isa"] in info["cpu_isas"]
     assert isinstance(info["version"], str) and re.match(r"^\d+\.\d+\.\d+", info["version"])
     assert info["version"] == fastdl.__version__

@@ -34,7 +34,7 @@ FAMILY = "build"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOAD = os.path.join(HERE, "isa_workload.py")
-ORDER = ["portable", "avx2", "avx512"]
+ORDER = ["portable", "avx2", "avx512", "avx512_bf16", "amx"]
 
 
 def _cpu_flags() -> set[str]:
@@ -51,8 +51,26 @@ def _cpu_flags() -> set[str]:
 def _widest_isa(flags: set[str]) -> str:
     avx2 = {"avx2", "fma", "f16c"} <= flags
     if avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        # the bfloat16 units: AMX where the CPU (and Linux: /proc/cpuinfo lists amx_tile only
+        # when the kernel supports it) has them; AVX512_BF16 by itself on AMD's CPUs only
+        if "avx512_bf16" in flags:
+            if {"amx_tile", "amx_bf16"} <= flags:
+                return "amx"
+            if _vendor() == "AuthenticAMD":
+                return "avx512_bf16"
         return "avx512"
     return "avx2" if avx2 else "portable"
+
+
+def _vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 WIDEST = _widest_isa(_cpu_flags())
@@ -91,7 +109,7 @@ def test_unknown_isa_warns_and_keeps_the_widest(value):
     done = _run([sys.executable, "-c", code], _env(FASTDL_CPU_ISA=value), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == [WIDEST]
-    assert "is not one of portable, avx2, avx512" in done.stderr
+    assert "is not one of portable, avx2, avx512, avx512_bf16, amx" in done.stderr
 
 
 @pytest.mark.parametrize("isa", ["portable", "avx2"])
@@ -128,11 +146,16 @@ _BMI = {"andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "lzcnt", "mulx", "pde
 _AVX512_REGISTER = re.compile(r"%zmm\d+|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b")
 _TARGET = re.compile(r"^([0-9a-f]+) <([^>+]*)")
 _CLONE = re.compile(r"\.(isra|constprop|part)\.\d+")
-# Levels: 0 the baseline, 1 AVX2 (with FMA, F16C), 2 AVX-512.
-_ISA_LEVEL = {"portable": 0, "avx2": 1, "avx512": 2}
+# Levels: 0 the baseline, 1 AVX2 (with FMA, F16C), 2 AVX-512, 3 its bfloat16 units (AVX512_BF16
+# and AMX: the instructions of common/cpu/gemm_bf16.cpp).
+_ISA_LEVEL = {"portable": 0, "avx2": 1, "avx512": 2, "bf16_units": 3}
+_BF16_UNITS = re.compile(r"^(vdpbf16ps|vcvtne2ps2bf16|vcvtneps2bf16|ldtilecfg|sttilecfg|tilerelease"
+                         r"|tilezero|tileloadd|tileloaddt1|tilestored|tdp\w+)$")
 
 
 def _instruction_level(mnemonic: str, operands: str) -> int:
+    if _BF16_UNITS.match(mnemonic):
+        return 3
     if _AVX512_REGISTER.search(operands):
         return 2
     if (mnemonic.startswith("v") and not _NOT_AVX.match(mnemonic)) or mnemonic in _BMI \
@@ -143,9 +166,11 @@ def _instruction_level(mnemonic: str, operands: str) -> int:
 
 def _copy_level(mangled: str):
     """The ISA level of the kernel copy a function belongs to (its name, or a template argument
-    of it, is in namespace AVX2 or AVX512: "4AVX2", "6AVX512" in the mangled name), or None."""
+    of it, is in namespace AVX2 or AVX512: "4AVX2", "6AVX512" in the mangled name; the AVX-512
+    copy's namespace bf16_units, which runs only with a bfloat16-unit ISA selected, is level 3),
+    or None."""
     if "6AVX512" in mangled:
-        return 2
+        return 3 if "10bf16_units" in mangled else 2
     if "4AVX2" in mangled:
         return 1
     return None
@@ -241,11 +266,14 @@ def test_no_wider_instruction_reachable_outside_its_copy():
                                  for n, (_, i, lv) in zip(names, leaks[:30])))
     # The copies are there, with their instructions (their compile flags reached them).
     compiled = fastdl.build_info()["cpu_isas"]
-    for isa in ("avx2", "avx512"):
+    if "amx" in compiled:
+        compiled = [*compiled, "bf16_units"]
+    for isa in ("avx2", "avx512", "bf16_units"):
         if isa in compiled:
             n = sum(1 for name, insn, _, _ in functions.values()
                     if _copy_level(name) == _ISA_LEVEL[isa] and insn == _ISA_LEVEL[isa])
-            assert n > 50, f"only {n} functions of the {isa} copy use its instructions"
+            least = 4 if isa == "bf16_units" else 50  # the packers and the micro-kernels
+            assert n >= least, f"only {n} functions of the {isa} copy use its instructions"
 
 
 # --- emulated CPUs -------------------------------------------------------------------------

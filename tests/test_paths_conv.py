@@ -21,6 +21,7 @@ library loads: a subprocess runs the GEMM cases under each.
 
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -126,6 +127,67 @@ def test_conv_gemm_kernel_choice(isa):
          "-k", "float32 and (gemm_blocks or image_partition and xwb or matmul_paths)"],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# bfloat16 convolutions on the CPU's bfloat16 units (common/cpu/gemm_bf16.cpp; the widest ISA
+# where the CPU has them: FASTDL_CPU_ISA=amx or avx512_bf16, else these run the float32
+# kernels): 32 x 32 blocks of C, K in 32-step blocks (zero-padded) and packed blocks of at most
+# kKc = 512 steps, kMc = 192 rows, kNc = 2048 columns. The forward reads its columns from the
+# images while packing (ImageColumns): a panel's 32 columns as runs of one output row (masked
+# loads, at most 8 runs), else gathers (strided, or many short runs). The backward packs
+# im2col's columns: grouped and transposed operands, partial blocks.
+BF16_UNIT_CASES = {
+    # K = 576 > kKc: two packed blocks of 288 steps, the second accumulating
+    "k_blocks": ((1, 64, 6, 6), (8, 64, 3, 3), {}),
+    # K = 45: a partial 32-step block; M = 7 and N = 98: partial C blocks
+    "k_partial": ((2, 5, 9, 9), (7, 5, 3, 3), {"padding": 1}),
+    # M = 200 > kMc (200 % 32 != 0)
+    "m_blocks": ((1, 2, 6, 6), (200, 2, 3, 3), {}),
+    # N = 2500 > kNc
+    "n_blocks": ((1, 1, 52, 52), (4, 1, 3, 3), {}),
+    # output rows of 40 >= 32 columns: one run a panel, masked at the padding
+    "one_run": ((2, 3, 12, 40), (33, 3, 3, 3), {"padding": 1}),
+    # output rows of 3: more than 8 runs a panel (gathers)
+    "many_runs": ((2, 4, 5, 3), (16, 4, 3, 3), {"padding": 1}),
+    # 5 x 5 outputs: runs across rows and images
+    "runs_across_images": ((3, 6, 5, 5), (9, 6, 3, 3), {"padding": 1}),
+    # stride 2: gathers, masked in the padding
+    "strided": ((2, 8, 13, 13), (16, 8, 3, 3), {"stride": 2, "padding": 1}),
+    # dilation and groups: each group's channels from its first one
+    "dilated_groups": ((2, 8, 10, 10), (12, 4, 3, 3), {"dilation": 2, "padding": 2, "groups": 2}),
+    # 2 M N K >= 4e6: the output split between threads
+    "thread_split": ((1, 16, 26, 26), (64, 16, 3, 3), {"padding": 1}),
+    # 4 images: whole images per thread in the backward
+    "whole_images": ((4, 8, 16, 16), (40, 8, 3, 3), {"padding": 1}),
+}
+
+
+@pytest.mark.parametrize("case", BF16_UNIT_CASES)
+def test_conv_bf16_units(case, threads):
+    x_shape, w_shape, options = BF16_UNIT_CASES[case]
+    _conv(torch.bfloat16, x_shape, w_shape, options.get("stride", 1), options.get("padding", 0),
+          options.get("dilation", 1), options.get("groups", 1))
+
+
+@pytest.mark.parametrize("isa", ["avx512_bf16", "amx", "avx512"])
+def test_conv_bf16_units_choice(isa):
+    # The bfloat16 cases under each ISA with or without bfloat16 units (FASTDL_CPU_ISA is read
+    # when the library loads: a fresh interpreter), where this CPU has it.
+    flags = open("/proc/cpuinfo").read()
+    needs = {"avx512": ["avx512f"], "avx512_bf16": ["avx512_bf16"], "amx": ["amx_bf16", "amx_tile"]}
+    if not all(f in flags for f in needs[isa]):
+        pytest.skip(f"this CPU has no {isa}")
+    env = dict(os.environ, FASTDL_TEST_THREADS="1,2", FASTDL_CPU_ISA=isa)
+    code = "import fastdl; print(fastdl.build_info()['cpu_isa'])"
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert chosen.stdout.split() == [isa], chosen.stdout + chosen.stderr[-2000:]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+         "-k", "test_conv_bf16_units and not choice"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert re.search(r"\b22 passed", result.stdout), result.stdout[-2000:]
 
 
 def _depthwise_widths(L):

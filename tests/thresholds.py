@@ -25,9 +25,9 @@ import fastdl
 #: The vector ISA of the CPU kernels in use (the widest this CPU runs, or ``FASTDL_CPU_ISA``).
 CPU_ISA = fastdl.build_info()["cpu_isa"]
 
-# at::vec's register width in bytes: 64 in the AVX-512 copy of the kernels, 32 otherwise (AVX2,
-# and the portable Vectorized<T>).
-_VECTOR_BYTES = 64 if CPU_ISA == "avx512" else 32
+# at::vec's register width in bytes: 64 in the AVX-512 copy of the kernels (which the
+# bfloat16-unit levels run too), 32 otherwise (AVX2, and the portable Vectorized<T>).
+_VECTOR_BYTES = 64 if CPU_ISA in ("avx512", "avx512_bf16", "amx") else 32
 
 
 def vec_width(dtype: torch.dtype) -> int:

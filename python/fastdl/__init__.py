@@ -21,9 +21,11 @@ def build_info() -> dict:
 
     Returns a dict with ``version`` (fastdl), ``torch`` (the torch version it was built
     against), ``cuda`` (True when the CUDA kernels were compiled), ``cuda_archs``, ``cpu_isas``
-    (the vector ISAs the CPU kernels were compiled for: ``portable``, ``avx2``, ``avx512``) and
-    ``cpu_isa`` (the one in use: the widest this CPU runs, chosen when the library loads, or
-    a lower one named by the environment variable ``FASTDL_CPU_ISA``).
+    (the ISAs the CPU kernels were compiled for, lowest first: ``portable``, ``avx2``,
+    ``avx512``, and the AVX-512 kernels with the CPU's bfloat16 units, ``avx512_bf16`` and
+    ``amx``, for bfloat16 matrix products) and ``cpu_isa`` (the one in use: the widest this CPU
+    runs, chosen when the library loads, or a lower one named by the environment variable
+    ``FASTDL_CPU_ISA``).
     """
     return dict(_C.build_info())
 

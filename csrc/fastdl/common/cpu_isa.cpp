@@ -3,14 +3,46 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fastdl::cpu {
 namespace {
 
-constexpr bool kCompiled[] = {true, FASTDL_CPU_HAS_AVX2 != 0, FASTDL_CPU_HAS_AVX512 != 0};
+// The bfloat16-unit levels live in the AVX-512 copy (common/cpu/gemm_bf16.cpp).
+constexpr bool kCompiled[] = {true, FASTDL_CPU_HAS_AVX2 != 0, FASTDL_CPU_HAS_AVX512 != 0,
+                              FASTDL_CPU_HAS_AVX512 != 0, FASTDL_CPU_HAS_AVX512 != 0};
+constexpr Isa kAll[] = {Isa::portable, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx};
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// AMX: the CPU has the tiles and their bfloat16 products (cpuid leaf 7: EDX bits 24 and 22),
+// and Linux lets this process use them: the tile data state is enabled per process on request
+// (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), which fails where the kernel or the
+// hypervisor does not support it. Asked once, at load; harmless when already granted.
+bool amx_usable() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, eax, ebx, ecx, edx);
+  const bool tiles = (edx >> 24) & 1u, bf16 = (edx >> 22) & 1u;
+  if (!tiles || !bf16) return false;
+#if defined(__linux__)
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+#endif
 
 // The widest ISA this CPU (and its operating system, which must save the wider registers)
 // runs. gcc's __builtin_cpu_supports checks both.
@@ -23,6 +55,14 @@ Isa supported_isa() {
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq");
+  // bfloat16 units: AMX tiles where the CPU and the OS have them. The AVX512_BF16 dot products
+  // are chosen by themselves on AMD's CPUs only, where vdpbf16ps does twice an FMA's
+  // multiply-adds per cycle; on Intel's it does as many, so without AMX the float32 kernels are
+  // as fast and skip the rounding (FASTDL_CPU_ISA=avx512_bf16 still forces them, for tests).
+  if (avx512 && __builtin_cpu_supports("avx512bf16")) {
+    if (amx_usable()) return Isa::amx;
+    if (__builtin_cpu_is("amd")) return Isa::avx512_bf16;
+  }
   if (avx512) return Isa::avx512;
   if (avx2) return Isa::avx2;
 #endif
@@ -36,7 +76,7 @@ Isa choose_isa() {
   if (const char* env = std::getenv("FASTDL_CPU_ISA"); env && *env) {
     const std::string_view requested(env);
     bool known = false;
-    for (Isa candidate : {Isa::portable, Isa::avx2, Isa::avx512}) {
+    for (Isa candidate : kAll) {
       if (requested != isa_name(candidate)) continue;
       known = true;
       if (candidate <= isa) {
@@ -49,7 +89,8 @@ Isa choose_isa() {
     }
     if (!known) {
       std::fprintf(stderr,
-                   "fastdl: FASTDL_CPU_ISA=%s is not one of portable, avx2, avx512; using %s\n",
+                   "fastdl: FASTDL_CPU_ISA=%s is not one of portable, avx2, avx512, avx512_bf16, "
+                   "amx; using %s\n",
                    env, isa_name(isa));
     }
   }
@@ -66,6 +107,10 @@ Isa selected_isa() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::amx:
+      return "amx";
+    case Isa::avx512_bf16:
+      return "avx512_bf16";
     case Isa::avx512:
       return "avx512";
     case Isa::avx2:
@@ -78,14 +123,15 @@ const char* isa_name(Isa isa) {
 
 std::vector<std::string> compiled_isas() {
   std::vector<std::string> names;
-  for (Isa isa : {Isa::portable, Isa::avx2, Isa::avx512}) {
+  for (Isa isa : kAll) {
     if (kCompiled[static_cast<int>(isa)]) names.emplace_back(isa_name(isa));
   }
   return names;
 }
 
 void register_selected(torch::Library& m, const std::array<RegisterKernels, 3>& by_isa) {
-  const RegisterKernels kernels = by_isa[static_cast<int>(selected_isa())];
+  const int copy = std::min(static_cast<int>(selected_isa()), static_cast<int>(Isa::avx512));
+  const RegisterKernels kernels = by_isa[copy];
   TORCH_INTERNAL_ASSERT(kernels, "fastdl: no CPU kernels compiled for ", isa_name(selected_isa()));
   kernels(m);
 }

@@ -7,6 +7,8 @@
 // group of C) are computed into a small buffer and copied out.
 #include "fastdl/common/cpu/gemm.h"
 
+#include "fastdl/common/cpu/gemm_blocking.h"
+
 #include <ATen/Parallel.h>
 
 #include <c10/util/Exception.h>
@@ -32,8 +34,8 @@ constexpr int64_t kKc = 320;   // most reduction steps per packed block: a (kKc,
 constexpr int64_t kMc = 192;   // rows of A per packed block (multiple of both MRs): fits L2
 constexpr int64_t kNc = 2048;  // columns of B per packed block, bounding the per-task buffer
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+using gemm_blocking::ceil_div;
+using gemm_blocking::round_up;
 
 using KernelFn = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                           bool accumulate);
@@ -135,17 +137,6 @@ void transpose_8x8(const float* src, int64_t src_stride, float* dst, int64_t dst
   }
 }
 
-// Per-thread packing buffers (slot 0: A, 1: B), 64-byte aligned, kept between calls: they are
-// bounded (kMc or kNc times kKc floats), and reusing them saves allocating, zeroing and
-// faulting in up to 2 MiB per call.
-float* packing_buffer(int slot, int64_t n) {
-  thread_local std::vector<float> buffers[2];
-  auto& buffer = buffers[slot];
-  if (static_cast<int64_t>(buffer.size()) < n + 16) buffer.resize(n + 16);
-  auto p = reinterpret_cast<std::uintptr_t>(buffer.data());
-  return reinterpret_cast<float*>((p + 63) & ~std::uintptr_t(63));
-}
-
 // Packs rows [m0, m0 + mc) x columns [k0, k0 + kc) of A into MR-tall panels:
 // out[p][k][i] = A(m0 + p MR + i, k0 + k), zero for rows past M.
 template <int MR>
@@ -237,36 +228,16 @@ void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0, i
 template <int MR, int NR>
 void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const MatrixRef& A,
                   const MatrixRef& B, const MatrixRef& C, bool accumulate) {
-  const int64_t m_panels = ceil_div(M, MR), n_panels = ceil_div(N, NR);
-  // Split the output into tm x tn task blocks, one per thread, choosing the split that packs
-  // the least: every task packs its rows of A (M K / tm) and its columns of B (N K / tn).
-  const int64_t threads =
-      2.0 * M * N * K < 4e6 || at::in_parallel_region() ? 1 : at::get_num_threads();
-  int64_t tm = 1, tn = 1;
-  double best = -1;
-  for (int64_t a = 1; a <= threads; ++a) {
-    if (threads % a != 0) continue;
-    const int64_t b = threads / a;
-    if (a > m_panels || b > n_panels) continue;
-    const double cost = double(b) * M + double(a) * N;
-    if (best < 0 || cost < best) best = cost, tm = a, tn = b;
-  }
-  if (best < 0) {  // too few panels to split evenly: split the longer side as far as it goes
-    tm = m_panels >= n_panels ? std::min(threads, m_panels) : 1;
-    tn = m_panels >= n_panels ? 1 : std::min(threads, n_panels);
-  }
-  const int64_t mc_task = ceil_div(m_panels, tm) * MR, nc_task = ceil_div(n_panels, tn) * NR;
-  // K in equal blocks of at most kKc steps (288 = one block, 1024 = four of 256), so no block
-  // is a short remainder that reloads and stores the C tiles for little work.
-  const int64_t k_block = round_up(ceil_div(K, ceil_div(K, kKc)), 8);
-  tm = ceil_div(M, mc_task);
-  tn = ceil_div(N, nc_task);
-
+  const gemm_blocking::Tasks tasks = gemm_blocking::plan_tasks(M, N, K, MR, NR, kKc, /*k_round=*/8);
+  const int64_t tm = tasks.tm, tn = tasks.tn, mc_task = tasks.mc, nc_task = tasks.nc,
+                k_block = tasks.k_block;
   at::parallel_for(0, tm * tn, 1, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> koff(std::min(K, k_block));
     alignas(64) float tile[MR * NR];
-    float* ap = packing_buffer(0, std::min(kMc, mc_task) * std::min(K, k_block));
-    float* bp = packing_buffer(1, std::min(kNc, nc_task) * std::min(K, k_block));
+    float* ap =
+        gemm_blocking::packing_buffer<float>(0, std::min(kMc, mc_task) * std::min(K, k_block));
+    float* bp =
+        gemm_blocking::packing_buffer<float>(1, std::min(kNc, nc_task) * std::min(K, k_block));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
       const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
@@ -318,7 +289,7 @@ bool gemm_available() {
 }
 
 void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
-          const MatrixRef& C, bool accumulate) {
+          const MatrixRef& C, bool accumulate, GemmInputs inputs) {
   TORCH_INTERNAL_ASSERT(gemm_available() && C.col_stride == 1);
   if (M == 0 || N == 0) return;
   if (K == 0) {  // an empty sum
@@ -327,6 +298,9 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& 
         for (int64_t n = 0; n < N; ++n) C.data[m * C.row_stride + C.col_offset(n)] = 0.f;
     }
     return;
+  }
+  if (inputs == GemmInputs::bfloat16 && bf16_gemm_available()) {
+    return gemm_blocking::gemm_bf16(M, N, K, A, B, C, accumulate);
   }
 #ifdef FASTDL_X86_GEMM
 #ifdef CPU_CAPABILITY_AVX512

@@ -3,7 +3,9 @@
 // tiles with at::parallel_for. BLAS (MKL) is slow on some x86 CPUs (AMD) for these shapes;
 // this one reaches most of the FMA peak there. The AVX-512 copy of this code has the 8 x 32
 // micro-kernel, the AVX2 copy the 6 x 16 one (common/cpu_isa.h chooses the copy at run time);
-// in the portable copy gemm_available() is false and callers keep using at::mm.
+// in the portable copy gemm_available() is false and callers keep using at::mm. Operands that
+// hold bfloat16 values (GemmInputs::bfloat16) run on the CPU's bfloat16 units where the ISA in
+// use has them (gemm_bf16.cpp: AMX tiles, or AVX512_BF16 dot products), float32 sums.
 //
 // Operands are strided views with an optional grouping of the column index, so the
 // convolution reads images of a batch in place: element (r, c) of an operand is at
@@ -13,7 +15,8 @@
 // Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
 // ISA's inline namespace (common/cpu_isa.h).
 #ifndef CPU_CAPABILITY
-#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#error \
+    "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
 #endif
 
 #include <cstdint>
@@ -34,6 +37,11 @@ struct MatrixRef {
   }
 };
 
+// What A and B may be multiplied as. bfloat16: they may be rounded to bfloat16 and multiplied
+// on the CPU's bfloat16 units with float32 sums, as a bfloat16 GEMM does (for values read from
+// bfloat16 tensors the rounding changes nothing); float32 where the CPU has no such units.
+enum class GemmInputs { float32, bfloat16 };
+
 // Whether this copy has a micro-kernel (AVX-512 or AVX2+FMA). FASTDL_CPU_GEMM=blas in the
 // environment turns ours off (for testing and comparing).
 bool gemm_available();
@@ -42,6 +50,30 @@ bool gemm_available();
 // an (M, N) C (C's col_stride must be 1). Parallel inside (single-threaded when called from
 // inside a parallel region); C must not overlap A or B.
 void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
-          const MatrixRef& C, bool accumulate);
+          const MatrixRef& C, bool accumulate, GemmInputs inputs = GemmInputs::float32);
+
+// Whether GemmInputs::bfloat16 products run on bfloat16 units here (the AVX-512 copy, with
+// selected_isa() avx512_bf16 or amx).
+bool bf16_gemm_available();
+
+// B as the columns of a convolution's images, read from the images while packed (no im2col
+// buffer): for rows r = (c, ki, kj) over one group's input channels and columns j = (n, oh, ow)
+// over the batch, B(r, j) = x[n, c0 + c, oh sh - ph + ki dh, ow sw - pw + kj dw], 0 outside.
+struct ImageColumns {
+  const float* x;  // the batch, NCHW contiguous
+  int64_t batch, channels, height, width;
+  int64_t first_channel;  // c0: the group's first input channel
+  int64_t out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// Whether gemm_image_columns takes these images: bfloat16 units here, and offsets within the
+// batch that fit the units' 32-bit gathers.
+bool gemm_image_columns_available(const ImageColumns& B);
+
+// C (M, N) (+)= A (M, K) @ B for the images' columns (K = channels of the group * kh * kw,
+// N = batch * out_h * out_w), A and B rounded to bfloat16 (GemmInputs::bfloat16), on the
+// bfloat16 units. Parallel inside, as gemm().
+void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const ImageColumns& B,
+                        const MatrixRef& C, bool accumulate);
 
 }  // namespace fastdl::cpu::inline CPU_CAPABILITY

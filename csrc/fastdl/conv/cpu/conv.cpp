@@ -196,7 +196,7 @@ struct ColumnBuffer {
 // Each thread's images go through im2col and the GEMMs a few at a time (chunk_images: small
 // images share one GEMM, whose columns run across them, so tiles are not cut at every image).
 void forward_images(const float* x, const float* w, const float* bias, float* y,
-                    const Conv2dShape& s) {
+                    const Conv2dShape& s, cpu::GemmInputs inputs) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G,
                 image = s.in_channels * s.in_h * s.in_w;
@@ -210,7 +210,7 @@ void forward_images(const float* x, const float* w, const float* bias, float* y,
       for (int64_t g = 0; g < G; ++g) {
         cpu::gemm(Kg, nb * L, rows_g, matrix(w + g * Kg * rows_g, rows_g),
                   matrix(col.data + g * rows_g * nb * L, nb * L),
-                  image_columns(yn + g * Kg * L, L, K * L), /*accumulate=*/false);
+                  image_columns(yn + g * Kg * L, L, K * L), /*accumulate=*/false, inputs);
       }
       if (bias) {
         for (int64_t p = 0; p < nb * K; ++p) {
@@ -226,7 +226,7 @@ void forward_images(const float* x, const float* w, const float* bias, float* y,
 // gx and gw (either may be null): each thread sums its images' weight gradients into its own
 // partial, and the partials are added at the end (in thread order: deterministic).
 void backward_images(const float* gy, const float* x, const float* w, float* gx, float* gw,
-                     const Conv2dShape& s) {
+                     const Conv2dShape& s, cpu::GemmInputs inputs) {
   const int64_t K = s.out_channels, G = s.groups, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G,
                 image = s.in_channels * s.in_h * s.in_w;
@@ -251,7 +251,7 @@ void backward_images(const float* gy, const float* x, const float* w, float* gx,
           cpu::gemm(Kg, rows_g, nb * L, image_columns(gyn + g * Kg * L, L, K * L),
                     matrix(col.data + g * rows_g * nb * L, 1, nb * L),
                     matrix(gw_part + g * Kg * rows_g, rows_g),
-                    /*accumulate=*/n0 > begin);
+                    /*accumulate=*/n0 > begin, inputs);
         }
       }
       if (gx) {
@@ -259,7 +259,7 @@ void backward_images(const float* gy, const float* x, const float* w, float* gx,
         for (int64_t g = 0; g < G; ++g) {
           cpu::gemm(rows_g, nb * L, Kg, matrix(w + g * Kg * rows_g, 1, rows_g),
                     image_columns(gyn + g * Kg * L, L, K * L),
-                    matrix(col.data + g * rows_g * nb * L, nb * L), /*accumulate=*/false);
+                    matrix(col.data + g * rows_g * nb * L, nb * L), /*accumulate=*/false, inputs);
         }
         col2im<float>(col.data, gx + n0 * image, s, nb);
       }
@@ -274,7 +274,8 @@ void backward_images(const float* gy, const float* x, const float* w, float* gx,
   }
 }
 
-at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
+at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s,
+                        cpu::GemmInputs inputs) {
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
                 L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
@@ -300,7 +301,7 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
       for (int64_t g = 0; g < G; ++g) {
         cpu::gemm(Kg, nb * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g),
                   matrix(cp + g * rows_g * nb * L, nb * L),
-                  image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
+                  image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false, inputs);
       }
       continue;
     }
@@ -317,7 +318,7 @@ at::Tensor forward_gemm(const at::Tensor& x, const at::Tensor& w, const Conv2dSh
 }
 
 void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
-                   const Conv2dShape& s, at::Tensor* gx, at::Tensor* gw) {
+                   const Conv2dShape& s, at::Tensor* gx, at::Tensor* gw, cpu::GemmInputs inputs) {
   const int64_t N = s.batch, K = s.out_channels, G = s.groups, Kg = s.out_per_group(),
                 L = s.out_h * s.out_w;
   const int64_t rows = s.in_channels * s.kh * s.kw, rows_g = rows / G;
@@ -347,7 +348,7 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
           cpu::gemm(Kg, rows_g, nb * L, image_columns(gyp + g * Kg * L, L, K * L),
                     matrix(cp + g * rows_g * nb * L, 1, nb * L),
                     matrix(gw->mutable_data_ptr<float>() + g * Kg * rows_g, rows_g),
-                    /*accumulate=*/n0 > 0);
+                    /*accumulate=*/n0 > 0, inputs);
         }
       } else {
         // grad_output of the chunk as (K, nb * L): one GEMM per group over the whole chunk.
@@ -369,7 +370,7 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
           cpu::gemm(rows_g, nb * L, Kg, matrix(wp + g * Kg * rows_g, 1, rows_g),
                     image_columns(gyp + g * Kg * L, L, K * L),
                     matrix(cp + g * rows_g * nb * L, nb * L),
-                    /*accumulate=*/false);
+                    /*accumulate=*/false, inputs);
         }
       } else {
         // Columns of each (image, group) = W_g^T @ grad_output[n, g], read in place.
@@ -392,24 +393,47 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
 
 // ---- op kernels ----
 
-at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
-                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const auto s =
-      detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
-  if (cpu::is_half(input.scalar_type())) {
-    // float16/bfloat16: the float32 kernels on converted copies, the output rounded once to
-    // the input's dtype (torch's CPU convolution accumulates half inputs in float32 too).
-    const auto y =
-        conv2d_forward_cpu(cpu::to_compute_dtype(input), cpu::to_compute_dtype(weight),
-                           cpu::to_compute_dtype(bias), stride, padding, dilation, groups);
-    return cpu::converted(y, input.scalar_type());
+// The forward for bfloat16 values on the bfloat16 units: one product per group over the whole
+// batch, its columns read from the images while packed (cpu::ImageColumns), parallel inside.
+cpu::ImageColumns group_columns(const float* x, const Conv2dShape& s, int64_t g) {
+  return {x,       s.batch, s.in_channels, s.in_h, s.in_w, g * s.in_per_group(),
+          s.out_h, s.out_w, s.kh,          s.kw,   s.sh,   s.sw,
+          s.ph,    s.pw,    s.dh,          s.dw};
+}
+
+bool image_columns_available(const Conv2dShape& s, cpu::GemmInputs inputs) {
+  return inputs == cpu::GemmInputs::bfloat16 && !s.depthwise() &&
+         cpu::gemm_image_columns_available(group_columns(nullptr, s, 0));
+}
+
+at::Tensor forward_image_columns(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                                 const Conv2dShape& s) {
+  const int64_t K = s.out_channels, Kg = s.out_per_group(), L = s.out_h * s.out_w;
+  const int64_t rows_g = s.in_per_group() * s.kh * s.kw;
+  auto y = at::empty({s.batch, K, s.out_h, s.out_w}, x.options());
+  const float* wp = w.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  for (int64_t g = 0; g < s.groups; ++g) {
+    cpu::gemm_image_columns(Kg, s.batch * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g),
+                            group_columns(x.const_data_ptr<float>(), s, g),
+                            image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
   }
+  if (b.defined()) add_bias<float>(yp, b.const_data_ptr<float>(), s);
+  return y;
+}
+
+// float32 and float64 (a half conv2d runs here on float32 copies: `inputs` says whether they
+// hold bfloat16 values, whose products may then run on the CPU's bfloat16 units).
+at::Tensor conv2d_forward_float(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const Conv2dShape& s,
+                                cpu::GemmInputs inputs) {
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   at::Tensor y;
-  if (s.depthwise()) {
+  if (image_columns_available(s, inputs)) {
+    y = forward_image_columns(x, w, b, s);
+  } else if (s.depthwise()) {
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
       conv_cpu::depthwise_forward<scalar_t>(
@@ -420,9 +444,9 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
     forward_images(x.const_data_ptr<float>(), w.const_data_ptr<float>(),
                    b.defined() ? b.const_data_ptr<float>() : nullptr, y.mutable_data_ptr<float>(),
-                   s);
+                   s, inputs);
   } else {
-    y = forward_gemm(x, w, s);
+    y = forward_gemm(x, w, s, inputs);
     if (b.defined()) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d bias", [&] {
         add_bias<scalar_t>(y.mutable_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), s);
@@ -432,19 +456,30 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
   return detail::conv2d_result(y, s);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    std::array<bool, 3> output_mask) {
+// bfloat16 values may be multiplied as such; float16 ones not (they have more mantissa bits).
+cpu::GemmInputs gemm_inputs(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? cpu::GemmInputs::bfloat16 : cpu::GemmInputs::float32;
+}
+
+at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto s =
-      detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
-  if (cpu::is_half(input.scalar_type())) {  // as the forward: in float32, rounded once
-    const auto dtype = input.scalar_type();
-    const auto [gx, gw, gb] = conv2d_backward_cpu(
-        cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(input),
-        cpu::to_compute_dtype(weight), stride, padding, dilation, groups, output_mask);
-    return {cpu::converted(gx, dtype), cpu::converted(gw, dtype), cpu::converted(gb, dtype)};
+      detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  if (cpu::is_half(input.scalar_type())) {
+    // float16/bfloat16: the float32 kernels on converted copies, the output rounded once to
+    // the input's dtype (torch's CPU convolution accumulates half inputs in float32 too).
+    const auto y =
+        conv2d_forward_float(cpu::to_compute_dtype(input), cpu::to_compute_dtype(weight),
+                             cpu::to_compute_dtype(bias), s, gemm_inputs(input.scalar_type()));
+    return cpu::converted(y, input.scalar_type());
   }
+  return conv2d_forward_float(input, weight, bias, s, cpu::GemmInputs::float32);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_float(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const Conv2dShape& s, std::array<bool, 3> output_mask, cpu::GemmInputs inputs) {
   const auto x = detail::conv2d_kernel_layout(input, s);
   const auto gy = detail::conv2d_kernel_layout(grad_output, s);
   const auto w = weight.contiguous();
@@ -470,9 +505,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     backward_images(gy.const_data_ptr<float>(), x.const_data_ptr<float>(),
                     w.const_data_ptr<float>(),
                     gx.defined() ? gx.mutable_data_ptr<float>() : nullptr,
-                    gw.defined() ? gw.mutable_data_ptr<float>() : nullptr, s);
+                    gw.defined() ? gw.mutable_data_ptr<float>() : nullptr, s, inputs);
   } else if (output_mask[0] || output_mask[1]) {
-    backward_gemm(gy, x, w, s, output_mask[0] ? &gx : nullptr, output_mask[1] ? &gw : nullptr);
+    backward_gemm(gy, x, w, s, output_mask[0] ? &gx : nullptr, output_mask[1] ? &gw : nullptr,
+                  inputs);
   }
   if (output_mask[2]) {
     gb = at::empty({s.out_channels}, x.options());
@@ -482,6 +518,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   }
   if (gx.defined()) gx = detail::conv2d_result(gx, s);
   return {gx, gw, gb};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  const auto s =
+      detail::check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups);
+  if (cpu::is_half(input.scalar_type())) {  // as the forward: in float32, rounded once
+    const auto dtype = input.scalar_type();
+    const auto [gx, gw, gb] =
+        conv2d_backward_float(cpu::to_compute_dtype(grad_output), cpu::to_compute_dtype(input),
+                              cpu::to_compute_dtype(weight), s, output_mask, gemm_inputs(dtype));
+    return {cpu::converted(gx, dtype), cpu::converted(gw, dtype), cpu::converted(gb, dtype)};
+  }
+  return conv2d_backward_float(grad_output, input, weight, s, output_mask,
+                               cpu::GemmInputs::float32);
 }
 
 }  // namespace

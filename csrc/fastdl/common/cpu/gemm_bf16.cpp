@@ -1,0 +1,462 @@
+// The GEMM on the CPU's bfloat16 units (gemm.h, GemmInputs::bfloat16): C (float32) (+)= A B,
+// A and B rounded to bfloat16 while they are packed. The blocking is gemm.cpp's
+// (gemm_blocking.h); the panels hold bfloat16 values in the layouts the units read:
+//   A: 32-row panels; each block of 32 steps of K is 32 rows of 32 values (an AMX A tile is 16
+//      of those rows);
+//   B: 32-column panels; each block of 32 steps is 16 rows of (column, pair of steps): row p
+//      holds B(2p, j), B(2p + 1, j) for j = 0..31 (an AMX B tile is 16 columns of it; a
+//      vdpbf16ps operand 16 columns of one row).
+// With AMX the micro-kernel holds a 32 x 32 block of C in four tiles (tdpbf16ps: a 16 x 16 x 32
+// product per instruction); with AVX512_BF16 four 8 x 32 register tiles run over the same
+// panels (vdpbf16ps: 16 lanes x 2 steps). Those instructions are compiled into this file's
+// functions of the AVX-512 copy only (function target attributes, namespace bf16_units), which
+// run only when selected_isa() is avx512_bf16 or amx (common/cpu_isa.h).
+#include "fastdl/common/cpu/gemm_blocking.h"
+#include "fastdl/common/cpu_isa.h"
+
+#include <ATen/Parallel.h>
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && defined(CPU_CAPABILITY_AVX512)
+#define FASTDL_BF16_UNITS 1
+#include <immintrin.h>
+#endif
+
+// Compiled once per ISA (common/cpu_isa.h); only the AVX-512 copy has the kernels.
+namespace fastdl::cpu::inline CPU_CAPABILITY {
+
+#ifdef FASTDL_BF16_UNITS
+namespace {
+namespace bf16_units {
+
+#define FASTDL_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define FASTDL_TARGET_AMX \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
+
+using gemm_blocking::ceil_div;
+using gemm_blocking::round_up;
+
+constexpr int64_t kMR = 32;               // rows of an A panel (two AMX tiles of 16)
+constexpr int64_t kNR = 32;               // columns of a B panel
+constexpr int64_t kSteps = 32;            // steps of K per block of a panel (one AMX tile's depth)
+constexpr int64_t kBlock = kMR * kSteps;  // values of one block of a panel
+constexpr int64_t kKc = 512;   // most steps per packed block: a (kKc, 32) B panel is 32 KiB (L1)
+constexpr int64_t kMc = 192;   // rows of A per packed block: fits L2
+constexpr int64_t kNc = 2048;  // columns of B per packed block, bounding the per-task buffer
+
+// Round to nearest even; NaN stays NaN.
+inline uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+// 16 (column, pair of steps) values: bfloat16(lo[j]) in the low half of lane j, hi[j] in the high.
+FASTDL_TARGET_BF16 inline __attribute__((always_inline)) __m512i pairs(__m512 lo, __m512 hi) {
+  const __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+  const __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+  return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+// Rows [m0, m0 + mc) x steps [k0, k0 + kc) of A (koff[k]: the offset of step k0 + k) into
+// 32-row panels of ceil(kc / 32) blocks, zero past M and past kc.
+FASTDL_TARGET_BF16 void pack_a(const MatrixRef& A, int64_t M, int64_t m0, int64_t mc,
+                               const int64_t* koff, int64_t kc, uint16_t* out) {
+  const int64_t blocks = ceil_div(kc, kSteps);
+  for (int64_t p = 0; p < mc; p += kMR) {
+    uint16_t* panel = out + p * blocks * kSteps;
+    const int64_t rows = std::min<int64_t>(kMR, M - (m0 + p));
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      uint16_t* block = panel + kb * kBlock;
+      const int64_t k_lo = kb * kSteps, steps = std::min(kSteps, kc - k_lo);
+      const bool contiguous = steps == kSteps && koff[k_lo + kSteps - 1] - koff[k_lo] == kSteps - 1;
+      for (int64_t r = 0; r < kMR; ++r) {
+        uint16_t* dst = block + r * kSteps;
+        if (r >= rows) {
+          std::memset(dst, 0, kSteps * sizeof(uint16_t));
+          continue;
+        }
+        const float* src = A.data + (m0 + p + r) * A.row_stride;
+        if (contiguous) {
+          const float* s = src + koff[k_lo];
+          _mm512_storeu_si512(
+              dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(s)));
+          continue;
+        }
+        int64_t k = 0;
+        for (; k < steps; ++k) dst[k] = to_bf16(src[koff[k_lo + k]]);
+        for (; k < kSteps; ++k) dst[k] = 0;
+      }
+    }
+  }
+}
+
+// Steps [k0, k0 + kc) x columns [n0, n0 + nc) of B into 32-column panels of ceil(kc / 32)
+// blocks, zero past N and past kc.
+FASTDL_TARGET_BF16 void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_t nc, int64_t k0,
+                               int64_t kc, uint16_t* out) {
+  const int64_t blocks = ceil_div(kc, kSteps);
+  int64_t noff[kNR];
+  // lane j -> 32-bit word j * 32 of a block's (column, pair) rows: the scatter of one column
+  const __m512i down_a_column =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(32));
+  for (int64_t p = 0; p < nc; p += kNR) {
+    uint16_t* panel = out + p * blocks * kSteps;
+    const int64_t cols = std::min<int64_t>(kNR, N - (n0 + p));
+    for (int64_t j = 0; j < cols; ++j) noff[j] = B.col_offset(n0 + p + j);
+    const bool contiguous = cols == kNR && noff[kNR - 1] - noff[0] == kNR - 1;
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      uint16_t* block = panel + kb * kBlock;
+      const int64_t k_lo = k0 + kb * kSteps, steps = std::min(kSteps, k0 + kc - k_lo);
+      if (contiguous) {  // each step is 32 consecutive floats: two rows per pair of steps
+        for (int64_t q = 0; q < kSteps / 2; ++q) {
+          const int64_t k = 2 * q;
+          for (int64_t half = 0; half < 2; ++half) {
+            const float* s = B.data + (k_lo + k) * B.row_stride + noff[0] + 16 * half;
+            const __m512 lo = k < steps ? _mm512_loadu_ps(s) : _mm512_setzero_ps();
+            const __m512 hi =
+                k + 1 < steps ? _mm512_loadu_ps(s + B.row_stride) : _mm512_setzero_ps();
+            _mm512_storeu_si512(block + q * 2 * kNR + 32 * half, pairs(lo, hi));
+          }
+        }
+        continue;
+      }
+      if (B.row_stride == 1 && steps == kSteps) {  // each column's 32 steps are consecutive
+        auto* words = reinterpret_cast<int32_t*>(block);
+        for (int64_t j = 0; j < kNR; ++j) {
+          __m512i column = _mm512_setzero_si512();
+          if (j < cols) {
+            const float* s = B.data + k_lo + noff[j];
+            column = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(s + 16), _mm512_loadu_ps(s));
+          }
+          _mm512_i32scatter_epi32(words + j, down_a_column, column, 4);
+        }
+        continue;
+      }
+      for (int64_t q = 0; q < kSteps / 2; ++q) {
+        uint16_t* dst = block + q * 2 * kNR;
+        for (int64_t j = 0; j < kNR; ++j) {
+          for (int64_t e = 0; e < 2; ++e) {
+            const int64_t k = 2 * q + e;
+            dst[2 * j + e] =
+                j < cols && k < steps ? to_bf16(B.data[(k_lo + k) * B.row_stride + noff[j]]) : 0;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The same panels read from the images (ImageColumns). With unit horizontal stride the 32
+// columns of a panel are a few runs of consecutive positions of one output row each (one run
+// for wide images, several for small ones), and each run reads a segment of an image row:
+// per run, two masked loads whose lanes are the run's columns with their input inside the
+// image (a masked lane is never read, so reads at the padding cannot fault). Otherwise (strided
+// convolutions, panels of many short runs) each lane gathers its element, masked likewise.
+constexpr int kMostRuns = 8;
+
+FASTDL_TARGET_BF16 void pack_b(const ImageColumns& B, int64_t N, int64_t n0, int64_t nc, int64_t k0,
+                               int64_t kc, uint16_t* out) {
+  const int64_t blocks = ceil_div(kc, kSteps);
+  const int64_t L = B.out_h * B.out_w, plane = B.height * B.width, taps = B.kh * B.kw;
+  const int64_t image = B.channels * plane;
+  alignas(64) int32_t ih0[kNR], iw0[kNR], base[kNR];
+  int64_t run_begin[kMostRuns + 1];  // runs: lanes [run_begin[i], run_begin[i + 1])
+  const __m512i height = _mm512_set1_epi32(static_cast<int32_t>(B.height));
+  const __m512i width = _mm512_set1_epi32(static_cast<int32_t>(B.width));
+  const auto* x = reinterpret_cast<const char*>(B.x);
+  for (int64_t p = 0; p < nc; p += kNR) {
+    uint16_t* panel = out + p * blocks * kSteps;
+    const int64_t cols = std::min<int64_t>(kNR, N - (n0 + p));
+    int runs = 0;
+    bool by_runs = B.sw == 1 && cols > 0;
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (j >= cols) {  // past the last column: a row no image has
+        ih0[j] = -(1 << 30), iw0[j] = 0, base[j] = 0;
+        continue;
+      }
+      const int64_t col = n0 + p + j;
+      const int64_t n = col / L, l = col % L, oh = l / B.out_w, ow = l % B.out_w;
+      ih0[j] = static_cast<int32_t>(oh * B.sh - B.ph);
+      iw0[j] = static_cast<int32_t>(ow * B.sw - B.pw);
+      base[j] =
+          static_cast<int32_t>(n * image + B.first_channel * plane + ih0[j] * B.width + iw0[j]);
+      if (j == 0 || ih0[j] != ih0[j - 1] || base[j] != base[j - 1] + 1) {  // a new run
+        if (runs == kMostRuns) by_runs = false;
+        if (by_runs) run_begin[runs++] = j;
+      }
+    }
+    run_begin[runs] = cols;
+    __m512i ih[2], iw[2], at[2];
+    for (int h = 0; h < 2; ++h) {
+      ih[h] = _mm512_load_si512(ih0 + 16 * h);
+      iw[h] = _mm512_load_si512(iw0 + 16 * h);
+      at[h] = _mm512_load_si512(base + 16 * h);
+    }
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      uint16_t* block = panel + kb * kBlock;
+      for (int64_t q = 0; q < kSteps / 2; ++q) {
+        __m512 rows[2][2];  // [step of the pair][half of the panel]
+        for (int64_t e = 0; e < 2; ++e) {
+          rows[e][0] = rows[e][1] = _mm512_setzero_ps();
+          const int64_t k = kb * kSteps + 2 * q + e;
+          if (k >= kc) continue;
+          const int64_t r = k0 + k, c = r / taps, ki = (r % taps) / B.kw, kj = r % B.kw;
+          const int64_t dih = ki * B.dh, diw = kj * B.dw;
+          const int64_t offset = c * plane + dih * B.width + diw;
+          if (by_runs) {
+            for (int i = 0; i < runs; ++i) {
+              const int64_t a = run_begin[i], len = run_begin[i + 1] - a;
+              const int64_t row = ih0[a] + dih, first = iw0[a] + diw;
+              if (row < 0 || row >= B.height) continue;
+              const int64_t lo = a + std::max<int64_t>(0, -first);
+              const int64_t hi = a + std::min<int64_t>(len, B.width - first);
+              if (hi <= lo) continue;
+              const uint32_t lanes = static_cast<uint32_t>(((uint64_t(1) << hi) - 1) >> lo << lo);
+              // lane j of the loads reads element base[a] + offset + (j - a)
+              const char* at_lane0 = x + (base[a] + offset - a) * int64_t(sizeof(float));
+              const auto* src = reinterpret_cast<const float*>(at_lane0);
+              if (lanes & 0xffffu) {
+                rows[e][0] = _mm512_mask_loadu_ps(rows[e][0], static_cast<__mmask16>(lanes), src);
+              }
+              if (lanes >> 16) {
+                rows[e][1] =
+                    _mm512_mask_loadu_ps(rows[e][1], static_cast<__mmask16>(lanes >> 16), src + 16);
+              }
+            }
+            continue;
+          }
+          const __m512i dy = _mm512_set1_epi32(static_cast<int32_t>(dih));
+          const __m512i dx = _mm512_set1_epi32(static_cast<int32_t>(diw));
+          const __m512i off = _mm512_set1_epi32(static_cast<int32_t>(offset));
+          for (int h = 0; h < 2; ++h) {
+            // unsigned compares: a negative row or column is out too
+            const __mmask16 inside = _mm512_cmplt_epu32_mask(_mm512_add_epi32(ih[h], dy), height) &
+                                     _mm512_cmplt_epu32_mask(_mm512_add_epi32(iw[h], dx), width);
+            rows[e][h] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), inside,
+                                                  _mm512_add_epi32(at[h], off), B.x, 4);
+          }
+        }
+        for (int h = 0; h < 2; ++h) {
+          _mm512_storeu_si512(block + q * 2 * kNR + 32 * h, pairs(rows[0][h], rows[1][h]));
+        }
+      }
+    }
+  }
+}
+
+// c (row stride ldc) (+)= the 32 x 32 product of an A panel and a B panel of `blocks` blocks.
+using TileKernel = void (*)(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
+                            int64_t ldc, bool accumulate);
+
+// AMX: C's block in tiles 0-3 (rows 0-15 / 16-31 x columns 0-15 / 16-31), A in 4-5, B in 6-7.
+FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
+                                int64_t ldc, bool accumulate) {
+  const int64_t stride = ldc * static_cast<int64_t>(sizeof(float));
+  float* c1 = c + 16 * ldc;
+  if (accumulate) {
+    _tile_loadd(0, c, stride);
+    _tile_loadd(1, c + 16, stride);
+    _tile_loadd(2, c1, stride);
+    _tile_loadd(3, c1 + 16, stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    const uint16_t* ak = a + kb * kBlock;
+    const uint16_t* bk = b + kb * kBlock;
+    _tile_loadd(4, ak, kSteps * 2);
+    _tile_loadd(5, ak + 16 * kSteps, kSteps * 2);
+    _tile_loadd(6, bk, kNR * 4);
+    _tile_loadd(7, bk + 32, kNR * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+  _tile_stored(2, c1, stride);
+  _tile_stored(3, c1 + 16, stride);
+}
+
+// Every tile 16 rows of 64 bytes (palette 1).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+FASTDL_TARGET_AMX void configure_tiles() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  // gcc does not see that ldtilecfg reads the struct and drops the stores above without this.
+  asm volatile("" : : "r"(&config) : "memory");
+  _tile_loadconfig(&config);
+}
+
+FASTDL_TARGET_AMX void release_tiles() { _tile_release(); }
+
+// AVX512_BF16: rows r0..r0 + 7 of the block (a points at row r0 of the A panel), 16 zmm sums.
+FASTDL_TARGET_BF16 void rows_8x32(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
+                                  int64_t ldc, bool accumulate) {
+  constexpr int R = 8;
+  __m512 acc0[R], acc1[R];
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    acc0[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
+    acc1[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
+  }
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    const uint16_t* ak = a + kb * kBlock;
+    const uint16_t* bk = b + kb * kBlock;
+    for (int64_t q = 0; q < kSteps / 2; ++q) {
+      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk + q * 2 * kNR);
+      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bk + q * 2 * kNR + 32);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        int32_t pair;
+        std::memcpy(&pair, ak + i * kSteps + 2 * q, sizeof(pair));
+        const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+        acc0[i] = _mm512_dpbf16_ps(acc0[i], ai, b0);
+        acc1[i] = _mm512_dpbf16_ps(acc1[i], ai, b1);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    _mm512_storeu_ps(c + i * ldc, acc0[i]);
+    _mm512_storeu_ps(c + i * ldc + 16, acc1[i]);
+  }
+}
+
+FASTDL_TARGET_BF16 void tile_avx512_bf16(int64_t blocks, const uint16_t* a, const uint16_t* b,
+                                         float* c, int64_t ldc, bool accumulate) {
+  for (int64_t r0 = 0; r0 < kMR; r0 += 8) {
+    rows_8x32(blocks, a + r0 * kSteps, b, c + r0 * ldc, ldc, accumulate);
+  }
+}
+
+// B is a MatrixRef or ImageColumns (its pack_b).
+template <typename BSource>
+void gemm(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const BSource& B,
+          const MatrixRef& C, bool accumulate) {
+  const TileKernel kernel = amx ? &tile_amx : &tile_avx512_bf16;
+  const gemm_blocking::Tasks tasks =
+      gemm_blocking::plan_tasks(M, N, K, kMR, kNR, kKc, /*k_round=*/kSteps);
+  const int64_t tn = tasks.tn, mc_task = tasks.mc, nc_task = tasks.nc, k_block = tasks.k_block;
+  at::parallel_for(0, tasks.tm * tn, 1, [&](int64_t begin, int64_t end) {
+    if (amx) configure_tiles();  // the tile configuration is per thread
+    std::vector<int64_t> koff(std::min(K, k_block));
+    alignas(64) float tile[kMR * kNR];
+    const int64_t k_padded = round_up(std::min(K, k_block), kSteps);
+    uint16_t* ap = gemm_blocking::packing_buffer<uint16_t>(0, std::min(kMc, mc_task) * k_padded);
+    uint16_t* bp = gemm_blocking::packing_buffer<uint16_t>(1, std::min(kNc, nc_task) * k_padded);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
+      const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
+      for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {
+        const int64_t nc = std::min(kNc, tn1 - n0), nc_pad = round_up(nc, kNR);
+        for (int64_t k0 = 0; k0 < K; k0 += k_block) {
+          const int64_t kc = std::min(k_block, K - k0), blocks = ceil_div(kc, kSteps);
+          const int64_t panel = blocks * kSteps;  // values per row or column of a panel
+          const bool acc = accumulate || k0 > 0;
+          pack_b(B, N, n0, nc_pad, k0, kc, bp);
+          for (int64_t k = 0; k < kc; ++k) koff[k] = A.col_offset(k0 + k);
+          for (int64_t m0 = tm0; m0 < tm1; m0 += kMc) {
+            const int64_t mc = std::min(kMc, tm1 - m0), mc_pad = round_up(mc, kMR);
+            pack_a(A, M, m0, mc_pad, koff.data(), kc, ap);
+            for (int64_t j = 0; j < nc_pad; j += kNR) {
+              const int64_t n = n0 + j, cols = std::min<int64_t>(kNR, N - n);
+              const int64_t c_col = C.col_offset(n);
+              const bool cols_direct = cols == kNR && C.col_offset(n + kNR - 1) - c_col == kNR - 1;
+              for (int64_t i = 0; i < mc_pad; i += kMR) {
+                const int64_t m = m0 + i, rows = std::min<int64_t>(kMR, M - m);
+                if (cols_direct && rows == kMR) {
+                  kernel(blocks, ap + i * panel, bp + j * panel, C.data + m * C.row_stride + c_col,
+                         C.row_stride, acc);
+                  continue;
+                }
+                kernel(blocks, ap + i * panel, bp + j * panel, tile, kNR, false);
+                for (int64_t jj = 0; jj < cols; ++jj) {
+                  float* dst = C.data + m * C.row_stride + C.col_offset(n + jj);
+                  for (int64_t ii = 0; ii < rows; ++ii) {
+                    float& out = dst[ii * C.row_stride];
+                    out = (acc ? out : 0.f) + tile[ii * kNR + jj];
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    if (amx) release_tiles();
+  });
+}
+
+}  // namespace bf16_units
+}  // namespace
+#endif  // FASTDL_BF16_UNITS
+
+bool bf16_gemm_available() {
+#ifdef FASTDL_BF16_UNITS
+  static const bool available = gemm_available() && selected_isa() >= Isa::avx512_bf16;
+  return available;
+#else
+  return false;
+#endif
+}
+
+namespace gemm_blocking {
+
+void gemm_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
+               const MatrixRef& C, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(bf16_gemm_available());
+#ifdef FASTDL_BF16_UNITS
+  bf16_units::gemm(selected_isa() == Isa::amx, M, N, K, A, B, C, accumulate);
+#endif
+}
+
+}  // namespace gemm_blocking
+
+bool gemm_image_columns_available(const ImageColumns& B) {
+  const int64_t elements = B.batch * B.channels * B.height * B.width;
+  return bf16_gemm_available() && elements < (int64_t(1) << 31);
+}
+
+void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const ImageColumns& B,
+                        const MatrixRef& C, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(gemm_image_columns_available(B) && C.col_stride == 1);
+  TORCH_INTERNAL_ASSERT(N == B.batch * B.out_h * B.out_w && K % (B.kh * B.kw) == 0);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum
+    if (!accumulate) {
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) C.data[m * C.row_stride + C.col_offset(n)] = 0.f;
+    }
+    return;
+  }
+#ifdef FASTDL_BF16_UNITS
+  bf16_units::gemm(selected_isa() == Isa::amx, M, N, K, A, B, C, accumulate);
+#endif
+}
+
+}  // namespace fastdl::cpu::inline CPU_CAPABILITY
