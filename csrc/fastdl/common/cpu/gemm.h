@@ -60,14 +60,16 @@ bool bf16_gemm_available();
 // buffer): for rows r = (c, ki, kj) over one group's input channels and columns j = (n, oh, ow)
 // over the batch, B(r, j) = x[n, c0 + c, oh sh - ph + ki dh, ow sw - pw + kj dw], 0 outside.
 struct ImageColumns {
-  const float* x;  // the batch, NCHW contiguous
+  const void* x;  // the batch, NCHW contiguous, float32 or (x_is_bf16) bfloat16
+  bool x_is_bf16;
   int64_t batch, channels, height, width;
   int64_t first_channel;  // c0: the group's first input channel
   int64_t out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw;
 };
 
-// Whether gemm_image_columns takes these images: bfloat16 units here, and offsets within the
-// batch that fit the units' 32-bit gathers.
+// Whether gemm_image_columns takes these images: bfloat16 units here, offsets within the
+// batch that fit the units' 32-bit gathers (and, for bfloat16 images, at least two elements:
+// a bfloat16 gather reads 32 bits around its element, inside the batch).
 bool gemm_image_columns_available(const ImageColumns& B);
 
 // C (M, N) (+)= A (M, K) @ B for the images' columns (K = channels of the group * kh * kw,

@@ -164,91 +164,171 @@ FASTDL_TARGET_BF16 void pack_b(const MatrixRef& B, int64_t N, int64_t n0, int64_
 // convolutions, panels of many short runs) each lane gathers its element, masked likewise.
 constexpr int kMostRuns = 8;
 
+// A panel's columns: each lane's first input row and column and its offset in the batch (for
+// the tap (0, 0) of channel 0 of the group), and the runs.
+struct PanelColumns {
+  alignas(64) int32_t ih0[kNR], iw0[kNR], base[kNR];
+  int64_t run_begin[kMostRuns + 1];  // runs: lanes [run_begin[i], run_begin[i + 1])
+  int runs = 0;
+  bool by_runs = false;
+};
+
+// One step of K (a row of the columns, r = (c, ki, kj)): where its tap reads, relative to a
+// column's first element.
+struct Tap {
+  int64_t offset;  // c * H * W + ki * dh * W + kj * dw
+  int32_t dih, diw;
+};
+
+// The lanes of a run whose input lies inside the image for one tap (bit j: lane j), 0 if none.
+inline uint32_t run_lanes(const ImageColumns& B, const PanelColumns& P, int i, const Tap& tap) {
+  const int64_t a = P.run_begin[i], len = P.run_begin[i + 1] - a;
+  const int64_t row = P.ih0[a] + tap.dih, first = P.iw0[a] + tap.diw;
+  if (row < 0 || row >= B.height) return 0;
+  const int64_t lo = a + std::max<int64_t>(0, -first);
+  const int64_t hi = a + std::min<int64_t>(len, B.width - first);
+  if (hi <= lo) return 0;
+  return static_cast<uint32_t>(((uint64_t(1) << hi) - 1) >> lo << lo);
+}
+
+// The address lane 0 of a run's loads starts at, so that lane j reads element
+// base[a] + offset + (j - a): computed as an integer, as the masked lanes' addresses may lie
+// outside the batch (they are never read).
+template <typename S>
+inline const S* run_start(const ImageColumns& B, const PanelColumns& P, int i, const Tap& tap) {
+  const int64_t a = P.run_begin[i];
+  return reinterpret_cast<const S*>(reinterpret_cast<std::uintptr_t>(B.x) +
+                                    (P.base[a] + tap.offset - a) * int64_t(sizeof(S)));
+}
+
+// Which lanes of a half of the panel read inside the image for one tap, and where (elements
+// of the batch). Unsigned compares: a negative row or column is out too.
+FASTDL_TARGET_BF16 inline __attribute__((always_inline)) __mmask16
+gather_lanes(const ImageColumns& B, const __m512i& ih, const __m512i& iw, const __m512i& at,
+             const Tap& tap, __m512i& index) {
+  const __m512i dy = _mm512_set1_epi32(tap.dih), dx = _mm512_set1_epi32(tap.diw);
+  index = _mm512_add_epi32(at, _mm512_set1_epi32(static_cast<int32_t>(tap.offset)));
+  return _mm512_cmplt_epu32_mask(_mm512_add_epi32(ih, dy),
+                                 _mm512_set1_epi32(static_cast<int32_t>(B.height))) &
+         _mm512_cmplt_epu32_mask(_mm512_add_epi32(iw, dx),
+                                 _mm512_set1_epi32(static_cast<int32_t>(B.width)));
+}
+
+// A row of the panel for one tap from float32 images: two vectors of 16 columns.
+FASTDL_TARGET_BF16 inline __attribute__((always_inline)) void panel_row(
+    const ImageColumns& B, const PanelColumns& P, const Tap& tap, const __m512i (&ih)[2],
+    const __m512i (&iw)[2], const __m512i (&at)[2], __m512& v0, __m512& v1) {
+  v0 = v1 = _mm512_setzero_ps();
+  if (P.by_runs) {
+    for (int i = 0; i < P.runs; ++i) {
+      const uint32_t lanes = run_lanes(B, P, i, tap);
+      if (!lanes) continue;
+      const float* src = run_start<float>(B, P, i, tap);
+      if (lanes & 0xffffu) v0 = _mm512_mask_loadu_ps(v0, static_cast<__mmask16>(lanes), src);
+      if (lanes >> 16) v1 = _mm512_mask_loadu_ps(v1, static_cast<__mmask16>(lanes >> 16), src + 16);
+    }
+    return;
+  }
+  __m512i index;
+  const __mmask16 in0 = gather_lanes(B, ih[0], iw[0], at[0], tap, index);
+  v0 = _mm512_mask_i32gather_ps(v0, in0, index, B.x, 4);
+  const __mmask16 in1 = gather_lanes(B, ih[1], iw[1], at[1], tap, index);
+  v1 = _mm512_mask_i32gather_ps(v1, in1, index, B.x, 4);
+}
+
+// The same from bfloat16 images: the 32 columns' values in one vector of 16-bit lanes. The
+// gathers read 32 bits: those ending at the element (its upper half), or for element 0 those
+// starting at it, so no read leaves the batch.
+FASTDL_TARGET_BF16 inline __attribute__((always_inline)) __m512i
+panel_row_bf16(const ImageColumns& B, const PanelColumns& P, const Tap& tap, const __m512i (&ih)[2],
+               const __m512i (&iw)[2], const __m512i (&at)[2]) {
+  __m512i v = _mm512_setzero_si512();
+  if (P.by_runs) {
+    for (int i = 0; i < P.runs; ++i) {
+      const uint32_t lanes = run_lanes(B, P, i, tap);
+      if (lanes) v = _mm512_mask_loadu_epi16(v, lanes, run_start<uint16_t>(B, P, i, tap));
+    }
+    return v;
+  }
+  __m256i halves[2];
+  for (int h = 0; h < 2; ++h) {
+    __m512i index;
+    const __mmask16 in = gather_lanes(B, ih[h], iw[h], at[h], tap, index);
+    const __mmask16 above_0 = _mm512_cmpgt_epi32_mask(index, _mm512_setzero_si512());
+    const __m512i from = _mm512_mask_sub_epi32(index, above_0, index, _mm512_set1_epi32(1));
+    const __m512i words = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), in, from, B.x, 2);
+    const __m512i shift = _mm512_maskz_mov_epi32(above_0, _mm512_set1_epi32(16));
+    halves[h] = _mm512_cvtepi32_epi16(_mm512_srlv_epi32(words, shift));
+  }
+  return _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+}
+
 FASTDL_TARGET_BF16 void pack_b(const ImageColumns& B, int64_t N, int64_t n0, int64_t nc, int64_t k0,
                                int64_t kc, uint16_t* out) {
   const int64_t blocks = ceil_div(kc, kSteps);
   const int64_t L = B.out_h * B.out_w, plane = B.height * B.width, taps = B.kh * B.kw;
   const int64_t image = B.channels * plane;
-  alignas(64) int32_t ih0[kNR], iw0[kNR], base[kNR];
-  int64_t run_begin[kMostRuns + 1];  // runs: lanes [run_begin[i], run_begin[i + 1])
-  const __m512i height = _mm512_set1_epi32(static_cast<int32_t>(B.height));
-  const __m512i width = _mm512_set1_epi32(static_cast<int32_t>(B.width));
-  const auto* x = reinterpret_cast<const char*>(B.x);
+  Tap tap[kKc];  // the block's steps, decoded once for all its panels
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t r = k0 + k, c = r / taps, ki = (r % taps) / B.kw, kj = r % B.kw;
+    tap[k].dih = static_cast<int32_t>(ki * B.dh);
+    tap[k].diw = static_cast<int32_t>(kj * B.dw);
+    tap[k].offset = c * plane + tap[k].dih * B.width + tap[k].diw;
+  }
+  // 16-bit lanes [a0, b0, a1, b1, ...]: columns 0-15 of two steps, then columns 16-31
+  alignas(64) int16_t low[32], high[32];
+  for (int j = 0; j < 16; ++j) {
+    low[2 * j] = static_cast<int16_t>(j), low[2 * j + 1] = static_cast<int16_t>(32 + j);
+    high[2 * j] = static_cast<int16_t>(16 + j), high[2 * j + 1] = static_cast<int16_t>(48 + j);
+  }
+  const __m512i interleave_low = _mm512_load_si512(low), interleave_high = _mm512_load_si512(high);
+  PanelColumns P;
   for (int64_t p = 0; p < nc; p += kNR) {
     uint16_t* panel = out + p * blocks * kSteps;
     const int64_t cols = std::min<int64_t>(kNR, N - (n0 + p));
-    int runs = 0;
-    bool by_runs = B.sw == 1 && cols > 0;
+    P.runs = 0;
+    P.by_runs = B.sw == 1 && cols > 0;
     for (int64_t j = 0; j < kNR; ++j) {
       if (j >= cols) {  // past the last column: a row no image has
-        ih0[j] = -(1 << 30), iw0[j] = 0, base[j] = 0;
+        P.ih0[j] = -(1 << 30), P.iw0[j] = 0, P.base[j] = 0;
         continue;
       }
       const int64_t col = n0 + p + j;
       const int64_t n = col / L, l = col % L, oh = l / B.out_w, ow = l % B.out_w;
-      ih0[j] = static_cast<int32_t>(oh * B.sh - B.ph);
-      iw0[j] = static_cast<int32_t>(ow * B.sw - B.pw);
-      base[j] =
-          static_cast<int32_t>(n * image + B.first_channel * plane + ih0[j] * B.width + iw0[j]);
-      if (j == 0 || ih0[j] != ih0[j - 1] || base[j] != base[j - 1] + 1) {  // a new run
-        if (runs == kMostRuns) by_runs = false;
-        if (by_runs) run_begin[runs++] = j;
+      P.ih0[j] = static_cast<int32_t>(oh * B.sh - B.ph);
+      P.iw0[j] = static_cast<int32_t>(ow * B.sw - B.pw);
+      P.base[j] =
+          static_cast<int32_t>(n * image + B.first_channel * plane + P.ih0[j] * B.width + P.iw0[j]);
+      if (j == 0 || P.ih0[j] != P.ih0[j - 1] || P.base[j] != P.base[j - 1] + 1) {  // a new run
+        if (P.runs == kMostRuns) P.by_runs = false;
+        if (P.by_runs) P.run_begin[P.runs++] = j;
       }
     }
-    run_begin[runs] = cols;
+    P.run_begin[P.runs] = cols;
     __m512i ih[2], iw[2], at[2];
     for (int h = 0; h < 2; ++h) {
-      ih[h] = _mm512_load_si512(ih0 + 16 * h);
-      iw[h] = _mm512_load_si512(iw0 + 16 * h);
-      at[h] = _mm512_load_si512(base + 16 * h);
+      ih[h] = _mm512_load_si512(P.ih0 + 16 * h);
+      iw[h] = _mm512_load_si512(P.iw0 + 16 * h);
+      at[h] = _mm512_load_si512(P.base + 16 * h);
     }
     for (int64_t kb = 0; kb < blocks; ++kb) {
       uint16_t* block = panel + kb * kBlock;
       for (int64_t q = 0; q < kSteps / 2; ++q) {
-        __m512 rows[2][2];  // [step of the pair][half of the panel]
-        for (int64_t e = 0; e < 2; ++e) {
-          rows[e][0] = rows[e][1] = _mm512_setzero_ps();
-          const int64_t k = kb * kSteps + 2 * q + e;
-          if (k >= kc) continue;
-          const int64_t r = k0 + k, c = r / taps, ki = (r % taps) / B.kw, kj = r % B.kw;
-          const int64_t dih = ki * B.dh, diw = kj * B.dw;
-          const int64_t offset = c * plane + dih * B.width + diw;
-          if (by_runs) {
-            for (int i = 0; i < runs; ++i) {
-              const int64_t a = run_begin[i], len = run_begin[i + 1] - a;
-              const int64_t row = ih0[a] + dih, first = iw0[a] + diw;
-              if (row < 0 || row >= B.height) continue;
-              const int64_t lo = a + std::max<int64_t>(0, -first);
-              const int64_t hi = a + std::min<int64_t>(len, B.width - first);
-              if (hi <= lo) continue;
-              const uint32_t lanes = static_cast<uint32_t>(((uint64_t(1) << hi) - 1) >> lo << lo);
-              // lane j of the loads reads element base[a] + offset + (j - a)
-              const char* at_lane0 = x + (base[a] + offset - a) * int64_t(sizeof(float));
-              const auto* src = reinterpret_cast<const float*>(at_lane0);
-              if (lanes & 0xffffu) {
-                rows[e][0] = _mm512_mask_loadu_ps(rows[e][0], static_cast<__mmask16>(lanes), src);
-              }
-              if (lanes >> 16) {
-                rows[e][1] =
-                    _mm512_mask_loadu_ps(rows[e][1], static_cast<__mmask16>(lanes >> 16), src + 16);
-              }
-            }
-            continue;
-          }
-          const __m512i dy = _mm512_set1_epi32(static_cast<int32_t>(dih));
-          const __m512i dx = _mm512_set1_epi32(static_cast<int32_t>(diw));
-          const __m512i off = _mm512_set1_epi32(static_cast<int32_t>(offset));
-          for (int h = 0; h < 2; ++h) {
-            // unsigned compares: a negative row or column is out too
-            const __mmask16 inside = _mm512_cmplt_epu32_mask(_mm512_add_epi32(ih[h], dy), height) &
-                                     _mm512_cmplt_epu32_mask(_mm512_add_epi32(iw[h], dx), width);
-            rows[e][h] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), inside,
-                                                  _mm512_add_epi32(at[h], off), B.x, 4);
-          }
+        const int64_t k = kb * kSteps + 2 * q;  // the pair of steps k, k + 1
+        uint16_t* dst = block + q * 2 * kNR;
+        if (B.x_is_bf16) {
+          const __m512i zero = _mm512_setzero_si512();
+          const __m512i a = k < kc ? panel_row_bf16(B, P, tap[k], ih, iw, at) : zero;
+          const __m512i b = k + 1 < kc ? panel_row_bf16(B, P, tap[k + 1], ih, iw, at) : zero;
+          _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(a, interleave_low, b));
+          _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(a, interleave_high, b));
+          continue;
         }
-        for (int h = 0; h < 2; ++h) {
-          _mm512_storeu_si512(block + q * 2 * kNR + 32 * h, pairs(rows[0][h], rows[1][h]));
-        }
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+        if (k < kc) panel_row(B, P, tap[k], ih, iw, at, a0, a1);
+        if (k + 1 < kc) panel_row(B, P, tap[k + 1], ih, iw, at, b0, b1);
+        _mm512_storeu_si512(dst, pairs(a0, b0));
+        _mm512_storeu_si512(dst + 32, pairs(a1, b1));
       }
     }
   }
@@ -439,7 +519,7 @@ void gemm_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const Matrix
 
 bool gemm_image_columns_available(const ImageColumns& B) {
   const int64_t elements = B.batch * B.channels * B.height * B.width;
-  return bf16_gemm_available() && elements < (int64_t(1) << 31);
+  return bf16_gemm_available() && elements < (int64_t(1) << 31) && (!B.x_is_bf16 || elements >= 2);
 }
 
 void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const ImageColumns& B,

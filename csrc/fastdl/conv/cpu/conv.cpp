@@ -393,33 +393,73 @@ void backward_gemm(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& 
 
 // ---- op kernels ----
 
-// The forward for bfloat16 values on the bfloat16 units: one product per group over the whole
-// batch, its columns read from the images while packed (cpu::ImageColumns), parallel inside.
-cpu::ImageColumns group_columns(const float* x, const Conv2dShape& s, int64_t g) {
-  return {x,       s.batch, s.in_channels, s.in_h, s.in_w, g * s.in_per_group(),
-          s.out_h, s.out_w, s.kh,          s.kw,   s.sh,   s.sw,
-          s.ph,    s.pw,    s.dh,          s.dw};
+// The bfloat16 forward on the bfloat16 units: one product per group over the whole batch, its
+// columns read from the bfloat16 images while packed (cpu::ImageColumns), parallel inside;
+// the bias added while the float32 sums are rounded to bfloat16, in one pass.
+cpu::ImageColumns group_columns(const at::Tensor& x, const Conv2dShape& s, int64_t g) {
+  return {x.const_data_ptr(),
+          x.scalar_type() == at::kBFloat16,
+          s.batch,
+          s.in_channels,
+          s.in_h,
+          s.in_w,
+          g * s.in_per_group(),
+          s.out_h,
+          s.out_w,
+          s.kh,
+          s.kw,
+          s.sh,
+          s.sw,
+          s.ph,
+          s.pw,
+          s.dh,
+          s.dw};
 }
 
-bool image_columns_available(const Conv2dShape& s, cpu::GemmInputs inputs) {
-  return inputs == cpu::GemmInputs::bfloat16 && !s.depthwise() &&
-         cpu::gemm_image_columns_available(group_columns(nullptr, s, 0));
+bool image_columns_available(const at::Tensor& x, const Conv2dShape& s) {
+  return !s.depthwise() && cpu::gemm_image_columns_available(group_columns(x, s, 0));
 }
 
-at::Tensor forward_image_columns(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                                 const Conv2dShape& s) {
+// x: NCHW contiguous bfloat16; w: contiguous float32 (bfloat16 values). The float32 sums.
+at::Tensor forward_image_columns(const at::Tensor& x, const at::Tensor& w, const Conv2dShape& s) {
   const int64_t K = s.out_channels, Kg = s.out_per_group(), L = s.out_h * s.out_w;
   const int64_t rows_g = s.in_per_group() * s.kh * s.kw;
-  auto y = at::empty({s.batch, K, s.out_h, s.out_w}, x.options());
+  auto y = at::empty({s.batch, K, s.out_h, s.out_w}, x.options().dtype(at::kFloat));
   const float* wp = w.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();
   for (int64_t g = 0; g < s.groups; ++g) {
     cpu::gemm_image_columns(Kg, s.batch * L, rows_g, matrix(wp + g * Kg * rows_g, rows_g),
-                            group_columns(x.const_data_ptr<float>(), s, g),
-                            image_columns(yp + g * Kg * L, L, K * L), /*accumulate=*/false);
+                            group_columns(x, s, g), image_columns(yp + g * Kg * L, L, K * L),
+                            /*accumulate=*/false);
   }
-  if (b.defined()) add_bias<float>(yp, b.const_data_ptr<float>(), s);
   return y;
+}
+
+// (y + bias) rounded to dtype (a half type), NCHW.
+at::Tensor with_bias_rounded(const at::Tensor& y, const std::optional<at::Tensor>& bias,
+                             const Conv2dShape& s, at::ScalarType dtype) {
+  const int64_t K = s.out_channels, L = s.out_h * s.out_w;
+  std::vector<float> storage;
+  const float* b = cpu::compute_values<float>(bias.has_value() ? *bias : at::Tensor(), storage);
+  auto out = at::empty(y.sizes(), y.options().dtype(dtype));
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(dtype, "fastdl.conv2d bias and rounding", [&] {
+    const float* src = y.const_data_ptr<float>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    constexpr int64_t V = cpu::Vec<float>::size();
+    at::parallel_for(0, s.batch * K, grain(L), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const float bk = b ? b[p % K] : 0.f;
+        const float* row = src + p * L;
+        scalar_t* row_out = dst + p * L;
+        int64_t i = 0;
+        for (; i + V <= L; i += V) {
+          cpu::store_as<float>(cpu::Vec<float>::loadu(row + i) + cpu::Vec<float>(bk), row_out + i);
+        }
+        for (; i < L; ++i) row_out[i] = static_cast<scalar_t>(row[i] + bk);
+      }
+    });
+  });
+  return out;
 }
 
 // float32 and float64 (a half conv2d runs here on float32 copies: `inputs` says whether they
@@ -431,9 +471,7 @@ at::Tensor conv2d_forward_float(const at::Tensor& input, const at::Tensor& weigh
   const auto w = weight.contiguous();
   const auto b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   at::Tensor y;
-  if (image_columns_available(s, inputs)) {
-    y = forward_image_columns(x, w, b, s);
-  } else if (s.depthwise()) {
+  if (s.depthwise()) {
     y = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastdl.conv2d depthwise", [&] {
       conv_cpu::depthwise_forward<scalar_t>(
@@ -466,6 +504,13 @@ at::Tensor conv2d_forward_cpu(const at::Tensor& input, const at::Tensor& weight,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto s =
       detail::check_conv2d_forward(input, weight, bias, stride, padding, dilation, groups);
+  if (input.scalar_type() == at::kBFloat16) {
+    const auto x = detail::conv2d_kernel_layout(input, s);
+    if (image_columns_available(x, s)) {
+      const auto y = forward_image_columns(x, cpu::to_compute_dtype(weight).contiguous(), s);
+      return detail::conv2d_result(with_bias_rounded(y, bias, s, at::kBFloat16), s);
+    }
+  }
   if (cpu::is_half(input.scalar_type())) {
     // float16/bfloat16: the float32 kernels on converted copies, the output rounded once to
     // the input's dtype (torch's CPU convolution accumulates half inputs in float32 too).
