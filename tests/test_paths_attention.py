@@ -142,3 +142,47 @@ def test_sdpa_dominant_keys(dtype, threads):
     v = torch.randn(1, 1, 261, L + 1, dtype=dtype)
     compare_with_torch(FF.scaled_dot_product_attention, F.scaled_dot_product_attention,
                        [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()], dtype)
+
+
+# bfloat16 on the AMX tiles (sdpa.cpp's TileProducts, with FASTDL_CPU_ISA amx: head dims that
+# are multiples of 32; elsewhere these run the float32 kernel on converted copies): keys and
+# values packed once per head (zero past S), 32-row query blocks (a partial last one, its rows
+# padded with zeros), key blocks of 512 whose whole 32-key chunks multiply on the tiles and
+# whose last cols % 32 keys add in float32, causal blocks skipped, masks, grouped heads.
+TILE_CASES = [(1, 1, 32, 32), (33, 31, 32, 64), (31, 513, 64, 32), (65, 1030, 64, 64),
+              (32, 96, 128, 96), (40, 33, 96, 128)]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_sdpa_bf16_tiles(causal, threads):
+    for Lq, S, E, Ev in TILE_CASES:
+        _sdpa(torch.bfloat16, Lq, S, E, Ev, heads=2, causal=causal)
+    _sdpa(torch.bfloat16, 33, 600, 64, 32, heads=4, kv_heads=2, causal=causal)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_sdpa_bf16_tiles_masks(kind, threads):
+    # A broadcast mask over two key blocks: a row with no key, the second block masked.
+    keep = torch.rand(1, 1, 35, 600) > 0.3
+    keep[..., 3, :] = False
+    keep[..., 512:] = False
+    mask = keep if kind == "bool" else \
+        torch.randn(keep.shape, dtype=torch.bfloat16).masked_fill(~keep, float("-inf"))
+    q = torch.randn(1, 2, 35, 64, dtype=torch.bfloat16).requires_grad_()
+    k = torch.randn(1, 2, 600, 64, dtype=torch.bfloat16).requires_grad_()
+    v = torch.randn(1, 2, 600, 32, dtype=torch.bfloat16).requires_grad_()
+    compare_with_torch(lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, m),
+                       lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m),
+                       [q, k, v, mask], torch.bfloat16)
+
+
+def test_sdpa_bf16_tiles_dropout(threads):
+    # With dropout the tiles' output is the float32 kernel's on the same values (the keep mask
+    # is one function of the seed), up to bfloat16 probabilities and output rounding.
+    q, k = (torch.randn(2, 2, 70, 64, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(2, 2, 70, 64, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    ours = FF.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+    torch.manual_seed(3)
+    exact = FF.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=0.3)
+    assert (ours.float() - exact).abs().max().item() < 3e-2 * exact.abs().max().item()

@@ -12,6 +12,7 @@
 // functions of the AVX-512 copy only (function target attributes, namespace bf16_units), which
 // run only when selected_isa() is avx512_bf16 or amx (common/cpu_isa.h).
 #include "fastdl/common/cpu/gemm_blocking.h"
+#include "fastdl/common/cpu/tiles_bf16.h"
 #include "fastdl/common/cpu_isa.h"
 
 #include <ATen/Parallel.h>
@@ -339,9 +340,12 @@ using TileKernel = void (*)(int64_t blocks, const uint16_t* a, const uint16_t* b
                             int64_t ldc, bool accumulate);
 
 // AMX: C's block in tiles 0-3 (rows 0-15 / 16-31 x columns 0-15 / 16-31), A in 4-5, B in 6-7.
-FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
-                                int64_t ldc, bool accumulate) {
+// A's block kb for rows 0-15 starts at a + kb * a_step, its rows a_row values apart (a packed
+// panel: 32 and kBlock; rows read in place: their stride and 32).
+FASTDL_TARGET_AMX void tiles_32x32(int64_t blocks, const uint16_t* a, int64_t a_row, int64_t a_step,
+                                   const uint16_t* b, float* c, int64_t ldc, bool accumulate) {
   const int64_t stride = ldc * static_cast<int64_t>(sizeof(float));
+  const int64_t a_stride = a_row * static_cast<int64_t>(sizeof(uint16_t));
   float* c1 = c + 16 * ldc;
   if (accumulate) {
     _tile_loadd(0, c, stride);
@@ -355,10 +359,10 @@ FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_
     _tile_zero(3);
   }
   for (int64_t kb = 0; kb < blocks; ++kb) {
-    const uint16_t* ak = a + kb * kBlock;
+    const uint16_t* ak = a + kb * a_step;
     const uint16_t* bk = b + kb * kBlock;
-    _tile_loadd(4, ak, kSteps * 2);
-    _tile_loadd(5, ak + 16 * kSteps, kSteps * 2);
+    _tile_loadd(4, ak, a_stride);
+    _tile_loadd(5, ak + 16 * a_row, a_stride);
     _tile_loadd(6, bk, kNR * 4);
     _tile_loadd(7, bk + 32, kNR * 4);
     _tile_dpbf16ps(0, 4, 6);
@@ -370,6 +374,11 @@ FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_
   _tile_stored(1, c + 16, stride);
   _tile_stored(2, c1, stride);
   _tile_stored(3, c1 + 16, stride);
+}
+
+FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
+                                int64_t ldc, bool accumulate) {
+  tiles_32x32(blocks, a, kSteps, kBlock, b, c, ldc, accumulate);
 }
 
 // Every tile 16 rows of 64 bytes (palette 1).
@@ -536,6 +545,84 @@ void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, con
   }
 #ifdef FASTDL_BF16_UNITS
   bf16_units::gemm(selected_isa() == Isa::amx, M, N, K, A, B, C, accumulate);
+#endif
+}
+
+// ---- tile products (tiles_bf16.h) ----
+
+bool tile_products_available() {
+#ifdef FASTDL_BF16_UNITS
+  static const bool available = selected_isa() == Isa::amx;
+  return available;
+#else
+  return false;
+#endif
+}
+
+TileScope::TileScope() {
+  TORCH_INTERNAL_ASSERT(tile_products_available());
+#ifdef FASTDL_BF16_UNITS
+  bf16_units::configure_tiles();
+#endif
+}
+
+TileScope::~TileScope() {
+#ifdef FASTDL_BF16_UNITS
+  bf16_units::release_tiles();
+#endif
+}
+
+void pack_rows_as_columns(const c10::BFloat16* m, int64_t ld, int64_t n, int64_t d, uint16_t* out) {
+  TORCH_INTERNAL_ASSERT(d % 32 == 0);
+  const auto* src = reinterpret_cast<const uint16_t*>(m);
+  const int64_t blocks = d / 32, n_pad = tile_padded(n);
+  for (int64_t j0 = 0; j0 < n_pad; j0 += 32) {
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      uint16_t* block = out + j0 * d + kb * 1024;  // 16 pair rows x 32 columns x 2
+      for (int64_t j = 0; j < 32; ++j) {
+        if (j0 + j >= n) {
+          for (int64_t p = 0; p < 16; ++p) block[p * 64 + 2 * j] = block[p * 64 + 2 * j + 1] = 0;
+          continue;
+        }
+        const uint16_t* row = src + (j0 + j) * ld + kb * 32;  // steps 2p, 2p + 1 of the pair row p
+        for (int64_t p = 0; p < 16; ++p) std::memcpy(block + p * 64 + 2 * j, row + 2 * p, 4);
+      }
+    }
+  }
+}
+
+void pack_rows_as_steps(const c10::BFloat16* m, int64_t ld, int64_t n, int64_t d, uint16_t* out) {
+  TORCH_INTERNAL_ASSERT(d % 32 == 0);
+  const auto* src = reinterpret_cast<const uint16_t*>(m);
+  const int64_t n_pad = tile_padded(n), blocks = n_pad / 32;
+  for (int64_t j0 = 0; j0 < d; j0 += 32) {  // panels of 32 columns
+    for (int64_t kb = 0; kb < blocks; ++kb) {
+      uint16_t* block = out + (j0 / 32) * (n_pad * 32) + kb * 1024;
+      for (int64_t p = 0; p < 16; ++p) {
+        for (int64_t e = 0; e < 2; ++e) {
+          const int64_t r = kb * 32 + 2 * p + e;
+          for (int64_t j = 0; j < 32; ++j) {
+            block[p * 64 + 2 * j + e] = r < n ? src[r * ld + j0 + j] : uint16_t(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+void tile_product(int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
+                  const uint16_t* b_packed, int64_t panel_stride, float* c, int64_t ldc,
+                  bool accumulate) {
+  TORCH_INTERNAL_ASSERT(n % 32 == 0 && k % 32 == 0);
+#ifdef FASTDL_BF16_UNITS
+  const auto* a16 = reinterpret_cast<const uint16_t*>(a);
+  for (int64_t j = 0; j < n; j += 32) {
+    bf16_units::tiles_32x32(k / 32, a16, lda, 32, b_packed + (j / 32) * panel_stride, c + j, ldc,
+                            accumulate);
+  }
+#else
+  (void)n, (void)k, (void)a, (void)lda, (void)b_packed, (void)panel_stride, (void)c, (void)ldc,
+      (void)accumulate;
 #endif
 }
 
