@@ -217,6 +217,7 @@ void forward_kernel(const detail::SdpaShape& shape, const MakeProducts& make_pro
   const int64_t q_blocks = (shape.q_len + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = shape.batch * shape.q_heads * q_blocks;
   const T scale = static_cast<T>(shape.scale);
+  const bool masked = mask.bool_data || mask.float_data;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     auto products = make_products();
     using Products = decltype(products);
@@ -237,11 +238,19 @@ void forward_kernel(const detail::SdpaShape& shape, const MakeProducts& make_pro
       for (int64_t k0 = 0; k0 < keys; k0 += block) {
         const int64_t cols = std::min(block, keys - k0);
         products.scores(k0, cols, scores.data());
-        finish_scores(scores.data(), block, rows, cols, q0, k0, scale, mask, b, h, shape.is_causal);
+        // A block no mask or causal limit touches, with a positive scale, keeps the raw
+        // products: their maximum times the scale is the scores' maximum, and the scale is
+        // applied inside the exp (one pass over the block fewer).
+        const bool raw = !masked && scale > T(0) && (!shape.is_causal || k0 + cols <= q0 + 1);
+        if (!raw) {
+          finish_scores(scores.data(), block, rows, cols, q0, k0, scale, mask, b, h,
+                        shape.is_causal);
+        }
+        const T factor = raw ? scale : T(1);
         // Online softmax: new maximum, rescale what was accumulated, add this block.
         for (int64_t r = 0; r < rows; ++r) {
           T* s = scores.data() + r * block;
-          const T new_max = softmax::max_nan(row_max[r], cpu::max_of(s, cols));
+          const T new_max = softmax::max_nan(row_max[r], factor * cpu::max_of(s, cols));
           const T correction = softmax::exp_shifted(row_max[r], new_max);
           row_max[r] = new_max;
           if (new_max == softmax::neg_inf<T>()) {
@@ -251,14 +260,15 @@ void forward_kernel(const detail::SdpaShape& shape, const MakeProducts& make_pro
           int64_t c = 0;
           Vec<T> block_sum(T(0));
           for (; c + L <= cols; c += L) {
-            const auto shifted = Vec<T>::loadu(s + c) - Vec<T>(new_max);
+            const auto shifted =
+                at::vec::fmadd(Vec<T>::loadu(s + c), Vec<T>(factor), Vec<T>(-new_max));
             const auto p = Products::kFastExp ? shifted.exp_u20() : shifted.exp();
             p.store(s + c);
             block_sum += p;
           }
           T tail = 0;
           for (; c < cols; ++c) {
-            s[c] = std::exp(s[c] - new_max);
+            s[c] = std::exp(std::fma(s[c], factor, -new_max));
             tail += s[c];
           }
           row_sum[r] = row_sum[r] * correction + cpu::horizontal_sum(block_sum) + tail;
