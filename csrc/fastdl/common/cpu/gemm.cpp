@@ -229,54 +229,16 @@ template <int MR, int NR>
 void gemm_blocked(KernelFn kernel, int64_t M, int64_t N, int64_t K, const MatrixRef& A,
                   const MatrixRef& B, const MatrixRef& C, bool accumulate) {
   const gemm_blocking::Tasks tasks = gemm_blocking::plan_tasks(M, N, K, MR, NR, kKc, /*k_round=*/8);
-  const int64_t tm = tasks.tm, tn = tasks.tn, mc_task = tasks.mc, nc_task = tasks.nc,
-                k_block = tasks.k_block;
-  at::parallel_for(0, tm * tn, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> koff(std::min(K, k_block));
-    alignas(64) float tile[MR * NR];
-    float* ap =
-        gemm_blocking::packing_buffer<float>(0, std::min(kMc, mc_task) * std::min(K, k_block));
-    float* bp =
-        gemm_blocking::packing_buffer<float>(1, std::min(kNc, nc_task) * std::min(K, k_block));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
-      const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
-      for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {
-        const int64_t nc = std::min(kNc, tn1 - n0), nc_pad = round_up(nc, NR);
-        for (int64_t k0 = 0; k0 < K; k0 += k_block) {
-          const int64_t kc = std::min(k_block, K - k0);
-          const bool acc = accumulate || k0 > 0;
-          pack_b<NR>(B, N, n0, nc_pad, k0, kc, bp);
-          for (int64_t k = 0; k < kc; ++k) koff[k] = A.col_offset(k0 + k);
-          for (int64_t m0 = tm0; m0 < tm1; m0 += kMc) {
-            const int64_t mc = std::min(kMc, tm1 - m0), mc_pad = round_up(mc, MR);
-            pack_a<MR>(A, M, m0, mc_pad, k0, kc, koff.data(), ap);
-            for (int64_t j = 0; j < nc_pad; j += NR) {
-              const int64_t n = n0 + j, cols = std::min<int64_t>(NR, N - n);
-              const int64_t c_col = C.col_offset(n);
-              const bool cols_direct = cols == NR && C.col_offset(n + NR - 1) - c_col == NR - 1;
-              for (int64_t i = 0; i < mc_pad; i += MR) {
-                const int64_t m = m0 + i, rows = std::min<int64_t>(MR, M - m);
-                if (cols_direct && rows == MR) {
-                  kernel(kc, ap + i * kc, bp + j * kc, C.data + m * C.row_stride + c_col,
-                         C.row_stride, acc);
-                  continue;
-                }
-                kernel(kc, ap + i * kc, bp + j * kc, tile, NR, false);
-                for (int64_t jj = 0; jj < cols; ++jj) {
-                  float* dst = C.data + m * C.row_stride + C.col_offset(n + jj);
-                  for (int64_t ii = 0; ii < rows; ++ii) {
-                    float& out = dst[ii * C.row_stride];
-                    out = (acc ? out : 0.f) + tile[ii * NR + jj];
-                  }
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-  });
+  const auto nothing = [] {};
+  gemm_blocking::blocked_product<float, MR, NR>(
+      M, N, K, A, C, accumulate, tasks, kMc, kNc, /*k_align=*/1,
+      [&](int64_t m0, int64_t mc, int64_t k0, int64_t kc, const int64_t* koff, float* out) {
+        pack_a<MR>(A, M, m0, mc, k0, kc, koff, out);
+      },
+      [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, float* out) {
+        pack_b<NR>(B, N, n0, nc, k0, kc, out);
+      },
+      kernel, nothing, nothing);
 }
 
 #endif  // FASTDL_X86_GEMM
@@ -291,14 +253,7 @@ bool gemm_available() {
 void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
           const MatrixRef& C, bool accumulate, GemmInputs inputs) {
   TORCH_INTERNAL_ASSERT(gemm_available() && C.col_stride == 1);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // an empty sum
-    if (!accumulate) {
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) C.data[m * C.row_stride + C.col_offset(n)] = 0.f;
-    }
-    return;
-  }
+  if (gemm_blocking::nothing_to_multiply(M, N, K, C, accumulate)) return;
   if (inputs == GemmInputs::bfloat16 && bf16_gemm_available()) {
     return gemm_blocking::gemm_bf16(M, N, K, A, B, C, accumulate);
   }

@@ -450,55 +450,23 @@ void gemm(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const B
   const TileKernel kernel = amx ? &tile_amx : &tile_avx512_bf16;
   const gemm_blocking::Tasks tasks =
       gemm_blocking::plan_tasks(M, N, K, kMR, kNR, kKc, /*k_round=*/kSteps);
-  const int64_t tn = tasks.tn, mc_task = tasks.mc, nc_task = tasks.nc, k_block = tasks.k_block;
-  at::parallel_for(0, tasks.tm * tn, 1, [&](int64_t begin, int64_t end) {
-    if (amx) configure_tiles();  // the tile configuration is per thread
-    std::vector<int64_t> koff(std::min(K, k_block));
-    alignas(64) float tile[kMR * kNR];
-    const int64_t k_padded = round_up(std::min(K, k_block), kSteps);
-    uint16_t* ap = gemm_blocking::packing_buffer<uint16_t>(0, std::min(kMc, mc_task) * k_padded);
-    uint16_t* bp = gemm_blocking::packing_buffer<uint16_t>(1, std::min(kNc, nc_task) * k_padded);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
-      const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
-      for (int64_t n0 = tn0; n0 < tn1; n0 += kNc) {
-        const int64_t nc = std::min(kNc, tn1 - n0), nc_pad = round_up(nc, kNR);
-        for (int64_t k0 = 0; k0 < K; k0 += k_block) {
-          const int64_t kc = std::min(k_block, K - k0), blocks = ceil_div(kc, kSteps);
-          const int64_t panel = blocks * kSteps;  // values per row or column of a panel
-          const bool acc = accumulate || k0 > 0;
-          pack_b(B, N, n0, nc_pad, k0, kc, bp);
-          for (int64_t k = 0; k < kc; ++k) koff[k] = A.col_offset(k0 + k);
-          for (int64_t m0 = tm0; m0 < tm1; m0 += kMc) {
-            const int64_t mc = std::min(kMc, tm1 - m0), mc_pad = round_up(mc, kMR);
-            pack_a(A, M, m0, mc_pad, koff.data(), kc, ap);
-            for (int64_t j = 0; j < nc_pad; j += kNR) {
-              const int64_t n = n0 + j, cols = std::min<int64_t>(kNR, N - n);
-              const int64_t c_col = C.col_offset(n);
-              const bool cols_direct = cols == kNR && C.col_offset(n + kNR - 1) - c_col == kNR - 1;
-              for (int64_t i = 0; i < mc_pad; i += kMR) {
-                const int64_t m = m0 + i, rows = std::min<int64_t>(kMR, M - m);
-                if (cols_direct && rows == kMR) {
-                  kernel(blocks, ap + i * panel, bp + j * panel, C.data + m * C.row_stride + c_col,
-                         C.row_stride, acc);
-                  continue;
-                }
-                kernel(blocks, ap + i * panel, bp + j * panel, tile, kNR, false);
-                for (int64_t jj = 0; jj < cols; ++jj) {
-                  float* dst = C.data + m * C.row_stride + C.col_offset(n + jj);
-                  for (int64_t ii = 0; ii < rows; ++ii) {
-                    float& out = dst[ii * C.row_stride];
-                    out = (acc ? out : 0.f) + tile[ii * kNR + jj];
-                  }
-                }
-              }
-            }
-          }
-        }
-      }
-    }
-    if (amx) release_tiles();
-  });
+  gemm_blocking::blocked_product<uint16_t, kMR, kNR>(
+      M, N, K, A, C, accumulate, tasks, kMc, kNc, /*k_align=*/kSteps,
+      [&](int64_t m0, int64_t mc, int64_t, int64_t kc, const int64_t* koff, uint16_t* out) {
+        pack_a(A, M, m0, mc, koff, kc, out);
+      },
+      [&](int64_t n0, int64_t nc, int64_t k0, int64_t kc, uint16_t* out) {
+        pack_b(B, N, n0, nc, k0, kc, out);
+      },
+      [&](int64_t kc, const uint16_t* a, const uint16_t* b, float* c, int64_t ldc, bool acc) {
+        kernel(ceil_div(kc, kSteps), a, b, c, ldc, acc);
+      },
+      [amx] {
+        if (amx) configure_tiles();  // the tile configuration is per thread
+      },
+      [amx] {
+        if (amx) release_tiles();
+      });
 }
 
 }  // namespace bf16_units
@@ -535,14 +503,7 @@ void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, con
                         const MatrixRef& C, bool accumulate) {
   TORCH_INTERNAL_ASSERT(gemm_image_columns_available(B) && C.col_stride == 1);
   TORCH_INTERNAL_ASSERT(N == B.batch * B.out_h * B.out_w && K % (B.kh * B.kw) == 0);
-  if (M == 0 || N == 0) return;
-  if (K == 0) {  // an empty sum
-    if (!accumulate) {
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) C.data[m * C.row_stride + C.col_offset(n)] = 0.f;
-    }
-    return;
-  }
+  if (gemm_blocking::nothing_to_multiply(M, N, K, C, accumulate)) return;
 #ifdef FASTDL_BF16_UNITS
   bf16_units::gemm(selected_isa() == Isa::amx, M, N, K, A, B, C, accumulate);
 #endif

@@ -72,6 +72,82 @@ T* packing_buffer(int slot, int64_t n) {
   return reinterpret_cast<T*>((p + 63) & ~std::uintptr_t(63));
 }
 
+// A product with no element (M or N zero: done) or an empty sum (K zero: C zeroed unless
+// accumulating): true when it is one of those, which the packed loops do not handle.
+inline bool nothing_to_multiply(int64_t M, int64_t N, int64_t K, const MatrixRef& C,
+                                bool accumulate) {
+  if (M == 0 || N == 0) return true;
+  if (K > 0) return false;
+  if (!accumulate) {
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) C.data[m * C.row_stride + C.col_offset(n)] = 0.f;
+  }
+  return true;
+}
+
+// The blocked loops of a packed GEMM (see gemm.cpp): each task packs its blocks of B
+// (pack_b(n0, nc, k0, kc, out), nc a multiple of NR) and of A (pack_a(m0, mc, k0, kc, koff,
+// out), mc a multiple of MR, koff[k] A's offset of step k0 + k) into panels of
+// round_up(kc, k_align) steps, and runs tile(kc, a_panel, b_panel, c, ldc, accumulate) over
+// every MR x NR tile: on C in place where the tile lies inside it with consecutive columns,
+// else into a buffer added to C. chunk_begin() and chunk_end() run around each thread's chunk
+// of tasks (a thread's tile configuration). Buffers of Packed values, per thread.
+template <typename Packed, int64_t MR, int64_t NR, typename PackA, typename PackB, typename Tile,
+          typename ChunkBegin, typename ChunkEnd>
+void blocked_product(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& C,
+                     bool accumulate, const Tasks& tasks, int64_t mc_most, int64_t nc_most,
+                     int64_t k_align, const PackA& pack_a, const PackB& pack_b, const Tile& tile,
+                     const ChunkBegin& chunk_begin, const ChunkEnd& chunk_end) {
+  const int64_t tn = tasks.tn, mc_task = tasks.mc, nc_task = tasks.nc, k_block = tasks.k_block;
+  at::parallel_for(0, tasks.tm * tn, 1, [&](int64_t begin, int64_t end) {
+    chunk_begin();
+    std::vector<int64_t> koff(std::min(K, k_block));
+    alignas(64) float c_tile[MR * NR];
+    const int64_t k_padded = round_up(std::min(K, k_block), k_align);
+    Packed* ap = packing_buffer<Packed>(0, std::min(mc_most, mc_task) * k_padded);
+    Packed* bp = packing_buffer<Packed>(1, std::min(nc_most, nc_task) * k_padded);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t tm0 = (task / tn) * mc_task, tn0 = (task % tn) * nc_task;
+      const int64_t tm1 = std::min(M, tm0 + mc_task), tn1 = std::min(N, tn0 + nc_task);
+      for (int64_t n0 = tn0; n0 < tn1; n0 += nc_most) {
+        const int64_t nc = std::min(nc_most, tn1 - n0), nc_pad = round_up(nc, NR);
+        for (int64_t k0 = 0; k0 < K; k0 += k_block) {
+          const int64_t kc = std::min(k_block, K - k0), panel = round_up(kc, k_align);
+          const bool acc = accumulate || k0 > 0;
+          pack_b(n0, nc_pad, k0, kc, bp);
+          for (int64_t k = 0; k < kc; ++k) koff[k] = A.col_offset(k0 + k);
+          for (int64_t m0 = tm0; m0 < tm1; m0 += mc_most) {
+            const int64_t mc = std::min(mc_most, tm1 - m0), mc_pad = round_up(mc, MR);
+            pack_a(m0, mc_pad, k0, kc, koff.data(), ap);
+            for (int64_t j = 0; j < nc_pad; j += NR) {
+              const int64_t n = n0 + j, cols = std::min<int64_t>(NR, N - n);
+              const int64_t c_col = C.col_offset(n);
+              const bool cols_direct = cols == NR && C.col_offset(n + NR - 1) - c_col == NR - 1;
+              for (int64_t i = 0; i < mc_pad; i += MR) {
+                const int64_t m = m0 + i, rows = std::min<int64_t>(MR, M - m);
+                if (cols_direct && rows == MR) {
+                  tile(kc, ap + i * panel, bp + j * panel, C.data + m * C.row_stride + c_col,
+                       C.row_stride, acc);
+                  continue;
+                }
+                tile(kc, ap + i * panel, bp + j * panel, c_tile, NR, false);
+                for (int64_t jj = 0; jj < cols; ++jj) {
+                  float* dst = C.data + m * C.row_stride + C.col_offset(n + jj);
+                  for (int64_t ii = 0; ii < rows; ++ii) {
+                    float& out = dst[ii * C.row_stride];
+                    out = (acc ? out : 0.f) + c_tile[ii * NR + jj];
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    chunk_end();
+  });
+}
+
 // gemm_bf16.cpp's product, which gemm() calls for GemmInputs::bfloat16 when
 // bf16_gemm_available(): A and B rounded to bfloat16 while packed, float32 sums into C.
 void gemm_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& B,
