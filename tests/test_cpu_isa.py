@@ -37,15 +37,20 @@ WORKLOAD = os.path.join(HERE, "isa_workload.py")
 ORDER = ["portable", "avx2", "avx512", "avx512_bf16", "amx"]
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo ("" if absent)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == field:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
 
 
 def _widest_isa(flags: set[str]) -> str:
@@ -56,21 +61,10 @@ def _widest_isa(flags: set[str]) -> str:
         if "avx512_bf16" in flags:
             if {"amx_tile", "amx_bf16"} <= flags:
                 return "amx"
-            if _vendor() == "AuthenticAMD":
+            if _cpuinfo("vendor_id") == "AuthenticAMD":
                 return "avx512_bf16"
         return "avx512"
     return "avx2" if avx2 else "portable"
-
-
-def _vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 WIDEST = _widest_isa(_cpu_flags())
