@@ -81,7 +81,13 @@ class Items(torch.utils.data.Dataset):
 
 
 def dataloader(context: str) -> int:
-    expected = serial()  # OpenMP's pool is live in the parent before the workers fork
+    serial()  # OpenMP's pool is live in the parent before the workers fork
+    # The workers run with one thread (DataLoader sets it), and a float64 GEMM's result may
+    # depend on the thread count (BLAS splits its sums): the serial results on one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    expected = serial()
+    torch.set_num_threads(threads)
     loader = torch.utils.data.DataLoader(Items(), batch_size=None, num_workers=2,
                                          multiprocessing_context=context)
     return compare(expected, list(loader), f"DataLoader workers ({context})")

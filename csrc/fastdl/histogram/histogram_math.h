@@ -69,11 +69,12 @@ C10_HOST_DEVICE inline void hist_derivatives(A d, A w, A s, A& dv_dd, A& dv_dw) 
     dv_dw = active ? -hist_abs(d) : A(0);
   } else if constexpr (K == HistogramKernel::Rbf) {
     const A v = hist_exp(-(w * d) * (w * d));
-    // v first: where v underflows to 0, d * v is 0 (d ~ 1e30 would overflow d * d first and
-    // give inf * 0 = NaN; torch's chain rule gives 0).
+    // Where v underflowed to 0 both derivatives are 0 (as in float64): w * d or w * w may
+    // have overflowed (d ~ 1e30, w ~ 1e20), and inf * 0 would be NaN. NaN stays NaN.
+    // v first: d * v is 0 where d * d would overflow.
     const A dv = d * v;
-    dv_dd = -2 * w * w * dv;
-    dv_dw = -2 * (w * d) * dv;
+    dv_dd = v == A(0) ? A(0) : -2 * w * w * dv;
+    dv_dw = v == A(0) ? A(0) : -2 * (w * d) * dv;
   } else {
     const A ad = hist_abs(d);
     const A g = ad < w ? hist_exp((w - ad) * A(kHardSurrogateLog)) * A(kHardSurrogateLog) : A(0);

@@ -214,6 +214,51 @@ void channel_affine(const BatchNormShape& s, const S* a, const T* a_shift, const
   });
 }
 
+// Each channel's sums s1 = sum(x - shift), s2 = sum((x - shift)^2) in double, over a shift
+// close to its mean (mean = shift + s1 / n, var = s2 / n - (s1 / n)^2), for training mode.
+template <typename T, typename S>
+void shifted_channel_sums(const BatchNormShape& shape, const S* xp, std::vector<T>& shift,
+                          std::vector<double>& s1, std::vector<double>& s2) {
+  const int64_t C = shape.channels, n = shape.per_channel();
+  // One pass of sums shifted by each channel's first value: var = (S2 - S1^2/n) / n
+  // stays accurate when the shift is close to the mean, as one sample of it is.
+  for (int64_t c = 0; c < C; ++c) shift[c] = T(xp[c * shape.inner]);
+  const auto shifted_moments = [](auto a, auto, auto p) {
+    const auto d = a - p;
+    return std::make_pair(d, d * d);
+  };
+  channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), shifted_moments);
+  // A shift far from the mean relative to the spread (the first value an outlier, or a
+  // channel nearly constant around another value) leaves var = S2/n - m1^2 as the
+  // difference of two close numbers: then the sums again around the mean just found.
+  bool refine = false;
+  for (int64_t c = 0; c < C; ++c) {
+    const double m1 = s1[c] / n, var = s2[c] / n - m1 * m1;
+    refine |= std::isfinite(var) && !(m1 * m1 <= 64.0 * var);
+  }
+  if (refine) {
+    for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<T>(shift[c] + s1[c] / n);
+    channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), shifted_moments);
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    // A channel whose float squares overflowed (|x - shift| ~ 1e20 and more, float32 or
+    // bfloat16): its sums again in double. An inf or NaN in the channel stays NaN.
+    for (int64_t c = 0; c < C; ++c) {
+      if (std::isfinite(s2[c])) continue;
+      double t1 = 0, t2 = 0;
+      for (int64_t o = 0; o < shape.outer; ++o) {
+        for (int64_t i = 0; i < shape.inner; ++i) {
+          const double d = static_cast<double>(T(xp[(o * C + c) * shape.inner + i])) - shift[c];
+          t1 += d;
+          t2 += d * d;
+        }
+      }
+      s1[c] = t1;
+      s2[c] = t2;
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
@@ -241,46 +286,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_forward_cpu(
         T* invstd = save_invstd.mutable_data_ptr<T>();
         if (training) {
           if (n == 0) return;  // empty batch: nothing to normalise, running stats untouched
-          // One pass of sums shifted by each channel's first value: var = (S2 - S1^2/n) / n
-          // stays accurate when the shift is close to the mean, as one sample of it is.
           std::vector<T> shift(C);
-          for (int64_t c = 0; c < C; ++c) shift[c] = T(xp[c * shape.inner]);
           std::vector<double> s1(C), s2(C);
-          const auto shifted_moments = [](auto a, auto, auto p) {
-            const auto d = a - p;
-            return std::make_pair(d, d * d);
-          };
-          channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), shifted_moments);
-          // A shift far from the mean relative to the spread (the first value an outlier, or a
-          // channel nearly constant around another value) leaves var = S2/n - m1^2 as the
-          // difference of two close numbers: then the sums again around the mean just found.
-          bool refine = false;
-          for (int64_t c = 0; c < C; ++c) {
-            const double m1 = s1[c] / n, var = s2[c] / n - m1 * m1;
-            refine |= std::isfinite(var) && !(m1 * m1 <= 64.0 * var);
-          }
-          if (refine) {
-            for (int64_t c = 0; c < C; ++c) shift[c] = static_cast<T>(shift[c] + s1[c] / n);
-            channel_sums<T>(shape, xp, xp, shift.data(), s1.data(), s2.data(), shifted_moments);
-          }
-          if constexpr (std::is_same_v<T, float>) {
-            // A channel whose float squares overflowed (|x - shift| ~ 1e20 and more, float32 or
-            // bfloat16): its sums again in double. An inf or NaN in the channel stays NaN.
-            for (int64_t c = 0; c < C; ++c) {
-              if (std::isfinite(s2[c])) continue;
-              double t1 = 0, t2 = 0;
-              for (int64_t o = 0; o < shape.outer; ++o) {
-                for (int64_t i = 0; i < shape.inner; ++i) {
-                  const double d =
-                      static_cast<double>(T(xp[(o * C + c) * shape.inner + i])) - shift[c];
-                  t1 += d;
-                  t2 += d * d;
-                }
-              }
-              s1[c] = t1;
-              s2[c] = t2;
-            }
-          }
+          shifted_channel_sums<T>(shape, xp, shift, s1, s2);
           // Running statistics of the input's dtype or float32 (mixed precision), updated in T.
           std::vector<T> rm_storage, rv_storage, rm_new(C), rv_new(C);
           const T* rm =
