@@ -46,3 +46,26 @@ def test_rbf_gradients_where_the_kernel_underflows(device, bins, case):
             assert torch.equal(a.isnan(), e.isnan()), (dtype, name)
             torch.testing.assert_close(a, e, equal_nan=True, rtol=1e-4, atol=1e-5,
                                        msg=f"{dtype} {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["sigmoid", "soft", "rbf", "hard"])
+def test_nan_centre_with_an_empty_bag(device, kernel):
+    """A bag whose elements are all masked out is 0 in every bin, even where a centre is NaN:
+    absent elements are never read (the fuzzer found the reference's v * mask = NaN * 0 there;
+    the reference now selects, as fastdl's kernels do). The other bag's NaN bin stays NaN."""
+    x = torch.rand(2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    centers = torch.linspace(0, 1, 5, dtype=torch.float64).repeat(3, 1)
+    centers[1, 2] = float("nan")
+    centers = centers.to(device).requires_grad_()
+    widths = torch.full((3, 5), 0.3 if kernel in ("sigmoid", "hard") else 4.0,
+                        dtype=torch.float64, device=device)
+    mask = torch.tensor([[True, True, False, True], [False] * 4], device=device)
+    out = FF.histogram(x, centers, widths, kernel, mask)
+    ref = histogram_reference(x, centers, widths, kernel, mask)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    assert out[0, 1, 2].isnan() == (kernel != "hard") and out.isnan().sum() == int(kernel != "hard")
+    torch.testing.assert_close(out, ref, equal_nan=True)
+    gx, gc = torch.autograd.grad(out, [x, centers], torch.ones_like(out))
+    assert torch.equal(gx[1], torch.zeros_like(gx[1])) and not gx[0, 2].isnan().any()
+    assert gc[0].isfinite().all() and gc[2].isfinite().all()

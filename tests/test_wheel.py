@@ -76,7 +76,10 @@ def _link_torch(site: Path) -> None:
 def wheel(tmp_path_factory) -> Path:
     """The wheel ``pip wheel .`` builds from this source tree (CPU kernels only)."""
     dist = tmp_path_factory.mktemp("dist")
-    env = dict(os.environ, FASTDL_CUDA="OFF")
+    # ccache hashes paths below the checkout relative to it, so a fresh clone's wheel build
+    # reuses an earlier checkout's objects.
+    env = dict(os.environ, FASTDL_CUDA="OFF",
+               CCACHE_BASEDIR=os.environ.get("CCACHE_BASEDIR", str(ROOT)))
     # A full build where ccache has not seen these sources (each CPU kernel file is compiled
     # once per ISA): up to ~20 minutes on 2 busy cores.
     _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps",

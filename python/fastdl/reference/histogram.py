@@ -42,7 +42,9 @@ def histogram_reference(
     else:
         raise ValueError(f"unknown kernel {kernel!r}")
     if mask is not None:
-        v = v * mask[:, :, None, None].to(v.dtype)
+        # Absent elements contribute nothing, even where a centre or width is NaN (a product
+        # with the mask would give NaN * 0 = NaN): they are never read.
+        v = torch.where(mask[:, :, None, None], v, torch.zeros((), dtype=v.dtype, device=v.device))
         count = mask.sum(dim=1).to(v.dtype)  # (bags,)
     else:
         count = torch.full((x.shape[0],), float(x.shape[1]), dtype=v.dtype, device=x.device)
