@@ -23,7 +23,8 @@ checks, one name each:
 ``test_opcheck``            ``check_opcheck`` of every :meth:`OpContract.opcheck_samples`
                             (the op handle in ``Sample.op``), every device and dtype.
 ``test_compile``            ``check_compile`` (``torch.compile(fullgraph=True)`` == eager:
-                            outputs, gradients, in-place changes) of :meth:`compile_samples`.
+                            outputs, gradients, in-place changes) of :meth:`compile_samples`;
+                            ``check_compile_module`` where ``Sample.fn`` is a module.
 ``test_gradcheck``          float64 ``check_gradcheck`` of :meth:`gradcheck_samples`; the
                             arguments requiring grad are the differentiable ones.
 ``test_no_double_backward`` ``assert_no_double_backward`` of :meth:`double_backward_samples`,
@@ -35,9 +36,10 @@ checks, one name each:
                             same, except the tensors in ``Sample.allow``.
 ``test_empty_inputs``       :meth:`empty_samples` (tensors with a zero-size dimension)
                             against the reference, forward and gradients, then
-                            :meth:`check_empty` for what the op promises beyond that.
+                            :meth:`check_more` for what the op promises beyond that.
 ``test_noncontiguous``      :meth:`noncontiguous_samples` (each holds a non-contiguous tensor,
-                            asserted) against the reference, forward and gradients.
+                            asserted) against the reference, forward and gradients, then
+                            :meth:`check_more`.
 ``test_bad_dtype``          every :meth:`bad_dtype_calls` entry raises, its message naming the
                             argument (and any other words given).
 
@@ -171,8 +173,9 @@ class OpContract:
     def empty_samples(self, device) -> list[Sample]:
         return []
 
-    def check_empty(self, sample: Sample, out, args) -> None:
-        """Further checks of an empty sample's fastdl output and argument copies."""
+    def check_more(self, sample: Sample, out, ref, args, ref_args) -> None:
+        """Further checks after an empty or non-contiguous sample's comparison: fastdl's and
+        torch's outputs and the argument copies each ran on (e.g. running statistics)."""
 
     def noncontiguous_samples(self, device, dtype) -> list[Sample]:
         return []
@@ -261,10 +264,10 @@ class OpContract:
         for s in _samples(self.empty_samples(device), "empty inputs"):
             with _case(s, "empty inputs"):
                 assert any(t.numel() == 0 for t in _tensors(list(s.args))), "no empty tensor"
-                out, _, args, _ = compare_with_torch(
+                result = compare_with_torch(
                     self.bound(s), self.bound(s, reference=True), list(s.args), self._dtype(s),
                     grad_output=s.grad_output)
-                self.check_empty(s, out, args)
+                self.check_more(s, *result)
 
     @pytest.mark.parametrize("device, dtype", CONTRACT_DEVICE_DTYPES)
     def test_noncontiguous(self, device, dtype):
@@ -272,8 +275,10 @@ class OpContract:
             with _case(s, "non-contiguous"):
                 strided = _tensors([list(s.args), s.kwargs, s.grad_output])
                 assert any(not t.is_contiguous() for t in strided), "every tensor is contiguous"
-                compare_with_torch(self.bound(s), self.bound(s, reference=True), list(s.args),
-                                   self._dtype(s, dtype), grad_output=s.grad_output, **s.options)
+                result = compare_with_torch(
+                    self.bound(s), self.bound(s, reference=True), list(s.args),
+                    self._dtype(s, dtype), grad_output=s.grad_output, **s.options)
+                self.check_more(s, *result)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_bad_dtype(self, device):

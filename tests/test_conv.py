@@ -9,9 +9,9 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.models import LeNet5
-from helpers import (cuda_devices, device_dtypes, DEVICES, assert_close_to_reference, assert_no_double_backward,
-                     assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
-                     check_gradcheck, check_opcheck, compare_with_torch)
+from helpers import (cuda_devices, device_dtypes, DEVICES, assert_close_to_reference,
+                     assert_raises_naming, assert_unchanged, compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "conv"  # the emulator summary counts test cases per op family
 
@@ -105,7 +105,7 @@ def test_conv1d_matches_torch(device, dtype, case):
 
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-def test_channels_last_and_non_contiguous(device, dtype, groups):
+def test_channels_last(device, dtype, groups):
     x = make((2, 4, 7, 6), device, dtype).detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     w = make((8, 4 // groups, 3, 3), device, dtype)
     fn = lambda x, w: FF.conv2d(x, w, None, 1, 1, 1, groups)  # noqa: E731
@@ -114,13 +114,6 @@ def test_channels_last_and_non_contiguous(device, dtype, groups):
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert out.is_contiguous(memory_format=torch.channels_last) == \
         torch_out.is_contiguous(memory_format=torch.channels_last)
-    # Transposed (non-contiguous) input and weight, and a grad_output that is not contiguous.
-    xt = make((2, 4, 6, 7), device, dtype).detach().transpose(-1, -2).requires_grad_()
-    wt = make((8, 4 // groups, 3, 3), device, dtype).detach().transpose(-1, -2).requires_grad_()
-    assert not xt.is_contiguous() and not wt.is_contiguous()
-    compare_with_torch(fn, ref, [xt, wt], dtype,
-                       grad_output=torch.randn(2, 8, 6, 7, device=device, dtype=dtype).transpose(-1, -2))
-    assert_unchanged([xt, wt], lambda: FF.conv2d(xt, wt, None, 1, 1, 1, groups))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -136,48 +129,85 @@ def test_only_some_gradients(device):
     assert gi is None and gb is None and gw.shape == w.shape
 
 
-@pytest.mark.parametrize("case", [
+# ---- the op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs, bad dtypes ----
+
+class TestConvContract(OpContract):
+    backward_name = "conv2d"
+
+    def fn(self, x, w, b=None, *, conv=FF.conv2d, **kw):
+        return conv(x, w, b, **kw)
+
+    def reference(self, x, w, b=None, *, conv=FF.conv2d, **kw):
+        return {FF.conv2d: F.conv2d, FF.conv1d: F.conv1d}[conv](x, w, b, **kw)
+
+    def opcheck_samples(self, device, dtype):
+        if dtype != torch.float64:
+            return []
+        x, w, b = make((2, 4, 6, 5), device, dtype), make((6, 2, 3, 3), device, dtype), make(6, device, dtype)
+        gy = torch.randn(2, 6, 6, 5, device=device, dtype=dtype)
+        x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+        return [Sample([x, w, b, [2, 1], [1, 0], [1, 2], 2], op=OP, name="strided_grouped"),
+                Sample([x, make((4, 1, 3, 3), device, dtype), None, [1, 1], [1, 1], [1, 1], 4],
+                       op=OP, name="depthwise"),
+                Sample([x_cl, w, None, [1, 1], [0, 0], [1, 1], 2], op=OP, name="channels_last")] + [
+            Sample([gy, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2, mask], op=BACKWARD,
+                   name=f"backward-{mask}")
+            for mask in ([True, True, True], [True, False, False], [False, True, True])]
+
+    def compile_samples(self, device):
+        f32 = torch.float32
+        module = fnn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect", groups=4).to(device)
+        return [Sample([make((2, 4, 8, 8), device, f32), make((6, 2, 3, 2), device, f32), make(6, device, f32)],
+                       dict(stride=1, padding="same", dilation=1, groups=2), name="conv2d_same"),
+                Sample([make((2, 3, 9), device, f32), make((4, 3, 3), device, f32)],
+                       dict(conv=FF.conv1d, stride=2, padding=1), name="conv1d"),
+                Sample([make((2, 4, 6, 6), device, f32)], fn=module, name="module")]
+
+    def gradcheck_samples(self, device):
+        f64 = torch.float64
+        samples = [Sample([make(xs, device, f64), make(ws, device, f64), make(ws[0], device, f64)],
+                          dict(stride=s, padding=p, dilation=d, groups=g), name=str(xs))
+                   for xs, ws, s, p, d, g in GRADCHECK_CASES]
+        return samples + [Sample([make((2, 3, 7), device, f64), make((4, 3, 4), device, f64)],
+                                 dict(conv=FF.conv1d, padding="same"), name="conv1d_same")]
+
+    def double_backward_samples(self, device):
+        return self.gradcheck_samples(device)[:len(GRADCHECK_CASES)]
+
+    def unchanged_samples(self, device, dtype):
+        return self.noncontiguous_samples(device, dtype)
+
+    def empty_samples(self, device):
+        f64 = torch.float64
+        return [Sample([make((0, 4, 5, 5), device, f64), make((4, 4 // g, 3, 3), device, f64),
+                        make(4, device, f64)], dict(stride=1, padding=1, dilation=1, groups=g),
+                       name=f"groups{g}") for g in (1, 4)]
+
+    def noncontiguous_samples(self, device, dtype):
+        """Transposed input and weight, and a grad_output that is not contiguous."""
+        samples = []
+        for groups in (1, 4):
+            xt = make((2, 4, 6, 7), device, dtype).detach().transpose(-1, -2).requires_grad_()
+            wt = make((8, 4 // groups, 3, 3), device, dtype).detach().transpose(-1, -2).requires_grad_()
+            g = torch.randn(2, 8, 6, 7, device=device, dtype=dtype).transpose(-1, -2)
+            samples.append(Sample([xt, wt], dict(stride=1, padding=1, dilation=1, groups=groups),
+                                  grad_output=g, name=f"groups{groups}"))
+        return samples
+
+    def bad_dtype_calls(self, device):
+        x, w = torch.randn(2, 4, 6, 6, device=device), torch.randn(6, 2, 3, 3, device=device)
+        b64 = torch.randn(6, device=device).double()
+        return [(lambda: FF.conv2d(x, w.double(), groups=2), "weight", "dtype"),
+                (lambda: FF.conv2d(x, w, b64, groups=2), "bias", "dtype"),
+                (lambda: FF.conv2d(x.int(), w.int(), groups=2), "input", "float32")]
+
+
+GRADCHECK_CASES = [
     ((2, 4, 5, 6), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),
     ((1, 3, 5, 5), (6, 1, 3, 3), 1, 1, 1, 3),
     ((3, 4, 4), (2, 3, 2, 2), 1, 0, 1, 1),
-])
-@pytest.mark.parametrize("device", DEVICES)
-def test_gradcheck(device, case):
-    x_shape, w_shape, stride, padding, dilation, groups = case
-    args = [make(x_shape, device, torch.float64), make(w_shape, device, torch.float64),
-            make(w_shape[0], device, torch.float64)]
-    fn = lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups)  # noqa: E731
-    check_gradcheck(fn, args)
-    assert_no_double_backward(fn, args)
-
-
-def test_gradcheck_conv1d_same():
-    args = [make((2, 3, 7), "cpu", torch.float64), make((4, 3, 4), "cpu", torch.float64)]
-    check_gradcheck(lambda x, w: FF.conv1d(x, w, padding="same"), args)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    x, w, b = make((2, 4, 6, 5), device, torch.float64), make((6, 2, 3, 3), device, torch.float64), \
-        make(6, device, torch.float64)
-    check_opcheck(OP, [x, w, b, [2, 1], [1, 0], [1, 2], 2])
-    check_opcheck(OP, [x, make((4, 1, 3, 3), device, torch.float64), None, [1, 1], [1, 1], [1, 1], 4])
-    check_opcheck(OP, [x.detach().contiguous(memory_format=torch.channels_last), w, None, [1, 1], [0, 0],
-                       [1, 1], 2])
-    gy = torch.randn(2, 6, 6, 5, device=device, dtype=torch.float64)
-    for mask in ([True, True, True], [True, False, False], [False, True, True]):
-        check_opcheck(BACKWARD, [gy, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2, mask])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
-    x, w, b = make((2, 4, 8, 8), device, torch.float32), make((6, 2, 3, 2), device, torch.float32), \
-        make(6, device, torch.float32)
-    check_compile(lambda x, w, b: FF.conv2d(x, w, b, 1, "same", 1, 2), x, w, b)
-    check_compile(lambda x, w: FF.conv1d(x, w, None, 2, 1), make((2, 3, 9), device, torch.float32),
-                  make((4, 3, 3), device, torch.float32))
-    module = fnn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect", groups=4).to(device)
-    check_compile_module(module, make((2, 4, 6, 6), device, torch.float32))
+]
 
 
 # ---- modules ----
@@ -244,9 +274,6 @@ def test_bad_inputs():
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, stride=0), "stride")
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, dilation=(1, 0)), "dilation")
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, torch.randn(5), groups=2), "bias", "(6,)")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w.double(), groups=2), "weight", "dtype")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, torch.randn(6).double(), groups=2), "bias", "dtype")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x.int(), w.int(), groups=2), "input", "float32")
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, stride=2, padding="same"),
                          "same", "strided")
     assert_raises_naming(ValueError, lambda: nn.Conv2d(4, 4, 3, stride=2, padding="same"), "same")
@@ -291,15 +318,6 @@ def test_chunked_batch():
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     for name, a, e in zip(("input", "weight", "bias"), ours, theirs):
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3 * e.abs().max().item(), msg=lambda m: f"{name}: {m}")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("groups", [1, 4])
-def test_empty_batch(device, groups):
-    x, w = make((0, 4, 5, 5), device, torch.float64), make((4, 4 // groups, 3, 3), device, torch.float64)
-    b = make(4, device, torch.float64)
-    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, 1, 1, 1, groups),
-                       lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b], torch.float64)
 
 
 # ---- export, autocast, the GEMM kernels ----
