@@ -9,9 +9,9 @@ import torch.nn.functional as F
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 from helpers import (CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_close_with_nans, cuda_devices,
-                     assert_no_double_backward, assert_raises_naming, assert_unchanged,
-                     check_compile, check_gradcheck, check_opcheck, compare_with_torch)
+                     assert_close_with_nans, cuda_devices, assert_raises_naming,
+                     compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "attention"  # the emulator summary counts test cases per op family
 
@@ -148,23 +148,6 @@ def test_gqa_with_mask_and_batch_dims(device, dtype):
     compare_with_torch(ours, ref, [q, k, v, mask], dtype)
 
 
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-def test_non_contiguous_inputs(device, dtype):
-    """(B, L, H, E) tensors seen as (B, H, L, E), as multi-head attention passes them."""
-    base = [torch.randn(2, n, 3, 16, device=device, dtype=dtype) for n in (11, 13, 13)]
-    q, k, v = (t.transpose(1, 2).requires_grad_() for t in base)
-    ours, ref = _both(is_causal=True)
-    compare_with_torch(ours, ref, [q, k, v], dtype)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_inputs_unchanged(device):
-    q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
-    mask = torch.randn(9, 12, device=device, requires_grad=True)
-    out = assert_unchanged([q, k, v, mask], lambda: FF.scaled_dot_product_attention(q, k, v, mask))
-    assert_unchanged([q, k, v, mask, out], lambda: out.sum().backward())
-
-
 # ---------------------------------------------------------------------------------------------
 # Dropout
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +219,8 @@ def test_dropout_one_drops_everything(device, dtype, masked):
 
 
 # ---------------------------------------------------------------------------------------------
-# gradcheck, opcheck, compile
+# The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs, bad dtypes
 # ---------------------------------------------------------------------------------------------
 
 OP_CASES = ["plain", "causal", "bool_mask", "float_mask", "gqa", "dropout"]
@@ -260,39 +244,73 @@ def _op_case(case, device, dtype, L, S, E, Ev):
     return q, k, v, mask, causal, p, seed
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", OP_CASES)
-def test_gradcheck(device, case):
-    q, k, v, mask, causal, p, seed = _op_case(case, device, torch.float64, 5, 7, 3, 4)
-    inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
+class TestSdpaContract(OpContract):
+    backward_name = "sdpa"
 
-    def fn(q, k, v, *m):
-        return OP(q, k, v, m[0] if m else mask, p, causal, None, seed)[0]
+    def fn(self, q, k, v, *mask, **kwargs):
+        return FF.scaled_dot_product_attention(q, k, v, *mask, **kwargs)
 
-    check_gradcheck(fn, inputs)
-    assert_no_double_backward(fn, inputs)
+    def reference(self, q, k, v, *mask, **kwargs):
+        return F.scaled_dot_product_attention(q, k, v, *mask, **kwargs)
 
+    def opcheck_samples(self, device, dtype):
+        if dtype != torch.float32:
+            return []
+        samples = []
+        for case in OP_CASES:
+            q, k, v, mask, causal, p, seed = _op_case(case, device, dtype, 5, 9, 8, 4)
+            out, lse = OP(q, k, v, mask, p, causal, 0.5, seed)
+            want_mask = mask is not None and mask.dtype != torch.bool
+            plain_mask = mask.detach() if mask is not None else None
+            samples += [Sample([q, k, v, mask, p, causal, 0.5, seed], op=OP, name=case),
+                        Sample([torch.randn_like(out), q.detach(), k.detach(), v.detach(), plain_mask,
+                                out.detach(), lse, p, causal, 0.5, seed,
+                                [True, True, True, want_mask]], op=OP_BACKWARD, name=f"{case}-backward")]
+        return samples
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", OP_CASES)
-def test_opcheck(device, case):
-    q, k, v, mask, causal, p, seed = _op_case(case, device, torch.float32, 5, 9, 8, 4)
-    check_opcheck(OP, [q, k, v, mask, p, causal, 0.5, seed])
-    out, lse = OP(q, k, v, mask, p, causal, 0.5, seed)
-    grad = torch.randn_like(out)
-    want_mask = mask is not None and mask.dtype != torch.bool
-    mask = mask.detach() if mask is not None else None
-    check_opcheck(OP_BACKWARD, [grad, q.detach(), k.detach(), v.detach(), mask, out.detach(),
-                                lse, p, causal, 0.5, seed, [True, True, True, want_mask]])
+    def compile_samples(self, device):
+        q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
+        mask = torch.rand(9, 12, device=device) > 0.3
+        return [Sample([q, k, v, mask], name="bool_mask"),
+                Sample([q, k, v], dict(is_causal=True, scale=0.2), name="causal")]
 
+    def gradcheck_samples(self, device):
+        samples = []
+        for case in OP_CASES:
+            q, k, v, mask, causal, p, seed = _op_case(case, device, torch.float64, 5, 7, 3, 4)
+            differentiable = mask is not None and mask.requires_grad
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
-    q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
-    mask = torch.rand(9, 12, device=device) > 0.3
-    check_compile(lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, mask), q, k, v)
-    check_compile(lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2),
-                  q, k, v)
+            def fn(q, k, v, *m, mask=mask, causal=causal, p=p, seed=seed):
+                return OP(q, k, v, m[0] if m else mask, p, causal, None, seed)[0]
+
+            samples.append(Sample([q, k, v] + ([mask] if differentiable else []), fn=fn, name=case))
+        return samples
+
+    def double_backward_samples(self, device):
+        return self.gradcheck_samples(device)
+
+    def unchanged_samples(self, device, dtype):
+        q, k, v = _qkv(device, dtype, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
+        mask = torch.randn(9, 12, device=device, dtype=dtype, requires_grad=True)
+        return [Sample([q, k, v, mask], name="float_mask")]
+
+    def empty_samples(self, device):
+        return [Sample(list(_qkv(device, torch.float32, (B, 2, L, 8), (B, 2, 5, 8), (B, 2, 5, 4))),
+                       name=f"B{B}L{L}") for B, L in ((0, 4), (2, 0))]
+
+    def noncontiguous_samples(self, device, dtype):
+        """(B, L, H, E) tensors seen as (B, H, L, E), as multi-head attention passes them."""
+        base = [torch.randn(2, n, 3, 16, device=device, dtype=dtype) for n in (11, 13, 13)]
+        return [Sample([t.transpose(1, 2).requires_grad_() for t in base], dict(is_causal=True))]
+
+    def bad_dtype_calls(self, device):
+        q, k, v = _qkv(device, torch.float32, (2, 4, 5, 8), (2, 4, 7, 8), (2, 4, 7, 6), False)
+        sdpa = FF.scaled_dot_product_attention
+        return [(lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.int32, device=device)),
+                 "attn_mask", "dtype"),
+                (lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.float64, device=device)),
+                 "attn_mask", "dtype"),
+                (lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")]
 
 
 def test_cpu_autocast_returns_bfloat16_like_torch():
@@ -336,15 +354,10 @@ def test_bad_input(device):
                          "multiple", "heads")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(3, 7, dtype=torch.bool, device=device)),
                          "attn_mask", "broadcastable")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.int32, device=device)),
-                         "attn_mask", "dtype")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.float64, device=device)),
-                         "attn_mask", "dtype")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device),
                                                     is_causal=True), "attn_mask", "is_causal")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.5), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=-0.1), "dropout_p")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")
     # The op itself: 4-d only, a seed with dropout.
     assert_raises_naming(RuntimeError, lambda: OP(q[0], k[0], v[0]), "4-d")
     assert_raises_naming(RuntimeError, lambda: OP(q, k, v, None, 0.5), "dropout_seed")

@@ -8,9 +8,9 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference, assert_no_double_backward,
-                     assert_raises_naming, assert_unchanged, check_compile, check_compile_module,
-                     check_gradcheck, check_opcheck, compare_with_torch)
+from helpers import (DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference,
+                     assert_raises_naming, check_compile_module, compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "pooling"  # the emulator summary counts test cases per op family
 
@@ -191,38 +191,6 @@ def test_half_overlapping_windows_sum_in_float32(channels_last):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_noncontiguous_grad_output(device):
-    x = distinct((2, 3, 8, 8), device, torch.float32)
-    g = torch.randn(4, 4, 2, 3, device=device).permute(2, 3, 0, 1)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    for inp in (x, x_cl):
-        inp = inp.requires_grad_()
-        compare_with_torch(lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [inp], torch.float32,
-                           grad_output=g)
-        compare_with_torch(lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [inp], torch.float32,
-                           grad_output=g)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_empty_batch(device):
-    x = torch.randn(0, 3, 6, 6, device=device, requires_grad=True)
-    compare_with_torch(lambda x: FF.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [x], torch.float32)
-    compare_with_torch(lambda x: FF.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [x], torch.float32)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_inputs_unchanged_and_no_grad(device):
-    x = torch.randn(2, 3, 7, 7, device=device, requires_grad=True)
-    y = assert_unchanged([x], lambda: FF.max_pool2d(x, 3, 2, 1))
-    g = torch.randn_like(y)
-    assert_unchanged([x, g], lambda: y.backward(g))
-    y = assert_unchanged([x], lambda: FF.avg_pool2d(x, 3, 2, 1))
-    assert_unchanged([x, g], lambda: y.backward(g))
-    with torch.no_grad():
-        assert not FF.max_pool2d(x, 2).requires_grad and not FF.avg_pool2d(x, 2).requires_grad
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_backward_ops_direct(device):
     """The backward ops called directly give torch's input gradients."""
     x = distinct((2, 3, 9, 8), device, torch.float64)
@@ -236,62 +204,102 @@ def test_backward_ops_direct(device):
     assert_close_to_reference(AVG_BACKWARD(g, x, [3, 2], [2, 1], [1, 0], False, False, None), ref)
 
 
-# ---------------------------------------------------------------------------------------------
-# gradcheck, opcheck, compile
-# ---------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_gradcheck(device, channels_last):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = distinct((2, 2, 6, 5), device, torch.float64, fmt).requires_grad_()
-    check_gradcheck(lambda x: FF.max_pool2d(x, 3, 2, 1, 1, True), [x])
-    check_gradcheck(lambda x: FF.max_pool2d(x, 2, 1, 1, 2), [x])
-    check_gradcheck(lambda x: FF.avg_pool2d(x, 3, 2, 1, True, False), [x])
-    check_gradcheck(lambda x: FF.avg_pool2d(x, (2, 3), 1, (1, 1), False, True, 4), [x])
-    x1 = distinct((2, 7), device, torch.float64).requires_grad_()
-    check_gradcheck(lambda x: FF.max_pool1d(x, 3, 2, 1), [x1])
-    check_gradcheck(lambda x: FF.avg_pool1d(x, 3, 2, 1, True), [x1])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_raises(device):
-    x = distinct((1, 2, 5, 5), device, torch.float64).requires_grad_()
-    assert_no_double_backward(lambda x: FF.max_pool2d(x, 2, 1), [x])
-    assert_no_double_backward(lambda x: FF.avg_pool2d(x, 2, 1), [x])
-    (g,) = torch.autograd.grad(FF.max_pool2d(x, 2).pow(2).sum(), x, create_graph=True)
-    assert_raises_naming(RuntimeError, lambda: g.sum().backward(), "max_pool2d", "double backward")
-
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_opcheck(device, dtype, channels_last):
-    _opcheck_all(device, dtype, channels_last)
-
-
-def _opcheck_all(device, dtype, channels_last):
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = distinct((2, 3, 7, 6), device, dtype, fmt).requires_grad_()
-    check_opcheck(MAX_OP, (x, [3, 3], [2, 2], [1, 1], [1, 1], True))
-    check_opcheck(MAX_OP, (x[0], [2, 3], [], [0, 1], [1, 1], False))
-    check_opcheck(AVG_OP, (x, [3, 3], [2, 2], [1, 1], True, False, None))
-    check_opcheck(AVG_OP, (x[0], [2, 2], [1, 1], [0, 0], False, True, 3))
+def test_no_grad_mode(device):
+    x = torch.randn(2, 3, 7, 7, device=device, requires_grad=True)
     with torch.no_grad():
-        out, idx = MAX_OP(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
-        avg = AVG_OP(x, [3, 3], [2, 2], [1, 1], True, False, None)
-    check_opcheck(MAX_BACKWARD, (torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True))
-    check_opcheck(AVG_BACKWARD, (torch.randn_like(avg), x.detach(), [3, 3], [2, 2], [1, 1], True, False, None))
+        assert not FF.max_pool2d(x, 2).requires_grad and not FF.avg_pool2d(x, 2).requires_grad
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
-    x = torch.randn(2, 3, 9, 8, device=device, requires_grad=True)
-    check_compile(lambda x: FF.max_pool2d(x, 3, 2, 1, ceil_mode=True) * 2, x)
-    check_compile(lambda x: FF.max_pool2d(x, 2, return_indices=True), x)
-    check_compile(lambda x: FF.avg_pool2d(x, 3, 2, 1, count_include_pad=False) + 1, x)
-    x1 = torch.randn(2, 3, 9, device=device, requires_grad=True)
-    check_compile(lambda x: FF.max_pool1d(x, 3, 2) + FF.avg_pool1d(x, 3, 2), x1)
-    check_compile(lambda x: FF.avg_pool2d(x, 2), x.detach().contiguous(memory_format=torch.channels_last))
+# ---------------------------------------------------------------------------------------------
+# The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs, bad dtypes; then compile with dynamic shapes
+# ---------------------------------------------------------------------------------------------
+
+def _pool(name, *args, **kwargs):
+    """A Sample function: FF.<name> (or F.<name>, for the reference) with these arguments."""
+    return dict(pool=name, args=args, **kwargs)
+
+
+class TestPoolingContract(OpContract):
+    def fn(self, x, *, pool, args=(), **kwargs):
+        return getattr(FF, pool)(x, *args, **kwargs)
+
+    def reference(self, x, *, pool, args=(), **kwargs):
+        return getattr(F, pool)(x, *args, **kwargs)
+
+    def opcheck_samples(self, device, dtype):
+        samples = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = distinct((2, 3, 7, 6), device, dtype, fmt).requires_grad_()
+            with torch.no_grad():
+                out, idx = MAX_OP(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+                avg = AVG_OP(x, [3, 3], [2, 2], [1, 1], True, False, None)
+            samples += [
+                Sample([x, [3, 3], [2, 2], [1, 1], [1, 1], True], op=MAX_OP),
+                Sample([x[0], [2, 3], [], [0, 1], [1, 1], False], op=MAX_OP),
+                Sample([x, [3, 3], [2, 2], [1, 1], True, False, None], op=AVG_OP),
+                Sample([x[0], [2, 2], [1, 1], [0, 0], False, True, 3], op=AVG_OP),
+                Sample([torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True],
+                       op=MAX_BACKWARD),
+                Sample([torch.randn_like(avg), x.detach(), [3, 3], [2, 2], [1, 1], True, False, None],
+                       op=AVG_BACKWARD)]
+            for i, s in enumerate(samples[-6:]):
+                s.name = f"{fmt}-{i}"
+        return samples
+
+    def compile_samples(self, device):
+        x = torch.randn(2, 3, 9, 8, device=device, requires_grad=True)
+        x1 = torch.randn(2, 3, 9, device=device, requires_grad=True)
+        x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+        return [Sample([x], fn=lambda x: FF.max_pool2d(x, 3, 2, 1, ceil_mode=True) * 2),
+                Sample([x], fn=lambda x: FF.max_pool2d(x, 2, return_indices=True)),
+                Sample([x], fn=lambda x: FF.avg_pool2d(x, 3, 2, 1, count_include_pad=False) + 1),
+                Sample([x1], fn=lambda x: FF.max_pool1d(x, 3, 2) + FF.avg_pool1d(x, 3, 2)),
+                Sample([x_cl], fn=lambda x: FF.avg_pool2d(x, 2), name="channels_last")]
+
+    def gradcheck_samples(self, device):
+        samples = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = distinct((2, 2, 6, 5), device, torch.float64, fmt).requires_grad_()
+            samples += [Sample([x], _pool("max_pool2d", 3, 2, 1, 1, True), name=f"max-{fmt}"),
+                        Sample([x], _pool("max_pool2d", 2, 1, 1, 2), name=f"max_dilated-{fmt}"),
+                        Sample([x], _pool("avg_pool2d", 3, 2, 1, True, False), name=f"avg-{fmt}"),
+                        Sample([x], _pool("avg_pool2d", (2, 3), 1, (1, 1), False, True, 4),
+                               name=f"avg_divisor-{fmt}")]
+        x1 = distinct((2, 7), device, torch.float64).requires_grad_()
+        return samples + [Sample([x1], _pool("max_pool1d", 3, 2, 1), name="max1d"),
+                          Sample([x1], _pool("avg_pool1d", 3, 2, 1, True), name="avg1d")]
+
+    def double_backward_samples(self, device):
+        x = distinct((1, 2, 5, 5), device, torch.float64).requires_grad_()
+        return [Sample([x], _pool("max_pool2d", 2, 1), backward_name="max_pool2d"),
+                Sample([x], _pool("avg_pool2d", 2, 1), backward_name="avg_pool2d"),
+                Sample([x], _pool("max_pool2d", 2), backward_name="max_pool2d")]
+
+    def unchanged_samples(self, device, dtype):
+        x = torch.randn(2, 3, 7, 7, device=device, dtype=dtype, requires_grad=True)
+        g = torch.randn(2, 3, 4, 4, device=device, dtype=dtype)
+        return [Sample([x], _pool(name, 3, 2, 1), grad_output=g, name=name)
+                for name in ("max_pool2d", "avg_pool2d")]
+
+    def empty_samples(self, device):
+        x = torch.randn(0, 3, 6, 6, device=device, requires_grad=True)
+        return [Sample([x], _pool(name, 2), name=name) for name in ("max_pool2d", "avg_pool2d")]
+
+    def noncontiguous_samples(self, device, dtype):
+        if dtype != torch.float32:
+            return []
+        x = distinct((2, 3, 8, 8), device, dtype)
+        g = torch.randn(4, 4, 2, 3, device=device).permute(2, 3, 0, 1)  # a permuted grad_output
+        return [Sample([inp.requires_grad_()], _pool(name, 2), grad_output=g, name=f"{name}-{i}")
+                for i, inp in enumerate((x, x.contiguous(memory_format=torch.channels_last)))
+                for name in ("max_pool2d", "avg_pool2d")]
+
+    def bad_dtype_calls(self, device):
+        x = torch.randn(2, 3, 6, 6, device=device).long()
+        return [(lambda: FF.max_pool2d(x, 2), "input", "float"),
+                (lambda: FF.avg_pool2d(x, 2), "input", "float")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -368,7 +376,6 @@ def test_bad_arguments(device):
         assert_raises_naming(RuntimeError, lambda: fn(torch.randn(6, 6, device=device), 2), "input", "[6, 6]")
         assert_raises_naming(RuntimeError, lambda: fn(torch.randn(1, 2, 3, 6, 6, device=device), 2), "input")
         assert_raises_naming(RuntimeError, lambda: fn(torch.randn(2, 0, 6, 6, device=device), 2), "input")
-        assert_raises_naming(RuntimeError, lambda: fn(x.long(), 2), "input", "float")
     assert_raises_naming(RuntimeError, lambda: FF.max_pool2d(x, 2, dilation=0), "dilation", "greater than zero")
     assert_raises_naming(RuntimeError, lambda: FF.avg_pool2d(x, 2, divisor_override=0), "divisor_override")
     assert_raises_naming(RuntimeError, lambda: FF.max_pool1d(x, 2), "max_pool1d", "input")
@@ -531,12 +538,6 @@ def test_half_avg_pool_sums_in_float32():
     for fmt in (torch.contiguous_format, torch.channels_last):
         out = FF.avg_pool2d(x.contiguous(memory_format=fmt), 3)
         assert out.item() == torch.tensor(2056 / 9, dtype=torch.float16).item()
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_half_opcheck_on_cpu(dtype, channels_last):
-    _opcheck_all("cpu", dtype, channels_last)
 
 
 @pytest.mark.parametrize("to_dtype", ["bfloat16", "half"])
