@@ -535,9 +535,21 @@ def test_autocast_cpu_as_torch(kind):
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(6, 3, 5) if kind in ("lstm", "gru") else torch.randn(3, 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        yt, yo = theirs(x), ours(x)
+        yo = ours(x)
+        try:
+            yt = theirs(x)
+            torch_dtype = None  # yt's
+        except RuntimeError as exc:
+            # oneDNN has no bfloat16 LSTM for CPUs without AVX-512, so torch raises there; its
+            # native LSTM (linear in bfloat16, the rest float32) is then the error baseline,
+            # and the output dtype the one autocast gives where torch runs it.
+            if kind != "lstm" or "primitive descriptor" not in str(exc):
+                raise
+            with torch.backends.mkldnn.flags(enabled=False):
+                yt = theirs(x)
+            torch_dtype = torch.bfloat16
     yt, yo = (y[0] if isinstance(y, tuple) else y for y in (yt, yo))
-    assert yo.dtype == yt.dtype == (torch.bfloat16 if kind == "lstm" else torch.float32)
+    assert yo.dtype == (torch_dtype or yt.dtype) == (torch.bfloat16 if kind == "lstm" else torch.float32)
     if kind == "lstm":  # the float64 LSTM on the bfloat16-rounded input and weights
         ref = copy.deepcopy(theirs).bfloat16().double()
         assert_close_to_reference(yo, ref(x.bfloat16().double())[0], torch.bfloat16, baseline=yt)
