@@ -173,9 +173,10 @@ class OpContract:
     def empty_samples(self, device) -> list[Sample]:
         return []
 
-    def check_more(self, sample: Sample, out, ref, args, ref_args) -> None:
-        """Further checks after an empty or non-contiguous sample's comparison: fastdl's and
-        torch's outputs and the argument copies each ran on (e.g. running statistics)."""
+    def check_more(self, check: str, sample: Sample, out, ref, args, ref_args) -> None:
+        """Further checks after the comparison of an "empty" or a "noncontiguous" (``check``)
+        sample: fastdl's and the reference's outputs and the argument copies each ran on (their
+        gradients, running statistics they updated)."""
 
     def noncontiguous_samples(self, device, dtype) -> list[Sample]:
         return []
@@ -267,7 +268,7 @@ class OpContract:
                 result = compare_with_torch(
                     self.bound(s), self.bound(s, reference=True), list(s.args), self._dtype(s),
                     grad_output=s.grad_output)
-                self.check_more(s, *result)
+                self.check_more("empty", s, *result)
 
     @pytest.mark.parametrize("device, dtype", CONTRACT_DEVICE_DTYPES)
     def test_noncontiguous(self, device, dtype):
@@ -278,7 +279,7 @@ class OpContract:
                 result = compare_with_torch(
                     self.bound(s), self.bound(s, reference=True), list(s.args),
                     self._dtype(s, dtype), grad_output=s.grad_output, **s.options)
-                self.check_more(s, *result)
+                self.check_more("noncontiguous", s, *result)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_bad_dtype(self, device):

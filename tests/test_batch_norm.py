@@ -274,7 +274,7 @@ class TestBatchNormContract(OpContract):
     def reference(self, x, w, b, rm, rv, *, training, momentum=0.1, eps=1e-5):
         return F.batch_norm(x, rm, rv, w, b, training, momentum, eps)
 
-    def check_more(self, sample, out, ref, args, ref_args):
+    def check_more(self, check, sample, out, ref, args, ref_args):
         _check_running(args, ref_args, out.dtype)
 
     def opcheck_samples(self, device, dtype):

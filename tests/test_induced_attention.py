@@ -16,9 +16,8 @@ import fastdl.testing
 from fastdl.functional import induced_attention, induced_attention_with_lse
 from fastdl.reference import induced_attention_reference
 from helpers import (cuda_devices, devices, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_close_with_nans, assert_no_double_backward,
-                     assert_raises_naming, assert_unchanged, check_compile, check_gradcheck,
-                     check_opcheck, compare_with_torch)
+                     assert_close_with_nans, assert_raises_naming, compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "sets"  # the emulator summary counts test cases per op family
 
@@ -76,15 +75,6 @@ def test_matches_reference(device, dtype, shape, mask_kind):
                        lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v], dtype)
 
 
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("shape", [(2, 2, 3, 1100, 8, 8), (2, 3, 70, 9, 8, 8)], ids=["few", "many"])
-def test_noncontiguous_and_scale(device, dtype, shape):
-    q, k, v, mask = _inputs(shape, device, dtype, "random", noncontiguous=True)
-    assert not q.is_contiguous()
-    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask, scale=0.3),
-                       lambda q, k, v: induced_attention_reference(q, k, v, mask, scale=0.3), [q, k, v], dtype)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(1, 2, 3, 1500, 4, 4), (2, 1, 40, 7, 4, 4)], ids=["few", "many"])
 def test_log_sum_exp(device, shape):
@@ -136,56 +126,84 @@ def test_padding_content_never_leaks(device):
         torch.testing.assert_close(gq_dirty, gq_clean)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_empty_inputs(device):
-    for B, H, L, S in [(0, 2, 3, 4), (2, 2, 0, 4), (2, 1, 3, 0)]:
-        q = torch.randn(B, H, L, 4, device=device, requires_grad=True)
-        k = torch.randn(B, H, S, 4, device=device, requires_grad=True)
-        v = torch.randn(B, H, S, 5, device=device, requires_grad=True)
-        out, lse = induced_attention_with_lse(q, k, v)
-        assert out.shape == (B, H, L, 5) and lse.shape == (B, H, L)
-        assert torch.equal(out, torch.zeros_like(out))  # no key: output 0
-        out.sum().backward()
-        assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+# ---------------------------------------------------------------------------------------------
+# The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs, bad dtypes
+# ---------------------------------------------------------------------------------------------
+
+class TestInducedAttentionContract(OpContract):
+    backward_name = "induced_attention"
+
+    def fn(self, q, k, v, *, mask=None, scale=None):
+        return induced_attention(q, k, v, mask, scale=scale)
+
+    def reference(self, q, k, v, *, mask=None, scale=None):
+        return induced_attention_reference(q, k, v, mask, scale=scale)
+
+    def opcheck_samples(self, device, dtype):
+        if dtype != torch.float32:
+            return []
+        samples = []
+        for shape, kind in [((2, 2, 3, 5, 4, 4), "random"), ((1, 2, 9, 4, 4, 3), None),
+                            ((1, 1, 2, 1100, 4, 4), "tail")]:
+            q, k, v, mask = _inputs(shape, device, dtype, kind)
+            samples += [Sample([q, k, v, mask, None], op=OP, name=f"{shape}"),
+                        Sample([q.detach(), k.detach(), v.detach(), mask, 0.5], op=OP,
+                               name=f"{shape}-scale")]
+        return samples
+
+    def compile_samples(self, device):
+        q, k, v, mask = _inputs((2, 2, 9, 5, 4, 4), device, torch.float32, "random")
+        return [Sample([q, k, v], fn=lambda q, k, v: induced_attention(q, k, v, mask) * 2)]
+
+    def gradcheck_samples(self, device):
+        samples = []
+        for name, shape in [("few", (2, 2, 3, 7, 3, 2)), ("many", (1, 2, 6, 4, 2, 3)),
+                            ("split", (1, 1, 2, 1030, 2, 1))]:
+            q, k, v, mask = _inputs(shape, device, torch.float64, "random")
+            samples.append(Sample([q, k, v], dict(mask=mask), name=name,
+                                  options=dict(fast_mode=shape[3] > 100)))
+        return samples
+
+    def double_backward_samples(self, device):
+        q, k, v, _ = _inputs((1, 1, 2, 3, 2, 2), device, torch.float64)
+        return [Sample([q, k, v])]
+
+    def unchanged_samples(self, device, dtype):
+        q, k, v, mask = _inputs((2, 2, 3, 1100, 4, 4), device, dtype, "random")
+        return [Sample([q, k, v], dict(mask=mask))]
+
+    def empty_samples(self, device):
+        samples = []
+        for B, H, L, S in [(0, 2, 3, 4), (2, 2, 0, 4), (2, 1, 3, 0)]:
+            q = torch.randn(B, H, L, 4, device=device, requires_grad=True)
+            k = torch.randn(B, H, S, 4, device=device, requires_grad=True)
+            v = torch.randn(B, H, S, 5, device=device, requires_grad=True)
+            samples.append(Sample([q, k, v], name=f"B{B}H{H}L{L}S{S}"))
+        return samples
+
+    def check_more(self, check, sample, out, ref, args, ref_args):
+        """No key: output 0 and zero gradients, exactly; the log-sum-exp has the rows' shape."""
+        if check != "empty":
+            return
+        q, k, v = args
+        assert torch.equal(out, torch.zeros_like(out))
         assert not q.grad.abs().sum() and not k.grad.abs().sum() and not v.grad.abs().sum()
+        out2, lse = induced_attention_with_lse(q, k, v)
+        assert out2.shape == out.shape and lse.shape == q.shape[:3]
 
+    def noncontiguous_samples(self, device, dtype):
+        samples = []
+        for name, shape in [("few", (2, 2, 3, 1100, 8, 8)), ("many", (2, 3, 70, 9, 8, 8))]:
+            q, k, v, mask = _inputs(shape, device, dtype, "random", noncontiguous=True)
+            samples.append(Sample([q, k, v], dict(mask=mask, scale=0.3), name=name))
+        return samples
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_inputs_unchanged(device):
-    q, k, v, mask = _inputs((2, 2, 3, 1100, 4, 4), device, torch.float32, "random")
-    def run():
-        out = induced_attention(q, k, v, mask)
-        out.sum().backward()
-    assert_unchanged([q, k, v, mask], run)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(2, 2, 3, 7, 3, 2), (1, 2, 6, 4, 2, 3), (1, 1, 2, 1030, 2, 1)],
-                         ids=["few", "many", "split"])
-def test_gradcheck(device, shape):
-    q, k, v, mask = _inputs(shape, device, torch.float64, "random")
-    check_gradcheck(lambda q, k, v: induced_attention(q, k, v, mask), [q, k, v],
-                    fast_mode=shape[3] > 100)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_raises(device):
-    q, k, v, _ = _inputs((1, 1, 2, 3, 2, 2), device, torch.float64)
-    assert_no_double_backward(lambda q, k, v: induced_attention(q, k, v), [q, k, v])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for shape, kind in [((2, 2, 3, 5, 4, 4), "random"), ((1, 2, 9, 4, 4, 3), None), ((1, 1, 2, 1100, 4, 4), "tail")]:
-        q, k, v, mask = _inputs(shape, device, torch.float32, kind)
-        check_opcheck(OP, [q, k, v, mask, None])
-        check_opcheck(OP, [q.detach(), k.detach(), v.detach(), mask, 0.5])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
-    q, k, v, mask = _inputs((2, 2, 9, 5, 4, 4), device, torch.float32, "random")
-    check_compile(lambda q, k, v: induced_attention(q, k, v, mask) * 2, q, k, v)
+    def bad_dtype_calls(self, device):
+        q, k, v, mask = _inputs((2, 2, 3, 5, 4, 4), device, torch.float32, "random")
+        q, k, v = q.detach(), k.detach(), v.detach()
+        return [(lambda: induced_attention(q, k, v, mask.float()), "key_padding_mask", "bool"),
+                (lambda: induced_attention(q.long(), k, v), "query", "float32")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -198,10 +216,7 @@ def test_bad_inputs(device):
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[:, :4]), "key_padding_mask",
                          "(2, 5)")
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[0]), "key_padding_mask")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask.float()), "key_padding_mask",
-                         "bool")
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k.double(), v), "same dtype")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q.long(), k, v), "query", "float32")
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, scale=float("nan")), "scale")
 
 
