@@ -9,8 +9,8 @@ from torch import nn
 
 import fastdl  # noqa: F401
 import fastdl.nn as fnn
-from helpers import (DEVICES, assert_no_double_backward, assert_raises_naming, check_compile_module,
-                     check_gradcheck, check_opcheck)
+from helpers import DEVICES, assert_raises_naming
+from op_contract import OpContract, Sample
 
 FAMILY = "attention"  # the emulator summary counts test cases per op family
 
@@ -193,13 +193,6 @@ def test_convert_and_transformer_encoder_layer(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_compile(device):
-    mha = fnn.MultiheadAttention(E, HEADS, batch_first=True, device=device)
-    x = torch.randn(2, 6, E, device=device, requires_grad=True)
-    check_compile_module(mha, x, x, x, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_bad_input(device):
     mha = fnn.MultiheadAttention(E, HEADS, batch_first=True, device=device)
     x = torch.randn(2, 6, E, device=device)
@@ -216,9 +209,11 @@ def test_bad_input(device):
 # The sdpa_weights op
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", ["plain", "causal", "float_mask", "gqa", "dropout"])
-def test_weights_op(device, case):
+WEIGHTS_CASES = ["plain", "causal", "float_mask", "gqa", "dropout"]
+
+
+def _weights_case(case, device):
+    """(q, k, v, mask, is_causal, dropout_p, seed) of an sdpa_weights test case, in float64."""
     q = torch.randn(1, 2, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
     k = torch.randn(1, 2, 7, 3, device=device, dtype=torch.float64, requires_grad=True)
     v = torch.randn(1, 2, 7, 3, device=device, dtype=torch.float64)
@@ -231,23 +226,75 @@ def test_weights_op(device, case):
         q = torch.randn(1, 4, 5, 3, device=device, dtype=torch.float64, requires_grad=True)
     elif case == "dropout":
         p, seed = 0.4, torch.tensor(11)
-    extra = [mask] if mask is not None else []
+    return q, k, v, mask, causal, p, seed
 
+
+def _weights_fn(mask, causal, p, seed, scale=None):
+    """f(q, k, [mask]) -> the attention weights, with the forward's log-sum-exp."""
     def fn(q, k, *m):
-        m = m[0] if m else None
-        lse = torch.ops.fastdl.sdpa_forward(q, k, k[..., :3], m, p, causal, None, seed)[1]
-        return torch.ops.fastdl.sdpa_weights(q, k, m, p, causal, None, seed, lse)
+        m = m[0] if m else mask
+        lse = torch.ops.fastdl.sdpa_forward(q, k, k[..., :3], m, p, causal, scale, seed)[1]
+        return torch.ops.fastdl.sdpa_weights(q, k, m, p, causal, scale, seed, lse)
+    return fn
 
-    check_gradcheck(fn, [q, k] + extra)
-    assert_no_double_backward(fn, [q, k] + extra)
-    # Rows sum to one without dropout; P @ V equals the fused output.
-    w = fn(q, k, *extra)
+
+class TestSdpaWeightsContract(OpContract):
+    """The sdpa_weights op (need_weights) and the module's compile; the module's other generic
+    behaviour is torch's (test_matches_torch)."""
+
+    backward_name = "sdpa_weights"
+
+    def opcheck_samples(self, device, dtype):
+        if dtype != torch.float64:
+            return []
+        samples = []
+        for case in WEIGHTS_CASES:
+            q, k, _, mask, causal, p, seed = _weights_case(case, device)
+            lse = torch.ops.fastdl.sdpa_forward(q, k, k, mask, p, causal, None, seed)[1]
+            samples.append(Sample([q, k, mask, p, causal, None, seed, lse],
+                                  op=torch.ops.fastdl.sdpa_weights, name=case))
+        return samples
+
+    def compile_samples(self, device):
+        mha = fnn.MultiheadAttention(E, HEADS, batch_first=True, device=device)
+        x = torch.randn(2, 6, E, device=device, requires_grad=True)
+        return [Sample([x, x, x], fn=mha, options=dict(rtol=1e-4, atol=1e-5), name="module")]
+
+    def gradcheck_samples(self, device):
+        samples = []
+        for case in WEIGHTS_CASES:
+            q, k, _, mask, causal, p, seed = _weights_case(case, device)
+            samples.append(Sample([q, k] + ([mask] if mask is not None else []),
+                                  fn=_weights_fn(mask, causal, p, seed), name=case))
+        return samples
+
+    def double_backward_samples(self, device):
+        return self.gradcheck_samples(device)
+
+    def empty_samples(self, device):
+        """No head, no query, no key: the weights' shape, gradients of the inputs' shapes."""
+        samples = []
+        for q_shape, k_shape in (((1, 0, 4, 3), (1, 0, 5, 3)), ((2, 2, 0, 3), (2, 2, 5, 3)),
+                                 ((2, 2, 4, 3), (2, 2, 0, 3))):
+            q = torch.randn(q_shape, device=device, requires_grad=True)
+            k = torch.randn(k_shape, device=device, requires_grad=True)
+            samples.append(Sample([q, k], fn=_weights_fn(None, False, 0.0, None, scale=1.0),
+                                  ref=lambda q, k: torch.softmax(q @ k.transpose(-1, -2), -1),
+                                  name=f"{q_shape}{k_shape}"))
+        return samples
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_weights_op_rows_and_fused_output(device, case):
+    """Rows sum to one without dropout; P @ V equals the fused output."""
+    q, k, v, mask, causal, p, seed = _weights_case(case, device)
+    extra = [mask] if mask is not None else []
+    w = _weights_fn(mask, causal, p, seed)(q, k, *extra)
     out = torch.ops.fastdl.sdpa_forward(q, k, v, mask, p, causal, None, seed)[0]
     torch.testing.assert_close(w @ v.repeat_interleave(q.shape[1] // k.shape[1], 1), out)
     if p == 0:
         torch.testing.assert_close(w.sum(-1), torch.ones_like(w.sum(-1)))
-    lse = torch.ops.fastdl.sdpa_forward(q, k, k, mask, p, causal, None, seed)[1]
-    check_opcheck(torch.ops.fastdl.sdpa_weights, [q, k, mask, p, causal, None, seed, lse])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -288,18 +335,6 @@ def test_cpu_autocast_with_masks_and_weights():
     assert out.dtype == out_ref.dtype and w.dtype == w_ref.dtype
     torch.testing.assert_close(out.float(), out_ref.float(), rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(w.float(), w_ref.float(), rtol=3e-2, atol=3e-2)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_weights_op_empty_problems(device):
-    for q_shape, k_shape in (((1, 0, 4, 3), (1, 0, 5, 3)), ((2, 2, 0, 3), (2, 2, 5, 3)), ((2, 2, 4, 3), (2, 2, 0, 3))):
-        q = torch.randn(q_shape, device=device, requires_grad=True)
-        k = torch.randn(k_shape, device=device, requires_grad=True)
-        lse = torch.ops.fastdl.sdpa_forward(q, k, k, None, 0.0, False, 1.0, None)[1]
-        w = torch.ops.fastdl.sdpa_weights(q, k, None, 0.0, False, 1.0, None, lse)
-        assert w.shape == (q_shape[0], q_shape[1], q_shape[2], k_shape[2])
-        w.sum().backward()
-        assert q.grad.shape == q.shape and k.grad.shape == k.shape
 
 
 @pytest.mark.parametrize("device", DEVICES)
