@@ -15,9 +15,9 @@ import torch
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 from fastdl.reference import histogram_reference
-from helpers import (devices, DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference, assert_no_double_backward, assert_raises_naming,
-                     assert_unchanged, check_compile, check_gradcheck, check_opcheck,
+from helpers import (devices, DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference,
                      compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "histogram"  # the emulator summary counts test cases per op family
 
@@ -157,18 +157,6 @@ def _strided(t):
     with torch.no_grad():
         out.copy_(t)
     return out.requires_grad_(t.requires_grad)
-
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("shared", [False, True], ids=["per_feature", "shared"])
-def test_noncontiguous(device, dtype, kernel, shared):
-    """Transposed x, centres, widths, mask and grad_output."""
-    x, c, w, mask = _inputs(kernel, 3, 7, 5, 4, device, dtype, shared=shared, mask=True)
-    x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
-    g = _strided(torch.randn(3, 5, 4, device=device, dtype=dtype))
-    assert not any(t.is_contiguous() for t in (x, c, w, mask, g))
-    compare_with_torch(*_fns(kernel, mask), [x, c, w], dtype, grad_output=g)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
@@ -358,22 +346,6 @@ def test_permutation_invariant(device, kernel):
                                FF.histogram(x, c, w, kernel, mask))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4, 3), (2, 4, 0), (0, 3)],
-                         ids=["N0", "bags0", "F0", "unbatched_N0"])
-def test_empty_sizes(device, kernel, shape):
-    """Empty bags (N = 0: zeros, like the reference), no bags, no features."""
-    x = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
-    f = shape[-1]
-    c = ((torch.arange(4, device=device, dtype=torch.float64) + 0.5) / 4).expand(f, 4).clone().requires_grad_()
-    w = torch.full((f, 4), 0.2 if kernel in ("hard", "sigmoid") else 5.0, device=device,
-                   dtype=torch.float64, requires_grad=True)
-    out, _, _, _ = compare_with_torch(*_fns(kernel), [x, c, w], torch.float64)
-    if shape[-2] == 0:
-        assert torch.equal(out, torch.zeros_like(out))
-
-
 # ---------------------------------------------------------------------------------------------
 # The hard kernel: forward an indicator, backward HistNetQ's surrogate
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +389,8 @@ def test_hard_gradient_is_a_surrogate(device):
 
 
 # ---------------------------------------------------------------------------------------------
-# gradcheck, double backward, opcheck, compile
+# The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs; then compile with dynamic shapes
 # ---------------------------------------------------------------------------------------------
 
 GRADCHECK_CONFIGS = {
@@ -426,81 +399,132 @@ GRADCHECK_CONFIGS = {
     "shared": dict(bags=2, n=4, f=3, b=3, shared=True),
     "unbatched": dict(bags=None, n=5, f=2, b=3),
 }
+OUTPUT_MASKS = [(True, True, True), (True, False, False), (False, True, True)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel, sharpness", [("sigmoid", 5.0), ("soft", SHARPNESS), ("rbf", SHARPNESS)],
-                         ids=["sigmoid", "soft", "rbf"])
-@pytest.mark.parametrize("config", list(GRADCHECK_CONFIGS))
-def test_gradcheck(device, kernel, sharpness, config):
-    """float64 gradcheck of the smooth kernels ("sigmoid" with a small sharpness, so finite
-    differences resolve it), away from the kinks by construction (see _inputs). "hard" has
-    its own test above: its gradient is a surrogate."""
-    cfg = dict(GRADCHECK_CONFIGS[config])
-    normalize = cfg.pop("normalize", True)
-    x, c, w, mask = _inputs(kernel, device=device, dtype=torch.float64, **cfg)
-    check_gradcheck(_fns(kernel, mask, normalize, sharpness)[0], [x, c, w])
+class TestHistogramContract(OpContract):
+    backward_name = "histogram"
 
+    def fn(self, x, c, w, *, kernel="soft", mask=None, normalize=True, sharpness=SHARPNESS):
+        return FF.histogram(x, c, w, kernel, mask, normalize, sharpness)
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_double_backward_raises(device, kernel):
-    x, c, w, mask = _inputs(kernel, 2, 4, 2, 3, device, torch.float64, mask=True)
-    assert_no_double_backward(_fns(kernel, mask, True, 5.0)[0], [x, c, w])
+    def reference(self, x, c, w, *, kernel="soft", mask=None, normalize=True, sharpness=SHARPNESS):
+        return histogram_reference(x, c, w, kernel, mask, normalize, sharpness)
 
+    def opcheck_samples(self, device, dtype):
+        samples = []
+        for kernel in KERNELS:
+            x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, mask=True)
+            samples.append(Sample([x, c, w, kernel, mask, True, SHARPNESS], op=OP, name=kernel))
+            for om in OUTPUT_MASKS:
+                x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, shared=not om[0],
+                                        mask=True, requires_grad=False)
+                g = torch.randn(3, 4, 6, device=device, dtype=dtype)
+                samples.append(Sample([g, x, c, w, kernel, mask, True, SHARPNESS, list(om)],
+                                      op=OP_BACKWARD, name=f"{kernel}-backward-{om}"))
+            if device == "cpu" and dtype in HALF_DTYPES:  # 19 bins: past a vector, a tail
+                x, c, w, mask = _inputs(kernel, 3, 5, 4, 19, "cpu", dtype, mask=True)
+                g = torch.randn(3, 4, 19, dtype=dtype)
+                samples += [
+                    Sample([x, c, w, kernel, mask, True, SHARPNESS], op=OP, name=f"{kernel}-19"),
+                    Sample([x, c.detach().float(), w.detach().float(), kernel, mask, True, SHARPNESS],
+                           op=OP, name=f"{kernel}-19-float32_parameters"),
+                    Sample([g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
+                            [True, True, True]], op=OP_BACKWARD, name=f"{kernel}-19-backward")]
+        if dtype == torch.float32:
+            for variant in ["sum_no_mask", "shared", "unbatched", "noncontiguous"]:
+                x, c, w, mask = _inputs("soft", None if variant == "unbatched" else 3, 5, 4, 6,
+                                        device, shared=variant == "shared",
+                                        mask=variant != "sum_no_mask")
+                if variant == "noncontiguous":
+                    x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
+                samples.append(Sample([x, c, w, "soft", mask, variant != "sum_no_mask", SHARPNESS],
+                                      op=OP, name=variant))
+        return samples
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_error_message(device):
-    x, c, w, _ = _inputs("soft", 2, 4, 2, 3, device, torch.float64)
-    (gx,) = torch.autograd.grad(FF.histogram(x, c, w).pow(2).sum(), x, create_graph=True)
-    assert_raises_naming(RuntimeError, lambda: gx.sum().backward(), "histogram", "double backward")
+    def compile_samples(self, device):
+        samples = []
+        for kernel in KERNELS:
+            x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, mask=True)
+            samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask), name=kernel))
+        # HistNetQ's shape of use: sigmoid features, a histogram per feature, flattened, a linear
+        # layer; mask and shared bins as graph inputs
+        x, c, w, mask = _inputs("soft", 3, 5, 4, 6, device, shared=True, mask=True)
+        lin = torch.randn(4 * 6, 2, device=device, requires_grad=True)
 
+        def model(x, c, w, lin, mask):
+            return FF.histogram(torch.sigmoid(x), c, w, "soft", mask, True).flatten(1) @ lin
 
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_opcheck_forward(device, dtype, kernel):
-    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, mask=True)
-    check_opcheck(OP, (x, c, w, kernel, mask, True, SHARPNESS))
+        return samples + [Sample([x, c, w, lin, mask], fn=model, name="in_a_model")]
 
+    def gradcheck_samples(self, device):
+        """float64 gradcheck of the smooth kernels ("sigmoid" with a small sharpness, so finite
+        differences resolve it), away from the kinks by construction (see _inputs). "hard" has
+        its own test (test_hard_gradient_is_a_surrogate): its gradient is a surrogate."""
+        samples = []
+        for kernel, sharpness in [("sigmoid", 5.0), ("soft", SHARPNESS), ("rbf", SHARPNESS)]:
+            for config, cfg in GRADCHECK_CONFIGS.items():
+                cfg = dict(cfg)
+                normalize = cfg.pop("normalize", True)
+                x, c, w, mask = _inputs(kernel, device=device, dtype=torch.float64, **cfg)
+                samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask, normalize=normalize,
+                                                      sharpness=sharpness), name=f"{kernel}-{config}"))
+        return samples
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant", ["sum_no_mask", "shared", "unbatched", "noncontiguous"])
-def test_opcheck_forward_variants(device, variant):
-    x, c, w, mask = _inputs("soft", None if variant == "unbatched" else 3, 5, 4, 6, device,
-                            shared=variant == "shared", mask=variant != "sum_no_mask")
-    if variant == "noncontiguous":
-        x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
-    check_opcheck(OP, (x, c, w, "soft", mask, variant != "sum_no_mask", SHARPNESS))
+    def double_backward_samples(self, device):
+        samples = []
+        for kernel in KERNELS:
+            x, c, w, mask = _inputs(kernel, 2, 4, 2, 3, device, torch.float64, mask=True)
+            samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask, sharpness=5.0),
+                                  name=kernel))
+        x, c, w, _ = _inputs("soft", 2, 4, 2, 3, device, torch.float64)
+        return samples + [Sample([x, c, w], name="defaults")]
 
+    def unchanged_samples(self, device, dtype):
+        samples = []
+        for kernel in KERNELS:
+            x, c, w, mask = _inputs(kernel, 3, 7, 4, 5, device, dtype, mask=True)
+            x = _strided(x)
+            g = torch.randn(3, 4, 5, device=device, dtype=dtype)
 
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("output_mask", [(True, True, True), (True, False, False), (False, True, True)])
-def test_opcheck_backward(device, dtype, kernel, output_mask):
-    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, shared=not output_mask[0],
-                            mask=True, requires_grad=False)
-    g = torch.randn(3, 4, 6, device=device, dtype=dtype)
-    check_opcheck(OP_BACKWARD, (g, x, c, w, kernel, mask, True, SHARPNESS, list(output_mask)))
+            def backward_op(x=x, c=c, w=w, mask=mask, g=g, kernel=kernel):
+                OP_BACKWARD(g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
+                            [True] * 3)
 
+            samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask), grad_output=g,
+                                  extra=backward_op, name=kernel))
+        return samples
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_compile_functional(device, kernel):
-    x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, mask=True)
-    check_compile(lambda x, c, w: FF.histogram(x, c, w, kernel, mask), x, c, w)
+    def empty_samples(self, device):
+        """Empty bags (N = 0: zeros, like the reference), no bags, no features."""
+        samples = []
+        for kernel in KERNELS:
+            for shape in [(2, 0, 3), (0, 4, 3), (2, 4, 0), (0, 3)]:
+                x = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
+                f = shape[-1]
+                c = ((torch.arange(4, device=device, dtype=torch.float64) + 0.5) / 4).expand(f, 4)
+                w = torch.full((f, 4), 0.2 if kernel in ("hard", "sigmoid") else 5.0,
+                               device=device, dtype=torch.float64, requires_grad=True)
+                samples.append(Sample([x, c.clone().requires_grad_(), w], dict(kernel=kernel),
+                                      name=f"{kernel}-{shape}"))
+        return samples
 
+    def check_more(self, check, sample, out, ref, args, ref_args):
+        if check == "empty" and args[0].shape[-2] == 0:
+            assert torch.equal(out, torch.zeros_like(out))
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile_in_a_model(device):
-    """HistNetQ's shape of use: sigmoid features, a histogram per feature, flattened, a linear
-    layer; mask and shared bins as graph inputs."""
-    x, c, w, mask = _inputs("soft", 3, 5, 4, 6, device, shared=True, mask=True)
-    lin = torch.randn(4 * 6, 2, device=device, requires_grad=True)
-
-    def model(x, c, w, lin, mask):
-        return FF.histogram(torch.sigmoid(x), c, w, "soft", mask, True).flatten(1) @ lin
-
-    check_compile(model, x, c, w, lin, mask)
+    def noncontiguous_samples(self, device, dtype):
+        """Transposed x, centres, widths, mask and grad_output."""
+        samples = []
+        for kernel in KERNELS:
+            for shared in (False, True):
+                x, c, w, mask = _inputs(kernel, 3, 7, 5, 4, device, dtype, shared=shared, mask=True)
+                x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
+                g = _strided(torch.randn(3, 5, 4, device=device, dtype=dtype))
+                assert not any(t.is_contiguous() for t in (x, c, w, mask, g))
+                samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask), grad_output=g,
+                                      name=f"{kernel}-shared{shared}"))
+        return samples
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -510,20 +534,6 @@ def test_compile_dynamic_shapes(device):
     for bags, n, feat in [(2, 5, 3), (3, 7, 4), (4, 9, 2)]:
         x, c, w, _ = _inputs("rbf", bags, n, feat, 5, device, requires_grad=False)
         torch.testing.assert_close(f(x, c, w), histogram_reference(x, c, w, "rbf"))
-
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_inputs_unchanged(device, dtype, kernel):
-    x, c, w, mask = _inputs(kernel, 3, 7, 4, 5, device, dtype, mask=True)
-    x = _strided(x)
-    g = torch.randn(3, 4, 5, device=device, dtype=dtype)
-
-    def run():
-        FF.histogram(x, c, w, kernel, mask).backward(g)
-        OP_BACKWARD(g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS, [True] * 3)
-
-    assert_unchanged([x, c, w, mask, g], run)
 
 
 @pytest.mark.parametrize("device", devices(("cuda_sim",)))
@@ -536,76 +546,3 @@ def test_bags_past_the_grid(device, kernel, shared):
 
     with fastdl.testing.cuda_sim(max_grid=(0, 3, 3)):
         _run_case(device, torch.float32, kernel, dict(bags=8, n=5, f=3, b=4, mask=True), shared=shared)
-
-
-# ---------------------------------------------------------------------------------------------
-# float16 / bfloat16 on the CPU: computed and summed in float32, the output in x's dtype
-# (judged by the reference's own error in that dtype against float64: compare_with_torch)
-# ---------------------------------------------------------------------------------------------
-
-# Bins past the vector widths with tails (33, 300), odd sizes, masks with an empty bag, sums,
-# shared parameters, unbatched x.
-HALF_CASES = ["basic", "mask_sum", "odd", "shared_mask_sum", "unbatched_mask", "B1", "wide", "bins300",
-              "sharpness20"]
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("case", HALF_CASES)
-def test_half_on_cpu(dtype, kernel, case):
-    out, ref, (_, c, w), _ = _run_case("cpu", dtype, kernel, CASES[case])
-    assert out.dtype == ref.dtype == dtype and out.is_contiguous()
-    assert c.grad.dtype == w.grad.dtype == dtype
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_half_x_float32_parameters_on_cpu(dtype, kernel):
-    """Half x with float32 centres and widths (a float32 layer on half features): the output
-    in x's dtype, the parameters' gradients in float32, as on CUDA."""
-    x, c, w, mask = _inputs(kernel, 3, 13, 5, 37, "cpu", dtype, mask=True)
-    c32, w32 = (t.detach().float().requires_grad_() for t in (c, w))
-    ours, ref = _fns(kernel, mask)
-    out = ours(x, c32, w32)
-    assert out.dtype == dtype
-    compare_with_torch(ours, ref, [x, c32, w32], dtype, baseline_args=[x, c, w])
-    grads = torch.autograd.grad(ours(x, c32, w32).float().sum(), (c32, w32))
-    assert all(g.dtype == torch.float32 for g in grads)
-
-
-def test_half_sums_in_float32():
-    """300 elements in one bin of the hard kernel: a bfloat16 running sum stops at 256 (its
-    spacing there is 2, so + 1 rounds back); the float32 one reaches 300, and the mean is 1."""
-    x = torch.full((1, 300, 1), 0.5, dtype=torch.bfloat16, requires_grad=True)
-    c = torch.tensor([0.5, 3.0], dtype=torch.bfloat16)
-    w = torch.tensor([0.25, 0.25], dtype=torch.bfloat16)
-    out = FF.histogram(x, c, w, "hard", normalize=False)
-    assert out.tolist() == [[[300.0, 0.0]]]
-    assert FF.histogram(x, c, w, "hard").tolist() == [[[1.0, 0.0]]]
-
-
-@pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_half_opcheck_on_cpu(dtype, kernel):
-    x, c, w, mask = _inputs(kernel, 3, 5, 4, 19, "cpu", dtype, mask=True)
-    check_opcheck(OP, (x, c, w, kernel, mask, True, SHARPNESS))
-    check_opcheck(OP, (x, c.detach().float(), w.detach().float(), kernel, mask, True, SHARPNESS))
-    with torch.no_grad():
-        g = torch.randn(3, 4, 19, dtype=dtype)
-    check_opcheck(OP_BACKWARD, (g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
-                                [True, True, True]))
-
-
-@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_autocast_cpu_keeps_dtype(x_dtype):
-    """No autocast rule, as the reference's ops (sigmoid, exp, relu, sum) have none on the
-    CPU: under CPU autocast the output has x's dtype, the same as outside it."""
-    x, c, w, mask = _inputs("rbf", 2, 9, 3, 20, "cpu", x_dtype, mask=True)
-    outside = FF.histogram(x, c, w, "rbf", mask)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = FF.histogram(x, c, w, "rbf", mask)
-        ref = histogram_reference(x, c, w, "rbf", mask)
-    assert out.dtype == ref.dtype == x_dtype
-    assert torch.equal(out, outside)
-    (gx,) = torch.autograd.grad(out.float().sum(), x)
-    assert gx.dtype == x_dtype
