@@ -22,6 +22,16 @@ Checks
     ``assert_raises_naming``         raises ``exc_type`` and the message names the argument.
     ``assert_unchanged``             the inputs are bitwise the same after a call.
 
+The op contract (``op_contract.py``)
+    ``OpContract``                   the checks above that every op needs, under one name each
+                                     (test_opcheck, test_compile, test_gradcheck,
+                                     test_no_double_backward, test_inputs_unchanged,
+                                     test_empty_inputs, test_noncontiguous, test_bad_dtype),
+                                     parametrised over these devices and dtypes. Each op's test
+                                     file subclasses it (``class TestLayerNormContract``) and
+                                     supplies the fastdl function, the reference and each check's
+                                     ``Sample`` inputs; write those checks there, not again.
+
 Typical op test::
 
     @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)

@@ -57,9 +57,18 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import pytest
 import torch
 
-from helpers import (DEVICES, assert_no_double_backward, assert_raises_naming, assert_unchanged,
-                     check_compile, check_compile_module, check_gradcheck, check_opcheck,
-                     compare_with_torch, device_dtypes)
+from helpers import (
+    DEVICES,
+    assert_no_double_backward,
+    assert_raises_naming,
+    assert_unchanged,
+    check_compile,
+    check_compile_module,
+    check_gradcheck,
+    check_opcheck,
+    compare_with_torch,
+    device_dtypes,
+)
 
 __all__ = ["CONTRACT_DEVICE_DTYPES", "OpContract", "Sample"]
 
@@ -239,8 +248,12 @@ class OpContract:
                 grads = torch.autograd.grad(out.pow(2).sum(), inputs, create_graph=True)
                 name = s.backward_name or self.backward_name
                 assert name, "the contract needs the op's backward_name"
-                assert_raises_naming(RuntimeError, lambda: sum(g.sum() for g in grads).backward(),
-                                     name, "double backward")
+                assert_raises_naming(
+                    RuntimeError,
+                    lambda: sum(g.sum() for g in grads).backward(),
+                    name,
+                    "double backward",
+                )
 
     @pytest.mark.parametrize("device, dtype", CONTRACT_DEVICE_DTYPES)
     def test_inputs_unchanged(self, device, dtype):
@@ -266,8 +279,12 @@ class OpContract:
             with _case(s, "empty inputs"):
                 assert any(t.numel() == 0 for t in _tensors(list(s.args))), "no empty tensor"
                 result = compare_with_torch(
-                    self.bound(s), self.bound(s, reference=True), list(s.args), self._dtype(s),
-                    grad_output=s.grad_output)
+                    self.bound(s),
+                    self.bound(s, reference=True),
+                    list(s.args),
+                    self._dtype(s),
+                    grad_output=s.grad_output,
+                )
                 self.check_more("empty", s, *result)
 
     @pytest.mark.parametrize("device, dtype", CONTRACT_DEVICE_DTYPES)
@@ -277,8 +294,13 @@ class OpContract:
                 strided = _tensors([list(s.args), s.kwargs, s.grad_output])
                 assert any(not t.is_contiguous() for t in strided), "every tensor is contiguous"
                 result = compare_with_torch(
-                    self.bound(s), self.bound(s, reference=True), list(s.args),
-                    self._dtype(s, dtype), grad_output=s.grad_output, **s.options)
+                    self.bound(s),
+                    self.bound(s, reference=True),
+                    list(s.args),
+                    self._dtype(s, dtype),
+                    grad_output=s.grad_output,
+                    **s.options,
+                )
                 self.check_more("noncontiguous", s, *result)
 
     @pytest.mark.parametrize("device", DEVICES)

@@ -263,9 +263,10 @@ class TestSdpaContract(OpContract):
             want_mask = mask is not None and mask.dtype != torch.bool
             plain_mask = mask.detach() if mask is not None else None
             samples += [Sample([q, k, v, mask, p, causal, 0.5, seed], op=OP, name=case),
-                        Sample([torch.randn_like(out), q.detach(), k.detach(), v.detach(), plain_mask,
-                                out.detach(), lse, p, causal, 0.5, seed,
-                                [True, True, True, want_mask]], op=OP_BACKWARD, name=f"{case}-backward")]
+                        Sample([torch.randn_like(out), q.detach(), k.detach(), v.detach(),
+                                plain_mask, out.detach(), lse, p, causal, 0.5, seed,
+                                [True, True, True, want_mask]], op=OP_BACKWARD,
+                               name=f"{case}-backward")]
         return samples
 
     def compile_samples(self, device):

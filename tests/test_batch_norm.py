@@ -295,7 +295,8 @@ class TestBatchNormContract(OpContract):
                 samples.append(Sample([g, x, w, mean, invstd, training, list(mask)],
                                       op=OP_BACKWARD, name=f"backward-{training}-{mask}"))
         if dtype == torch.float32:
-            x, w, b, rm, rv, _ = _inputs((2, 3, 4, 5), device, dtype, "weight_bias", "train_running")
+            x, w, b, rm, rv, _ = _inputs((2, 3, 4, 5), device, dtype, "weight_bias",
+                                         "train_running")
             x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
             samples.append(Sample([x, w, b, rm, rv, True, 0.1, 1e-5], op=OP, name="channels_last"))
         return samples
@@ -303,7 +304,8 @@ class TestBatchNormContract(OpContract):
     def compile_samples(self, device):
         samples = []  # compiled == eager, the in-place running-statistics update included
         for mode in MODES:
-            x, w, b, rm, rv, training = _inputs((4, 3, 5), device, torch.float32, "weight_bias", mode)
+            x, w, b, rm, rv, training = _inputs((4, 3, 5), device, torch.float32, "weight_bias",
+                                                mode)
             samples.append(Sample([x, w, b, rm, rv], dict(training=training), name=mode))
         for train in (True, False):
             # (momentum=None is not used here: torch's own BatchNorm computes
@@ -327,7 +329,7 @@ class TestBatchNormContract(OpContract):
                                       fn=_with_stats(momentum=0.0), name=f"{mode}-{affine}"))
         x = torch.randn(2, 3, 2, 3, device=device, dtype=torch.float64)
         x = x.to(memory_format=torch.channels_last).requires_grad_()
-        w, b = (torch.randn(3, device=device, dtype=torch.float64, requires_grad=True) for _ in "wb")
+        w, b = (torch.randn(3, device=device, dtype=torch.float64).requires_grad_() for _ in "wb")
         return samples + [Sample([x, w, b, None, None], dict(training=True), name="channels_last")]
 
     def double_backward_samples(self, device):
@@ -347,7 +349,8 @@ class TestBatchNormContract(OpContract):
             g = torch.randn(5, 3, 4, device=device, dtype=dtype)
 
             def ops(x=x, w=w, b=b, rm=rm, rv=rv, g=g, training=training):
-                _, mean, invstd = OP(x.detach(), w.detach(), b.detach(), rm, rv, training, 0.1, 1e-5)
+                _, mean, invstd = OP(x.detach(), w.detach(), b.detach(), rm, rv, training, 0.1,
+                                     1e-5)
                 OP_BACKWARD(g, x.detach(), w.detach(), mean, invstd, training, [True, True, True])
 
             allow = [rm, rv] if training and rm is not None else []
@@ -359,7 +362,8 @@ class TestBatchNormContract(OpContract):
         samples = []  # an empty batch (running stats as torch leaves them), no channels
         for mode in MODES:
             for shape in [(0, 3), (0, 3, 4), (0, 3, 2, 2)]:
-                x, w, b, rm, rv, training = _inputs(shape, device, torch.float32, "weight_bias", mode)
+                x, w, b, rm, rv, training = _inputs(shape, device, torch.float32, "weight_bias",
+                                                    mode)
                 samples.append(Sample([x, w, b, rm, rv], dict(training=training),
                                       name=f"{mode}-{shape}"))
         for training in (True, False):
@@ -391,8 +395,8 @@ class TestBatchNormContract(OpContract):
 
     def bad_dtype_calls(self, device):
         x = torch.ones(4, 3, device=device)
-        calls = [(lambda x=x.to(dt): FF.batch_norm(x, None, None, training=True), "input", "float32")
-                 for dt in (torch.int32, torch.int64, torch.bool, torch.complex64)]
+        calls = [(lambda x=x.to(dt): FF.batch_norm(x, None, None, training=True), "input",
+                  "float32") for dt in (torch.int32, torch.int64, torch.bool, torch.complex64)]
         x = torch.randn(4, 3, 5, device=device)
         for name in ["weight", "bias", "running_mean", "running_var"]:
             args = dict(weight=torch.ones(3, device=device), bias=torch.zeros(3, device=device),

@@ -9,8 +9,13 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (CUDA_AVAILABLE, DEVICES, HALF_DTYPES, assert_close_to_reference,
-                     compare_with_torch)
+from helpers import (
+    CUDA_AVAILABLE,
+    DEVICES,
+    HALF_DTYPES,
+    assert_close_to_reference,
+    compare_with_torch,
+)
 from test_batch_norm import MODES, _check_running, _fns, _inputs
 
 FAMILY = "norm"  # the emulator summary counts test cases per op family
@@ -20,16 +25,26 @@ FAMILY = "norm"  # the emulator summary counts test cases per op family
 # Half inputs with float32 parameters (mixed precision)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("shape, channels_last", [((4, 3, 7), False), ((2, 3, 5, 4), False),
-                                                  ((2, 3, 5, 4), True), ((8, 64, 9, 9), True),
-                                                  ((3, 70, 40), False), ((300, 37), False)])
+@pytest.mark.parametrize(
+    "shape, channels_last",
+    [
+        ((4, 3, 7), False),
+        ((2, 3, 5, 4), False),
+        ((2, 3, 5, 4), True),
+        ((8, 64, 9, 9), True),
+        ((3, 70, 40), False),
+        ((300, 37), False),
+    ],
+)
 def test_half_input_float32_params(device, dtype, mode, shape, channels_last):
     """Half inputs with float32 weight, bias and running statistics (mixed precision)."""
-    x, w, b, rm, rv, training = _inputs(shape, device, dtype, "weight_bias", mode,
-                                        param_dtype=torch.float32)
+    x, w, b, rm, rv, training = _inputs(
+        shape, device, dtype, "weight_bias", mode, param_dtype=torch.float32
+    )
     if channels_last:
         x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     out, ref, ours_args, torch_args = compare_with_torch(*_fns(training), [x, w, b, rm, rv], dtype)
@@ -54,6 +69,7 @@ def test_half_input_float32_bias_without_weight(device, dtype):
 # Autocast
 # ---------------------------------------------------------------------------------------------
 
+
 def test_autocast_cpu():
     """CPU autocast: batch_norm keeps the input's dtype, as torch's does (no autocast rule; the
     CPU kernels compute a half input in float32); float32 running stats stay float32."""
@@ -69,7 +85,9 @@ def test_autocast_cpu():
     assert ours.dtype == theirs.dtype == torch.bfloat16
     assert ours_f32.dtype == torch.float32
     assert rm.dtype == rv.dtype == torch.float32
-    ref = F.batch_norm(xb.detach().double(), None, None, w.detach().double(), b.detach().double(), True)
+    ref = F.batch_norm(
+        xb.detach().double(), None, None, w.detach().double(), b.detach().double(), True
+    )
     assert_close_to_reference(ours, ref, torch.bfloat16, baseline=theirs)
     torch.testing.assert_close(rm, trm, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(rv, trv, rtol=1e-3, atol=1e-3)
@@ -110,6 +128,7 @@ def test_autocast_cuda(dtype):
 # ---------------------------------------------------------------------------------------------
 # Channels whose squares overflow (from the differential fuzzer): redone in double
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_float32_channel_whose_squares_overflow(device):
@@ -168,6 +187,7 @@ def test_bfloat16_channel_whose_squares_overflow(device, param_dtype):
     out = FF.batch_norm(x, rm, rv, training=True, momentum=1.0)
     ref = F.batch_norm(x.double(), rm64, rv64, training=True, momentum=1.0)
     assert_close_to_reference(out, ref, torch.bfloat16)
-    torch.testing.assert_close(rm.double(), rm64, rtol=1e-2 if param_dtype == torch.bfloat16 else 1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        rm.double(), rm64, rtol=1e-2 if param_dtype == torch.bfloat16 else 1e-5, atol=1e-6
+    )
     assert torch.isinf(rv[2]) and torch.isfinite(rv[[0, 1, 3]]).all()

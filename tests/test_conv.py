@@ -144,7 +144,8 @@ class TestConvContract(OpContract):
     def opcheck_samples(self, device, dtype):
         if dtype != torch.float64:
             return []
-        x, w, b = make((2, 4, 6, 5), device, dtype), make((6, 2, 3, 3), device, dtype), make(6, device, dtype)
+        x, w = make((2, 4, 6, 5), device, dtype), make((6, 2, 3, 3), device, dtype)
+        b = make(6, device, dtype)
         gy = torch.randn(2, 6, 6, 5, device=device, dtype=dtype)
         x_cl = x.detach().contiguous(memory_format=torch.channels_last)
         return [Sample([x, w, b, [2, 1], [1, 0], [1, 2], 2], op=OP, name="strided_grouped"),
@@ -158,7 +159,8 @@ class TestConvContract(OpContract):
     def compile_samples(self, device):
         f32 = torch.float32
         module = fnn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect", groups=4).to(device)
-        return [Sample([make((2, 4, 8, 8), device, f32), make((6, 2, 3, 2), device, f32), make(6, device, f32)],
+        return [Sample([make((2, 4, 8, 8), device, f32), make((6, 2, 3, 2), device, f32),
+                        make(6, device, f32)],
                        dict(stride=1, padding="same", dilation=1, groups=2), name="conv2d_same"),
                 Sample([make((2, 3, 9), device, f32), make((4, 3, 3), device, f32)],
                        dict(conv=FF.conv1d, stride=2, padding=1), name="conv1d"),
@@ -189,7 +191,8 @@ class TestConvContract(OpContract):
         samples = []
         for groups in (1, 4):
             xt = make((2, 4, 6, 7), device, dtype).detach().transpose(-1, -2).requires_grad_()
-            wt = make((8, 4 // groups, 3, 3), device, dtype).detach().transpose(-1, -2).requires_grad_()
+            wt = make((8, 4 // groups, 3, 3), device, dtype).detach().transpose(-1, -2)
+            wt.requires_grad_()
             g = torch.randn(2, 8, 6, 7, device=device, dtype=dtype).transpose(-1, -2)
             samples.append(Sample([xt, wt], dict(stride=1, padding=1, dilation=1, groups=groups),
                                   grad_output=g, name=f"groups{groups}"))

@@ -427,8 +427,8 @@ class TestHistogramContract(OpContract):
                 g = torch.randn(3, 4, 19, dtype=dtype)
                 samples += [
                     Sample([x, c, w, kernel, mask, True, SHARPNESS], op=OP, name=f"{kernel}-19"),
-                    Sample([x, c.detach().float(), w.detach().float(), kernel, mask, True, SHARPNESS],
-                           op=OP, name=f"{kernel}-19-float32_parameters"),
+                    Sample([x, c.detach().float(), w.detach().float(), kernel, mask, True,
+                            SHARPNESS], op=OP, name=f"{kernel}-19-float32_parameters"),
                     Sample([g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
                             [True, True, True]], op=OP_BACKWARD, name=f"{kernel}-19-backward")]
         if dtype == torch.float32:
@@ -467,8 +467,8 @@ class TestHistogramContract(OpContract):
                 cfg = dict(cfg)
                 normalize = cfg.pop("normalize", True)
                 x, c, w, mask = _inputs(kernel, device=device, dtype=torch.float64, **cfg)
-                samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask, normalize=normalize,
-                                                      sharpness=sharpness), name=f"{kernel}-{config}"))
+                kwargs = dict(kernel=kernel, mask=mask, normalize=normalize, sharpness=sharpness)
+                samples.append(Sample([x, c, w], kwargs, name=f"{kernel}-{config}"))
         return samples
 
     def double_backward_samples(self, device):

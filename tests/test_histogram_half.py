@@ -20,8 +20,17 @@ FAMILY = "histogram"  # the emulator summary counts test cases per op family
 
 # Bins past the vector widths with tails (33, 300), odd sizes, masks with an empty bag, sums,
 # shared parameters, unbatched x.
-HALF_CASES = ["basic", "mask_sum", "odd", "shared_mask_sum", "unbatched_mask", "B1", "wide", "bins300",
-              "sharpness20"]
+HALF_CASES = [
+    "basic",
+    "mask_sum",
+    "odd",
+    "shared_mask_sum",
+    "unbatched_mask",
+    "B1",
+    "wide",
+    "bins300",
+    "sharpness20",
+]
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)

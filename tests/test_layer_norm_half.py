@@ -8,8 +8,14 @@ from torch import nn
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (CUDA_AVAILABLE, DEVICES, HALF_DTYPES, assert_close_to_reference,
-                     compare_with_torch, cuda_devices)
+from helpers import (
+    CUDA_AVAILABLE,
+    DEVICES,
+    HALF_DTYPES,
+    assert_close_to_reference,
+    compare_with_torch,
+    cuda_devices,
+)
 from test_layer_norm import AFFINE, OP, SHAPES, _fns, _params
 
 FAMILY = "norm"  # the emulator summary counts test cases per op family
@@ -18,6 +24,7 @@ FAMILY = "norm"  # the emulator summary counts test cases per op family
 # ---------------------------------------------------------------------------------------------
 # float16 / bfloat16 (judged by torch's own error in that dtype against float64)
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("shape, ns", SHAPES, ids=[f"{s}-{n}" for s, n in SHAPES])
@@ -68,7 +75,9 @@ def test_half_input_float32_bias_without_weight(device, dtype):
     in float32 (100 rows of 1000 overflow float16 and round in bfloat16)."""
     x = torch.randn(100, 4, device=device, dtype=dtype, requires_grad=True)
     b = torch.zeros(4, device=device, requires_grad=True)
-    FF.layer_norm(x, (4,), None, b).backward(torch.full((100, 4), 1000.0, device=device, dtype=dtype))
+    FF.layer_norm(x, (4,), None, b).backward(
+        torch.full((100, 4), 1000.0, device=device, dtype=dtype)
+    )
     assert b.grad.dtype == torch.float32
     torch.testing.assert_close(b.grad, torch.full((4,), 100000.0, device=device))
 
@@ -91,6 +100,7 @@ def test_bfloat16_rows_whose_squares_overflow(device):
 # ---------------------------------------------------------------------------------------------
 # Autocast
 # ---------------------------------------------------------------------------------------------
+
 
 def test_autocast_cpu():
     """CPU autocast: like torch (which has no CPU autocast rule for layer_norm), the output

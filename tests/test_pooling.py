@@ -240,10 +240,10 @@ class TestPoolingContract(OpContract):
                 Sample([x[0], [2, 3], [], [0, 1], [1, 1], False], op=MAX_OP),
                 Sample([x, [3, 3], [2, 2], [1, 1], True, False, None], op=AVG_OP),
                 Sample([x[0], [2, 2], [1, 1], [0, 0], False, True, 3], op=AVG_OP),
-                Sample([torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1], True],
-                       op=MAX_BACKWARD),
-                Sample([torch.randn_like(avg), x.detach(), [3, 3], [2, 2], [1, 1], True, False, None],
-                       op=AVG_BACKWARD)]
+                Sample([torch.randn_like(out), x.detach(), idx, [3, 3], [2, 2], [1, 1], [1, 1],
+                        True], op=MAX_BACKWARD),
+                Sample([torch.randn_like(avg), x.detach(), [3, 3], [2, 2], [1, 1], True, False,
+                        None], op=AVG_BACKWARD)]
             for i, s in enumerate(samples[-6:]):
                 s.name = f"{fmt}-{i}"
         return samples

@@ -13,9 +13,8 @@ import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.reference import peephole_lstm
 from helpers import (devices, CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_no_double_backward, assert_raises_naming, assert_unchanged,
-                     check_compile, check_compile_module, check_gradcheck, check_opcheck,
-                     compare_with_torch)
+                     assert_raises_naming, check_compile_module, compare_with_torch)
+from op_contract import OpContract, Sample
 
 FAMILY = "rnn"  # the emulator summary counts test cases per op family
 
@@ -170,44 +169,6 @@ def _gru_args(device, dtype, steps=T, batch=B, bias=True):
                 bias_ih=mk(3 * H) if bias else None, bias_hh=mk(3 * H) if bias else None)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("proj", [0, 3])
-@pytest.mark.parametrize("peephole", [False, True])
-def test_lstm_gradcheck(device, reverse, proj, peephole):
-    a = _lstm_args(device, torch.float64, steps=4, batch=3, proj=proj, peephole=peephole)
-    lengths = torch.tensor([4, 2, 3])
-    keys = list(a)
-    fn = lambda *v: FF.lstm(**dict(zip(keys, v)), lengths=lengths, reverse=reverse)  # noqa: E731
-    check_gradcheck(fn, list(a.values()))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("bias", [True, False])
-def test_gru_gradcheck(device, reverse, bias):
-    a = _gru_args(device, torch.float64, steps=4, batch=3, bias=bias)
-    keys = list(a)
-    fn = lambda *v: FF.gru(**dict(zip(keys, v)), lengths=torch.tensor([1, 4, 3]), reverse=reverse)  # noqa: E731
-    check_gradcheck(fn, list(a.values()))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_cells_gradcheck(device):
-    a = _lstm_args(device, torch.float64, steps=1)
-    check_gradcheck(lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
-                    [a[k] for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
-    g = _gru_args(device, torch.float64, steps=1)
-    check_gradcheck(lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
-                    [g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_double_backward_raises(device):
-    a = _gru_args(device, torch.float64, steps=2, batch=2)
-    assert_no_double_backward(lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0], [a["input"], a["hx"]])
-
-
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lstm_lengths_match_torch_packed(device, dtype, reverse):
@@ -235,37 +196,121 @@ def test_zero_length_elements_keep_initial_state(device):
     assert (out[:, 0] == 0).all() and torch.equal(h[0], a["hx"][0])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0), (0, 0)])
-def test_empty_sequences_and_batches(device, steps, batch):
-    a = _lstm_args(device, torch.float64, steps=steps, batch=batch, proj=3)
-    out, h, c = FF.lstm(**a)
-    assert out.shape == (steps, batch, 3) and torch.equal(h, a["hx"]) and torch.equal(c, a["cx"])
-    (out.sum() + h.sum() + c.sum()).backward()
-    assert a["weight_hh"].grad.abs().sum() == 0 and torch.equal(a["hx"].grad, torch.ones_like(a["hx"]))
-    g = _gru_args(device, torch.float64, steps=steps, batch=batch)
-    out, h = FF.gru(**g, lengths=torch.zeros(batch, dtype=torch.long))
-    (out.sum() + h.sum()).backward()
-    assert g["bias_hh"].grad.abs().sum() == 0
+# ---------------------------------------------------------------------------------------------
+# The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
+# unchanged, empty and non-contiguous inputs, bad dtypes
+# ---------------------------------------------------------------------------------------------
+
+def _call(rnn, keys, **kwargs):
+    """f(*values) -> FF.<rnn>(**dict(zip(keys, values)), **kwargs)."""
+    return lambda *v: getattr(FF, rnn)(**dict(zip(keys, v)), **kwargs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    a = _lstm_args(device, torch.float32, proj=3, peephole=True)
-    check_opcheck(torch.ops.fastdl.lstm_forward, list(a.values()) + [torch.tensor([5, 2, 4]), True])
-    check_opcheck(torch.ops.fastdl.lstm_forward, list(_lstm_args(device, torch.float32, bias=False).values())
-                  + [None, False])
-    g = _gru_args(device, torch.float32)
-    check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [torch.tensor([1, 5, 3]), False])
-    check_opcheck(torch.ops.fastdl.gru_forward, list(g.values()) + [None, True])
+def _cat(fn):
+    """``fn``'s outputs flattened into one tensor (one gradient reaches every output)."""
+    return lambda *v: torch.cat([t.flatten() for t in fn(*v)])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_compile_functional(device):
-    a = _lstm_args(device, torch.float32, proj=3)
-    check_compile(lambda *v: torch.cat([t.flatten() for t in FF.lstm(*v)]), *a.values())
-    g = _gru_args(device, torch.float32)
-    check_compile(lambda *v: torch.cat([t.flatten() for t in FF.gru(*v, lengths=torch.tensor([5, 1, 3]))]), *g.values())
+def _passthrough(keys, out_shape):
+    """What an RNN over no step or no batch element returns: an empty output, the initial
+    states unchanged; no gradient to the input or the parameters (0 * each: zeros, not None)."""
+    def ref(*v):
+        a = dict(zip(keys, v))
+        states = [a[k] for k in ("hx", "cx") if k in a]
+        params = [t for k, t in a.items() if k not in ("hx", "cx") and t is not None]
+        zero = sum(0 * p.sum() for p in params)
+        empty = a["input"].new_zeros(out_shape)
+        return torch.cat([empty.flatten()] + [t.flatten() for t in states]) + zero
+    return ref
+
+
+class TestRnnContract(OpContract):
+    def opcheck_samples(self, device, dtype):
+        if dtype != torch.float32:
+            return []
+        a = _lstm_args(device, dtype, proj=3, peephole=True)
+        nb = _lstm_args(device, dtype, bias=False)
+        g = _gru_args(device, dtype)
+        lstm, gru = torch.ops.fastdl.lstm_forward, torch.ops.fastdl.gru_forward
+        return [Sample(list(a.values()) + [torch.tensor([5, 2, 4]), True], op=lstm, name="lstm"),
+                Sample(list(nb.values()) + [None, False], op=lstm, name="lstm_no_bias"),
+                Sample(list(g.values()) + [torch.tensor([1, 5, 3]), False], op=gru, name="gru"),
+                Sample(list(g.values()) + [None, True], op=gru, name="gru_reverse")]
+
+    def compile_samples(self, device):
+        a, g = _lstm_args(device, torch.float32, proj=3), _gru_args(device, torch.float32)
+        return [Sample(list(a.values()), fn=_cat(FF.lstm), name="lstm"),
+                Sample(list(g.values()), name="gru",
+                       fn=_cat(lambda *v: FF.gru(*v, lengths=torch.tensor([5, 1, 3]))))]
+
+    def gradcheck_samples(self, device):
+        f64, samples = torch.float64, []
+        for reverse in (False, True):
+            for proj in (0, 3):
+                for peephole in (False, True):
+                    a = _lstm_args(device, f64, steps=4, batch=3, proj=proj, peephole=peephole)
+                    fn = _call("lstm", list(a), lengths=torch.tensor([4, 2, 3]), reverse=reverse)
+                    samples.append(Sample(list(a.values()), fn=fn,
+                                          name=f"lstm-{reverse}-{proj}-{peephole}"))
+            for bias in (True, False):
+                g = _gru_args(device, f64, steps=4, batch=3, bias=bias)
+                samples.append(Sample(list(g.values()), name=f"gru-{reverse}-{bias}",
+                                      fn=_call("gru", list(g), lengths=torch.tensor([1, 4, 3]),
+                                               reverse=reverse)))
+        a = _lstm_args(device, f64, steps=1)
+        g = _gru_args(device, f64, steps=1)
+        return samples + [
+            Sample([a[k] for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih",
+                                   "bias_hh")],
+                   fn=lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
+                   name="lstm_cell"),
+            Sample([g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")],
+                   fn=lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
+                   name="gru_cell")]
+
+    def double_backward_samples(self, device):
+        a = _gru_args(device, torch.float64, steps=2, batch=2)
+        return [Sample([a["input"], a["hx"]], backward_name="gru",
+                       fn=lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0])]
+
+    def unchanged_samples(self, device, dtype):
+        a = _lstm_args(device, dtype, proj=3, peephole=True)
+        g = _gru_args(device, dtype)
+        return [Sample(list(a.values()), fn=_call("lstm", list(a), lengths=torch.tensor([5, 1, 3])),
+                       name="lstm"),
+                Sample(list(g.values()), fn=_call("gru", list(g)), name="gru")]
+
+    def empty_samples(self, device):
+        samples = []
+        for steps, batch in [(0, 3), (4, 0), (0, 0)]:
+            a = _lstm_args(device, torch.float64, steps=steps, batch=batch, proj=3)
+            samples.append(Sample(list(a.values()), fn=_cat(_call("lstm", list(a))),
+                                  ref=_passthrough(list(a), (steps, batch, 3)),
+                                  name=f"lstm-{steps}-{batch}"))
+            g = _gru_args(device, torch.float64, steps=steps, batch=batch)
+            gru = _call("gru", list(g), lengths=torch.zeros(batch, dtype=torch.long))
+            samples.append(Sample(list(g.values()), fn=_cat(gru),
+                                  ref=_passthrough(list(g), (steps, batch, H)),
+                                  name=f"gru-{steps}-{batch}"))
+        return samples
+
+    def noncontiguous_samples(self, device, dtype):
+        """A strided, transposed input and a transposed weight_ih, against FF.lstm on contiguous
+        copies."""
+        a = _lstm_args(device, dtype)
+        x = torch.randn(B, T, 2 * I, device=device, dtype=dtype)[:, :, ::2].transpose(0, 1)
+        w = torch.randn(I, 4 * H, device=device, dtype=dtype).t()
+        args = [x.requires_grad_(), a["hx"], a["cx"], w.requires_grad_(), a["weight_hh"]]
+        ours = _cat(FF.lstm)
+        return [Sample(args, fn=ours, ref=lambda *v: ours(*(t.contiguous() for t in v)))]
+
+    def bad_dtype_calls(self, device):
+        a = _lstm_args(device, torch.float32)
+        a.pop("peephole"), a.pop("weight_hr")
+        call = lambda **kw: FF.lstm(**{**a, **kw})  # noqa: E731
+        return [(lambda: call(lengths=torch.tensor([1.0, 1.0, 1.0])), "lengths", "int64"),
+                (lambda: call(hx=a["hx"].double()), "hx", "dtype"),
+                (lambda: call(input=torch.randn(T, B, I, device=device).int()), "input", "float")]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -284,25 +329,6 @@ def test_compile_module(device, kind):
     # weights); fastdl's modules trace fully through their fake kernels once it is.
     with torch._dynamo.config.patch(allow_rnn=True):
         check_compile_module(Head(), torch.randn(T, B, I, device=device, requires_grad=True))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_inputs_unchanged(device):
-    a = _lstm_args(device, torch.float32, proj=3, peephole=True)
-    assert_unchanged(list(a.values()), lambda: FF.lstm(**a, lengths=torch.tensor([5, 1, 3]))[0].sum().backward())
-    g = _gru_args(device, torch.float32)
-    assert_unchanged(list(g.values()), lambda: FF.gru(**g)[0].sum().backward())
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_noncontiguous_inputs(device):
-    a = _lstm_args(device, torch.float64)
-    x = torch.randn(B, T, 2 * I, device=device, dtype=torch.float64)[:, :, ::2].transpose(0, 1)
-    w = torch.randn(I, 4 * H, device=device, dtype=torch.float64).t()
-    out = FF.lstm(x, a["hx"], a["cx"], w, a["weight_hh"])
-    ref = FF.lstm(x.contiguous(), a["hx"], a["cx"], w.contiguous(), a["weight_hh"])
-    for o, r in zip(out, ref):
-        torch.testing.assert_close(o, r)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,13 +453,10 @@ def test_bad_input_functional():
     call = lambda **kw: FF.lstm(**{**a, **kw})  # noqa: E731
     assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([6, 1, 1])), "lengths", "seq_len")
     assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([1, 1])), "lengths", "[3]")
-    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([1.0, 1.0, 1.0])), "lengths", "int64")
-    assert_raises_naming(RuntimeError, lambda: call(hx=a["hx"].double()), "hx", "dtype")
     assert_raises_naming(RuntimeError, lambda: call(cx=torch.randn(B, H + 1)), "cx", "shape")
     assert_raises_naming(RuntimeError, lambda: call(weight_hh=torch.randn(4 * H, H + 1)), "weight_hh")
     assert_raises_naming(RuntimeError, lambda: call(bias_ih=torch.randn(H)), "bias_ih")
     assert_raises_naming(RuntimeError, lambda: call(input=torch.randn(T, B)), "input", "3 dimensions")
-    assert_raises_naming(RuntimeError, lambda: call(input=torch.randn(T, B, I).int()), "input", "float")
     assert_raises_naming(RuntimeError, lambda: call(weight_hr=torch.randn(H, H)), "weight_hr")
     assert_raises_naming(RuntimeError, lambda: call(peephole=torch.randn(4, H)), "peephole")
     g = _gru_args("cpu", torch.float32)
