@@ -17,8 +17,9 @@ each op's test file subclasses it, supplying only what is specific to its op::
         def opcheck_samples(self, device, dtype):          # Sample(args, op=OP)
             ...
 
-The base class is not collected (no ``Test`` prefix); a subclass named ``Test...`` is. Its
-checks, one name each:
+The base class is not collected (no ``Test`` prefix); a subclass named ``Test...`` is. The
+checks taking a dtype run every pair of :data:`CONTRACT_DEVICE_DTYPES` (float16/bfloat16 on
+the CPU too), the others every device of ``helpers.DEVICES``. One name each:
 
 ``test_opcheck``            ``check_opcheck`` of every :meth:`OpContract.opcheck_samples`
                             (the op handle in ``Sample.op``), every device and dtype.
@@ -33,7 +34,8 @@ checks, one name each:
                             "double backward".
 ``test_inputs_unchanged``   forward and backward (and ``Sample.extra``, e.g. the raw backward
                             op) leave every input of :meth:`unchanged_samples` bitwise the
-                            same, except the tensors in ``Sample.allow``.
+                            same, except the tensors in ``Sample.allow``; backward leaves the
+                            output the same.
 ``test_empty_inputs``       :meth:`empty_samples` (tensors with a zero-size dimension)
                             against the reference, forward and gradients, then
                             :meth:`check_more` for what the op promises beyond that.
@@ -263,9 +265,9 @@ class OpContract:
 
                 def run(s=s, fn=fn):
                     out = _first_tensor(fn(*s.args))
-                    if out.requires_grad:
+                    if out.requires_grad:  # backward leaves the output alone too
                         g = torch.ones_like(out) if s.grad_output is None else s.grad_output
-                        out.backward(g)
+                        assert_unchanged([out], lambda: out.backward(g))
                     if s.extra is not None:
                         s.extra()
 
