@@ -61,6 +61,7 @@ import torch
 
 from helpers import (
     DEVICES,
+    _tensors,
     assert_no_double_backward,
     assert_raises_naming,
     assert_unchanged,
@@ -110,16 +111,6 @@ class Sample:
     backward_name: Optional[str] = None
     dtype: Optional[torch.dtype] = None
     options: dict = dataclasses.field(default_factory=dict)
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
 
 
 def _first_tensor(out: Any) -> torch.Tensor:
