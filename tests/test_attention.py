@@ -497,3 +497,21 @@ def test_empty_value_dim_gradients_are_zero(device, dtype):
     assert out.shape == (3, 0)
     for g in torch.autograd.grad(out, inputs, torch.zeros_like(out)):
         assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_causal_with_negative_scale(device):
+    """is_causal with a negative scale: each query attends the keys up to its own position, as
+    the same limit given as a mask (the fuzzer found torch's is_causal NaN for the first rows
+    there when L > S: its -inf fill times the scale is +inf; fastdl never scales the limit)."""
+    q = torch.randn(2, 4, 9, 5, dtype=torch.float64, device=device, requires_grad=True)
+    k = torch.randn(2, 2, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    v = torch.randn(2, 2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    limit = torch.ones(9, 3, dtype=torch.bool, device=device).tril()
+    ours = FF.scaled_dot_product_attention(q, k, v, is_causal=True, scale=-1.0, enable_gqa=True)
+    theirs = F.scaled_dot_product_attention(q, k, v, limit, scale=-1.0, enable_gqa=True)
+    assert not ours.isnan().any()
+    torch.testing.assert_close(ours, theirs)
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, [q, k, v], g), torch.autograd.grad(theirs, [q, k, v], g)):
+        torch.testing.assert_close(a, b)

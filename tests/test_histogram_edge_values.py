@@ -9,6 +9,8 @@ import fastdl.functional as FF
 from fastdl.reference import histogram_reference
 from helpers import DEVICES
 
+FAMILY = "histogram"  # the emulator summary counts test cases per op family
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bins", [3, 37], ids=["scalar_bins", "vector_bins"])
