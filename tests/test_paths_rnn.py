@@ -170,3 +170,20 @@ def test_rnn_lengths_reverse_projection(dtype, threads):
             _lstm(dtype, T, B, L + 2, P=P, lengths=lengths, reverse=reverse)
     _lstm(dtype, T, B, L + 1, outputs="final")
     _lstm(dtype, T, B, L + 1, P=L - 1, outputs="final")
+
+
+# bfloat16: every product on the CPU's bfloat16 units where it has them (AMX tiles or
+# AVX512_BF16; float32 elsewhere), the step weights packed once per call into 32-column panels
+# of 32-step blocks, each step's batch into 32-row panels: batches below, at and past one
+# panel and a multiple of 8 or not (the dot products' row groups); 4H and 3H past a panel and
+# not a multiple of one, H (the reduction) a partial block; a projection (P = 20: its own
+# packed weight, a reduction of H and a partial panel).
+BF16_CASES = [(3, 1, 16), (3, 8, 37), (2, 13, 16), (2, 32, 8), (2, 33, 37), (2, 40, 64)]
+
+
+@pytest.mark.parametrize("T,B,H", BF16_CASES, ids=[f"T{t}B{b}H{h}" for t, b, h in BF16_CASES])
+def test_rnn_bf16_step_products(T, B, H, threads):
+    _lstm(torch.bfloat16, T, B, H)
+    _gru(torch.bfloat16, T, B, H)
+    if H > 20:
+        _lstm(torch.bfloat16, T, B, H, P=20, lengths=_lengths(T, B), reverse=True)

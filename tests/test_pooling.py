@@ -458,13 +458,16 @@ def test_autocast_cpu_half_input(dtype, channels_last):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_max_pool_window_of_only_padding(device):
+@pytest.mark.parametrize("planes,ceil_mode", [(2, False), (1, True), (3, True)])
+def test_max_pool_window_of_only_padding(device, planes, ceil_mode):
     """A window that holds only padding (the dilation steps over the whole input) gives -inf
     and sends its gradient nowhere. (The differential fuzzer found torch's index for it past
-    the plane, and its CPU backward adding that gradient to the next plane's element.)"""
-    x = torch.tensor([[[5.0]], [[3.0]]], device=device, requires_grad=True)  # (N=2, C=1, L=1)
-    out = FF.max_pool1d(x, 2, stride=2, padding=1, dilation=2)
-    assert out.shape == (2, 1, 1) and (out == float("-inf")).all()
+    the plane, its CPU backward adding that gradient to the next plane's element, and, for
+    the last plane, writing past the gradient: a segmentation fault.)"""
+    x = (torch.arange(planes, dtype=torch.float32, device=device) + 3).view(planes, 1, 1)
+    x.requires_grad_()  # (N, C=1, L=1)
+    out = FF.max_pool1d(x, 2, stride=2, padding=1, dilation=2, ceil_mode=ceil_mode)
+    assert out.shape == (planes, 1, 1) and (out == float("-inf")).all()
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert torch.equal(grad, torch.zeros_like(grad))
 

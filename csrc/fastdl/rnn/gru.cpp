@@ -43,7 +43,7 @@ GruForward gru_forward(const RnnKernels& kernels, const at::Tensor& input, const
   auto hiddens = at::empty({T, B, H}, opts);
   auto output = at::empty({T, B, H}, opts);
   auto h_gates = at::empty({B, 3 * H}, opts);
-  const auto w_hh_t = weight_hh.t().contiguous();  // (H, G*H) row-major for kernels.matmul
+  const StepWeight w_hh_t(kernels, weight_hh.t());  // (H, 3H)
 
   GruStepForward step;
   step.bias_ih = contiguous_or_undefined(bias_ih);
@@ -53,7 +53,7 @@ GruForward gru_forward(const RnnKernels& kernels, const at::Tensor& input, const
   for (int64_t k = 0; k < T; ++k) {
     const int64_t t = time_of(k, T, reverse);
     step.h_prev = k == 0 ? h0 : hiddens[previous_time(t, reverse)];
-    kernels.matmul(step.h_prev, w_hh_t, h_gates, false);
+    w_hh_t.multiply(step.h_prev, h_gates, false);
     step.x_gates = x_gates[t];
     step.t = t;
     step.work = work[t];
@@ -89,7 +89,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   auto dx_gates = at::empty({T, B, 3 * H}, opts);
   auto dh_gates = at::empty({T, B, 3 * H}, opts);
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
-  const auto w_hh = weight_hh.contiguous();
+  const StepWeight w_hh(kernels, weight_hh);
 
   GruStepBackward step;
   step.dh = dh;
@@ -103,7 +103,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
     step.dx_gates = dx_gates[t];
     step.dh_gates = dh_gates[t];
     kernels.gru_step_backward(step);
-    kernels.matmul(dh_gates[t], w_hh, dh, true);  // dh(t-1) = z ⊙ dh(t) + dgh W_hh
+    w_hh.multiply(dh_gates[t], dh, true);  // dh(t-1) = z ⊙ dh(t) + dgh W_hh
   }
 
   const auto dgi = dx_gates.view({T * B, 3 * H});

@@ -50,8 +50,8 @@ LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, con
   auto output = at::empty({T, B, P}, opts);
   auto hidden_pre = at::empty({projected ? T : 0, B, H}, opts);
   auto h_gates = at::empty({B, 4 * H}, opts);
-  const auto w_hh_t = weight_hh.t().contiguous();  // (H, G*H) row-major for kernels.matmul
-  const auto w_hr_t = projected ? weight_hr->t().contiguous() : at::Tensor();
+  const StepWeight w_hh_t(kernels, weight_hh.t());  // (H, 4H)
+  const StepWeight w_hr_t(kernels, projected ? weight_hr->t() : at::Tensor());
 
   LstmStepForward step;
   step.bias_ih = contiguous_or_undefined(bias_ih);
@@ -63,7 +63,7 @@ LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, con
     const int64_t t = time_of(k, T, reverse);
     const auto h_prev = k == 0 ? h0 : hiddens[previous_time(t, reverse)];
     step.c_prev = k == 0 ? c0 : cells[previous_time(t, reverse)];
-    kernels.matmul(h_prev, w_hh_t, h_gates, false);
+    w_hh_t.multiply(h_prev, h_gates, false);
     step.x_gates = x_gates[t];
     step.h_prev = h_prev;
     step.t = t;
@@ -74,7 +74,7 @@ LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, con
     kernels.lstm_step_forward(step);
     if (projected) {
       auto state = hiddens[t];
-      kernels.matmul(hidden_pre[t], w_hr_t, state, false);
+      w_hr_t.multiply(hidden_pre[t], state, false);
       kernels.carry_state(state, h_prev, output[t], len, t);
     }
   }
@@ -119,8 +119,8 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   auto dgates = at::empty({T, B, 4 * H}, opts);
   auto dh_total = at::empty({projected ? T : 0, B, P}, opts);
   auto dr = projected ? at::empty({B, H}, state_opts) : at::Tensor();
-  const auto w_hr = projected ? weight_hr->contiguous() : at::Tensor();
-  const auto w_hh = weight_hh.contiguous();
+  const StepWeight w_hr(kernels, projected ? *weight_hr : at::Tensor());
+  const StepWeight w_hh(kernels, weight_hh);
 
   LstmStepBackward step;
   step.peephole = contiguous_or_undefined(peephole);
@@ -137,7 +137,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
     if (projected) {
       auto dh_total_t = dh_total[t];
       kernels.split_state_grad(dh, gy.defined() ? gy[t] : at::Tensor(), dh_total_t, len, t);
-      kernels.matmul(dh_total_t, w_hr, dr, false);
+      w_hr.multiply(dh_total_t, dr, false);
       step.dh = dr;
       step.grad_output = at::Tensor();
     } else {
@@ -145,7 +145,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
       step.grad_output = gy.defined() ? gy[t] : at::Tensor();
     }
     kernels.lstm_step_backward(step);
-    kernels.matmul(dgates[t], w_hh, dh, true);  // dh(t-1) += dgates W_hh
+    w_hh.multiply(dgates[t], dh, true);  // dh(t-1) += dgates W_hh
   }
 
   const auto dgates_2d = dgates.view({T * B, 4 * H});

@@ -179,6 +179,37 @@ struct RnnKernels {
   // (peephole gradients); dgates (N, 4H), c_prev and c (N, H) [state].
   void (*peephole_grad)(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                         const at::Tensor& out);
+  // The weights multiplied at every step (StepWeight below), packed once per call for
+  // step_matmul (the CPU's bfloat16 units: an undefined tensor where it does not pack); null
+  // for both: matmul with the weight as it is.
+  at::Tensor (*prepare_step_weight)(const at::Tensor& weight) = nullptr;
+  void (*step_matmul)(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& prepared,
+                      at::Tensor& out, bool accumulate) = nullptr;
+};
+
+// A weight (K, N) multiplied once per step (W_hh^T, W_hr^T; W_hh, W_hr in the backward),
+// prepared once per call where the kernels pack it (a step's product of a small batch would
+// otherwise repack it every time; the packing reads any strides), else made contiguous.
+class StepWeight {
+ public:
+  StepWeight(const RnnKernels& kernels, const at::Tensor& weight)
+      : kernels_(kernels),
+        prepared_(kernels.prepare_step_weight && weight.defined()
+                      ? kernels.prepare_step_weight(weight)
+                      : at::Tensor()),
+        weight_(prepared_.defined() || !weight.defined() ? weight : weight.contiguous()) {}
+  // out (+)= a @ weight
+  void multiply(const at::Tensor& a, at::Tensor& out, bool accumulate) const {
+    if (prepared_.defined()) {
+      kernels_.step_matmul(a, weight_, prepared_, out, accumulate);
+    } else {
+      kernels_.matmul(a, weight_, out, accumulate);
+    }
+  }
+
+ private:
+  const RnnKernels& kernels_;
+  at::Tensor prepared_, weight_;
 };
 
 // a (M, K) times b (K, N) as a new tensor, through the device's matmul.

@@ -56,6 +56,19 @@ void gemm(int64_t M, int64_t N, int64_t K, const MatrixRef& A, const MatrixRef& 
 // selected_isa() avx512_bf16 or amx).
 bool bf16_gemm_available();
 
+// A B operand multiplied by many A's (a recurrent weight, at every step of a sequence): packed
+// once, rounded to bfloat16, in the layout of the bfloat16 units' panels over all of K, so a
+// skinny product (a batch of hidden states) reads it in place instead of repacking it.
+// prepacked_bf16_size(K, N) values of uint16 (bfloat16 bits) for prepack_bf16's `out`.
+int64_t prepacked_bf16_size(int64_t K, int64_t N);
+void prepack_bf16(int64_t K, int64_t N, const MatrixRef& B, uint16_t* out);
+
+// C (M, N) (+)= A (M, K) @ B for a B prepacked above, A rounded to bfloat16, float32 sums, on
+// the bfloat16 units (needs bf16_gemm_available()); C's col_stride 1, A any strides. Parallel
+// over 32 x 32 blocks of C (single-threaded inside a parallel region).
+void gemm_prepacked_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A,
+                         const uint16_t* B_packed, const MatrixRef& C, bool accumulate);
+
 // B as the columns of a convolution's images, read from the images while packed (no im2col
 // buffer): for rows r = (c, ki, kj) over one group's input channels and columns j = (n, oh, ow)
 // over the batch, B(r, j) = x[n, c0 + c, oh sh - ph + ki dh, ow sw - pw + kj dw], 0 outside.

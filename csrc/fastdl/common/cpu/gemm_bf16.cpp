@@ -469,6 +469,52 @@ void gemm(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const B
       });
 }
 
+// C (+)= A B for a B prepacked over all of K (prepack_bf16): A's rows packed once into 32-row
+// panels, then each 32 x 32 block of C is one A panel against one B panel, the blocks shared
+// out among the threads. A block that is not whole inside C (rows past M, columns past N; for
+// the dot products, rows not a multiple of their 8) is computed into a buffer and added.
+void gemm_prepacked(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A,
+                    const uint16_t* B, const MatrixRef& C, bool accumulate) {
+  const int64_t blocks = ceil_div(K, kSteps), panel = blocks * kBlock;
+  const int64_t m_panels = ceil_div(M, kMR), n_panels = ceil_div(N, kNR);
+  std::vector<int64_t> koff(K);
+  for (int64_t k = 0; k < K; ++k) koff[k] = A.col_offset(k);
+  uint16_t* a_panels = gemm_blocking::packing_buffer<uint16_t>(0, m_panels * panel);
+  pack_a(A, M, 0, m_panels * kMR, koff.data(), K, a_panels);
+  const int64_t tasks = m_panels * n_panels;
+  // Below ~1 MFLOP a second thread costs more to wake than it saves.
+  const int64_t grain = 2.0 * M * N * K < 1e6 ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    if (amx) configure_tiles();
+    alignas(64) float c_tile[kMR * kNR];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t m = (task / n_panels) * kMR, n = (task % n_panels) * kNR;
+      const int64_t rows = std::min(kMR, M - m), cols = std::min(kNR, N - n);
+      const uint16_t* a = a_panels + (m / kMR) * panel;
+      const uint16_t* b = B + (n / kNR) * panel;
+      const bool direct = cols == kNR && (amx ? rows == kMR : rows % 8 == 0);
+      float* dst = direct ? C.data + m * C.row_stride + n : c_tile;
+      const int64_t ld = direct ? C.row_stride : kNR;
+      const bool acc = direct && accumulate;
+      if (amx) {
+        tiles_32x32(blocks, a, kSteps, kBlock, b, dst, ld, acc);
+      } else {
+        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+          rows_8x32(blocks, a + r0 * kSteps, b, dst + r0 * ld, ld, acc);
+        }
+      }
+      if (direct) continue;
+      for (int64_t i = 0; i < rows; ++i) {
+        float* out = C.data + (m + i) * C.row_stride + n;
+        for (int64_t j = 0; j < cols; ++j) {
+          out[j] = (accumulate ? out[j] : 0.f) + c_tile[i * kNR + j];
+        }
+      }
+    }
+    if (amx) release_tiles();
+  });
+}
+
 }  // namespace bf16_units
 }  // namespace
 #endif  // FASTDL_BF16_UNITS
@@ -506,6 +552,31 @@ void gemm_image_columns(int64_t M, int64_t N, int64_t K, const MatrixRef& A, con
   if (gemm_blocking::nothing_to_multiply(M, N, K, C, accumulate)) return;
 #ifdef FASTDL_BF16_UNITS
   bf16_units::gemm(selected_isa() == Isa::amx, M, N, K, A, B, C, accumulate);
+#endif
+}
+
+int64_t prepacked_bf16_size(int64_t K, int64_t N) {
+  return gemm_blocking::round_up(K, 32) * gemm_blocking::round_up(N, 32);
+}
+
+void prepack_bf16(int64_t K, int64_t N, const MatrixRef& B, uint16_t* out) {
+  TORCH_INTERNAL_ASSERT(bf16_gemm_available());
+#ifdef FASTDL_BF16_UNITS
+  if (K > 0 && N > 0) bf16_units::pack_b(B, N, 0, gemm_blocking::round_up(N, 32), 0, K, out);
+#else
+  (void)K, (void)N, (void)B, (void)out;
+#endif
+}
+
+void gemm_prepacked_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A,
+                         const uint16_t* B_packed, const MatrixRef& C, bool accumulate) {
+  TORCH_INTERNAL_ASSERT(bf16_gemm_available() && C.col_stride == 1 &&
+                        C.group == std::numeric_limits<int64_t>::max());
+  if (gemm_blocking::nothing_to_multiply(M, N, K, C, accumulate)) return;
+#ifdef FASTDL_BF16_UNITS
+  bf16_units::gemm_prepacked(selected_isa() == Isa::amx, M, N, K, A, B_packed, C, accumulate);
+#else
+  (void)B_packed;
 #endif
 }
 

@@ -357,8 +357,8 @@ struct LstmBackwardRun {
   static void run(const detail::LstmStepBackward& p) { lstm_step_backward_kernel<T, kPeephole>(p); }
 };
 
-const detail::RnnKernels& cpu_kernels() {
-  static const detail::RnnKernels k{
+detail::RnnKernels make_kernels() {
+  return {
       &cpu::matmul,
       [](const detail::LstmStepForward& p) { dispatch_peephole<LstmForwardRun>(p, p.gates); },
       [](const detail::LstmStepBackward& p) { dispatch_peephole<LstmBackwardRun>(p, p.gates); },
@@ -392,7 +392,55 @@ const detail::RnnKernels& cpu_kernels() {
                                    [&] { peephole_grad_kernel<scalar_t>(dgates, c_prev, c, out); });
       },
   };
+}
+
+// float32 and float64 (float16 in float32): the step weights made contiguous once per call
+// (the transposed W_hh^T by our vector transposes) for matmul's skinny kernel.
+const detail::RnnKernels& cpu_kernels() {
+  static const detail::RnnKernels k = [] {
+    detail::RnnKernels table = make_kernels();
+    table.prepare_step_weight = &cpu::contiguous_matrix;
+    table.step_matmul = [](const at::Tensor& a, const at::Tensor&, const at::Tensor& prepared,
+                           at::Tensor& out,
+                           bool accumulate) { cpu::matmul(a, prepared, out, accumulate); };
+    return table;
+  }();
   return k;
+}
+
+// bfloat16 (in float32 copies that hold bfloat16 values): every product rounds its operands to
+// bfloat16 and runs on the CPU's bfloat16 units where it has them (AMX tiles, AVX512_BF16),
+// float32 sums, as torch's bfloat16 LSTM/GRU do on oneDNN; the step weights are packed once
+// per call. The step kernels and the state stay float32.
+void step_matmul_bf16(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& prepared,
+                      at::Tensor& out, bool accumulate) {
+  if (prepared.scalar_type() != at::kShort) {  // no bfloat16 units: a contiguous float32 copy
+    cpu::matmul(a, prepared, out, accumulate);
+  } else if (out.is_contiguous() && a.scalar_type() == at::kFloat &&
+             out.scalar_type() == at::kFloat) {
+    cpu::matmul_prepacked_bf16(a, prepared, weight.size(1), out, accumulate);
+  } else {
+    cpu::matmul_bf16(a, weight, out, accumulate);
+  }
+}
+
+const detail::RnnKernels& cpu_bf16_kernels() {
+  static const detail::RnnKernels k = [] {
+    detail::RnnKernels table = make_kernels();
+    table.matmul = &cpu::matmul_bf16;
+    table.prepare_step_weight = [](const at::Tensor& w) {
+      auto packed = cpu::prepack_bf16(w);
+      return packed.defined() ? packed : cpu::contiguous_matrix(w);
+    };
+    table.step_matmul = &step_matmul_bf16;
+    return table;
+  }();
+  return k;
+}
+
+// The table for half inputs: bfloat16's where the input is bfloat16.
+const detail::RnnKernels& half_kernels(const detail::RnnKernels& k, const at::Tensor& input) {
+  return input.scalar_type() == at::kBFloat16 ? cpu_bf16_kernels() : k;
 }
 
 // ---- float16/bfloat16: the drivers in float32 on converted copies ----
@@ -434,11 +482,11 @@ LstmForward lstm_forward_cpu(const detail::RnnKernels& k, const at::Tensor& inpu
   }
   detail::check_rnn_arguments(kLstm, 4, input, hx, &cx, weight_ih, weight_hh, bias_ih, bias_hh,
                               weight_hr, peephole, lengths);
-  return rounded(
-      detail::lstm_forward(k, in_float(input), in_float(hx), in_float(cx), in_float(weight_ih),
-                           in_float(weight_hh), in_float(bias_ih), in_float(bias_hh),
-                           in_float(weight_hr), in_float(peephole), lengths, reverse),
-      input.scalar_type(), {3, 4});  // gates, cells: [state]
+  return rounded(detail::lstm_forward(half_kernels(k, input), in_float(input), in_float(hx),
+                                      in_float(cx), in_float(weight_ih), in_float(weight_hh),
+                                      in_float(bias_ih), in_float(bias_hh), in_float(weight_hr),
+                                      in_float(peephole), lengths, reverse),
+                 input.scalar_type(), {3, 4});  // gates, cells: [state]
 }
 
 LstmGrads lstm_backward_cpu(const detail::RnnKernels& k,
@@ -459,12 +507,13 @@ LstmGrads lstm_backward_cpu(const detail::RnnKernels& k,
   }
   detail::check_rnn_arguments(kLstm, 4, input, hx, &cx, weight_ih, weight_hh, std::nullopt,
                               std::nullopt, weight_hr, peephole, lengths);
-  return rounded(detail::lstm_backward(
-                     k, in_float(grad_output), in_float(grad_hy), in_float(grad_cy),
-                     in_float(input), in_float(hx), in_float(cx), in_float(weight_ih),
-                     in_float(weight_hh), in_float(weight_hr), in_float(peephole), lengths, reverse,
-                     gates, cells, in_float(hiddens), in_float(hidden_pre), output_mask),
-                 input.scalar_type(), {});
+  return rounded(
+      detail::lstm_backward(half_kernels(k, input), in_float(grad_output), in_float(grad_hy),
+                            in_float(grad_cy), in_float(input), in_float(hx), in_float(cx),
+                            in_float(weight_ih), in_float(weight_hh), in_float(weight_hr),
+                            in_float(peephole), lengths, reverse, gates, cells, in_float(hiddens),
+                            in_float(hidden_pre), output_mask),
+      input.scalar_type(), {});
 }
 
 GruForward gru_forward_cpu(const detail::RnnKernels& k, const at::Tensor& input,
@@ -478,9 +527,9 @@ GruForward gru_forward_cpu(const detail::RnnKernels& k, const at::Tensor& input,
   }
   detail::check_rnn_arguments(kGru, 3, input, hx, nullptr, weight_ih, weight_hh, bias_ih, bias_hh,
                               std::nullopt, std::nullopt, lengths);
-  return rounded(detail::gru_forward(k, in_float(input), in_float(hx), in_float(weight_ih),
-                                     in_float(weight_hh), in_float(bias_ih), in_float(bias_hh),
-                                     lengths, reverse),
+  return rounded(detail::gru_forward(half_kernels(k, input), in_float(input), in_float(hx),
+                                     in_float(weight_ih), in_float(weight_hh), in_float(bias_ih),
+                                     in_float(bias_hh), lengths, reverse),
                  input.scalar_type(), {2});  // work: [state]
 }
 
@@ -496,10 +545,11 @@ GruGrads gru_backward_cpu(const detail::RnnKernels& k, const std::optional<at::T
   }
   detail::check_rnn_arguments(kGru, 3, input, hx, nullptr, weight_ih, weight_hh, std::nullopt,
                               std::nullopt, std::nullopt, std::nullopt, lengths);
-  return rounded(detail::gru_backward(k, in_float(grad_output), in_float(grad_hy), in_float(input),
-                                      in_float(hx), in_float(weight_ih), in_float(weight_hh),
-                                      lengths, reverse, work, in_float(hiddens), output_mask),
-                 input.scalar_type(), {});
+  return rounded(
+      detail::gru_backward(half_kernels(k, input), in_float(grad_output), in_float(grad_hy),
+                           in_float(input), in_float(hx), in_float(weight_ih), in_float(weight_hh),
+                           lengths, reverse, work, in_float(hiddens), output_mask),
+      input.scalar_type(), {});
 }
 
 }  // namespace
