@@ -187,3 +187,17 @@ def test_rnn_bf16_step_products(T, B, H, threads):
     _gru(torch.bfloat16, T, B, H)
     if H > 20:
         _lstm(torch.bfloat16, T, B, H, P=20, lengths=_lengths(T, B), reverse=True)
+
+
+def test_lstm_bf16_fused_step_keeps_nan():
+    """The fused bfloat16 step (H a multiple of 32) takes its activations from a fast exp
+    that clamps its argument; a NaN input must still give NaN exactly where torch's does."""
+    T, B, H = 3, 3, 32
+    x = torch.randn(T, B, I).bfloat16()
+    x[1, 1, 2] = float("nan")
+    h0, c0 = torch.zeros(B, H).bfloat16(), torch.zeros(B, H).bfloat16()
+    w = [t.bfloat16() for t in _weights(torch.float32, 4, H)]
+    ours = FF.lstm(x, h0, c0, *w)
+    theirs = torch.lstm(x, (h0[None], c0[None]), w, True, 1, 0.0, False, False, False)
+    for a, b in zip(ours, (theirs[0], theirs[1][0], theirs[2][0])):
+        assert a.isnan().any() and torch.equal(a.isnan(), b.isnan())

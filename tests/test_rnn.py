@@ -581,3 +581,4 @@ def test_autocast_cpu_as_torch(kind):
         expected = expected[0] if isinstance(expected, tuple) else expected
         torch.testing.assert_close(yo, expected)
         torch.testing.assert_close(yo, yt, rtol=2e-2, atol=2e-2)
+

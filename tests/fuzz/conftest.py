@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from fuzzlib import FAST_CASES, LONG_CASES
+from fuzzlib import FAST_CASES, FOUND, LONG_CASES
 
 
 def pytest_generate_tests(metafunc):
-    """Cases 0 .. n-1 of every op; FASTDL_FUZZ_CASES=a:b runs cases a .. b-1 instead (a
+    """Cases 0 .. n-1 of every op and the FOUND ones; FASTDL_FUZZ_CASES=a:b runs cases a .. b-1 instead (a
     different slice, e.g. to continue a long run), FASTDL_FUZZ_CASES=n the first n."""
     if "case_index" in metafunc.fixturenames:
         long = metafunc.config.getoption("fuzz_long")
@@ -19,6 +19,9 @@ def pytest_generate_tests(metafunc):
             cases = range(int(lo or 0), int(hi))
         else:
             cases = range(LONG_CASES if long else FAST_CASES)
+            # and, in every run, the cases fuzzing found bugs with (regression tests)
+            found = FOUND.get(metafunc.function.__name__, ())
+            cases = list(cases) + [c for c in found if c not in cases]
         metafunc.parametrize("case_index", cases)
 
 

@@ -91,9 +91,10 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   const auto gy = present(grad_output) ? grad_output->contiguous() : at::Tensor();
   const StepWeight w_hh(kernels, weight_hh);
 
+  const auto len = lengths_for(lengths, x);
   GruStepBackward step;
   step.dh = dh;
-  step.lengths = lengths_for(lengths, x);
+  step.lengths = len;
   for (int64_t k = T - 1; k >= 0; --k) {
     const int64_t t = time_of(k, T, reverse);
     step.t = t;
@@ -112,7 +113,7 @@ GruGrads gru_backward(const RnnKernels& kernels, const std::optional<at::Tensor>
   if (output_mask[0]) d_input = rnn_mm(kernels, dgi, weight_ih).view({T, B, s.input});
   if (output_mask[2]) d_w_ih = rnn_mm(kernels, dgi.t(), x.view({T * B, s.input}));
   if (output_mask[3])
-    d_w_hh = recurrent_weight_grad(kernels, dh_gates, hiddens, h0, weight_hh, reverse);
+    d_w_hh = recurrent_weight_grad(kernels, dh_gates, hiddens, h0, weight_hh, len, reverse);
   if (output_mask[4]) {
     d_b_ih = at::empty({3 * H}, opts);
     kernels.column_sums(dgi, d_b_ih);

@@ -63,7 +63,6 @@ LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, con
     const int64_t t = time_of(k, T, reverse);
     const auto h_prev = k == 0 ? h0 : hiddens[previous_time(t, reverse)];
     step.c_prev = k == 0 ? c0 : cells[previous_time(t, reverse)];
-    w_hh_t.multiply(h_prev, h_gates, false);
     step.x_gates = x_gates[t];
     step.h_prev = h_prev;
     step.t = t;
@@ -71,7 +70,7 @@ LstmForward lstm_forward(const RnnKernels& kernels, const at::Tensor& input, con
     step.c = cells[t];
     step.h = projected ? hidden_pre[t] : hiddens[t];
     step.output = projected ? at::Tensor() : output[t];
-    kernels.lstm_step_forward(step);
+    w_hh_t.lstm_step_forward(step);
     if (projected) {
       auto state = hiddens[t];
       w_hr_t.multiply(hidden_pre[t], state, false);
@@ -153,7 +152,7 @@ LstmGrads lstm_backward(const RnnKernels& kernels, const std::optional<at::Tenso
   if (output_mask[0]) d_input = rnn_mm(kernels, dgates_2d, weight_ih).view({T, B, s.input});
   if (output_mask[3]) d_w_ih = rnn_mm(kernels, dgates_2d.t(), x.view({T * B, s.input}));
   if (output_mask[4])
-    d_w_hh = recurrent_weight_grad(kernels, dgates, hiddens, h0, weight_hh, reverse);
+    d_w_hh = recurrent_weight_grad(kernels, dgates, hiddens, h0, weight_hh, len, reverse);
   if (output_mask[5] || output_mask[6]) {
     auto db = at::empty({4 * H}, opts);
     kernels.column_sums(dgates_2d, db);

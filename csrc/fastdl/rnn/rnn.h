@@ -185,6 +185,11 @@ struct RnnKernels {
   at::Tensor (*prepare_step_weight)(const at::Tensor& weight) = nullptr;
   void (*step_matmul)(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& prepared,
                       at::Tensor& out, bool accumulate) = nullptr;
+  // The LSTM step's recurrent product (h_prev times the prepared W_hh^T) and pointwise kernel
+  // in one, where it takes these tensors (h_gates is then not written): false where it does
+  // not. Null: never.
+  bool (*lstm_step_forward_fused)(const LstmStepForward& step,
+                                  const at::Tensor& prepared_w_hh_t) = nullptr;
 };
 
 // A weight (K, N) multiplied once per step (W_hh^T, W_hr^T; W_hh, W_hr in the backward),
@@ -198,6 +203,18 @@ class StepWeight {
                       ? kernels.prepare_step_weight(weight)
                       : at::Tensor()),
         weight_(prepared_.defined() || !weight.defined() ? weight : weight.contiguous()) {}
+  // The LSTM step with this weight as W_hh^T: the kernels' fused product and pointwise kernel
+  // where they have one for it, else the product into step.h_gates and the step kernel.
+  void lstm_step_forward(const LstmStepForward& step) const {
+    if (prepared_.defined() && kernels_.lstm_step_forward_fused &&
+        kernels_.lstm_step_forward_fused(step, prepared_)) {
+      return;
+    }
+    auto h_gates = step.h_gates;
+    multiply(step.h_prev, h_gates, false);
+    kernels_.lstm_step_forward(step);
+  }
+
   // out (+)= a @ weight
   void multiply(const at::Tensor& a, at::Tensor& out, bool accumulate) const {
     if (prepared_.defined()) {

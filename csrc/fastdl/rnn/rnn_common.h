@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_to_copy.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
@@ -107,18 +108,42 @@ inline int64_t time_of(int64_t s, int64_t steps, bool reverse) {
 }
 inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 
+// out = the rows of hidden states read at step t with those inactive there (past their
+// sequence's length) zeroed: their gradients are zero but their carried state may be inf or
+// NaN, and 0 * inf is NaN in a product, where torch leaves such rows out.
+inline void active_rows_into(const RnnKernels& kernels, const at::Tensor& rows,
+                             const at::Tensor& lengths, int64_t t, const at::Tensor& out) {
+  auto state = rows.clone();  // carry_state rewrites its inactive rows (with themselves)
+  kernels.carry_state(state, state, out, lengths, t);
+}
+
 // dW_hh = sum_t dgates(t)^T h(t-1), dgates (T, B, G) the gradients of the recurrent products,
 // hiddens (T, B, P) the carried states, h0 (B, P): the first step processed reads h0, the later
-// ones the hiddens shifted by one in processing order.
+// ones the hiddens shifted by one in processing order; with lengths (on the device, or
+// undefined), the rows of the steps past a sequence's end left out.
 inline at::Tensor recurrent_weight_grad(const RnnKernels& kernels, const at::Tensor& dgates,
                                         const at::Tensor& hiddens, const at::Tensor& h0,
-                                        const at::Tensor& weight_hh, bool reverse) {
+                                        const at::Tensor& weight_hh, const at::Tensor& lengths,
+                                        bool reverse) {
   const int64_t T = dgates.size(0), B = dgates.size(1), G = dgates.size(2), P = hiddens.size(2);
   if (T == 0) return at::zeros_like(weight_hh);
-  auto d_w_hh = rnn_mm(kernels, dgates[reverse ? T - 1 : 0].t(), h0);
+  const int64_t first = reverse ? T - 1 : 0;
+  auto h_first = h0;
+  if (lengths.defined()) {
+    h_first = at::empty_like(h0);
+    active_rows_into(kernels, h0, lengths, first, h_first);
+  }
+  auto d_w_hh = rnn_mm(kernels, dgates[first].t(), h_first);
   if (T > 1) {
     const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
-    const auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
+    auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
+    if (lengths.defined()) {
+      auto masked = at::empty_like(hp);
+      for (int64_t i = 0; i < T - 1; ++i) {
+        active_rows_into(kernels, hp[i], lengths, reverse ? i : i + 1, masked[i]);
+      }
+      hp = masked;
+    }
     kernels.matmul(dg.reshape({(T - 1) * B, G}).t(), hp.reshape({(T - 1) * B, P}), d_w_hh, true);
   }
   return d_w_hh;

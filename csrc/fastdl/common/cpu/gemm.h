@@ -69,6 +69,32 @@ void prepack_bf16(int64_t K, int64_t N, const MatrixRef& B, uint16_t* out);
 void gemm_prepacked_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A,
                          const uint16_t* B_packed, const MatrixRef& C, bool accumulate);
 
+// The pieces of gemm_prepacked_bf16, for kernels that multiply its blocks inside their own
+// parallel tasks (a recurrent step fused with its pointwise work). A (M, K) rounded to
+// bfloat16 into 32-row panels: packed_rows_bf16_size(M, K) values.
+int64_t packed_rows_bf16_size(int64_t M, int64_t K);
+void pack_rows_bf16(int64_t M, int64_t K, const MatrixRef& A, uint16_t* out);
+
+// The calling thread's bfloat16 units for prepacked_block_bf16 (with AMX its tile
+// configuration, released when destroyed): one per parallel task, before its first block.
+class Bf16UnitsScope {
+ public:
+  Bf16UnitsScope();
+  ~Bf16UnitsScope();
+  Bf16UnitsScope(const Bf16UnitsScope&) = delete;
+  Bf16UnitsScope& operator=(const Bf16UnitsScope&) = delete;
+
+ private:
+  bool amx_;
+};
+
+// c (32 rows x 32 columns, row stride ldc) = row panel `a_panel` of packed rows (K steps)
+// times column panel `b_panel` of a prepacked B: its first `rows` rows are the product (c must
+// hold 32 rows: the tiles store whole blocks). Needs a Bf16UnitsScope on this thread.
+void prepacked_block_bf16(int64_t K, const uint16_t* a_packed, int64_t a_panel,
+                          const uint16_t* b_packed, int64_t b_panel, int64_t rows, float* c,
+                          int64_t ldc);
+
 // B as the columns of a convolution's images, read from the images while packed (no im2col
 // buffer): for rows r = (c, ki, kj) over one group's input channels and columns j = (n, oh, ow)
 // over the batch, B(r, j) = x[n, c0 + c, oh sh - ph + ki dh, ow sw - pw + kj dw], 0 outside.

@@ -376,6 +376,29 @@ FASTDL_TARGET_AMX void tiles_32x32(int64_t blocks, const uint16_t* a, int64_t a_
   _tile_stored(3, c1 + 16, stride);
 }
 
+// The same for a block of at most 16 rows (a small batch): C in tiles 0-1, A in 4, B in 6-7.
+FASTDL_TARGET_AMX void tiles_16x32(int64_t blocks, const uint16_t* a, int64_t a_step,
+                                   const uint16_t* b, float* c, int64_t ldc, bool accumulate) {
+  const int64_t stride = ldc * static_cast<int64_t>(sizeof(float));
+  if (accumulate) {
+    _tile_loadd(0, c, stride);
+    _tile_loadd(1, c + 16, stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+  }
+  for (int64_t kb = 0; kb < blocks; ++kb) {
+    const uint16_t* bk = b + kb * kBlock;
+    _tile_loadd(4, a + kb * a_step, kSteps * 2);
+    _tile_loadd(6, bk, kNR * 4);
+    _tile_loadd(7, bk + 32, kNR * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+  }
+  _tile_stored(0, c, stride);
+  _tile_stored(1, c + 16, stride);
+}
+
 FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
                                 int64_t ldc, bool accumulate) {
   tiles_32x32(blocks, a, kSteps, kBlock, b, c, ldc, accumulate);
@@ -469,10 +492,29 @@ void gemm(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const B
       });
 }
 
+// One 32 x 32 block of C (+)= an A panel times a B panel of `blocks` blocks, its first `rows`
+// rows: on the tiles (16 rows of them when that covers the rows) or, for the dot products, in
+// groups of 8 rows.
+void block_product(bool amx, int64_t blocks, const uint16_t* a, const uint16_t* b, int64_t rows,
+                   float* c, int64_t ldc, bool accumulate) {
+  if (amx && rows <= 16) {  // half the products of a whole block
+    tiles_16x32(blocks, a, kBlock, b, c, ldc, accumulate);
+    return;
+  }
+  if (amx) {
+    tiles_32x32(blocks, a, kSteps, kBlock, b, c, ldc, accumulate);
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    rows_8x32(blocks, a + r0 * kSteps, b, c + r0 * ldc, ldc, accumulate);
+  }
+}
+
 // C (+)= A B for a B prepacked over all of K (prepack_bf16): A's rows packed once into 32-row
 // panels, then each 32 x 32 block of C is one A panel against one B panel, the blocks shared
-// out among the threads. A block that is not whole inside C (rows past M, columns past N; for
-// the dot products, rows not a multiple of their 8) is computed into a buffer and added.
+// out among the threads. A block whose rows or columns the kernel would write past C (columns
+// past N; rows past M other than a 16-row block on the tiles, or not a multiple of the dot
+// products' 8) is computed into a buffer and added.
 void gemm_prepacked(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A,
                     const uint16_t* B, const MatrixRef& C, bool accumulate) {
   const int64_t blocks = ceil_div(K, kSteps), panel = blocks * kBlock;
@@ -490,19 +532,10 @@ void gemm_prepacked(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t m = (task / n_panels) * kMR, n = (task % n_panels) * kNR;
       const int64_t rows = std::min(kMR, M - m), cols = std::min(kNR, N - n);
-      const uint16_t* a = a_panels + (m / kMR) * panel;
-      const uint16_t* b = B + (n / kNR) * panel;
-      const bool direct = cols == kNR && (amx ? rows == kMR : rows % 8 == 0);
+      const bool direct = cols == kNR && (amx ? rows == kMR || rows == 16 : rows % 8 == 0);
       float* dst = direct ? C.data + m * C.row_stride + n : c_tile;
-      const int64_t ld = direct ? C.row_stride : kNR;
-      const bool acc = direct && accumulate;
-      if (amx) {
-        tiles_32x32(blocks, a, kSteps, kBlock, b, dst, ld, acc);
-      } else {
-        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-          rows_8x32(blocks, a + r0 * kSteps, b, dst + r0 * ld, ld, acc);
-        }
-      }
+      block_product(amx, blocks, a_panels + (m / kMR) * panel, B + (n / kNR) * panel, rows, dst,
+                    direct ? C.row_stride : kNR, direct && accumulate);
       if (direct) continue;
       for (int64_t i = 0; i < rows; ++i) {
         float* out = C.data + (m + i) * C.row_stride + n;
@@ -577,6 +610,49 @@ void gemm_prepacked_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A,
   bf16_units::gemm_prepacked(selected_isa() == Isa::amx, M, N, K, A, B_packed, C, accumulate);
 #else
   (void)B_packed;
+#endif
+}
+
+int64_t packed_rows_bf16_size(int64_t M, int64_t K) {
+  return gemm_blocking::round_up(M, 32) * gemm_blocking::round_up(K, 32);
+}
+
+void pack_rows_bf16(int64_t M, int64_t K, const MatrixRef& A, uint16_t* out) {
+  TORCH_INTERNAL_ASSERT(bf16_gemm_available());
+#ifdef FASTDL_BF16_UNITS
+  std::vector<int64_t> koff(K);
+  for (int64_t k = 0; k < K; ++k) koff[k] = A.col_offset(k);
+  if (M > 0 && K > 0)
+    bf16_units::pack_a(A, M, 0, gemm_blocking::round_up(M, 32), koff.data(), K, out);
+#else
+  (void)M, (void)K, (void)A, (void)out;
+#endif
+}
+
+Bf16UnitsScope::Bf16UnitsScope() : amx_(false) {
+  TORCH_INTERNAL_ASSERT(bf16_gemm_available());
+#ifdef FASTDL_BF16_UNITS
+  amx_ = selected_isa() == Isa::amx;
+  if (amx_) bf16_units::configure_tiles();
+#endif
+}
+
+Bf16UnitsScope::~Bf16UnitsScope() {
+#ifdef FASTDL_BF16_UNITS
+  if (amx_) bf16_units::release_tiles();
+#endif
+}
+
+void prepacked_block_bf16(int64_t K, const uint16_t* a_packed, int64_t a_panel,
+                          const uint16_t* b_packed, int64_t b_panel, int64_t rows, float* c,
+                          int64_t ldc) {
+#ifdef FASTDL_BF16_UNITS
+  const int64_t blocks = gemm_blocking::ceil_div(K, 32), panel = blocks * bf16_units::kBlock;
+  bf16_units::block_product(selected_isa() == Isa::amx, blocks, a_packed + a_panel * panel,
+                            b_packed + b_panel * panel, rows, c, ldc, false);
+#else
+  (void)K, (void)a_packed, (void)a_panel, (void)b_packed, (void)b_panel, (void)rows, (void)c,
+      (void)ldc;
 #endif
 }
 

@@ -2,6 +2,7 @@
 // along the hidden units with at::vec::Vectorized, the scalar tail by the same formula), and
 // the column reductions for the bias and peephole gradients. The GEMMs and the time loop are
 // in the drivers (lstm.cpp, gru.cpp); the formulas in rnn_math.h.
+#include "fastdl/common/cpu/gemm.h"
 #include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/matmul.h"
 #include "fastdl/common/cpu/vec.h"
@@ -19,6 +20,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <tuple>
+#include <type_traits>
 #include <cstring>
 #include <vector>
 
@@ -40,6 +42,16 @@ struct Lanes {
     static V sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
     static V tanh(const V& x) { return x.tanh(); }
   };
+  // For bfloat16 data: exp to ~20 float32 ulp (at::vec's exp_u20), far below bfloat16's
+  // rounding, at a fraction of the cost; tanh(x) = 1 - 2 / (exp(2x) + 1) saturates to +-1.
+  // exp_u20 clamps its argument, NaN included, so a NaN input is put back.
+  struct FastAct {
+    static V nan_of(const V& x, const V& y) { return V::blendv(y, x, x.isnan()); }
+    static V sigmoid(const V& x) { return nan_of(x, V(T(1)) / (V(T(1)) + x.neg().exp_u20())); }
+    static V tanh(const V& x) {
+      return nan_of(x, V(T(1)) - V(T(2)) / ((x + x).exp_u20() + V(T(1))));
+    }
+  };
 };
 
 template <typename T>
@@ -52,6 +64,7 @@ struct Scalar {
     static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
     static T tanh(T x) { return std::tanh(x); }
   };
+  using FastAct = Act;
 };
 
 // Runs body.template operator()<Lanes<T>>(j) over whole vectors of [0, n), then the
@@ -87,51 +100,125 @@ inline typename L::V bias_at(const T* bias, int64_t o) {
 }
 
 // ------------------------------------------------------------------------------- LSTM
+// The step's pointwise work for batch row b and hidden units [j0, j1), on LstmStepForward's
+// tensors; hg: the row's recurrent products, gate k of unit j at hg[k * gate_stride + j - j0].
+// kFastAct: the activations of FastAct (bfloat16 data).
+template <typename T, bool kPeephole, bool kFastAct = false>
+struct LstmForwardRows {
+  explicit LstmForwardRows(const detail::LstmStepForward& p)
+      : H(p.c.size(1)),
+        t(p.t),
+        xg(ptr<T>(p.x_gates)),
+        b_ih(ptr<T>(p.bias_ih)),
+        b_hh(ptr<T>(p.bias_hh)),
+        peep(ptr<T>(p.peephole)),
+        c_prev(ptr<T>(p.c_prev)),
+        h_prev(ptr<T>(p.h_prev)),
+        gates(mptr<T>(p.gates)),
+        c(mptr<T>(p.c)),
+        h(mptr<T>(p.h)),
+        out(mptr<T>(p.output)),
+        len(data_or_null<int64_t>(p.lengths)) {}
+
+  void operator()(int64_t b, int64_t j0, int64_t j1, const T* hg, int64_t gate_stride) const {
+    const int64_t g4 = b * 4 * H, r = b * H + j0, n = j1 - j0;
+    if (!is_active(len, b, t)) {  // carry the state, output zero
+      for (int k = 0; k < 4; ++k) std::fill_n(gates + g4 + k * H + j0, n, T(0));
+      std::copy_n(c_prev + r, n, c + r);
+      if (out) {
+        std::copy_n(h_prev + r, n, h + r);
+        std::fill_n(out + r, n, T(0));
+      } else {
+        std::fill_n(h + r, n, T(0));
+      }
+      return;
+    }
+    over_lanes<T>(n, [&]<typename L>(int64_t jj) {
+      using V = typename L::V;
+      const int64_t j = j0 + jj;
+      V pre[4];
+      for (int k = 0; k < 4; ++k) {
+        const int64_t o = k * H + j;
+        pre[k] = L::load(xg + g4 + o) + L::load(hg + k * gate_stride + jj) + bias_at<L>(b_ih, o) +
+                 bias_at<L>(b_hh, o);
+      }
+      const V zero(T(0));
+      using Act = std::conditional_t<kFastAct, typename L::FastAct, typename L::Act>;
+      const auto s = rnn_math::lstm_forward<Act, kPeephole>(
+          pre[0], pre[1], pre[2], pre[3], L::load(c_prev + r + jj),
+          kPeephole ? L::load(peep + j) : zero, kPeephole ? L::load(peep + H + j) : zero,
+          kPeephole ? L::load(peep + 2 * H + j) : zero);
+      L::store(gates + g4 + j, s.i);
+      L::store(gates + g4 + H + j, s.f);
+      L::store(gates + g4 + 2 * H + j, s.g);
+      L::store(gates + g4 + 3 * H + j, s.o);
+      L::store(c + r + jj, s.c);
+      L::store(h + r + jj, s.h);
+      if (out) L::store(out + r + jj, s.h);
+    });
+  }
+
+  int64_t H, t;
+  const T *xg, *b_ih, *b_hh, *peep, *c_prev, *h_prev;
+  T *gates, *c, *h, *out;
+  const int64_t* len;
+};
+
 template <typename T, bool kPeephole>
 void lstm_step_forward_kernel(const detail::LstmStepForward& p) {
   const int64_t B = p.gates.size(0), H = p.c.size(1);
-  const T *xg = ptr<T>(p.x_gates), *hg = ptr<T>(p.h_gates), *b_ih = ptr<T>(p.bias_ih),
-          *b_hh = ptr<T>(p.bias_hh), *peep = ptr<T>(p.peephole), *c_prev = ptr<T>(p.c_prev),
-          *h_prev = ptr<T>(p.h_prev);
-  T *gates = mptr<T>(p.gates), *c = mptr<T>(p.c), *h = mptr<T>(p.h), *out = mptr<T>(p.output);
-  const int64_t* len = data_or_null<int64_t>(p.lengths);
+  const LstmForwardRows<T, kPeephole> rows(p);
+  const T* hg = ptr<T>(p.h_gates);
   at::parallel_for(0, B, rows_grain(4 * H), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t g4 = b * 4 * H, r = b * H;
-      if (!is_active(len, b, p.t)) {  // carry the state, output zero
-        std::fill_n(gates + g4, 4 * H, T(0));
-        std::copy_n(c_prev + r, H, c + r);
-        if (out) {
-          std::copy_n(h_prev + r, H, h + r);
-          std::fill_n(out + r, H, T(0));
-        } else {
-          std::fill_n(h + r, H, T(0));
-        }
-        continue;
+    for (int64_t b = begin; b < end; ++b) rows(b, 0, H, hg + b * 4 * H, H);
+  });
+}
+
+// bfloat16 on the units (float32 tensors holding bfloat16 values, W_hh^T prepacked): the step's
+// recurrent product fused with its pointwise work in one parallel region. A task takes 32
+// hidden units of up to 32 batch rows: the four gates' column panels of W_hh^T for those units
+// against the rows' hidden states (packed once per step), then the cell on those units, while
+// the products are in L1 (H a multiple of 32: a gate's units fill whole panels).
+constexpr int64_t kFusedUnits = 32;
+
+template <bool kPeephole>
+void lstm_step_forward_fused_bf16(const detail::LstmStepForward& p, const at::Tensor& w_packed) {
+  const int64_t B = p.gates.size(0), H = p.c.size(1), P = p.h_prev.size(1);
+  const LstmForwardRows<float, kPeephole, /*kFastAct=*/true> rows_of(p);
+  std::vector<uint16_t> h_packed(cpu::packed_rows_bf16_size(B, P));
+  cpu::pack_rows_bf16(B, P, cpu::MatrixRef{const_cast<float*>(ptr<float>(p.h_prev)), P, 1},
+                      h_packed.data());
+  const auto* w = reinterpret_cast<const uint16_t*>(w_packed.const_data_ptr<int16_t>());
+  const int64_t unit_blocks = H / kFusedUnits, row_panels = (B + 31) / 32;
+  at::parallel_for(0, row_panels * unit_blocks, 1, [&](int64_t begin, int64_t end) {
+    const cpu::Bf16UnitsScope units;
+    constexpr int64_t ld = 4 * kFusedUnits;  // a row's products: gates i, f, g, o of the units
+    alignas(64) float products[32 * ld];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t panel = task / unit_blocks, j0 = (task % unit_blocks) * kFusedUnits;
+      const int64_t rows = std::min<int64_t>(32, B - panel * 32);
+      for (int64_t k = 0; k < 4; ++k) {
+        cpu::prepacked_block_bf16(P, h_packed.data(), panel, w, (k * H + j0) / 32, rows,
+                                  products + k * kFusedUnits, ld);
       }
-      over_lanes<T>(H, [&]<typename L>(int64_t j) {
-        using V = typename L::V;
-        V pre[4];
-        for (int k = 0; k < 4; ++k) {
-          const int64_t o = k * H + j;
-          pre[k] = L::load(xg + g4 + o) + L::load(hg + g4 + o) + bias_at<L>(b_ih, o) +
-                   bias_at<L>(b_hh, o);
-        }
-        const V zero(T(0));
-        const auto s = rnn_math::lstm_forward<typename L::Act, kPeephole>(
-            pre[0], pre[1], pre[2], pre[3], L::load(c_prev + r + j),
-            kPeephole ? L::load(peep + j) : zero, kPeephole ? L::load(peep + H + j) : zero,
-            kPeephole ? L::load(peep + 2 * H + j) : zero);
-        L::store(gates + g4 + j, s.i);
-        L::store(gates + g4 + H + j, s.f);
-        L::store(gates + g4 + 2 * H + j, s.g);
-        L::store(gates + g4 + 3 * H + j, s.o);
-        L::store(c + r + j, s.c);
-        L::store(h + r + j, s.h);
-        if (out) L::store(out + r + j, s.h);
-      });
+      for (int64_t i = 0; i < rows; ++i) {
+        rows_of(panel * 32 + i, j0, j0 + kFusedUnits, products + i * ld, kFusedUnits);
+      }
     }
   });
+}
+
+bool lstm_step_forward_fused(const detail::LstmStepForward& p, const at::Tensor& prepared) {
+  const bool applies = prepared.scalar_type() == at::kShort && p.c.size(1) % kFusedUnits == 0 &&
+                       p.h_prev.scalar_type() == at::kFloat && p.h_prev.is_contiguous() &&
+                       p.gates.scalar_type() == at::kFloat;
+  if (!applies) return false;
+  if (p.peephole.defined()) {
+    lstm_step_forward_fused_bf16<true>(p, prepared);
+  } else {
+    lstm_step_forward_fused_bf16<false>(p, prepared);
+  }
+  return true;
 }
 
 template <typename T, bool kPeephole>
@@ -433,6 +520,7 @@ const detail::RnnKernels& cpu_bf16_kernels() {
       return packed.defined() ? packed : cpu::contiguous_matrix(w);
     };
     table.step_matmul = &step_matmul_bf16;
+    table.lstm_step_forward_fused = &lstm_step_forward_fused;
     return table;
   }();
   return k;
