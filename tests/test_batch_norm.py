@@ -595,3 +595,24 @@ def test_strided_weight(device):
     torch.testing.assert_close(gx, rx)
     torch.testing.assert_close(gw, rw)
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+def test_ambiguous_channels_last_strides(device, training):
+    """An input that passes as channels-last only through a size-1 dim's free stride
+    ((25, 1, 5, 5) for (6, 5, 1, 5)) with an NCHW output gradient gives the gradients of the
+    equations. (The differential fuzzer found torch 2.14's CPU backward wrong here, cases 311,
+    406, 786 and 1068.)"""
+    opts = dict(device=device, dtype=torch.float64)
+    x = torch.randn(6, 5, 1, 5, **opts).transpose(1, 3).detach().requires_grad_()
+    assert x.stride() == (25, 1, 5, 5)
+    w, b = (torch.randn(5, **opts).requires_grad_() for _ in range(2))
+    rm, rv = torch.randn(5, **opts), torch.rand(5, **opts) + 0.5
+    g = torch.randn(6, 5, 1, 5, **opts)
+    got = torch.autograd.grad(FF.batch_norm(x, rm.clone(), rv.clone(), w, b, training), [x, w, b], g)
+    mean = x.mean((0, 2, 3)) if training else rm
+    var = x.var((0, 2, 3), unbiased=False) if training else rv
+    ref = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5) * w[:, None, None] + b[:, None, None]
+    for a, e in zip(got, torch.autograd.grad(ref, [x, w, b], g)):
+        torch.testing.assert_close(a, e)
+

@@ -448,3 +448,19 @@ def test_nan_row_statistics_are_nan(device, dtype):
     assert rstd.isnan().flatten().tolist() == [False, True, False]
     assert torch.equal(out.isnan(), F.layer_norm(x.double(), (8,)).isnan())
     assert out.isnan().sum() == 8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_of_one_element_with_huge_values(device, dtype):
+    """A row of one element is its own mean: the output is the bias and the weight's gradient
+    exactly 0, whatever the value. (torch's one-pass variance of 1e30 is not 0: its weight
+    gradient is NaN in float32 and ~1e15 in float64; found by the differential fuzzer.)"""
+    x = torch.tensor([[1e30], [-1e30], [3.0]], device=device, dtype=dtype, requires_grad=True)
+    w = torch.tensor([2.0], device=device, dtype=dtype, requires_grad=True)
+    b = torch.tensor([0.5], device=device, dtype=dtype, requires_grad=True)
+    y = FF.layer_norm(x, (1,), w, b)
+    assert torch.equal(y, torch.full_like(y, 0.5))
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), torch.tensor([[1.0], [2.0], [3.0]], device=device, dtype=dtype))
+    assert torch.equal(gx, torch.zeros_like(gx)) and torch.equal(gw, torch.zeros_like(gw))
+    assert gb.item() == 6.0

@@ -381,3 +381,29 @@ def test_need_weights_nan_query_rows(device, mask_kind):
     torch.testing.assert_close(o1, o2, equal_nan=True)
     assert torch.equal(g1[0].isnan(), g2[0].isnan())
     torch.testing.assert_close(g1[0], g2[0], equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("average", [True, False])
+def test_need_weights_gradients_of_saturated_rows(device, average):
+    """Large scores (softmax rows near one-hot): the weights' float32 gradients stay within a
+    few ulp of the scores' size of the float64 ones. (The weights were exp(s - lse) with the
+    fused forward's lse, a few ulp of |s| from their own scores, so rows summed to 1 + 1e-4
+    and the softmax backward of a saturated row gave noise of that size; found by the
+    differential fuzzer, MultiheadAttention case 690.)"""
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(6, 3, bias=False, kdim=5, vdim=2, batch_first=True).to(device)
+    ours = fnn.MultiheadAttention.from_torch(copy.deepcopy(ref))
+    ref64 = copy.deepcopy(ref).double()
+    q, k = torch.randn(3, 4, 6, device=device) * 30, torch.randn(3, 5, 5, device=device) * 30
+    v = torch.randn(3, 5, 2, device=device)
+    grads = []
+    for m, dtype in ((ours, torch.float32), (ref64, torch.float64)):
+        args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out, weights = m(*args, need_weights=True, average_attn_weights=average)
+        g = torch.Generator(device=device).manual_seed(1)
+        gos = [torch.randn(t.shape, generator=g, device=device, dtype=torch.float64).to(dtype)
+               for t in (out, weights)]
+        grads.append(torch.autograd.grad([out, weights], args[:2], gos))
+    for a, e in zip(*grads):
+        assert (a.double() - e).abs().max() <= 1e-4 * e.abs().max() + 1e-5

@@ -116,7 +116,8 @@ def _pool(case: Case, dims: int, kind: str) -> None:
 
     def run(side, dtype, v):
         if module:
-            m = cls(*args)
+            # nn.MaxPool's positional order is (..., dilation, return_indices, ceil_mode)
+            m = cls(*args[:4], ceil_mode=ceil_mode, return_indices=indices) if kind == "max" else cls(*args)
             m = getattr(fnn, cls.__name__).from_torch(m) if side == "fastdl" else m
             return m(v["x"]), {}
         return getattr(FF if side == "fastdl" else F, name)(v["x"], *args), {}

@@ -149,7 +149,7 @@ def _sdpa_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
     bsz, heads, tgt_len = query_shape
     mask = None
     if attn_mask is not None:
-        mask = attn_mask.view(-1, 1, tgt_len, src_len) if attn_mask.dim() == 2 else \
+        mask = attn_mask.view(1, 1, tgt_len, src_len) if attn_mask.dim() == 2 else \
             attn_mask.view(bsz, heads, tgt_len, src_len)
     if key_padding_mask is not None:
         padding = key_padding_mask.view(bsz, 1, 1, src_len)

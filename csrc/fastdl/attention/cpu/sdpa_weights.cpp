@@ -56,9 +56,13 @@ void sdpa_weights_probs_cpu(at::Tensor& scores, const std::optional<at::Tensor>&
     const T* l = lse.const_data_ptr<T>();
     for_each_row(shape, [&](int64_t b, int64_t h, int64_t i, int64_t row) {
       T* r = s + row * S;
-      // The scores arrive scaled (the GEMM's alpha): add the mask, then exp(s - lse).
+      // The scores arrive scaled (the GEMM's alpha): add the mask, then exp(s - lse), divided
+      // by its sum: the fused forward's lse comes from its own products of the same scores, a
+      // few ulp of |s| away, and probabilities that do not sum to one would make the softmax
+      // backward's dS = P (dP - sum P dP) of a saturated row noise instead of ~0.
       finish_scores(r, S, 1, S, i, 0, T(1), mask, b, h, shape.is_causal);
-      cpu::exp_shifted_row(r, S, l[row]);
+      const T sum = cpu::exp_shifted_row(r, S, l[row]);
+      if (sum > T(0) && sum != T(1)) cpu::scale_inplace(r, T(1) / sum, S);
       if (d) {
         std::copy(r, r + S, d + row * S);
         apply_dropout(d + row * S, S, 1, S, shape, b, h, i, 0);

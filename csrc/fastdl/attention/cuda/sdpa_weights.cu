@@ -9,7 +9,10 @@ namespace sdpa_cuda {
 namespace {
 
 // sdpa_weights rows, one warp per (batch, head, query row): scores (already scaled) become
-// exp(s + mask - lse); `dropped`, when set, gets them times dropout's keep factor.
+// exp(s + mask - lse) divided by their sum (the fused forward's lse comes from its own products
+// of the scores, a few ulp of |s| away; probabilities that do not sum to one would make the
+// softmax backward of a saturated row noise); `dropped`, when set, gets them times dropout's
+// keep factor.
 template <typename T>
 __global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dropped,
                              int64_t rows) {
@@ -19,6 +22,7 @@ __global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dro
   const int lane = threadIdx.x % 32;
   const int64_t i = row % p.q_len, h = (row / p.q_len) % p.q_heads, b = row / (p.q_len * p.q_heads);
   const A row_lse = lse[row];
+  A sum = 0;
   for (int64_t j = lane; j < p.kv_len; j += 32) {
     T* s = scores + row * p.kv_len + j;
     // The GEMM applied the scale already (Params::score would apply it again): add the mask.
@@ -29,7 +33,15 @@ __global__ void probs_kernel(Params<T> p, T* scores, const acc_t<T>* lse, T* dro
     const bool masked = (p.causal && j > i) || (p.mask_bool && !p.mask_bool[m]);
     // A masked key scores -inf: exp(-inf - lse) = 0, or NaN in a NaN row (as the CPU kernel
     // and torch's softmax); exp_shifted gives 0 for a row with no key.
-    const A prob = softmax::exp_shifted(masked ? softmax::neg_inf<A>() : v, row_lse);
+    const A e = softmax::exp_shifted(masked ? softmax::neg_inf<A>() : v, row_lse);
+    sum += e;
+    *s = static_cast<T>(e);  // half scores: rounded here and again below (within one ulp)
+  }
+  sum = warp_sum(sum);
+  const A inv = sum > A(0) ? A(1) / sum : A(1);
+  for (int64_t j = lane; j < p.kv_len; j += 32) {
+    T* s = scores + row * p.kv_len + j;
+    const A prob = static_cast<A>(*s) * inv;
     *s = static_cast<T>(prob);
     if (dropped)
       dropped[row * p.kv_len + j] = static_cast<T>(prob * p.template keep_factor<A>(b, h, i, j));
