@@ -492,6 +492,13 @@ void gemm(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& A, const B
       });
 }
 
+// Every row of A (M, K) into 32-row panels over all of K.
+void pack_all_rows(const MatrixRef& A, int64_t M, int64_t K, uint16_t* out) {
+  std::vector<int64_t> koff(K);
+  for (int64_t k = 0; k < K; ++k) koff[k] = A.col_offset(k);
+  pack_a(A, M, 0, round_up(M, kMR), koff.data(), K, out);
+}
+
 // One 32 x 32 block of C (+)= an A panel times a B panel of `blocks` blocks, its first `rows`
 // rows: on the tiles (16 rows of them when that covers the rows) or, for the dot products, in
 // groups of 8 rows.
@@ -519,10 +526,8 @@ void gemm_prepacked(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& 
                     const uint16_t* B, const MatrixRef& C, bool accumulate) {
   const int64_t blocks = ceil_div(K, kSteps), panel = blocks * kBlock;
   const int64_t m_panels = ceil_div(M, kMR), n_panels = ceil_div(N, kNR);
-  std::vector<int64_t> koff(K);
-  for (int64_t k = 0; k < K; ++k) koff[k] = A.col_offset(k);
   uint16_t* a_panels = gemm_blocking::packing_buffer<uint16_t>(0, m_panels * panel);
-  pack_a(A, M, 0, m_panels * kMR, koff.data(), K, a_panels);
+  pack_all_rows(A, M, K, a_panels);
   const int64_t tasks = m_panels * n_panels;
   // Below ~1 MFLOP a second thread costs more to wake than it saves.
   const int64_t grain = 2.0 * M * N * K < 1e6 ? tasks : 1;
@@ -620,10 +625,7 @@ int64_t packed_rows_bf16_size(int64_t M, int64_t K) {
 void pack_rows_bf16(int64_t M, int64_t K, const MatrixRef& A, uint16_t* out) {
   TORCH_INTERNAL_ASSERT(bf16_gemm_available());
 #ifdef FASTDL_BF16_UNITS
-  std::vector<int64_t> koff(K);
-  for (int64_t k = 0; k < K; ++k) koff[k] = A.col_offset(k);
-  if (M > 0 && K > 0)
-    bf16_units::pack_a(A, M, 0, gemm_blocking::round_up(M, 32), koff.data(), K, out);
+  if (M > 0 && K > 0) bf16_units::pack_all_rows(A, M, K, out);
 #else
   (void)M, (void)K, (void)A, (void)out;
 #endif
