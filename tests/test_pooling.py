@@ -561,3 +561,10 @@ def test_modules_in_half_on_cpu(to_dtype, ours, theirs, kwargs, shape):
     yr.backward(go)
     assert xo.grad.dtype == dtype
     torch.testing.assert_close(xo.grad, xr.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("fn", ["max_pool1d", "avg_pool1d"])
+def test_1d_errors_name_the_1d_function(fn):
+    """The 1-d poolings run the 2-d op; its errors say which function was called."""
+    with pytest.raises(RuntimeError, match=rf"^fastdl\.{fn} \(as .*2d of the input unsqueezed.*output size is too small"):
+        getattr(FF, fn)(torch.randn(1, 1, 1), 3)

@@ -18,6 +18,24 @@ from .._fake import pair, empty_in_layout
 
 
 
+class _As1d:
+    """Errors of the 2-d op that a 1-d pooling runs (on the input unsqueezed at dim -2) say
+    which function the user called."""
+
+    def __init__(self, fn: str):
+        self.fn = fn
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        two_d = "fastdl." + self.fn.replace("1d", "2d")
+        if kind is RuntimeError and str(exc).startswith(two_d):
+            raise RuntimeError(f"fastdl.{self.fn} (as {two_d[7:]} of the input unsqueezed at dim -2)"
+                               + str(exc)[len(two_d):]) from None
+        return False
+
+
 def _stride(stride: Optional[size_any], kernel: list[int], n: int, fn: str) -> list[int]:
     if stride is None or (not isinstance(stride, int) and len(stride) == 0):
         return list(kernel)
@@ -74,10 +92,11 @@ def max_pool1d(
         raise RuntimeError(f"fastdl.max_pool1d: input must be a 2-d (C, L) or 3-d (N, C, L) tensor, "
                            f"got shape {list(input.shape)}")
     kernel = int_tuple(kernel_size, 1, "kernel_size", "max_pool1d")
-    output, indices = torch.ops.fastdl.max_pool2d_forward(
-        input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "max_pool1d"),
-        [0] + int_tuple(padding, 1, "padding", "max_pool1d"), [1] + int_tuple(dilation, 1, "dilation", "max_pool1d"),
-        ceil_mode)
+    with _As1d("max_pool1d"):
+        output, indices = torch.ops.fastdl.max_pool2d_forward(
+            input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "max_pool1d"),
+            [0] + int_tuple(padding, 1, "padding", "max_pool1d"),
+            [1] + int_tuple(dilation, 1, "dilation", "max_pool1d"), ceil_mode)
     output = output.squeeze(-2)
     return (output, indices.squeeze(-2)) if return_indices else output
 
@@ -128,9 +147,11 @@ def avg_pool1d(
         raise RuntimeError(f"fastdl.avg_pool1d: input must be a 2-d (C, L) or 3-d (N, C, L) tensor, "
                            f"got shape {list(input.shape)}")
     kernel = int_tuple(kernel_size, 1, "kernel_size", "avg_pool1d")
-    return torch.ops.fastdl.avg_pool2d_forward(
-        input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "avg_pool1d"),
-        [0] + int_tuple(padding, 1, "padding", "avg_pool1d"), ceil_mode, count_include_pad, None).squeeze(-2)
+    with _As1d("avg_pool1d"):
+        return torch.ops.fastdl.avg_pool2d_forward(
+            input.unsqueeze(-2), [1] + kernel, [1] + _stride(stride, kernel, 1, "avg_pool1d"),
+            [0] + int_tuple(padding, 1, "padding", "avg_pool1d"), ceil_mode, count_include_pad,
+            None).squeeze(-2)
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
