@@ -179,9 +179,9 @@ struct RnnKernels {
   // (peephole gradients); dgates (N, 4H), c_prev and c (N, H) [state].
   void (*peephole_grad)(const at::Tensor& dgates, const at::Tensor& c_prev, const at::Tensor& c,
                         const at::Tensor& out);
-  // The weights multiplied at every step (StepWeight below), packed once per call for
-  // step_matmul (the CPU's bfloat16 units: an undefined tensor where it does not pack); null
-  // for both: matmul with the weight as it is.
+  // The weights multiplied at every step (StepWeight below), prepared once per call for
+  // step_matmul (on the CPU: made contiguous, or packed for the bfloat16 units); null for both:
+  // matmul with the weight made contiguous.
   at::Tensor (*prepare_step_weight)(const at::Tensor& weight) = nullptr;
   void (*step_matmul)(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& prepared,
                       at::Tensor& out, bool accumulate) = nullptr;

@@ -108,13 +108,13 @@ inline int64_t time_of(int64_t s, int64_t steps, bool reverse) {
 }
 inline int64_t previous_time(int64_t t, bool reverse) { return reverse ? t + 1 : t - 1; }
 
-// out = the rows of hidden states read at step t with those inactive there (past their
-// sequence's length) zeroed: their gradients are zero but their carried state may be inf or
-// NaN, and 0 * inf is NaN in a product, where torch leaves such rows out.
-inline void active_rows_into(const RnnKernels& kernels, const at::Tensor& rows,
+// out = rows (hidden states read at step t; a scratch copy) with those inactive there (past
+// their sequence's length) zeroed: their gradients are zero but their carried state may be inf
+// or NaN, and 0 * inf is NaN in a product, where torch leaves such rows out. (carry_state
+// also rewrites the scratch's inactive rows, with themselves.)
+inline void active_rows_into(const RnnKernels& kernels, const at::Tensor& scratch,
                              const at::Tensor& lengths, int64_t t, const at::Tensor& out) {
-  auto state = rows.clone();  // carry_state rewrites its inactive rows (with themselves)
-  kernels.carry_state(state, state, out, lengths, t);
+  kernels.carry_state(scratch, scratch, out, lengths, t);
 }
 
 // dW_hh = sum_t dgates(t)^T h(t-1), dgates (T, B, G) the gradients of the recurrent products,
@@ -131,16 +131,17 @@ inline at::Tensor recurrent_weight_grad(const RnnKernels& kernels, const at::Ten
   auto h_first = h0;
   if (lengths.defined()) {
     h_first = at::empty_like(h0);
-    active_rows_into(kernels, h0, lengths, first, h_first);
+    active_rows_into(kernels, h0.clone(), lengths, first, h_first);
   }
   auto d_w_hh = rnn_mm(kernels, dgates[first].t(), h_first);
   if (T > 1) {
     const auto dg = reverse ? dgates.narrow(0, 0, T - 1) : dgates.narrow(0, 1, T - 1);
     auto hp = reverse ? hiddens.narrow(0, 1, T - 1) : hiddens.narrow(0, 0, T - 1);
     if (lengths.defined()) {
+      const auto scratch = hp.clone();
       auto masked = at::empty_like(hp);
       for (int64_t i = 0; i < T - 1; ++i) {
-        active_rows_into(kernels, hp[i], lengths, reverse ? i : i + 1, masked[i]);
+        active_rows_into(kernels, scratch[i], lengths, reverse ? i : i + 1, masked[i]);
       }
       hp = masked;
     }

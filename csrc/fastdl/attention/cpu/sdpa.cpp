@@ -201,7 +201,7 @@ class TileProducts {
   const Operand<c10::BFloat16>& q_;
   const Operand<c10::BFloat16>& v_;
   const PackedKeysValues& packed_;
-  cpu::TileScope tiles_;  // this task's tile configuration
+  cpu::Bf16UnitsScope tiles_;  // this task's tile configuration
   std::vector<c10::BFloat16> q_block_, p_block_;
   const uint16_t *keys_ = nullptr, *values_ = nullptr;
   const c10::BFloat16* v_rows_ = nullptr;

@@ -75,8 +75,9 @@ void gemm_prepacked_bf16(int64_t M, int64_t N, int64_t K, const MatrixRef& A,
 int64_t packed_rows_bf16_size(int64_t M, int64_t K);
 void pack_rows_bf16(int64_t M, int64_t K, const MatrixRef& A, uint16_t* out);
 
-// The calling thread's bfloat16 units for prepacked_block_bf16 (with AMX its tile
-// configuration, released when destroyed): one per parallel task, before its first block.
+// The calling thread's bfloat16 units for prepacked_block_bf16 and tiles_bf16.h's products
+// (with AMX its tile configuration, released when destroyed): one per parallel task, before
+// its first product.
 class Bf16UnitsScope {
  public:
   Bf16UnitsScope();

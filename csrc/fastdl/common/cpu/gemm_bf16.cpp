@@ -632,10 +632,12 @@ void pack_rows_bf16(int64_t M, int64_t K, const MatrixRef& A, uint16_t* out) {
 }
 
 Bf16UnitsScope::Bf16UnitsScope() : amx_(false) {
-  TORCH_INTERNAL_ASSERT(bf16_gemm_available());
 #ifdef FASTDL_BF16_UNITS
+  TORCH_INTERNAL_ASSERT(selected_isa() >= Isa::avx512_bf16);
   amx_ = selected_isa() == Isa::amx;
   if (amx_) bf16_units::configure_tiles();
+#else
+  TORCH_INTERNAL_ASSERT(false, "no bfloat16 units in this copy");
 #endif
 }
 
@@ -666,19 +668,6 @@ bool tile_products_available() {
   return available;
 #else
   return false;
-#endif
-}
-
-TileScope::TileScope() {
-  TORCH_INTERNAL_ASSERT(tile_products_available());
-#ifdef FASTDL_BF16_UNITS
-  bf16_units::configure_tiles();
-#endif
-}
-
-TileScope::~TileScope() {
-#ifdef FASTDL_BF16_UNITS
-  bf16_units::release_tiles();
 #endif
 }
 

@@ -19,6 +19,13 @@
 // Compiled once per ISA (common/cpu_isa.h).
 namespace fastdl::cpu::inline CPU_CAPABILITY {
 
+namespace {
+// A float32 matrix as a MatrixRef (which holds a mutable pointer; operands are only read).
+MatrixRef matrix_ref(const at::Tensor& t) {
+  return {const_cast<float*>(t.const_data_ptr<float>()), t.stride(0), t.stride(1)};
+}
+}  // namespace
+
 void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accumulate) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (M == 0 || N == 0) return;
@@ -35,11 +42,8 @@ void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accu
     return;
   }
   if (out.scalar_type() == at::kFloat && gemm_available() && out.stride(1) == 1) {
-    // MatrixRef holds mutable pointers; A and B are only read.
-    const MatrixRef A{const_cast<float*>(a.const_data_ptr<float>()), a.stride(0), a.stride(1)};
-    const MatrixRef B{const_cast<float*>(b.const_data_ptr<float>()), b.stride(0), b.stride(1)};
-    const MatrixRef C{out.mutable_data_ptr<float>(), out.stride(0), 1};
-    gemm(M, N, K, A, B, C, accumulate);
+    gemm(M, N, K, matrix_ref(a), matrix_ref(b),
+         MatrixRef{out.mutable_data_ptr<float>(), out.stride(0), 1}, accumulate);
     return;
   }
   if (accumulate) {
@@ -49,16 +53,9 @@ void matmul(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool accu
   }
 }
 
-namespace {
-// A float32 matrix as a MatrixRef (which holds a mutable pointer; operands are only read).
-MatrixRef matrix_ref(const at::Tensor& t) {
-  return {const_cast<float*>(t.const_data_ptr<float>()), t.stride(0), t.stride(1)};
-}
-}  // namespace
-
 at::Tensor contiguous_matrix(const at::Tensor& m) {
-  const bool transposed = m.dim() == 2 && m.stride(0) == 1 && m.stride(1) == m.size(0) &&
-                          at::isFloatingType(m.scalar_type()) && !m.is_contiguous();
+  const bool transposed =
+      m.dim() == 2 && m.stride(0) == 1 && m.stride(1) == m.size(0) && !m.is_contiguous();
   if (!transposed || (m.scalar_type() != at::kFloat && m.scalar_type() != at::kDouble)) {
     return m.contiguous();
   }

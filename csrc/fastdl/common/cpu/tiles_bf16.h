@@ -12,6 +12,8 @@
     "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
 #endif
 
+#include "fastdl/common/cpu/gemm.h"
+
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -20,16 +22,6 @@ namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 // Whether the products below run here (the AVX-512 copy with selected_isa() amx).
 bool tile_products_available();
-
-// The calling thread's tile configuration, for the products below: one per parallel task,
-// constructed before its first product (released when destroyed).
-class TileScope {
- public:
-  TileScope();
-  ~TileScope();
-  TileScope(const TileScope&) = delete;
-  TileScope& operator=(const TileScope&) = delete;
-};
 
 // n rounded up to the tiles' 32.
 inline int64_t tile_padded(int64_t n) { return (n + 31) / 32 * 32; }
@@ -46,7 +38,7 @@ void pack_rows_as_steps(const c10::BFloat16* m, int64_t ld, int64_t n, int64_t d
 // C (32 rows x n, ldc) (+)= A (32 rows x k, bfloat16, row stride lda) @ B, for B packed as above:
 // b_packed the panel of C's first column at A's first step, panel_stride the values from one
 // column panel to the next (32 d for pack_rows_as_columns, 32 tile_padded(n) for
-// pack_rows_as_steps); n and k multiples of 32. Needs a TileScope on this thread.
+// pack_rows_as_steps); n and k multiples of 32. Needs a Bf16UnitsScope (gemm.h) on this thread.
 void tile_product(int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
                   const uint16_t* b_packed, int64_t panel_stride, float* c, int64_t ldc,
                   bool accumulate);

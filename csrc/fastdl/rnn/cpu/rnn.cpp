@@ -501,13 +501,10 @@ const detail::RnnKernels& cpu_kernels() {
 // per call. The step kernels and the state stay float32.
 void step_matmul_bf16(const at::Tensor& a, const at::Tensor& weight, const at::Tensor& prepared,
                       at::Tensor& out, bool accumulate) {
-  if (prepared.scalar_type() != at::kShort) {  // no bfloat16 units: a contiguous float32 copy
-    cpu::matmul(a, prepared, out, accumulate);
-  } else if (out.is_contiguous() && a.scalar_type() == at::kFloat &&
-             out.scalar_type() == at::kFloat) {
+  if (prepared.scalar_type() == at::kShort) {  // packed (the drivers' outputs are contiguous)
     cpu::matmul_prepacked_bf16(a, prepared, weight.size(1), out, accumulate);
-  } else {
-    cpu::matmul_bf16(a, weight, out, accumulate);
+  } else {  // no bfloat16 units: a contiguous float32 copy
+    cpu::matmul(a, prepared, out, accumulate);
   }
 }
 
