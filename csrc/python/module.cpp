@@ -25,14 +25,4 @@ PYBIND11_MODULE(_C, m) {
       },
       "What this build of fastdl contains: version, torch, cuda (bool), cuda_archs, cpu_isa (in "
       "use), cpu_isas (compiled).");
-  m.def(
-      "_set_emulating_cuda",
-      [](bool on) {
-        bool& flag = fastdl::checks::emulating_cuda();
-        const bool previous = flag;
-        flag = on;
-        return previous;
-      },
-      "For fastdl.testing.cuda_sim: whether this thread runs CUDA kernels in the emulator (the "
-      "CUDA-only argument rules apply). Returns the previous value.");
 }

@@ -94,11 +94,7 @@ class _CudaSimMode(TorchDispatchMode):
             # as usual: their fake kernels are the op's own.
             return func(*args, **kwargs)
         emulated = getattr(getattr(torch.ops.fastdl_cudasim, func._opname), func._overloadname)
-        previous = _C._set_emulating_cuda(True)  # the CUDA argument rules (half types) apply
-        try:
-            return emulated(*args, **kwargs)
-        finally:
-            _C._set_emulating_cuda(previous)
+        return emulated(*args, **kwargs)
 
 
 def _register_functionalized_ops() -> None:

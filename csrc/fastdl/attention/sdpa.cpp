@@ -27,9 +27,9 @@ SdpaShape check_sdpa_forward(const at::Tensor& query, const at::Tensor& key,
                              const at::Tensor& value, const std::optional<at::Tensor>& attn_mask,
                              double dropout_p, bool is_causal, std::optional<double> scale,
                              const std::optional<at::Tensor>& dropout_seed) {
-  checks::floating(query, kOp, "query", checks::HalfOn::cpu_and_cuda);
-  checks::floating(key, kOp, "key", checks::HalfOn::cpu_and_cuda);
-  checks::floating(value, kOp, "value", checks::HalfOn::cpu_and_cuda);
+  checks::floating(query, kOp, "query");
+  checks::floating(key, kOp, "key");
+  checks::floating(value, kOp, "value");
   TORCH_CHECK(
       query.scalar_type() == key.scalar_type() && query.scalar_type() == value.scalar_type(), kOp,
       ": expected query, key and value to have the same dtype, got query.dtype: ",

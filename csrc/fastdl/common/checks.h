@@ -13,29 +13,15 @@
 
 namespace fastdl::checks {
 
-// True on this thread while the CUDA emulator (cuda-sim, a test tool) runs an op's CUDA
-// kernels on CPU tensors, so that the CUDA-only rules (half types) apply to them.
-bool& emulating_cuda();
-
-// Whether `t` is handled by CUDA kernels: a CUDA tensor, or any tensor under the emulator.
-inline bool on_cuda(const at::Tensor& t) { return t.is_cuda() || emulating_cuda(); }
-
-// Where an op takes float16/bfloat16: on CUDA only, or on the CPU too (ops whose CPU kernels
-// compute half inputs in float).
-enum class HalfOn { cuda, cpu_and_cuda };
-
-// Floating point tensors only: float32/float64 everywhere, float16/bfloat16 where `half_on`.
-inline void floating(const at::Tensor& t, std::string_view op, std::string_view name,
-                     HalfOn half_on = HalfOn::cuda) {
+// Floating point tensors only: float32, float64, float16 or bfloat16 (every op takes the four
+// on both devices; half inputs compute in float32).
+inline void floating(const at::Tensor& t, std::string_view op, std::string_view name) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor, got None");
   const auto dtype = t.scalar_type();
-  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
-  const bool everywhere = half_on == HalfOn::cpu_and_cuda;
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || (half && (everywhere || on_cuda(t))),
-              op, ": ", name,
-              everywhere ? " must be float32, float64, float16 or bfloat16"
-                         : " must be float32 or float64 (float16/bfloat16 on CUDA)",
-              ", got ", dtype, " on ", t.device());
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+      op, ": ", name, " must be float32, float64, float16 or bfloat16, got ", dtype, " on ",
+      t.device());
 }
 
 inline void same_device(const at::Tensor& t, const at::Tensor& ref, std::string_view op,

@@ -67,7 +67,8 @@ void launch(void (*kernel)(Params...), const LaunchConfig& c, Args&&... args) {
   TORCH_CHECK(c.grid.x > 0 && c.grid.y > 0 && c.grid.z > 0,
               "fastdl: empty CUDA grid launched from ", c.where.file_name(), ":", c.where.line());
   // clang-format off (it does not know <<< >>> in .cuh files)
-  kernel<<<c.grid, c.block, c.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
+  kernel<<<c.grid, c.block, c.shared_bytes, at::cuda::getCurrentCUDAStream()> > >(
+      std::forward<Args>(args)...);
   // clang-format on
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif

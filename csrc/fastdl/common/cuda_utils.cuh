@@ -180,7 +180,6 @@ inline void mm_into_float(const at::Tensor& a, const at::Tensor& b, at::Tensor& 
 #endif
 }
 
-
 // for (e = this thread's first element; e < total; e += all threads of the grid), 64-bit.
 #define FASTDL_GRID_STRIDE(e, total)                                                         \
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < (total); \

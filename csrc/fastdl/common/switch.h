@@ -15,7 +15,8 @@ namespace fastdl {
 // f(std::integral_constant<int, V>{}) for the V of Values equal to `value`; an error if none is.
 template <int... Values, typename F>
 void static_switch(int value, F&& f) {
-  const bool found = ((value == Values ? (f(std::integral_constant<int, Values>{}), true) : false) || ...);
+  const bool found =
+      ((value == Values ? (f(std::integral_constant<int, Values>{}), true) : false) || ...);
   TORCH_CHECK(found, "fastdl: no kernel instantiated for the value ", value);
 }
 

@@ -29,7 +29,7 @@ Conv2dShape check_conv2d_forward(const at::Tensor& input, const at::Tensor& weig
                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                  at::IntArrayRef padding, at::IntArrayRef dilation,
                                  int64_t groups) {
-  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, kOp, "input");
   TORCH_CHECK(weight.defined(), kOp, ": weight must be a tensor, got None");
   checks::same_device(weight, input, kOp, "weight", "input");
   TORCH_CHECK(weight.scalar_type() == input.scalar_type(), kOp,
@@ -108,7 +108,7 @@ Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tenso
                                   int64_t groups) {
   const auto s =
       check_conv2d_forward(input, weight, std::nullopt, stride, padding, dilation, groups);
-  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
+  checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
   const auto sizes = s.output_sizes();
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) &&

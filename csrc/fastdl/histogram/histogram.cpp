@@ -43,14 +43,14 @@ HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
   s.kernel = parse_kernel(kernel);
   TORCH_CHECK_VALUE(std::isfinite(sharpness) && sharpness > 0, kOp,
                     ": sharpness must be a finite positive number, got ", sharpness);
-  checks::floating(x, kOp, "x", checks::HalfOn::cpu_and_cuda);
+  checks::floating(x, kOp, "x");
   TORCH_CHECK(x.dim() == 2 || x.dim() == 3, kOp, ": x must have shape (bags, N, F) or (N, F), got ",
               x.sizes());
   s.batched = x.dim() == 3;
   s.bags = s.batched ? x.size(0) : 1;
   s.n = x.size(-2);
   s.features = x.size(-1);
-  checks::floating(centers, kOp, "centers", checks::HalfOn::cpu_and_cuda);
+  checks::floating(centers, kOp, "centers");
   TORCH_CHECK(centers.dim() == 1 || (centers.dim() == 2 && centers.size(0) == s.features), kOp,
               ": centers must have shape (F, B) = (", s.features, ", B) or (B,), got ",
               centers.sizes());
@@ -76,7 +76,7 @@ HistogramShape check_histogram(const at::Tensor& x, const at::Tensor& centers,
 
 void check_histogram_grad(const at::Tensor& grad_output, const at::Tensor& x,
                           const HistogramShape& shape) {
-  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
+  checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, x, kOp, "grad_output", "x");
   const std::vector<int64_t> expected =
       shape.batched ? std::vector<int64_t>{shape.bags, shape.features, shape.bins}

@@ -54,7 +54,7 @@ BatchNormShape check_batch_norm_forward(const at::Tensor& input,
                                         const std::optional<at::Tensor>& running_mean,
                                         const std::optional<at::Tensor>& running_var, bool training,
                                         double momentum, double eps) {
-  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, kOp, "input");
   TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
               ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
   const int64_t c = channels_of(input, {&weight, &bias, &running_mean, &running_var});
@@ -91,13 +91,13 @@ BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at
                                          const std::optional<at::Tensor>& weight,
                                          const at::Tensor& save_mean,
                                          const at::Tensor& save_invstd) {
-  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, kOp, "input");
   TORCH_CHECK(input.dim() >= 2 || empty_1d(input), kOp,
               ": input must have shape (N, C) or (N, C, *), got ", input.sizes());
   const std::optional<at::Tensor> mean_as_channels(save_mean);
   const int64_t c = channels_of(input, {&mean_as_channels});
   checks::parameter(weight, input, {c}, kOp, "weight");
-  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
+  checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
   TORCH_CHECK(
       grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(), kOp,

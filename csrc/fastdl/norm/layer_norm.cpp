@@ -22,7 +22,7 @@ namespace detail {
 LayerNormShape check_layer_norm_forward(const at::Tensor& input, at::IntArrayRef normalized_shape,
                                         const std::optional<at::Tensor>& weight,
                                         const std::optional<at::Tensor>& bias, double eps) {
-  checks::floating(input, kOp, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, kOp, "input");
   const auto nd = static_cast<int64_t>(normalized_shape.size());
   TORCH_CHECK(nd >= 1, kOp, ": normalized_shape must have at least one dimension, got []");
   for (auto s : normalized_shape) {
@@ -47,7 +47,7 @@ LayerNormShape check_layer_norm_backward(const at::Tensor& grad_output, const at
                                          const at::Tensor& rstd,
                                          const std::optional<at::Tensor>& weight) {
   const auto shape = check_layer_norm_forward(input, normalized_shape, weight, std::nullopt, 0.0);
-  checks::floating(grad_output, kOp, "grad_output", checks::HalfOn::cpu_and_cuda);
+  checks::floating(grad_output, kOp, "grad_output");
   checks::same_device(grad_output, input, kOp, "grad_output", "input");
   TORCH_CHECK(
       grad_output.sizes() == input.sizes() && grad_output.scalar_type() == input.scalar_type(), kOp,

@@ -13,7 +13,7 @@ namespace fastdl::detail {
 // for float16/bfloat16 inputs, else the input's), which autograd casts to the bias's dtype.
 // A sum over many rows never rounds or overflows in half precision.
 inline std::pair<at::ScalarType, at::ScalarType> norm_param_grad_dtypes(const at::Tensor& input,
-                                                                       const at::Tensor& weight) {
+                                                                        const at::Tensor& weight) {
   if (weight.defined()) return {weight.scalar_type(), weight.scalar_type()};
   const auto dtype = input.scalar_type();
   const bool half = dtype == at::kHalf || dtype == at::kBFloat16;

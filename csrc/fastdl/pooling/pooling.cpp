@@ -41,7 +41,7 @@ namespace {
 Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                          bool ceil_mode) {
-  checks::floating(input, op, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, op, "input");
   const auto [kh, kw] = checks::int_pair(kernel_size, op, "kernel_size");
   const auto [sh, sw] = checks::int_pair(stride, op, "stride", std::array<int64_t, 2>{kh, kw});
   const auto [ph, pw] = checks::int_pair(padding, op, "padding");
@@ -88,7 +88,7 @@ Pool2dShape check_pool2d(const char* op, const at::Tensor& input, at::IntArrayRe
 
 void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& input,
                        const Pool2dShape& s) {
-  checks::floating(grad_output, op, "grad_output", checks::HalfOn::cpu_and_cuda);
+  checks::floating(grad_output, op, "grad_output");
   checks::same_device(grad_output, input, op, "grad_output", "input");
   const auto sizes = s.output_sizes();
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(sizes) &&

@@ -34,7 +34,7 @@ inline RnnShape check_rnn_arguments(
     const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
     const std::optional<at::Tensor>& weight_hr, const std::optional<at::Tensor>& peephole,
     const std::optional<at::Tensor>& lengths) {
-  checks::floating(input, op, "input", checks::HalfOn::cpu_and_cuda);
+  checks::floating(input, op, "input");
   TORCH_CHECK(input.dim() == 3, op,
               ": input must have 3 dimensions (seq_len, batch, input_size), got shape ",
               input.sizes());

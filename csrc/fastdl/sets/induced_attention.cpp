@@ -96,9 +96,9 @@ InducedShape check_induced_attention_forward(const at::Tensor& query, const at::
                                              const at::Tensor& value,
                                              const std::optional<at::Tensor>& key_padding_mask,
                                              std::optional<double> scale) {
-  checks::floating(query, kOp, "query", checks::HalfOn::cpu_and_cuda);
-  checks::floating(key, kOp, "key", checks::HalfOn::cpu_and_cuda);
-  checks::floating(value, kOp, "value", checks::HalfOn::cpu_and_cuda);
+  checks::floating(query, kOp, "query");
+  checks::floating(key, kOp, "key");
+  checks::floating(value, kOp, "value");
   check_rank4(query, "query", "(batch, heads, L, E)");
   check_rank4(key, "key", "(batch, heads, S, E)");
   check_rank4(value, "value", "(batch, heads, S, Ev)");
@@ -143,7 +143,7 @@ InducedShape check_induced_attention_backward(const at::Tensor& grad_output,
   for (const auto& [t, name] :
        {std::pair<const at::Tensor*, const char*>{&grad_output, "grad_output"},
         {&output, "output"}}) {
-    checks::floating(*t, kOp, name, checks::HalfOn::cpu_and_cuda);
+    checks::floating(*t, kOp, name);
     checks::same_device(*t, query, kOp, name, "query");
     TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape) && t->scalar_type() == query.scalar_type(),
                 kOp, ": ", name, " must be ", query.scalar_type(), " of shape ",

@@ -100,7 +100,8 @@ struct Params {
 
 template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
-  for (int offset = 16; offset > 0; offset /= 2) v = softmax::max_nan(v, __shfl_xor_sync(kFullMask, v, offset));
+  for (int offset = 16; offset > 0; offset /= 2)
+    v = softmax::max_nan(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
 

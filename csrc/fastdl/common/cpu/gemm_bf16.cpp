@@ -8,11 +8,11 @@
 //      vdpbf16ps operand 16 columns of one row).
 // With AMX the micro-kernel holds a 32 x 32 block of C in four tiles (tdpbf16ps: a 16 x 16 x 32
 // product per instruction); with AVX512_BF16 four 8 x 32 register tiles run over the same
-// panels (vdpbf16ps: 16 lanes x 2 steps). Those instructions are compiled into this file's
-// functions of the AVX-512 copy only (function target attributes, namespace bf16_units), which
-// run only when selected_isa() is avx512_bf16 or amx (common/cpu_isa.h).
+// panels (vdpbf16ps: 16 lanes x 2 steps); those micro-kernels are bf16_units.h's. The unit
+// instructions are compiled into the AVX-512 copy only (function target attributes, namespace
+// bf16_units), which runs them only when selected_isa() is avx512_bf16 or amx (cpu_isa.h).
+#include "fastdl/common/cpu/bf16_units.h"
 #include "fastdl/common/cpu/gemm_blocking.h"
-#include "fastdl/common/cpu/tiles_bf16.h"
 #include "fastdl/common/cpu_isa.h"
 
 #include <ATen/Parallel.h>
@@ -24,48 +24,16 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && defined(CPU_CAPABILITY_AVX512)
-#define FASTDL_BF16_UNITS 1
-#include <immintrin.h>
-#endif
-
 // Compiled once per ISA (common/cpu_isa.h); only the AVX-512 copy has the kernels.
 namespace fastdl::cpu::inline CPU_CAPABILITY {
 
 #ifdef FASTDL_BF16_UNITS
-namespace {
 namespace bf16_units {
+namespace {
 
-#define FASTDL_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-#define FASTDL_TARGET_AMX \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16")))
-
-using gemm_blocking::ceil_div;
-using gemm_blocking::round_up;
-
-constexpr int64_t kMR = 32;               // rows of an A panel (two AMX tiles of 16)
-constexpr int64_t kNR = 32;               // columns of a B panel
-constexpr int64_t kSteps = 32;            // steps of K per block of a panel (one AMX tile's depth)
-constexpr int64_t kBlock = kMR * kSteps;  // values of one block of a panel
 constexpr int64_t kKc = 512;   // most steps per packed block: a (kKc, 32) B panel is 32 KiB (L1)
 constexpr int64_t kMc = 192;   // rows of A per packed block: fits L2
 constexpr int64_t kNc = 2048;  // columns of B per packed block, bounding the per-task buffer
-
-// Round to nearest even; NaN stays NaN.
-inline uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-// 16 (column, pair of steps) values: bfloat16(lo[j]) in the low half of lane j, hi[j] in the high.
-FASTDL_TARGET_BF16 inline __attribute__((always_inline)) __m512i pairs(__m512 lo, __m512 hi) {
-  const __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
-  const __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
-  return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
-}
 
 // Rows [m0, m0 + mc) x steps [k0, k0 + kc) of A (koff[k]: the offset of step k0 + k) into
 // 32-row panels of ceil(kc / 32) blocks, zero past M and past kc.
@@ -339,124 +307,9 @@ FASTDL_TARGET_BF16 void pack_b(const ImageColumns& B, int64_t N, int64_t n0, int
 using TileKernel = void (*)(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
                             int64_t ldc, bool accumulate);
 
-// AMX: C's block in tiles 0-3 (rows 0-15 / 16-31 x columns 0-15 / 16-31), A in 4-5, B in 6-7.
-// A's block kb for rows 0-15 starts at a + kb * a_step, its rows a_row values apart (a packed
-// panel: 32 and kBlock; rows read in place: their stride and 32).
-FASTDL_TARGET_AMX void tiles_32x32(int64_t blocks, const uint16_t* a, int64_t a_row, int64_t a_step,
-                                   const uint16_t* b, float* c, int64_t ldc, bool accumulate) {
-  const int64_t stride = ldc * static_cast<int64_t>(sizeof(float));
-  const int64_t a_stride = a_row * static_cast<int64_t>(sizeof(uint16_t));
-  float* c1 = c + 16 * ldc;
-  if (accumulate) {
-    _tile_loadd(0, c, stride);
-    _tile_loadd(1, c + 16, stride);
-    _tile_loadd(2, c1, stride);
-    _tile_loadd(3, c1 + 16, stride);
-  } else {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
-  }
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    const uint16_t* ak = a + kb * a_step;
-    const uint16_t* bk = b + kb * kBlock;
-    _tile_loadd(4, ak, a_stride);
-    _tile_loadd(5, ak + 16 * a_row, a_stride);
-    _tile_loadd(6, bk, kNR * 4);
-    _tile_loadd(7, bk + 32, kNR * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
-  }
-  _tile_stored(0, c, stride);
-  _tile_stored(1, c + 16, stride);
-  _tile_stored(2, c1, stride);
-  _tile_stored(3, c1 + 16, stride);
-}
-
-// The same for a block of at most 16 rows (a small batch): C in tiles 0-1, A in 4, B in 6-7.
-FASTDL_TARGET_AMX void tiles_16x32(int64_t blocks, const uint16_t* a, int64_t a_step,
-                                   const uint16_t* b, float* c, int64_t ldc, bool accumulate) {
-  const int64_t stride = ldc * static_cast<int64_t>(sizeof(float));
-  if (accumulate) {
-    _tile_loadd(0, c, stride);
-    _tile_loadd(1, c + 16, stride);
-  } else {
-    _tile_zero(0);
-    _tile_zero(1);
-  }
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    const uint16_t* bk = b + kb * kBlock;
-    _tile_loadd(4, a + kb * a_step, kSteps * 2);
-    _tile_loadd(6, bk, kNR * 4);
-    _tile_loadd(7, bk + 32, kNR * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_dpbf16ps(1, 4, 7);
-  }
-  _tile_stored(0, c, stride);
-  _tile_stored(1, c + 16, stride);
-}
-
 FASTDL_TARGET_AMX void tile_amx(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
                                 int64_t ldc, bool accumulate) {
   tiles_32x32(blocks, a, kSteps, kBlock, b, c, ldc, accumulate);
-}
-
-// Every tile 16 rows of 64 bytes (palette 1).
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
-FASTDL_TARGET_AMX void configure_tiles() {
-  TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.bytes_per_row[t] = 64;
-    config.rows[t] = 16;
-  }
-  // gcc does not see that ldtilecfg reads the struct and drops the stores above without this.
-  asm volatile("" : : "r"(&config) : "memory");
-  _tile_loadconfig(&config);
-}
-
-FASTDL_TARGET_AMX void release_tiles() { _tile_release(); }
-
-// AVX512_BF16: rows r0..r0 + 7 of the block (a points at row r0 of the A panel), 16 zmm sums.
-FASTDL_TARGET_BF16 void rows_8x32(int64_t blocks, const uint16_t* a, const uint16_t* b, float* c,
-                                  int64_t ldc, bool accumulate) {
-  constexpr int R = 8;
-  __m512 acc0[R], acc1[R];
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    acc0[i] = accumulate ? _mm512_loadu_ps(c + i * ldc) : _mm512_setzero_ps();
-    acc1[i] = accumulate ? _mm512_loadu_ps(c + i * ldc + 16) : _mm512_setzero_ps();
-  }
-  for (int64_t kb = 0; kb < blocks; ++kb) {
-    const uint16_t* ak = a + kb * kBlock;
-    const uint16_t* bk = b + kb * kBlock;
-    for (int64_t q = 0; q < kSteps / 2; ++q) {
-      const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bk + q * 2 * kNR);
-      const __m512bh b1 = (__m512bh)_mm512_loadu_si512(bk + q * 2 * kNR + 32);
-#pragma GCC unroll 8
-      for (int i = 0; i < R; ++i) {
-        int32_t pair;
-        std::memcpy(&pair, ak + i * kSteps + 2 * q, sizeof(pair));
-        const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
-        acc0[i] = _mm512_dpbf16_ps(acc0[i], ai, b0);
-        acc1[i] = _mm512_dpbf16_ps(acc1[i], ai, b1);
-      }
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < R; ++i) {
-    _mm512_storeu_ps(c + i * ldc, acc0[i]);
-    _mm512_storeu_ps(c + i * ldc + 16, acc1[i]);
-  }
 }
 
 FASTDL_TARGET_BF16 void tile_avx512_bf16(int64_t blocks, const uint16_t* a, const uint16_t* b,
@@ -499,24 +352,6 @@ void pack_all_rows(const MatrixRef& A, int64_t M, int64_t K, uint16_t* out) {
   pack_a(A, M, 0, round_up(M, kMR), koff.data(), K, out);
 }
 
-// One 32 x 32 block of C (+)= an A panel times a B panel of `blocks` blocks, its first `rows`
-// rows: on the tiles (16 rows of them when that covers the rows) or, for the dot products, in
-// groups of 8 rows.
-void block_product(bool amx, int64_t blocks, const uint16_t* a, const uint16_t* b, int64_t rows,
-                   float* c, int64_t ldc, bool accumulate) {
-  if (amx && rows <= 16) {  // half the products of a whole block
-    tiles_16x32(blocks, a, kBlock, b, c, ldc, accumulate);
-    return;
-  }
-  if (amx) {
-    tiles_32x32(blocks, a, kSteps, kBlock, b, c, ldc, accumulate);
-    return;
-  }
-  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-    rows_8x32(blocks, a + r0 * kSteps, b, c + r0 * ldc, ldc, accumulate);
-  }
-}
-
 // C (+)= A B for a B prepacked over all of K (prepack_bf16): A's rows packed once into 32-row
 // panels, then each 32 x 32 block of C is one A panel against one B panel, the blocks shared
 // out among the threads. A block whose rows or columns the kernel would write past C (columns
@@ -553,8 +388,8 @@ void gemm_prepacked(bool amx, int64_t M, int64_t N, int64_t K, const MatrixRef& 
   });
 }
 
-}  // namespace bf16_units
 }  // namespace
+}  // namespace bf16_units
 #endif  // FASTDL_BF16_UNITS
 
 bool bf16_gemm_available() {
@@ -657,71 +492,6 @@ void prepacked_block_bf16(int64_t K, const uint16_t* a_packed, int64_t a_panel,
 #else
   (void)K, (void)a_packed, (void)a_panel, (void)b_packed, (void)b_panel, (void)rows, (void)c,
       (void)ldc;
-#endif
-}
-
-// ---- tile products (tiles_bf16.h) ----
-
-bool tile_products_available() {
-#ifdef FASTDL_BF16_UNITS
-  static const bool available = selected_isa() == Isa::amx;
-  return available;
-#else
-  return false;
-#endif
-}
-
-void pack_rows_as_columns(const c10::BFloat16* m, int64_t ld, int64_t n, int64_t d, uint16_t* out) {
-  TORCH_INTERNAL_ASSERT(d % 32 == 0);
-  const auto* src = reinterpret_cast<const uint16_t*>(m);
-  const int64_t blocks = d / 32, n_pad = tile_padded(n);
-  for (int64_t j0 = 0; j0 < n_pad; j0 += 32) {
-    for (int64_t kb = 0; kb < blocks; ++kb) {
-      uint16_t* block = out + j0 * d + kb * 1024;  // 16 pair rows x 32 columns x 2
-      for (int64_t j = 0; j < 32; ++j) {
-        if (j0 + j >= n) {
-          for (int64_t p = 0; p < 16; ++p) block[p * 64 + 2 * j] = block[p * 64 + 2 * j + 1] = 0;
-          continue;
-        }
-        const uint16_t* row = src + (j0 + j) * ld + kb * 32;  // steps 2p, 2p + 1 of the pair row p
-        for (int64_t p = 0; p < 16; ++p) std::memcpy(block + p * 64 + 2 * j, row + 2 * p, 4);
-      }
-    }
-  }
-}
-
-void pack_rows_as_steps(const c10::BFloat16* m, int64_t ld, int64_t n, int64_t d, uint16_t* out) {
-  TORCH_INTERNAL_ASSERT(d % 32 == 0);
-  const auto* src = reinterpret_cast<const uint16_t*>(m);
-  const int64_t n_pad = tile_padded(n), blocks = n_pad / 32;
-  for (int64_t j0 = 0; j0 < d; j0 += 32) {  // panels of 32 columns
-    for (int64_t kb = 0; kb < blocks; ++kb) {
-      uint16_t* block = out + (j0 / 32) * (n_pad * 32) + kb * 1024;
-      for (int64_t p = 0; p < 16; ++p) {
-        for (int64_t e = 0; e < 2; ++e) {
-          const int64_t r = kb * 32 + 2 * p + e;
-          for (int64_t j = 0; j < 32; ++j) {
-            block[p * 64 + 2 * j + e] = r < n ? src[r * ld + j0 + j] : uint16_t(0);
-          }
-        }
-      }
-    }
-  }
-}
-
-void tile_product(int64_t n, int64_t k, const c10::BFloat16* a, int64_t lda,
-                  const uint16_t* b_packed, int64_t panel_stride, float* c, int64_t ldc,
-                  bool accumulate) {
-  TORCH_INTERNAL_ASSERT(n % 32 == 0 && k % 32 == 0);
-#ifdef FASTDL_BF16_UNITS
-  const auto* a16 = reinterpret_cast<const uint16_t*>(a);
-  for (int64_t j = 0; j < n; j += 32) {
-    bf16_units::tiles_32x32(k / 32, a16, lda, 32, b_packed + (j / 32) * panel_stride, c + j, ldc,
-                            accumulate);
-  }
-#else
-  (void)n, (void)k, (void)a, (void)lda, (void)b_packed, (void)panel_stride, (void)c, (void)ldc,
-      (void)accumulate;
 #endif
 }
 

@@ -2,7 +2,7 @@
 // tasks (the attention kernels): bfloat16 operands, float32 sums, 32-row blocks of C. The
 // B operands are packed once (pack_rows_as_columns / pack_rows_as_steps) into the layout the
 // tiles read, and reused by every block product; A is read in place, 32 rows of bfloat16.
-// Implemented in gemm_bf16.cpp, with the GEMM's micro-kernel.
+// Implemented in tiles_bf16.cpp, on the GEMM's micro-kernel (bf16_units.h).
 #pragma once
 
 // Included by CPU kernel files only, which are compiled once per ISA: its contents live in that

@@ -6,7 +6,8 @@
 // Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
 // ISA's inline namespace (common/cpu_isa.h).
 #ifndef CPU_CAPABILITY
-#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#error \
+    "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
 #endif
 
 #include <ATen/Parallel.h>
@@ -52,7 +53,8 @@ inline T max_of(const T* x, int64_t n) {
     for (i = L; i + L <= n; i += L) acc = at::vec::maximum(acc, Vec<T>::loadu(x + i));
     alignas(64) T lanes[L];
     acc.store(lanes);
-    for (int64_t j = 0; j < L; ++j) best = (lanes[j] > best || lanes[j] != lanes[j]) ? lanes[j] : best;
+    for (int64_t j = 0; j < L; ++j)
+      best = (lanes[j] > best || lanes[j] != lanes[j]) ? lanes[j] : best;
   }
   for (; i < n; ++i) best = (x[i] > best || x[i] != x[i]) ? x[i] : best;
   return best;
@@ -80,7 +82,8 @@ inline void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
   constexpr int64_t L = Vec<T>::size();
   const Vec<T> av(a);
   int64_t i = 0;
-  for (; i + L <= n; i += L) at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
+  for (; i + L <= n; i += L)
+    at::vec::fmadd(av, Vec<T>::loadu(x + i), Vec<T>::loadu(y + i)).store(y + i);
   for (; i < n; ++i) y[i] += a * x[i];
 }
 

@@ -5,7 +5,8 @@
 // Included by CPU kernel files only, which are compiled once per ISA: its contents live in that
 // ISA's inline namespace (common/cpu_isa.h).
 #ifndef CPU_CAPABILITY
-#error "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
+#error \
+    "only CPU kernel files (<family>/cpu/, common/cpu/), compiled once per ISA, include this header"
 #endif
 
 #include "fastdl/conv/conv.h"

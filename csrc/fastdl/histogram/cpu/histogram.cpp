@@ -147,7 +147,7 @@ void vec_derivatives(const Vec<T>& d, const Bins<T>& b, T s, Vec<T>& dv_dd, Vec<
   } else if constexpr (K == HistogramKernel::Rbf) {
     const Vec<T> z = w * d;
     const Vec<T> v = vec_exp<T>(zero - z * z);
-    const Vec<T> dv = d * v;  // v first, and 0 where v is 0, as hist_derivatives
+    const Vec<T> dv = d * v;           // v first, and 0 where v is 0, as hist_derivatives
     const Vec<T> nonzero = v != zero;  // all bits set where v is not 0 (NaN included)
     dv_dd = nonzero & (Vec<T>(T(-2)) * w * w * dv);
     dv_dw = nonzero & (Vec<T>(T(-2)) * z * dv);

@@ -323,7 +323,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_backward_cuda(
   const auto [weight_dtype, bias_dtype] = detail::norm_param_grad_dtypes(x, w);
   at::Tensor dx, dw, db;
   if (output_mask[0]) dx = at::empty_like(x, at::MemoryFormat::Contiguous);
-  if (output_mask[1] && w.defined()) dw = at::zeros(normalized_shape, x.options().dtype(weight_dtype));
+  if (output_mask[1] && w.defined())
+    dw = at::zeros(normalized_shape, x.options().dtype(weight_dtype));
   if (output_mask[2]) db = at::zeros(normalized_shape, x.options().dtype(bias_dtype));
   if (shape.rows == 0 || shape.cols == 0) return {dx, dw, db};
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -31,7 +31,8 @@ constexpr int64_t kMinKeysPerSplit = 256;
 
 template <typename A>
 __device__ __forceinline__ A warp_max(A v) {
-  for (int o = kWarpSize / 2; o > 0; o /= 2) v = softmax::max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
+  for (int o = kWarpSize / 2; o > 0; o /= 2)
+    v = softmax::max_nan(v, __shfl_xor_sync(0xffffffff, v, o));
   return v;
 }
 
@@ -211,7 +212,8 @@ __global__ void combine_kernel(const acc_t<T>* __restrict__ part_out,
       static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (row >= rows) return;
   A mx = softmax::neg_inf<A>();
-  for (int64_t j = lane; j < splits; j += kWarpSize) mx = softmax::max_nan(mx, part_lse[j * rows + row]);
+  for (int64_t j = lane; j < splits; j += kWarpSize)
+    mx = softmax::max_nan(mx, part_lse[j * rows + row]);
   mx = warp_max(mx);
   A total = 0;
   for (int64_t j = lane; j < splits; j += kWarpSize)
@@ -336,8 +338,8 @@ void reserve_shared_memory(Kernel kernel, size_t bytes, const detail::InducedSha
 }
 
 unsigned grid_for(int64_t blocks) {
-  TORCH_CHECK(blocks <= cuda::max_grid_x(), "fastdl.induced_attention: too many rows for one launch (",
-              blocks, " blocks)");
+  TORCH_CHECK(blocks <= cuda::max_grid_x(),
+              "fastdl.induced_attention: too many rows for one launch (", blocks, " blocks)");
   return static_cast<unsigned>(blocks);
 }
 
@@ -371,9 +373,9 @@ std::tuple<at::Tensor, at::Tensor> induced_attention_forward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, query.scalar_type(), "induced_attention_forward_cuda", [&] {
         using A = acc_t<scalar_t>;
-        const size_t bytes = sizeof(A) * (kWarps * s.head_dim + kTile * (s.head_dim + 1) +
-                                          kTile * (s.value_dim + 1) + kWarps * s.value_dim +
-                                          kWarps * kTile);
+        const size_t bytes =
+            sizeof(A) * (kWarps * s.head_dim + kTile * (s.head_dim + 1) +
+                         kTile * (s.value_dim + 1) + kWarps * s.value_dim + kWarps * kTile);
         auto kernel = rows_kernel<scalar_t, false>;
         reserve_shared_memory(kernel, bytes, s);
         const dim3 grid(grid_for(BH * query_blocks), static_cast<unsigned>(splits));
