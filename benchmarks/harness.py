@@ -36,12 +36,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
-import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime
 from typing import Any, Callable, Optional
 
 import torch
@@ -233,8 +229,10 @@ def _compare(what: str, got: list, want: list, case: Case, reference: Optional[l
             slack = (case.atol or 0.0) * max(1.0, r.abs().max().item())
             if g.shape == r.shape and err <= 2 * base + slack:
                 continue
-            return (f"{what} {i}: fastdl's error {err:.3g} from float64 is over twice torch's "
-                    f"{base:.3g} + {slack:.3g}")
+            return (
+                f"{what} {i}: fastdl's error {err:.3g} from float64 is over twice torch's "
+                f"{base:.3g} + {slack:.3g}"
+            )
         try:
             torch.testing.assert_close(g, w, atol=case.atol, rtol=case.rtol)
         except AssertionError as exc:
@@ -242,7 +240,9 @@ def _compare(what: str, got: list, want: list, case: Case, reference: Optional[l
     return ""
 
 
-def _check(case: Case, sides: dict[str, _Side], rows: dict[str, Result]) -> tuple[list, dict[str, set]]:
+def _check(
+    case: Case, sides: dict[str, _Side], rows: dict[str, Result]
+) -> tuple[list, dict[str, set]]:
     """Run each side once and compare; marks ``rows``. Returns the output gradients for
     fwd+bwd and, per mode, the sides that raised (they are not timed)."""
     failed: dict[str, set] = {mode: set() for mode in rows}
@@ -267,31 +267,49 @@ def _check(case: Case, sides: dict[str, _Side], rows: dict[str, Result]) -> tupl
     ref_outputs = reference.forward(need_bwd) if reference is not None else None
     if len(outputs) == 2:
         fastdl_args, torch_args = _tensors(sides["fastdl"].args), _tensors(sides["torch"].args)
-        mismatch(rows, _compare("output", outputs["fastdl"], outputs["torch"], case, ref_outputs)
-                 or _compare("argument after the call", fastdl_args, torch_args, case))
+        mismatch(
+            rows,
+            _compare("output", outputs["fastdl"], outputs["torch"], case, ref_outputs)
+            or _compare("argument after the call", fastdl_args, torch_args, case),
+        )
     if need_bwd and "torch" not in outputs:
         failed[FWD_BWD].add("fastdl")  # no output gradients to use without the reference
     if need_bwd and "torch" in outputs:
         gen = torch.Generator(case.device).manual_seed(1)
-        grads = [torch.empty_like(o).normal_(generator=gen) if o.requires_grad else None
-                 for o in outputs["torch"]]
+        grads = [
+            torch.empty_like(o).normal_(generator=gen) if o.requires_grad else None
+            for o in outputs["torch"]
+        ]
         input_grads = {}
         ref_grads = None
         if reference is not None:
-            ref_grads = list(reference.backward(ref_outputs, [g.double() if g is not None else None
-                                                              for g in grads]))
+            ref_grads = list(
+                reference.backward(
+                    ref_outputs, [g.double() if g is not None else None for g in grads]
+                )
+            )
         for name in outputs:
             try:
                 input_grads[name] = list(sides[name].backward(outputs[name], grads))
             except Exception as exc:  # noqa: BLE001
                 fail([FWD_BWD], name, exc)
         if len(input_grads) == 2:
-            mismatch([FWD_BWD], _compare("gradient of input", input_grads["fastdl"],
-                                         input_grads["torch"], case, ref_grads))
+            mismatch(
+                [FWD_BWD],
+                _compare(
+                    "gradient of input",
+                    input_grads["fastdl"],
+                    input_grads["torch"],
+                    case,
+                    ref_grads,
+                ),
+            )
     return grads, failed
 
 
-def _time_alternately(steps: dict[str, Callable], min_time: float, cuda: bool) -> dict[str, list[float]]:
+def _time_alternately(
+    steps: dict[str, Callable], min_time: float, cuda: bool
+) -> dict[str, list[float]]:
     """Seconds per call of each step, one value per block of calls. After a warm-up, blocks
     of about ``min_time / BLOCKS`` seconds of each step take turns until every step has run
     ``min_time`` seconds and ``MIN_BLOCKS`` blocks. On CUDA a block is timed between
@@ -321,7 +339,9 @@ def _time_alternately(steps: dict[str, Callable], min_time: float, cuda: bool) -
     return times
 
 
-def _time_interleaved(steps: dict[str, Callable], min_time: float, cuda: bool) -> dict[str, list[float]]:
+def _time_interleaved(
+    steps: dict[str, Callable], min_time: float, cuda: bool
+) -> dict[str, list[float]]:
     """Seconds of single calls, the steps taking turns call by call (the order reversed each
     round, so neither always follows the other), until every step has run ``min_time``
     seconds and ``MIN_CALLS`` calls, or ``MAX_CALLS`` calls."""
@@ -329,8 +349,9 @@ def _time_interleaved(steps: dict[str, Callable], min_time: float, cuda: bool) -
         step()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in steps}
     order = list(steps)
-    while any(len(ts) < MAX_CALLS and (len(ts) < MIN_CALLS or sum(ts) < min_time)
-              for ts in times.values()):
+    while any(
+        len(ts) < MAX_CALLS and (len(ts) < MIN_CALLS or sum(ts) < min_time) for ts in times.values()
+    ):
         for name in order:
             if cuda:
                 torch.cuda.synchronize()
@@ -390,8 +411,15 @@ def run_case(case: Case, min_time: float, ceilings: Optional[dict] = None) -> li
     return list(rows.values())
 
 
-def _fill(row: Result, case: Case, mode: str, steps: dict, interleaved: dict[str, list[float]],
-          blocks: dict[str, list[float]], ceilings: Optional[dict]) -> None:
+def _fill(
+    row: Result,
+    case: Case,
+    mode: str,
+    steps: dict,
+    interleaved: dict[str, list[float]],
+    blocks: dict[str, list[float]],
+    ceilings: Optional[dict],
+) -> None:
     nbytes, flops = case.work(mode)
     for side, ts in interleaved.items():
         median = statistics.median(ts)
@@ -411,7 +439,10 @@ def _fill(row: Result, case: Case, mode: str, steps: dict, interleaved: dict[str
     if row.torch_block_ms and row.fastdl_block_ms:
         row.speedup_blocks = row.torch_block_ms / row.fastdl_block_ms
     if ceilings and row.fastdl_tflops:
-        row.ceiling, row.fastdl_of_ceiling = "gemm", row.fastdl_tflops * 1e3 / ceilings["gemm_gflops"]
+        row.ceiling, row.fastdl_of_ceiling = (
+            "gemm",
+            row.fastdl_tflops * 1e3 / ceilings["gemm_gflops"],
+        )
     elif ceilings and row.fastdl_gbps:
         row.ceiling, row.fastdl_of_ceiling = "copy", row.fastdl_gbps / ceilings["copy_gbps"]
 
@@ -447,123 +478,17 @@ def measure_ceilings(device: str, quick: bool = False) -> dict:
 
     gemm_s = best(lambda: torch.mm(a, b), 3 if quick else 5)
     copy_s = best(lambda: dst.copy_(src), 5 if quick else 10)
-    return {"device": device, "gemm_n": n, "gemm_gflops": 2.0 * n ** 3 / gemm_s / 1e9,
-            "copy_bytes": 2 * src.numel() * 4, "copy_gbps": 2.0 * src.numel() * 4 / copy_s / 1e9}
-
-
-def ceilings_line(ceilings: dict) -> str:
-    return (f"Ceilings ({ceilings['device']}, same run): float32 GEMM {ceilings['gemm_gflops']:.0f} "
-            f"GFLOP/s (torch.mm {ceilings['gemm_n']}^3), copy {ceilings['copy_gbps']:.1f} GB/s")
-
-
-# ----------------------------------------------------------------------------- reporting
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-    """Where the numbers come from: machine, versions, fastdl build."""
-    import fastdl
-
-    cuda = torch.cuda.is_available()
     return {
-        "date": datetime.now().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average": round(os.getloadavg()[0], 2),  # 1 minute, before the run: others' load
-        "gpu": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "fastdl": fastdl.build_info(),
-        "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "device": device,
+        "gemm_n": n,
+        "gemm_gflops": 2.0 * n**3 / gemm_s / 1e9,
+        "copy_bytes": 2 * src.numel() * 4,
+        "copy_gbps": 2.0 * src.numel() * 4 / copy_s / 1e9,
     }
 
 
-def header(env: dict) -> str:
-    """One line naming the machine and the versions."""
-    gpu = ", ".join(env["gpu"]) or "none"
-    info = env["fastdl"]
+def ceilings_line(ceilings: dict) -> str:
     return (
-        f"Machine: {env['cpu']} ({env['cpu_cores']} cores, {env['torch_threads']} torch threads, "
-        f"load {env['load_average']}), "
-        f"GPU: {gpu}; torch {env['torch']}"
-        + (f" (cuDNN {env['cudnn']})" if env["cudnn"] else "")
-        + f"; fastdl {info.get('version')} (cuda={info.get('cuda')}, archs={info.get('cuda_archs')})"
-        + ("; malloc keeps freed memory" if env.get("malloc") else "")
-        + f"; {env['date']}"
+        f"Ceilings ({ceilings['device']}, same run): float32 GEMM {ceilings['gemm_gflops']:.0f} "
+        f"GFLOP/s (torch.mm {ceilings['gemm_n']}^3), copy {ceilings['copy_gbps']:.1f} GB/s"
     )
-
-
-def _num(x: Optional[float], fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _ms(x: Optional[float]) -> str:
-    return _num(x, ".4f" if x is not None and x < 0.1 else ".3f")
-
-
-def _rate(x: Optional[float]) -> str:
-    """GB/s or TFLOP/s with about three significant digits."""
-    return _num(x, ".2f" if x is None or x < 10 else ".1f" if x < 100 else ".0f")
-
-
-def _x(speedup: Optional[float]) -> str:
-    return _num(speedup, ".2f") + "x" * (speedup is not None)
-
-
-def markdown(results: list[Result]) -> str:
-    """The report table, then each problem once. speedup: interleaved single calls (the
-    reported figure); blocks: many calls in a row; TFLOP/s only when some case counts flops;
-    of ceiling: fastdl's GFLOP/s (gemm) or GB/s (copy) over the same-run ceiling."""
-    flops = any(r.fastdl_tflops or r.torch_tflops for r in results)
-    peaks = any(r.fastdl_peak_mib is not None for r in results)
-    head = ["op", "shape", "dtype", "device", "mode", "torch ms", "fastdl ms", "speedup",
-            "blocks", "GB/s"]
-    head += ["GFLOP/s"] * flops + ["of ceiling"]
-    head += ["peak MiB fastdl", "peak MiB torch"] * peaks + ["status"]
-    table = []
-    for r in results:
-        cells = [r.op, r.shape, r.dtype, r.device, r.mode, _ms(r.torch_ms), _ms(r.fastdl_ms),
-                 _x(r.speedup), _x(r.speedup_blocks), _rate(r.fastdl_gbps)]
-        cells += [_rate(r.fastdl_tflops * 1e3 if r.fastdl_tflops else None)] * flops
-        cells += [f"{r.fastdl_of_ceiling:.0%} {r.ceiling}" if r.fastdl_of_ceiling else "-"]
-        cells += [_num(r.fastdl_peak_mib, ".1f"), _num(r.torch_peak_mib, ".1f")] * peaks
-        cells += [r.status]
-        table.append(cells)
-    widths = [max(len(row[i]) for row in [head] + table) for i in range(len(head))]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(c) for c in table]
-    notes: dict[tuple, list[str]] = {}
-    for r in results:
-        if r.message:
-            notes.setdefault((r.op, r.shape, r.dtype, r.device, r.status, r.message), []).append(r.mode)
-    if notes:
-        out.append("")
-        out += [f"- {op} {shape} {dtype} {dev} ({', '.join(modes)}): {st}: {msg}"
-                for (op, shape, dtype, dev, st, msg), modes in notes.items()]
-    return "\n".join(out)
-
-
-def write_json(path: str, env: dict, results: list[Result], ceilings: Optional[list] = None) -> None:
-    """``{"environment": {...}, "ceilings": [...], "results": [one record per row, all its
-    fields]}``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump({"environment": env, "ceilings": ceilings or [],
-                   "results": [dataclasses.asdict(r) for r in results]}, f, indent=1)
-        f.write("\n")

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 import harness
+import report
 from ops.attention import sdpa_case
 from ops.conv import conv_case
 from ops.histogram import histogram_case
@@ -35,16 +36,36 @@ from ops.sets import isab_case
 
 # op -> (the dimension that grows, its sizes (CPU), its sizes (CUDA), size -> Case).
 SWEEPS: dict[str, tuple[str, list[int], list[int], Callable[[str, int], harness.Case]]] = {
-    "sdpa": ("sequence length L", [128, 256, 512, 1024, 2048], [1024, 2048, 4096, 8192, 16384],
-             lambda dev, n: sdpa_case(dev, torch.float32, 1, 8, n, 64, False)),
-    "lstm": ("sequence length T", [16, 32, 64, 128, 256], [64, 128, 256, 512, 1024],
-             lambda dev, n: rnn_case("lstm", dev, torch.float32, n, 16, 128, 256)),
-    "isab": ("set size n", [500, 1000, 2000, 4000, 8000], [2500, 5000, 10000, 20000, 40000],
-             lambda dev, n: isab_case(dev, 4, n, 128, 4, 32)),
-    "histogram": ("bag size N", [125, 250, 500, 1000, 2000], [500, 1000, 2000, 4000, 8000],
-                  lambda dev, n: histogram_case(dev, "soft", 8, n, 64, 32)),
-    "conv2d": ("batch N", [1, 2, 4, 8, 16], [8, 16, 32, 64, 128],
-               lambda dev, n: conv_case(dev, torch.float32, n, 32, 32, 64, 1, False)),
+    "sdpa": (
+        "sequence length L",
+        [128, 256, 512, 1024, 2048],
+        [1024, 2048, 4096, 8192, 16384],
+        lambda dev, n: sdpa_case(dev, torch.float32, 1, 8, n, 64, False),
+    ),
+    "lstm": (
+        "sequence length T",
+        [16, 32, 64, 128, 256],
+        [64, 128, 256, 512, 1024],
+        lambda dev, n: rnn_case("lstm", dev, torch.float32, n, 16, 128, 256),
+    ),
+    "isab": (
+        "set size n",
+        [500, 1000, 2000, 4000, 8000],
+        [2500, 5000, 10000, 20000, 40000],
+        lambda dev, n: isab_case(dev, 4, n, 128, 4, 32),
+    ),
+    "histogram": (
+        "bag size N",
+        [125, 250, 500, 1000, 2000],
+        [500, 1000, 2000, 4000, 8000],
+        lambda dev, n: histogram_case(dev, "soft", 8, n, 64, 32),
+    ),
+    "conv2d": (
+        "batch N",
+        [1, 2, 4, 8, 16],
+        [8, 16, 32, 64, 128],
+        lambda dev, n: conv_case(dev, torch.float32, n, 32, 32, 64, 1, False),
+    ),
 }
 
 
@@ -101,12 +122,21 @@ def run(device: str, ops: list[str], min_time: float, quick: bool) -> list[dict]
             case = make(device, n)
             case.modes = (harness.FWD_BWD,)
             row = harness.run_case(case, min_time)[0]
-            point = {"op": op, "dimension": dim, "size": n, "shape": case.shape,
-                     "status": row.status, "torch_ms": row.torch_ms, "fastdl_ms": row.fastdl_ms}
+            point = {
+                "op": op,
+                "dimension": dim,
+                "size": n,
+                "shape": case.shape,
+                "status": row.status,
+                "torch_ms": row.torch_ms,
+                "fastdl_ms": row.fastdl_ms,
+            }
             if row.status == "ok":
                 torch.manual_seed(0)
-                sides = {"torch": harness._Side(case.torch, harness._copy(case.make_inputs())),
-                         "fastdl": harness._Side(case.fastdl, case.make_inputs())}
+                sides = {
+                    "torch": harness._Side(case.torch, harness._copy(case.make_inputs())),
+                    "fastdl": harness._Side(case.fastdl, case.make_inputs()),
+                }
                 for name, side in sides.items():
                     out = side.forward(True)
                     grads = [torch.ones_like(o) if o.requires_grad else None for o in out]
@@ -114,10 +144,13 @@ def run(device: str, ops: list[str], min_time: float, quick: bool) -> list[dict]
                     point[f"{name}_peak_mib"] = peak_mib(side.step(harness.FWD_BWD, grads), device)
                 del sides
             points.append(point)
-            print(f"sweep {op} {dim}={n}: torch {harness._ms(row.torch_ms)} ms, "
-                  f"fastdl {harness._ms(row.fastdl_ms)} ms, peak MiB torch "
-                  f"{harness._num(point.get('torch_peak_mib'), '.1f')} / fastdl "
-                  f"{harness._num(point.get('fastdl_peak_mib'), '.1f')} ({row.status})", flush=True)
+            print(
+                f"sweep {op} {dim}={n}: torch {report._ms(row.torch_ms)} ms, "
+                f"fastdl {report._ms(row.fastdl_ms)} ms, peak MiB torch "
+                f"{report._num(point.get('torch_peak_mib'), '.1f')} / fastdl "
+                f"{report._num(point.get('fastdl_peak_mib'), '.1f')} ({row.status})",
+                flush=True,
+            )
     return points
 
 
@@ -153,7 +186,7 @@ def write(path: str, env: dict, points: list[dict]) -> str:
                 ax.set_title(op)
             ax.legend(fontsize=8)
             ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(harness.header(env), fontsize=7)
+    fig.suptitle(report.header(env), fontsize=7)
     fig.tight_layout()
     png = os.path.splitext(path)[0] + ".png"
     fig.savefig(png, dpi=110)

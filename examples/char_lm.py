@@ -32,7 +32,14 @@ TEXT = (
 class CharModel(nn.Module):
     """Embedding -> multi-layer LSTM/GRU (batch_first) -> linear head over the vocabulary."""
 
-    def __init__(self, vocab: int, hidden: int = 128, layers: int = 2, cell: str = "lstm", dropout: float = 0.1):
+    def __init__(
+        self,
+        vocab: int,
+        hidden: int = 128,
+        layers: int = 2,
+        cell: str = "lstm",
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, 32)
         rnn_type = nn.LSTM if cell == "lstm" else nn.GRU
@@ -48,7 +55,7 @@ def batches(data: torch.Tensor, batch: int, length: int, generator: torch.Genera
     """Random (input, target) windows of the encoded text."""
     while True:
         starts = torch.randint(0, len(data) - length - 1, (batch,), generator=generator)
-        windows = torch.stack([data[s:s + length + 1] for s in starts.tolist()])
+        windows = torch.stack([data[s : s + length + 1] for s in starts.tolist()])
         yield windows[:, :-1], windows[:, 1:]
 
 
@@ -68,8 +75,16 @@ def sample(model: CharModel, chars: list[str], start: str, length: int) -> str:
     return text
 
 
-def run(steps: int = 300, cell: str = "lstm", hidden: int = 128, batch: int = 16, length: int = 48,
-        lr: float = 3e-3, seed: int = 0, verbose: bool = False) -> dict:
+def run(
+    steps: int = 300,
+    cell: str = "lstm",
+    hidden: int = 128,
+    batch: int = 16,
+    length: int = 48,
+    lr: float = 3e-3,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict:
     """Build the torch model, convert it to fastdl, train it; returns the losses and the report."""
     torch.manual_seed(seed)
     chars = sorted(set(TEXT))

@@ -54,8 +54,7 @@ import quapy as qp
 from quapy.data import LabelledCollection
 from quapy.method import aggregative as agg
 
-from fastdl.quantification import (DeepSetsQuantifier, HistNetQuantifier,
-                                   SetTransformerQuantifier)
+from fastdl.quantification import DeepSetsQuantifier, HistNetQuantifier, SetTransformerQuantifier
 
 DATASETS = ("digits", "breast_cancer", "overlap")
 BASELINES = ("CC", "ACC", "PACC", "EMQ", "HDy")
@@ -72,6 +71,7 @@ FULL = dict(steps=2000, bag_size=100, app_repeats=10, upp_bags=500, folds=5)
 # Data
 # ---------------------------------------------------------------------------------------------
 
+
 def load_dataset(name: str, seed: int = 0) -> tuple[LabelledCollection, LabelledCollection]:
     """``(train, test)`` pools of ``name`` (see the module docstring), standardised with the
     training pool's mean and standard deviation."""
@@ -84,25 +84,35 @@ def load_dataset(name: str, seed: int = 0) -> tuple[LabelledCollection, Labelled
     elif name == "breast_cancer":
         X, y = load_breast_cancer(return_X_y=True)
     elif name == "overlap":
-        X, y = make_classification(n_samples=4000, n_features=20, n_informative=5,
-                                   n_redundant=5, n_classes=2, class_sep=0.5, flip_y=0.0,
-                                   random_state=seed)
+        X, y = make_classification(
+            n_samples=4000,
+            n_features=20,
+            n_informative=5,
+            n_redundant=5,
+            n_classes=2,
+            class_sep=0.5,
+            flip_y=0.0,
+            random_state=seed,
+        )
     else:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.5, stratify=y,
-                                              random_state=seed)
+    X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
     scaler = StandardScaler().fit(X_tr)
-    return (LabelledCollection(scaler.transform(X_tr).astype(np.float32), y_tr),
-            LabelledCollection(scaler.transform(X_te).astype(np.float32), y_te))
+    return (
+        LabelledCollection(scaler.transform(X_tr).astype(np.float32), y_tr),
+        LabelledCollection(scaler.transform(X_te).astype(np.float32), y_te),
+    )
 
 
-def test_protocol(test: LabelledCollection, bag_size: int, app_repeats: int, upp_bags: int,
-                  seed: int):
+def test_protocol(
+    test: LabelledCollection, bag_size: int, app_repeats: int, upp_bags: int, seed: int
+):
     """APP on the 21-point grid for binary data, UPP for more classes (APP's grid has
     ``C(20 + n - 1, n - 1)`` points for n classes: 10 million for 10)."""
     if test.n_classes == 2:
-        return qp.protocol.APP(test, sample_size=bag_size, n_prevalences=21,
-                               repeats=app_repeats, random_state=seed)
+        return qp.protocol.APP(
+            test, sample_size=bag_size, n_prevalences=21, repeats=app_repeats, random_state=seed
+        )
     return qp.protocol.UPP(test, sample_size=bag_size, repeats=upp_bags, random_state=seed)
 
 
@@ -110,8 +120,18 @@ def test_protocol(test: LabelledCollection, bag_size: int, app_repeats: int, upp
 # Methods
 # ---------------------------------------------------------------------------------------------
 
-def make_method(name: str, n_classes: int, *, steps: int, bag_size: int, seed: int,
-                device: str, folds: int = 5, progress: bool = False):
+
+def make_method(
+    name: str,
+    n_classes: int,
+    *,
+    steps: int,
+    bag_size: int,
+    seed: int,
+    device: str,
+    folds: int = 5,
+    progress: bool = False,
+):
     """A fresh, unfitted quantifier called ``name``; the baselines calibrate their
     classifier and estimate its errors by ``folds``-fold cross-validation."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -125,8 +145,14 @@ def make_method(name: str, n_classes: int, *, steps: int, bag_size: int, seed: i
         if name in ("ACC", "PACC"):
             return getattr(agg, name)(clf, val_split=folds)
         return {"CC": agg.CC, "EMQ": agg.EMQ}[name](clf)
-    training = dict(deep_recipe(name, n_classes), steps=steps, bag_size=bag_size, seed=seed,
-                    device=device, progress=progress)
+    training = dict(
+        deep_recipe(name, n_classes),
+        steps=steps,
+        bag_size=bag_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     if name == "HistNetQ":
         return HistNetQuantifier(dropout=0.3, **training)
     if name == "DeepSets":
@@ -151,11 +177,20 @@ def deep_recipe(name: str, n_classes: int) -> dict:
 # The experiment
 # ---------------------------------------------------------------------------------------------
 
-def run(quick: bool = False, datasets: Sequence[str] = DATASETS,
-        methods: Sequence[str] = METHODS, steps: Optional[int] = None,
-        bag_size: Optional[int] = None, app_repeats: Optional[int] = None,
-        upp_bags: Optional[int] = None, seed: int = 0, device: str = "cpu",
-        verbose: bool = True, progress: bool = False) -> dict:
+
+def run(
+    quick: bool = False,
+    datasets: Sequence[str] = DATASETS,
+    methods: Sequence[str] = METHODS,
+    steps: Optional[int] = None,
+    bag_size: Optional[int] = None,
+    app_repeats: Optional[int] = None,
+    upp_bags: Optional[int] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    verbose: bool = True,
+    progress: bool = False,
+) -> dict:
     """Fit every method on every dataset and evaluate it on the same test bags.
 
     Returns ``{"rows": [...], "predictions": {(dataset, method): (true, estimated)},
@@ -163,8 +198,9 @@ def run(quick: bool = False, datasets: Sequence[str] = DATASETS,
     ``method``, ``mae``, ``mae_std``, ``mrae``, ``mrae_std`` (QuaPy's AE and RAE of every
     test bag, averaged) and ``fit_s``. Unset sizes come from ``QUICK`` or ``FULL``."""
     sizes = dict(QUICK if quick else FULL)
-    for key, value in dict(steps=steps, bag_size=bag_size, app_repeats=app_repeats,
-                           upp_bags=upp_bags).items():
+    for key, value in dict(
+        steps=steps, bag_size=bag_size, app_repeats=app_repeats, upp_bags=upp_bags
+    ).items():
         if value is not None:
             sizes[key] = value
     for m in methods:
@@ -174,27 +210,51 @@ def run(quick: bool = False, datasets: Sequence[str] = DATASETS,
     rows, predictions = [], {}
     for dataset in datasets:
         train, test = load_dataset(dataset, seed)
-        protocol = test_protocol(test, sizes["bag_size"], sizes["app_repeats"],
-                                 sizes["upp_bags"], seed + 1)
+        protocol = test_protocol(
+            test, sizes["bag_size"], sizes["app_repeats"], sizes["upp_bags"], seed + 1
+        )
         for method in methods:
-            model = make_method(method, train.n_classes, steps=sizes["steps"],
-                                bag_size=sizes["bag_size"], seed=seed, device=device,
-                                folds=sizes["folds"], progress=progress)
+            model = make_method(
+                method,
+                train.n_classes,
+                steps=sizes["steps"],
+                bag_size=sizes["bag_size"],
+                seed=seed,
+                device=device,
+                folds=sizes["folds"],
+                progress=progress,
+            )
             start = time.perf_counter()
             model.fit(*train.Xy)
             fit_s = time.perf_counter() - start
             true, estim = qp.evaluation.prediction(model, protocol)
             ae, rae = qp.error.ae(true, estim), qp.error.rae(true, estim, eps=eps)
             predictions[dataset, method] = (true, estim)
-            rows.append(dict(dataset=dataset, protocol=type(protocol).__name__,
-                             classes=train.n_classes, bags=len(true), method=method,
-                             mae=float(ae.mean()), mae_std=float(ae.std()),
-                             mrae=float(rae.mean()), mrae_std=float(rae.std()), fit_s=fit_s))
+            rows.append(
+                dict(
+                    dataset=dataset,
+                    protocol=type(protocol).__name__,
+                    classes=train.n_classes,
+                    bags=len(true),
+                    method=method,
+                    mae=float(ae.mean()),
+                    mae_std=float(ae.std()),
+                    mrae=float(rae.mean()),
+                    mrae_std=float(rae.std()),
+                    fit_s=fit_s,
+                )
+            )
             if verbose:
-                print(f"{dataset:<14}{method:<15} MAE {ae.mean():.4f}  MRAE {rae.mean():.4f}"
-                      f"  (fit {fit_s:.1f} s)", flush=True)
-    return {"rows": rows, "predictions": predictions,
-            "config": dict(sizes, seed=seed, device=device, eps=eps)}
+                print(
+                    f"{dataset:<14}{method:<15} MAE {ae.mean():.4f}  MRAE {rae.mean():.4f}"
+                    f"  (fit {fit_s:.1f} s)",
+                    flush=True,
+                )
+    return {
+        "rows": rows,
+        "predictions": predictions,
+        "config": dict(sizes, seed=seed, device=device, eps=eps),
+    }
 
 
 def format_table(results: dict) -> str:
@@ -204,8 +264,11 @@ def format_table(results: dict) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     cell = {(r["dataset"], r["method"]): r for r in rows}
-    best = {(d, k): min(cell[d, m][k] for m in methods if (d, m) in cell)
-            for d in datasets for k in ("mae", "mrae")}
+    best = {
+        (d, k): min(cell[d, m][k] for m in methods if (d, m) in cell)
+        for d in datasets
+        for k in ("mae", "mrae")
+    }
     head = ["method"]
     for d in datasets:
         r = next(r for r in rows if r["dataset"] == d)
@@ -228,14 +291,25 @@ def format_table(results: dict) -> str:
 
 def write_csv(results: dict, path: str) -> None:
     """One line per (dataset, method): the fields of ``run``'s rows."""
-    fields = ["dataset", "protocol", "classes", "bags", "method", "mae", "mae_std", "mrae",
-              "mrae_std", "fit_s"]
+    fields = [
+        "dataset",
+        "protocol",
+        "classes",
+        "bags",
+        "method",
+        "mae",
+        "mae_std",
+        "mrae",
+        "mrae_std",
+        "fit_s",
+    ]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in results["rows"]:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
+            writer.writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
 
 
 def plot(results: dict, path: str) -> None:
@@ -249,9 +323,14 @@ def plot(results: dict, path: str) -> None:
     rows = results["rows"]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(len(datasets), len(methods), squeeze=False,
-                             figsize=(1.9 * len(methods), 2.0 * len(datasets)),
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        len(datasets),
+        len(methods),
+        squeeze=False,
+        figsize=(1.9 * len(methods), 2.0 * len(datasets)),
+        sharex=True,
+        sharey=True,
+    )
     mae = {(r["dataset"], r["method"]): r["mae"] for r in rows}
     for i, d in enumerate(datasets):
         for j, m in enumerate(methods):
@@ -260,8 +339,14 @@ def plot(results: dict, path: str) -> None:
             if true.shape[1] == 2:
                 true, estim = true[:, 1:], estim[:, 1:]
             ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
-            ax.scatter(true.ravel(), estim.ravel(), s=3, alpha=0.35,
-                       color="C3" if m in DEEP else "C0", linewidths=0)
+            ax.scatter(
+                true.ravel(),
+                estim.ravel(),
+                s=3,
+                alpha=0.35,
+                color="C3" if m in DEEP else "C0",
+                linewidths=0,
+            )
             ax.set_title(f"{m}\nMAE {mae[d, m]:.3f}", fontsize=8)
             ax.tick_params(labelsize=7)
             if j == 0:
@@ -294,30 +379,51 @@ def cpu_threads(n: int) -> Iterator[None]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (well under a minute)")
-    parser.add_argument("--datasets", default=",".join(DATASETS),
-                        help=f"comma-separated, among {','.join(DATASETS)}")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, among {','.join(METHODS)}")
-    parser.add_argument("--steps", type=int, help="training steps of fastdl's quantifiers "
-                        f"(default {FULL['steps']}, quick {QUICK['steps']})")
-    parser.add_argument("--bag-size", type=int,
-                        help=f"examples per bag (default {FULL['bag_size']})")
+    parser.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma-separated, among {','.join(DATASETS)}",
+    )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, among {','.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="training steps of fastdl's quantifiers "
+        f"(default {FULL['steps']}, quick {QUICK['steps']})",
+    )
+    parser.add_argument(
+        "--bag-size", type=int, help=f"examples per bag (default {FULL['bag_size']})"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fastdl's quantifiers)")
     parser.add_argument("--out", default=".", help="folder for quantification.csv and .png")
     parser.add_argument("--progress", action="store_true", help="tqdm bars while training")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch and BLAS (default 1; 0: the libraries' own)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch and BLAS (default 1; 0: the libraries' own)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with cpu_threads(args.threads):
-        results = run(quick=args.quick, datasets=args.datasets.split(","),
-                      methods=args.methods.split(","), steps=args.steps,
-                      bag_size=args.bag_size, seed=args.seed, device=args.device,
-                      verbose=True, progress=args.progress)
+        results = run(
+            quick=args.quick,
+            datasets=args.datasets.split(","),
+            methods=args.methods.split(","),
+            steps=args.steps,
+            bag_size=args.bag_size,
+            seed=args.seed,
+            device=args.device,
+            verbose=True,
+            progress=args.progress,
+        )
     elapsed = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
     write_csv(results, os.path.join(args.out, "quantification.csv"))

@@ -26,8 +26,9 @@ from torch import nn
 from fastdl.models import SetTransformer
 
 
-def max_value_batch(batch: int, generator: torch.Generator, padded: bool = False,
-                    sizes: tuple[int, int] = (5, 30)):
+def max_value_batch(
+    batch: int, generator: torch.Generator, padded: bool = False, sizes: tuple[int, int] = (5, 30)
+):
     """``(x (batch, n, 1), mask (batch, n) or None, target (batch, 1))``: sets of reals in
     [0, 10) and their maxima; with ``padded`` every set has its own size (mask True where an
     element is present), else all have the same size."""
@@ -42,8 +43,16 @@ def max_value_batch(batch: int, generator: torch.Generator, padded: bool = False
     return x, mask, target
 
 
-def train(steps: int = 1000, batch: int = 16, lr: float = 3e-3, seed: int = 0, padded: bool = False,
-          dim_hidden: int = 32, num_inds: int = 8, verbose: bool = True) -> list[float]:
+def train(
+    steps: int = 1000,
+    batch: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    padded: bool = False,
+    dim_hidden: int = 32,
+    num_inds: int = 8,
+    verbose: bool = True,
+) -> list[float]:
     """Train a SetTransformer on the maximum-value task; returns the per-step L1 losses."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -59,7 +68,10 @@ def train(steps: int = 1000, batch: int = 16, lr: float = 3e-3, seed: int = 0, p
         losses.append(loss.item())
         if verbose and (step % max(1, steps // 10) == 0 or step == steps):
             recent = sum(losses[-50:]) / len(losses[-50:])
-            print(f"step {step:>5}/{steps}  L1 {recent:.4f}  ({time.perf_counter() - start:.1f} s)", flush=True)
+            print(
+                f"step {step:>5}/{steps}  L1 {recent:.4f}  ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
     return losses
 
 
@@ -69,7 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--padded", action="store_true", help="sets of different sizes in a batch, masked")
+    parser.add_argument(
+        "--padded", action="store_true", help="sets of different sizes in a batch, masked"
+    )
     args = parser.parse_args(argv)
     train(args.steps, args.batch, args.lr, args.seed, args.padded)
     return 0

@@ -33,13 +33,21 @@ VOCAB, MARKERS = 16, (1, 2)
 class TransformerClassifier(nn.Module):
     """Embedding + positions -> TransformerEncoder -> masked mean pooling -> linear."""
 
-    def __init__(self, d_model: int = 32, heads: int = 4, layers: int = 2, max_len: int = 64,
-                 classes: int = 2, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int = 32,
+        heads: int = 4,
+        layers: int = 2,
+        max_len: int = 64,
+        classes: int = 2,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, d_model)
         self.positions = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
-                                           batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, classes)
 
@@ -65,7 +73,9 @@ def make_batch(batch: int, max_len: int, generator: torch.Generator):
     return tokens, padding, (counts[:, 1] > counts[:, 0]).long()
 
 
-def run(steps: int = 150, batch: int = 32, max_len: int = 32, seed: int = 0, log_every: int = 0) -> dict:
+def run(
+    steps: int = 150, batch: int = 32, max_len: int = 32, seed: int = 0, log_every: int = 0
+) -> dict:
     """Trains the converted classifier; returns losses, accuracy and the conversion report."""
     torch.manual_seed(seed)
     model = TransformerClassifier(max_len=max_len)
@@ -83,8 +93,11 @@ def run(steps: int = 150, batch: int = 32, max_len: int = 32, seed: int = 0, log
         optimizer.step()
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:4d}/{steps}  loss {sum(losses[-log_every:]) / log_every:.4f}  "
-                  f"({time.perf_counter() - start:.1f} s)", flush=True)
+            print(
+                f"step {step + 1:4d}/{steps}  loss {sum(losses[-log_every:]) / log_every:.4f}  "
+                f"({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
     model.eval()
     with torch.no_grad():
         tokens, padding, labels = make_batch(512, max_len, generator)

@@ -31,7 +31,7 @@ TARGET = 95.0  # percent of lines, for the kernel and front files
 
 
 def kind(path: str) -> str:
-    """"kernel" (a CPU kernel or its shared helpers), "front" (schema, checks, autograd,
+    """ "kernel" (a CPU kernel or its shared helpers), "front" (schema, checks, autograd,
     drivers) or "" (CUDA emulator, headers of declarations)."""
     parts = path.split("/")  # relative to csrc/fastdl
     if "cpu" in parts:
@@ -45,14 +45,27 @@ def gcovr(*args: str) -> dict:
     exe = Path(sys.executable).parent / "gcovr"
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "gcovr"], check=True)
-    out = subprocess.run([str(exe), "--root", str(REPO), "--filter", str(REPO / "csrc/fastdl"),
-                          "--exclude-throw-branches", "--exclude-unreachable-branches",
-                          # one line of a template counts once, covered if any instance ran
-                          # it (else each float/double instance and each unnamed inlined copy
-                          # is a line of its own)
-                          "--merge-lines",
-                          "--gcov-ignore-parse-errors=negative_hits.warn_once_per_file",
-                          str(BUILD), *args], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            str(exe),
+            "--root",
+            str(REPO),
+            "--filter",
+            str(REPO / "csrc/fastdl"),
+            "--exclude-throw-branches",
+            "--exclude-unreachable-branches",
+            # one line of a template counts once, covered if any instance ran
+            # it (else each float/double instance and each unnamed inlined copy
+            # is a line of its own)
+            "--merge-lines",
+            "--gcov-ignore-parse-errors=negative_hits.warn_once_per_file",
+            str(BUILD),
+            *args,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -91,15 +104,20 @@ def report() -> int:
     for f in rows:
         name = f["filename"].removeprefix("csrc/fastdl/")
         lines = f"{f['line_covered']}/{f['line_total']} {f['line_percent']:5.1f}%"
-        branches = (f"{f['branch_covered']}/{f['branch_total']} {f['branch_percent']:5.1f}%"
-                    if f["branch_total"] else "-")
+        branches = (
+            f"{f['branch_covered']}/{f['branch_total']} {f['branch_percent']:5.1f}%"
+            if f["branch_total"]
+            else "-"
+        )
         tag = kind(name)
         print(f"{name:<46} {lines:>15} {branches:>15}  {tag}")
         if tag and f["line_percent"] < TARGET:
             below.append(name)
-    print(f"{'total':<46} {summary['line_covered']}/{summary['line_total']} "
-          f"{summary['line_percent']:5.1f}%  branches {summary['branch_covered']}/"
-          f"{summary['branch_total']} {summary['branch_percent']:5.1f}%")
+    print(
+        f"{'total':<46} {summary['line_covered']}/{summary['line_total']} "
+        f"{summary['line_percent']:5.1f}%  branches {summary['branch_covered']}/"
+        f"{summary['branch_total']} {summary['branch_percent']:5.1f}%"
+    )
     print("\nUncovered lines of the kernel and front files:")
     for f in rows:
         name = f["filename"].removeprefix("csrc/fastdl/")
@@ -120,12 +138,28 @@ def main() -> int:
     lib_build.check_loaded(lib)
     for counts in BUILD.rglob("*.gcda"):  # counts of earlier runs (and of check_loaded)
         counts.unlink()
-    tests = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-m", "not cuda_sim",
-                            "-p", "no:cacheprovider", "--ignore=tests/test_wheel.py", *args],
-                           cwd=REPO, env=lib_build.test_env(lib))
+    tests = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests",
+            "-q",
+            "-m",
+            "not cuda_sim",
+            "-p",
+            "no:cacheprovider",
+            "--ignore=tests/test_wheel.py",
+            *args,
+        ],
+        cwd=REPO,
+        env=lib_build.test_env(lib),
+    )
     if tests.returncode != 0:
-        print(f"coverage: the suite failed (exit status {tests.returncode}); the report below "
-              "counts what ran")
+        print(
+            f"coverage: the suite failed (exit status {tests.returncode}); the report below "
+            "counts what ran"
+        )
     report()
     return tests.returncode
 

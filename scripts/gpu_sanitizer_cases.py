@@ -16,7 +16,7 @@ import fastdl.nn as fnn
 
 
 DEVICE = "cuda"  # the tensors' device ("cpu" with --device cpu and under the emulator)
-HALF = True      # run the bfloat16 cases (not on the CPU kernels)
+HALF = True  # run the bfloat16 cases (not on the CPU kernels)
 
 
 def close(name: str, ours: torch.Tensor, ref: torch.Tensor, tol: float) -> bool:
@@ -48,24 +48,45 @@ def main() -> int:
         x = leaf(5, 37, dtype=dtype)
         ok &= close(f"layer_norm {tag}", FF.layer_norm(x, (37,)), F.layer_norm(x, (37,)), tol)
         x = leaf(3, 5, 7, 9, dtype=dtype, channels_last=True)
-        ok &= close(f"batch_norm {tag}", FF.batch_norm(x, None, None, training=True),
-                    F.batch_norm(x, None, None, training=True), tol)
+        ok &= close(
+            f"batch_norm {tag}",
+            FF.batch_norm(x, None, None, training=True),
+            F.batch_norm(x, None, None, training=True),
+            tol,
+        )
         w = leaf(6, 5, 3, 3, dtype=dtype)
         for name, f, r in (("conv2d", FF.conv2d, F.conv2d),):
-            (o, go), (ro, gro) = grads(lambda a, b: f(a, b, padding=1), x, w), \
-                grads(lambda a, b: r(a, b, padding=1), x, w)
+            (o, go), (ro, gro) = (
+                grads(lambda a, b: f(a, b, padding=1), x, w),
+                grads(lambda a, b: r(a, b, padding=1), x, w),
+            )
             ok &= close(f"{name} {tag}", o, ro, tol)
-            ok &= all(close(f"{name} grad {i} {tag}", a, b, tol) for i, (a, b) in enumerate(zip(go, gro)))
+            ok &= all(
+                close(f"{name} grad {i} {tag}", a, b, tol) for i, (a, b) in enumerate(zip(go, gro))
+            )
         ok &= close(f"max_pool2d {tag}", FF.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1), tol)
         ok &= close(f"avg_pool2d {tag}", FF.avg_pool2d(x, 2), F.avg_pool2d(x, 2), tol)
         for d in (40, 64):
-            q, k, v = leaf(2, 3, 37, d, dtype=dtype), leaf(2, 3, 45, d, dtype=dtype), leaf(2, 3, 45, d, dtype=dtype)
-            (o, g), (ro, rg) = grads(FF.scaled_dot_product_attention, q, k, v), \
-                grads(F.scaled_dot_product_attention, q, k, v)
+            q, k, v = (
+                leaf(2, 3, 37, d, dtype=dtype),
+                leaf(2, 3, 45, d, dtype=dtype),
+                leaf(2, 3, 45, d, dtype=dtype),
+            )
+            (o, g), (ro, rg) = (
+                grads(FF.scaled_dot_product_attention, q, k, v),
+                grads(F.scaled_dot_product_attention, q, k, v),
+            )
             ok &= close(f"sdpa E={d} {tag}", o, ro, tol)
-            ok &= all(close(f"sdpa E={d} grad {i} {tag}", a, b, tol) for i, (a, b) in enumerate(zip(g, rg)))
-        q, k, v = leaf(2, 2, 5, 40, dtype=dtype), leaf(2, 2, 300, 40, dtype=dtype), leaf(2, 2, 300, 24, dtype=dtype)
-        ref = torch.softmax(q.float() @ k.float().transpose(-1, -2) / 40 ** 0.5, -1) @ v.float()
+            ok &= all(
+                close(f"sdpa E={d} grad {i} {tag}", a, b, tol)
+                for i, (a, b) in enumerate(zip(g, rg))
+            )
+        q, k, v = (
+            leaf(2, 2, 5, 40, dtype=dtype),
+            leaf(2, 2, 300, 40, dtype=dtype),
+            leaf(2, 2, 300, 24, dtype=dtype),
+        )
+        ref = torch.softmax(q.float() @ k.float().transpose(-1, -2) / 40**0.5, -1) @ v.float()
         ok &= close(f"induced_attention {tag}", FF.induced_attention(q, k, v), ref, tol)
         bags = torch.rand(3, 41, 5, device=DEVICE, dtype=dtype)
         centers = ((torch.arange(7, device=DEVICE) + 0.5) / 7).expand(5, 7).contiguous()
@@ -85,8 +106,12 @@ def main() -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cuda_sim", "cpu"),
-                        help="cuda (default); cuda_sim runs the same CUDA code in the emulator")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cuda_sim", "cpu"),
+        help="cuda (default); cuda_sim runs the same CUDA code in the emulator",
+    )
     choice = parser.parse_args().device
     DEVICE, HALF = ("cuda", True) if choice == "cuda" else ("cpu", choice == "cuda_sim")
     if choice == "cuda_sim":

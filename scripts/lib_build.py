@@ -59,18 +59,35 @@ def configure(build_dir: Path, defines: list[str] = ()) -> None:
     archs = _editable_cache_value("FASTDL_CUDA_ARCHS") or "90"
     cxx = _editable_cache_value("CMAKE_CXX_COMPILER")
     defines = ([f"-DCMAKE_CXX_COMPILER={cxx}"] if cxx else []) + list(defines)
-    cmd = [_tool("cmake"), "-S", str(REPO), "-B", str(build_dir), "-G", "Ninja",
-           f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
-           "-DFASTDL_CUDA=OFF", "-DFASTDL_CUDA_SIM=OFF", "-DFASTDL_BUILD_PYTHON=OFF",
-           f"-DFASTDL_CUDA_ARCHS={archs}", f"-DPython3_EXECUTABLE={sys.executable}", *defines]
+    cmd = [
+        _tool("cmake"),
+        "-S",
+        str(REPO),
+        "-B",
+        str(build_dir),
+        "-G",
+        "Ninja",
+        f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DFASTDL_CUDA=OFF",
+        "-DFASTDL_CUDA_SIM=OFF",
+        "-DFASTDL_BUILD_PYTHON=OFF",
+        f"-DFASTDL_CUDA_ARCHS={archs}",
+        f"-DPython3_EXECUTABLE={sys.executable}",
+        *defines,
+    ]
     subprocess.run(cmd, check=True, env=build_env(), stdout=subprocess.DEVNULL)
 
 
 def build(build_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Builds libfastdl in ``build_dir`` incrementally; returns the finished process (its
     output captured), raising on failure when ``check``."""
-    result = subprocess.run([_tool("ninja"), "-C", str(build_dir), "fastdl"], env=build_env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("ninja"), "-C", str(build_dir), "fastdl"],
+        env=build_env(),
+        capture_output=True,
+        text=True,
+    )
     if check and result.returncode != 0:
         sys.exit(f"lib_build: building {build_dir} failed:\n{result.stdout[-3000:]}")
     return result
@@ -88,10 +105,13 @@ def test_env(lib: Path, **extra: str) -> dict:
 def check_loaded(lib: Path) -> None:
     """Exits unless a Python process started with :func:`test_env` maps ``lib`` as its
     libfastdl once fastdl is imported."""
-    probe = ("import fastdl; "
-             "print([l.split()[-1] for l in open('/proc/self/maps') if 'libfastdl.so' in l][0])")
-    out = subprocess.run([sys.executable, "-c", probe], env=test_env(lib), capture_output=True,
-                         text=True)
+    probe = (
+        "import fastdl; "
+        "print([l.split()[-1] for l in open('/proc/self/maps') if 'libfastdl.so' in l][0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=test_env(lib), capture_output=True, text=True
+    )
     loaded = out.stdout.strip()
     if out.returncode != 0 or Path(loaded).resolve() != lib.resolve():
         sys.exit(f"lib_build: the tests would not load {lib} (loaded: {loaded!r})\n{out.stderr}")

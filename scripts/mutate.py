@@ -46,8 +46,10 @@ def restore_pending() -> None:
         path.write_text(saved["original"])
         print(f"mutate: restored {saved['path']} left mutated by an earlier run")
     else:
-        print(f"mutate: {saved['path']} no longer holds the mutant an earlier run left; "
-              "not restored (check `git diff csrc/`)")
+        print(
+            f"mutate: {saved['path']} no longer holds the mutant an earlier run left; "
+            "not restored (check `git diff csrc/`)"
+        )
     PENDING.unlink()
 
 
@@ -59,8 +61,11 @@ def locate(m: Mutant) -> tuple[Path | None, str]:
         count = path.read_text().count(m.original)
         if count == 1:
             return path, ""
-    hits = [p for p in (REPO / "csrc" / "fastdl").rglob("*")
-            if p.is_file() and p.suffix in (".h", ".cpp") and p.read_text().count(m.original) == 1]
+    hits = [
+        p
+        for p in (REPO / "csrc" / "fastdl").rglob("*")
+        if p.is_file() and p.suffix in (".h", ".cpp") and p.read_text().count(m.original) == 1
+    ]
     if path.exists():
         where = f" (now in {', '.join(str(h.relative_to(REPO)) for h in hits)})" if hits else ""
         return None, f"snippet found {count} times in {m.file}{where}"
@@ -73,17 +78,36 @@ def run_tests(tests: list[str], timeout: int) -> tuple[str, str]:
     """Runs pytest on the side build; returns (outcome, detail): "passed" or "failed" (with the
     first failing test), "crashed" (signal/exit status) or "timeout"."""
     lib = lib_build.library(BUILD)
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-           "-m", "not cuda_sim", *tests]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not cuda_sim",
+        *tests,
+    ]
     try:
-        out = subprocess.run(cmd, cwd=REPO, env=lib_build.test_env(lib), capture_output=True,
-                             text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd,
+            cwd=REPO,
+            env=lib_build.test_env(lib),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return "timeout", f"no result after {timeout} s"
     if out.returncode == 0:
         return "passed", ""
-    failing = [line.split(" - ")[0].split(" ", 1)[1] for line in out.stdout.splitlines()
-               if line.startswith(("FAILED ", "ERROR "))]
+    failing = [
+        line.split(" - ")[0].split(" ", 1)[1]
+        for line in out.stdout.splitlines()
+        if line.startswith(("FAILED ", "ERROR "))
+    ]
     if out.returncode == 1 and failing:
         return "failed", failing[0]
     return "crashed", f"exit status {out.returncode}: {(out.stdout + out.stderr)[-300:]!r}"
@@ -92,16 +116,18 @@ def run_tests(tests: list[str], timeout: int) -> tuple[str, str]:
 def apply_and_test(m: Mutant, path: Path, tests: list[str], timeout: int) -> tuple[str, str]:
     original = path.read_text()
     mutated = original.replace(m.original, m.replacement, 1)
-    PENDING.write_text(json.dumps({"path": str(path.relative_to(REPO)), "original": original,
-                                   "mutated": mutated}))
+    PENDING.write_text(
+        json.dumps({"path": str(path.relative_to(REPO)), "original": original, "mutated": mutated})
+    )
     try:
         path.write_text(mutated)
         built = lib_build.build(BUILD, check=False)
         if built.returncode != 0:
             return "invalid", "does not compile: " + built.stdout[-300:].replace("\n", " ")
         outcome, detail = run_tests(tests, timeout)
-        return {"passed": "SURVIVED", "failed": "caught"}.get(outcome, f"caught ({outcome})"), \
-            detail
+        return {"passed": "SURVIVED", "failed": "caught"}.get(
+            outcome, f"caught ({outcome})"
+        ), detail
     finally:
         path.write_text(original)
         PENDING.unlink()
@@ -109,15 +135,26 @@ def apply_and_test(m: Mutant, path: Path, tests: list[str], timeout: int) -> tup
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="only the QUICK mutants, each against its path tests (CI)")
-    ap.add_argument("--only", action="append", default=[],
-                    help="only mutants whose name contains this (repeatable)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the QUICK mutants, each against its path tests (CI)",
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="only mutants whose name contains this (repeatable)",
+    )
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
-    ap.add_argument("--check", action="store_true",
-                    help="check that every mutant applies (no build) and exit")
-    ap.add_argument("--no-baseline", action="store_true",
-                    help="skip the run of the tests on the unmutated build")
+    ap.add_argument(
+        "--check", action="store_true", help="check that every mutant applies (no build) and exit"
+    )
+    ap.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the run of the tests on the unmutated build",
+    )
     ap.add_argument("--timeout", type=int, default=900, help="seconds per mutant's tests")
     args = ap.parse_args()
 
@@ -126,8 +163,12 @@ def main() -> int:
     BUILD.mkdir(parents=True, exist_ok=True)
     restore_pending()
 
-    chosen = [m for m in MUTANTS if (m.quick or not args.quick)
-              and (not args.only or any(o.lower() in m.name.lower() for o in args.only))]
+    chosen = [
+        m
+        for m in MUTANTS
+        if (m.quick or not args.quick)
+        and (not args.only or any(o.lower() in m.name.lower() for o in args.only))
+    ]
     if args.list or args.check:
         bad = 0
         for m in chosen:
@@ -165,8 +206,10 @@ def main() -> int:
 
     caught = sum(r.startswith("caught") for _, r, _, _ in results)
     lines = ["| mutant | file | result | caught by | s |", "|---|---|---|---|---|"]
-    lines += [f"| {m.name} | {m.file.removeprefix('csrc/fastdl/')} | {r} | {d[:120]} | {t:.0f} |"
-              for m, r, d, t in results]
+    lines += [
+        f"| {m.name} | {m.file.removeprefix('csrc/fastdl/')} | {r} | {d[:120]} | {t:.0f} |"
+        for m, r, d, t in results
+    ]
     report = "\n".join(lines) + f"\n\n{caught} of {len(results)} mutants caught\n"
     (BUILD / ("report-quick.md" if args.quick else "report.md")).write_text(report)
     print("\n" + report)

@@ -37,6 +37,8 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" numpy "cmake>=3.26" ninja \
   "scikit-build-core>=0.10" "pybind11>=2.12" pytest pytest-xdist expecttest scikit-learn \
   "quapy>=0.2.3" tqdm matplotlib  # the quantification extra: its tests and example
+# The style checks of tests/test_style.py, pinned: another formatter version formats otherwise.
+python -m pip install -q "ruff==0.17.6" "clang-format==23.1.5" "lizard==1.24.3"
 # The integration tests' real models (tests/test_real_models.py, test_transformers.py);
 # torchvision must be the release built for the torch above.
 python -m pip install -q "${FASTDL_TORCH:-torch==2.14.1}" "${FASTDL_TORCHVISION:-torchvision==0.29.1}" \

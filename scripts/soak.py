@@ -69,6 +69,7 @@ class Encoder(nn.Module):
 
 def _models() -> dict[str, Callable[[torch.Generator], tuple[nn.Module, Callable]]]:
     """name -> (model, step_loss(model, generator) -> loss)."""
+
     def lstm_lm():
         model = LstmLM()
         fnn.convert(model)
@@ -77,6 +78,7 @@ def _models() -> dict[str, Callable[[torch.Generator], tuple[nn.Module, Callable
             tokens = torch.randint(0, 40, (8, 33), generator=g)
             logits = m(tokens[:, :-1])
             return nn.functional.cross_entropy(logits.reshape(-1, 40), tokens[:, 1:].reshape(-1))
+
         return model, loss
 
     def transformer_encoder():
@@ -87,26 +89,35 @@ def _models() -> dict[str, Callable[[torch.Generator], tuple[nn.Module, Callable
             tokens = torch.randint(0, 50, (8, 20), generator=g)
             lengths = torch.randint(5, 21, (8,), generator=g)
             padding = torch.arange(20)[None] >= lengths[:, None]
-            return nn.functional.cross_entropy(m(tokens, padding), torch.randint(0, 3, (8,), generator=g))
+            return nn.functional.cross_entropy(
+                m(tokens, padding), torch.randint(0, 3, (8,), generator=g)
+            )
+
         return model, loss
 
     def set_transformer():
-        model = fastdl.models.SetTransformer(3, 1, 1, num_inds=8, dim_hidden=32, num_heads=4, ln=True)
+        model = fastdl.models.SetTransformer(
+            3, 1, 1, num_inds=8, dim_hidden=32, num_heads=4, ln=True
+        )
 
         def loss(m, g):
             x = torch.randn(8, 40, 3, generator=g)
             mask = torch.rand(8, 40, generator=g) < 0.9
             target = x.masked_fill(~mask[..., None], -1e9).amax(dim=(1, 2))[:, None, None]
             return nn.functional.mse_loss(m(x, mask), target)
+
         return model, loss
 
     def histnetq():
-        model = fastdl.models.HistNetQ(6, 3, n_bins=8, n_features=16, hidden=32, extractor_hidden=32, dropout=0.1)
+        model = fastdl.models.HistNetQ(
+            6, 3, n_bins=8, n_features=16, hidden=32, extractor_hidden=32, dropout=0.1
+        )
 
         def loss(m, g):
             x = torch.randn(4, 100, 6, generator=g)
             prevalence = torch.softmax(torch.randn(4, 3, generator=g), -1)
             return (m(x) - prevalence).abs().mean()
+
         return model, loss
 
     def lenet():
@@ -115,13 +126,21 @@ def _models() -> dict[str, Callable[[torch.Generator], tuple[nn.Module, Callable
         def loss(m, g):
             x = torch.randn(8, 1, 32, 32, generator=g)
             return nn.functional.cross_entropy(m(x), torch.randint(0, 10, (8,), generator=g))
+
         return model, loss
 
-    return {"lstm_lm": lstm_lm, "transformer_encoder": transformer_encoder, "set_transformer": set_transformer,
-            "histnetq": histnetq, "lenet": lenet}
+    return {
+        "lstm_lm": lstm_lm,
+        "transformer_encoder": transformer_encoder,
+        "set_transformer": set_transformer,
+        "histnetq": histnetq,
+        "lenet": lenet,
+    }
 
 
-def soak(name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1, leak_kib: int = 0) -> dict:
+def soak(
+    name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1, leak_kib: int = 0
+) -> dict:
     """Train model ``name`` for ``steps`` steps (in ``threads`` Python threads at once, each its
     own model copy) and return its figures and whether it passed. ``leak_kib``: hold that much
     more memory every step (the test that the soak catches a leak)."""
@@ -168,19 +187,38 @@ def soak(name: str, steps: int, warmup: int, bound_mib: float, threads: int = 1,
         bad.append(f"only {len(samples)} RSS samples after warm-up: run more steps")
     if growth > bound_mib:
         bad.append(f"RSS grew {growth:.1f} MiB after warm-up (bound {bound_mib} MiB)")
-    return {"model": name, "steps": steps, "threads": threads, "rss_first_mib": first, "rss_last_mib": last,
-            "growth_mib": growth, "ok": not bad, "problems": bad}
+    return {
+        "model": name,
+        "steps": steps,
+        "threads": threads,
+        "rss_first_mib": first,
+        "rss_last_mib": last,
+        "growth_mib": growth,
+        "ok": not bad,
+        "problems": bad,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2000, help="training steps per model")
-    parser.add_argument("--warmup", type=int, default=None, help="steps before RSS is sampled (default steps/5, at least 20)")
-    parser.add_argument("--bound-mib", type=float, default=8.0, help="allowed RSS growth after warm-up")
-    parser.add_argument("--models", default="all", help=f"comma-separated, of {', '.join(_models())}")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps before RSS is sampled (default steps/5, at least 20)",
+    )
+    parser.add_argument(
+        "--bound-mib", type=float, default=8.0, help="allowed RSS growth after warm-up"
+    )
+    parser.add_argument(
+        "--models", default="all", help=f"comma-separated, of {', '.join(_models())}"
+    )
     parser.add_argument("--threads", type=int, default=1, help="Python threads training at once")
     parser.add_argument("--num-threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--leak-kib-per-step", type=int, default=0, help=argparse.SUPPRESS)  # self-test
+    parser.add_argument(
+        "--leak-kib-per-step", type=int, default=0, help=argparse.SUPPRESS
+    )  # self-test
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -190,12 +228,17 @@ def main(argv=None) -> int:
         parser.error(f"unknown models {sorted(unknown)}; known: {', '.join(_models())}")
     warmup = args.warmup if args.warmup is not None else max(20, args.steps // 5)
     failed = 0
-    print(f"{'model':22} {'steps':>6} {'RSS first MiB':>14} {'RSS last MiB':>13} {'growth':>8}  result")
+    print(
+        f"{'model':22} {'steps':>6} {'RSS first MiB':>14} {'RSS last MiB':>13} {'growth':>8}  result"
+    )
     for name in names:
         r = soak(name, args.steps, warmup, args.bound_mib, args.threads, args.leak_kib_per_step)
         failed += not r["ok"]
-        print(f"{name:22} {r['steps']:6d} {r['rss_first_mib']:14.1f} {r['rss_last_mib']:13.1f} "
-              f"{r['growth_mib']:8.2f}  {'ok' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])}", flush=True)
+        print(
+            f"{name:22} {r['steps']:6d} {r['rss_first_mib']:14.1f} {r['rss_last_mib']:13.1f} "
+            f"{r['growth_mib']:8.2f}  {'ok' if r['ok'] else 'FAIL: ' + '; '.join(r['problems'])}",
+            flush=True,
+        )
     return 1 if failed else 0
 
 

@@ -15,15 +15,20 @@ torch.backends.cudnn.allow_tf32 = False
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-long", action="store_true", default=False,
-                     help="run the long differential-fuzzing profile (tests/fuzz; about an hour)")
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        default=False,
+        help="run the long differential-fuzzing profile (tests/fuzz; about an hour)",
+    )
 
 
 def pytest_configure(config):
     # Also declared in pyproject.toml; registered here so the suite runs from any rootdir.
     config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "cuda_sim: runs the CUDA kernels in the emulator "
-                            "(scripts/test_cuda_sim.sh)")
+    config.addinivalue_line(
+        "markers", "cuda_sim: runs the CUDA kernels in the emulator (scripts/test_cuda_sim.sh)"
+    )
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still run by default)")
 
 
@@ -84,8 +89,11 @@ def _launched_kernels():
         symbol, count = line.rsplit("\t", 1)
         location = symbol.rsplit(" ", 1)[-1]
         family = re.search(r"csrc/fastdl/(\w+)/cuda/", location)
-        head = symbol.split("(", 1)[0] if "(anonymous" not in symbol else \
-            symbol.replace("(anonymous namespace)", "anon").split("(", 1)[0]
+        head = (
+            symbol.split("(", 1)[0]
+            if "(anonymous" not in symbol
+            else symbol.replace("(anonymous namespace)", "anon").split("(", 1)[0]
+        )
         name = re.sub(r"<.*", "", head).rsplit("::", 1)[-1]
         if family:
             key = (family.group(1), name)
@@ -99,7 +107,9 @@ def pytest_sessionfinish(session):
     if workeroutput is None:
         return
     try:
-        workeroutput["fastdl_kernel_launches"] = [[f, n, c] for (f, n), c in _launched_kernels().items()]
+        workeroutput["fastdl_kernel_launches"] = [
+            [f, n, c] for (f, n), c in _launched_kernels().items()
+        ]
     except (AttributeError, RuntimeError):
         pass
 
@@ -123,12 +133,16 @@ def pytest_terminal_summary(terminalreporter):
 
     per_family = collections.Counter()
     for r in passed:
-        stem = os.path.basename(r.nodeid.split("::", 1)[0]).removeprefix("test_").removesuffix(".py")
+        stem = (
+            os.path.basename(r.nodeid.split("::", 1)[0]).removeprefix("test_").removesuffix(".py")
+        )
         per_family[dict(r.user_properties).get("fastdl_family", stem)] += 1
     write = terminalreporter.write_line
     write("")
-    write("cuda-sim: test cases passed in the emulator, per family: " +
-          ", ".join(f"{k} {v}" for k, v in sorted(per_family.items())))
+    write(
+        "cuda-sim: test cases passed in the emulator, per family: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(per_family.items()))
+    )
     launched = terminalreporter.config.__dict__.get("_fastdl_kernel_launches")
     if launched is None:  # not under xdist: this process ran the kernels
         try:
@@ -139,6 +153,11 @@ def pytest_terminal_summary(terminalreporter):
     never = sorted(k for k in kernels if k not in launched)
     for family in sorted({f for f, _ in kernels}):
         names = sorted(n for f, n in kernels if f == family)
-        write(f"cuda-sim: {family}: " + ", ".join(f"{n} x{launched.get((family, n), 0)}" for n in names))
-    write(f"cuda-sim: {len(kernels) - len(never)} of {len(kernels)} CUDA kernels launched" +
-          (f"; never launched: {', '.join(f'{f}/{n}' for f, n in never)}" if never else ""))
+        write(
+            f"cuda-sim: {family}: "
+            + ", ".join(f"{n} x{launched.get((family, n), 0)}" for n in names)
+        )
+    write(
+        f"cuda-sim: {len(kernels) - len(never)} of {len(kernels)} CUDA kernels launched"
+        + (f"; never launched: {', '.join(f'{f}/{n}' for f, n in never)}" if never else "")
+    )

@@ -53,11 +53,28 @@ import fastdl
 import fastdl.testing
 
 __all__ = [
-    "CUDA_AVAILABLE", "CUDA_SIM_AVAILABLE", "DEVICES", "cuda_devices", "DEVICE_DTYPES", "HALF_DTYPES", "TOLERANCES",
-    "assert_close_to_reference", "assert_close_with_nans", "assert_no_double_backward", "assert_raises_naming",
-    "assert_unchanged", "check_compile", "check_compile_module", "check_gradcheck",
-    "check_opcheck", "clone_tree", "compare_with_torch", "device_dtypes", "devices",
-    "dtypes_for", "outputs_and_grads",
+    "CUDA_AVAILABLE",
+    "CUDA_SIM_AVAILABLE",
+    "DEVICES",
+    "cuda_devices",
+    "DEVICE_DTYPES",
+    "HALF_DTYPES",
+    "TOLERANCES",
+    "assert_close_to_reference",
+    "assert_close_with_nans",
+    "assert_no_double_backward",
+    "assert_raises_naming",
+    "assert_unchanged",
+    "check_compile",
+    "check_compile_module",
+    "check_gradcheck",
+    "check_opcheck",
+    "clone_tree",
+    "compare_with_torch",
+    "device_dtypes",
+    "devices",
+    "dtypes_for",
+    "outputs_and_grads",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -66,16 +83,20 @@ __all__ = [
 
 #: True when CUDA tests can run: a GPU is visible and fastdl was built with its CUDA kernels.
 CUDA_AVAILABLE = torch.cuda.is_available() and bool(fastdl.build_info()["cuda"])
-_CUDA_SKIP_REASON = ("no CUDA device" if not torch.cuda.is_available()
-                     else "fastdl was built without CUDA kernels")
+_CUDA_SKIP_REASON = (
+    "no CUDA device" if not torch.cuda.is_available() else "fastdl was built without CUDA kernels"
+)
 
 #: True when the emulated CUDA tests run: the emulator is built and the run asked for them
 #: (``FASTDL_CUDA_SIM_TESTS=1``, as ``scripts/test_cuda_sim.sh`` sets under AddressSanitizer).
-CUDA_SIM_AVAILABLE = (fastdl.testing.cuda_sim_available()
-                      and os.environ.get("FASTDL_CUDA_SIM_TESTS") == "1")
-_CUDA_SIM_SKIP_REASON = ("fastdl was built without the CUDA emulator (FASTDL_CUDA_SIM=ON)"
-                         if not fastdl.testing.cuda_sim_available()
-                         else "emulated CUDA tests run with scripts/test_cuda_sim.sh")
+CUDA_SIM_AVAILABLE = (
+    fastdl.testing.cuda_sim_available() and os.environ.get("FASTDL_CUDA_SIM_TESTS") == "1"
+)
+_CUDA_SIM_SKIP_REASON = (
+    "fastdl was built without the CUDA emulator (FASTDL_CUDA_SIM=ON)"
+    if not fastdl.testing.cuda_sim_available()
+    else "emulated CUDA tests run with scripts/test_cuda_sim.sh"
+)
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 ALL_DEVICES = ("cpu", "cuda", "cuda_sim")
@@ -85,8 +106,10 @@ def _device_marks(device: str) -> list:
     if device == "cuda":
         return [pytest.mark.cuda, pytest.mark.skipif(not CUDA_AVAILABLE, reason=_CUDA_SKIP_REASON)]
     if device == "cuda_sim":
-        return [pytest.mark.cuda_sim,
-                pytest.mark.skipif(not CUDA_SIM_AVAILABLE, reason=_CUDA_SIM_SKIP_REASON)]
+        return [
+            pytest.mark.cuda_sim,
+            pytest.mark.skipif(not CUDA_SIM_AVAILABLE, reason=_CUDA_SIM_SKIP_REASON),
+        ]
     return []
 
 
@@ -140,8 +163,11 @@ def dtypes_for(device: str, cpu_half: bool = False) -> list[torch.dtype]:
     return base + list(HALF_DTYPES) if on_cuda or cpu_half else base
 
 
-def device_dtypes(device_list: Sequence[str] = ALL_DEVICES,
-                  only: Optional[Iterable[torch.dtype]] = None, cpu_half: bool = False) -> list:
+def device_dtypes(
+    device_list: Sequence[str] = ALL_DEVICES,
+    only: Optional[Iterable[torch.dtype]] = None,
+    cpu_half: bool = False,
+) -> list:
     """``pytest.param(device, dtype)`` for every supported pair (ids like ``cpu-float32``),
     CUDA ones marked and skipped as in :func:`devices`. ``only`` restricts the dtypes;
     ``cpu_half`` adds float16/bfloat16 on the CPU (see :func:`dtypes_for`)."""
@@ -149,8 +175,14 @@ def device_dtypes(device_list: Sequence[str] = ALL_DEVICES,
     for d in device_list:
         for dt in dtypes_for(d, cpu_half):
             if only is None or dt in only:
-                params.append(pytest.param(tensor_device(d), dt, marks=_device_marks(d),
-                                           id=f"{d}-{str(dt).removeprefix('torch.')}"))
+                params.append(
+                    pytest.param(
+                        tensor_device(d),
+                        dt,
+                        marks=_device_marks(d),
+                        id=f"{d}-{str(dt).removeprefix('torch.')}",
+                    )
+                )
     return params
 
 
@@ -181,10 +213,16 @@ def _max_error(a: torch.Tensor, ref: torch.Tensor) -> float:
     return err if err == err else float("inf")  # NaN is never close
 
 
-def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional[torch.Tensor],
-                              dtype: Optional[torch.dtype] = None, *,
-                              baseline: Optional[torch.Tensor] = None, name: str = "output",
-                              rtol: Optional[float] = None, atol: Optional[float] = None) -> None:
+def assert_close_to_reference(
+    actual: Optional[torch.Tensor],
+    expected: Optional[torch.Tensor],
+    dtype: Optional[torch.dtype] = None,
+    *,
+    baseline: Optional[torch.Tensor] = None,
+    name: str = "output",
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+) -> None:
     """Assert fastdl's ``actual`` (computed in ``dtype``) matches the reference ``expected``.
 
     Without ``baseline``: ``expected`` is torch's result in the same dtype (or a float64
@@ -204,11 +242,16 @@ def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional
     if actual is None or expected is None:
         assert actual is None and expected is None, (
             f"{name}: one side is None (actual={type(actual).__name__}, "
-            f"expected={type(expected).__name__})")
+            f"expected={type(expected).__name__})"
+        )
         return
     dtype = dtype or actual.dtype
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.device.type == expected.device.type, f"{name}: device {actual.device} != {expected.device}"
+    assert actual.shape == expected.shape, (
+        f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    )
+    assert actual.device.type == expected.device.type, (
+        f"{name}: device {actual.device} != {expected.device}"
+    )
     default_rtol, default_atol = TOLERANCES[dtype]
     rtol = default_rtol if rtol is None else rtol
     if baseline is not None and dtype != torch.float64:
@@ -220,42 +263,69 @@ def assert_close_to_reference(actual: Optional[torch.Tensor], expected: Optional
         if err <= 2 * torch_err + slack:
             return
         if dtype in HALF_DTYPES:
-            raise AssertionError(f"{name} ({dtype}): max error {err:.3g} vs the float64 reference "
-                                 f"exceeds 2 x torch's {torch_err:.3g} + {slack:.3g}")
+            raise AssertionError(
+                f"{name} ({dtype}): max error {err:.3g} vs the float64 reference "
+                f"exceeds 2 x torch's {torch_err:.3g} + {slack:.3g}"
+            )
         expected = baseline  # float32: fall through to the plain comparison with torch
     torch.testing.assert_close(
-        actual.to(expected.dtype) if dtype in HALF_DTYPES else actual, expected,
-        rtol=rtol, atol=default_atol if atol is None else atol,
-        equal_nan=True, check_dtype=dtype not in HALF_DTYPES,
-        msg=lambda m: f"{name} ({dtype}): {m}" + (
-            f"\n(and its error vs the float64 reference, {err:.3g}, exceeds 2 x torch's "
-            f"{torch_err:.3g} + {slack:.3g})" if baseline is not None and dtype != torch.float64 else ""))
+        actual.to(expected.dtype) if dtype in HALF_DTYPES else actual,
+        expected,
+        rtol=rtol,
+        atol=default_atol if atol is None else atol,
+        equal_nan=True,
+        check_dtype=dtype not in HALF_DTYPES,
+        msg=lambda m: (
+            f"{name} ({dtype}): {m}"
+            + (
+                f"\n(and its error vs the float64 reference, {err:.3g}, exceeds 2 x torch's "
+                f"{torch_err:.3g} + {slack:.3g})"
+                if baseline is not None and dtype != torch.float64
+                else ""
+            )
+        ),
+    )
 
 
-def assert_close_with_nans(actual: torch.Tensor, baseline: torch.Tensor,
-                           expected: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None,
-                           *, name: str = "output") -> None:
+def assert_close_with_nans(
+    actual: torch.Tensor,
+    baseline: torch.Tensor,
+    expected: Optional[torch.Tensor] = None,
+    dtype: Optional[torch.dtype] = None,
+    *,
+    name: str = "output",
+) -> None:
     """NaN exactly where torch's ``baseline`` (its result in ``dtype``) has NaN, and the other
     elements close: to ``baseline`` for float32/float64 (``torch.testing.assert_close``), and for
     float16/bfloat16 by :func:`assert_close_to_reference`'s rule against ``expected``, the
     float64 reference (torch rounds to half where fastdl accumulates in float), whose NaN
     positions must be the same."""
     dtype = dtype or actual.dtype
-    assert actual.shape == baseline.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(baseline.shape)}"
-    assert torch.equal(actual.isnan(), baseline.isnan()), f"{name} ({dtype}): NaN positions differ from torch's"
+    assert actual.shape == baseline.shape, (
+        f"{name}: shape {tuple(actual.shape)} != {tuple(baseline.shape)}"
+    )
+    assert torch.equal(actual.isnan(), baseline.isnan()), (
+        f"{name} ({dtype}): NaN positions differ from torch's"
+    )
     if dtype not in HALF_DTYPES:
-        torch.testing.assert_close(actual, baseline, equal_nan=True,
-                                   msg=lambda m: f"{name} ({dtype}): {m}")
+        torch.testing.assert_close(
+            actual, baseline, equal_nan=True, msg=lambda m: f"{name} ({dtype}): {m}"
+        )
         return
     assert expected is not None, f"{name}: half types are judged against a float64 reference"
-    assert torch.equal(expected.isnan(), baseline.isnan()), f"{name}: the float64 reference's NaN positions"
+    assert torch.equal(expected.isnan(), baseline.isnan()), (
+        f"{name}: the float64 reference's NaN positions"
+    )
     keep = ~baseline.isnan()
-    assert_close_to_reference(actual[keep], expected[keep], dtype, baseline=baseline[keep], name=name)
+    assert_close_to_reference(
+        actual[keep], expected[keep], dtype, baseline=baseline[keep], name=name
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Running functions
 # ---------------------------------------------------------------------------------------------
+
 
 def clone_tree(obj: Any) -> Any:
     """Deep copy of nested lists/tuples/dicts of tensors: each tensor cloned with its strides
@@ -299,7 +369,9 @@ def outputs_and_grads(fn: Callable, args: Sequence, grad_output: Optional[torch.
     grads = [None] * len(copies)
     if first.requires_grad:
         first.backward(torch.ones_like(first) if grad_output is None else grad_output)
-        grads = [a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in copies]
+        grads = [
+            a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in copies
+        ]
     return out, grads, copies
 
 
@@ -316,10 +388,17 @@ def _upcast(obj: Any) -> Any:
     return obj
 
 
-def compare_with_torch(fastdl_fn: Callable, torch_fn: Callable, args: Sequence,
-                       dtype: torch.dtype, *, grad_output: Optional[torch.Tensor] = None,
-                       baseline_args: Optional[Sequence] = None, rtol: Optional[float] = None,
-                       atol: Optional[float] = None):
+def compare_with_torch(
+    fastdl_fn: Callable,
+    torch_fn: Callable,
+    args: Sequence,
+    dtype: torch.dtype,
+    *,
+    grad_output: Optional[torch.Tensor] = None,
+    baseline_args: Optional[Sequence] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+):
     """Forward and every gradient of ``fastdl_fn(*args)`` against ``torch_fn(*args)``.
 
     Both run on their own fresh copies of ``args`` (tensors requiring grad get gradients),
@@ -338,20 +417,25 @@ def compare_with_torch(fastdl_fn: Callable, torch_fn: Callable, args: Sequence,
         probe = probe[0] if isinstance(probe, (tuple, list)) else probe
         grad_output = torch.randn(probe.shape, dtype=probe.dtype, device=probe.device)
     out, grads, our_args = outputs_and_grads(fastdl_fn, args, grad_output)
-    base_out, base_grads, torch_args = outputs_and_grads(torch_fn, baseline_args or args, grad_output)
+    base_out, base_grads, torch_args = outputs_and_grads(
+        torch_fn, baseline_args or args, grad_output
+    )
     if dtype == torch.float64:  # torch in float64 is the reference; no baseline
         ref_out, ref_grads = base_out, base_grads
         bases, base_grads = [None] * len(_tensors(ref_out)), [None] * len(args)
     else:  # float64 reference, torch in `dtype` as the baseline (see assert_close_to_reference)
-        ref_out, ref_grads, _ = outputs_and_grads(torch_fn, _upcast(list(args)), grad_output.double())
+        ref_out, ref_grads, _ = outputs_and_grads(
+            torch_fn, _upcast(list(args)), grad_output.double()
+        )
         bases = _tensors(base_out)
     outs, refs = _tensors(out), _tensors(ref_out)
     assert len(outs) == len(refs), f"{len(outs)} outputs vs torch's {len(refs)}"
     for i, (a, e, b) in enumerate(zip(outs, refs, bases)):
         assert_close_to_reference(a, e, dtype, baseline=b, name=f"output {i}", rtol=rtol, atol=atol)
     for i, (g, e, b) in enumerate(zip(grads, ref_grads, base_grads)):
-        assert_close_to_reference(g, e, dtype, baseline=b, name=f"gradient of argument {i}",
-                                  rtol=rtol, atol=atol)
+        assert_close_to_reference(
+            g, e, dtype, baseline=b, name=f"gradient of argument {i}", rtol=rtol, atol=atol
+        )
     return out, base_out, our_args, torch_args
 
 
@@ -374,7 +458,9 @@ def check_opcheck(op, args: Sequence, kwargs: Optional[dict] = None, **opcheck_k
     """``torch.library.opcheck`` of ``op`` (an OpOverload or OpOverloadPacket) on ``args``;
     asserts every test (schema, autograd registration, fake tensor, aot dispatch) is SUCCESS.
     Give some arguments ``requires_grad=True`` to exercise autograd."""
-    results = torch.library.opcheck(op, tuple(args), kwargs, raise_exception=False, **opcheck_kwargs)
+    results = torch.library.opcheck(
+        op, tuple(args), kwargs, raise_exception=False, **opcheck_kwargs
+    )
     failed = {k: v for k, v in results.items() if v != "SUCCESS"}
     assert not failed, f"opcheck of {op} failed: {failed}"
     return results
@@ -384,12 +470,19 @@ def _compare_trees(actual, expected, what: str, rtol: float, atol: float) -> Non
     a, e = _tensors(actual), _tensors(expected)
     assert len(a) == len(e), f"{what}: {len(a)} tensors vs {len(e)}"
     for i, (x, y) in enumerate(zip(a, e)):
-        torch.testing.assert_close(x, y, rtol=rtol, atol=atol, equal_nan=True,
-                                   msg=lambda m: f"{what}[{i}]: {m}")
+        torch.testing.assert_close(
+            x, y, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{what}[{i}]: {m}"
+        )
 
 
-def check_compile(fn: Callable, *args, backend: str = "aot_eager", rtol: float = 1e-5,
-                  atol: float = 1e-6, dynamic: Optional[bool] = None):
+def check_compile(
+    fn: Callable,
+    *args,
+    backend: str = "aot_eager",
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+    dynamic: Optional[bool] = None,
+):
     """``torch.compile(fn, fullgraph=True)`` gives eager's outputs, eager's gradients (for args
     requiring grad, with a ones gradient on the first output) and the same in-place changes to
     the arguments. Each run gets its own copies of ``args``. ``backend="aot_eager"`` (the
@@ -401,15 +494,22 @@ def check_compile(fn: Callable, *args, backend: str = "aot_eager", rtol: float =
     comp_out, comp_grads, comp_args = outputs_and_grads(compiled, args)
     _compare_trees(comp_out, eager_out, "compiled output", rtol, atol)
     for i, (g, eg) in enumerate(zip(comp_grads, eager_grads)):
-        assert (g is None) == (eg is None), f"gradient of arg {i}: compiled {g is None}, eager {eg is None}"
+        assert (g is None) == (eg is None), (
+            f"gradient of arg {i}: compiled {g is None}, eager {eg is None}"
+        )
         if g is not None:
             _compare_trees(g, eg, f"gradient of arg {i}", rtol, atol)
     _compare_trees(comp_args, eager_args, "arguments after the call", rtol, atol)
     return comp_out
 
 
-def check_compile_module(module: torch.nn.Module, *args, backend: str = "aot_eager",
-                         rtol: float = 1e-5, atol: float = 1e-6):
+def check_compile_module(
+    module: torch.nn.Module,
+    *args,
+    backend: str = "aot_eager",
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+):
     """``torch.compile(module, fullgraph=True)`` on a copy of ``module`` gives the outputs,
     parameter gradients and buffers (e.g. updated running statistics) of eager on another copy."""
     torch._dynamo.reset()
@@ -437,6 +537,7 @@ def check_compile_module(module: torch.nn.Module, *args, backend: str = "aot_eag
 # Bad input
 # ---------------------------------------------------------------------------------------------
 
+
 def assert_raises_naming(exc_type, fn: Callable, *words: str):
     """``fn()`` raises ``exc_type`` (a class or tuple) and the message contains every one of
     ``words`` (case-insensitive): the argument's name, and the expected or received value.
@@ -459,9 +560,11 @@ def assert_unchanged(inputs: Any, fn: Callable, *, allow: Iterable[torch.Tensor]
     result = fn()
     for i, (t, (val, shape, stride, dtype, device)) in enumerate(zip(tensors, before)):
         assert (t.shape, t.stride(), t.dtype, t.device) == (shape, stride, dtype, device), (
-            f"input {i} changed its metadata")
-        assert torch.equal(torch.nan_to_num(t.detach(), 1.5), torch.nan_to_num(val, 1.5)) and \
-            torch.equal(t.detach().isnan(), val.isnan()), f"input {i} was modified in place"
+            f"input {i} changed its metadata"
+        )
+        assert torch.equal(
+            torch.nan_to_num(t.detach(), 1.5), torch.nan_to_num(val, 1.5)
+        ) and torch.equal(t.detach().isnan(), val.isnan()), f"input {i} was modified in place"
     return result
 
 

@@ -44,8 +44,10 @@ def _results(fn, inputs, grad_of) -> list[torch.Tensor]:
     out = fn(*inputs)
     out = list(out) if isinstance(out, tuple) else [out]
     # Values bfloat16 holds exactly, so that a half run and its float64 reference get the same.
-    weights = [torch.randn(o.shape, generator=torch.Generator().manual_seed(7)).bfloat16().to(o.dtype)
-               for o in out]
+    weights = [
+        torch.randn(o.shape, generator=torch.Generator().manual_seed(7)).bfloat16().to(o.dtype)
+        for o in out
+    ]
     grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(out, weights)), grad_of)
     return [t.detach() for t in (*out, *grads)]
 
@@ -67,13 +69,20 @@ def _check(name, dtype, got_fn, want_fn, inputs, want_grad_of=None) -> int:
         return 0
     if MODE == "run":
         return len(_results(got_fn, inputs, inputs))
-    want = (SAVED[key] if MODE == "load"
-            else _results(want_fn, want_inputs, want_grad_of or want_inputs))
+    want = (
+        SAVED[key]
+        if MODE == "load"
+        else _results(want_fn, want_inputs, want_grad_of or want_inputs)
+    )
     got = [g.double() if half else g for g in _results(got_fn, inputs, inputs)]
     assert len(got) == len(want), key
-    tol = {torch.float32: dict(rtol=2e-4, atol=2e-4), torch.float64: dict(rtol=1e-9, atol=1e-9),
-           # fastdl computes in float32 and rounds once: about one unit in the last place.
-           torch.bfloat16: dict(rtol=1e-2, atol=1e-2), torch.float16: dict(rtol=2e-3, atol=2e-3)}[dtype]
+    tol = {
+        torch.float32: dict(rtol=2e-4, atol=2e-4),
+        torch.float64: dict(rtol=1e-9, atol=1e-9),
+        # fastdl computes in float32 and rounds once: about one unit in the last place.
+        torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+        torch.float16: dict(rtol=2e-3, atol=2e-3),
+    }[dtype]
     if MODE == "load":
         # Saved results serve emulated CPUs, whose arithmetic is not always the hardware's:
         # under qemu's Nehalem model torch's own float64 x @ w differs from the native run by
@@ -90,63 +99,142 @@ def _check(name, dtype, got_fn, want_fn, inputs, want_grad_of=None) -> int:
 def _check_module(name, dtype, ours, ref, x) -> int:
     """A fastdl module against its torch twin holding the same weights: the output, and the
     gradients of the input and of every parameter."""
-    return _check(name, dtype, lambda x, *ps: ours(x)[0], lambda x, *ps: ref(x)[0],
-                  [x, *ours.parameters()], [x, *ref.parameters()])
+    return _check(
+        name,
+        dtype,
+        lambda x, *ps: ours(x)[0],
+        lambda x, *ps: ref(x)[0],
+        [x, *ours.parameters()],
+        [x, *ref.parameters()],
+    )
 
 
-def run(dtype) -> int:
+def _norms_and_convolutions(dtype) -> int:
     n = 0
     # Rows of 70 (4 vectors of 16 and a tail), 67 channels.
     x, w, b = _inputs(dtype, (6, 67, 70), (70,), (70,), seed=1)
-    n += _check("layer_norm", dtype, lambda x, w, b: FF.layer_norm(x, (70,), w, b),
-                lambda x, w, b: F.layer_norm(x, (70,), w, b), [x, w, b])
+    n += _check(
+        "layer_norm",
+        dtype,
+        lambda x, w, b: FF.layer_norm(x, (70,), w, b),
+        lambda x, w, b: F.layer_norm(x, (70,), w, b),
+        [x, w, b],
+    )
     x, w, b = _inputs(dtype, (5, 67, 70), (67,), (67,), seed=2)
-    n += _check("batch_norm", dtype,
-                lambda x, w, b: FF.batch_norm(x, None, None, w, b, training=True),
-                lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [x, w, b])
+    n += _check(
+        "batch_norm",
+        dtype,
+        lambda x, w, b: FF.batch_norm(x, None, None, w, b, training=True),
+        lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+        [x, w, b],
+    )
     # 2 M N K past the packed GEMM's threshold (4e6), and a depthwise convolution.
     x, w, b = _inputs(dtype, (2, 16, 18, 17), (40, 16, 3, 3), (40,), seed=3)
-    n += _check("conv2d", dtype, lambda x, w, b: FF.conv2d(x, w, b, 1, 1),
-                lambda x, w, b: F.conv2d(x, w, b, 1, 1), [x, w, b])
+    n += _check(
+        "conv2d",
+        dtype,
+        lambda x, w, b: FF.conv2d(x, w, b, 1, 1),
+        lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+        [x, w, b],
+    )
     x, w = _inputs(dtype, (2, 8, 9, 37), (8, 1, 3, 3), seed=4)
-    n += _check("depthwise conv2d", dtype, lambda x, w: FF.conv2d(x, w, None, 1, 1, 1, 8),
-                lambda x, w: F.conv2d(x, w, None, 1, 1, 1, 8), [x, w])
+    n += _check(
+        "depthwise conv2d",
+        dtype,
+        lambda x, w: FF.conv2d(x, w, None, 1, 1, 1, 8),
+        lambda x, w: F.conv2d(x, w, None, 1, 1, 1, 8),
+        [x, w],
+    )
     x, w = _inputs(dtype, (3, 5, 41), (7, 5, 4), seed=5)
-    n += _check("conv1d", dtype, lambda x, w: FF.conv1d(x, w, None, 2),
-                lambda x, w: F.conv1d(x, w, None, 2), [x, w])
+    n += _check(
+        "conv1d",
+        dtype,
+        lambda x, w: FF.conv1d(x, w, None, 2),
+        lambda x, w: F.conv1d(x, w, None, 2),
+        [x, w],
+    )
+    return n
+
+
+def _pooling(dtype) -> int:
+    n = 0
     # Channels-last pooling with 67 channels (the 4-vector blocks and a tail).
     (x,) = _inputs(dtype, (2, 67, 9, 8), seed=6)
     xl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     for layout, inp in (("channels-last", xl), ("nchw", x)):
-        n += _check(f"max_pool2d {layout}", dtype, lambda x: FF.max_pool2d(x, 3, 2, 1),
-                    lambda x: F.max_pool2d(x, 3, 2, 1), [inp])
-        n += _check(f"avg_pool2d {layout}", dtype, lambda x: FF.avg_pool2d(x, 3, 2, 1),
-                    lambda x: F.avg_pool2d(x, 3, 2, 1), [inp])
+        n += _check(
+            f"max_pool2d {layout}",
+            dtype,
+            lambda x: FF.max_pool2d(x, 3, 2, 1),
+            lambda x: F.max_pool2d(x, 3, 2, 1),
+            [inp],
+        )
+        n += _check(
+            f"avg_pool2d {layout}",
+            dtype,
+            lambda x: FF.avg_pool2d(x, 3, 2, 1),
+            lambda x: F.avg_pool2d(x, 3, 2, 1),
+            [inp],
+        )
     (x,) = _inputs(dtype, (3, 4, 45), seed=7)
-    n += _check("max_pool1d", dtype, lambda x: FF.max_pool1d(x, 3), lambda x: F.max_pool1d(x, 3), [x])
-    n += _check("avg_pool1d", dtype, lambda x: FF.avg_pool1d(x, 3), lambda x: F.avg_pool1d(x, 3), [x])
+    n += _check(
+        "max_pool1d", dtype, lambda x: FF.max_pool1d(x, 3), lambda x: F.max_pool1d(x, 3), [x]
+    )
+    n += _check(
+        "avg_pool1d", dtype, lambda x: FF.avg_pool1d(x, 3), lambda x: F.avg_pool1d(x, 3), [x]
+    )
+    return n
+
+
+def _attention(dtype) -> int:
+    n = 0
     # Head dim 64, keys past one block, causal and a float mask.
     q, k, v = _inputs(dtype, (2, 2, 37, 64), (2, 2, 70, 64), (2, 2, 70, 64), seed=8)
-    n += _check("sdpa causal", dtype,
-                lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True),
-                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+    n += _check(
+        "sdpa causal",
+        dtype,
+        lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, is_causal=True),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        [q, k, v],
+    )
     mask = torch.randn(37, 70, generator=torch.Generator().manual_seed(9), dtype=dtype)
-    n += _check("sdpa mask", dtype,
-                lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, attn_mask=mask),
-                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)),
-                [q, k, v])
+    n += _check(
+        "sdpa mask",
+        dtype,
+        lambda q, k, v: FF.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype)),
+        [q, k, v],
+    )
     # Value dim 64 (the 4-vector blocks of the weighted rows).
     q, k, v = _inputs(dtype, (2, 2, 5, 64), (2, 2, 70, 64), (2, 2, 70, 64), seed=10)
-    n += _check("induced_attention", dtype, lambda q, k, v: FF.induced_attention(q, k, v),
-                lambda q, k, v: induced_attention_reference(q, k, v), [q, k, v])
+    n += _check(
+        "induced_attention",
+        dtype,
+        lambda q, k, v: FF.induced_attention(q, k, v),
+        lambda q, k, v: induced_attention_reference(q, k, v),
+        [q, k, v],
+    )
+    return n
+
+
+def _histogram_and_rnn(dtype) -> int:
+    n = 0
     # 40 bins (two 16-lane blocks and a tail); gradients of x, centres and widths.
     (bags,) = _inputs(dtype, (3, 50, 4), seed=11)
     centres = torch.linspace(-1, 1, 40, dtype=dtype).requires_grad_()
     widths = torch.full((40,), 10.0, dtype=dtype).requires_grad_()
-    n += _check("histogram", dtype, lambda x, c, w: FF.histogram(x, c, w),
-                lambda x, c, w: histogram_reference(x, c, w), [bags, centres, widths])
+    n += _check(
+        "histogram",
+        dtype,
+        lambda x, c, w: FF.histogram(x, c, w),
+        lambda x, c, w: histogram_reference(x, c, w),
+        [bags, centres, widths],
+    )
     # Hidden size 70: 280 LSTM gate columns (past the 256-column blocks of the bias gradient).
-    for name, torch_cls, fastdl_cls in (("lstm", torch.nn.LSTM, fnn.LSTM), ("gru", torch.nn.GRU, fnn.GRU)):
+    for name, torch_cls, fastdl_cls in (
+        ("lstm", torch.nn.LSTM, fnn.LSTM),
+        ("gru", torch.nn.GRU, fnn.GRU),
+    ):
         torch.manual_seed(12)
         ref = torch_cls(20, 70, batch_first=True).to(dtype)
         ours = fastdl_cls(20, 70, batch_first=True).to(dtype)
@@ -154,6 +242,14 @@ def run(dtype) -> int:
         (seq,) = _inputs(dtype, (3, 6, 20), seed=13)
         n += _check_module(name, dtype, ours, ref, seq)
     return n
+
+
+def run(dtype) -> int:
+    """The number of cases checked (each family's vector and block thresholds)."""
+    return sum(
+        check(dtype)
+        for check in (_norms_and_convolutions, _pooling, _attention, _histogram_and_rnn)
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def _first_tensor(out: Any) -> torch.Tensor:
     return out[0]
 
 
-def run_model(fn: Callable, module: torch.nn.Module, inputs: Any, train: bool,
-              dtype: torch.dtype) -> dict:
+def run_model(
+    fn: Callable, module: torch.nn.Module, inputs: Any, train: bool, dtype: torch.dtype
+) -> dict:
     """``fn(*inputs)`` on ``dtype`` copies of ``inputs``; in training, backward through the
     main output a random gradient (the same on every call: a seeded generator). Returns the
     output, and the parameter, input and buffer tensors, by name."""
@@ -78,9 +79,16 @@ def run_model(fn: Callable, module: torch.nn.Module, inputs: Any, train: bool,
     return result
 
 
-def compare_model(model: torch.nn.Module, through_fastdl: Callable, make_inputs: Callable[[], Any],
-                  dtype: torch.dtype = torch.float32, *, train: bool = False,
-                  rtol: Optional[float] = None, atol: Optional[float] = None) -> dict:
+def compare_model(
+    model: torch.nn.Module,
+    through_fastdl: Callable,
+    make_inputs: Callable[[], Any],
+    dtype: torch.dtype = torch.float32,
+    *,
+    train: bool = False,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+) -> dict:
     """Compare ``model`` run through fastdl with torch (see the module docstring).
 
     Args:
@@ -109,8 +117,9 @@ def compare_model(model: torch.nn.Module, through_fastdl: Callable, make_inputs:
     base = results.get("torch", {})
     assert ours.keys() == ref.keys(), f"fastdl gives {sorted(ours)}, torch {sorted(ref)}"
     for name, value in ours.items():
-        assert_close_to_reference(value, ref[name], dtype, baseline=base.get(name), name=name,
-                                  rtol=rtol, atol=atol)
+        assert_close_to_reference(
+            value, ref[name], dtype, baseline=base.get(name), name=name, rtol=rtol, atol=atol
+        )
     return ours
 
 

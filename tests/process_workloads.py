@@ -42,7 +42,11 @@ def workload(i: int) -> list[torch.Tensor]:
     y = FF.scaled_dot_product_attention(q, k, v)
     out += [y, *torch.autograd.grad(y.square().sum(), [q, k, v])]
     bags = torch.rand(2, 60, 4, generator=g, dtype=torch.float64).requires_grad_()
-    y = FF.histogram(bags, torch.linspace(0.1, 0.9, 8, dtype=torch.float64), torch.full((8,), 8.0, dtype=torch.float64))
+    y = FF.histogram(
+        bags,
+        torch.linspace(0.1, 0.9, 8, dtype=torch.float64),
+        torch.full((8,), 8.0, dtype=torch.float64),
+    )
     out += [y, *torch.autograd.grad(y.sum(), bags)]
     lstm = fnn.LSTM(5, 7, num_layers=2, bidirectional=True).double()
     with torch.no_grad():  # from g, not the global generator other threads also draw from
@@ -61,7 +65,9 @@ def serial() -> list[list[torch.Tensor]]:
 def compare(expected, got, what: str, exact: bool = True) -> int:
     n = 0
     for i, (e_item, g_item) in enumerate(zip(expected, got)):
-        assert len(e_item) == len(g_item), f"{what}: item {i} has {len(g_item)} results, expected {len(e_item)}"
+        assert len(e_item) == len(g_item), (
+            f"{what}: item {i} has {len(g_item)} results, expected {len(e_item)}"
+        )
         for j, (e, a) in enumerate(zip(e_item, g_item)):
             same = torch.equal(e, a) if exact else torch.allclose(e, a, rtol=1e-12, atol=1e-12)
             if not same:
@@ -88,8 +94,9 @@ def dataloader(context: str) -> int:
     torch.set_num_threads(1)
     expected = serial()
     torch.set_num_threads(threads)
-    loader = torch.utils.data.DataLoader(Items(), batch_size=None, num_workers=2,
-                                         multiprocessing_context=context)
+    loader = torch.utils.data.DataLoader(
+        Items(), batch_size=None, num_workers=2, multiprocessing_context=context
+    )
     return compare(expected, list(loader), f"DataLoader workers ({context})")
 
 
@@ -113,6 +120,7 @@ def python_threads() -> int:
             results[t] = [workload(i) for i in range(ITEMS)]
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
+
     threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
     for t in threads:
         t.start()
@@ -136,9 +144,13 @@ def compiled() -> int:
 
 def _compile_inputs(i: int):
     g = torch.Generator().manual_seed(i)
-    return (torch.randn(3, 5, 17, generator=g), torch.randn(2, 4, 13, 11, generator=g),
-            torch.randn(6, 4, 3, 3, generator=g), torch.randn(2, 3, 40, 8, generator=g),
-            torch.rand(2, 60, 4, generator=g))
+    return (
+        torch.randn(3, 5, 17, generator=g),
+        torch.randn(2, 4, 13, 11, generator=g),
+        torch.randn(6, 4, 3, 3, generator=g),
+        torch.randn(2, 3, 40, 8, generator=g),
+        torch.rand(2, 60, 4, generator=g),
+    )
 
 
 def workload_compilable(x, img, w, q, bags):

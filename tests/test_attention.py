@@ -8,9 +8,16 @@ import torch.nn.functional as F
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_close_with_nans, cuda_devices, assert_raises_naming,
-                     compare_with_torch)
+from helpers import (
+    CUDA_AVAILABLE,
+    device_dtypes,
+    DEVICES,
+    assert_close_to_reference,
+    assert_close_with_nans,
+    cuda_devices,
+    assert_raises_naming,
+    compare_with_torch,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "attention"  # the emulator summary counts test cases per op family
@@ -95,8 +102,11 @@ def test_fully_masked_rows_are_zero(device, dtype, kind):
     keep = torch.rand(6, 10, device=device) > 0.4
     keep[2] = False
     keep[5] = False
-    mask = keep if kind == "bool" else torch.zeros(6, 10, device=device, dtype=dtype).masked_fill(
-        ~keep, float("-inf"))
+    mask = (
+        keep
+        if kind == "bool"
+        else torch.zeros(6, 10, device=device, dtype=dtype).masked_fill(~keep, float("-inf"))
+    )
     ours, ref = _both()
     out, *_ = compare_with_torch(ours, ref, [q, k, v, mask], dtype)
     assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
@@ -151,6 +161,7 @@ def test_gqa_with_mask_and_batch_dims(device, dtype):
 # ---------------------------------------------------------------------------------------------
 # Dropout
 # ---------------------------------------------------------------------------------------------
+
 
 def _dropout_keep_mask(shape_bhls, p, seed, device, dtype):
     """The keep mask (scaled by 1/(1-p)) fastdl uses for `seed`: with all scores equal and
@@ -212,9 +223,13 @@ def test_dropout_one_drops_everything(device, dtype, masked):
     inputs = [q, k, v] + ([mask] if masked else [])
     out = FF.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
     ref = F.scaled_dot_product_attention(q, k, v, mask, dropout_p=1.0)
-    assert out.shape == ref.shape and torch.equal(out, torch.zeros_like(out)) and torch.equal(out, ref)
+    assert (
+        out.shape == ref.shape and torch.equal(out, torch.zeros_like(out)) and torch.equal(out, ref)
+    )
     g = torch.randn_like(out)
-    for ours, theirs in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+    for ours, theirs in zip(
+        torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)
+    ):
         assert torch.equal(ours, torch.zeros_like(ours)) and torch.equal(ours, theirs)
 
 
@@ -262,18 +277,36 @@ class TestSdpaContract(OpContract):
             out, lse = OP(q, k, v, mask, p, causal, 0.5, seed)
             want_mask = mask is not None and mask.dtype != torch.bool
             plain_mask = mask.detach() if mask is not None else None
-            samples += [Sample([q, k, v, mask, p, causal, 0.5, seed], op=OP, name=case),
-                        Sample([torch.randn_like(out), q.detach(), k.detach(), v.detach(),
-                                plain_mask, out.detach(), lse, p, causal, 0.5, seed,
-                                [True, True, True, want_mask]], op=OP_BACKWARD,
-                               name=f"{case}-backward")]
+            samples += [
+                Sample([q, k, v, mask, p, causal, 0.5, seed], op=OP, name=case),
+                Sample(
+                    [
+                        torch.randn_like(out),
+                        q.detach(),
+                        k.detach(),
+                        v.detach(),
+                        plain_mask,
+                        out.detach(),
+                        lse,
+                        p,
+                        causal,
+                        0.5,
+                        seed,
+                        [True, True, True, want_mask],
+                    ],
+                    op=OP_BACKWARD,
+                    name=f"{case}-backward",
+                ),
+            ]
         return samples
 
     def compile_samples(self, device):
         q, k, v = _qkv(device, torch.float32, (2, 3, 9, 8), (2, 3, 12, 8), (2, 3, 12, 8))
         mask = torch.rand(9, 12, device=device) > 0.3
-        return [Sample([q, k, v, mask], name="bool_mask"),
-                Sample([q, k, v], dict(is_causal=True, scale=0.2), name="causal")]
+        return [
+            Sample([q, k, v, mask], name="bool_mask"),
+            Sample([q, k, v], dict(is_causal=True, scale=0.2), name="causal"),
+        ]
 
     def gradcheck_samples(self, device):
         samples = []
@@ -296,8 +329,13 @@ class TestSdpaContract(OpContract):
         return [Sample([q, k, v, mask], name="float_mask")]
 
     def empty_samples(self, device):
-        return [Sample(list(_qkv(device, torch.float32, (B, 2, L, 8), (B, 2, 5, 8), (B, 2, 5, 4))),
-                       name=f"B{B}L{L}") for B, L in ((0, 4), (2, 0))]
+        return [
+            Sample(
+                list(_qkv(device, torch.float32, (B, 2, L, 8), (B, 2, 5, 8), (B, 2, 5, 4))),
+                name=f"B{B}L{L}",
+            )
+            for B, L in ((0, 4), (2, 0))
+        ]
 
     def noncontiguous_samples(self, device, dtype):
         """(B, L, H, E) tensors seen as (B, H, L, E), as multi-head attention passes them."""
@@ -307,11 +345,19 @@ class TestSdpaContract(OpContract):
     def bad_dtype_calls(self, device):
         q, k, v = _qkv(device, torch.float32, (2, 4, 5, 8), (2, 4, 7, 8), (2, 4, 7, 6), False)
         sdpa = FF.scaled_dot_product_attention
-        return [(lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.int32, device=device)),
-                 "attn_mask", "dtype"),
-                (lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.float64, device=device)),
-                 "attn_mask", "dtype"),
-                (lambda: sdpa(q.int(), k.int(), v.int()), "query", "float")]
+        return [
+            (
+                lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.int32, device=device)),
+                "attn_mask",
+                "dtype",
+            ),
+            (
+                lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.float64, device=device)),
+                "attn_mask",
+                "dtype",
+            ),
+            (lambda: sdpa(q.int(), k.int(), v.int()), "query", "float"),
+        ]
 
 
 def test_cpu_autocast_returns_bfloat16_like_torch():
@@ -334,13 +380,18 @@ def test_cuda_autocast_runs_in_half(dtype):
         ours = FF.scaled_dot_product_attention(q, k, v)
         ref = F.scaled_dot_product_attention(q, k, v)
     assert ours.dtype == ref.dtype == dtype
-    assert_close_to_reference(ours, F.scaled_dot_product_attention(q.double(), k.double(), v.double()),
-                              dtype, baseline=ref)
+    assert_close_to_reference(
+        ours,
+        F.scaled_dot_product_attention(q.double(), k.double(), v.double()),
+        dtype,
+        baseline=ref,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_input(device):
@@ -351,12 +402,21 @@ def test_bad_input(device):
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v[:, :, :6]), "value", "length")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k.double(), v), "dtype")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k[:, :2], v[:, :2]), "enable_gqa")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k[:, :3], v[:, :3], enable_gqa=True),
-                         "multiple", "heads")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(3, 7, dtype=torch.bool, device=device)),
-                         "attn_mask", "broadcastable")
-    assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device),
-                                                    is_causal=True), "attn_mask", "is_causal")
+    assert_raises_naming(
+        RuntimeError, lambda: sdpa(q, k[:, :3], v[:, :3], enable_gqa=True), "multiple", "heads"
+    )
+    assert_raises_naming(
+        RuntimeError,
+        lambda: sdpa(q, k, v, torch.ones(3, 7, dtype=torch.bool, device=device)),
+        "attn_mask",
+        "broadcastable",
+    )
+    assert_raises_naming(
+        RuntimeError,
+        lambda: sdpa(q, k, v, torch.ones(5, 7, dtype=torch.bool, device=device), is_causal=True),
+        "attn_mask",
+        "is_causal",
+    )
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=1.5), "dropout_p")
     assert_raises_naming(RuntimeError, lambda: sdpa(q, k, v, dropout_p=-0.1), "dropout_p")
     # The op itself: 4-d only, a seed with dropout.
@@ -369,12 +429,16 @@ def test_bad_input(device):
 @pytest.mark.parametrize("device", cuda_devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "no_keys_visible"])
+@pytest.mark.parametrize(
+    "case", ["plain", "causal", "bool_mask", "float_mask", "gqa", "no_keys_visible"]
+)
 def test_cuda_tensor_core_forward(device, dtype, head_dim, case):
     """Half types with E == Ev in {64, 128} take the WMMA forward: tails of both tiles (70
     queries, 131 keys), masks, causal, GQA, and rows with every key masked."""
     Hq = 4 if case == "gqa" else 2
-    q, k, v = _qkv(device, dtype, (2, Hq, 70, head_dim), (2, 2, 131, head_dim), (2, 2, 131, head_dim))
+    q, k, v = _qkv(
+        device, dtype, (2, Hq, 70, head_dim), (2, 2, 131, head_dim), (2, 2, 131, head_dim)
+    )
     args, kwargs = [q, k, v], {"enable_gqa": case == "gqa", "is_causal": case == "causal"}
     if case == "bool_mask":
         args.append(torch.rand(70, 131, device=device) > 0.3)
@@ -412,21 +476,27 @@ def test_cuda_tensor_core_forward_dropout_and_strided(device, dtype, head_dim):
     with torch.no_grad():
         out = ours(q, k, v)
         torch.testing.assert_close(out, ours(q, k, v), rtol=0, atol=0)
-    assert_close_to_reference(out, ref(*(t.double() for t in (q, k, v))), dtype,
-                              baseline=ref(q, k, v))
+    assert_close_to_reference(
+        out, ref(*(t.double() for t in (q, k, v))), dtype, baseline=ref(q, k, v)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Regressions from the differential fuzzer (tests/fuzz)
 # ---------------------------------------------------------------------------------------------
 
+
 def _assert_nans_and_values_as_torch(out, ref, ref64, inputs, inputs64, dtype):
     """fastdl's output ``out`` and its q/k/v gradients against torch's (``ref``, and ``ref64``
     on the float64 copies ``inputs64``): NaN at the same places, the rest close."""
     assert_close_with_nans(out, ref, ref64, dtype)
     g = torch.randn_like(out)
-    grads = zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g),
-                torch.autograd.grad(ref64, inputs64, g.double()), ("dq", "dk", "dv"))
+    grads = zip(
+        torch.autograd.grad(out, inputs, g),
+        torch.autograd.grad(ref, inputs, g),
+        torch.autograd.grad(ref64, inputs64, g.double()),
+        ("dq", "dk", "dv"),
+    )
     for ours, theirs, exact, name in grads:
         assert_close_with_nans(ours, theirs, exact, dtype, name=name)
 
@@ -451,8 +521,11 @@ def test_nan_propagates_as_torch(device, dtype, where):
 
 def _tensor_core_forward_launches():
     """How many times the emulator has launched the tensor-core forward kernel."""
-    return sum(int(line.rsplit("\t", 1)[1]) for line in torch.ops.fastdl_cudasim._kernel_launches()
-               if "forward_tensor_core_kernel" in line)
+    return sum(
+        int(line.rsplit("\t", 1)[1])
+        for line in torch.ops.fastdl_cudasim._kernel_launches()
+        if "forward_tensor_core_kernel" in line
+    )
 
 
 @pytest.mark.parametrize("device", cuda_devices())
@@ -463,7 +536,9 @@ def test_cuda_tensor_core_forward_nan_propagates(device, dtype, where):
     entry makes its row NaN, a NaN key every row of its head (here in the last, partial key
     tile and row block, after finite tiles), output and gradients as torch (backward reads the
     row log-sum-exp it saves, which must be NaN too, not -inf); the rest match torch."""
-    q, k, v = _qkv(device, dtype, (2, 2, 70, 64), (2, 2, 131, 64), (2, 2, 131, 64), requires_grad=False)
+    q, k, v = _qkv(
+        device, dtype, (2, 2, 70, 64), (2, 2, 131, 64), (2, 2, 131, 64), requires_grad=False
+    )
     mask = torch.randn(70, 131, device=device, dtype=dtype) if where == "float_mask" else None
     if where == "query":
         q[0, 1, 67, 5] = float("nan")
@@ -513,5 +588,7 @@ def test_causal_with_negative_scale(device):
     assert not ours.isnan().any()
     torch.testing.assert_close(ours, theirs)
     g = torch.randn_like(ours)
-    for a, b in zip(torch.autograd.grad(ours, [q, k, v], g), torch.autograd.grad(theirs, [q, k, v], g)):
+    for a, b in zip(
+        torch.autograd.grad(ours, [q, k, v], g), torch.autograd.grad(theirs, [q, k, v], g)
+    ):
         torch.testing.assert_close(a, b)

@@ -9,8 +9,13 @@ from torch import nn
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.nn as fnn
-from helpers import (DEVICES, assert_close_to_reference, assert_raises_naming, device_dtypes,
-                     randomise_running_stats)
+from helpers import (
+    DEVICES,
+    assert_close_to_reference,
+    assert_raises_naming,
+    device_dtypes,
+    randomise_running_stats,
+)
 
 FAMILY = "norm"  # the emulator summary counts test cases per op family
 
@@ -18,11 +23,21 @@ FAMILY = "norm"  # the emulator summary counts test cases per op family
 # The modules
 # ---------------------------------------------------------------------------------------------
 
-MODULES = [(fnn.BatchNorm1d, nn.BatchNorm1d, (6, 3)), (fnn.BatchNorm1d, nn.BatchNorm1d, (4, 3, 5)),
-           (fnn.BatchNorm2d, nn.BatchNorm2d, (3, 3, 4, 5)), (fnn.BatchNorm3d, nn.BatchNorm3d, (2, 3, 3, 2, 4))]
+MODULES = [
+    (fnn.BatchNorm1d, nn.BatchNorm1d, (6, 3)),
+    (fnn.BatchNorm1d, nn.BatchNorm1d, (4, 3, 5)),
+    (fnn.BatchNorm2d, nn.BatchNorm2d, (3, 3, 4, 5)),
+    (fnn.BatchNorm3d, nn.BatchNorm3d, (2, 3, 3, 2, 4)),
+]
 MODULE_IDS = ["1d_NC", "1d_NCL", "2d", "3d"]
-BN_ARGS = [dict(), dict(affine=False), dict(track_running_stats=False), dict(momentum=None),
-           dict(momentum=0.3, eps=1e-3), dict(affine=False, momentum=None)]
+BN_ARGS = [
+    dict(),
+    dict(affine=False),
+    dict(track_running_stats=False),
+    dict(momentum=None),
+    dict(momentum=0.3, eps=1e-3),
+    dict(affine=False, momentum=None),
+]
 BN_IDS = ["default", "no_affine", "no_tracking", "momentum_none", "momentum_eps", "no_affine_cma"]
 
 
@@ -224,12 +239,14 @@ def test_module_in_half(device, to_dtype, ours_t, theirs_t, shape):
         g = torch.randn_like(yt)
         for y in (yo, yt, yr):
             y.backward(g.to(y.dtype))
-        assert_close_to_reference(xo.grad, xr.grad, dtype, baseline=xt.grad,
-                                  name=f"grad input at step {step}")
+        assert_close_to_reference(
+            xo.grad, xr.grad, dtype, baseline=xt.grad, name=f"grad input at step {step}"
+        )
         for (n, p), q, r in zip(ours.named_parameters(), theirs.parameters(), ref.parameters()):
             assert p.grad.dtype == dtype
-            assert_close_to_reference(p.grad, r.grad, dtype, baseline=q.grad,
-                                      name=f"grad {n} at step {step}")
+            assert_close_to_reference(
+                p.grad, r.grad, dtype, baseline=q.grad, name=f"grad {n} at step {step}"
+            )
             p.grad = q.grad = r.grad = None
         for (n, bo), bt, br in zip(ours.named_buffers(), theirs.buffers(), ref.buffers()):
             if bo.is_floating_point():

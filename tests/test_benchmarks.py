@@ -9,6 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import harness  # noqa: E402
+import report  # noqa: E402
 import sweep  # noqa: E402
 
 import fastdl.functional as FF  # noqa: E402
@@ -18,9 +19,17 @@ def _layer_norm_case():
     def make_inputs():
         return (torch.randn(64, 128, requires_grad=True), (128,))
 
-    return harness.Case("layer_norm", "64x128", torch.float32, "cpu", make_inputs,
-                        lambda x, s: FF.layer_norm(x, s), torch.nn.functional.layer_norm,
-                        bytes_fwd=2 * 64 * 128 * 4, bytes_fwd_bwd=5 * 64 * 128 * 4)
+    return harness.Case(
+        "layer_norm",
+        "64x128",
+        torch.float32,
+        "cpu",
+        make_inputs,
+        lambda x, s: FF.layer_norm(x, s),
+        torch.nn.functional.layer_norm,
+        bytes_fwd=2 * 64 * 128 * 4,
+        bytes_fwd_bwd=5 * 64 * 128 * 4,
+    )
 
 
 def test_interleaved_calls_take_turns():
@@ -33,7 +42,7 @@ def test_interleaved_calls_take_turns():
     assert abs(len(times["torch"]) - len(times["fastdl"])) <= 1
     timed = calls[2:]  # after the warm-up call of each
     # Each round calls both sides once, the order reversed every round: t f f t t f ...
-    rounds = [timed[i:i + 2] for i in range(0, len(timed) - 1, 2)]
+    rounds = [timed[i : i + 2] for i in range(0, len(timed) - 1, 2)]
     assert all(sorted(r) == ["f", "t"] for r in rounds)
     assert rounds[0] == ["t", "f"] and rounds[1] == ["f", "t"]
 
@@ -55,7 +64,7 @@ def test_row_has_both_timings_and_its_fraction_of_the_ceiling():
         assert r.speedup_blocks == pytest.approx(r.torch_block_ms / r.fastdl_block_ms)
         assert r.torch_calls >= harness.MIN_CALLS and r.fastdl_blocks >= harness.MIN_BLOCKS
         assert r.ceiling == "copy" and r.fastdl_of_ceiling == pytest.approx(r.fastdl_gbps / 10.0)
-    table = harness.markdown(rows)
+    table = report.markdown(rows)
     assert "blocks" in table.splitlines()[0] and "of ceiling" in table.splitlines()[0]
     assert "copy" in table
 
@@ -79,9 +88,20 @@ def test_sweep_peak_memory_sees_a_fresh_buffer():
 
 def test_sweep_writes_json_and_png(tmp_path):
     pytest.importorskip("matplotlib")
-    points = [{"op": "sdpa", "dimension": "L", "size": n, "shape": f"L{n}", "status": "ok",
-               "torch_ms": n * 0.1, "fastdl_ms": n * 0.05, "torch_peak_mib": n * 1.0,
-               "fastdl_peak_mib": 1.0} for n in (128, 256)]
-    env = harness.environment()
+    points = [
+        {
+            "op": "sdpa",
+            "dimension": "L",
+            "size": n,
+            "shape": f"L{n}",
+            "status": "ok",
+            "torch_ms": n * 0.1,
+            "fastdl_ms": n * 0.05,
+            "torch_peak_mib": n * 1.0,
+            "fastdl_peak_mib": 1.0,
+        }
+        for n in (128, 256)
+    ]
+    env = report.environment()
     png = sweep.write(str(tmp_path / "sweep.json"), env, points)
     assert os.path.getsize(tmp_path / "sweep.json") > 0 and os.path.getsize(png) > 1000

@@ -13,26 +13,42 @@ import fastdl
 # Every op the library registers, one line each: a new op adds its line here, and the contract
 # tests below then check its kernels. test_every_registered_op_is_listed keeps the list true.
 OPS = [
-    "avg_pool2d_backward", "avg_pool2d_forward",
-    "batch_norm_backward", "batch_norm_forward",
-    "conv2d_backward", "conv2d_forward",
-    "gru_backward", "gru_forward",
-    "histogram_backward", "histogram_forward",
-    "induced_attention_backward", "induced_attention_forward",
-    "layer_norm_backward", "layer_norm_forward",
-    "lstm_backward", "lstm_forward",
-    "max_pool2d_backward", "max_pool2d_forward",
-    "sdpa_backward", "sdpa_forward",
-    "sdpa_weights", "sdpa_weights_backward",
+    "avg_pool2d_backward",
+    "avg_pool2d_forward",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "conv2d_backward",
+    "conv2d_forward",
+    "gru_backward",
+    "gru_forward",
+    "histogram_backward",
+    "histogram_forward",
+    "induced_attention_backward",
+    "induced_attention_forward",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "sdpa_backward",
+    "sdpa_forward",
+    "sdpa_weights",
+    "sdpa_weights_backward",
 ]
 CSRC = os.path.join(os.path.dirname(__file__), "..", "csrc")
 
 
 def test_every_registered_op_is_listed():
-    registered = {n.removeprefix("fastdl::") for n in torch._C._dispatch_get_all_op_names()
-                  if n.startswith("fastdl::")}
-    assert registered == set(OPS), (f"registered but not in OPS: {sorted(registered - set(OPS))}; "
-                                    f"in OPS but not registered: {sorted(set(OPS) - registered)}")
+    registered = {
+        n.removeprefix("fastdl::")
+        for n in torch._C._dispatch_get_all_op_names()
+        if n.startswith("fastdl::")
+    }
+    assert registered == set(OPS), (
+        f"registered but not in OPS: {sorted(registered - set(OPS))}; "
+        f"in OPS but not registered: {sorted(set(OPS) - registered)}"
+    )
 
 
 def test_build_info_keys_and_types():
@@ -81,7 +97,9 @@ def test_op_contract(op):
     assert isinstance(getattr(torch.ops.fastdl, op).default, torch._ops.OpOverload)
     qualname = f"fastdl::{op}"
     for key in ("CPU", "Autograd"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), f"{op}: no {key} kernel"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(qualname, key), (
+            f"{op}: no {key} kernel"
+        )
     assert singleton.find(qualname).fake_impl.kernel is not None, f"{op}: no fake kernel"
     has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(qualname, "CUDA")
     assert has_cuda_kernel == fastdl.build_info()["cuda"], f"{op}: CUDA kernel {has_cuda_kernel}"
@@ -102,10 +120,19 @@ def test_op_declared_in_public_headers(op):
 
 # Ops torch's CPU autocast changes the precision of have an AutocastCPU kernel; those it
 # leaves in the input's dtype have none (the key falls through).
-CPU_AUTOCAST = {"layer_norm_forward": True, "conv2d_forward": True, "sdpa_forward": True,
-                "sdpa_weights": True, "lstm_forward": True, "induced_attention_forward": True,
-                "batch_norm_forward": False, "gru_forward": False, "max_pool2d_forward": False,
-                "avg_pool2d_forward": False, "histogram_forward": False}
+CPU_AUTOCAST = {
+    "layer_norm_forward": True,
+    "conv2d_forward": True,
+    "sdpa_forward": True,
+    "sdpa_weights": True,
+    "lstm_forward": True,
+    "induced_attention_forward": True,
+    "batch_norm_forward": False,
+    "gru_forward": False,
+    "max_pool2d_forward": False,
+    "avg_pool2d_forward": False,
+    "histogram_forward": False,
+}
 
 
 @pytest.mark.parametrize("op", sorted(CPU_AUTOCAST))
@@ -121,24 +148,32 @@ def test_fake_kernels_registered():
         w = torch.empty(3)
         out, mean, rstd = torch.ops.fastdl.layer_norm_forward(x, [5], None, None, 1e-5)
         assert out.shape == x.shape and mean.shape == (4, 3, 1) and rstd.shape == (4, 3, 1)
-        gi, gw, gb = torch.ops.fastdl.layer_norm_backward(out, x, [5], mean, rstd, None,
-                                                          [True, False, False])
+        gi, gw, gb = torch.ops.fastdl.layer_norm_backward(
+            out, x, [5], mean, rstd, None, [True, False, False]
+        )
         assert gi.shape == x.shape and gw is None and gb is None
         rm, rv = torch.empty(3), torch.empty(3)
         out, sm, si = torch.ops.fastdl.batch_norm_forward(x, w, w, rm, rv, True, 0.1, 1e-5)
         assert out.shape == x.shape and sm.shape == (3,) and si.shape == (3,)
-        gi, gw, gb = torch.ops.fastdl.batch_norm_backward(out, x, w, sm, si, True, [True, True, True])
+        gi, gw, gb = torch.ops.fastdl.batch_norm_backward(
+            out, x, w, sm, si, True, [True, True, True]
+        )
         assert gi.shape == x.shape and gw.shape == (3,) and gb.shape == (3,)
 
 
 def test_cmake_prefix_path_has_config():
     prefix = fastdl.cmake_prefix_path()
     assert os.path.isdir(prefix)
-    found = [os.path.join(root, f) for root, _, files in os.walk(prefix) for f in files
-             if f == "fastdlConfig.cmake"]
+    found = [
+        os.path.join(root, f)
+        for root, _, files in os.walk(prefix)
+        for f in files
+        if f == "fastdlConfig.cmake"
+    ]
     assert found, f"no fastdlConfig.cmake under {prefix}"
-    assert any(f for root, _, files in os.walk(prefix) for f in files
-               if f == "fastdlConfigVersion.cmake")
+    assert any(
+        f for root, _, files in os.walk(prefix) for f in files if f == "fastdlConfigVersion.cmake"
+    )
     text = open(found[0]).read()
     assert "fastdl" in text
 

@@ -1,4 +1,5 @@
-"""fastdl conv1d/conv2d (ops, functional, modules) against torch.nn.functional."""
+"""fastdl conv1d/conv2d (ops, functional, modules) against torch.nn.functional (the GEMM kernels
+under them: test_conv_gemm.py)."""
 
 import pytest
 import torch
@@ -9,8 +10,13 @@ import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
 from fastdl.models import LeNet5
-from helpers import (cuda_devices, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_raises_naming, assert_unchanged, compare_with_torch)
+from helpers import (
+    device_dtypes,
+    DEVICES,
+    assert_close_to_reference,
+    assert_raises_naming,
+    compare_with_torch,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "conv"  # the emulator summary counts test cases per op family
@@ -57,26 +63,44 @@ CASES = [
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 def test_conv2d_matches_torch(device, dtype, case, bias):
     x_shape, w_shape, stride, padding, dilation, groups = case
-    args = [make(x_shape, device, dtype), make(w_shape, device, dtype),
-            make(w_shape[0], device, dtype) if bias else None]
-    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups),
-                       lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups), args, dtype)
+    args = [
+        make(x_shape, device, dtype),
+        make(w_shape, device, dtype),
+        make(w_shape[0], device, dtype) if bias else None,
+    ]
+    compare_with_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups),
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+        args,
+        dtype,
+    )
 
 
 # Padding strings: 'same' with odd and even kernels and dilations (an odd total padding puts the
 # extra zero on the right/bottom), 'valid'.
-@pytest.mark.parametrize("w_shape, dilation, padding", [
-    ((4, 3, 3, 3), 1, "same"),
-    ((4, 3, 2, 2), 1, "same"),
-    ((4, 3, 4, 3), (1, 2), "same"),
-    ((4, 3, 2, 4), (3, 1), "same"),
-    ((4, 3, 3, 2), 1, "valid"),
-])
+@pytest.mark.parametrize(
+    "w_shape, dilation, padding",
+    [
+        ((4, 3, 3, 3), 1, "same"),
+        ((4, 3, 2, 2), 1, "same"),
+        ((4, 3, 4, 3), (1, 2), "same"),
+        ((4, 3, 2, 4), (3, 1), "same"),
+        ((4, 3, 3, 2), 1, "valid"),
+    ],
+)
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 def test_conv2d_padding_strings(device, dtype, w_shape, dilation, padding):
-    args = [make((2, 3, 8, 7), device, dtype), make(w_shape, device, dtype), make(w_shape[0], device, dtype)]
-    out, ref, _, _ = compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, 1, padding, dilation),
-                                        lambda x, w, b: F.conv2d(x, w, b, 1, padding, dilation), args, dtype)
+    args = [
+        make((2, 3, 8, 7), device, dtype),
+        make(w_shape, device, dtype),
+        make(w_shape[0], device, dtype),
+    ]
+    out, ref, _, _ = compare_with_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, 1, padding, dilation),
+        lambda x, w, b: F.conv2d(x, w, b, 1, padding, dilation),
+        args,
+        dtype,
+    )
     if padding == "same":
         assert out.shape[-2:] == args[0].shape[-2:]
 
@@ -97,40 +121,65 @@ CASES_1D = [
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 def test_conv1d_matches_torch(device, dtype, case):
     x_shape, w_shape, stride, padding, dilation, groups, bias = case
-    args = [make(x_shape, device, dtype), make(w_shape, device, dtype),
-            make(w_shape[0], device, dtype) if bias else None]
-    compare_with_torch(lambda x, w, b: FF.conv1d(x, w, b, stride, padding, dilation, groups),
-                       lambda x, w, b: F.conv1d(x, w, b, stride, padding, dilation, groups), args, dtype)
+    args = [
+        make(x_shape, device, dtype),
+        make(w_shape, device, dtype),
+        make(w_shape[0], device, dtype) if bias else None,
+    ]
+    compare_with_torch(
+        lambda x, w, b: FF.conv1d(x, w, b, stride, padding, dilation, groups),
+        lambda x, w, b: F.conv1d(x, w, b, stride, padding, dilation, groups),
+        args,
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 def test_channels_last(device, dtype, groups):
-    x = make((2, 4, 7, 6), device, dtype).detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = (
+        make((2, 4, 7, 6), device, dtype)
+        .detach()
+        .contiguous(memory_format=torch.channels_last)
+        .requires_grad_()
+    )
     w = make((8, 4 // groups, 3, 3), device, dtype)
     fn = lambda x, w: FF.conv2d(x, w, None, 1, 1, 1, groups)  # noqa: E731
     ref = lambda x, w: F.conv2d(x, w, None, 1, 1, 1, groups)  # noqa: E731
     out, torch_out, _, _ = compare_with_torch(fn, ref, [x, w], dtype)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert out.is_contiguous(memory_format=torch.channels_last) == \
-        torch_out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(
+        memory_format=torch.channels_last
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_only_some_gradients(device):
-    x, w = make((2, 4, 6, 6), device, torch.float64), make((6, 2, 3, 3), device, torch.float64, False)
+    x, w = (
+        make((2, 4, 6, 6), device, torch.float64),
+        make((6, 2, 3, 3), device, torch.float64, False),
+    )
     b = make(6, device, torch.float64, False)
     FF.conv2d(x, w, b, 1, 1, 1, 2).sum().backward()
     x2 = x.detach().clone().requires_grad_()
     F.conv2d(x2, w, b, 1, 1, 1, 2).sum().backward()
     assert_close_to_reference(x.grad, x2.grad, torch.float64)
-    gi, gw, gb = BACKWARD(torch.ones(2, 6, 6, 6, device=device, dtype=torch.float64), x.detach(), w, [1, 1],
-                          [1, 1], [1, 1], 2, [False, True, False])
+    gi, gw, gb = BACKWARD(
+        torch.ones(2, 6, 6, 6, device=device, dtype=torch.float64),
+        x.detach(),
+        w,
+        [1, 1],
+        [1, 1],
+        [1, 1],
+        2,
+        [False, True, False],
+    )
     assert gi is None and gb is None and gw.shape == w.shape
 
 
 # ---- the op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
 # unchanged, empty and non-contiguous inputs, bad dtypes ----
+
 
 class TestConvContract(OpContract):
     backward_name = "conv2d"
@@ -148,43 +197,82 @@ class TestConvContract(OpContract):
         b = make(6, device, dtype)
         gy = torch.randn(2, 6, 6, 5, device=device, dtype=dtype)
         x_cl = x.detach().contiguous(memory_format=torch.channels_last)
-        return [Sample([x, w, b, [2, 1], [1, 0], [1, 2], 2], op=OP, name="strided_grouped"),
-                Sample([x, make((4, 1, 3, 3), device, dtype), None, [1, 1], [1, 1], [1, 1], 4],
-                       op=OP, name="depthwise"),
-                Sample([x_cl, w, None, [1, 1], [0, 0], [1, 1], 2], op=OP, name="channels_last")] + [
-            Sample([gy, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2, mask], op=BACKWARD,
-                   name=f"backward-{mask}")
-            for mask in ([True, True, True], [True, False, False], [False, True, True])]
+        return [
+            Sample([x, w, b, [2, 1], [1, 0], [1, 2], 2], op=OP, name="strided_grouped"),
+            Sample(
+                [x, make((4, 1, 3, 3), device, dtype), None, [1, 1], [1, 1], [1, 1], 4],
+                op=OP,
+                name="depthwise",
+            ),
+            Sample([x_cl, w, None, [1, 1], [0, 0], [1, 1], 2], op=OP, name="channels_last"),
+        ] + [
+            Sample(
+                [gy, x.detach(), w.detach(), [1, 1], [1, 1], [1, 1], 2, mask],
+                op=BACKWARD,
+                name=f"backward-{mask}",
+            )
+            for mask in ([True, True, True], [True, False, False], [False, True, True])
+        ]
 
     def compile_samples(self, device):
         f32 = torch.float32
         module = fnn.Conv2d(4, 8, 3, padding=1, padding_mode="reflect", groups=4).to(device)
-        return [Sample([make((2, 4, 8, 8), device, f32), make((6, 2, 3, 2), device, f32),
-                        make(6, device, f32)],
-                       dict(stride=1, padding="same", dilation=1, groups=2), name="conv2d_same"),
-                Sample([make((2, 3, 9), device, f32), make((4, 3, 3), device, f32)],
-                       dict(conv=FF.conv1d, stride=2, padding=1), name="conv1d"),
-                Sample([make((2, 4, 6, 6), device, f32)], fn=module, name="module")]
+        return [
+            Sample(
+                [
+                    make((2, 4, 8, 8), device, f32),
+                    make((6, 2, 3, 2), device, f32),
+                    make(6, device, f32),
+                ],
+                dict(stride=1, padding="same", dilation=1, groups=2),
+                name="conv2d_same",
+            ),
+            Sample(
+                [make((2, 3, 9), device, f32), make((4, 3, 3), device, f32)],
+                dict(conv=FF.conv1d, stride=2, padding=1),
+                name="conv1d",
+            ),
+            Sample([make((2, 4, 6, 6), device, f32)], fn=module, name="module"),
+        ]
 
     def gradcheck_samples(self, device):
         f64 = torch.float64
-        samples = [Sample([make(xs, device, f64), make(ws, device, f64), make(ws[0], device, f64)],
-                          dict(stride=s, padding=p, dilation=d, groups=g), name=str(xs))
-                   for xs, ws, s, p, d, g in GRADCHECK_CASES]
-        return samples + [Sample([make((2, 3, 7), device, f64), make((4, 3, 4), device, f64)],
-                                 dict(conv=FF.conv1d, padding="same"), name="conv1d_same")]
+        samples = [
+            Sample(
+                [make(xs, device, f64), make(ws, device, f64), make(ws[0], device, f64)],
+                dict(stride=s, padding=p, dilation=d, groups=g),
+                name=str(xs),
+            )
+            for xs, ws, s, p, d, g in GRADCHECK_CASES
+        ]
+        return samples + [
+            Sample(
+                [make((2, 3, 7), device, f64), make((4, 3, 4), device, f64)],
+                dict(conv=FF.conv1d, padding="same"),
+                name="conv1d_same",
+            )
+        ]
 
     def double_backward_samples(self, device):
-        return self.gradcheck_samples(device)[:len(GRADCHECK_CASES)]
+        return self.gradcheck_samples(device)[: len(GRADCHECK_CASES)]
 
     def unchanged_samples(self, device, dtype):
         return self.noncontiguous_samples(device, dtype)
 
     def empty_samples(self, device):
         f64 = torch.float64
-        return [Sample([make((0, 4, 5, 5), device, f64), make((4, 4 // g, 3, 3), device, f64),
-                        make(4, device, f64)], dict(stride=1, padding=1, dilation=1, groups=g),
-                       name=f"groups{g}") for g in (1, 4)]
+        return [
+            Sample(
+                [
+                    make((0, 4, 5, 5), device, f64),
+                    make((4, 4 // g, 3, 3), device, f64),
+                    make(4, device, f64),
+                ],
+                dict(stride=1, padding=1, dilation=1, groups=g),
+                name=f"groups{g}",
+            )
+            for g in (1, 4)
+        ]
 
     def noncontiguous_samples(self, device, dtype):
         """Transposed input and weight, and a grad_output that is not contiguous."""
@@ -194,16 +282,24 @@ class TestConvContract(OpContract):
             wt = make((8, 4 // groups, 3, 3), device, dtype).detach().transpose(-1, -2)
             wt.requires_grad_()
             g = torch.randn(2, 8, 6, 7, device=device, dtype=dtype).transpose(-1, -2)
-            samples.append(Sample([xt, wt], dict(stride=1, padding=1, dilation=1, groups=groups),
-                                  grad_output=g, name=f"groups{groups}"))
+            samples.append(
+                Sample(
+                    [xt, wt],
+                    dict(stride=1, padding=1, dilation=1, groups=groups),
+                    grad_output=g,
+                    name=f"groups{groups}",
+                )
+            )
         return samples
 
     def bad_dtype_calls(self, device):
         x, w = torch.randn(2, 4, 6, 6, device=device), torch.randn(6, 2, 3, 3, device=device)
         b64 = torch.randn(6, device=device).double()
-        return [(lambda: FF.conv2d(x, w.double(), groups=2), "weight", "dtype"),
-                (lambda: FF.conv2d(x, w, b64, groups=2), "bias", "dtype"),
-                (lambda: FF.conv2d(x.int(), w.int(), groups=2), "input", "float32")]
+        return [
+            (lambda: FF.conv2d(x, w.double(), groups=2), "weight", "dtype"),
+            (lambda: FF.conv2d(x, w, b64, groups=2), "bias", "dtype"),
+            (lambda: FF.conv2d(x.int(), w.int(), groups=2), "input", "float32"),
+        ]
 
 
 GRADCHECK_CASES = [
@@ -214,6 +310,7 @@ GRADCHECK_CASES = [
 
 
 # ---- modules ----
+
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 @pytest.mark.parametrize("device", DEVICES)
@@ -227,7 +324,9 @@ def test_modules_padding_modes(device, padding_mode):
         torch.manual_seed(0)
         ref = torch_cls(4, 8, padding_mode=padding_mode, **kwargs).to(device, torch.float64)
         ours = fastdl_cls.from_torch(ref)
-        assert repr(ours).replace(fastdl_cls.__name__, "") == repr(ref).replace(torch_cls.__name__, "")
+        assert repr(ours).replace(fastdl_cls.__name__, "") == repr(ref).replace(
+            torch_cls.__name__, ""
+        )
         x = make(shape, device, torch.float64)
         compare_with_torch(lambda x: ours(x), lambda x: ref(x), [x], torch.float64)
 
@@ -251,41 +350,80 @@ def test_module_construction_and_state_dict(cls):
 
 
 def test_convert_swaps_convolutions():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, (3, 1), groups=4),
-                          nn.Flatten(2, 3), nn.Conv1d(4, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, (3, 1), groups=4),
+        nn.Flatten(2, 3),
+        nn.Conv1d(4, 2, 1),
+    )
     x = torch.randn(2, 3, 3, 6)
     expected = model(x)
     report = fnn.convert(model)
     assert [t for _, t, _ in report.swapped] == ["Conv2d", "Conv2d", "Conv1d"]
-    assert isinstance(model[0], fnn.Conv2d) and isinstance(model[2], fnn.Conv2d) and isinstance(model[4], fnn.Conv1d)
+    assert (
+        isinstance(model[0], fnn.Conv2d)
+        and isinstance(model[2], fnn.Conv2d)
+        and isinstance(model[4], fnn.Conv1d)
+    )
     torch.testing.assert_close(model(x), expected)
 
 
 # ---- bad input ----
+
 
 def test_bad_inputs():
     x, w = torch.randn(2, 4, 6, 6), torch.randn(6, 2, 3, 3)
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 2, 3)), "weight", "4-d")
     assert_raises_naming(RuntimeError, lambda: FF.conv1d(torch.randn(2, 4, 6), w), "weight", "3-d")
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(torch.randn(6, 6), w), "input", "size")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 1, 3, 3), groups=4), "groups=4", "divisible")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 3, 3, 3)), "channels", "4")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 4, 3, 3), groups=2), "channels")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 4, 9, 3), padding=1),
-                         "Kernel size can't be greater than actual input size")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, padding=-1), "negative padding")
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.conv2d(x, torch.randn(6, 1, 3, 3), groups=4),
+        "groups=4",
+        "divisible",
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 3, 3, 3)), "channels", "4"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, torch.randn(6, 4, 3, 3), groups=2), "channels"
+    )
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.conv2d(x, torch.randn(6, 4, 9, 3), padding=1),
+        "Kernel size can't be greater than actual input size",
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, w, groups=2, padding=-1), "negative padding"
+    )
     assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, stride=0), "stride")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, dilation=(1, 0)), "dilation")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, torch.randn(5), groups=2), "bias", "(6,)")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, stride=2, padding="same"),
-                         "same", "strided")
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, w, groups=2, dilation=(1, 0)), "dilation"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, w, torch.randn(5), groups=2), "bias", "(6,)"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, w, groups=2, stride=2, padding="same"), "same", "strided"
+    )
     assert_raises_naming(ValueError, lambda: nn.Conv2d(4, 4, 3, stride=2, padding="same"), "same")
-    assert_raises_naming(RuntimeError, lambda: FF.conv2d(x, w, groups=2, padding="full"), "padding", "full")
+    assert_raises_naming(
+        RuntimeError, lambda: FF.conv2d(x, w, groups=2, padding="full"), "padding", "full"
+    )
     assert_raises_naming(RuntimeError, lambda: OP(x, w, None, [1, 1], [0, 0], [1, 1], 0), "groups")
-    assert_raises_naming(RuntimeError, lambda: BACKWARD(torch.randn(2, 6, 5, 5), x, w, [1, 1], [0, 0], [1, 1], 2,
-                                                        [True, True, True]), "grad_output", "shape")
+    assert_raises_naming(
+        RuntimeError,
+        lambda: BACKWARD(
+            torch.randn(2, 6, 5, 5), x, w, [1, 1], [0, 0], [1, 1], 2, [True, True, True]
+        ),
+        "grad_output",
+        "shape",
+    )
     if torch.cuda.is_available():
-        assert_raises_naming(RuntimeError, lambda: FF.conv2d(x.cuda(), w, groups=2), "weight", "device")
+        assert_raises_naming(
+            RuntimeError, lambda: FF.conv2d(x.cuda(), w, groups=2), "weight", "device"
+        )
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
@@ -297,8 +435,12 @@ def test_chunked_batch_small_budget(device, dtype, groups, monkeypatch):
     x, w = make((5, 4, 7, 6), device, dtype), make((6, 4 // groups, 3, 3), device, dtype)
     b = make(6, device, dtype)
     monkeypatch.setenv("FASTDL_CONV_COLUMN_BUDGET", str(2 * 4 * 9 * 7 * 6))
-    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, 1, 1, 1, groups),
-                       lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups), [x, w, b], dtype)
+    compare_with_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, 1, 1, 1, groups),
+        lambda x, w, b: F.conv2d(x, w, b, 1, 1, 1, groups),
+        [x, w, b],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -307,28 +449,45 @@ def test_half_input_gradient_sums_in_float32(device, dtype):
     """grad_input of a half convolution: W^T @ grad_output stays float32 until col2im has
     summed the taps that read each input element (a 7x7 kernel: 49 taps), then rounds once."""
     x, w = make((2, 16, 12, 12), device, dtype), make((32, 16, 7, 7), device, dtype)
-    compare_with_torch(lambda x, w: FF.conv2d(x, w, None, 1, 3), lambda x, w: F.conv2d(x, w, None, 1, 3),
-                       [x, w], dtype)
+    compare_with_torch(
+        lambda x, w: FF.conv2d(x, w, None, 1, 3),
+        lambda x, w: F.conv2d(x, w, None, 1, 3),
+        [x, w],
+        dtype,
+    )
 
 
 def test_chunked_batch():
     """A batch whose column buffer exceeds the CPU budget runs in chunks (2 images, then 1)."""
-    x, w, b = make((3, 8, 300, 300), "cpu", torch.float32), make((5, 8, 3, 3), "cpu", torch.float32), \
-        make(5, "cpu", torch.float32)
+    x, w, b = (
+        make((3, 8, 300, 300), "cpu", torch.float32),
+        make((5, 8, 3, 3), "cpu", torch.float32),
+        make(5, "cpu", torch.float32),
+    )
     y, ref = FF.conv2d(x, w, b, 1, 1), F.conv2d(x, w, b, 1, 1)
     go = torch.randn_like(ref)
     ours, theirs = torch.autograd.grad(y, (x, w, b), go), torch.autograd.grad(ref, (x, w, b), go)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
     for name, a, e in zip(("input", "weight", "bias"), ours, theirs):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3 * e.abs().max().item(), msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            a, e, rtol=1e-4, atol=1e-3 * e.abs().max().item(), msg=lambda m: f"{name}: {m}"
+        )
 
 
 # ---- export, autocast, the GEMM kernels ----
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_export(device):
-    model = nn.Sequential(fnn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                          fnn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect")).to(device).eval()
+    model = (
+        nn.Sequential(
+            fnn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            fnn.Conv2d(4, 4, 3, padding=1, groups=4, padding_mode="reflect"),
+        )
+        .to(device)
+        .eval()
+    )
     x = torch.randn(2, 3, 7, 6, device=device)
     ep = torch.export.export(model, (x,))
     targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
@@ -340,15 +499,23 @@ def test_export(device):
 def test_autocast_cpu():
     """CPU autocast: like torch's, conv2d returns bfloat16 (inputs rounded to bfloat16, float32
     accumulation); the gradients reach the float32 leaves in float32."""
-    x, w, b = make((2, 3, 8, 7), "cpu", torch.float32), make((5, 3, 3, 3), "cpu", torch.float32), \
-        make(5, "cpu", torch.float32)
+    x, w, b = (
+        make((2, 3, 8, 7), "cpu", torch.float32),
+        make((5, 3, 3, 3), "cpu", torch.float32),
+        make(5, "cpu", torch.float32),
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = FF.conv2d(x, w, b, 1, 1)
         theirs = F.conv2d(x, w, b, 1, 1)
         ours1d = FF.conv1d(x[:, :, 0], w[..., 0], b, 1, 1)
     assert ours.dtype == theirs.dtype == ours1d.dtype == torch.bfloat16
-    ref = F.conv2d(x.detach().bfloat16().double(), w.detach().bfloat16().double(), b.detach().bfloat16().double(),
-                   1, 1)
+    ref = F.conv2d(
+        x.detach().bfloat16().double(),
+        w.detach().bfloat16().double(),
+        b.detach().bfloat16().double(),
+        1,
+        1,
+    )
     assert_close_to_reference(ours, ref, torch.bfloat16, baseline=theirs)
     ours.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
@@ -372,92 +539,6 @@ def test_autocast_cpu_lenet():
             ours, theirs = model(x), twin(x)
         assert ours.dtype == theirs.dtype == torch.bfloat16
         torch.testing.assert_close(ours.float(), theirs.float(), rtol=5e-2, atol=5e-2)
-
-
-GEMM_SHAPES = [
-    # (input, weight, stride, padding, groups): tiles with edges in both dims, a tile crossing
-    # images (L = 25 columns per image), a reduction longer than one packed block (C kh kw > 256),
-    # grouped, and a large output plane
-    ((3, 5, 7, 9), (13, 5, 3, 3), 1, 1, 1),
-    ((4, 6, 5, 5), (7, 6, 3, 3), 1, 1, 1),
-    ((2, 40, 9, 8), (33, 40, 3, 3), 1, 1, 1),
-    ((2, 12, 9, 10), (18, 4, 3, 3), 2, 1, 3),
-    ((2, 8, 40, 36), (20, 8, 3, 3), 1, 1, 1),
-]
-
-
-@pytest.mark.parametrize("gemm", ["default", "avx2", "blas"])
-def test_cpu_gemm_kernels(gemm):
-    """The CPU GEMM variants (AVX-512 / AVX2 micro-kernels, BLAS), chosen at load time by
-    FASTDL_CPU_ISA (the kernels' copy) and FASTDL_CPU_GEMM=blas, each checked in a fresh
-    interpreter against torch: forward and all gradients."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent(f"""
-        import torch, torch.nn.functional as F, fastdl.functional as FF
-        torch.manual_seed(0)
-        for xs, ws, s, p, g in {GEMM_SHAPES!r}:
-            x = torch.randn(xs, requires_grad=True)
-            w = torch.randn(ws, requires_grad=True)
-            b = torch.randn(ws[0], requires_grad=True)
-            y, ref = FF.conv2d(x, w, b, s, p, 1, g), F.conv2d(x, w, b, s, p, 1, g)
-            torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
-            go = torch.randn_like(ref)
-            for name, a, e in zip("xwb", torch.autograd.grad(y, (x, w, b), go), torch.autograd.grad(ref, (x, w, b), go)):
-                torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-3, msg=lambda m: name + ": " + m)
-        print("ok")
-    """)
-    env = dict(os.environ)
-    if gemm == "avx2":
-        env["FASTDL_CPU_ISA"] = "avx2"
-    elif gemm == "blas":
-        env["FASTDL_CPU_GEMM"] = "blas"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
-
-
-IMPLICIT_GEMM_CASES = [
-    # (input, weight, stride, padding, dilation): the ANCHORS-like 3x3, sizes that are not
-    # multiples of the 64 x 64 x 16 tiles, strided, dilated, 1x1, a kernel as large as the input
-    ((2, 16, 9, 11), (32, 16, 3, 3), 1, 1, 1),
-    ((3, 5, 7, 6), (7, 5, 3, 3), 1, 1, 1),
-    ((2, 24, 13, 12), (70, 24, 3, 3), 2, 1, 1),
-    ((2, 8, 10, 10), (20, 8, 3, 3), 1, 2, 2),
-    ((2, 40, 5, 5), (9, 40, 1, 1), 1, 0, 1),
-    ((1, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1),
-]
-
-
-@pytest.mark.parametrize("device", cuda_devices())
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("case", IMPLICIT_GEMM_CASES)
-def test_cuda_implicit_gemm_forward(device, case, bias, dtype):
-    """float16/bfloat16 channels-last dense convolutions take the tensor-core implicit GEMM on
-    CUDA (compute capability >= 8): forward against a float64 reference with torch's own
-    error as the baseline, output channels-last; gradients (the im2col path) against torch."""
-    if device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
-        pytest.skip("the implicit GEMM needs compute capability 8.0")
-    xs, ws, stride, padding, dilation = case
-    x = torch.randn(xs, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = (torch.randn(ws, device=device, dtype=dtype) / (ws[1] * ws[2] * ws[3]) ** 0.5).requires_grad_()
-    b = torch.randn(ws[0], device=device, dtype=dtype).requires_grad_() if bias else None
-    ours = assert_unchanged((x, w), lambda: FF.conv2d(x, w, b, stride, padding, dilation))
-    theirs = F.conv2d(x, w, b, stride, padding, dilation)
-    assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == dtype
-    inputs = (x, w, b) if bias else (x, w)
-    doubles = [t.detach().double().requires_grad_() for t in inputs]
-    ref = F.conv2d(doubles[0], doubles[1], doubles[2] if bias else None, stride, padding, dilation)
-    assert_close_to_reference(ours, ref, dtype, baseline=theirs)
-    go = torch.randn_like(theirs)
-    ours_g = torch.autograd.grad(ours, inputs, go)
-    theirs_g = torch.autograd.grad(theirs, inputs, go)
-    ref_g = torch.autograd.grad(ref, doubles, go.double())
-    for name, a, e, base in zip("xwb", ours_g, ref_g, theirs_g):
-        assert_close_to_reference(a, e, dtype, baseline=base, name=name)
 
 
 @pytest.mark.parametrize("device", DEVICES)

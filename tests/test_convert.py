@@ -22,14 +22,22 @@ class Net(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                      nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, momentum=None)))
+        self.features = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, momentum=None)),
+        )
         self.volume = nn.Sequential(nn.Conv3d(1, 3, 1), nn.BatchNorm3d(3, affine=False))
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 3 * 3, 8), nn.BatchNorm1d(8),
-                                  nn.Linear(8, 6))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(4 * 3 * 3, 8), nn.BatchNorm1d(8), nn.Linear(8, 6)
+        )
         self.norm = nn.LayerNorm(6)
-        self.seq = nn.Sequential(nn.Linear(6, 6), nn.LayerNorm((5, 6), bias=False),
-                                 nn.LayerNorm(6, elementwise_affine=False))
+        self.seq = nn.Sequential(
+            nn.Linear(6, 6),
+            nn.LayerNorm((5, 6), bias=False),
+            nn.LayerNorm(6, elementwise_affine=False),
+        )
         self.custom = MyBatchNorm(5)
         self.untracked = nn.BatchNorm1d(5, track_running_stats=False)
 
@@ -41,17 +49,32 @@ class Net(nn.Module):
 
 
 EXPECTED_SWAPS = {
-    "features.1": "BatchNorm2d", "features.3.1": "BatchNorm2d", "volume.1": "BatchNorm3d",
-    "head.2": "BatchNorm1d", "norm": "LayerNorm", "seq.1": "LayerNorm", "seq.2": "LayerNorm",
-    "untracked": "BatchNorm1d", "features.0": "Conv2d", "features.3.0": "Conv2d",
+    "features.1": "BatchNorm2d",
+    "features.3.1": "BatchNorm2d",
+    "volume.1": "BatchNorm3d",
+    "head.2": "BatchNorm1d",
+    "norm": "LayerNorm",
+    "seq.1": "LayerNorm",
+    "seq.2": "LayerNorm",
+    "untracked": "BatchNorm1d",
+    "features.0": "Conv2d",
+    "features.3.0": "Conv2d",
 }
-FASTDL_TYPES = {"LayerNorm": fnn.LayerNorm, "BatchNorm1d": fnn.BatchNorm1d,
-                "BatchNorm2d": fnn.BatchNorm2d, "BatchNorm3d": fnn.BatchNorm3d, "Conv2d": fnn.Conv2d}
+FASTDL_TYPES = {
+    "LayerNorm": fnn.LayerNorm,
+    "BatchNorm1d": fnn.BatchNorm1d,
+    "BatchNorm2d": fnn.BatchNorm2d,
+    "BatchNorm3d": fnn.BatchNorm3d,
+    "Conv2d": fnn.Conv2d,
+}
 
 
 def _inputs(device="cpu", n=4):
-    return (torch.randn(n, 2, 3, 3, device=device), torch.randn(n, 1, 2, 2, 2, device=device),
-            torch.randn(n, 5, 6, device=device))
+    return (
+        torch.randn(n, 2, 3, 3, device=device),
+        torch.randn(n, 1, 2, 2, 2, device=device),
+        torch.randn(n, 5, 6, device=device),
+    )
 
 
 def _randomised_net(device="cpu"):
@@ -75,7 +98,8 @@ def test_types_swapped_and_report():
     assert all(any(m is c for m in net.modules()) for c in convs)  # other layers untouched
     assert len(report) == len(EXPECTED_SWAPS)
     assert {name: (old, new) for name, old, new in report.swapped} == {
-        name: (kind, kind) for name, kind in EXPECTED_SWAPS.items()}
+        name: (kind, kind) for name, kind in EXPECTED_SWAPS.items()
+    }
     assert ("custom", "MyBatchNorm", "subclass of BatchNorm1d") in report.skipped
     assert len(report.skipped) == 1
     text = str(report)
@@ -90,8 +114,15 @@ def test_hyperparameters_and_mode_kept():
     for name in EXPECTED_SWAPS:
         assert not new[name].training
         assert new[name].extra_repr() == old[name].extra_repr(), name
-        for attr in ("eps", "momentum", "affine", "track_running_stats", "num_features",
-                     "normalized_shape", "elementwise_affine"):
+        for attr in (
+            "eps",
+            "momentum",
+            "affine",
+            "track_running_stats",
+            "num_features",
+            "normalized_shape",
+            "elementwise_affine",
+        ):
             assert getattr(new[name], attr, None) == getattr(old[name], attr, None), (name, attr)
 
 
@@ -168,7 +199,9 @@ def test_exclude():
     net = _randomised_net()
     report = fnn.convert(net, exclude=[nn.BatchNorm2d, "BatchNorm3d"])
     swapped = {name for name, _, _ in report.swapped}
-    assert swapped == {n for n, k in EXPECTED_SWAPS.items() if k in ("LayerNorm", "BatchNorm1d", "Conv2d")}
+    assert swapped == {
+        n for n, k in EXPECTED_SWAPS.items() if k in ("LayerNorm", "BatchNorm1d", "Conv2d")
+    }
     assert ("volume.1", "BatchNorm3d", "in exclude") in report.skipped
     assert type(dict(net.named_modules())["features.3.1"]) is nn.BatchNorm2d
 
@@ -179,8 +212,15 @@ def test_include_and_exclude():
     assert {name for name, _, _ in report.swapped} == {"head.2", "untracked"}
 
 
-@pytest.mark.parametrize("kwargs", [dict(include=["Conv3d"]), dict(exclude=["Foo"]),
-                                    dict(include=[nn.Linear]), dict(exclude="BatchNorm4d")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(include=["Conv3d"]),
+        dict(exclude=["Foo"]),
+        dict(include=[nn.Linear]),
+        dict(exclude="BatchNorm4d"),
+    ],
+)
 def test_unknown_names_raise(kwargs):
     net = _randomised_net()
     before = [type(m) for m in net.modules()]
@@ -201,7 +241,9 @@ def test_convert_twice_is_a_no_op():
     net = _randomised_net()
     fnn.convert(net)
     report = fnn.convert(net)
-    assert report.swapped == [] and report.skipped == [("custom", "MyBatchNorm", "subclass of BatchNorm1d")]
+    assert report.swapped == [] and report.skipped == [
+        ("custom", "MyBatchNorm", "subclass of BatchNorm1d")
+    ]
 
 
 def test_subclass_of_torch_norm_skipped_everywhere():
@@ -264,8 +306,11 @@ def test_conversion_table_is_every_module_with_a_twin():
     from fastdl.nn._base import TWINS, FastdlModule
 
     modules = [getattr(fnn, n) for n in fnn.__all__ if isinstance(getattr(fnn, n), type)]
-    with_twin = {m.torch_type: m for m in modules
-                 if issubclass(m, FastdlModule) and m.__dict__.get("torch_type") is not None}
+    with_twin = {
+        m.torch_type: m
+        for m in modules
+        if issubclass(m, FastdlModule) and m.__dict__.get("torch_type") is not None
+    }
     assert TWINS == with_twin
     assert {nn.LayerNorm, nn.Conv2d, nn.LSTM, nn.MultiheadAttention} <= set(TWINS)
     assert all(issubclass(ours, twin) for twin, ours in TWINS.items())

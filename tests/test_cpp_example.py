@@ -37,13 +37,18 @@ def _cmake():
 
 def _cxx():
     cxx = os.environ.get("CXX")
-    return shutil.which(cxx) if cxx else next(
-        filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+    return (
+        shutil.which(cxx)
+        if cxx
+        else next(filter(None, map(shutil.which, ("c++", "g++", "clang++"))), None)
+    )
 
 
 def _run(cmd, what, timeout=600, **kwargs):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    assert r.returncode == 0, f"{what} failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout}\n{r.stderr}"
+    assert r.returncode == 0, (
+        f"{what} failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout}\n{r.stderr}"
+    )
     return r.stdout
 
 
@@ -52,18 +57,29 @@ def example(tmp_path_factory):
     """The built example program."""
     cmake, cxx = _cmake(), _cxx()
     if cmake is None:
-        pytest.skip(f"no cmake >= {'.'.join(map(str, MIN_CMAKE))} in {Path(sys.executable).parent} or on PATH")
+        pytest.skip(
+            f"no cmake >= {'.'.join(map(str, MIN_CMAKE))} in {Path(sys.executable).parent} or on PATH"
+        )
     if cxx is None:
         pytest.skip("no C++ compiler ($CXX, c++, g++ or clang++)")
-    return build_example(tmp_path_factory.mktemp("cpp_example"), fastdl.cmake_prefix_path(),
-                         cmake, cxx)
+    return build_example(
+        tmp_path_factory.mktemp("cpp_example"), fastdl.cmake_prefix_path(), cmake, cxx
+    )
 
 
 def build_example(build, prefix, cmake, cxx):
     """examples/cpp configured in ``build`` with ``prefix`` on CMAKE_PREFIX_PATH, built;
     returns the program."""
-    cmd = [cmake, "-S", EXAMPLE, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
-           f"-DCMAKE_PREFIX_PATH={prefix}", f"-DCMAKE_CXX_COMPILER={cxx}"]
+    cmd = [
+        cmake,
+        "-S",
+        EXAMPLE,
+        "-B",
+        build,
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DCMAKE_PREFIX_PATH={prefix}",
+        f"-DCMAKE_CXX_COMPILER={cxx}",
+    ]
     if ninja := _tool("ninja"):
         cmd += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
     if ccache := shutil.which("ccache"):
@@ -75,8 +91,18 @@ def build_example(build, prefix, cmake, cxx):
 
 def _devices():
     cuda = torch.cuda.is_available() and fastdl.build_info()["cuda"]
-    return ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-        not cuda, reason="needs a CUDA device and a CUDA build of fastdl")])]
+    return [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(
+                    not cuda, reason="needs a CUDA device and a CUDA build of fastdl"
+                ),
+            ],
+        ),
+    ]
 
 
 @pytest.fixture(scope="module", params=_devices())
@@ -103,21 +129,34 @@ def wave(shape, scale, phase):
 
 
 def _check_inputs(printed, prefix, inputs):
-    assert any(k.startswith(f"{prefix}.") for k in printed), f"the program printed no {prefix}.* tensors"
+    assert any(k.startswith(f"{prefix}.") for k in printed), (
+        f"the program printed no {prefix}.* tensors"
+    )
     for name, expected in inputs.items():
         # The program's inputs are the formula's to the last bit (same libtorch, same kernels).
-        torch.testing.assert_close(printed[f"{prefix}.{name}"], expected, rtol=0, atol=0,
-                                   msg=lambda m: f"{prefix}.{name}: {m}")
+        torch.testing.assert_close(
+            printed[f"{prefix}.{name}"],
+            expected,
+            rtol=0,
+            atol=0,
+            msg=lambda m: f"{prefix}.{name}: {m}",
+        )
 
 
 def _check(printed, name, expected):
-    torch.testing.assert_close(printed[name], expected.detach(), **TOL, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(
+        printed[name], expected.detach(), **TOL, msg=lambda m: f"{name}: {m}"
+    )
 
 
 def test_version(printed):
     version, torch_version, device = printed["version"]
     info = fastdl.build_info()
-    assert (version, torch_version, device == "cuda") == (info["version"], info["torch"], info["cuda"])
+    assert (version, torch_version, device == "cuda") == (
+        info["version"],
+        info["torch"],
+        info["cuda"],
+    )
 
 
 def test_layer_norm(printed):

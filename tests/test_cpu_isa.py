@@ -114,14 +114,28 @@ def test_path_tests_pass_under_a_forced_lower_isa(isa):
     if ORDER.index(isa) >= ORDER.index(WIDEST):
         pytest.skip(f"{isa} is not below this CPU's widest ISA ({WIDEST})")
     paths = sorted(os.path.join(HERE, f) for f in os.listdir(HERE) if f.startswith("test_paths_"))
-    done = _run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *paths,
-                 "-k", "float32 and not kernel_choice"],
-                _env(FASTDL_CPU_ISA=isa, FASTDL_TEST_THREADS="1,2"), timeout=1200)
+    done = _run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            *paths,
+            "-k",
+            "float32 and not kernel_choice",
+        ],
+        _env(FASTDL_CPU_ISA=isa, FASTDL_TEST_THREADS="1,2"),
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert re.search(r"\b\d+ passed", done.stdout), done.stdout[-2000:]
 
 
 # --- the binary ----------------------------------------------------------------------------
+
 
 def _libfastdl() -> str:
     with open("/proc/self/maps") as f:
@@ -134,17 +148,36 @@ def _libfastdl() -> str:
 
 # AT&T mnemonics of AVX (VEX) and AVX-512 (EVEX) instructions all start with "v"; the few
 # other "v" instructions are VMX's (never in user code) and verr/verw.
-_NOT_AVX = re.compile(r"^(verr|verw|vm(call|launch|resume|read|write|xon|xoff|ptrld|ptrst|clear|func))$")
-_BMI = {"andn", "bextr", "blsi", "blsmsk", "blsr", "bzhi", "lzcnt", "mulx", "pdep", "pext",
-        "rorx", "sarx", "shlx", "shrx", "movbe"}
+_NOT_AVX = re.compile(
+    r"^(verr|verw|vm(call|launch|resume|read|write|xon|xoff|ptrld|ptrst|clear|func))$"
+)
+_BMI = {
+    "andn",
+    "bextr",
+    "blsi",
+    "blsmsk",
+    "blsr",
+    "bzhi",
+    "lzcnt",
+    "mulx",
+    "pdep",
+    "pext",
+    "rorx",
+    "sarx",
+    "shlx",
+    "shrx",
+    "movbe",
+}
 _AVX512_REGISTER = re.compile(r"%zmm\d+|%k[0-7]\b|%[xy]mm(1[6-9]|2\d|3[01])\b")
 _TARGET = re.compile(r"^([0-9a-f]+) <([^>+]*)")
 _CLONE = re.compile(r"\.(isra|constprop|part)\.\d+")
 # Levels: 0 the baseline, 1 AVX2 (with FMA, F16C), 2 AVX-512, 3 its bfloat16 units (AVX512_BF16
 # and AMX: the instructions of common/cpu/gemm_bf16.cpp).
 _ISA_LEVEL = {"portable": 0, "avx2": 1, "avx512": 2, "bf16_units": 3}
-_BF16_UNITS = re.compile(r"^(vdpbf16ps|vcvtne2ps2bf16|vcvtneps2bf16|ldtilecfg|sttilecfg|tilerelease"
-                         r"|tilezero|tileloadd|tileloaddt1|tilestored|tdp\w+)$")
+_BF16_UNITS = re.compile(
+    r"^(vdpbf16ps|vcvtne2ps2bf16|vcvtneps2bf16|ldtilecfg|sttilecfg|tilerelease"
+    r"|tilezero|tileloadd|tileloaddt1|tilestored|tdp\w+)$"
+)
 
 
 def _instruction_level(mnemonic: str, operands: str) -> int:
@@ -152,8 +185,11 @@ def _instruction_level(mnemonic: str, operands: str) -> int:
         return 3
     if _AVX512_REGISTER.search(operands):
         return 2
-    if (mnemonic.startswith("v") and not _NOT_AVX.match(mnemonic)) or mnemonic in _BMI \
-            or "%ymm" in operands:
+    if (
+        (mnemonic.startswith("v") and not _NOT_AVX.match(mnemonic))
+        or mnemonic in _BMI
+        or "%ymm" in operands
+    ):
         return 1
     return 0
 
@@ -177,8 +213,12 @@ def _functions(lib: str):
     objdump = shutil.which("objdump")
     if not objdump:
         pytest.skip("objdump (binutils) is not installed")
-    proc = subprocess.Popen([objdump, "-d", "--no-show-raw-insn", "-j", ".text", lib],
-                            stdout=subprocess.PIPE, text=True, errors="replace")
+    proc = subprocess.Popen(
+        [objdump, "-d", "--no-show-raw-insn", "-j", ".text", lib],
+        stdout=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
     header = re.compile(r"^([0-9a-f]+) <(.*)>:$")
     functions, current = {}, None
     for line in proc.stdout:
@@ -198,7 +238,7 @@ def _functions(lib: str):
         t = _TARGET.match(operands)
         if t and (mnemonic.startswith("j") or mnemonic.startswith("call")):
             if t.group(2).endswith("@plt"):
-                current[3].add(t.group(2)[:-len("@plt")])
+                current[3].add(t.group(2)[: -len("@plt")])
             else:
                 current[2].add(int(t.group(1), 16))
     assert proc.wait() == 0
@@ -250,22 +290,31 @@ def test_no_wider_instruction_reachable_outside_its_copy():
                 low = min(level[c] for c in callers[a])
                 if low < level[a]:
                     level[a], changed = low, True
-    leaks = [(functions[a][0], functions[a][1], level[a]) for a in starts
-             if functions[a][1] > level[a]]
+    leaks = [
+        (functions[a][0], functions[a][1], level[a]) for a in starts if functions[a][1] > level[a]
+    ]
     if leaks:
-        names = subprocess.run(["c++filt"], input="\n".join(n for n, _, _ in leaks), text=True,
-                               capture_output=True).stdout.split("\n")
-        pytest.fail(f"{len(leaks)} functions hold instructions above the ISA they may run at:\n"
-                    + "\n".join(f"  {n[:200]}: level {i} instructions, runs at level {lv}"
-                                 for n, (_, i, lv) in zip(names, leaks[:30])))
+        names = subprocess.run(
+            ["c++filt"], input="\n".join(n for n, _, _ in leaks), text=True, capture_output=True
+        ).stdout.split("\n")
+        pytest.fail(
+            f"{len(leaks)} functions hold instructions above the ISA they may run at:\n"
+            + "\n".join(
+                f"  {n[:200]}: level {i} instructions, runs at level {lv}"
+                for n, (_, i, lv) in zip(names, leaks[:30])
+            )
+        )
     # The copies are there, with their instructions (their compile flags reached them).
     compiled = fastdl.build_info()["cpu_isas"]
     if "amx" in compiled:
         compiled = [*compiled, "bf16_units"]
     for isa in ("avx2", "avx512", "bf16_units"):
         if isa in compiled:
-            n = sum(1 for name, insn, _, _ in functions.values()
-                    if _copy_level(name) == _ISA_LEVEL[isa] and insn == _ISA_LEVEL[isa])
+            n = sum(
+                1
+                for name, insn, _, _ in functions.values()
+                if _copy_level(name) == _ISA_LEVEL[isa] and insn == _ISA_LEVEL[isa]
+            )
             least = 4 if isa == "bf16_units" else 50  # the packers and the micro-kernels
             assert n >= least, f"only {n} functions of the {isa} copy use its instructions"
 
@@ -315,13 +364,27 @@ def test_runs_on_cpus_without_avx512_and_without_avx(tmp_path):
     expected = str(tmp_path / "torch_results.pt")
     saved = _run([sys.executable, WORKLOAD, "--save-torch", expected], _env())
     assert saved.returncode == 0 and saved.stdout.startswith("saved"), saved.stderr[-3000:]
-    runs = {model: subprocess.Popen([QEMU, "-cpu", model, sys.executable, WORKLOAD,
-                                     *(["--torch-from", expected] if compare else ["--run-only"])],
-                                    env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
-            for model, (_, compare) in EMULATED.items()}
+    runs = {
+        model: subprocess.Popen(
+            [
+                QEMU,
+                "-cpu",
+                model,
+                sys.executable,
+                WORKLOAD,
+                *(["--torch-from", expected] if compare else ["--run-only"]),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for model, (_, compare) in EMULATED.items()
+    }
     for model, proc in runs.items():
         out, err = proc.communicate(timeout=1800)
-        assert proc.returncode == 0, f"{model}: exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+        assert proc.returncode == 0, (
+            f"{model}: exit {proc.returncode}\n{out[-2000:]}\n{err[-4000:]}"
+        )
         assert out.split()[:2] == ["ok", EMULATED[model][0]], (model, out)
         assert int(out.split()[2]) > 100, (model, out)

@@ -17,9 +17,12 @@ from helpers import CUDA_SIM_AVAILABLE
 
 FAMILY = "the emulator itself"  # the emulator summary counts test cases per op family
 
-pytestmark = [pytest.mark.cuda_sim,
-              pytest.mark.skipif(not CUDA_SIM_AVAILABLE,
-                                 reason="emulated CUDA tests run with scripts/test_cuda_sim.sh")]
+pytestmark = [
+    pytest.mark.cuda_sim,
+    pytest.mark.skipif(
+        not CUDA_SIM_AVAILABLE, reason="emulated CUDA tests run with scripts/test_cuda_sim.sh"
+    ),
+]
 
 SOURCE = "tests/cuda_sim/kernels.cu"
 
@@ -55,8 +58,14 @@ def test_barrier_orders_shared_memory():
 
 def test_missing_barrier_is_a_race():
     line = line_of("out[threadIdx.x] = s[(threadIdx.x + 1) % n];")
-    raises("neighbour_race", 64, "shared memory race", "neighbour_kernel",
-           rf"kernels\.cu:{line}", "no __syncthreads")
+    raises(
+        "neighbour_race",
+        64,
+        "shared memory race",
+        "neighbour_kernel",
+        rf"kernels\.cu:{line}",
+        "no __syncthreads",
+    )
 
 
 def test_write_write_race_and_its_fix():
@@ -71,9 +80,13 @@ def test_warp_sum():
 def test_divergent_shuffle_names_kernel_and_line():
     # The induced-attention bug: shuffles inside `for (e = lane; e < n; e += 32)`.
     line = line_of("for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);")
-    message = raises("warp_sum_divergent", 40, "divergent warp collective",
-                     rf"__shfl_xor_sync\(mask 0xffffffff\) at \S*kernels\.cu:{line}",
-                     "warp_sum_kernel")
+    message = raises(
+        "warp_sum_divergent",
+        40,
+        "divergent warp collective",
+        rf"__shfl_xor_sync\(mask 0xffffffff\) at \S*kernels\.cu:{line}",
+        "warp_sum_kernel",
+    )
     assert "has exited" in message or "waits at" in message
 
 
@@ -81,13 +94,15 @@ def test_shuffle_semantics():
     out = run("shuffles")
     lane = torch.arange(32)
     seg8 = lane // 8 * 8
-    expected = torch.stack([
-        (lane + 3) % 32,                                      # __shfl_sync
-        torch.where(lane % 8 + 2 < 8, lane + 2, lane),        # __shfl_down_sync, width 8
-        torch.where(lane % 8 >= 3, lane - 3, lane),           # __shfl_up_sync, width 8
-        lane ^ 5,                                             # __shfl_xor_sync
-        lane // 4 * 4 + (lane + 1) % 4,                       # __shfl_sync, width 4
-    ]).float()
+    expected = torch.stack(
+        [
+            (lane + 3) % 32,  # __shfl_sync
+            torch.where(lane % 8 + 2 < 8, lane + 2, lane),  # __shfl_down_sync, width 8
+            torch.where(lane % 8 >= 3, lane - 3, lane),  # __shfl_up_sync, width 8
+            lane ^ 5,  # __shfl_xor_sync
+            lane // 4 * 4 + (lane + 1) % 4,  # __shfl_sync, width 4
+        ]
+    ).float()
     del seg8
     assert torch.equal(out, expected)
 
@@ -104,16 +119,27 @@ def test_exited_threads_do_not_block_a_barrier():
 
 def test_out_of_bounds_shared_write():
     assert run("shared_write", 16)[0].item() == 1.0
-    raises("shared_write_overrun", 16, "out-of-bounds shared memory write of 4 bytes",
-           "64 bytes from the start of the dynamic shared memory", "shared_write_kernel")
+    raises(
+        "shared_write_overrun",
+        16,
+        "out-of-bounds shared memory write of 4 bytes",
+        "64 bytes from the start of the dynamic shared memory",
+        "shared_write_kernel",
+    )
 
 
-@pytest.mark.skipif(not fastdl.testing.running_under_asan(),
-                    reason="global memory is checked under AddressSanitizer (scripts/test_cuda_sim.sh)")
+@pytest.mark.skipif(
+    not fastdl.testing.running_under_asan(),
+    reason="global memory is checked under AddressSanitizer (scripts/test_cuda_sim.sh)",
+)
 def test_out_of_bounds_global_write():
     assert torch.equal(run("global_write", 33), torch.ones(33))
-    raises("global_write_overrun", 33, "out-of-bounds or freed global memory write of 4 bytes",
-           "global_write_kernel")
+    raises(
+        "global_write_overrun",
+        33,
+        "out-of-bounds or freed global memory write of 4 bytes",
+        "global_write_kernel",
+    )
 
 
 def test_dynamic_shared_memory_limits():
@@ -121,8 +147,11 @@ def test_dynamic_shared_memory_limits():
     raises("big_shared", floats, "65536 bytes of dynamic shared memory", "opt-in")
     assert run("big_shared_reserved", floats)[0].item() == 3.0
     # Beyond what the device has: the launcher's own error, before any launch.
-    raises("big_shared_reserved", 70000, "the buffer need 280000 bytes of shared memory, more than "
-           "the 232448 this device allows")
+    raises(
+        "big_shared_reserved",
+        70000,
+        "the buffer need 280000 bytes of shared memory, more than the 232448 this device allows",
+    )
 
 
 def test_empty_grid_is_an_error():

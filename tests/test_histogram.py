@@ -5,6 +5,7 @@ Inputs are built so that no element sits at a kernel's kink (d = x - c == 0 for 
 |d| == 1/w for "soft", |d| == w for "hard"): there the gradient is a matter of convention (and
 "hard"'s forward jumps), so a float32 kernel and a float64 reference could legitimately
 disagree. The kinks are kept ``MARGIN`` away from every element, in the dtype's own values.
+Masks, empty bags, NaN and the hard kernel: test_histogram_masks.py.
 """
 
 import math
@@ -15,8 +16,14 @@ import torch
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 from fastdl.reference import histogram_reference
-from helpers import (devices, DEVICE_DTYPES, DEVICES, HALF_DTYPES, assert_close_to_reference,
-                     compare_with_torch)
+from helpers import (
+    devices,
+    DEVICE_DTYPES,
+    DEVICES,
+    HALF_DTYPES,
+    assert_close_to_reference,
+    compare_with_torch,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "histogram"  # the emulator summary counts test cases per op family
@@ -33,6 +40,7 @@ HARD_SLOPE = math.log(1.01)  # d/dy 1.01**y = ln(1.01) 1.01**y: the hard surroga
 # ---------------------------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------------------------
+
 
 def _kink_distance(kernel, x, c, w):
     """For each element of x (float64), its distance to the nearest kink over all bins."""
@@ -58,8 +66,21 @@ def _mask(bags, n):
     return m
 
 
-def _inputs(kernel, bags, n, f, b, device="cpu", dtype=torch.float32, *, shared=False,
-            mask=False, requires_grad=True, low=-0.1, high=1.1):
+def _inputs(
+    kernel,
+    bags,
+    n,
+    f,
+    b,
+    device="cpu",
+    dtype=torch.float32,
+    *,
+    shared=False,
+    mask=False,
+    requires_grad=True,
+    low=-0.1,
+    high=1.1,
+):
     """(x, centers, widths, mask). ``bags=None``: unbatched x (N, F).
 
     x uniform in [low, high] (HistNetQ feeds sigmoid outputs, in [0, 1]; a little outside too);
@@ -70,7 +91,7 @@ def _inputs(kernel, bags, n, f, b, device="cpu", dtype=torch.float32, *, shared=
     """
     f64 = torch.float64
     cshape = (b,) if shared else (f, b)
-    c = ((torch.arange(b, dtype=f64) + 0.5) / b + 0.3 * (torch.rand(cshape, dtype=f64) - 0.5) / b)
+    c = (torch.arange(b, dtype=f64) + 0.5) / b + 0.3 * (torch.rand(cshape, dtype=f64) - 0.5) / b
     half = (0.6 + torch.rand(cshape, dtype=f64)) / b
     w = {"soft": 1 / half, "rbf": 1 / half, "hard": half, "sigmoid": 2 * half}[kernel]
     c, w = c.to(dtype), w.to(dtype)
@@ -164,7 +185,9 @@ def _strided(t):
 def test_expanded_inputs(device, dtype, kernel):
     """Stride-0 views: every element of a bag the same, centres/widths broadcast over F."""
     x, c, w, mask = _inputs(kernel, 3, 1, 5, 4, device, dtype, shared=True, mask=True)
-    mask = torch.ones(3, 6, dtype=torch.bool, device=device).index_fill_(1, torch.tensor([2], device=device), False)
+    mask = torch.ones(3, 6, dtype=torch.bool, device=device).index_fill_(
+        1, torch.tensor([2], device=device), False
+    )
 
     def call(fn):
         return lambda x, c, w: fn(x.expand(3, 6, 5), c.expand(5, 4), w.expand(5, 4), kernel, mask)
@@ -206,14 +229,26 @@ def test_defaults_are_soft_normalized(device):
 @pytest.mark.parametrize("kernel", ["soft", "rbf", "hard"])
 def test_sharpness_ignored_by_other_kernels(device, kernel):
     x, c, w, mask = _inputs(kernel, 2, 6, 3, 4, device, torch.float64, mask=True)
-    torch.testing.assert_close(FF.histogram(x, c, w, kernel, mask, sharpness=3.0),
-                               FF.histogram(x, c, w, kernel, mask, sharpness=1000.0), rtol=0, atol=0)
+    torch.testing.assert_close(
+        FF.histogram(x, c, w, kernel, mask, sharpness=3.0),
+        FF.histogram(x, c, w, kernel, mask, sharpness=1000.0),
+        rtol=0,
+        atol=0,
+    )
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("output_mask", [(True, True, True), (True, False, False), (False, True, True),
-                                         (False, False, True), (False, False, False)])
+@pytest.mark.parametrize(
+    "output_mask",
+    [
+        (True, True, True),
+        (True, False, False),
+        (False, True, True),
+        (False, False, True),
+        (False, False, False),
+    ],
+)
 def test_backward_op_output_mask(device, dtype, kernel, output_mask):
     x, c, w, mask = _inputs(kernel, 3, 6, 4, 5, device, dtype, mask=True, requires_grad=False)
     g = torch.randn(3, 4, 5, device=device, dtype=dtype)
@@ -226,166 +261,15 @@ def test_backward_op_output_mask(device, dtype, kernel, output_mask):
         return [t.grad for t in leaves]
 
     expected, baseline = ref_grads(torch.float64), ref_grads(dtype)
-    for name, gt, e, base, needed in zip(("x", "centers", "widths"), got, expected, baseline, output_mask):
-        assert (gt is not None) == needed, f"grad {name}: output_mask {output_mask}, got {gt is not None}"
+    for name, gt, e, base, needed in zip(
+        ("x", "centers", "widths"), got, expected, baseline, output_mask
+    ):
+        assert (gt is not None) == needed, (
+            f"grad {name}: output_mask {output_mask}, got {gt is not None}"
+        )
         if needed:
             assert gt.shape == e.shape and gt.dtype == dtype
             assert_close_to_reference(gt, e, dtype, baseline=base, name=f"grad {name}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks, empty bags, invariances
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
-def test_empty_bag_gives_zeros(device, kernel, normalize):
-    """A bag with no present element: exactly zero output and exactly zero gradients (no NaN
-    from 0/0), in both a batched and an unbatched call."""
-    x, c, w, _ = _inputs(kernel, 3, 5, 4, 6, device, torch.float32)
-    mask = torch.tensor([[False] * 5, [True, False, True, True, False], [False] * 5], device=device)
-    out = FF.histogram(x, c, w, kernel, mask, normalize)
-    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.equal(out[2], torch.zeros_like(out[2]))
-    out.backward(torch.randn_like(out))
-    for t in (x, c, w):
-        assert torch.isfinite(t.grad).all()
-    assert torch.equal(x.grad[0], torch.zeros_like(x.grad[0]))
-    assert torch.equal(x.grad[:, [1, 4]], torch.zeros_like(x.grad[:, [1, 4]]))  # masked everywhere
-    xu = x[0].detach().requires_grad_()
-    out = FF.histogram(xu, c.detach(), w.detach(), kernel, torch.zeros(5, dtype=torch.bool, device=device), normalize)
-    assert out.shape == (4, 6) and torch.equal(out, torch.zeros_like(out))
-    out.backward(torch.ones_like(out))
-    assert torch.equal(xu.grad, torch.zeros_like(xu))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
-def test_padding_does_not_count(device, kernel, normalize):
-    """A padded bag under a mask gives the histogram of its present elements, whatever the
-    padding holds (here values right at the kinks and far outside [0, 1]), and the padding
-    gets zero gradient."""
-    x, c, w, _ = _inputs(kernel, 1, 5, 3, 4, device, torch.float64)
-    pad = torch.stack([c.detach()[:, 0], (c - w).detach()[:, 1], torch.full((3,), 1e6, device=device, dtype=torch.float64)])
-    padded = torch.cat([x.detach()[:, :2], pad[None], x.detach()[:, 2:]], dim=1).requires_grad_()
-    mask = torch.tensor([[True, True, False, False, False, True, True, True]], device=device)
-    out = FF.histogram(padded, c, w, kernel, mask, normalize)
-    expected = FF.histogram(x, c, w, kernel, None, normalize)
-    torch.testing.assert_close(out, expected)
-    g = torch.randn_like(out)
-    out.backward(g)
-    expected.backward(g)
-    assert torch.equal(padded.grad[:, 2:5], torch.zeros_like(padded.grad[:, 2:5]))
-    torch.testing.assert_close(padded.grad[:, mask[0]], x.grad)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_non_finite_padding_does_not_count(device, kernel):
-    """Padding under a mask is never read: NaN and inf there leave the result finite (the
-    reference multiplies by the mask, so it gives NaN here; fastdl skips absent elements)."""
-    x, c, w, _ = _inputs(kernel, 2, 5, 3, 4, device, torch.float32)
-    mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5], device=device)
-    padded = x.detach().clone()
-    padded[0, 3], padded[0, 4] = float("nan"), float("inf")
-    padded.requires_grad_()
-    out = FF.histogram(padded, c, w, kernel, mask)
-    torch.testing.assert_close(out[0], FF.histogram(x[0, :3], c, w, kernel))
-    out.backward(torch.ones_like(out))
-    assert torch.isfinite(padded.grad).all() and torch.isfinite(c.grad).all() and torch.isfinite(w.grad).all()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("bins", [3, 37], ids=["scalar_bins", "vector_bins"])
-@pytest.mark.parametrize("where", ["x", "centers"])
-def test_nan_input_propagates_as_reference(device, dtype, kernel, bins, where):
-    """A NaN element gives the reference's result: NaN in every bin of its feature for the
-    sigmoid, soft and rbf kernels, not counted by the hard one; with the reference's gradient
-    NaN positions (its hard-kernel NaN gradients are torch.where's artifact: 0 here). Both the
-    vectorised bins and the scalar tail (fewer bins than a vector) were checked; the fuzzer
-    found float32's vectorised exp turning a NaN centre into 0 (sigmoid) or inf (rbf)."""
-    x, c, w, _ = _inputs(kernel, 2, 5, 3, bins, device, dtype)
-    x, c = x.detach().clone(), c.detach().clone()
-    if where == "x":
-        x[0, 1, 2] = float("nan")
-    else:
-        c[2, 1] = float("nan")
-    x.requires_grad_()
-    c.requires_grad_()
-    out = FF.histogram(x, c, w, kernel)
-    ref = histogram_reference(x, c, w, kernel)
-    assert torch.equal(out.isnan(), ref.isnan())
-    if where == "x":
-        assert out[0, 2].isnan().all() == (kernel != "hard") and not out[1].isnan().any()
-    else:
-        assert out[:, 2, 1].isnan().all() == (kernel != "hard") and out.isnan().sum() == (0 if kernel == "hard" else 2)
-    torch.testing.assert_close(out, ref, equal_nan=True)
-    g = torch.randn_like(out)
-    ours = torch.autograd.grad(out, [x, c, w], g)
-    theirs = torch.autograd.grad(ref, [x, c, w], g)
-    for name, a, b in zip(("x", "centers", "widths"), ours, theirs):
-        if kernel == "hard":  # 0 where the reference has torch.where's NaN, equal elsewhere
-            assert not a.isnan().any(), name
-            b = torch.where(b.isnan(), torch.zeros_like(b), b) if name == where == "x" else b
-            if name != "x" or where != "x":
-                torch.testing.assert_close(a[b.isfinite()], b[b.isfinite()], msg=name)
-                continue
-        assert torch.equal(a.isnan(), b.isnan()), name
-        torch.testing.assert_close(a, b, equal_nan=True, msg=name)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_permutation_invariant(device, kernel):
-    x, c, w, mask = _inputs(kernel, 3, 9, 4, 5, device, torch.float64, mask=True, requires_grad=False)
-    perm = torch.randperm(9, device=device)
-    torch.testing.assert_close(FF.histogram(x[:, perm], c, w, kernel, mask[:, perm]),
-                               FF.histogram(x, c, w, kernel, mask))
-
-
-# ---------------------------------------------------------------------------------------------
-# The hard kernel: forward an indicator, backward HistNetQ's surrogate
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("normalize", [True, False], ids=["mean", "sum"])
-def test_hard_closed_form(device, normalize):
-    """Forward: (the share of) elements with |d| < w. Gradients: those of 1.01**(w - |d|) on
-    the same support, written out here in float64 (checks the reference as well)."""
-    x, c, w, mask = _inputs("hard", 3, 6, 4, 5, device, torch.float64, mask=True)
-    g = torch.randn(3, 4, 5, device=device, dtype=torch.float64)
-    out = FF.histogram(x, c, w, "hard", mask, normalize)
-    out.backward(g)
-    d = x.detach()[..., None] - c.detach()  # (bags, N, F, B)
-    inside = (d.abs() < w.detach()) & mask[:, :, None, None]
-    count = mask.sum(1).clamp(min=1).double()[:, None, None] if normalize else torch.ones(3, 1, 1, device=device, dtype=torch.float64)
-    torch.testing.assert_close(out.detach(), inside.double().sum(1) / count, rtol=0, atol=1e-15)
-    slope = torch.where(inside, HARD_SLOPE * 1.01 ** (w.detach() - d.abs()), torch.zeros_like(d))
-    gs = slope * (g / count)[:, None]  # d out / d w for each (bag, element, feature, bin)
-    torch.testing.assert_close(w.grad, gs.sum((0, 1)), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(x.grad, -(gs * d.sign()).sum(-1), rtol=1e-12, atol=1e-15)
-    torch.testing.assert_close(c.grad, (gs * d.sign()).sum((0, 1)), rtol=1e-12, atol=1e-15)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_hard_gradient_is_a_surrogate(device):
-    """gradcheck cannot validate "hard": its forward is piecewise constant (away from the jumps
-    a finite difference is exactly zero) and its backward is, by design, HistNetQ's surrogate.
-    So: the forward does not move under small perturbations, the gradients are nonzero and
-    equal the reference's straight-through surrogate in float64 (tight), and gradcheck
-    rejects them (the surrogate is not the derivative)."""
-    x, c, w, mask = _inputs("hard", 2, 5, 3, 4, device, torch.float64, mask=True)
-    fn, ref = _fns("hard", mask)
-    out = fn(x, c, w)
-    for dx, dc, dw in ((1e-5, 0, 0), (0, 1e-5, 0), (0, 0, 1e-5)):  # well inside MARGIN
-        torch.testing.assert_close(fn(x + dx, c + dc, w + dw), out, rtol=0, atol=0)
-    grads = torch.autograd.grad(fn(x, c, w).sum(), (x, c, w))
-    assert all(g.abs().sum() > 0 for g in grads)
-    compare_with_torch(fn, ref, [x, c, w], torch.float64)
-    assert not torch.autograd.gradcheck(fn, (x, c, w), raise_exception=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,29 +301,73 @@ class TestHistogramContract(OpContract):
             x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, mask=True)
             samples.append(Sample([x, c, w, kernel, mask, True, SHARPNESS], op=OP, name=kernel))
             for om in OUTPUT_MASKS:
-                x, c, w, mask = _inputs(kernel, 3, 5, 4, 6, device, dtype, shared=not om[0],
-                                        mask=True, requires_grad=False)
+                x, c, w, mask = _inputs(
+                    kernel,
+                    3,
+                    5,
+                    4,
+                    6,
+                    device,
+                    dtype,
+                    shared=not om[0],
+                    mask=True,
+                    requires_grad=False,
+                )
                 g = torch.randn(3, 4, 6, device=device, dtype=dtype)
-                samples.append(Sample([g, x, c, w, kernel, mask, True, SHARPNESS, list(om)],
-                                      op=OP_BACKWARD, name=f"{kernel}-backward-{om}"))
+                samples.append(
+                    Sample(
+                        [g, x, c, w, kernel, mask, True, SHARPNESS, list(om)],
+                        op=OP_BACKWARD,
+                        name=f"{kernel}-backward-{om}",
+                    )
+                )
             if device == "cpu" and dtype in HALF_DTYPES:  # 19 bins: past a vector, a tail
                 x, c, w, mask = _inputs(kernel, 3, 5, 4, 19, "cpu", dtype, mask=True)
                 g = torch.randn(3, 4, 19, dtype=dtype)
                 samples += [
                     Sample([x, c, w, kernel, mask, True, SHARPNESS], op=OP, name=f"{kernel}-19"),
-                    Sample([x, c.detach().float(), w.detach().float(), kernel, mask, True,
-                            SHARPNESS], op=OP, name=f"{kernel}-19-float32_parameters"),
-                    Sample([g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
-                            [True, True, True]], op=OP_BACKWARD, name=f"{kernel}-19-backward")]
+                    Sample(
+                        [x, c.detach().float(), w.detach().float(), kernel, mask, True, SHARPNESS],
+                        op=OP,
+                        name=f"{kernel}-19-float32_parameters",
+                    ),
+                    Sample(
+                        [
+                            g,
+                            x.detach(),
+                            c.detach(),
+                            w.detach(),
+                            kernel,
+                            mask,
+                            True,
+                            SHARPNESS,
+                            [True, True, True],
+                        ],
+                        op=OP_BACKWARD,
+                        name=f"{kernel}-19-backward",
+                    ),
+                ]
         if dtype == torch.float32:
             for variant in ["sum_no_mask", "shared", "unbatched", "noncontiguous"]:
-                x, c, w, mask = _inputs("soft", None if variant == "unbatched" else 3, 5, 4, 6,
-                                        device, shared=variant == "shared",
-                                        mask=variant != "sum_no_mask")
+                x, c, w, mask = _inputs(
+                    "soft",
+                    None if variant == "unbatched" else 3,
+                    5,
+                    4,
+                    6,
+                    device,
+                    shared=variant == "shared",
+                    mask=variant != "sum_no_mask",
+                )
                 if variant == "noncontiguous":
                     x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
-                samples.append(Sample([x, c, w, "soft", mask, variant != "sum_no_mask", SHARPNESS],
-                                      op=OP, name=variant))
+                samples.append(
+                    Sample(
+                        [x, c, w, "soft", mask, variant != "sum_no_mask", SHARPNESS],
+                        op=OP,
+                        name=variant,
+                    )
+                )
         return samples
 
     def compile_samples(self, device):
@@ -475,8 +403,9 @@ class TestHistogramContract(OpContract):
         samples = []
         for kernel in KERNELS:
             x, c, w, mask = _inputs(kernel, 2, 4, 2, 3, device, torch.float64, mask=True)
-            samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask, sharpness=5.0),
-                                  name=kernel))
+            samples.append(
+                Sample([x, c, w], dict(kernel=kernel, mask=mask, sharpness=5.0), name=kernel)
+            )
         x, c, w, _ = _inputs("soft", 2, 4, 2, 3, device, torch.float64)
         return samples + [Sample([x, c, w], name="defaults")]
 
@@ -488,11 +417,19 @@ class TestHistogramContract(OpContract):
             g = torch.randn(3, 4, 5, device=device, dtype=dtype)
 
             def backward_op(x=x, c=c, w=w, mask=mask, g=g, kernel=kernel):
-                OP_BACKWARD(g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS,
-                            [True] * 3)
+                OP_BACKWARD(
+                    g, x.detach(), c.detach(), w.detach(), kernel, mask, True, SHARPNESS, [True] * 3
+                )
 
-            samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask), grad_output=g,
-                                  extra=backward_op, name=kernel))
+            samples.append(
+                Sample(
+                    [x, c, w],
+                    dict(kernel=kernel, mask=mask),
+                    grad_output=g,
+                    extra=backward_op,
+                    name=kernel,
+                )
+            )
         return samples
 
     def empty_samples(self, device):
@@ -503,10 +440,20 @@ class TestHistogramContract(OpContract):
                 x = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
                 f = shape[-1]
                 c = ((torch.arange(4, device=device, dtype=torch.float64) + 0.5) / 4).expand(f, 4)
-                w = torch.full((f, 4), 0.2 if kernel in ("hard", "sigmoid") else 5.0,
-                               device=device, dtype=torch.float64, requires_grad=True)
-                samples.append(Sample([x, c.clone().requires_grad_(), w], dict(kernel=kernel),
-                                      name=f"{kernel}-{shape}"))
+                w = torch.full(
+                    (f, 4),
+                    0.2 if kernel in ("hard", "sigmoid") else 5.0,
+                    device=device,
+                    dtype=torch.float64,
+                    requires_grad=True,
+                )
+                samples.append(
+                    Sample(
+                        [x, c.clone().requires_grad_(), w],
+                        dict(kernel=kernel),
+                        name=f"{kernel}-{shape}",
+                    )
+                )
         return samples
 
     def check_more(self, check, sample, out, ref, args, ref_args):
@@ -522,15 +469,25 @@ class TestHistogramContract(OpContract):
                 x, c, w, mask = (_strided(t) for t in (x, c, w, mask))
                 g = _strided(torch.randn(3, 5, 4, device=device, dtype=dtype))
                 assert not any(t.is_contiguous() for t in (x, c, w, mask, g))
-                samples.append(Sample([x, c, w], dict(kernel=kernel, mask=mask), grad_output=g,
-                                      name=f"{kernel}-shared{shared}"))
+                samples.append(
+                    Sample(
+                        [x, c, w],
+                        dict(kernel=kernel, mask=mask),
+                        grad_output=g,
+                        name=f"{kernel}-shared{shared}",
+                    )
+                )
         return samples
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_dynamic_shapes(device):
-    f = torch.compile(lambda x, c, w: FF.histogram(x, c, w, "rbf"), fullgraph=True,
-                      backend="aot_eager", dynamic=True)
+    f = torch.compile(
+        lambda x, c, w: FF.histogram(x, c, w, "rbf"),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=True,
+    )
     for bags, n, feat in [(2, 5, 3), (3, 7, 4), (4, 9, 2)]:
         x, c, w, _ = _inputs("rbf", bags, n, feat, 5, device, requires_grad=False)
         torch.testing.assert_close(f(x, c, w), histogram_reference(x, c, w, "rbf"))
@@ -545,4 +502,6 @@ def test_bags_past_the_grid(device, kernel, shared):
     import fastdl.testing
 
     with fastdl.testing.cuda_sim(max_grid=(0, 3, 3)):
-        _run_case(device, torch.float32, kernel, dict(bags=8, n=5, f=3, b=4, mask=True), shared=shared)
+        _run_case(
+            device, torch.float32, kernel, dict(bags=8, n=5, f=3, b=4, mask=True), shared=shared
+        )

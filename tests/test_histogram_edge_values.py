@@ -14,8 +14,9 @@ FAMILY = "histogram"  # the emulator summary counts test cases per op family
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bins", [3, 37], ids=["scalar_bins", "vector_bins"])
-@pytest.mark.parametrize("case", ["w_times_d_overflows", "w_squared_overflows",
-                                  "huge_input_and_centre"])
+@pytest.mark.parametrize(
+    "case", ["w_times_d_overflows", "w_squared_overflows", "huge_input_and_centre"]
+)
 def test_rbf_gradients_where_the_kernel_underflows(device, bins, case):
     """rbf: v = exp(-(w d)^2) underflows to 0 and its exact derivatives are below float32's
     range, so both are 0, as the float64 reference gives (the fuzzer found fastdl's width
@@ -46,8 +47,9 @@ def test_rbf_gradients_where_the_kernel_underflows(device, bins, case):
         actual = run(FF.histogram, dtype)
         for name, a, e in zip(("out", "x", "centers", "widths"), actual, expected):
             assert torch.equal(a.isnan(), e.isnan()), (dtype, name)
-            torch.testing.assert_close(a, e, equal_nan=True, rtol=1e-4, atol=1e-5,
-                                       msg=f"{dtype} {name}")
+            torch.testing.assert_close(
+                a, e, equal_nan=True, rtol=1e-4, atol=1e-5, msg=f"{dtype} {name}"
+            )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,8 +62,9 @@ def test_nan_centre_with_an_empty_bag(device, kernel):
     centers = torch.linspace(0, 1, 5, dtype=torch.float64).repeat(3, 1)
     centers[1, 2] = float("nan")
     centers = centers.to(device).requires_grad_()
-    widths = torch.full((3, 5), 0.3 if kernel in ("sigmoid", "hard") else 4.0,
-                        dtype=torch.float64, device=device)
+    widths = torch.full(
+        (3, 5), 0.3 if kernel in ("sigmoid", "hard") else 4.0, dtype=torch.float64, device=device
+    )
     mask = torch.tensor([[True, True, False, True], [False] * 4], device=device)
     out = FF.histogram(x, centers, widths, kernel, mask)
     ref = histogram_reference(x, centers, widths, kernel, mask)

@@ -9,9 +9,7 @@ import torch
 
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
-from helpers import (CUDA_AVAILABLE, DEVICES, HALF_DTYPES,
-                     assert_raises_naming,
-                     assert_unchanged)
+from helpers import CUDA_AVAILABLE, DEVICES, HALF_DTYPES, assert_raises_naming, assert_unchanged
 
 FAMILY = "histogram"  # the emulator summary counts test cases per op family
 
@@ -51,8 +49,11 @@ def test_bad_x_rank(device, shape):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(4, 3), (3, 4, 1), (), (2, 4), (1, 4)],
-                         ids=["transposed", "3d", "0d", "wrong_F", "one_row"])
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 3), (3, 4, 1), (), (2, 4), (1, 4)],
+    ids=["transposed", "3d", "0d", "wrong_F", "one_row"],
+)
 @pytest.mark.parametrize("which", ["centers", "widths", "both"])
 def test_bad_centers_widths_shape(device, shape, which):
     """x has F = 3, B = 4: (F, B) or (B,) only. One of them bad names that one; both bad (so
@@ -70,8 +71,11 @@ def test_bad_centers_widths_shape(device, shape, which):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shapes", [((3, 4), (4,)), ((4,), (3, 4)), ((3, 4), (3, 5))],
-                         ids=["per_feature_vs_shared", "shared_vs_per_feature", "different_B"])
+@pytest.mark.parametrize(
+    "shapes",
+    [((3, 4), (4,)), ((4,), (3, 4)), ((3, 4), (3, 5))],
+    ids=["per_feature_vs_shared", "shared_vs_per_feature", "different_B"],
+)
 def test_centers_widths_shapes_differ(device, shapes):
     x, _, _ = _good(device)
     c = torch.full(shapes[0], 0.5, device=device)
@@ -102,8 +106,11 @@ def test_unknown_kernel(device, kernel):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(2, 7), (2,), (2, 6, 1), (6,), (1, 6), (3, 6)],
-                         ids=["N_plus_1", "1d", "3d", "unbatched_shape", "one_bag", "bags_plus_1"])
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 7), (2,), (2, 6, 1), (6,), (1, 6), (3, 6)],
+    ids=["N_plus_1", "1d", "3d", "unbatched_shape", "one_bag", "bags_plus_1"],
+)
 def test_bad_mask_shape(device, shape):
     x, c, w = _good(device)
     mask = torch.ones(shape, dtype=torch.bool, device=device)
@@ -159,13 +166,18 @@ def test_device_mismatch(name):
     mask = torch.ones(2, 6, dtype=torch.bool, device="cuda")
     args = {"x": x, "centers": c, "widths": w, "mask": mask}
     args[name] = args[name].cpu()
-    _raises(lambda: FF.histogram(args["x"], args["centers"], args["widths"], "soft", args["mask"]),
-            name, "device")
+    _raises(
+        lambda: FF.histogram(args["x"], args["centers"], args["widths"], "soft", args["mask"]),
+        name,
+        "device",
+    )
     cpu = {k: v.cpu() for k, v in args.items()}
     cpu[name] = cpu[name].cuda()  # x on the CPU, the other on the GPU
-    _raises(lambda: FF.histogram(cpu["x"], cpu["centers"], cpu["widths"], "soft", cpu["mask"]),
-            name, "device")
-
+    _raises(
+        lambda: FF.histogram(cpu["x"], cpu["centers"], cpu["widths"], "soft", cpu["mask"]),
+        name,
+        "device",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -198,9 +210,13 @@ def test_bad_input_leaves_inputs_unchanged(device):
     bad_w = w.clone()
     bad_w[0, 0] = -1.0
     mask = torch.ones(2, 7, dtype=torch.bool, device=device)
-    assert_unchanged([x, c, w, bad_w, mask], lambda: (
-        pytest.raises(ERRORS, FF.histogram, x, c, bad_w),
-        pytest.raises(ERRORS, FF.histogram, x, c, w, "soft", mask)))
+    assert_unchanged(
+        [x, c, w, bad_w, mask],
+        lambda: (
+            pytest.raises(ERRORS, FF.histogram, x, c, bad_w),
+            pytest.raises(ERRORS, FF.histogram, x, c, w, "soft", mask),
+        ),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -210,4 +226,6 @@ def test_bad_sharpness(device, sharpness):
     or negative counts): rejected for every kernel, like the other arguments."""
     x = torch.rand(2, 3, 4, device=device)
     c, w = torch.rand(4, 5, device=device), torch.full((4, 5), 0.2, device=device)
-    assert_raises_naming(ValueError, lambda: FF.histogram(x, c, w, "sigmoid", sharpness=sharpness), "sharpness")
+    assert_raises_naming(
+        ValueError, lambda: FF.histogram(x, c, w, "sigmoid", sharpness=sharpness), "sharpness"
+    )

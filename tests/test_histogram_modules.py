@@ -42,6 +42,7 @@ def _reference(m, x, mask=None):
 # Construction and initialisation
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 @pytest.mark.parametrize("F, B", [(3, 8), (1, 1), (5, 2), (2, 13)])
 def test_init_values(cls, kernel, learnable, width, F, B):
@@ -49,15 +50,18 @@ def test_init_values(cls, kernel, learnable, width, F, B):
     assert m.centers.shape == (F, B) and m.widths.shape == (F, B)
     expected_centers = ((torch.arange(B, dtype=torch.float64) + 0.5) / B).expand(F, B)
     torch.testing.assert_close(m.centers.double(), expected_centers, rtol=0, atol=1e-7)
-    torch.testing.assert_close(m.widths.double(), torch.full((F, B), width(B), dtype=torch.float64),
-                               rtol=1e-7, atol=0)
+    torch.testing.assert_close(
+        m.widths.double(), torch.full((F, B), width(B), dtype=torch.float64), rtol=1e-7, atol=0
+    )
     assert m.kernel == kernel and m.learnable == learnable
     assert m.centers.dtype == torch.float32
 
 
 def test_init_matches_histnetq_numbers():
     # HistNetQ with B = 8: centres 1/16, 3/16, ...; slopes 16; hard half-widths 1/16 + 0.001.
-    assert fnn.SoftHistogram(1, 8).centers[0, :3].tolist() == pytest.approx([0.0625, 0.1875, 0.3125])
+    assert fnn.SoftHistogram(1, 8).centers[0, :3].tolist() == pytest.approx(
+        [0.0625, 0.1875, 0.3125]
+    )
     assert fnn.SoftHistogram(1, 8).widths[0, 0].item() == 16
     assert fnn.RBFHistogram(1, 8).widths[0, 0].item() == 16
     assert fnn.HardHistogram(1, 8).widths[0, 0].item() == pytest.approx(0.0635)
@@ -109,6 +113,7 @@ def test_exported():
 # Forward: shapes, layout, reference
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 def test_shapes_and_flatten_layout(cls, kernel, learnable, width):
     bags, N, F, B = 3, 11, 4, 5
@@ -120,7 +125,7 @@ def test_shapes_and_flatten_layout(cls, kernel, learnable, width):
     assert out_flat.shape == (bags, F * B) and out_full.shape == (bags, F, B)
     # HistNetQ's layout: feature-major, the B bins of feature 0 first.
     for f in range(F):
-        torch.testing.assert_close(out_flat[:, f * B:(f + 1) * B], out_full[:, f])
+        torch.testing.assert_close(out_flat[:, f * B : (f + 1) * B], out_full[:, f])
     torch.testing.assert_close(out_flat, out_full.reshape(bags, F * B))
     # One bag given as (N, F): no bags dimension.
     assert flat(x[1]).shape == (F * B,) and full(x[1]).shape == (F, B)
@@ -131,7 +136,9 @@ def test_shapes_and_flatten_layout(cls, kernel, learnable, width):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-def test_matches_reference_forward_and_backward(device, dtype, cls, kernel, learnable, width, masked):
+def test_matches_reference_forward_and_backward(
+    device, dtype, cls, kernel, learnable, width, masked
+):
     bags, N, F, B = 3, 17, 5, 6
     extra = {"sharpness": 40.0} if kernel == "sigmoid" else {}  # smooth enough for gradients
     m = _perturb(cls(F, B, learnable=True, **extra)).to(device=device, dtype=dtype)
@@ -169,7 +176,11 @@ def test_module_in_half_on_cpu(to_dtype, cls, kernel, learnable, width):
     mask = torch.rand(3, 17) < 0.7
     mask[0, :2] = True
     runs = {}
-    for name, fn, cast in (("ours", m, dtype), ("half_ref", None, dtype), ("ref64", None, torch.float64)):
+    for name, fn, cast in (
+        ("ours", m, dtype),
+        ("half_ref", None, dtype),
+        ("ref64", None, torch.float64),
+    ):
         mod = copy.deepcopy(m).to(cast)
         xi = x.to(cast, copy=True).requires_grad_()
         out = mod(xi, mask) if fn is not None else _reference(mod, xi, mask)
@@ -182,7 +193,9 @@ def test_module_in_half_on_cpu(to_dtype, cls, kernel, learnable, width):
         o.backward(grad.to(o.dtype))
         grads[name] = [xi.grad, mod.centers.grad, mod.widths.grad]
     assert all(g.dtype == dtype for g in grads["ours"])
-    assert_close_to_reference(out, runs["ref64"][0], dtype, baseline=runs["half_ref"][0], name="output")
+    assert_close_to_reference(
+        out, runs["ref64"][0], dtype, baseline=runs["half_ref"][0], name="output"
+    )
     for i, (g, e, b) in enumerate(zip(grads["ours"], grads["ref64"], grads["half_ref"])):
         assert_close_to_reference(g, e, dtype, baseline=b, name=["x", "centers", "widths"][i])
 
@@ -212,6 +225,7 @@ def test_histograms_count_elements(cls, kernel, learnable, width):
 # Masks
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 def test_mask_equals_unpadded_bags(cls, kernel, learnable, width):
     F, B, sizes, N = 3, 5, [7, 1, 12], 12
@@ -220,8 +234,8 @@ def test_mask_equals_unpadded_bags(cls, kernel, learnable, width):
     x = torch.full((len(sizes), N, F), 1e6)  # garbage padding
     mask = torch.zeros(len(sizes), N, dtype=torch.bool)
     for i, b in enumerate(bags):
-        x[i, :len(b)] = b
-        mask[i, :len(b)] = True
+        x[i, : len(b)] = b
+        mask[i, : len(b)] = True
     out = m(x, mask)
     for i, b in enumerate(bags):
         torch.testing.assert_close(out[i], m(b), rtol=1e-5, atol=1e-6)
@@ -241,6 +255,7 @@ def test_mask_padding_gets_no_gradient():
 # ---------------------------------------------------------------------------------------------
 # Gradients, state_dict, devices and dtypes
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 def test_gradients_reach_parameters(cls, kernel, learnable, width):
@@ -297,6 +312,7 @@ def test_compile_module():
 # Bad arguments
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 def test_bad_constructor_arguments(cls, kernel, learnable, width):
     assert_raises_naming(ValueError, lambda: cls(3, 0), "n_bins", "0")
@@ -313,6 +329,8 @@ def test_bad_sharpness():
 @pytest.mark.parametrize("cls, kernel, learnable, width", LAYERS, ids=IDS)
 def test_bad_input(cls, kernel, learnable, width):
     m = cls(3, 4)
-    assert_raises_naming(ValueError, lambda: m(torch.rand(2, 5, 4)), "x", "n_features=3", "(2, 5, 4)")
+    assert_raises_naming(
+        ValueError, lambda: m(torch.rand(2, 5, 4)), "x", "n_features=3", "(2, 5, 4)"
+    )
     assert_raises_naming(ValueError, lambda: m(torch.rand(5)), "x")
     assert_raises_naming(ValueError, lambda: m(torch.rand(2, 2, 5, 3)), "x")

@@ -15,8 +15,16 @@ import fastdl
 import fastdl.testing
 from fastdl.functional import induced_attention, induced_attention_with_lse
 from fastdl.reference import induced_attention_reference
-from helpers import (cuda_devices, devices, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_close_with_nans, assert_raises_naming, compare_with_torch)
+from helpers import (
+    cuda_devices,
+    devices,
+    device_dtypes,
+    DEVICES,
+    assert_close_to_reference,
+    assert_close_with_nans,
+    assert_raises_naming,
+    compare_with_torch,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "sets"  # the emulator summary counts test cases per op family
@@ -29,17 +37,17 @@ OP = torch.ops.fastdl.induced_attention_forward
 # (batch, heads, L queries, S keys, E, Ev). CPU splits the key axis (flash-decoding) when the
 # queries are few and there are 512+ keys per split; 256 keys per chunk; 64 queries per block.
 SHAPES = [
-    (2, 3, 1, 17, 4, 4),       # n = 1 query
-    (2, 2, 5, 37, 8, 8),       # few queries over more keys
-    (1, 1, 3, 1500, 4, 4),     # key axis split in 2 (CPU) and combined
-    (1, 2, 2, 2100, 5, 3),     # split in 4, odd head dims, Ev != E
-    (2, 2, 7, 3, 8, 5),        # many queries over a short key set (L > S)
-    (1, 3, 130, 33, 6, 6),     # several query blocks
-    (1, 1, 300, 260, 3, 7),    # many queries over two key chunks
-    (3, 1, 13, 13, 9, 9),      # L = S, odd
-    (2, 2, 1, 1, 4, 4),        # one query, one key
-    (1, 2, 5, 300, 40, 72),    # head dims past one warp's 32 lanes, not a multiple of 32
-    (1, 1, 70, 20, 64, 64),    # the common 64-wide heads, many queries
+    (2, 3, 1, 17, 4, 4),  # n = 1 query
+    (2, 2, 5, 37, 8, 8),  # few queries over more keys
+    (1, 1, 3, 1500, 4, 4),  # key axis split in 2 (CPU) and combined
+    (1, 2, 2, 2100, 5, 3),  # split in 4, odd head dims, Ev != E
+    (2, 2, 7, 3, 8, 5),  # many queries over a short key set (L > S)
+    (1, 3, 130, 33, 6, 6),  # several query blocks
+    (1, 1, 300, 260, 3, 7),  # many queries over two key chunks
+    (3, 1, 13, 13, 9, 9),  # L = S, odd
+    (2, 2, 1, 1, 4, 4),  # one query, one key
+    (1, 2, 5, 300, 40, 72),  # head dims past one warp's 32 lanes, not a multiple of 32
+    (1, 1, 70, 20, 64, 64),  # the common 64-wide heads, many queries
 ]
 
 
@@ -71,8 +79,12 @@ def _inputs(shape, device, dtype, mask_kind=None, noncontiguous=False):
 @pytest.mark.parametrize("mask_kind", [None, "random", "tail"])
 def test_matches_reference(device, dtype, shape, mask_kind):
     q, k, v, mask = _inputs(shape, device, dtype, mask_kind)
-    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
-                       lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v], dtype)
+    compare_with_torch(
+        lambda q, k, v: induced_attention(q, k, v, mask),
+        lambda q, k, v: induced_attention_reference(q, k, v, mask),
+        [q, k, v],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -101,10 +113,16 @@ def test_fully_padded_set_gives_zeros(device, shape):
     assert torch.isneginf(lse[1]).all() and torch.isfinite(lse[[0, 2]]).all()
     (out * torch.randn_like(out)).sum().backward()
     assert torch.equal(q.grad[1], torch.zeros_like(q.grad[1]))
-    assert torch.equal(k.grad[1], torch.zeros_like(k.grad[1])) and torch.equal(v.grad[1], torch.zeros_like(v.grad[1]))
+    assert torch.equal(k.grad[1], torch.zeros_like(k.grad[1])) and torch.equal(
+        v.grad[1], torch.zeros_like(v.grad[1])
+    )
     assert torch.equal(k.grad[2, :, 3:], torch.zeros_like(k.grad[2, :, 3:]))  # padded keys get none
-    compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
-                       lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v], torch.float64)
+    compare_with_torch(
+        lambda q, k, v: induced_attention(q, k, v, mask),
+        lambda q, k, v: induced_attention_reference(q, k, v, mask),
+        [q, k, v],
+        torch.float64,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -121,8 +139,8 @@ def test_padding_content_never_leaks(device):
         dirty = induced_attention(q, k2, v2, mask)
         torch.testing.assert_close(dirty, clean)
         g = torch.randn_like(clean)
-        gq_clean, = torch.autograd.grad(clean, q, g)
-        gq_dirty, = torch.autograd.grad(dirty, q, g)
+        (gq_clean,) = torch.autograd.grad(clean, q, g)
+        (gq_dirty,) = torch.autograd.grad(dirty, q, g)
         torch.testing.assert_close(gq_dirty, gq_clean)
 
 
@@ -130,6 +148,7 @@ def test_padding_content_never_leaks(device):
 # The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
 # unchanged, empty and non-contiguous inputs, bad dtypes
 # ---------------------------------------------------------------------------------------------
+
 
 class TestInducedAttentionContract(OpContract):
     backward_name = "induced_attention"
@@ -144,12 +163,18 @@ class TestInducedAttentionContract(OpContract):
         if dtype != torch.float32:
             return []
         samples = []
-        for shape, kind in [((2, 2, 3, 5, 4, 4), "random"), ((1, 2, 9, 4, 4, 3), None),
-                            ((1, 1, 2, 1100, 4, 4), "tail")]:
+        for shape, kind in [
+            ((2, 2, 3, 5, 4, 4), "random"),
+            ((1, 2, 9, 4, 4, 3), None),
+            ((1, 1, 2, 1100, 4, 4), "tail"),
+        ]:
             q, k, v, mask = _inputs(shape, device, dtype, kind)
-            samples += [Sample([q, k, v, mask, None], op=OP, name=f"{shape}"),
-                        Sample([q.detach(), k.detach(), v.detach(), mask, 0.5], op=OP,
-                               name=f"{shape}-scale")]
+            samples += [
+                Sample([q, k, v, mask, None], op=OP, name=f"{shape}"),
+                Sample(
+                    [q.detach(), k.detach(), v.detach(), mask, 0.5], op=OP, name=f"{shape}-scale"
+                ),
+            ]
         return samples
 
     def compile_samples(self, device):
@@ -158,11 +183,17 @@ class TestInducedAttentionContract(OpContract):
 
     def gradcheck_samples(self, device):
         samples = []
-        for name, shape in [("few", (2, 2, 3, 7, 3, 2)), ("many", (1, 2, 6, 4, 2, 3)),
-                            ("split", (1, 1, 2, 1030, 2, 1))]:
+        for name, shape in [
+            ("few", (2, 2, 3, 7, 3, 2)),
+            ("many", (1, 2, 6, 4, 2, 3)),
+            ("split", (1, 1, 2, 1030, 2, 1)),
+        ]:
             q, k, v, mask = _inputs(shape, device, torch.float64, "random")
-            samples.append(Sample([q, k, v], dict(mask=mask), name=name,
-                                  options=dict(fast_mode=shape[3] > 100)))
+            samples.append(
+                Sample(
+                    [q, k, v], dict(mask=mask), name=name, options=dict(fast_mode=shape[3] > 100)
+                )
+            )
         return samples
 
     def double_backward_samples(self, device):
@@ -202,8 +233,10 @@ class TestInducedAttentionContract(OpContract):
     def bad_dtype_calls(self, device):
         q, k, v, mask = _inputs((2, 2, 3, 5, 4, 4), device, torch.float32, "random")
         q, k, v = q.detach(), k.detach(), v.detach()
-        return [(lambda: induced_attention(q, k, v, mask.float()), "key_padding_mask", "bool"),
-                (lambda: induced_attention(q.long(), k, v), "query", "float32")]
+        return [
+            (lambda: induced_attention(q, k, v, mask.float()), "key_padding_mask", "bool"),
+            (lambda: induced_attention(q.long(), k, v), "query", "float32"),
+        ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -211,13 +244,20 @@ def test_bad_inputs(device):
     q, k, v, mask = _inputs((2, 2, 3, 5, 4, 4), device, torch.float32, "random")
     q, k, v = q.detach(), k.detach(), v.detach()
     assert_raises_naming(RuntimeError, lambda: induced_attention(q[0], k, v), "query", "4-d")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k[:, :, :, :3], v), "key", "(2, 2, S, 4)")
+    assert_raises_naming(
+        RuntimeError, lambda: induced_attention(q, k[:, :, :, :3], v), "key", "(2, 2, S, 4)"
+    )
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v[:, :, :4]), "value", "S")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[:, :4]), "key_padding_mask",
-                         "(2, 5)")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, mask[0]), "key_padding_mask")
+    assert_raises_naming(
+        RuntimeError, lambda: induced_attention(q, k, v, mask[:, :4]), "key_padding_mask", "(2, 5)"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: induced_attention(q, k, v, mask[0]), "key_padding_mask"
+    )
     assert_raises_naming(RuntimeError, lambda: induced_attention(q, k.double(), v), "same dtype")
-    assert_raises_naming(RuntimeError, lambda: induced_attention(q, k, v, scale=float("nan")), "scale")
+    assert_raises_naming(
+        RuntimeError, lambda: induced_attention(q, k, v, scale=float("nan")), "scale"
+    )
 
 
 @pytest.mark.parametrize("device", cuda_devices())
@@ -239,7 +279,9 @@ def test_autocast_cpu_runs_in_bfloat16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = induced_attention(q, k, v, mask)
     assert out.dtype == torch.bfloat16
-    ref = induced_attention_reference(q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double(), mask)
+    ref = induced_attention_reference(
+        q.bfloat16().double(), k.bfloat16().double(), v.bfloat16().double(), mask
+    )
     assert_close_to_reference(out, ref, torch.bfloat16)
     mab = fastdl.nn.MAB(6, 6, 8, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -261,9 +303,12 @@ def test_key_splits_past_the_grid(device):
 
     q, k, v, mask = _inputs((1, 2, 3, 1500, 8, 8), device, torch.float32, "tail")
     with fastdl.testing.cuda_sim(max_grid=(0, 2, 2)):
-        compare_with_torch(lambda q, k, v: induced_attention(q, k, v, mask),
-                           lambda q, k, v: induced_attention_reference(q, k, v, mask), [q, k, v],
-                           torch.float32)
+        compare_with_torch(
+            lambda q, k, v: induced_attention(q, k, v, mask),
+            lambda q, k, v: induced_attention_reference(q, k, v, mask),
+            [q, k, v],
+            torch.float32,
+        )
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)

@@ -9,9 +9,19 @@ from torch import nn
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from helpers import (devices, CUDA_AVAILABLE, DEVICE_DTYPES, DEVICES, HALF_DTYPES,
-                     assert_close_to_reference, assert_raises_naming, assert_unchanged,
-                     check_compile, compare_with_torch, device_dtypes)
+from helpers import (
+    devices,
+    CUDA_AVAILABLE,
+    DEVICE_DTYPES,
+    DEVICES,
+    HALF_DTYPES,
+    assert_close_to_reference,
+    assert_raises_naming,
+    assert_unchanged,
+    check_compile,
+    compare_with_torch,
+    device_dtypes,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "norm"  # the emulator summary counts test cases per op family
@@ -38,10 +48,16 @@ AFFINE = ["weight_bias", "weight", "bias", "none"]
 
 def _params(ns, device, dtype, affine, param_dtype=None):
     param_dtype = param_dtype or dtype
-    w = (torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
-         if affine in ("weight_bias", "weight") else None)
-    b = (torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
-         if affine in ("weight_bias", "bias") else None)
+    w = (
+        torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
+        if affine in ("weight_bias", "weight")
+        else None
+    )
+    b = (
+        torch.randn(ns, device=device, dtype=param_dtype).requires_grad_()
+        if affine in ("weight_bias", "bias")
+        else None
+    )
     return w, b
 
 
@@ -54,6 +70,7 @@ def _fns(ns, eps=1e-5):
 # ---------------------------------------------------------------------------------------------
 # Forward and gradients against torch
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("shape, ns", SHAPES, ids=[f"{s}-{n}" for s, n in SHAPES])
@@ -78,8 +95,12 @@ def test_expanded_input(device, dtype):
     """A stride-0 (broadcast) input: every row is the same."""
     base = torch.randn(1, 6, device=device, dtype=dtype).requires_grad_()
     w, b = _params((6,), device, dtype, "weight_bias")
-    compare_with_torch(lambda x, w, b: FF.layer_norm(x.expand(4, 6), (6,), w, b),
-                       lambda x, w, b: F.layer_norm(x.expand(4, 6), (6,), w, b), [base, w, b], dtype)
+    compare_with_torch(
+        lambda x, w, b: FF.layer_norm(x.expand(4, 6), (6,), w, b),
+        lambda x, w, b: F.layer_norm(x.expand(4, 6), (6,), w, b),
+        [base, w, b],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -108,7 +129,9 @@ def test_constant_rows_give_bias(device, dtype, value):
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("shape, ns", [((3, 5), (5,)), ((2, 3, 4), (3, 4)), ((1, 2, 3, 4), (2, 3, 4))])
+@pytest.mark.parametrize(
+    "shape, ns", [((3, 5), (5,)), ((2, 3, 4), (3, 4)), ((1, 2, 3, 4), (2, 3, 4))]
+)
 def test_statistics_match_aten(device, dtype, shape, ns):
     """The op's mean and rstd outputs are aten.native_layer_norm's (shape (*, 1, ..., 1))."""
     x = torch.randn(shape, device=device, dtype=dtype)
@@ -126,8 +149,16 @@ def test_statistics_match_aten(device, dtype, shape, ns):
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("mask", [(True, True, True), (True, False, False), (False, True, True),
-                                  (False, False, True), (False, False, False)])
+@pytest.mark.parametrize(
+    "mask",
+    [
+        (True, True, True),
+        (True, False, False),
+        (False, True, True),
+        (False, False, True),
+        (False, False, False),
+    ],
+)
 def test_backward_op_output_mask(device, dtype, mask):
     """The backward op computes exactly the gradients output_mask asks for."""
     x = torch.randn(3, 6, device=device, dtype=dtype)
@@ -137,7 +168,11 @@ def test_backward_op_output_mask(device, dtype, mask):
     gi, gw, gb = OP_BACKWARD(g, x, [6], mean, rstd, w, list(mask))
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, torch.zeros_like(w)))
     F.layer_norm(xr, (6,), wr, br).backward(g)
-    for got, want, needed in ((gi, xr.grad, mask[0]), (gw, wr.grad, mask[1]), (gb, br.grad, mask[2])):
+    for got, want, needed in (
+        (gi, xr.grad, mask[0]),
+        (gw, wr.grad, mask[1]),
+        (gb, br.grad, mask[2]),
+    ):
         assert (got is not None) == needed
         if needed:
             assert_close_to_reference(got, want, dtype)
@@ -168,6 +203,7 @@ def test_no_grad_mode(device):
 # unchanged, empty and non-contiguous inputs, bad dtypes; then dynamic shapes, inductor, export
 # ---------------------------------------------------------------------------------------------
 
+
 class TestLayerNormContract(OpContract):
     backward_name = "layer_norm"
 
@@ -187,8 +223,11 @@ class TestLayerNormContract(OpContract):
         _, mean, rstd = OP(x, [5], w, None, 1e-5)
         g = torch.randn(3, 5, device=device, dtype=dtype)
         for mask in [(True, True, True), (True, False, False), (False, True, True)]:
-            samples.append(Sample([g, x, [5], mean, rstd, w, list(mask)], op=OP_BACKWARD,
-                                  name=f"backward-{mask}"))
+            samples.append(
+                Sample(
+                    [g, x, [5], mean, rstd, w, list(mask)], op=OP_BACKWARD, name=f"backward-{mask}"
+                )
+            )
         if dtype == torch.float32:
             x = torch.randn(7, 4, device=device).t().requires_grad_()
             w = torch.randn(7, device=device, requires_grad=True)
@@ -202,13 +241,18 @@ class TestLayerNormContract(OpContract):
     def compile_samples(self, device):
         x = torch.randn(4, 3, 5, device=device, requires_grad=True)
         w, b = _params((3, 5), device, torch.float32, "weight_bias")
-        model = nn.Sequential(nn.Linear(5, 6), fnn.LayerNorm(6), nn.ReLU(),
-                              fnn.LayerNorm(6, bias=False)).to(device)
-        return [Sample([x, w, b], dict(ns=(3, 5)), name="functional"),
-                Sample([torch.randn(2, 5, device=device)], name="in_an_expression",
-                       fn=lambda x: FF.layer_norm(x * 2, 5) + 1),
-                Sample([torch.randn(3, 5, device=device, requires_grad=True)], fn=model,
-                       name="module")]
+        model = nn.Sequential(
+            nn.Linear(5, 6), fnn.LayerNorm(6), nn.ReLU(), fnn.LayerNorm(6, bias=False)
+        ).to(device)
+        return [
+            Sample([x, w, b], dict(ns=(3, 5)), name="functional"),
+            Sample(
+                [torch.randn(2, 5, device=device)],
+                name="in_an_expression",
+                fn=lambda x: FF.layer_norm(x * 2, 5) + 1,
+            ),
+            Sample([torch.randn(3, 5, device=device, requires_grad=True)], fn=model, name="module"),
+        ]
 
     def gradcheck_samples(self, device):
         samples = []
@@ -224,8 +268,10 @@ class TestLayerNormContract(OpContract):
     def double_backward_samples(self, device):
         x = torch.randn(2, 5, device=device, dtype=torch.float64, requires_grad=True)
         w, b = _params((5,), device, torch.float64, "weight_bias")
-        return [Sample([x, w, b], dict(ns=(5,)), name="weight_bias"),
-                Sample([x, None, None], dict(ns=(5,)), name="none")]
+        return [
+            Sample([x, w, b], dict(ns=(5,)), name="weight_bias"),
+            Sample([x, None, None], dict(ns=(5,)), name="none"),
+        ]
 
     def unchanged_samples(self, device, dtype):
         x = torch.randn(3, 7, device=device, dtype=dtype).t().requires_grad_()
@@ -257,23 +303,38 @@ class TestLayerNormContract(OpContract):
             ("strided_grad", mk(3, 5), (5,), mk(5), mk(5, 3).t()),
             ("offset_view", mk(4, 6)[1:, 1:], (5,), mk(5), None),
         ]
-        return [Sample([x.requires_grad_(), w.requires_grad_(), mk(*ns).requires_grad_()],
-                       dict(ns=ns), name=name, grad_output=g) for name, x, ns, w, g in cases]
+        return [
+            Sample(
+                [x.requires_grad_(), w.requires_grad_(), mk(*ns).requires_grad_()],
+                dict(ns=ns),
+                name=name,
+                grad_output=g,
+            )
+            for name, x, ns, w, g in cases
+        ]
 
     def bad_dtype_calls(self, device):
         x = torch.randn(2, 4, device=device)
-        calls = [(lambda x=x.to(dt): FF.layer_norm(x, (4,)), "input", "float32")
-                 for dt in (torch.int32, torch.int64, torch.bool, torch.complex64)]
+        calls = [
+            (lambda x=x.to(dt): FF.layer_norm(x, (4,)), "input", "float32")
+            for dt in (torch.int32, torch.int64, torch.bool, torch.complex64)
+        ]
         w64 = torch.ones(4, device=device, dtype=torch.float64)
         b64 = torch.ones(4, device=device, dtype=torch.int64)
-        return calls + [(lambda: FF.layer_norm(x, (4,), w64), "weight", "Double"),
-                        (lambda: FF.layer_norm(x, (4,), None, b64), "bias")]
+        return calls + [
+            (lambda: FF.layer_norm(x, (4,), w64), "weight", "Double"),
+            (lambda: FF.layer_norm(x, (4,), None, b64), "bias"),
+        ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_dynamic_shapes(device):
-    f = torch.compile(lambda x: FF.layer_norm(x, (x.shape[-1],)), fullgraph=True,
-                      backend="aot_eager", dynamic=True)
+    f = torch.compile(
+        lambda x: FF.layer_norm(x, (x.shape[-1],)),
+        fullgraph=True,
+        backend="aot_eager",
+        dynamic=True,
+    )
     for shape in [(3, 5), (4, 7), (2, 9)]:
         x = torch.randn(shape, device=device)
         torch.testing.assert_close(f(x), F.layer_norm(x, (shape[-1],)))
@@ -284,14 +345,20 @@ def test_compile_dynamic_shapes(device):
 def test_compile_inductor(device):
     x = torch.randn(4, 6, device=device, requires_grad=True)
     w, b = _params((6,), device, torch.float32, "weight_bias")
-    check_compile(lambda x, w, b: torch.relu(FF.layer_norm(x, (6,), w, b)), x, w, b,
-                  backend="inductor")
+    check_compile(
+        lambda x, w, b: torch.relu(FF.layer_norm(x, (6,), w, b)), x, w, b, backend="inductor"
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_export(device):
-    model = nn.Sequential(nn.Linear(5, 6), fnn.LayerNorm(6), nn.Tanh(),
-                          fnn.LayerNorm(6, elementwise_affine=False)).to(device).eval()
+    model = (
+        nn.Sequential(
+            nn.Linear(5, 6), fnn.LayerNorm(6), nn.Tanh(), fnn.LayerNorm(6, elementwise_affine=False)
+        )
+        .to(device)
+        .eval()
+    )
     x = torch.randn(3, 5, device=device)
     ep = torch.export.export(model, (x,))
     targets = [n.target for n in ep.graph.nodes if n.op == "call_function"]
@@ -304,10 +371,13 @@ def test_export(device):
 # Bad input
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_normalized_shape(device):
     x = torch.randn(2, 3, 4, device=device)
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (3,)), "normalized_shape", "[3]", "[2, 3, 4]")
+    assert_raises_naming(
+        RuntimeError, lambda: FF.layer_norm(x, (3,)), "normalized_shape", "[3]", "[2, 3, 4]"
+    )
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4, 3)), "normalized_shape")
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, ()), "normalized_shape")
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (-4,)), "normalized_shape")
@@ -317,29 +387,51 @@ def test_bad_normalized_shape(device):
 def test_bad_rank(device):
     x = torch.randn(4, device=device)
     assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (2, 4)), "normalized_shape", "[4]")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(torch.tensor(1.0, device=device), (1,)),
-                         "normalized_shape")
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.layer_norm(torch.tensor(1.0, device=device), (1,)),
+        "normalized_shape",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bad_weight_bias_shape(device):
     x = torch.randn(2, 3, 4, device=device)
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(3, device=device)),
-                         "weight", "[4]", "[3]")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(3, device=device)),
-                         "bias", "[4]", "[3]")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (3, 4), torch.ones(12, device=device)),
-                         "weight")
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.layer_norm(x, (4,), torch.ones(3, device=device)),
+        "weight",
+        "[4]",
+        "[3]",
+    )
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.layer_norm(x, (4,), None, torch.ones(3, device=device)),
+        "bias",
+        "[4]",
+        "[3]",
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.layer_norm(x, (3, 4), torch.ones(12, device=device)), "weight"
+    )
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
 def test_bad_weight_bias_device():
     x = torch.randn(2, 4, device="cuda")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(4)), "weight", "device")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(4)), "bias", "device")
-    assert_raises_naming(RuntimeError, lambda: FF.layer_norm(x.cpu(), (4,), torch.ones(4, device="cuda")),
-                         "weight", "device")
+    assert_raises_naming(
+        RuntimeError, lambda: FF.layer_norm(x, (4,), torch.ones(4)), "weight", "device"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: FF.layer_norm(x, (4,), None, torch.ones(4)), "bias", "device"
+    )
+    assert_raises_naming(
+        RuntimeError,
+        lambda: FF.layer_norm(x.cpu(), (4,), torch.ones(4, device="cuda")),
+        "weight",
+        "device",
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -356,8 +448,8 @@ def test_negative_eps_as_torch(device, dtype):
     -eps (here the constant row and the small one), a number for the others; fastdl matches,
     NaN positions and gradients included."""
     x = torch.randn(4, 6, device=device, dtype=dtype)
-    x[1] = 2.0          # var 0: NaN
-    x[2] *= 1e-3        # var ~1e-6 < 1e-4: NaN
+    x[1] = 2.0  # var 0: NaN
+    x[2] *= 1e-3  # var ~1e-6 < 1e-4: NaN
     x.requires_grad_()
     for eps in (-1e-4, -1e-12):
         ours = FF.layer_norm(x, (6,), eps=eps)
@@ -369,8 +461,9 @@ def test_negative_eps_as_torch(device, dtype):
         (rx,) = torch.autograd.grad(ref, x, g)
         assert torch.equal(gx.isnan(), rx.isnan())
         # rstd is ~1e3 in the small row: gradients ~1e4, float32 rounding to match
-        torch.testing.assert_close(gx, rx, equal_nan=True, rtol=1e-4,
-                                   atol=1e-6 * rx.nan_to_num().abs().max().item())
+        torch.testing.assert_close(
+            gx, rx, equal_nan=True, rtol=1e-4, atol=1e-6 * rx.nan_to_num().abs().max().item()
+        )
     assert ref[0].isfinite().all() and ref[1].isnan().all()  # the case is what it claims
 
 
@@ -380,13 +473,18 @@ def test_backward_op_bad_input(device):
     _, mean, rstd = OP(x, [5], None, None, 1e-5)
     g = torch.randn(3, 5, device=device)
     mask = [True, False, False]
-    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g[:2], x, [5], mean, rstd, None, mask),
-                         "grad_output")
-    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g.double(), x, [5], mean, rstd, None, mask),
-                         "grad_output")
-    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, [5], mean[:2], rstd, None, mask), "mean")
-    assert_raises_naming(RuntimeError, lambda: OP_BACKWARD(g, x, [4], mean, rstd, None, mask),
-                         "normalized_shape")
+    assert_raises_naming(
+        RuntimeError, lambda: OP_BACKWARD(g[:2], x, [5], mean, rstd, None, mask), "grad_output"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: OP_BACKWARD(g.double(), x, [5], mean, rstd, None, mask), "grad_output"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: OP_BACKWARD(g, x, [5], mean[:2], rstd, None, mask), "mean"
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: OP_BACKWARD(g, x, [4], mean, rstd, None, mask), "normalized_shape"
+    )
 
 
 def test_bad_input_leaves_inputs_unchanged():
@@ -461,6 +559,8 @@ def test_rows_of_one_element_with_huge_values(device, dtype):
     b = torch.tensor([0.5], device=device, dtype=dtype, requires_grad=True)
     y = FF.layer_norm(x, (1,), w, b)
     assert torch.equal(y, torch.full_like(y, 0.5))
-    gx, gw, gb = torch.autograd.grad(y, (x, w, b), torch.tensor([[1.0], [2.0], [3.0]], device=device, dtype=dtype))
+    gx, gw, gb = torch.autograd.grad(
+        y, (x, w, b), torch.tensor([[1.0], [2.0], [3.0]], device=device, dtype=dtype)
+    )
     assert torch.equal(gx, torch.zeros_like(gx)) and torch.equal(gw, torch.zeros_like(gw))
     assert gb.item() == 6.0

@@ -17,7 +17,8 @@ FAMILY = "conv"  # the emulator summary counts test cases per op family
 
 HAS_CONV2D = hasattr(fnn, "Conv2d")
 needs_conv2d = pytest.mark.skipif(
-    not HAS_CONV2D, reason="fastdl.nn.Conv2d is not in this build of fastdl yet (issue 7)")
+    not HAS_CONV2D, reason="fastdl.nn.Conv2d is not in this build of fastdl yet (issue 7)"
+)
 
 ACTIVATIONS = ["tanh", "relu"]
 POOLINGS = ["avg", "max"]
@@ -38,8 +39,11 @@ def _fastdl_types():
 
 def _assert_built_from(model, fast: bool):
     """Every conv/pool/BN layer of ``model`` is fastdl's (``fast``) or torch's own class."""
-    layers = [m for m in model.modules()
-              if isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.BatchNorm2d))]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d, nn.BatchNorm2d))
+    ]
     assert layers
     for m in layers:
         if fast:
@@ -77,18 +81,21 @@ def _assert_same_run(fast, twin, x, rtol, atol):
     torch.testing.assert_close(fx, tx, rtol=rtol, atol=atol, msg=lambda m: f"grad input: {m}")
     assert fg.keys() == tg.keys()
     for name in fg:
-        torch.testing.assert_close(fg[name], tg[name], rtol=rtol, atol=atol,
-                                   msg=lambda m, n=name: f"grad {n}: {m}")
+        torch.testing.assert_close(
+            fg[name], tg[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"grad {n}: {m}"
+        )
     fb, tb = dict(fast.named_buffers()), dict(twin.named_buffers())
     assert fb.keys() == tb.keys()
     for name in fb:
-        torch.testing.assert_close(fb[name], tb[name], rtol=rtol, atol=atol,
-                                   msg=lambda m, n=name: f"buffer {n}: {m}")
+        torch.testing.assert_close(
+            fb[name], tb[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"buffer {n}: {m}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # Construction and arguments (no fastdl conv needed)
 # ---------------------------------------------------------------------------------------------
+
 
 def test_lenet5_torch_backend_is_the_classic_table():
     m = LeNet5(backend="torch")
@@ -100,19 +107,29 @@ def test_lenet5_torch_backend_is_the_classic_table():
     assert m(x).shape == (2, 10)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(in_channels=0), "in_channels"), (dict(num_classes=1.5), "num_classes"),
-    (dict(activation="sigmoid"), "activation"), (dict(pooling="lp"), "pooling"),
-    (dict(backend="cudnn"), "backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(in_channels=0), "in_channels"),
+        (dict(num_classes=1.5), "num_classes"),
+        (dict(activation="sigmoid"), "activation"),
+        (dict(pooling="lp"), "pooling"),
+        (dict(backend="cudnn"), "backend"),
+    ],
+)
 def test_lenet5_bad_arguments(kwargs, word):
     assert_raises_naming(ValueError, lambda: LeNet5(**kwargs), word)
 
 
-@pytest.mark.parametrize("args, word", [
-    ((0, 8), "in_channels"), ((8, -1), "out_channels"), ((8, 8, 0), "stride"),
-    ((8, True), "out_channels"),
-])
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        ((0, 8), "in_channels"),
+        ((8, -1), "out_channels"),
+        ((8, 8, 0), "stride"),
+        ((8, True), "out_channels"),
+    ],
+)
 def test_resnet_block_bad_arguments(args, word):
     assert_raises_naming(ValueError, lambda: ResNetBlock(*args), word)
 
@@ -130,6 +147,7 @@ def test_missing_fastdl_layer_is_a_clear_error(monkeypatch):
 # LeNet5
 # ---------------------------------------------------------------------------------------------
 
+
 @needs_conv2d
 @pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -141,7 +159,8 @@ def test_lenet5_shape_and_layers(activation, pooling):
     assert sum(isinstance(layer, pool_type) for layer in m.modules()) == 2
     assert sum(isinstance(layer, fnn.Conv2d) for layer in m.modules()) == 2
     assert sum(p.numel() for p in m.parameters()) == sum(
-        p.numel() for p in LeNet5(3, 7, activation, pooling, backend="torch").parameters())
+        p.numel() for p in LeNet5(3, 7, activation, pooling, backend="torch").parameters()
+    )
     assert "LeNet5" in repr(m) and f"pooling='{pooling}'" in repr(m)
 
 
@@ -193,6 +212,7 @@ def test_lenet5_matches_torch_twin(device, activation, pooling):
 # ResNetBlock
 # ---------------------------------------------------------------------------------------------
 
+
 @needs_conv2d
 @pytest.mark.parametrize("cin, cout, stride", BLOCKS, ids=BLOCK_IDS)
 def test_resnet_block_shape_and_layers(cin, cout, stride):
@@ -202,7 +222,7 @@ def test_resnet_block_shape_and_layers(cin, cout, stride):
     for h, w in [(9, 9), (8, 12)]:
         out = m(torch.randn(2, cin, h, w))
         assert out.shape == (2, cout, -(-h // stride), -(-w // stride))
-        assert (out >= 0).all()   # ends with a ReLU
+        assert (out >= 0).all()  # ends with a ReLU
     assert all(c.bias is None for c in m.modules() if isinstance(c, nn.Conv2d))
 
 
@@ -222,8 +242,11 @@ def test_resnet_block_matches_torch_twin(cin, cout, stride, training, device):
     _assert_same_run(m, twin, x, rtol=1e-9, atol=1e-10)
     # Train mode updates the running statistics (same values as torch's, checked above);
     # eval mode leaves them alone.
-    changed = any(not torch.equal(before[k], v) for k, v in m.named_buffers()
-                  if not k.endswith("num_batches_tracked"))
+    changed = any(
+        not torch.equal(before[k], v)
+        for k, v in m.named_buffers()
+        if not k.endswith("num_batches_tracked")
+    )
     assert changed == training
 
 
@@ -240,6 +263,7 @@ def test_resnet_block_channels_last():
 # ---------------------------------------------------------------------------------------------
 # Training LeNet-5 on scikit-learn's digits
 # ---------------------------------------------------------------------------------------------
+
 
 def _digits(n=512):
     """``n`` of scikit-learn's 8x8 digits, nearest-upscaled to (n, 1, 32, 32), standardised."""
@@ -261,7 +285,7 @@ def _train(model, x, y, steps=30, batch=64):
     losses = []
     for step in range(steps):
         start = (step * batch) % len(x)
-        xb, yb = x[start:start + batch], y[start:start + batch]
+        xb, yb = x[start : start + batch], y[start : start + batch]
         loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()

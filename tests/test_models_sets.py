@@ -24,8 +24,8 @@ def _padded(sizes, F, N=None, fill=float("nan")):
     x = torch.full((len(sizes), N, F), fill)
     mask = torch.zeros(len(sizes), N, dtype=torch.bool)
     for i, b in enumerate(bags):
-        x[i, :len(b)] = b
-        mask[i, :len(b)] = True
+        x[i, : len(b)] = b
+        mask[i, : len(b)] = True
     return bags, x, mask
 
 
@@ -33,17 +33,24 @@ def _padded(sizes, F, N=None, fill=float("nan")):
 # Masked pooling
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_masked_pool_matches_per_bag_pooling(pooling):
     bags, x, mask = _padded([5, 1, 8, 4], 3, N=9)
     out = masked_pool(x, mask, pooling)
     for i, b in enumerate(bags):
-        expected = {"sum": b.sum(0), "mean": b.mean(0), "max": b.amax(0),
-                    "median": b.median(0).values}[pooling]
+        expected = {
+            "sum": b.sum(0),
+            "mean": b.mean(0),
+            "max": b.amax(0),
+            "median": b.median(0).values,
+        }[pooling]
         torch.testing.assert_close(out[i], expected)
     full = torch.randn(2, 6, 3)
-    torch.testing.assert_close(masked_pool(full, torch.ones(2, 6, dtype=torch.bool), pooling),
-                               masked_pool(full, None, pooling))
+    torch.testing.assert_close(
+        masked_pool(full, torch.ones(2, 6, dtype=torch.bool), pooling),
+        masked_pool(full, None, pooling),
+    )
 
 
 def test_masked_median_is_lower_median():
@@ -63,6 +70,7 @@ def test_masked_pool_empty_bag_is_zero(pooling):
 # ---------------------------------------------------------------------------------------------
 # DeepSets
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("pooling", POOLINGS)
 def test_deepsets_permutation_invariant(pooling):
@@ -116,14 +124,21 @@ def test_deepsets_bad_arguments():
     m = DeepSets(3, 2)
     assert_raises_naming(ValueError, lambda: m(torch.randn(2, 5, 4)), "x", "in_features=3")
     assert_raises_naming(ValueError, lambda: m(torch.randn(5)), "x")
-    assert_raises_naming(ValueError, lambda: m(torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool)),
-                         "mask", "(2, 5)")
-    assert_raises_naming(ValueError, lambda: m(torch.randn(2, 5, 3), torch.ones(2, 5)), "mask", "bool")
+    assert_raises_naming(
+        ValueError,
+        lambda: m(torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool)),
+        "mask",
+        "(2, 5)",
+    )
+    assert_raises_naming(
+        ValueError, lambda: m(torch.randn(2, 5, 3), torch.ones(2, 5)), "mask", "bool"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # HistNetQ
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("histogram", HISTOGRAMS)
 def test_histnetq_prevalences_and_invariance(histogram):
@@ -155,8 +170,12 @@ def test_histnetq_mask_equals_unpadded(histogram):
 @pytest.mark.parametrize("histogram", HISTOGRAMS)
 def test_histnetq_structure_and_gradients(histogram):
     m = HistNetQ(6, 3, n_bins=4, histogram=histogram, n_features=5)
-    layer = {"soft": fnn.SoftHistogram, "sigmoid": fnn.SigmoidHistogram,
-             "rbf": fnn.RBFHistogram, "hard": fnn.HardHistogram}[histogram]
+    layer = {
+        "soft": fnn.SoftHistogram,
+        "sigmoid": fnn.SigmoidHistogram,
+        "rbf": fnn.RBFHistogram,
+        "hard": fnn.HardHistogram,
+    }[histogram]
     assert type(m.histogram) is layer and m.histogram.n_features == 5 and m.histogram.n_bins == 4
     assert m.histogram.learnable == (histogram != "sigmoid")
     x = torch.randn(4, 30, 6)
@@ -188,7 +207,9 @@ def test_histnetq_options():
 
 
 def test_histnetq_bad_arguments():
-    assert_raises_naming(ValueError, lambda: HistNetQ(4, 2, histogram="softrbf"), "histogram", "softrbf")
+    assert_raises_naming(
+        ValueError, lambda: HistNetQ(4, 2, histogram="softrbf"), "histogram", "softrbf"
+    )
     assert_raises_naming(ValueError, lambda: HistNetQ(4, 0), "n_classes")
     assert_raises_naming(ValueError, lambda: HistNetQ(4, 2, n_bins=0), "n_bins")
     assert_raises_naming(ValueError, lambda: HistNetQ(4, 2, n_features=0), "n_features")

@@ -33,8 +33,12 @@ def _twins():
         ("gru", fnn.GRU(5, 7, bidirectional=True), nn.GRU, [(6, 3, 5)]),
         ("lstm_cell", fnn.LSTMCell(5, 7), nn.LSTMCell, [(3, 5)]),
         ("gru_cell", fnn.GRUCell(5, 7), nn.GRUCell, [(3, 5)]),
-        ("multihead_attention", fnn.MultiheadAttention(16, 4, batch_first=True), nn.MultiheadAttention,
-         [(2, 5, 16), (2, 7, 16), (2, 7, 16)]),
+        (
+            "multihead_attention",
+            fnn.MultiheadAttention(16, 4, batch_first=True),
+            nn.MultiheadAttention,
+            [(2, 5, 16), (2, 7, 16), (2, 7, 16)],
+        ),
         ("layer_norm", fnn.LayerNorm(12), nn.LayerNorm, [(3, 5, 12)]),
         ("batch_norm", fnn.BatchNorm2d(4), nn.BatchNorm2d, [(3, 4, 5, 5)]),
         ("peephole_lstm", fnn.PeepholeLSTM(5, 7), None, [(6, 3, 5)]),
@@ -86,17 +90,22 @@ def test_module_in_half(device, to_dtype, index, monkeypatch):
         for sub_name, sub in m.named_modules():
             if sub_name.endswith("fc_o"):
                 sub.register_forward_hook(
-                    lambda _m, _i, out, key=key: relu_inputs[key].append(out.detach() > 0))
+                    lambda _m, _i, out, key=key: relu_inputs[key].append(out.detach() > 0)
+                )
     runs = {"ours": ours, "ref": ref} | ({"twin": twin} if twin is not None else {})
     outs, args = {}, {}
     for key, m in runs.items():
-        args[key] = [x.clone().to(torch.float64 if key == "ref" else dtype).requires_grad_() for x in inputs]
+        args[key] = [
+            x.clone().to(torch.float64 if key == "ref" else dtype).requires_grad_() for x in inputs
+        ]
         with monkeypatch.context() as patched:
             if key == "twin" and torch_type == "reference":
                 patched.setattr(fastdl.functional, "induced_attention", induced_attention_reference)
             outs[key] = _first(m(*args[key]))
     for a, b in zip(relu_inputs["ours"], relu_inputs["ref"]):
-        assert torch.equal(a, b), f"{name}: a ReLU input on the other side of 0; choose other inputs"
+        assert torch.equal(a, b), (
+            f"{name}: a ReLU input on the other side of 0; choose other inputs"
+        )
     assert outs["ours"].dtype == dtype, f"{name}: output {outs['ours'].dtype}"
     if twin is not None:
         assert outs["twin"].dtype == dtype
@@ -104,15 +113,23 @@ def test_module_in_half(device, to_dtype, index, monkeypatch):
     for key, y in outs.items():
         y.backward(grad.to(y.dtype))
     base = (lambda key_tensors: key_tensors["twin"]) if twin is not None else (lambda _: None)
-    assert_close_to_reference(outs["ours"], outs["ref"], dtype, baseline=base(outs), name=f"{name} output")
+    assert_close_to_reference(
+        outs["ours"], outs["ref"], dtype, baseline=base(outs), name=f"{name} output"
+    )
     for i in range(len(inputs)):
         grads = {key: a[i].grad for key, a in args.items()}
         assert grads["ours"].dtype == dtype
-        assert_close_to_reference(grads["ours"], grads["ref"], dtype, baseline=base(grads),
-                                  name=f"{name} grad of input {i}")
+        assert_close_to_reference(
+            grads["ours"],
+            grads["ref"],
+            dtype,
+            baseline=base(grads),
+            name=f"{name} grad of input {i}",
+        )
     params = {key: dict(m.named_parameters()) for key, m in runs.items()}
     for pname, p in params["ours"].items():
         grads = {key: params[key][pname].grad for key in runs}
         assert grads["ours"] is not None and grads["ours"].dtype == dtype, pname
-        assert_close_to_reference(grads["ours"], grads["ref"], dtype, baseline=base(grads),
-                                  name=f"{name} grad of {pname}")
+        assert_close_to_reference(
+            grads["ours"], grads["ref"], dtype, baseline=base(grads), name=f"{name} grad of {pname}"
+        )

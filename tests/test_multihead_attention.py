@@ -31,13 +31,18 @@ def _inputs(device, dtype, batch_first, L=5, S=7, N=3, kdim=E, vdim=E, batched=T
     def make(n, d):
         shape = ((N, n, d) if batch_first else (n, N, d)) if batched else (n, d)
         return torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+
     return make(L, E), make(S, kdim), make(S, vdim)
 
 
 def _run(module, inputs, **kwargs):
     q, k, v = (t.detach().clone().requires_grad_() for t in inputs)
-    kwargs = {k_: (t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t)
-              for k_, t in kwargs.items()}
+    kwargs = {
+        k_: (
+            t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+        )
+        for k_, t in kwargs.items()
+    }
     out, weights = module(q, k, v, **kwargs)
     loss = out.square().sum() + (weights.sum() * 0.3 if weights is not None else 0)
     loss.backward()
@@ -76,7 +81,9 @@ OPTIONS = [
 @pytest.mark.parametrize("need_weights, average", [(True, True), (True, False), (False, True)])
 def test_matches_torch(device, options, batch_first, need_weights, average):
     ours, ref = _pair(device, batch_first=batch_first, **options)
-    inputs = _inputs(device, torch.float64, batch_first, kdim=options.get("kdim", E), vdim=options.get("vdim", E))
+    inputs = _inputs(
+        device, torch.float64, batch_first, kdim=options.get("kdim", E), vdim=options.get("vdim", E)
+    )
     _compare(ours, ref, inputs, need_weights=need_weights, average_attn_weights=average)
 
 
@@ -91,19 +98,33 @@ def test_masks(device, mask_kind, padding_kind, need_weights):
     shape = (L, S) if mask_kind.endswith("2d") else (N * HEADS, L, S)
     blocked = torch.rand(shape, device=device) < 0.3
     blocked[..., 0] = False  # every query keeps a key: torch's math path gives NaN otherwise
-    attn_mask = blocked if mask_kind.startswith("bool") else \
-        torch.randn(shape, device=device, dtype=torch.float64).masked_fill(blocked, float("-inf"))
+    attn_mask = (
+        blocked
+        if mask_kind.startswith("bool")
+        else torch.randn(shape, device=device, dtype=torch.float64).masked_fill(
+            blocked, float("-inf")
+        )
+    )
     kwargs = {"attn_mask": attn_mask, "need_weights": need_weights}
     if padding_kind is not None:
         pad = torch.zeros(N, S, dtype=torch.bool, device=device)
         pad[0, -2:] = True
         pad[2, -1] = True
-        kwargs["key_padding_mask"] = pad if padding_kind == "bool" else \
-            torch.zeros(N, S, device=device, dtype=torch.float64).masked_fill(pad, float("-inf"))
+        kwargs["key_padding_mask"] = (
+            pad
+            if padding_kind == "bool"
+            else torch.zeros(N, S, device=device, dtype=torch.float64).masked_fill(
+                pad, float("-inf")
+            )
+        )
         if padding_kind == "bool" and mask_kind.startswith("float"):
-            kwargs["key_padding_mask"] = kwargs["key_padding_mask"].to(torch.float64).masked_fill(pad, float("-inf"))
+            kwargs["key_padding_mask"] = (
+                kwargs["key_padding_mask"].to(torch.float64).masked_fill(pad, float("-inf"))
+            )
         if padding_kind == "float" and mask_kind.startswith("bool"):
-            kwargs["attn_mask"] = torch.zeros(shape, device=device, dtype=torch.float64).masked_fill(blocked, float("-inf"))
+            kwargs["attn_mask"] = torch.zeros(
+                shape, device=device, dtype=torch.float64
+            ).masked_fill(blocked, float("-inf"))
     _compare(ours, ref, inputs, **kwargs)
 
 
@@ -120,7 +141,12 @@ def test_causal_hint(device, need_weights):
 def test_unbatched_and_self_attention(device):
     ours, ref = _pair(device)
     q = torch.randn(5, E, device=device, dtype=torch.float64)
-    _compare(ours, ref, (q, q, q), key_padding_mask=torch.tensor([False, False, True, False, False], device=device))
+    _compare(
+        ours,
+        ref,
+        (q, q, q),
+        key_padding_mask=torch.tensor([False, False, True, False, False], device=device),
+    )
     x = torch.randn(3, 5, E, device=device, dtype=torch.float64)
     ours_bf, ref_bf = _pair(device, batch_first=True)
     _compare(ours_bf, ref_bf, (x, x, x))
@@ -170,8 +196,15 @@ def test_dropout_train_and_eval(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_convert_and_transformer_encoder_layer(device):
     torch.manual_seed(0)
-    ref = nn.TransformerEncoderLayer(E, HEADS, dim_feedforward=32, dropout=0.0, batch_first=True,
-                                     device=device, dtype=torch.float64)
+    ref = nn.TransformerEncoderLayer(
+        E,
+        HEADS,
+        dim_feedforward=32,
+        dropout=0.0,
+        batch_first=True,
+        device=device,
+        dtype=torch.float64,
+    )
     ours = copy.deepcopy(ref)
     report = fnn.convert(ours)
     assert any(new == "MultiheadAttention" for _, _, new in report.swapped)
@@ -196,11 +229,19 @@ def test_convert_and_transformer_encoder_layer(device):
 def test_bad_input(device):
     mha = fnn.MultiheadAttention(E, HEADS, batch_first=True, device=device)
     x = torch.randn(2, 6, E, device=device)
-    assert_raises_naming((RuntimeError, AssertionError), lambda: mha(x, x, x, attn_mask=torch.zeros(5, 6, device=device)),
-                         "attn_mask")
-    assert_raises_naming((RuntimeError, AssertionError), lambda: mha(x, x, x, key_padding_mask=torch.zeros(2, 5, device=device)),
-                         "key_padding_mask")
-    assert_raises_naming(RuntimeError, lambda: mha(x, x, x, is_causal=True), "attn_mask", "is_causal")
+    assert_raises_naming(
+        (RuntimeError, AssertionError),
+        lambda: mha(x, x, x, attn_mask=torch.zeros(5, 6, device=device)),
+        "attn_mask",
+    )
+    assert_raises_naming(
+        (RuntimeError, AssertionError),
+        lambda: mha(x, x, x, key_padding_mask=torch.zeros(2, 5, device=device)),
+        "key_padding_mask",
+    )
+    assert_raises_naming(
+        RuntimeError, lambda: mha(x, x, x, is_causal=True), "attn_mask", "is_causal"
+    )
     with pytest.raises(AssertionError):
         fnn.MultiheadAttention(10, 3)  # embed_dim must be divisible by num_heads
 
@@ -231,10 +272,12 @@ def _weights_case(case, device):
 
 def _weights_fn(mask, causal, p, seed, scale=None):
     """f(q, k, [mask]) -> the attention weights, with the forward's log-sum-exp."""
+
     def fn(q, k, *m):
         m = m[0] if m else mask
         lse = torch.ops.fastdl.sdpa_forward(q, k, k[..., :3], m, p, causal, scale, seed)[1]
         return torch.ops.fastdl.sdpa_weights(q, k, m, p, causal, scale, seed, lse)
+
     return fn
 
 
@@ -251,8 +294,13 @@ class TestSdpaWeightsContract(OpContract):
         for case in WEIGHTS_CASES:
             q, k, _, mask, causal, p, seed = _weights_case(case, device)
             lse = torch.ops.fastdl.sdpa_forward(q, k, k, mask, p, causal, None, seed)[1]
-            samples.append(Sample([q, k, mask, p, causal, None, seed, lse],
-                                  op=torch.ops.fastdl.sdpa_weights, name=case))
+            samples.append(
+                Sample(
+                    [q, k, mask, p, causal, None, seed, lse],
+                    op=torch.ops.fastdl.sdpa_weights,
+                    name=case,
+                )
+            )
         return samples
 
     def compile_samples(self, device):
@@ -264,8 +312,13 @@ class TestSdpaWeightsContract(OpContract):
         samples = []
         for case in WEIGHTS_CASES:
             q, k, _, mask, causal, p, seed = _weights_case(case, device)
-            samples.append(Sample([q, k] + ([mask] if mask is not None else []),
-                                  fn=_weights_fn(mask, causal, p, seed), name=case))
+            samples.append(
+                Sample(
+                    [q, k] + ([mask] if mask is not None else []),
+                    fn=_weights_fn(mask, causal, p, seed),
+                    name=case,
+                )
+            )
         return samples
 
     def double_backward_samples(self, device):
@@ -274,13 +327,21 @@ class TestSdpaWeightsContract(OpContract):
     def empty_samples(self, device):
         """No head, no query, no key: the weights' shape, gradients of the inputs' shapes."""
         samples = []
-        for q_shape, k_shape in (((1, 0, 4, 3), (1, 0, 5, 3)), ((2, 2, 0, 3), (2, 2, 5, 3)),
-                                 ((2, 2, 4, 3), (2, 2, 0, 3))):
+        for q_shape, k_shape in (
+            ((1, 0, 4, 3), (1, 0, 5, 3)),
+            ((2, 2, 0, 3), (2, 2, 5, 3)),
+            ((2, 2, 4, 3), (2, 2, 0, 3)),
+        ):
             q = torch.randn(q_shape, device=device, requires_grad=True)
             k = torch.randn(k_shape, device=device, requires_grad=True)
-            samples.append(Sample([q, k], fn=_weights_fn(None, False, 0.0, None, scale=1.0),
-                                  ref=lambda q, k: torch.softmax(q @ k.transpose(-1, -2), -1),
-                                  name=f"{q_shape}{k_shape}"))
+            samples.append(
+                Sample(
+                    [q, k],
+                    fn=_weights_fn(None, False, 0.0, None, scale=1.0),
+                    ref=lambda q, k: torch.softmax(q @ k.transpose(-1, -2), -1),
+                    name=f"{q_shape}{k_shape}",
+                )
+            )
         return samples
 
 
@@ -402,8 +463,10 @@ def test_need_weights_gradients_of_saturated_rows(device, average):
         args = [t.to(dtype).requires_grad_() for t in (q, k, v)]
         out, weights = m(*args, need_weights=True, average_attn_weights=average)
         g = torch.Generator(device=device).manual_seed(1)
-        gos = [torch.randn(t.shape, generator=g, device=device, dtype=torch.float64).to(dtype)
-               for t in (out, weights)]
+        gos = [
+            torch.randn(t.shape, generator=g, device=device, dtype=torch.float64).to(dtype)
+            for t in (out, weights)
+        ]
         grads.append(torch.autograd.grad([out, weights], args[:2], gos))
     for a, e in zip(*grads):
         assert (a.double() - e).abs().max() <= 1e-4 * e.abs().max() + 1e-5

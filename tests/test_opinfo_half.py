@@ -45,7 +45,11 @@ def _call(fn, sample, tensors):
 
 
 def _tensors(sample):
-    return [t for t in [sample.input, *sample.args, *sample.kwargs.values()] if isinstance(t, torch.Tensor)]
+    return [
+        t
+        for t in [sample.input, *sample.args, *sample.kwargs.values()]
+        if isinstance(t, torch.Tensor)
+    ]
 
 
 def _outputs(result):
@@ -68,8 +72,11 @@ def test_all_ops_have_samples():
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("opinfo", OPINFOS, ids=lambda op: "-".join(filter(None, [op.name.split(".")[-1],
-                                                                                    op.variant_test_name])))
+@pytest.mark.parametrize(
+    "opinfo",
+    OPINFOS,
+    ids=lambda op: "-".join(filter(None, [op.name.split(".")[-1], op.variant_test_name])),
+)
 def test_opinfo_samples_in_half_on_cpu(opinfo, dtype):
     fastdl_fn = OPS[opinfo.name]
     samples = list(opinfo.sample_inputs("cpu", dtype, requires_grad=True))
@@ -101,4 +108,6 @@ def test_opinfo_samples_in_half_on_cpu(opinfo, dtype):
         for i, (o, t, r) in enumerate(zip(ours_args, theirs_args, ref_args)):
             if r.grad is not None:
                 assert o.grad is not None and o.grad.dtype == t.grad.dtype, f"{where}: grad {i}"
-                assert_close_to_reference(o.grad, r.grad, dtype, baseline=t.grad, name=f"{where}: grad {i}")
+                assert_close_to_reference(
+                    o.grad, r.grad, dtype, baseline=t.grad, name=f"{where}: grad {i}"
+                )

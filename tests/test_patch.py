@@ -48,28 +48,60 @@ def _calls():
         ("scaled_dot_product_attention", (q, k, v, _t(6, 5) > 0), {}, "sdpa_forward"),
         ("scaled_dot_product_attention", (q, k, v, _t(2, 1, 6, 5)), {"scale": 0.3}, "sdpa_forward"),
         ("scaled_dot_product_attention", (q, q, q), {"is_causal": True}, "sdpa_forward"),
-        ("scaled_dot_product_attention", (q, k[:, :2], v[:, :2]), {"enable_gqa": True},
-         "sdpa_forward"),
+        (
+            "scaled_dot_product_attention",
+            (q, k[:, :2], v[:, :2]),
+            {"enable_gqa": True},
+            "sdpa_forward",
+        ),
         ("layer_norm", (x2, (9, 7), _t(9, 7), _t(9, 7)), {"eps": 1e-3}, "layer_norm_forward"),
         ("layer_norm", (x1, [11]), {}, "layer_norm_forward"),
-        ("batch_norm", (x2, torch.zeros(4), torch.ones(4), _t(4), _t(4)),
-         {"training": True, "momentum": 0.3}, "batch_norm_forward"),
+        (
+            "batch_norm",
+            (x2, torch.zeros(4), torch.ones(4), _t(4), _t(4)),
+            {"training": True, "momentum": 0.3},
+            "batch_norm_forward",
+        ),
         ("batch_norm", (x1, _t(4), torch.rand(4) + 0.5), {}, "batch_norm_forward"),
-        ("conv1d", (x1, _t(6, 2, 3), _t(6)), {"stride": 2, "padding": 1, "groups": 2},
-         "conv2d_forward"),
+        (
+            "conv1d",
+            (x1, _t(6, 2, 3), _t(6)),
+            {"stride": 2, "padding": 1, "groups": 2},
+            "conv2d_forward",
+        ),
         ("conv1d", (x1, _t(5, 4, 4)), {"padding": "same", "dilation": 1}, "conv2d_forward"),
-        ("conv2d", (x2, _t(6, 4, 3, 3), _t(6)), {"stride": (2, 1), "padding": (1, 2),
-                                                  "dilation": (1, 2)}, "conv2d_forward"),
+        (
+            "conv2d",
+            (x2, _t(6, 4, 3, 3), _t(6)),
+            {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2)},
+            "conv2d_forward",
+        ),
         ("conv2d", (x2, _t(4, 1, 3, 3)), {"padding": "same", "groups": 4}, "conv2d_forward"),
-        ("max_pool1d", (x1, 3), {"stride": 2, "padding": 1, "ceil_mode": True},
-         "max_pool2d_forward"),
+        (
+            "max_pool1d",
+            (x1, 3),
+            {"stride": 2, "padding": 1, "ceil_mode": True},
+            "max_pool2d_forward",
+        ),
         ("max_pool2d", (x2, 3, 2, 1, 1, False, True), {}, "max_pool2d_forward"),
-        ("max_pool2d", (x2, (2, 3)), {"dilation": (2, 1), "return_indices": False},
-         "max_pool2d_forward"),
-        ("avg_pool1d", (x1, 4), {"stride": 3, "count_include_pad": False, "padding": 2},
-         "avg_pool2d_forward"),
-        ("avg_pool2d", (x2, 3), {"stride": 2, "padding": 1, "ceil_mode": True,
-                                 "divisor_override": 5}, "avg_pool2d_forward"),
+        (
+            "max_pool2d",
+            (x2, (2, 3)),
+            {"dilation": (2, 1), "return_indices": False},
+            "max_pool2d_forward",
+        ),
+        (
+            "avg_pool1d",
+            (x1, 4),
+            {"stride": 3, "count_include_pad": False, "padding": 2},
+            "avg_pool2d_forward",
+        ),
+        (
+            "avg_pool2d",
+            (x2, 3),
+            {"stride": 2, "padding": 1, "ceil_mode": True, "divisor_override": 5},
+            "avg_pool2d_forward",
+        ),
     ]
 
 
@@ -101,14 +133,18 @@ def test_autocast_routes_to_fastdl(dtype):
     the autocast dtype out, as torch's ops return), not torch's."""
     x, w, q = torch.randn(2, 4, 9, 7), torch.randn(3, 4, 3, 3), torch.randn(2, 2, 5, 8)
     with torch.autocast("cpu", dtype=dtype):
-        direct = (fastdl.functional.conv2d(x, w),
-                  fastdl.functional.scaled_dot_product_attention(q, q, q))
+        direct = (
+            fastdl.functional.conv2d(x, w),
+            fastdl.functional.scaled_dot_product_attention(q, q, q),
+        )
         expected = (ORIGINALS["conv2d"](x, w), ORIGINALS["scaled_dot_product_attention"](q, q, q))
         with FastdlOps() as ops, fastdl.patch():
             got = (F.conv2d(x, w), F.scaled_dot_product_attention(q, q, q))
     assert ops.names() == ["conv2d_forward", "sdpa_forward"]
-    reference = (ORIGINALS["conv2d"](x.double(), w.double()),
-                 ORIGINALS["scaled_dot_product_attention"](q.double(), q.double(), q.double()))
+    reference = (
+        ORIGINALS["conv2d"](x.double(), w.double()),
+        ORIGINALS["scaled_dot_product_attention"](q.double(), q.double(), q.double()),
+    )
     for g, d, e, r in zip(got, direct, expected, reference):
         assert g.dtype == e.dtype == dtype and torch.equal(g, d)
         assert_close_to_reference(g, r, dtype, baseline=e)  # no worse than torch's own error
@@ -128,12 +164,13 @@ class Mixed(nn.Module):
         self.norm = nn.LayerNorm(8)
         self.proj = nn.Linear(8, 24)
 
-    def forward(self, x):                                            # x: (N, 3, 16)
+    def forward(self, x):  # x: (N, 3, 16)
         h = self.avg1(self.pool1(torch.relu(self.bn1(self.conv1(x)))))  # (N, 8, 4)
         img = h.reshape(h.shape[0], 2, 4, 4)
         img = F.avg_pool2d(F.max_pool2d(self.bn2(self.conv2(img)), 2, 1), 1)  # (N, 4, 3, 3)
-        seq = self.norm(torch.cat([h, img.flatten(1)[:, :8, None].expand(-1, 8, 4)], 2)
-                        .transpose(1, 2))                               # (N, 8, 8)
+        seq = self.norm(
+            torch.cat([h, img.flatten(1)[:, :8, None].expand(-1, 8, 4)], 2).transpose(1, 2)
+        )  # (N, 8, 8)
         q, k, v = self.proj(seq).reshape(seq.shape[0], 8, 3, 2, 4).permute(2, 0, 3, 1, 4)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
@@ -142,6 +179,7 @@ def _patched(model):
     def run(*args):
         with fastdl.patch():
             return model(*args)
+
     return run, model
 
 
@@ -153,8 +191,14 @@ def test_model_outputs_and_gradients(dtype, train):
     with FastdlOps() as ops:
         compare_model(Mixed(), _patched, lambda: (torch.randn(4, 3, 16),), dtype, train=train)
     forward_ops = {n for n in ops.names() if n.endswith("_forward")}
-    assert forward_ops == {"conv2d_forward", "batch_norm_forward", "max_pool2d_forward",
-                           "avg_pool2d_forward", "layer_norm_forward", "sdpa_forward"}
+    assert forward_ops == {
+        "conv2d_forward",
+        "batch_norm_forward",
+        "max_pool2d_forward",
+        "avg_pool2d_forward",
+        "layer_norm_forward",
+        "sdpa_forward",
+    }
     if train:
         assert "sdpa_backward" in ops.names() and "conv2d_backward" in ops.names()
 
@@ -216,12 +260,20 @@ def _fallback_calls():
     x = torch.randn(2, 4, 9, 7)
     return [
         ("meta device", lambda: F.max_pool2d(x.to("meta"), 2), "device meta"),
-        ("int64 pool", lambda: F.avg_pool1d(torch.arange(48).reshape(2, 3, 8), 2), "dtype torch.int64"),
+        (
+            "int64 pool",
+            lambda: F.avg_pool1d(torch.arange(48).reshape(2, 3, 8), 2),
+            "dtype torch.int64",
+        ),
         ("subclass", lambda: F.avg_pool2d(x.as_subclass(Traced), 2), "subclass"),
         ("forward AD", lambda: _dual(lambda d: F.layer_norm(d, (7,))), "fastdl raised"),
-        ("torch.func.grad", lambda: torch.func.grad(
-            lambda t: F.batch_norm(t, None, None, training=True).square().sum())(x),
-         "torch.func"),
+        (
+            "torch.func.grad",
+            lambda: torch.func.grad(
+                lambda t: F.batch_norm(t, None, None, training=True).square().sum()
+            )(x),
+            "torch.func",
+        ),
     ]
 
 
@@ -233,8 +285,9 @@ def _dual(fn):
         return fwAD.unpack_dual(fn(fwAD.make_dual(x, t))).tangent
 
 
-@pytest.mark.parametrize("index", range(len(_fallback_calls())),
-                         ids=[c[0] for c in _fallback_calls()])
+@pytest.mark.parametrize(
+    "index", range(len(_fallback_calls())), ids=[c[0] for c in _fallback_calls()]
+)
 def test_fallback_to_torch(index, caplog):
     """Calls fastdl cannot run give torch's result with no error, are counted with their
     reason and logged at debug level."""
@@ -252,26 +305,39 @@ def test_fallback_to_torch(index, caplog):
     assert got.device.type == "meta" or torch.equal(got, expected)
     stats = p.stats()
     assert stats.fallbacks == 1 and stats.fastdl == {}, str(stats)
-    (op, why), = stats.reasons
+    ((op, why),) = stats.reasons
     assert reason in why, why
     assert any(op in r.getMessage() and why in r.getMessage() for r in caplog.records)
     assert op in str(stats) and why in str(stats)
 
 
-@pytest.mark.parametrize("call, args", [
-    ("layer_norm", (torch.randn(3, 5), (4,))),
-    ("layer_norm", (torch.randn(3, 5), (5,), torch.ones(5, dtype=torch.float64))),
-    ("layer_norm", (None, (4,))),
-    ("scaled_dot_product_attention", (torch.randn(2, 3, 4), torch.randn(2, 3, 4),
-                                      torch.randn(2, 3, 4), torch.ones(3, 3, dtype=torch.bool),
-                                      0.0, True)),
-    ("conv2d", (torch.randn(1, 4, 5, 5), torch.randn(2, 3, 3, 3))),
-    ("max_pool2d", (torch.randn(1, 2, 5, 5), 2, 2, 2)),
-    ("batch_norm", (torch.randn(1, 3), None, None, None, None, True)),
-    ("scaled_dot_product_attention", (torch.randn(2, 3, 4), torch.randn(2, 3, 4),
-                                      torch.randn(2, 3, 4), None, 1.5)),
-    ("avg_pool2d", ([1.0, 2.0], 2)),
-])
+@pytest.mark.parametrize(
+    "call, args",
+    [
+        ("layer_norm", (torch.randn(3, 5), (4,))),
+        ("layer_norm", (torch.randn(3, 5), (5,), torch.ones(5, dtype=torch.float64))),
+        ("layer_norm", (None, (4,))),
+        (
+            "scaled_dot_product_attention",
+            (
+                torch.randn(2, 3, 4),
+                torch.randn(2, 3, 4),
+                torch.randn(2, 3, 4),
+                torch.ones(3, 3, dtype=torch.bool),
+                0.0,
+                True,
+            ),
+        ),
+        ("conv2d", (torch.randn(1, 4, 5, 5), torch.randn(2, 3, 3, 3))),
+        ("max_pool2d", (torch.randn(1, 2, 5, 5), 2, 2, 2)),
+        ("batch_norm", (torch.randn(1, 3), None, None, None, None, True)),
+        (
+            "scaled_dot_product_attention",
+            (torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4), None, 1.5),
+        ),
+        ("avg_pool2d", ([1.0, 2.0], 2)),
+    ],
+)
 def test_bad_arguments_raise_torchs_error(call, args):
     """Arguments torch rejects raise torch's own exception and message, patched or not."""
     with pytest.raises(Exception) as theirs:
@@ -283,12 +349,16 @@ def test_bad_arguments_raise_torchs_error(call, args):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("name, args", [
-    ("max_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
-    ("max_pool2d", (torch.randn(2, 5, 9, 8), 3, 2, 1)),
-    ("avg_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
-    ("avg_pool2d", (torch.randn(2, 5, 9, 8).contiguous(memory_format=torch.channels_last), 2)),
-], ids=["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"])
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("max_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
+        ("max_pool2d", (torch.randn(2, 5, 9, 8), 3, 2, 1)),
+        ("avg_pool1d", (torch.randn(2, 5, 11), 3, 2, 1)),
+        ("avg_pool2d", (torch.randn(2, 5, 9, 8).contiguous(memory_format=torch.channels_last), 2)),
+    ],
+    ids=["max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d"],
+)
 def test_pooling_in_half_on_cpu_runs_fastdl(dtype, name, args):
     """fastdl's CPU pooling takes float16/bfloat16: the patch routes those calls to it, not
     to torch, and the result is torch's (the maxima exact, the averages rounded once)."""
@@ -342,8 +412,11 @@ def test_conv_and_attention_in_half_on_cpu_run_fastdl(dtype):
     x1, w1 = torch.randn(2, 4, 9).to(dtype), torch.randn(3, 4, 3).to(dtype)
     x2, w2 = torch.randn(2, 4, 9, 7).to(dtype), torch.randn(3, 4, 3, 3).to(dtype)
     q, k, v = (torch.randn(2, 3, 5, 8).to(dtype) for _ in range(3))
-    calls = [lambda: F.conv1d(x1, w1, padding=1), lambda: F.conv2d(x2, w2, stride=2),
-             lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)]
+    calls = [
+        lambda: F.conv1d(x1, w1, padding=1),
+        lambda: F.conv2d(x2, w2, stride=2),
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    ]
     expected = [call() for call in calls]
     with fastdl.patch(ops=["conv1d", "conv2d", "scaled_dot_product_attention"]) as p:
         got = [call() for call in calls]
@@ -376,12 +449,18 @@ def test_threads_nested_and_overlapping():
     ops = ("layer_norm", "conv2d", "max_pool2d", "batch_norm")
     x = torch.randn(2, 3, 6, 6)
     w = torch.randn(4, 3, 3, 3)
-    expected = {"layer_norm": F.layer_norm(x, (6,)), "conv2d": F.conv2d(x, w),
-                "max_pool2d": F.max_pool2d(x, 2),
-                "batch_norm": F.batch_norm(x, None, None, training=True)}
-    calls = {"layer_norm": lambda: F.layer_norm(x, (6,)), "conv2d": lambda: F.conv2d(x, w),
-             "max_pool2d": lambda: F.max_pool2d(x, 2),
-             "batch_norm": lambda: F.batch_norm(x, None, None, training=True)}
+    expected = {
+        "layer_norm": F.layer_norm(x, (6,)),
+        "conv2d": F.conv2d(x, w),
+        "max_pool2d": F.max_pool2d(x, 2),
+        "batch_norm": F.batch_norm(x, None, None, training=True),
+    }
+    calls = {
+        "layer_norm": lambda: F.layer_norm(x, (6,)),
+        "conv2d": lambda: F.conv2d(x, w),
+        "max_pool2d": lambda: F.max_pool2d(x, 2),
+        "batch_norm": lambda: F.batch_norm(x, None, None, training=True),
+    }
     errors, made = [], [0]
     count_lock = threading.Lock()
 
@@ -429,8 +508,12 @@ def test_torch_compile_of_patched_model():
     with fastdl.patch():
         out = compiled(x)
         eager = model(x)
-    assert {"fastdl.conv2d_forward", "fastdl.sdpa_forward", "fastdl.layer_norm_forward",
-            "fastdl.batch_norm_forward"} <= graphs[0]
+    assert {
+        "fastdl.conv2d_forward",
+        "fastdl.sdpa_forward",
+        "fastdl.layer_norm_forward",
+        "fastdl.batch_norm_forward",
+    } <= graphs[0]
     assert_close_to_reference(out, eager, torch.float32)
     compiled(x)  # unpatched: the guards on torch.nn.functional's attributes recompile
     assert len(graphs) == 2 and not any(t.startswith("fastdl.") for t in graphs[1])
@@ -456,7 +539,8 @@ print(sorted(t for t in targets if t.startswith("fastdl.")))
 def test_first_torch_compile_inside_patch():
     """torch.compile's first use in a process, inside a patch, still traces to fastdl's ops
     (its table of torch functions is built from torch's originals, not the wrappers)."""
-    r = subprocess.run([sys.executable, "-c", _FIRST_COMPILE], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _FIRST_COMPILE], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[-2] == "['fastdl.layer_norm_forward', 'fastdl.max_pool2d_forward']"

@@ -32,11 +32,15 @@ def _sdpa(dtype, Lq, S, E, Ev, heads=1, kv_heads=None, mask=None, causal=False):
     v = torch.randn(1, kv_heads, S, Ev, dtype=dtype).requires_grad_()
     gqa = kv_heads != heads
     compare_with_torch(
-        lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, m, is_causal=causal,
-                                                           enable_gqa=gqa),
-        lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m, is_causal=causal,
-                                                          enable_gqa=gqa),
-        [q, k, v, mask], dtype)
+        lambda q, k, v, m: FF.scaled_dot_product_attention(
+            q, k, v, m, is_causal=causal, enable_gqa=gqa
+        ),
+        lambda q, k, v, m: F.scaled_dot_product_attention(
+            q, k, v, m, is_causal=causal, enable_gqa=gqa
+        ),
+        [q, k, v, mask],
+        dtype,
+    )
 
 
 # (query rows, keys) around the 32-row query blocks and the 128-key blocks: 1, 2 and 3 rows
@@ -89,7 +93,9 @@ def test_sdpa_masks(dtype, kind, threads):
         compare_with_torch(
             lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, m),
             lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m),  # safe softmax
-            [q, k, v, mask], dtype)
+            [q, k, v, mask],
+            dtype,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -126,9 +132,12 @@ def test_sdpa_weights_rows(dtype, mask, threads):
         k = torch.randn(1, 2, S, 5, dtype=dtype).requires_grad_()
         m = None if causal else torch.randn(1, 1, S, S, dtype=dtype).requires_grad_()
         heads = (lambda m: None) if causal else (lambda m: m.expand(1, 2, S, S))  # noqa: E731
-        compare_with_torch(lambda q, k, m: _weights(q, k, heads(m), causal),
-                           lambda q, k, m: _weights_reference(q, k, heads(m), causal),
-                           [q, k, m], dtype)
+        compare_with_torch(
+            lambda q, k, m: _weights(q, k, heads(m), causal),
+            lambda q, k, m: _weights_reference(q, k, heads(m), causal),
+            [q, k, m],
+            dtype,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -140,8 +149,12 @@ def test_sdpa_dominant_keys(dtype, threads):
     positions = [0, 1, L - 1, L, 2 * L - 1, 2 * L, 127, 128, 129, 260]
     q, k = dominant_keys(dtype, positions, 261, max(len(positions), L + 1))
     v = torch.randn(1, 1, 261, L + 1, dtype=dtype)
-    compare_with_torch(FF.scaled_dot_product_attention, F.scaled_dot_product_attention,
-                       [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()], dtype)
+    compare_with_torch(
+        FF.scaled_dot_product_attention,
+        F.scaled_dot_product_attention,
+        [q.requires_grad_(), k.requires_grad_(), v.requires_grad_()],
+        dtype,
+    )
 
 
 # bfloat16 on the AMX tiles (sdpa.cpp's TileProducts, with FASTDL_CPU_ISA amx: head dims that
@@ -149,8 +162,14 @@ def test_sdpa_dominant_keys(dtype, threads):
 # values packed once per head (zero past S), 32-row query blocks (a partial last one, its rows
 # padded with zeros), key blocks of 512 whose whole 32-key chunks multiply on the tiles and
 # whose last cols % 32 keys add in float32, causal blocks skipped, masks, grouped heads.
-TILE_CASES = [(1, 1, 32, 32), (33, 31, 32, 64), (31, 513, 64, 32), (65, 1030, 64, 64),
-              (32, 96, 128, 96), (40, 33, 96, 128)]
+TILE_CASES = [
+    (1, 1, 32, 32),
+    (33, 31, 32, 64),
+    (31, 513, 64, 32),
+    (65, 1030, 64, 64),
+    (32, 96, 128, 96),
+    (40, 33, 96, 128),
+]
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -166,14 +185,20 @@ def test_sdpa_bf16_tiles_masks(kind, threads):
     keep = torch.rand(1, 1, 35, 600) > 0.3
     keep[..., 3, :] = False
     keep[..., 512:] = False
-    mask = keep if kind == "bool" else \
-        torch.randn(keep.shape, dtype=torch.bfloat16).masked_fill(~keep, float("-inf"))
+    mask = (
+        keep
+        if kind == "bool"
+        else torch.randn(keep.shape, dtype=torch.bfloat16).masked_fill(~keep, float("-inf"))
+    )
     q = torch.randn(1, 2, 35, 64, dtype=torch.bfloat16).requires_grad_()
     k = torch.randn(1, 2, 600, 64, dtype=torch.bfloat16).requires_grad_()
     v = torch.randn(1, 2, 600, 32, dtype=torch.bfloat16).requires_grad_()
-    compare_with_torch(lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, m),
-                       lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m),
-                       [q, k, v, mask], torch.bfloat16)
+    compare_with_torch(
+        lambda q, k, v, m: FF.scaled_dot_product_attention(q, k, v, m),
+        lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m),
+        [q, k, v, mask],
+        torch.bfloat16,
+    )
 
 
 def test_sdpa_bf16_tiles_dropout(threads):

@@ -36,17 +36,21 @@ from thresholds import DTYPES, around, threads, vec_width  # noqa: F401  (thread
 KCOLUMN_BUDGET = 1 << 18
 
 
-def _conv(dtype, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, bias=True,
-          grads="xwb"):
+def _conv(
+    dtype, x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, bias=True, grads="xwb"
+):
     """fastdl's conv2d vs torch's, forward and the gradients of the arguments in ``grads``
     (x, w, b), the others not requiring grad (so the backward op gets a partial mask)."""
     x = torch.randn(x_shape, dtype=dtype).requires_grad_("x" in grads)
     fan_in = math.prod(w_shape[1:])
     w = (torch.randn(w_shape, dtype=dtype) / math.sqrt(fan_in)).requires_grad_("w" in grads)
     b = torch.randn(w_shape[0], dtype=dtype).requires_grad_("b" in grads) if bias else None
-    compare_with_torch(lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups),
-                       lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
-                       [x, w, b], dtype)
+    compare_with_torch(
+        lambda x, w, b: FF.conv2d(x, w, b, stride, padding, dilation, groups),
+        lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups),
+        [x, w, b],
+        dtype,
+    )
 
 
 def _batches(threads, chunk):
@@ -76,8 +80,7 @@ def test_conv_strides_dilation_groups(dtype, threads):
     for n in [2, 3]:
         _conv(dtype, (n, 4, 11, 10), (6, 4, 3, 3), stride=2, padding=1)
         _conv(dtype, (n, 4, 11, 10), (6, 4, 3, 2), stride=(2, 1), dilation=(1, 2))
-        _conv(dtype, (n, 6, 9, 8), (6, 3, 3, 3), padding=(2, 1), dilation=2, groups=2,
-              bias=False)
+        _conv(dtype, (n, 6, 9, 8), (6, 3, 3, 3), padding=(2, 1), dilation=2, groups=2, bias=False)
 
 
 # GEMM shapes (M = output channels per group, N = images * OH * OW, K = C * kh * kw / groups):
@@ -122,10 +125,24 @@ def test_conv_gemm_kernel_choice(isa):
     env["FASTDL_CPU_ISA" if isa == "avx2" else "FASTDL_CPU_GEMM"] = isa
     here = os.path.dirname(__file__)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         os.path.join(here, "test_paths_conv.py"), os.path.join(here, "test_paths_rnn.py"),
-         "-k", "float32 and (gemm_blocks or image_partition and xwb or matmul_paths)"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            os.path.join(here, "test_paths_conv.py"),
+            os.path.join(here, "test_paths_rnn.py"),
+            "-k",
+            "float32 and (gemm_blocks or image_partition and xwb or matmul_paths)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 
 
@@ -165,8 +182,15 @@ BF16_UNIT_CASES = {
 @pytest.mark.parametrize("case", BF16_UNIT_CASES)
 def test_conv_bf16_units(case, threads):
     x_shape, w_shape, options = BF16_UNIT_CASES[case]
-    _conv(torch.bfloat16, x_shape, w_shape, options.get("stride", 1), options.get("padding", 0),
-          options.get("dilation", 1), options.get("groups", 1))
+    _conv(
+        torch.bfloat16,
+        x_shape,
+        w_shape,
+        options.get("stride", 1),
+        options.get("padding", 0),
+        options.get("dilation", 1),
+        options.get("groups", 1),
+    )
 
 
 @pytest.mark.parametrize("isa", ["avx512_bf16", "amx", "avx512"])
@@ -179,13 +203,28 @@ def test_conv_bf16_units_choice(isa):
         pytest.skip(f"this CPU has no {isa}")
     env = dict(os.environ, FASTDL_TEST_THREADS="1,2", FASTDL_CPU_ISA=isa)
     code = "import fastdl; print(fastdl.build_info()['cpu_isa'])"
-    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            timeout=300)
+    chosen = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert chosen.stdout.split() == [isa], chosen.stdout + chosen.stderr[-2000:]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-         "-k", "test_conv_bf16_units and not choice"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            "test_conv_bf16_units and not choice",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert re.search(r"\b22 passed", result.stdout), result.stdout[-2000:]
 
@@ -202,8 +241,15 @@ def test_depthwise_row_lengths(dtype, multiplier, threads):
     # weight gradient a dot product over OW values (2 L at a time).
     for ow in _depthwise_widths(vec_width(dtype)):
         _conv(dtype, (2, 3, 5, ow + 2), (3 * multiplier, 1, 3, 3), groups=3)
-        _conv(dtype, (2, 3, 6, ow + 2), (3 * multiplier, 1, 3, 3), padding=1, dilation=(2, 1),
-              groups=3, bias=False)
+        _conv(
+            dtype,
+            (2, 3, 6, ow + 2),
+            (3 * multiplier, 1, 3, 3),
+            padding=1,
+            dilation=(2, 1),
+            groups=3,
+            bias=False,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -212,5 +258,4 @@ def test_depthwise_strided(dtype, threads):
     # axpy over the row, 2 x 1 strides) and with column strides; padding and dilation.
     L = vec_width(dtype)
     _conv(dtype, (2, 4, 9, 2 * L + 5), (4, 1, 3, 3), stride=(2, 1), padding=1, groups=4)
-    _conv(dtype, (2, 4, 9, 2 * L + 5), (8, 1, 3, 2), stride=2, padding=(1, 0), dilation=2,
-          groups=4)
+    _conv(dtype, (2, 4, 9, 2 * L + 5), (8, 1, 3, 2), stride=2, padding=(1, 0), dilation=2, groups=4)

@@ -23,17 +23,22 @@ from thresholds import DTYPES, around, threads, vec_width  # noqa: F401  (thread
 
 #: A gentle sharpness (one exp per element for the sigmoid kernel) and a sharp one past the
 #: one-exp limit in every lane.
-SHARPNESS = {"gentle": {torch.float32: 20.0, torch.float64: 20.0},
-             "sharp": {torch.float32: 1000.0, torch.float64: 30000.0}}
+SHARPNESS = {
+    "gentle": {torch.float32: 20.0, torch.float64: 20.0},
+    "sharp": {torch.float32: 1000.0, torch.float64: 30000.0},
+}
 
 
-def _histogram(dtype, kernel, bags, n, f, b, sharpness=1000.0, mask=False, shared=False,
-               normalize=True):
+def _histogram(
+    dtype, kernel, bags, n, f, b, sharpness=1000.0, mask=False, shared=False, normalize=True
+):
     x, c, w, m = _inputs(kernel, bags, n, f, b, dtype=dtype, mask=mask, shared=shared)
-    compare_with_torch(lambda x, c, w: FF.histogram(x, c, w, kernel, m, normalize, sharpness),
-                       lambda x, c, w: histogram_reference(x, c, w, kernel, m, normalize,
-                                                           sharpness),
-                       [x, c, w], dtype)
+    compare_with_torch(
+        lambda x, c, w: FF.histogram(x, c, w, kernel, m, normalize, sharpness),
+        lambda x, c, w: histogram_reference(x, c, w, kernel, m, normalize, sharpness),
+        [x, c, w],
+        dtype,
+    )
 
 
 def _bins(L):

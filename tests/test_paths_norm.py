@@ -32,9 +32,12 @@ def _layer_norm_case(dtype, rows, cols, weight, bias, x=None):
     x = torch.randn(rows, cols, dtype=dtype) if x is None else x
     w = torch.randn(cols, dtype=dtype).requires_grad_() if weight else None
     b = torch.randn(cols, dtype=dtype).requires_grad_() if bias else None
-    compare_with_torch(lambda x, w, b: FF.layer_norm(x, (cols,), w, b),
-                       lambda x, w, b: F.layer_norm(x, (cols,), w, b),
-                       [x.requires_grad_(), w, b], dtype)
+    compare_with_torch(
+        lambda x, w, b: FF.layer_norm(x, (cols,), w, b),
+        lambda x, w, b: F.layer_norm(x, (cols,), w, b),
+        [x.requires_grad_(), w, b],
+        dtype,
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -74,7 +77,9 @@ def _batch_norm_case(dtype, x, training, affine=True, channels_last=False):
     _, _, ours, theirs = compare_with_torch(
         lambda x, w, b, rm, rv: FF.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5),
         lambda x, w, b, rm, rv: F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5),
-        [x.requires_grad_(), w, b, *stats], dtype)
+        [x.requires_grad_(), w, b, *stats],
+        dtype,
+    )
     for name, i in (("running_mean", 3), ("running_var", 4)):  # updated in place in training
         assert_close_to_reference(ours[i], theirs[i], dtype, name=name)
 
@@ -96,8 +101,9 @@ def test_batch_norm_rows_around_vector_width(dtype, training, threads):
     # at and above L, 4 L and a non-multiple, vector steps plus a scalar tail.
     for C in _cols(vec_width(dtype)):
         _batch_norm_case(dtype, torch.randn(6, C, dtype=dtype), training)
-    _batch_norm_case(dtype, torch.randn(2, vec_width(dtype) + 3, 3, 2, dtype=dtype), training,
-                     channels_last=True)
+    _batch_norm_case(
+        dtype, torch.randn(2, vec_width(dtype) + 3, 3, 2, dtype=dtype), training, channels_last=True
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

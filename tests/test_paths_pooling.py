@@ -47,9 +47,12 @@ def test_max_pool_channels(dtype, window, channels_last, threads):
     k, s, p, ceil = window
     for C in _channels(vec_width(dtype)):
         x = _layouts(_distinct((2, C, 5, 6), dtype), channels_last)
-        compare_with_torch(lambda x: FF.max_pool2d(x, k, s, p, 1, ceil, return_indices=True),
-                           lambda x: F.max_pool2d(x, k, s, p, 1, ceil, return_indices=True),
-                           [x.requires_grad_()], dtype)
+        compare_with_torch(
+            lambda x: FF.max_pool2d(x, k, s, p, 1, ceil, return_indices=True),
+            lambda x: F.max_pool2d(x, k, s, p, 1, ceil, return_indices=True),
+            [x.requires_grad_()],
+            dtype,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -60,9 +63,12 @@ def test_avg_pool_channels(dtype, window, count_include_pad, channels_last, thre
     k, s, p, ceil = window
     for C in _channels(vec_width(dtype)):
         x = _layouts(torch.randn(2, C, 5, 6, dtype=dtype), channels_last)
-        compare_with_torch(lambda x: FF.avg_pool2d(x, k, s, p, ceil, count_include_pad),
-                           lambda x: F.avg_pool2d(x, k, s, p, ceil, count_include_pad),
-                           [x.requires_grad_()], dtype)
+        compare_with_torch(
+            lambda x: FF.avg_pool2d(x, k, s, p, ceil, count_include_pad),
+            lambda x: F.avg_pool2d(x, k, s, p, ceil, count_include_pad),
+            [x.requires_grad_()],
+            dtype,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -71,10 +77,16 @@ def test_pool_rows_split_over_threads(dtype, threads):
     # a task, so with several threads the rows (and the gathers of the backward) are split.
     C = 4 * vec_width(dtype) + 1
     x = torch.randn(6, C, 9, 9, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    compare_with_torch(lambda x: FF.avg_pool2d(x, 3, 2, 1, False, True, 5),
-                       lambda x: F.avg_pool2d(x, 3, 2, 1, False, True, 5),
-                       [x.requires_grad_()], dtype)
+    compare_with_torch(
+        lambda x: FF.avg_pool2d(x, 3, 2, 1, False, True, 5),
+        lambda x: F.avg_pool2d(x, 3, 2, 1, False, True, 5),
+        [x.requires_grad_()],
+        dtype,
+    )
     x = _distinct((6, C, 9, 9), dtype).contiguous(memory_format=torch.channels_last)
-    compare_with_torch(lambda x: FF.max_pool2d(x, 3, 2, 1, 2, False, return_indices=True),
-                       lambda x: F.max_pool2d(x, 3, 2, 1, 2, False, return_indices=True),
-                       [x.requires_grad_()], dtype)
+    compare_with_torch(
+        lambda x: FF.max_pool2d(x, 3, 2, 1, 2, False, return_indices=True),
+        lambda x: F.max_pool2d(x, 3, 2, 1, 2, False, return_indices=True),
+        [x.requires_grad_()],
+        dtype,
+    )

@@ -28,7 +28,7 @@ I = 5  # input size
 def _weights(dtype, gates, H, P=None, bias=True):
     """(weight_ih, weight_hh, bias_ih, bias_hh) of a layer with ``gates`` gates, scaled so
     the gates do not saturate."""
-    s = 1 / (H ** 0.5)
+    s = 1 / (H**0.5)
     w_ih = torch.randn(gates * H, I, dtype=dtype) * s
     w_hh = torch.randn(gates * H, P or H, dtype=dtype) * s
     b = [torch.randn(gates * H, dtype=dtype) * s for _ in range(2)] if bias else [None, None]
@@ -46,7 +46,7 @@ def _per_sequence(run, x, states, lengths):
     outs, finals = [], []
     for b in range(x.shape[1]):
         n = int(lengths[b])
-        out, *final = run(x[:n, b:b + 1], *(s[b:b + 1] for s in states))
+        out, *final = run(x[:n, b : b + 1], *(s[b : b + 1] for s in states))
         outs.append(torch.cat([out, out.new_zeros(x.shape[0] - n, 1, out.shape[2])]))
         finals.append(final)
     return (torch.cat(outs, 1), *(torch.cat(f) for f in zip(*finals)))
@@ -54,23 +54,33 @@ def _per_sequence(run, x, states, lengths):
 
 def _lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, peephole, lengths, reverse):
     if lengths is not None:
-        return _per_sequence(lambda x, h, c: _lstm_reference(x, h, c, w_ih, w_hh, b_ih, b_hh,
-                                                             w_hr, peephole, None, reverse),
-                             x, (h0, c0), lengths)
+        return _per_sequence(
+            lambda x, h, c: _lstm_reference(
+                x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, peephole, None, reverse
+            ),
+            x,
+            (h0, c0),
+            lengths,
+        )
     if w_hr is None:  # the step-by-step reference (zero peepholes: a plain LSTM)
         p = peephole if peephole is not None else x.new_zeros(3, c0.shape[1])
         return peephole_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, p, reverse)
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else []) + [w_hr]
     xs = x.flip(0) if reverse else x
-    out, h, c = torch.lstm(xs, (h0[None], c0[None]), params, b_ih is not None, 1, 0.0, True,
-                           False, False)
+    out, h, c = torch.lstm(
+        xs, (h0[None], c0[None]), params, b_ih is not None, 1, 0.0, True, False, False
+    )
     return (out.flip(0) if reverse else out), h[0], c[0]
 
 
 def _gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
     if lengths is not None:
-        return _per_sequence(lambda x, h: _gru_reference(x, h, w_ih, w_hh, b_ih, b_hh, None,
-                                                         reverse), x, (h0,), lengths)
+        return _per_sequence(
+            lambda x, h: _gru_reference(x, h, w_ih, w_hh, b_ih, b_hh, None, reverse),
+            x,
+            (h0,),
+            lengths,
+        )
     params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
     xs = x.flip(0) if reverse else x
     out, h = torch.gru(xs, h0[None], params, b_ih is not None, 1, 0.0, True, False, False)
@@ -82,30 +92,38 @@ def _lengths(T, B):
     return torch.tensor([max(1, T - (b * T) // max(B - 1, 1)) for b in range(B)])
 
 
-def _lstm(dtype, T, B, H, P=None, bias=True, peephole=False, lengths=None, reverse=False,
-          outputs="all"):
+def _lstm(
+    dtype, T, B, H, P=None, bias=True, peephole=False, lengths=None, reverse=False, outputs="all"
+):
     """fastdl's lstm vs the reference, forward and every gradient. ``outputs="final"``
     backpropagates through the final states only (no gradient of the outputs)."""
     x = torch.randn(T, B, I, dtype=dtype)
     h0, c0 = torch.randn(B, P or H, dtype=dtype), torch.randn(B, H, dtype=dtype)
     w = _weights(dtype, 4, H, P, bias)
-    w_hr = torch.randn(P, H, dtype=dtype) / H ** 0.5 if P else None
+    w_hr = torch.randn(P, H, dtype=dtype) / H**0.5 if P else None
     pp = torch.randn(3, H, dtype=dtype) * 0.5 if peephole else None
     pick = (lambda o, h, c: _flat(o, h, c)) if outputs == "all" else (lambda o, h, c: _flat(h, c))
     args = [t.requires_grad_() if t is not None else None for t in [x, h0, c0, *w, w_hr, pp]]
     compare_with_torch(
         lambda *a: pick(*FF.lstm(*a, lengths=lengths, reverse=reverse)),
         lambda *a: pick(*_lstm_reference(*a, lengths, reverse)),
-        args, dtype)
+        args,
+        dtype,
+    )
 
 
 def _gru(dtype, T, B, H, bias=True, lengths=None, reverse=False):
     x, h0 = torch.randn(T, B, I, dtype=dtype), torch.randn(B, H, dtype=dtype)
-    args = [t.requires_grad_() if t is not None else None
-            for t in [x, h0, *_weights(dtype, 3, H, bias=bias)]]
-    compare_with_torch(lambda *a: _flat(*FF.gru(*a, lengths=lengths, reverse=reverse)),
-                       lambda *a: _flat(*_gru_reference(*a, lengths, reverse)),
-                       args, dtype)
+    args = [
+        t.requires_grad_() if t is not None else None
+        for t in [x, h0, *_weights(dtype, 3, H, bias=bias)]
+    ]
+    compare_with_torch(
+        lambda *a: _flat(*FF.gru(*a, lengths=lengths, reverse=reverse)),
+        lambda *a: _flat(*_gru_reference(*a, lengths, reverse)),
+        args,
+        dtype,
+    )
 
 
 def _hidden_sizes(L):

@@ -25,14 +25,19 @@ from thresholds import DTYPES, around, dominant_keys, threads, vec_width  # noqa
 def _induced(dtype, L, S, E, Ev, batch=1, heads=1, mask=None, strided=False):
     """fastdl's induced attention vs the reference; ``strided``: q, k, v as the (batch, n,
     heads, d) views that splitting heads makes (read in place)."""
+
     def make(n, d):
         if strided:
             return torch.randn(batch, n, heads, d, dtype=dtype).transpose(1, 2).requires_grad_()
         return torch.randn(batch, heads, n, d, dtype=dtype).requires_grad_()
+
     q, k, v = make(L, E), make(S, E), make(S, Ev)
-    compare_with_torch(lambda q, k, v: FF.induced_attention(q, k, v, mask),
-                       lambda q, k, v: induced_attention_reference(q, k, v, mask),
-                       [q, k, v], dtype)
+    compare_with_torch(
+        lambda q, k, v: FF.induced_attention(q, k, v, mask),
+        lambda q, k, v: induced_attention_reference(q, k, v, mask),
+        [q, k, v],
+        dtype,
+    )
 
 
 def _dims(W):
@@ -103,6 +108,9 @@ def test_induced_dominant_keys(dtype, threads):
     positions = [0, 1, W - 1, W, 2 * W - 1, 2 * W, 255, 256, 299]
     q, k = dominant_keys(dtype, positions, 300, max(len(positions), W + 1))
     v = torch.randn(1, 1, 300, 4 * W + 1, dtype=dtype)
-    compare_with_torch(lambda v: FF.induced_attention(q, k, v),
-                       lambda v: induced_attention_reference(q.to(v.dtype), k.to(v.dtype), v),
-                       [v.requires_grad_()], dtype)
+    compare_with_torch(
+        lambda v: FF.induced_attention(q, k, v),
+        lambda v: induced_attention_reference(q.to(v.dtype), k.to(v.dtype), v),
+        [v.requires_grad_()],
+        dtype,
+    )

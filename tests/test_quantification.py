@@ -30,16 +30,23 @@ from quapy.data import LabelledCollection  # noqa: E402
 from quapy.protocol import APP, UPP  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from fastdl.quantification import (BAG_LOSSES, DeepSetsQuantifier,  # noqa: E402
-                                   HistNetQuantifier, SetTransformerQuantifier, load_lequa)
+from fastdl.quantification import (
+    BAG_LOSSES,
+    DeepSetsQuantifier,  # noqa: E402
+    HistNetQuantifier,
+    SetTransformerQuantifier,
+    load_lequa,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTIFIERS = (HistNetQuantifier, DeepSetsQuantifier, SetTransformerQuantifier)
 SMALL = dict(bag_size=50, batch_size=16, progress=False)  # small bags: a few seconds a fit
 #: Networks sized for a 2-feature problem (the defaults are for tens of features).
-TINY = {"HistNetQuantifier": dict(n_features=16, extractor_hidden=32, hidden=32),
-        "DeepSetsQuantifier": dict(hidden=(32, 32)),
-        "SetTransformerQuantifier": dict(dim_hidden=32, num_inds=8, lr=3e-3)}
+TINY = {
+    "HistNetQuantifier": dict(n_features=16, extractor_hidden=32, hidden=32),
+    "DeepSetsQuantifier": dict(hidden=(32, 32)),
+    "SetTransformerQuantifier": dict(dim_hidden=32, num_inds=8, lr=3e-3),
+}
 
 
 def gaussians(n: int, seed: int, shift: float = 1.0, dims: int = 2):
@@ -66,13 +73,16 @@ def app(test: LabelledCollection, sample_size: int = 50) -> APP:
 def fitted(easy):
     """Each quantifier trained once on the easy problem (reused by several tests)."""
     train, _ = easy
-    return {cls.__name__: cls(steps=150, seed=0, **TINY[cls.__name__], **SMALL).fit(*train.Xy)
-            for cls in QUANTIFIERS}
+    return {
+        cls.__name__: cls(steps=150, seed=0, **TINY[cls.__name__], **SMALL).fit(*train.Xy)
+        for cls in QUANTIFIERS
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # QuaPy's evaluation
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [c.__name__ for c in QUANTIFIERS])
@@ -91,8 +101,9 @@ def test_evaluation_report(fitted, easy, monkeypatch):
     _, test = easy
     monkeypatch.setitem(qp.environ, "SAMPLE_SIZE", 50)  # mrae's eps = 1 / (2 * 50)
     protocol = app(test)
-    report = qp.evaluation.evaluation_report(fitted["HistNetQuantifier"], protocol,
-                                             error_metrics=["mae", "mrae"])
+    report = qp.evaluation.evaluation_report(
+        fitted["HistNetQuantifier"], protocol, error_metrics=["mae", "mrae"]
+    )
     assert list(report.columns) == ["true-prev", "estim-prev", "mae", "mrae"]
     assert len(report) == protocol.total() == 11 * 4
     estim = np.stack(report["estim-prev"].to_numpy())
@@ -117,16 +128,16 @@ def test_multiclass_labels_and_predict_shapes():
     np.testing.assert_array_equal(model.quantify(X[:9]), model.predict(X[:9]))
     # Bags of mixed sizes at once (padded and masked) give each bag's own prediction.
     together = model.predict_bags([X[:7], X[10:60]])
-    np.testing.assert_allclose(together, [model.predict(X[:7]), model.predict(X[10:60])],
-                               atol=1e-5)
+    np.testing.assert_allclose(together, [model.predict(X[:7]), model.predict(X[10:60])], atol=1e-5)
 
 
 def test_grid_search_q_selects_hyperparameters(easy):
     train, test = easy
     val = UPP(test, sample_size=50, repeats=20, random_state=0)
     model = HistNetQuantifier(steps=15, **SMALL)
-    search = qp.model_selection.GridSearchQ(model, {"n_bins": [4, 8], "lr": [1e-3, 3e-3]},
-                                            protocol=val, error="mae", refit=False)
+    search = qp.model_selection.GridSearchQ(
+        model, {"n_bins": [4, 8], "lr": [1e-3, 3e-3]}, protocol=val, error="mae", refit=False
+    )
     search.fit(*train.Xy)
     assert len(search.param_scores_) == 4
     assert search.best_params_["n_bins"] in (4, 8)
@@ -149,6 +160,7 @@ def test_get_params_set_params_round_trip():
 # Protocol wiring, seeds, devices, bad arguments
 # ---------------------------------------------------------------------------------------------
 
+
 class RecordingUPP(UPP):
     """UPP that records every protocol it was made as and every bag it yields."""
 
@@ -168,29 +180,44 @@ class RecordingUPP(UPP):
 def test_training_bags_come_from_the_protocol():
     RecordingUPP.made, RecordingUPP.bags = [], []
     X, y = gaussians(400, seed=0)
-    model = HistNetQuantifier(protocol=RecordingUPP, protocol_params={"repeats": 40}, steps=6,
-                              bag_size=30, batch_size=16, seed=3, progress=False).fit(X, y)
+    model = HistNetQuantifier(
+        protocol=RecordingUPP,
+        protocol_params={"repeats": 40},
+        steps=6,
+        bag_size=30,
+        batch_size=16,
+        seed=3,
+        progress=False,
+    ).fit(X, y)
     # 6 steps of 16 bags = 96 bags: three rounds of 40, each with its own seed.
     assert len(RecordingUPP.made) == 3 and len(RecordingUPP.bags) == 120
     states = [kw["random_state"] for _, kw in RecordingUPP.made]
     assert len(set(states)) == 3 and all(isinstance(s, int) for s in states)
-    assert all(n == 400 and kw["sample_size"] == 30 and kw["repeats"] == 40
-               for n, kw in RecordingUPP.made)
+    assert all(
+        n == 400 and kw["sample_size"] == 30 and kw["repeats"] == 40 for n, kw in RecordingUPP.made
+    )
     for index, prevalence in RecordingUPP.bags:  # row indices of X with the bag's true prevalence
         assert index.shape == (30,)
         np.testing.assert_allclose(np.bincount(y[index], minlength=2) / 30, prevalence)
     assert len(model.losses_) == 6
     # The same seed makes the same protocol seeds.
     RecordingUPP.made = []
-    HistNetQuantifier(protocol=RecordingUPP, protocol_params={"repeats": 40}, steps=6,
-                      bag_size=30, seed=3, progress=False).fit(X, y)
+    HistNetQuantifier(
+        protocol=RecordingUPP,
+        protocol_params={"repeats": 40},
+        steps=6,
+        bag_size=30,
+        seed=3,
+        progress=False,
+    ).fit(X, y)
     assert [kw["random_state"] for _, kw in RecordingUPP.made] == states
 
 
 def test_app_protocol_by_name():
     X, y = gaussians(300, seed=0)
-    model = DeepSetsQuantifier(protocol="app", protocol_params={"n_prevalences": 5}, steps=5,
-                               **SMALL).fit(X, y)
+    model = DeepSetsQuantifier(
+        protocol="app", protocol_params={"n_prevalences": 5}, steps=5, **SMALL
+    ).fit(X, y)
     assert len(model.losses_) == 5
     # APP on 10 classes at 21 points is millions of bags: QuaPy's own sanity check says so.
     y10 = np.arange(300) % 10
@@ -201,8 +228,10 @@ def test_app_protocol_by_name():
 def test_seed_reproducibility(easy):
     train, test = easy
     state = torch.random.get_rng_state()
-    runs = [HistNetQuantifier(steps=20, seed=s, **TINY["HistNetQuantifier"], **SMALL)
-            .fit(*train.Xy) for s in (7, 7, 8)]
+    runs = [
+        HistNetQuantifier(steps=20, seed=s, **TINY["HistNetQuantifier"], **SMALL).fit(*train.Xy)
+        for s in (7, 7, 8)
+    ]
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
     bag = test.X[:50]
     assert runs[0].losses_ == runs[1].losses_
@@ -235,10 +264,17 @@ def test_trains_and_predicts_on_cuda(easy):
 
 def test_bad_arguments_name_themselves():
     X, y = gaussians(100, seed=0)
-    cases = [(dict(loss="l2"), "loss"), (dict(protocol="xyz"), "protocol"),
-             (dict(protocol=dict), "protocol"), (dict(bag_size=0), "bag_size"),
-             (dict(steps=1.5), "steps"), (dict(lr=-1.0), "lr"), (dict(device="tpu"), "device"),
-             (dict(seed="1"), "seed"), (dict(protocol_params=[1]), "protocol_params")]
+    cases = [
+        (dict(loss="l2"), "loss"),
+        (dict(protocol="xyz"), "protocol"),
+        (dict(protocol=dict), "protocol"),
+        (dict(bag_size=0), "bag_size"),
+        (dict(steps=1.5), "steps"),
+        (dict(lr=-1.0), "lr"),
+        (dict(device="tpu"), "device"),
+        (dict(seed="1"), "seed"),
+        (dict(protocol_params=[1]), "protocol_params"),
+    ]
     for kwargs, name in cases:
         model = HistNetQuantifier(progress=False, **kwargs)
         assert_raises_naming(ValueError, lambda: model.fit(X, y), name)
@@ -251,23 +287,28 @@ def test_bad_arguments_name_themselves():
     assert_raises_naming(ValueError, lambda: model.predict(np.zeros((5, 3))), "X", "2 features")
     assert_raises_naming(ValueError, lambda: model.predict(np.zeros((0, 2))), "X")
     if not torch.cuda.is_available():
-        assert_raises_naming(RuntimeError, lambda: HistNetQuantifier(device="cuda").fit(X, y),
-                             "device")
+        assert_raises_naming(
+            RuntimeError, lambda: HistNetQuantifier(device="cuda").fit(X, y), "device"
+        )
 
 
 def test_import_fastdl_works_without_quapy():
-    code = ("import sys; sys.modules['quapy'] = None\n"
-            "import fastdl, fastdl.models\n"
-            "try:\n    import fastdl.quantification\nexcept ImportError as e:\n"
-            "    print('ImportError:', e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys; sys.modules['quapy'] = None\n"
+        "import fastdl, fastdl.models\n"
+        "try:\n    import fastdl.quantification\nexcept ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "ImportError" in out and "fastdl[quantification]" in out, out
 
 
 # ---------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------
+
 
 def test_bag_losses_are_quapys_error_measures():
     rng = np.random.default_rng(0)
@@ -276,8 +317,11 @@ def test_bag_losses_are_quapys_error_measures():
     q = rng.dirichlet(np.ones(4), size=6)
     eps = 1 / (2 * 100)
     pt, qt = torch.tensor(p), torch.tensor(q, requires_grad=True)
-    expected = {"mae": qp.error.mae(p, q), "mse": qp.error.mse(p, q),
-                "mrae": qp.error.mrae(p, q, eps=eps)}
+    expected = {
+        "mae": qp.error.mae(p, q),
+        "mse": qp.error.mse(p, q),
+        "mrae": qp.error.mrae(p, q, eps=eps),
+    }
     for name, fn in BAG_LOSSES.items():
         value = fn(qt, pt, eps)
         np.testing.assert_allclose(value.item(), expected[name], rtol=1e-10)
@@ -291,6 +335,7 @@ def test_bag_losses_are_quapys_error_measures():
 # LeQua layout
 # ---------------------------------------------------------------------------------------------
 
+
 def _write_vectors(path: Path, X: np.ndarray, y=None) -> None:
     header = ([] if y is None else ["label"]) + [str(i) for i in range(X.shape[1])]
     rows = X if y is None else np.column_stack([y, X])
@@ -301,12 +346,24 @@ def _write_vectors(path: Path, X: np.ndarray, y=None) -> None:
 def _write_prevalences(path: Path, prevalences: np.ndarray) -> None:
     header = "id," + ",".join(str(i) for i in range(prevalences.shape[1]))
     rows = np.column_stack([np.arange(len(prevalences)), prevalences])
-    np.savetxt(path, rows, delimiter=",", header=header, comments="",
-               fmt=["%d"] + ["%.6f"] * prevalences.shape[1])
+    np.savetxt(
+        path,
+        rows,
+        delimiter=",",
+        header=header,
+        comments="",
+        fmt=["%d"] + ["%.6f"] * prevalences.shape[1],
+    )
 
 
-def make_lequa(root: Path, task: str = "T1B", n_classes: int = 3, dims: int = 4,
-               t3_layout: bool = False, seed: int = 0) -> dict:
+def make_lequa(
+    root: Path,
+    task: str = "T1B",
+    n_classes: int = 3,
+    dims: int = 4,
+    t3_layout: bool = False,
+    seed: int = 0,
+) -> dict:
     """A tiny LeQua task folder (``root/task/public``) of Gaussian classes; returns what was
     written."""
     rng = np.random.default_rng(seed)
@@ -324,9 +381,10 @@ def make_lequa(root: Path, task: str = "T1B", n_classes: int = 3, dims: int = 4,
         halves = np.array_split(rng.permutation(len(y)), 2)
         for i, idx in enumerate(halves):
             _write_vectors(public / "training_samples" / f"{i}.txt", X[idx], y[idx])
-        _write_prevalences(public / "training_prevalences.txt",
-                           np.stack([np.bincount(y[h], minlength=n_classes) / len(h)
-                                     for h in halves]))
+        _write_prevalences(
+            public / "training_prevalences.txt",
+            np.stack([np.bincount(y[h], minlength=n_classes) / len(h) for h in halves]),
+        )
     else:
         _write_vectors(public / "training_data.txt", X, y)
     (public / "label_map.txt").write_text("".join(f"class_{c} {c}\n" for c in range(n_classes)))
@@ -397,10 +455,12 @@ def test_lequa_loader_errors(tmp_path):
 # The example
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("quantification_example",
-                                                  ROOT / "examples" / "quantification.py")
+    spec = importlib.util.spec_from_file_location(
+        "quantification_example", ROOT / "examples" / "quantification.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -408,8 +468,15 @@ def example():
 
 @pytest.mark.slow
 def test_example_runs_and_writes_its_outputs(example, tmp_path):
-    results = example.run(datasets=("overlap",), methods=("CC", "EMQ", "HistNetQ"), steps=150,
-                          bag_size=50, app_repeats=2, seed=0, verbose=False)
+    results = example.run(
+        datasets=("overlap",),
+        methods=("CC", "EMQ", "HistNetQ"),
+        steps=150,
+        bag_size=50,
+        app_repeats=2,
+        seed=0,
+        verbose=False,
+    )
     rows = {r["method"]: r for r in results["rows"]}
     assert list(rows) == ["CC", "EMQ", "HistNetQ"]
     for r in rows.values():
@@ -429,6 +496,7 @@ def test_example_runs_and_writes_its_outputs(example, tmp_path):
 
 
 def test_example_rejects_unknown_names(example):
-    assert_raises_naming(ValueError, lambda: example.run(methods=("CCC",), verbose=False),
-                         "methods", "CCC")
+    assert_raises_naming(
+        ValueError, lambda: example.run(methods=("CCC",), verbose=False), "methods", "CCC"
+    )
     assert_raises_naming(ValueError, lambda: example.load_dataset("iris"), "dataset", "iris")

@@ -47,6 +47,7 @@ def patch(model):
     def run(*args):
         with fastdl.patch():
             return model(*args)
+
     return run, model
 
 
@@ -60,37 +61,108 @@ def convert_and_patch(model):
 # without batch norm or dropout compute the same forward in both modes, so their training case
 # checks the evaluation output too; the models with batch norm get both.
 CASES = [
-    ("resnet18-convert-eval", _torchvision("resnet18"), _images(2, 32), convert,
-     torch.float32, False, {"conv2d", "batch_norm", "max_pool2d"}),
-    ("resnet18-convert-train", _torchvision("resnet18"), _images(4, 64), convert,
-     torch.float64, True, {"conv2d", "batch_norm", "max_pool2d"}),
-    ("resnet18-patch-eval", _torchvision("resnet18"), _images(2, 32), patch,
-     torch.float32, False, {"conv2d", "batch_norm", "max_pool2d"}),
-    ("mobilenet_v2-convert-eval", _torchvision("mobilenet_v2", dropout=0.0), _images(2, 32),
-     convert, torch.float32, False, {"conv2d", "batch_norm"}),
-    ("mobilenet_v2-patch-train", _torchvision("mobilenet_v2", dropout=0.0), _images(4, 64),
-     patch, torch.float64, True, {"conv2d", "batch_norm"}),
+    (
+        "resnet18-convert-eval",
+        _torchvision("resnet18"),
+        _images(2, 32),
+        convert,
+        torch.float32,
+        False,
+        {"conv2d", "batch_norm", "max_pool2d"},
+    ),
+    (
+        "resnet18-convert-train",
+        _torchvision("resnet18"),
+        _images(4, 64),
+        convert,
+        torch.float64,
+        True,
+        {"conv2d", "batch_norm", "max_pool2d"},
+    ),
+    (
+        "resnet18-patch-eval",
+        _torchvision("resnet18"),
+        _images(2, 32),
+        patch,
+        torch.float32,
+        False,
+        {"conv2d", "batch_norm", "max_pool2d"},
+    ),
+    (
+        "mobilenet_v2-convert-eval",
+        _torchvision("mobilenet_v2", dropout=0.0),
+        _images(2, 32),
+        convert,
+        torch.float32,
+        False,
+        {"conv2d", "batch_norm"},
+    ),
+    (
+        "mobilenet_v2-patch-train",
+        _torchvision("mobilenet_v2", dropout=0.0),
+        _images(4, 64),
+        patch,
+        torch.float64,
+        True,
+        {"conv2d", "batch_norm"},
+    ),
     # ConvNeXt's LayerNorm2d subclasses are not converted: the patch takes their F.layer_norm.
-    ("convnext_tiny-convert+patch-train",
-     _torchvision("convnext_tiny", stochastic_depth_prob=0.0), _images(2, 32),
-     convert_and_patch, torch.float32, True, {"conv2d", "layer_norm"}),
+    (
+        "convnext_tiny-convert+patch-train",
+        _torchvision("convnext_tiny", stochastic_depth_prob=0.0),
+        _images(2, 32),
+        convert_and_patch,
+        torch.float32,
+        True,
+        {"conv2d", "layer_norm"},
+    ),
     # nn.MultiheadAttention converted: fastdl's fused attention inside fastdl.nn's module.
-    ("vit_b_16-convert-train", _torchvision("vit_b_16", image_size=32), _images(2, 32), convert,
-     torch.float32, True, {"conv2d", "layer_norm", "sdpa"}),
+    (
+        "vit_b_16-convert-train",
+        _torchvision("vit_b_16", image_size=32),
+        _images(2, 32),
+        convert,
+        torch.float32,
+        True,
+        {"conv2d", "layer_norm", "sdpa"},
+    ),
     # Patched, in evaluation without autograd: torch's fused MHA inference path (no F.sdpa).
-    ("vit_b_16-patch-eval", _torchvision("vit_b_16", image_size=32), _images(2, 32), patch,
-     torch.float32, False, {"conv2d", "layer_norm"}),
+    (
+        "vit_b_16-patch-eval",
+        _torchvision("vit_b_16", image_size=32),
+        _images(2, 32),
+        patch,
+        torch.float32,
+        False,
+        {"conv2d", "layer_norm"},
+    ),
     # timm ConvNeXt: depthwise 7x7 convolutions and LayerNorm (timm's subclasses: patched).
-    ("timm-convnext_atto-convert+patch-train", _timm("convnext_atto"), _images(2, 32),
-     convert_and_patch, torch.float32, True, {"conv2d", "layer_norm"}),
+    (
+        "timm-convnext_atto-convert+patch-train",
+        _timm("convnext_atto"),
+        _images(2, 32),
+        convert_and_patch,
+        torch.float32,
+        True,
+        {"conv2d", "layer_norm"},
+    ),
     # timm ViT: F.scaled_dot_product_attention and timm's LayerNorm, through the patch alone.
-    ("timm-vit_tiny-patch-train", _timm("vit_tiny_patch16_224", img_size=32), _images(2, 32),
-     patch, torch.float32, True, {"conv2d", "layer_norm", "sdpa"}),
+    (
+        "timm-vit_tiny-patch-train",
+        _timm("vit_tiny_patch16_224", img_size=32),
+        _images(2, 32),
+        patch,
+        torch.float32,
+        True,
+        {"conv2d", "layer_norm", "sdpa"},
+    ),
 ]
 
 
-@pytest.mark.parametrize("make_model, make_inputs, route, dtype, train, ops",
-                         [pytest.param(*c[1:], id=c[0]) for c in CASES])
+@pytest.mark.parametrize(
+    "make_model, make_inputs, route, dtype, train, ops",
+    [pytest.param(*c[1:], id=c[0]) for c in CASES],
+)
 def test_matches_torch(make_model, make_inputs, route, dtype, train, ops):
     """Output (eval) or output, every parameter and input gradient and the running statistics
     (train) of the model through fastdl equal torch's; fastdl's kernels ran, with no call
@@ -109,18 +181,35 @@ def _swapped_counts(report):
     return Counter(kind for _, kind, _ in report.swapped)
 
 
-@pytest.mark.parametrize("make_model, swapped, skipped", [
-    pytest.param(_torchvision("resnet18"), {"Conv2d": 20, "BatchNorm2d": 20, "MaxPool2d": 1}, {},
-                 id="resnet18"),
-    pytest.param(_torchvision("mobilenet_v2"), {"Conv2d": 52, "BatchNorm2d": 52}, {},
-                 id="mobilenet_v2"),
-    pytest.param(_torchvision("convnext_tiny"), {"Conv2d": 22, "LayerNorm": 18},
-                 {"LayerNorm2d": 5}, id="convnext_tiny"),
-    pytest.param(_torchvision("vit_b_16"),
-                 {"Conv2d": 1, "LayerNorm": 25, "MultiheadAttention": 12}, {}, id="vit_b_16"),
-    pytest.param(_timm("convnext_atto"), {"Conv2d": 40}, {"LayerNorm2d": 17},
-                 id="timm-convnext_atto"),
-])
+@pytest.mark.parametrize(
+    "make_model, swapped, skipped",
+    [
+        pytest.param(
+            _torchvision("resnet18"),
+            {"Conv2d": 20, "BatchNorm2d": 20, "MaxPool2d": 1},
+            {},
+            id="resnet18",
+        ),
+        pytest.param(
+            _torchvision("mobilenet_v2"), {"Conv2d": 52, "BatchNorm2d": 52}, {}, id="mobilenet_v2"
+        ),
+        pytest.param(
+            _torchvision("convnext_tiny"),
+            {"Conv2d": 22, "LayerNorm": 18},
+            {"LayerNorm2d": 5},
+            id="convnext_tiny",
+        ),
+        pytest.param(
+            _torchvision("vit_b_16"),
+            {"Conv2d": 1, "LayerNorm": 25, "MultiheadAttention": 12},
+            {},
+            id="vit_b_16",
+        ),
+        pytest.param(
+            _timm("convnext_atto"), {"Conv2d": 40}, {"LayerNorm2d": 17}, id="timm-convnext_atto"
+        ),
+    ],
+)
 def test_convert_report(make_model, swapped, skipped):
     """convert swaps exactly the layers of the types it knows (in place, keeping the
     parameter objects), names each, and lists the subclasses it leaves alone."""

@@ -1,4 +1,5 @@
-"""fastdl LSTM/GRU (ops, functional, modules, cells, PeepholeLSTM) against torch.nn."""
+"""fastdl LSTM/GRU (ops, functional, modules) against torch.nn (cells, dropout and the PeepholeLSTM:
+test_rnn_cells.py; bad input: test_rnn_errors.py)."""
 
 import copy
 
@@ -11,9 +12,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastdl  # noqa: F401  (registers torch.ops.fastdl)
 import fastdl.functional as FF
 import fastdl.nn as fnn
-from fastdl.reference import peephole_lstm
-from helpers import (devices, CUDA_AVAILABLE, device_dtypes, DEVICES, assert_close_to_reference,
-                     assert_raises_naming, check_compile_module, compare_with_torch)
+from helpers import (
+    devices,
+    CUDA_AVAILABLE,
+    device_dtypes,
+    DEVICES,
+    assert_close_to_reference,
+    check_compile_module,
+    compare_with_torch,
+)
 from op_contract import OpContract, Sample
 
 FAMILY = "rnn"  # the emulator summary counts test cases per op family
@@ -53,17 +60,24 @@ def _module_fn(module):
         states, params = (rest[:2], rest[2:]) if lstm else (rest[:1], rest[1:])
         hx = tuple(states) if lstm else states[0]
         return _flat(functional_call(module, dict(zip(names, params)), (x, hx)))
+
     return fn
 
 
 def _module_args(kind, module, device, dtype, batch_first=False, batch=B, steps=T):
     dirs = 2 if module.bidirectional else 1
     state = module.proj_size if kind == "lstm" and module.proj_size else H
-    x = torch.randn((batch, steps, I) if batch_first else (steps, batch, I), device=device, dtype=dtype)
+    x = torch.randn(
+        (batch, steps, I) if batch_first else (steps, batch, I), device=device, dtype=dtype
+    )
     h0 = torch.randn(module.num_layers * dirs, batch, state, device=device, dtype=dtype)
     args = [x.requires_grad_(), h0.requires_grad_()]
     if kind == "lstm":
-        args.append(torch.randn(module.num_layers * dirs, batch, H, device=device, dtype=dtype).requires_grad_())
+        args.append(
+            torch.randn(
+                module.num_layers * dirs, batch, H, device=device, dtype=dtype
+            ).requires_grad_()
+        )
     return args + [p.detach().clone().requires_grad_() for p in module.parameters()]
 
 
@@ -81,9 +95,15 @@ LSTM_ONLY = [dict(proj_size=3), dict(num_layers=2, bidirectional=True, proj_size
 # Modules against torch: outputs, final states and every gradient
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kind, config", [("lstm", c) for c in CONFIGS + LSTM_ONLY] + [("gru", c) for c in CONFIGS],
-                         ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}{int(x)}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize(
+    "kind, config",
+    [("lstm", c) for c in CONFIGS + LSTM_ONLY] + [("gru", c) for c in CONFIGS],
+    ids=lambda v: (
+        v if isinstance(v, str) else "-".join(f"{k}{int(x)}" for k, x in v.items()) or "default"
+    ),
+)
 def test_module_matches_torch(device, dtype, kind, config):
     ours, ref = _pair(kind, device, dtype, **config)
     args = _module_args(kind, ref, device, dtype, batch_first=config.get("batch_first", False))
@@ -93,8 +113,11 @@ def test_module_matches_torch(device, dtype, kind, config):
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("enforce_sorted", [True, False])
-@pytest.mark.parametrize("config", [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3, bidirectional=True)],
-                         ids=["one", "2layer-bidir", "proj-bidir"])
+@pytest.mark.parametrize(
+    "config",
+    [dict(), dict(num_layers=2, bidirectional=True), dict(proj_size=3, bidirectional=True)],
+    ids=["one", "2layer-bidir", "proj-bidir"],
+)
 def test_packed_sequence_matches_torch(device, dtype, kind, enforce_sorted, config):
     if kind == "gru" and "proj_size" in config:
         pytest.skip("proj_size is LSTM only")
@@ -108,7 +131,9 @@ def test_packed_sequence_matches_torch(device, dtype, kind, enforce_sorted, conf
         def fn(x, *rest):
             packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
             return inner(packed, *rest)
+
         return fn
+
     compare_with_torch(wrap(ours), wrap(ref), args, dtype)
 
 
@@ -154,19 +179,33 @@ def test_state_dict_both_ways(kind):
 # Functional ops: variable lengths, reverse, projection, gradcheck, opcheck, compile
 # ---------------------------------------------------------------------------------------------
 
+
 def _lstm_args(device, dtype, steps=T, batch=B, proj=0, peephole=False, bias=True):
     mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
     state = proj or H
-    return dict(input=mk(steps, batch, I), hx=mk(batch, state), cx=mk(batch, H),
-                weight_ih=mk(4 * H, I), weight_hh=mk(4 * H, state),
-                bias_ih=mk(4 * H) if bias else None, bias_hh=mk(4 * H) if bias else None,
-                weight_hr=mk(proj, H) if proj else None, peephole=mk(3, H) if peephole else None)
+    return dict(
+        input=mk(steps, batch, I),
+        hx=mk(batch, state),
+        cx=mk(batch, H),
+        weight_ih=mk(4 * H, I),
+        weight_hh=mk(4 * H, state),
+        bias_ih=mk(4 * H) if bias else None,
+        bias_hh=mk(4 * H) if bias else None,
+        weight_hr=mk(proj, H) if proj else None,
+        peephole=mk(3, H) if peephole else None,
+    )
 
 
 def _gru_args(device, dtype, steps=T, batch=B, bias=True):
     mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
-    return dict(input=mk(steps, batch, I), hx=mk(batch, H), weight_ih=mk(3 * H, I), weight_hh=mk(3 * H, H),
-                bias_ih=mk(3 * H) if bias else None, bias_hh=mk(3 * H) if bias else None)
+    return dict(
+        input=mk(steps, batch, I),
+        hx=mk(batch, H),
+        weight_ih=mk(3 * H, I),
+        weight_hh=mk(3 * H, H),
+        bias_ih=mk(3 * H) if bias else None,
+        bias_hh=mk(3 * H) if bias else None,
+    )
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
@@ -178,13 +217,16 @@ def test_lstm_lengths_match_torch_packed(device, dtype, reverse):
     w = [getattr(ref, n + "_l0" + sfx) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     lengths = torch.tensor([2, 5, 1])
     x = torch.randn(T, 3, I, device=device, dtype=dtype)
-    h0, c0 = torch.randn(2, 3, H, device=device, dtype=dtype), torch.randn(2, 3, H, device=device, dtype=dtype)
+    h0, c0 = (
+        torch.randn(2, 3, H, device=device, dtype=dtype),
+        torch.randn(2, 3, H, device=device, dtype=dtype),
+    )
     out, (hn, cn) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False), (h0, c0))
     out, _ = pad_packed_sequence(out, total_length=T)
     d = int(reverse)
     ours = FF.lstm(x, h0[d], c0[d], *w, lengths=lengths.to(device), reverse=reverse)
     tol = dict(rtol=1e-2, atol=1e-2) if dtype in (torch.float16, torch.bfloat16) else {}
-    assert_close_to_reference(ours[0], out[..., d * H:(d + 1) * H].contiguous(), dtype, **tol)
+    assert_close_to_reference(ours[0], out[..., d * H : (d + 1) * H].contiguous(), dtype, **tol)
     assert_close_to_reference(ours[1], hn[d], dtype, **tol)
     assert_close_to_reference(ours[2], cn[d], dtype, **tol)
 
@@ -192,7 +234,9 @@ def test_lstm_lengths_match_torch_packed(device, dtype, reverse):
 @pytest.mark.parametrize("device", DEVICES)
 def test_zero_length_elements_keep_initial_state(device):
     a = _gru_args(device, torch.float32)
-    out, h = FF.gru(a["input"], a["hx"], a["weight_ih"], a["weight_hh"], lengths=torch.tensor([0, 5, 0]))
+    out, h = FF.gru(
+        a["input"], a["hx"], a["weight_ih"], a["weight_hh"], lengths=torch.tensor([0, 5, 0])
+    )
     assert (out[:, 0] == 0).all() and torch.equal(h[0], a["hx"][0])
 
 
@@ -200,6 +244,7 @@ def test_zero_length_elements_keep_initial_state(device):
 # The op contract (op_contract.py): opcheck, compile, gradcheck, no double backward, inputs
 # unchanged, empty and non-contiguous inputs, bad dtypes
 # ---------------------------------------------------------------------------------------------
+
 
 def _call(rnn, keys, **kwargs):
     """f(*values) -> FF.<rnn>(**dict(zip(keys, values)), **kwargs)."""
@@ -214,6 +259,7 @@ def _cat(fn):
 def _passthrough(keys, out_shape):
     """What an RNN over no step or no batch element returns: an empty output, the initial
     states unchanged; no gradient to the input or the parameters (0 * each: zeros, not None)."""
+
     def ref(*v):
         a = dict(zip(keys, v))
         states = [a[k] for k in ("hx", "cx") if k in a]
@@ -221,6 +267,7 @@ def _passthrough(keys, out_shape):
         zero = sum(0 * p.sum() for p in params)
         empty = a["input"].new_zeros(out_shape)
         return torch.cat([empty.flatten()] + [t.flatten() for t in states]) + zero
+
     return ref
 
 
@@ -232,16 +279,23 @@ class TestRnnContract(OpContract):
         nb = _lstm_args(device, dtype, bias=False)
         g = _gru_args(device, dtype)
         lstm, gru = torch.ops.fastdl.lstm_forward, torch.ops.fastdl.gru_forward
-        return [Sample(list(a.values()) + [torch.tensor([5, 2, 4]), True], op=lstm, name="lstm"),
-                Sample(list(nb.values()) + [None, False], op=lstm, name="lstm_no_bias"),
-                Sample(list(g.values()) + [torch.tensor([1, 5, 3]), False], op=gru, name="gru"),
-                Sample(list(g.values()) + [None, True], op=gru, name="gru_reverse")]
+        return [
+            Sample(list(a.values()) + [torch.tensor([5, 2, 4]), True], op=lstm, name="lstm"),
+            Sample(list(nb.values()) + [None, False], op=lstm, name="lstm_no_bias"),
+            Sample(list(g.values()) + [torch.tensor([1, 5, 3]), False], op=gru, name="gru"),
+            Sample(list(g.values()) + [None, True], op=gru, name="gru_reverse"),
+        ]
 
     def compile_samples(self, device):
         a, g = _lstm_args(device, torch.float32, proj=3), _gru_args(device, torch.float32)
-        return [Sample(list(a.values()), fn=_cat(FF.lstm), name="lstm"),
-                Sample(list(g.values()), name="gru",
-                       fn=_cat(lambda *v: FF.gru(*v, lengths=torch.tensor([5, 1, 3]))))]
+        return [
+            Sample(list(a.values()), fn=_cat(FF.lstm), name="lstm"),
+            Sample(
+                list(g.values()),
+                name="gru",
+                fn=_cat(lambda *v: FF.gru(*v, lengths=torch.tensor([5, 1, 3]))),
+            ),
+        ]
 
     def gradcheck_samples(self, device):
         f64, samples = torch.float64, []
@@ -250,48 +304,80 @@ class TestRnnContract(OpContract):
                 for peephole in (False, True):
                     a = _lstm_args(device, f64, steps=4, batch=3, proj=proj, peephole=peephole)
                     fn = _call("lstm", list(a), lengths=torch.tensor([4, 2, 3]), reverse=reverse)
-                    samples.append(Sample(list(a.values()), fn=fn,
-                                          name=f"lstm-{reverse}-{proj}-{peephole}"))
+                    samples.append(
+                        Sample(list(a.values()), fn=fn, name=f"lstm-{reverse}-{proj}-{peephole}")
+                    )
             for bias in (True, False):
                 g = _gru_args(device, f64, steps=4, batch=3, bias=bias)
-                samples.append(Sample(list(g.values()), name=f"gru-{reverse}-{bias}",
-                                      fn=_call("gru", list(g), lengths=torch.tensor([1, 4, 3]),
-                                               reverse=reverse)))
+                samples.append(
+                    Sample(
+                        list(g.values()),
+                        name=f"gru-{reverse}-{bias}",
+                        fn=_call("gru", list(g), lengths=torch.tensor([1, 4, 3]), reverse=reverse),
+                    )
+                )
         a = _lstm_args(device, f64, steps=1)
         g = _gru_args(device, f64, steps=1)
         return samples + [
-            Sample([a[k] for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih",
-                                   "bias_hh")],
-                   fn=lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
-                   name="lstm_cell"),
-            Sample([g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")],
-                   fn=lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
-                   name="gru_cell")]
+            Sample(
+                [
+                    a[k]
+                    for k in ("input", "hx", "cx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                ],
+                fn=lambda x, h, c, wi, wh, bi, bh: FF.lstm_cell(x[0], (h, c), wi, wh, bi, bh),
+                name="lstm_cell",
+            ),
+            Sample(
+                [g[k] for k in ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")],
+                fn=lambda x, h, wi, wh, bi, bh: FF.gru_cell(x[0], h, wi, wh, bi, bh),
+                name="gru_cell",
+            ),
+        ]
 
     def double_backward_samples(self, device):
         a = _gru_args(device, torch.float64, steps=2, batch=2)
-        return [Sample([a["input"], a["hx"]], backward_name="gru",
-                       fn=lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0])]
+        return [
+            Sample(
+                [a["input"], a["hx"]],
+                backward_name="gru",
+                fn=lambda x, h: FF.gru(x, h, a["weight_ih"], a["weight_hh"])[0],
+            )
+        ]
 
     def unchanged_samples(self, device, dtype):
         a = _lstm_args(device, dtype, proj=3, peephole=True)
         g = _gru_args(device, dtype)
-        return [Sample(list(a.values()), fn=_call("lstm", list(a), lengths=torch.tensor([5, 1, 3])),
-                       name="lstm"),
-                Sample(list(g.values()), fn=_call("gru", list(g)), name="gru")]
+        return [
+            Sample(
+                list(a.values()),
+                fn=_call("lstm", list(a), lengths=torch.tensor([5, 1, 3])),
+                name="lstm",
+            ),
+            Sample(list(g.values()), fn=_call("gru", list(g)), name="gru"),
+        ]
 
     def empty_samples(self, device):
         samples = []
         for steps, batch in [(0, 3), (4, 0), (0, 0)]:
             a = _lstm_args(device, torch.float64, steps=steps, batch=batch, proj=3)
-            samples.append(Sample(list(a.values()), fn=_cat(_call("lstm", list(a))),
-                                  ref=_passthrough(list(a), (steps, batch, 3)),
-                                  name=f"lstm-{steps}-{batch}"))
+            samples.append(
+                Sample(
+                    list(a.values()),
+                    fn=_cat(_call("lstm", list(a))),
+                    ref=_passthrough(list(a), (steps, batch, 3)),
+                    name=f"lstm-{steps}-{batch}",
+                )
+            )
             g = _gru_args(device, torch.float64, steps=steps, batch=batch)
             gru = _call("gru", list(g), lengths=torch.zeros(batch, dtype=torch.long))
-            samples.append(Sample(list(g.values()), fn=_cat(gru),
-                                  ref=_passthrough(list(g), (steps, batch, H)),
-                                  name=f"gru-{steps}-{batch}"))
+            samples.append(
+                Sample(
+                    list(g.values()),
+                    fn=_cat(gru),
+                    ref=_passthrough(list(g), (steps, batch, H)),
+                    name=f"gru-{steps}-{batch}",
+                )
+            )
         return samples
 
     def noncontiguous_samples(self, device, dtype):
@@ -308,9 +394,11 @@ class TestRnnContract(OpContract):
         a = _lstm_args(device, torch.float32)
         a.pop("peephole"), a.pop("weight_hr")
         call = lambda **kw: FF.lstm(**{**a, **kw})  # noqa: E731
-        return [(lambda: call(lengths=torch.tensor([1.0, 1.0, 1.0])), "lengths", "int64"),
-                (lambda: call(hx=a["hx"].double()), "hx", "dtype"),
-                (lambda: call(input=torch.randn(T, B, I, device=device).int()), "input", "float")]
+        return [
+            (lambda: call(lengths=torch.tensor([1.0, 1.0, 1.0])), "lengths", "int64"),
+            (lambda: call(hx=a["hx"].double()), "hx", "dtype"),
+            (lambda: call(input=torch.randn(T, B, I, device=device).int()), "input", "float"),
+        ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -325,151 +413,11 @@ def test_compile_module(device, kind):
 
         def forward(self, x):
             return _flat(self.rnn(x))
+
     # Dynamo refuses every torch.nn.RNNBase subclass unless allow_rnn is set (cuDNN's flat
     # weights); fastdl's modules trace fully through their fake kernels once it is.
     with torch._dynamo.config.patch(allow_rnn=True):
         check_compile_module(Head(), torch.randn(T, B, I, device=device, requires_grad=True))
-
-
-# ---------------------------------------------------------------------------------------------
-# Cells
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_cell_matches_torch(device, dtype, kind, bias):
-    ref = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H, bias=bias).to(device, dtype)
-    ours = (fnn.LSTMCell if kind == "lstm" else fnn.GRUCell)(I, H, bias=bias).to(device, dtype)
-    ours.load_state_dict(ref.state_dict())
-    names = [n for n, _ in ref.named_parameters()]
-
-    def fn(module):
-        def run(x, h, c, *params):
-            out = functional_call(module, dict(zip(names, params)), (x, (h, c) if kind == "lstm" else h))
-            return torch.cat([o.flatten() for o in (out if kind == "lstm" else (out,))])
-        return run
-    mk = lambda *s: torch.randn(*s, device=device, dtype=dtype).requires_grad_()  # noqa: E731
-    args = [mk(B, I), mk(B, H), mk(B, H)] + [p.detach().clone().requires_grad_() for p in ref.parameters()]
-    compare_with_torch(fn(ours), fn(ref), args, dtype)
-
-
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_cell_unbatched_and_default_state(kind):
-    ref = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H)
-    ours = (fnn.LSTMCell if kind == "lstm" else fnn.GRUCell).from_torch(copy.deepcopy(ref))
-    x = torch.randn(I)
-    torch.testing.assert_close(ours(x), ref(x))
-    torch.testing.assert_close(ours(x.expand(2, I)), ref(x.expand(2, I)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Dropout between layers
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_dropout_train_and_eval(kind):
-    ours, ref = _pair(kind, "cpu", torch.float32, num_layers=3, dropout=0.5, bidirectional=True)
-    x = torch.randn(T, B, I)
-    ours.eval(), ref.eval()
-    e1, e2 = _flat(ours(x)), _flat(ours(x))
-    assert torch.equal(e1, e2)  # eval is deterministic
-    torch.testing.assert_close(e1, _flat(ref(x)))  # and is torch's eval
-    ours.train(), ref.train()
-    t1, t2 = _flat(ours(x)), _flat(ours(x))
-    assert not torch.allclose(t1, t2) and not torch.allclose(t1, e1)  # train drops at random
-    torch.manual_seed(0)
-    ours_train = _flat(ours(x))
-    torch.manual_seed(0)
-    torch.testing.assert_close(ours_train, _flat(ref(x)))  # same masks as torch from the same seed
-
-
-# ---------------------------------------------------------------------------------------------
-# PeepholeLSTM against the float64 reference from the equations
-# ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_peephole_functional_matches_reference(device, dtype, reverse):
-    a = _lstm_args(device, dtype, peephole=True)
-    del a["weight_hr"]
-    keys = list(a)
-    ours = lambda *v: torch.cat([t.flatten() for t in FF.lstm(**dict(zip(keys, v)), reverse=reverse)])  # noqa: E731
-    ref = lambda *v: torch.cat([t.flatten() for t in peephole_lstm(**dict(zip(keys, v)), reverse=reverse)])  # noqa: E731
-    compare_with_torch(ours, ref, list(a.values()), dtype)
-
-
-def test_peephole_module():
-    m = fnn.PeepholeLSTM(I, H, num_layers=2, bidirectional=True).double()
-    names = [n for n, _ in m.named_parameters()]
-    assert "weight_peephole_l1_reverse" in names and m.weight_peephole_l0.shape == (3, H)
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    out, (hn, cn) = m(x)
-    # The reference, layer by layer and direction by direction.
-    layer_in, hs, cs = x, [], []
-    for layer in range(2):
-        outs = []
-        for d, sfx in enumerate(("", "_reverse")):
-            p = lambda n: getattr(m, f"{n}_l{layer}{sfx}")  # noqa: E731
-            o, h, c = peephole_lstm(layer_in, torch.zeros(B, H, dtype=torch.float64), torch.zeros(B, H, dtype=torch.float64),
-                                    p("weight_ih"), p("weight_hh"), p("bias_ih"), p("bias_hh"), p("weight_peephole"),
-                                    reverse=d == 1)
-            outs.append(o), hs.append(h), cs.append(c)
-        layer_in = torch.cat(outs, 2)
-    torch.testing.assert_close(out, layer_in)
-    torch.testing.assert_close(hn, torch.stack(hs))
-    torch.testing.assert_close(cn, torch.stack(cs))
-    out.sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# Bad input
-# ---------------------------------------------------------------------------------------------
-
-def test_bad_input_modules():
-    lstm = fnn.LSTM(I, H, num_layers=2)
-    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I + 1)), "input_size", str(I))
-    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I), (torch.randn(1, B, H), torch.randn(2, B, H))),
-                         "hidden")
-    assert_raises_naming(RuntimeError, lambda: lstm(torch.randn(T, B, I), (torch.randn(2, B, H), torch.randn(2, B + 1, H))),
-                         "hidden[1]", "(2, 3, 6)")
-    assert_raises_naming(ValueError, lambda: lstm(torch.randn(T, B, I, dtype=torch.float64)), "float")
-    assert_raises_naming(ValueError, lambda: lstm(torch.randn(T, B, I, 2)), "2D or 3D")
-    gru = fnn.GRU(I, H)
-    assert_raises_naming(RuntimeError, lambda: gru(torch.randn(T, B, I), torch.randn(1, B + 1, H)), "hidden")
-    assert_raises_naming(RuntimeError, lambda: gru(torch.randn(T, B, I), torch.randn(B, H)), "3-D")
-    cell = fnn.LSTMCell(I, H)
-    assert_raises_naming(RuntimeError, lambda: cell(torch.randn(B, I + 1)), "weight_ih")
-    assert_raises_naming(RuntimeError, lambda: cell(torch.randn(B, I), (torch.randn(B, H + 1), torch.randn(B, H))), "hx")
-    # Unsorted lengths where torch requires sorted ones: torch's packing refuses them.
-    with pytest.raises(RuntimeError, match="sorted"):
-        pack_padded_sequence(torch.randn(T, B, I), torch.tensor([2, 5, 3]), enforce_sorted=True)
-
-
-def test_bad_input_functional():
-    a = _lstm_args("cpu", torch.float32)
-    a.pop("peephole"), a.pop("weight_hr")
-    call = lambda **kw: FF.lstm(**{**a, **kw})  # noqa: E731
-    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([6, 1, 1])), "lengths", "seq_len")
-    assert_raises_naming(RuntimeError, lambda: call(lengths=torch.tensor([1, 1])), "lengths", "[3]")
-    assert_raises_naming(RuntimeError, lambda: call(cx=torch.randn(B, H + 1)), "cx", "shape")
-    assert_raises_naming(RuntimeError, lambda: call(weight_hh=torch.randn(4 * H, H + 1)), "weight_hh")
-    assert_raises_naming(RuntimeError, lambda: call(bias_ih=torch.randn(H)), "bias_ih")
-    assert_raises_naming(RuntimeError, lambda: call(input=torch.randn(T, B)), "input", "3 dimensions")
-    assert_raises_naming(RuntimeError, lambda: call(weight_hr=torch.randn(H, H)), "weight_hr")
-    assert_raises_naming(RuntimeError, lambda: call(peephole=torch.randn(4, H)), "peephole")
-    g = _gru_args("cpu", torch.float32)
-    assert_raises_naming(RuntimeError, lambda: FF.gru(**{**g, "weight_ih": torch.randn(4 * H, I)}), "weight_hh")
-    assert_raises_naming(RuntimeError, lambda: FF.gru(**{**g, "hx": torch.randn(B + 1, H)}), "hx")
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA_AVAILABLE, reason="needs CUDA")
-def test_mismatched_devices():
-    a = _lstm_args("cuda", torch.float32)
-    assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "hx": a["hx"].cpu()}), "hx", "device")
-    assert_raises_naming(RuntimeError, lambda: FF.lstm(**{**a, "weight_hh": a["weight_hh"].cpu()}), "weight_hh", "device")
 
 
 @pytest.mark.cuda
@@ -497,8 +445,10 @@ def test_large_products_match_torch(device, dtype, kind):
     batch, steps = 9, 11
     dirs, state = 2, 37
     x = torch.randn(steps, batch, 20, device=device, dtype=dtype, requires_grad=True)
-    states = [torch.randn(dirs, batch, state, device=device, dtype=dtype, requires_grad=True)
-              for _ in range(2 if kind == "lstm" else 1)]
+    states = [
+        torch.randn(dirs, batch, state, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(2 if kind == "lstm" else 1)
+    ]
     args = [x, *states] + [p.detach().clone().requires_grad_() for p in ref.parameters()]
     compare_with_torch(_module_fn(ours), _module_fn(ref), args, dtype)
 
@@ -551,8 +501,15 @@ def test_autocast_cpu_as_torch(kind):
     GRU and cells call linear, which autocast rounds to bfloat16; ours compute in float32, so
     the two agree to bfloat16's precision and ours equals the float32 result.)"""
     torch.manual_seed(0)
-    torch_type = {"lstm": nn.LSTM, "gru": nn.GRU, "lstm_cell": nn.LSTMCell, "gru_cell": nn.GRUCell}[kind]
-    ours_type = {"lstm": fnn.LSTM, "gru": fnn.GRU, "lstm_cell": fnn.LSTMCell, "gru_cell": fnn.GRUCell}[kind]
+    torch_type = {"lstm": nn.LSTM, "gru": nn.GRU, "lstm_cell": nn.LSTMCell, "gru_cell": nn.GRUCell}[
+        kind
+    ]
+    ours_type = {
+        "lstm": fnn.LSTM,
+        "gru": fnn.GRU,
+        "lstm_cell": fnn.LSTMCell,
+        "gru_cell": fnn.GRUCell,
+    }[kind]
     theirs = torch_type(5, 7)
     ours = ours_type(5, 7)
     ours.load_state_dict(theirs.state_dict())
@@ -572,7 +529,11 @@ def test_autocast_cpu_as_torch(kind):
                 yt = theirs(x)
             torch_dtype = torch.bfloat16
     yt, yo = (y[0] if isinstance(y, tuple) else y for y in (yt, yo))
-    assert yo.dtype == (torch_dtype or yt.dtype) == (torch.bfloat16 if kind == "lstm" else torch.float32)
+    assert (
+        yo.dtype
+        == (torch_dtype or yt.dtype)
+        == (torch.bfloat16 if kind == "lstm" else torch.float32)
+    )
     if kind == "lstm":  # the float64 LSTM on the bfloat16-rounded input and weights
         ref = copy.deepcopy(theirs).bfloat16().double()
         assert_close_to_reference(yo, ref(x.bfloat16().double())[0], torch.bfloat16, baseline=yt)
@@ -581,4 +542,3 @@ def test_autocast_cpu_as_torch(kind):
         expected = expected[0] if isinstance(expected, tuple) else expected
         torch.testing.assert_close(yo, expected)
         torch.testing.assert_close(yo, yt, rtol=2e-2, atol=2e-2)
-

@@ -12,9 +12,14 @@ import torch
 
 from fastdl.models import SetTransformer
 from fastdl.nn import ISAB, MAB, PMA, SAB
-from fastdl.reference import (isab_reference, mab_reference, pma_reference, reference_code_mab,
-                              set_transformer_reference)
-from helpers import (DEVICES, assert_raises_naming, check_compile_module, check_gradcheck)
+from fastdl.reference import (
+    isab_reference,
+    mab_reference,
+    pma_reference,
+    reference_code_mab,
+    set_transformer_reference,
+)
+from helpers import DEVICES, assert_raises_naming, check_compile_module, check_gradcheck
 
 FAMILY = "sets"  # the emulator summary counts test cases per op family
 
@@ -32,9 +37,13 @@ def _params_and_grads(module, fn):
     module.zero_grad(set_to_none=True)
     out = fn()
     # The same fixed, varied output gradient on both sides.
-    grad = torch.sin(torch.arange(out.numel(), device=out.device, dtype=out.dtype)).reshape(out.shape)
+    grad = torch.sin(torch.arange(out.numel(), device=out.device, dtype=out.dtype)).reshape(
+        out.shape
+    )
     out.backward(grad)
-    return out.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return out.detach(), {
+        n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None
+    }
 
 
 def _check_module_against(module, fn_fastdl, fn_reference, rtol=1e-5, atol=1e-5):
@@ -46,23 +55,32 @@ def _check_module_against(module, fn_fastdl, fn_reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.double(), out_ref, rtol=rtol, atol=atol)
     assert grads.keys() == grads_ref.keys()
     for name in grads:
-        torch.testing.assert_close(grads[name].double(), grads_ref[name], rtol=rtol, atol=atol,
-                                   msg=lambda m: f"gradient of {name}: {m}")
+        torch.testing.assert_close(
+            grads[name].double(),
+            grads_ref[name],
+            rtol=rtol,
+            atol=atol,
+            msg=lambda m: f"gradient of {name}: {m}",
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("ln", [False, True])
-@pytest.mark.parametrize("dims, n, m", [((6, 5, 8), 7, 11), ((8, 8, 8), 9, 1), ((4, 6, 12), 1, 5),
-                                        ((8, 3, 8), 40, 3)])
+@pytest.mark.parametrize(
+    "dims, n, m", [((6, 5, 8), 7, 11), ((8, 8, 8), 9, 1), ((4, 6, 12), 1, 5), ((8, 3, 8), 40, 3)]
+)
 def test_mab_matches_equations(device, variant, ln, dims, n, m):
     dim_Q, dim_K, dim_V = dims
-    mab = MAB(dim_Q, dim_K, dim_V, num_heads=2 if dim_V % 4 else 4, ln=ln, variant=variant).to(device)
+    mab = MAB(dim_Q, dim_K, dim_V, num_heads=2 if dim_V % 4 else 4, ln=ln, variant=variant).to(
+        device
+    )
     X, Y = torch.randn(3, n, dim_Q, device=device), torch.randn(3, m, dim_K, device=device)
     mask = _padding(3, m, device)
     for kpm in (None, mask):
-        _check_module_against(mab, lambda: mab(X, Y, kpm),
-                              lambda ref: mab_reference(ref, X.double(), Y.double(), kpm))
+        _check_module_against(
+            mab, lambda: mab(X, Y, kpm), lambda ref: mab_reference(ref, X.double(), Y.double(), kpm)
+        )
 
 
 @pytest.mark.parametrize("ln", [False, True])
@@ -72,20 +90,36 @@ def test_reference_variant_is_the_reference_code(ln):
     X, Y = torch.randn(2, 7, 6, dtype=torch.float64), torch.randn(2, 13, 5, dtype=torch.float64)
     torch.testing.assert_close(mab(X, Y), reference_code_mab(mab, X, Y))
     names = {n for n, _ in mab.named_parameters()}
-    expected = {"fc_q.weight", "fc_q.bias", "fc_k.weight", "fc_k.bias", "fc_v.weight", "fc_v.bias",
-                "fc_o.weight", "fc_o.bias"} | ({"ln0.weight", "ln0.bias", "ln1.weight", "ln1.bias"} if ln else set())
+    expected = {
+        "fc_q.weight",
+        "fc_q.bias",
+        "fc_k.weight",
+        "fc_k.bias",
+        "fc_v.weight",
+        "fc_v.bias",
+        "fc_o.weight",
+        "fc_o.bias",
+    } | ({"ln0.weight", "ln0.bias", "ln1.weight", "ln1.bias"} if ln else set())
     assert names == expected
     # The paper variant adds only W^O (fc_mh) and changes the scale.
     paper = MAB(6, 5, 8, num_heads=4, ln=ln)
     assert {n for n, _ in paper.named_parameters()} == expected | {"fc_mh.weight", "fc_mh.bias"}
-    assert paper.scale == pytest.approx(1 / 2 ** 0.5) and mab.scale == pytest.approx(1 / 8 ** 0.5)
+    assert paper.scale == pytest.approx(1 / 2**0.5) and mab.scale == pytest.approx(1 / 8**0.5)
 
 
 def test_set_transformer_state_dict_names_are_the_reference_codes():
     model = SetTransformer(3, 2, 5, num_inds=4, dim_hidden=8, num_heads=2, variant="reference")
     keys = set(model.state_dict())
-    for key in ["enc.0.I", "enc.0.mab0.fc_q.weight", "enc.1.mab1.fc_o.bias", "dec.0.S", "dec.0.mab.fc_k.weight",
-                "dec.1.mab.fc_v.bias", "dec.2.mab.fc_o.weight", "dec.3.weight"]:
+    for key in [
+        "enc.0.I",
+        "enc.0.mab0.fc_q.weight",
+        "enc.1.mab1.fc_o.bias",
+        "dec.0.S",
+        "dec.0.mab.fc_k.weight",
+        "dec.1.mab.fc_v.bias",
+        "dec.2.mab.fc_o.weight",
+        "dec.3.weight",
+    ]:
         assert key in keys, key
     assert model.enc[0].I.shape == (1, 4, 8) and model.dec[0].S.shape == (1, 2, 8)
 
@@ -99,21 +133,35 @@ def test_blocks_match_equations(device, variant):
     pma = PMA(6, num_heads=3, num_seeds=2, variant=variant).to(device)
     sab = SAB(6, 8, num_heads=4, ln=True, variant=variant).to(device)
     for kpm in (None, mask):
-        _check_module_against(isab, lambda: isab(X, kpm), lambda ref: isab_reference(ref, X.double(), kpm))
-        _check_module_against(pma, lambda: pma(X, kpm), lambda ref: pma_reference(ref, X.double(), kpm))
-        _check_module_against(sab, lambda: sab(X, kpm),
-                              lambda ref: mab_reference(ref.mab, X.double(), X.double(), kpm))
+        _check_module_against(
+            isab, lambda: isab(X, kpm), lambda ref: isab_reference(ref, X.double(), kpm)
+        )
+        _check_module_against(
+            pma, lambda: pma(X, kpm), lambda ref: pma_reference(ref, X.double(), kpm)
+        )
+        _check_module_against(
+            sab,
+            lambda: sab(X, kpm),
+            lambda ref: mab_reference(ref.mab, X.double(), X.double(), kpm),
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_set_transformer_matches_equations(device, variant):
-    model = SetTransformer(5, 2, 3, num_inds=6, dim_hidden=16, num_heads=4, ln=True, variant=variant).to(device)
+    model = SetTransformer(
+        5, 2, 3, num_inds=6, dim_hidden=16, num_heads=4, ln=True, variant=variant
+    ).to(device)
     X = torch.randn(4, 29, 5, device=device)
     present = ~_padding(4, 29, device)
     for mask in (None, present):
-        _check_module_against(model, lambda: model(X, mask),
-                              lambda ref: set_transformer_reference(ref, X.double(), mask), rtol=2e-5, atol=2e-5)
+        _check_module_against(
+            model,
+            lambda: model(X, mask),
+            lambda ref: set_transformer_reference(ref, X.double(), mask),
+            rtol=2e-5,
+            atol=2e-5,
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -134,14 +182,18 @@ def test_equivariance_and_invariance(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_mask_equals_unpadded_sets(device):
-    model = SetTransformer(4, 1, 2, num_inds=3, dim_hidden=8, num_heads=2, ln=True).to(device).double()
+    model = (
+        SetTransformer(4, 1, 2, num_inds=3, dim_hidden=8, num_heads=2, ln=True).to(device).double()
+    )
     sizes = [5, 11, 1]
     sets = [torch.randn(s, 4, device=device, dtype=torch.float64) for s in sizes]
-    X = torch.full((3, 11, 4), float("nan"), device=device, dtype=torch.float64)  # padding holds NaN
+    X = torch.full(
+        (3, 11, 4), float("nan"), device=device, dtype=torch.float64
+    )  # padding holds NaN
     mask = torch.zeros(3, 11, dtype=torch.bool, device=device)
     for i, s in enumerate(sets):
-        X[i, :len(s)] = s
-        mask[i, :len(s)] = True
+        X[i, : len(s)] = s
+        mask[i, : len(s)] = True
     out = model(X, mask)
     for i, s in enumerate(sets):
         torch.testing.assert_close(out[i], model(s))
@@ -166,20 +218,34 @@ def test_compile_module():
 
 
 def test_bad_arguments():
-    assert_raises_naming(ValueError, lambda: MAB(4, 4, 6, num_heads=4), "dim_V", "6", "num_heads", "4")
-    assert_raises_naming(ValueError, lambda: SetTransformer(3, 1, 1, dim_hidden=10, num_heads=4), "dim_V", "10")
+    assert_raises_naming(
+        ValueError, lambda: MAB(4, 4, 6, num_heads=4), "dim_V", "6", "num_heads", "4"
+    )
+    assert_raises_naming(
+        ValueError, lambda: SetTransformer(3, 1, 1, dim_hidden=10, num_heads=4), "dim_V", "10"
+    )
     assert_raises_naming(ValueError, lambda: MAB(4, 4, 8, 2, variant="torch"), "variant", "torch")
     assert_raises_naming(ValueError, lambda: ISAB(4, 8, 2, num_inds=0), "num_inds")
     mab = MAB(4, 3, 8, 2)
     X, Y = torch.randn(2, 5, 4), torch.randn(2, 7, 3)
-    assert_raises_naming(ValueError, lambda: mab(X, Y, torch.zeros(2, 5, dtype=torch.bool)),
-                         "key_padding_mask", "(2, 7)")
-    assert_raises_naming(ValueError, lambda: mab(X, Y, torch.zeros(2, 7)), "key_padding_mask", "bool")
+    assert_raises_naming(
+        ValueError,
+        lambda: mab(X, Y, torch.zeros(2, 5, dtype=torch.bool)),
+        "key_padding_mask",
+        "(2, 7)",
+    )
+    assert_raises_naming(
+        ValueError, lambda: mab(X, Y, torch.zeros(2, 7)), "key_padding_mask", "bool"
+    )
     assert_raises_naming(ValueError, lambda: mab(torch.randn(2, 5, 3), Y), "X", "4")
     assert_raises_naming(ValueError, lambda: mab(X, torch.randn(3, 7, 3)), "batch size")
     model = SetTransformer(3, 1, 2, num_inds=2, dim_hidden=8, num_heads=2)
-    assert_raises_naming(ValueError, lambda: model(torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool)),
-                         "mask", "(2, 5)")
+    assert_raises_naming(
+        ValueError,
+        lambda: model(torch.randn(2, 5, 3), torch.ones(2, 4, dtype=torch.bool)),
+        "mask",
+        "(2, 5)",
+    )
 
 
 def test_unbatched_inputs():

@@ -39,8 +39,10 @@ def _need(nbytes: float, what: str) -> None:
     have = _available()
     margin = 1.5 * GiB
     if have < nbytes + margin:
-        pytest.skip(f"{what} needs {(nbytes + margin) / GiB:.1f} GiB of free memory, the machine has "
-                    f"{have / GiB:.1f} GiB available")
+        pytest.skip(
+            f"{what} needs {(nbytes + margin) / GiB:.1f} GiB of free memory, the machine has "
+            f"{have / GiB:.1f} GiB available"
+        )
 
 
 def test_sdpa_rows_times_keys_past_2_31():
@@ -81,8 +83,13 @@ def test_histogram_virtual_elements_past_2_31():
     for f in (0, Fe - 1):  # the reference, one feature at a time, in chunks of elements
         ref = torch.zeros(B, dtype=torch.float64)
         for n0 in range(0, N, 2**16):
-            ref += histogram_reference(x.detach()[:, n0:n0 + 2**16, f:f + 1].double(), centers[f:f + 1].double(),
-                                       widths[f:f + 1].double(), "soft", normalize=False)[0, 0]
+            ref += histogram_reference(
+                x.detach()[:, n0 : n0 + 2**16, f : f + 1].double(),
+                centers[f : f + 1].double(),
+                widths[f : f + 1].double(),
+                "soft",
+                normalize=False,
+            )[0, 0]
         torch.testing.assert_close(out[0, f].double(), ref / N, rtol=1e-4, atol=1e-6)
     idx = torch.tensor([0, 1, N // 3, N - 1])
     xs = x.detach()[:, idx].double().requires_grad_()
@@ -131,7 +138,9 @@ def test_layer_norm_past_2_31(big):
     _need(x.numel() * 4, "layer_norm's output")
     w = torch.randn(1024, generator=torch.Generator().manual_seed(2))
     out = FF.layer_norm(x, (1024,), w)
-    torch.testing.assert_close(out[images], F.layer_norm(x[images], (1024,), w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out[images], F.layer_norm(x[images], (1024,), w), rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(out[100], F.layer_norm(x[100], (1024,), w), rtol=1e-5, atol=1e-5)
     del out
     out = FF.layer_norm(x, (1024, 1024))  # rows of a million values

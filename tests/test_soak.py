@@ -11,7 +11,9 @@ SOAK = os.path.join(ROOT, "scripts", "soak.py")
 
 
 def _soak(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SOAK, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, SOAK, *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_short_soak_every_model():
@@ -23,9 +25,21 @@ def test_short_soak_every_model():
 
 def test_soak_catches_a_leak():
     """A leak of 256 KiB a step (held by the script on purpose) fails the same bound."""
-    done = _soak("--steps", "40", "--warmup", "10", "--bound-mib", "4", "--models", "lenet",
-                 "--leak-kib-per-step", "256")
-    assert done.returncode == 1 and "FAIL: RSS grew" in done.stdout, done.stdout + done.stderr[-2000:]
+    done = _soak(
+        "--steps",
+        "40",
+        "--warmup",
+        "10",
+        "--bound-mib",
+        "4",
+        "--models",
+        "lenet",
+        "--leak-kib-per-step",
+        "256",
+    )
+    assert done.returncode == 1 and "FAIL: RSS grew" in done.stdout, (
+        done.stdout + done.stderr[-2000:]
+    )
 
 
 THREAD_BUFFERS = r"""
@@ -58,7 +72,9 @@ print(f"{sequential:.1f} {concurrent:.1f}")
 
 
 def test_per_thread_buffers_are_released_with_their_threads():
-    done = subprocess.run([sys.executable, "-c", THREAD_BUFFERS], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", THREAD_BUFFERS], capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     sequential, concurrent = map(float, done.stdout.split())
     buffer_mib = 64 * 9 * 64 * 64 * 4 / 2**20

@@ -46,13 +46,28 @@ def _converted(model):
 
 
 MODELS = {
-    "lstm_lm": (lambda: _converted(LstmLM()), lambda g: (torch.randint(0, 30, (3, 11), generator=g),)),
-    "transformer_encoder": (lambda: _converted(Encoder()), lambda g: (torch.randn(3, 9, 16, generator=g),)),
-    "lenet": (lambda: fastdl.models.LeNet5().eval(), lambda g: (torch.randn(2, 1, 32, 32, generator=g),)),
-    "set_transformer": (lambda: fastdl.models.SetTransformer(3, 1, 2, num_inds=4, dim_hidden=16, ln=True).eval(),
-                        lambda g: (torch.randn(2, 20, 3, generator=g),)),
-    "histnetq": (lambda: fastdl.models.HistNetQ(4, 3, n_bins=5, n_features=6, hidden=8, extractor_hidden=8).eval(),
-                 lambda g: (torch.randn(2, 30, 4, generator=g),)),
+    "lstm_lm": (
+        lambda: _converted(LstmLM()),
+        lambda g: (torch.randint(0, 30, (3, 11), generator=g),),
+    ),
+    "transformer_encoder": (
+        lambda: _converted(Encoder()),
+        lambda g: (torch.randn(3, 9, 16, generator=g),),
+    ),
+    "lenet": (
+        lambda: fastdl.models.LeNet5().eval(),
+        lambda g: (torch.randn(2, 1, 32, 32, generator=g),),
+    ),
+    "set_transformer": (
+        lambda: fastdl.models.SetTransformer(3, 1, 2, num_inds=4, dim_hidden=16, ln=True).eval(),
+        lambda g: (torch.randn(2, 20, 3, generator=g),),
+    ),
+    "histnetq": (
+        lambda: fastdl.models.HistNetQ(
+            4, 3, n_bins=5, n_features=6, hidden=8, extractor_hidden=8
+        ).eval(),
+        lambda g: (torch.randn(2, 30, 4, generator=g),),
+    ),
 }
 
 
@@ -78,7 +93,9 @@ def test_save_load_deepcopy_pickle(name):
     buffer.seek(0)
     whole = torch.load(buffer, weights_only=False)
     assert type(whole) is type(model)
-    assert [type(m) for m in whole.modules()] == [type(m) for m in model.modules()]  # still fastdl layers
+    assert [type(m) for m in whole.modules()] == [
+        type(m) for m in model.modules()
+    ]  # still fastdl layers
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
@@ -87,22 +104,30 @@ def test_save_load_deepcopy_pickle(name):
         for p in fresh.parameters():
             p.add_(1.0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
-    clones = {"torch.load (whole model)": whole, "load_state_dict": fresh, "copy.deepcopy": copy.deepcopy(model),
-              "pickle": pickle.loads(pickle.dumps(model))}
+    clones = {
+        "torch.load (whole model)": whole,
+        "load_state_dict": fresh,
+        "copy.deepcopy": copy.deepcopy(model),
+        "pickle": pickle.loads(pickle.dumps(model)),
+    }
     with torch.no_grad():
         for how, clone in clones.items():
             got = clone(*args)
             assert torch.equal(got, expected), f"{how}: differs by {(got - expected).abs().max()}"
 
 
-@pytest.mark.parametrize("name", ["lstm_lm", "transformer_encoder", "lenet", "set_transformer", "histnetq"])
+@pytest.mark.parametrize(
+    "name", ["lstm_lm", "transformer_encoder", "lenet", "set_transformer", "histnetq"]
+)
 def test_export_round_trip(name):
     model, args = _model(name)
     with torch.no_grad():
         expected = model(*args)
     exported = torch.export.export(model, args)
     ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
-    assert any(op.startswith("fastdl.") for op in ops), f"no fastdl op in the exported graph: {sorted(ops)}"
+    assert any(op.startswith("fastdl.") for op in ops), (
+        f"no fastdl op in the exported graph: {sorted(ops)}"
+    )
     buffer = io.BytesIO()
     torch.export.save(exported, buffer)
     buffer.seek(0)

@@ -29,23 +29,41 @@ NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 def bert_config(**kw):
     return transformers.BertConfig(
-        **{**SMALL, **NO_DROPOUT, "vocab_size": VOCAB, "max_position_embeddings": 64, **kw})
+        **{**SMALL, **NO_DROPOUT, "vocab_size": VOCAB, "max_position_embeddings": 64, **kw}
+    )
 
 
 def llama_config(**kw):
     return transformers.LlamaConfig(
-        **{**SMALL, "vocab_size": VOCAB, "max_position_embeddings": 64, "num_key_value_heads": 2,
-           **kw})
+        **{
+            **SMALL,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": 64,
+            "num_key_value_heads": 2,
+            **kw,
+        }
+    )
 
 
 def vit_config(**kw):
     return transformers.ViTConfig(
-        **{**SMALL, **NO_DROPOUT, "image_size": 32, "patch_size": 8, **kw})
+        **{**SMALL, **NO_DROPOUT, "image_size": 32, "patch_size": 8, **kw}
+    )
 
 
 def t5_config(**kw):
-    return transformers.T5Config(**{"vocab_size": VOCAB, "d_model": 64, "d_kv": 16, "d_ff": 128,
-                                    "num_layers": 2, "num_heads": 4, "dropout_rate": 0.0, **kw})
+    return transformers.T5Config(
+        **{
+            "vocab_size": VOCAB,
+            "d_model": 64,
+            "d_kv": 16,
+            "d_ff": 128,
+            "num_layers": 2,
+            "num_heads": 4,
+            "dropout_rate": 0.0,
+            **kw,
+        }
+    )
 
 
 def _ids():
@@ -67,8 +85,11 @@ MODELS = {  # name: (config, model class, inputs)
     "bert-unpadded": (bert_config, transformers.BertModel, lambda: (_ids(),)),
     "llama-gqa": (llama_config, transformers.LlamaModel, lambda: (_ids(), _padded(left=True))),
     "llama-gqa-causal": (llama_config, transformers.LlamaModel, lambda: (_ids(),)),
-    "vit": (vit_config, transformers.ViTModel,
-            lambda: (torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)),
+    "vit": (
+        vit_config,
+        transformers.ViTModel,
+        lambda: (torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(0)),),
+    ),
     "t5-encoder": (t5_config, transformers.T5EncoderModel, lambda: (_ids(), _padded())),
 }
 
@@ -118,7 +139,7 @@ def test_arguments_reach_the_kernel():
     mask = call["attn_mask"].expand(B, 4, L, L)
     assert torch.equal(mask[1, :, :, 8:], torch.zeros(4, L, 4, dtype=torch.bool))
     assert bool(mask[0].all()) and bool(mask[1, :, :, :8].all())
-    assert call["scale"] == pytest.approx(16 ** -0.5)
+    assert call["scale"] == pytest.approx(16**-0.5)
     assert _sdpa_calls(bert, ids)[0]["attn_mask"] is None  # no padding: no mask
 
     llama, _ = _build("llama-gqa", NAME)

@@ -78,13 +78,28 @@ def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
     # ccache hashes paths below the checkout relative to it, so a fresh clone's wheel build
     # reuses an earlier checkout's objects.
-    env = dict(os.environ, FASTDL_CUDA="OFF",
-               CCACHE_BASEDIR=os.environ.get("CCACHE_BASEDIR", str(ROOT)))
+    env = dict(
+        os.environ, FASTDL_CUDA="OFF", CCACHE_BASEDIR=os.environ.get("CCACHE_BASEDIR", str(ROOT))
+    )
     # A full build where ccache has not seen these sources (each CPU kernel file is compiled
     # once per ISA): up to ~20 minutes on 2 busy cores.
-    _run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-build-isolation", "--no-deps",
-          "-w", str(dist), f"--config-settings=build-dir={BUILD_DIR}"], "pip wheel", env=env,
-         timeout=1800)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-build-isolation",
+            "--no-deps",
+            "-w",
+            str(dist),
+            f"--config-settings=build-dir={BUILD_DIR}",
+        ],
+        "pip wheel",
+        env=env,
+        timeout=1800,
+    )
     wheels = list(dist.glob("fastdl-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -97,13 +112,19 @@ def venv(tmp_path_factory, wheel) -> Path:
     root = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", "--without-pip", str(root)], "python -m venv")
     python = root / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                     "site-packages").strip())
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            "site-packages",
+        ).strip()
+    )
     _link_torch(site)
     probe = "import importlib.util as u; print(u.find_spec('fastdl'), u.find_spec('pytest'))"
     assert _run([str(python), "-I", "-c", probe], "probe").split() == ["None", "None"]
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index",
-          str(wheel)], "pip install the wheel")
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", str(wheel)],
+        "pip install the wheel",
+    )
     return root
 
 
@@ -117,10 +138,15 @@ def test_wheel_metadata_and_contents(wheel):
     assert f"Requires-Dist: torch=={release}" in meta.splitlines()
     for field in ("Summary: ", "License: ", "Classifier: ", "Project-URL: ", "Requires-Python: "):
         assert field in meta, field
-    assert 'Provides-Extra: transformers' in meta
-    for required in ("fastdl/__init__.py", "fastdl/patch.py", "fastdl/integrations/transformers.py",
-                     "fastdl/lib/libfastdl.so", "fastdl/include/fastdl/fastdl.h",
-                     "fastdl/share/cmake/fastdl/fastdlConfig.cmake"):
+    assert "Provides-Extra: transformers" in meta
+    for required in (
+        "fastdl/__init__.py",
+        "fastdl/patch.py",
+        "fastdl/integrations/transformers.py",
+        "fastdl/lib/libfastdl.so",
+        "fastdl/include/fastdl/fastdl.h",
+        "fastdl/share/cmake/fastdl/fastdlConfig.cmake",
+    ):
         assert required in names, required
     assert any(re.fullmatch(r"fastdl/_C\..*\.so", n) for n in names)
 
@@ -156,8 +182,15 @@ def test_find_package_from_wheel(venv, tmp_path):
     cmake, cxx = _cmake(), _cxx()
     if cmake is None or cxx is None:
         pytest.skip("no cmake >= 3.26 or no C++ compiler")
-    prefix = _run([str(venv / "bin" / "python"), "-I", "-c",
-                   "import fastdl; print(fastdl.cmake_prefix_path())"], "prefix").strip()
+    prefix = _run(
+        [
+            str(venv / "bin" / "python"),
+            "-I",
+            "-c",
+            "import fastdl; print(fastdl.cmake_prefix_path())",
+        ],
+        "prefix",
+    ).strip()
     build = tmp_path / "example"
     program = build_example(build, prefix, cmake, cxx)
     found = re.search(r"^fastdl_DIR:PATH=(.*)$", (build / "CMakeCache.txt").read_text(), re.M)

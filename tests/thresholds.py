@@ -77,7 +77,7 @@ def dominant_keys(dtype: torch.dtype, positions: list[int], keys: int, dim: int)
     rows = len(positions)
     assert dim >= rows
     margin = 200.0 if dtype == torch.float32 else 1000.0
-    c = (margin * dim ** 0.5) ** 0.5  # scale * c^2 = margin, scale = 1 / sqrt(dim)
+    c = (margin * dim**0.5) ** 0.5  # scale * c^2 = margin, scale = 1 / sqrt(dim)
     q = torch.zeros(1, 1, rows, dim, dtype=torch.float64)
     k = 0.1 * torch.randn(1, 1, keys, dim, dtype=torch.float64)
     for i, p in enumerate(positions):

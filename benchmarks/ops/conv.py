@@ -19,25 +19,50 @@ TOLERANCE = {
 }
 
 
-def conv_case(device: str, dtype: torch.dtype, n: int, c: int, hw: int, k: int, groups: int,
-              channels_last: bool) -> Case:
+def conv_case(
+    device: str,
+    dtype: torch.dtype,
+    n: int,
+    c: int,
+    hw: int,
+    k: int,
+    groups: int,
+    channels_last: bool,
+) -> Case:
     kh = kw = 3
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def make_inputs():
-        x = torch.randn(n, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=memory_format)
-        w = torch.randn(k, c // groups, kh, kw, device=device, dtype=dtype) / (c // groups * kh * kw) ** 0.5
+        x = torch.randn(n, c, hw, hw, device=device, dtype=dtype).contiguous(
+            memory_format=memory_format
+        )
+        w = (
+            torch.randn(k, c // groups, kh, kw, device=device, dtype=dtype)
+            / (c // groups * kh * kw) ** 0.5
+        )
         b = torch.randn(k, device=device, dtype=dtype)
         return (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), 1, 1, 1, groups)
 
     flops = 2.0 * n * k * hw * hw * (c // groups) * kh * kw
     op = "conv2d" if groups == 1 else "conv2d_depthwise"
     label = f"N{n} C{c} {hw}x{hw} K{k} 3x3" + " channels_last" * channels_last
-    return Case(op, label, dtype, device, make_inputs, fastdl.functional.conv2d, F.conv2d,
-                flops_fwd=flops, flops_fwd_bwd=3 * flops, **TOLERANCE[dtype])
+    return Case(
+        op,
+        label,
+        dtype,
+        device,
+        make_inputs,
+        fastdl.functional.conv2d,
+        F.conv2d,
+        flops_fwd=flops,
+        flops_fwd_bwd=3 * flops,
+        **TOLERANCE[dtype],
+    )
 
 
-def model_step_case(device: str, name: str, model, x_shape: tuple[int, ...], flops_fwd: float) -> Case:
+def model_step_case(
+    device: str, name: str, model, x_shape: tuple[int, ...], flops_fwd: float
+) -> Case:
     """A training step of ``model`` (forward, and backward to every parameter and the input):
     the fastdl model against its ``torch_twin()`` (the same architecture from torch.nn layers,
     same weights). The parameters are passed as arguments (torch.func's functional_call), so
@@ -54,8 +79,18 @@ def model_step_case(device: str, name: str, model, x_shape: tuple[int, ...], flo
         return (x, *[p.detach().clone().requires_grad_() for p in model.parameters()])
 
     label = "N{} C{} {}x{}".format(*x_shape)
-    return Case(name, label, torch.float32, device, make_inputs, run(model), run(twin),
-                flops_fwd=flops_fwd, flops_fwd_bwd=3 * flops_fwd, **TOLERANCE[torch.float32])
+    return Case(
+        name,
+        label,
+        torch.float32,
+        device,
+        make_inputs,
+        run(model),
+        run(twin),
+        flops_fwd=flops_fwd,
+        flops_fwd_bwd=3 * flops_fwd,
+        **TOLERANCE[torch.float32],
+    )
 
 
 def lenet5_step_case(device: str, n: int) -> Case:
@@ -69,7 +104,9 @@ def resnet_block_step_case(device: str, n: int, c: int, hw: int) -> Case:
     """A ResNet basic block (two 3x3 convs, BatchNorm, identity shortcut), training mode."""
     torch.manual_seed(0)
     flops = 2 * 2.0 * n * c * hw * hw * c * 9
-    return model_step_case(device, "resnet_block_step", fastdl.models.ResNetBlock(c, c), (n, c, hw, hw), flops)
+    return model_step_case(
+        device, "resnet_block_step", fastdl.models.ResNetBlock(c, c), (n, c, hw, hw), flops
+    )
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -79,12 +116,16 @@ def cases(device: str, quick: bool) -> list[Case]:
     56x56, plus the fp32 NCHW dense case. CPU bf16: the two fp32 convolution shapes."""
     if device == "cpu":
         n = 4 if quick else 8
-        return [conv_case("cpu", torch.float32, n, 32, 32, 64, 1, False),
-                conv_case("cpu", torch.float32, n, 64, 32, 64, 64, False),
-                lenet5_step_case("cpu", 8 * n),
-                resnet_block_step_case("cpu", n, 32, 32),
-                conv_case("cpu", torch.bfloat16, n, 32, 32, 64, 1, False),
-                conv_case("cpu", torch.bfloat16, n, 64, 32, 64, 64, False)]
-    return [conv_case("cuda", torch.bfloat16, 32, 64, 56, 64, 1, True),
-            conv_case("cuda", torch.float32, 32, 64, 56, 64, 1, False),
-            conv_case("cuda", torch.bfloat16, 32, 256, 56, 256, 256, True)]
+        return [
+            conv_case("cpu", torch.float32, n, 32, 32, 64, 1, False),
+            conv_case("cpu", torch.float32, n, 64, 32, 64, 64, False),
+            lenet5_step_case("cpu", 8 * n),
+            resnet_block_step_case("cpu", n, 32, 32),
+            conv_case("cpu", torch.bfloat16, n, 32, 32, 64, 1, False),
+            conv_case("cpu", torch.bfloat16, n, 64, 32, 64, 64, False),
+        ]
+    return [
+        conv_case("cuda", torch.bfloat16, 32, 64, 56, 64, 1, True),
+        conv_case("cuda", torch.float32, 32, 64, 56, 64, 1, False),
+        conv_case("cuda", torch.bfloat16, 32, 256, 56, 256, 256, True),
+    ]

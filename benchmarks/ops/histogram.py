@@ -55,8 +55,16 @@ def _away_from_kinks(x: torch.Tensor, bins: int, dtype: torch.dtype) -> torch.Te
     return x
 
 
-def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, bins: int,
-                   masked: bool = False, dtype: torch.dtype = torch.float32) -> Case:
+def histogram_case(
+    device: str,
+    kernel: str,
+    bags: int,
+    n: int,
+    features: int,
+    bins: int,
+    masked: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Case:
     """One kernel at (bags, N, F, B); ``masked``: bags of different sizes, bag i holding
     N - i * N / (2 bags) present elements (from N down to about N/2)."""
 
@@ -64,8 +72,12 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
         x = _away_from_kinks(torch.rand(bags, n, features), bins, dtype)
         centers = ((torch.arange(bins) + 0.5) / bins).repeat(features, 1)
         half_width = 1 / (2 * bins)
-        width = {"soft": 1 / half_width, "rbf": 1 / half_width, "hard": half_width,
-                 "sigmoid": 2 * half_width}[kernel]
+        width = {
+            "soft": 1 / half_width,
+            "rbf": 1 / half_width,
+            "hard": half_width,
+            "sigmoid": 2 * half_width,
+        }[kernel]
         widths = torch.full((features, bins), width)
         mask = None
         if masked:
@@ -79,30 +91,48 @@ def histogram_case(device: str, kernel: str, bags: int, n: int, features: int, b
     out_bytes = bags * features * bins * itemsize
     mask_bytes = bags * n if masked else 0
     label = f"{kernel} bags{bags} N{n} F{features} B{bins}" + (" masked" if masked else "")
-    return Case("histogram", label, dtype, device, make_inputs,
-                fastdl.functional.histogram, histogram_reference,
-                bytes_fwd=x_bytes + out_bytes + mask_bytes,
-                bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes, **TOLERANCE[dtype])
+    return Case(
+        "histogram",
+        label,
+        dtype,
+        device,
+        make_inputs,
+        fastdl.functional.histogram,
+        histogram_reference,
+        bytes_fwd=x_bytes + out_bytes + mask_bytes,
+        bytes_fwd_bwd=3 * x_bytes + 2 * out_bytes + 2 * mask_bytes,
+        **TOLERANCE[dtype],
+    )
 
 
-def histnetq_step_case(device: str, bags: int, n: int, in_features: int, n_classes: int = 4,
-                       n_features: int = 64, bins: int = 32) -> Case:
+def histnetq_step_case(
+    device: str,
+    bags: int,
+    n: int,
+    in_features: int,
+    n_classes: int = 4,
+    n_features: int = 64,
+    bins: int = 32,
+) -> Case:
     """A HistNetQ training step (forward, and backward to every parameter and the input):
     fastdl's model against the same model, same weights, whose histogram layer is the
     pure-PyTorch composition. The parameters are passed as arguments (torch.func's
     functional_call), so the harness differentiates and compares all of them."""
     torch.manual_seed(0)
-    model = fastdl.models.HistNetQ(in_features, n_classes, n_bins=bins, histogram="soft",
-                                   n_features=n_features).to(device)
+    model = fastdl.models.HistNetQ(
+        in_features, n_classes, n_bins=bins, histogram="soft", n_features=n_features
+    ).to(device)
     names = [name for name, _ in model.named_parameters()]
     layer = model.histogram
 
     def with_reference_histogram(x, *params):
         # The model with its histogram layer's op swapped for the reference, same parameters.
         def reference_forward(h, mask=None):
-            out = histogram_reference(h, layer.centers, layer.widths, layer.kernel, mask,
-                                      layer.normalize, layer.sharpness)
+            out = histogram_reference(
+                h, layer.centers, layer.widths, layer.kernel, mask, layer.normalize, layer.sharpness
+            )
             return out.flatten(-2)
+
         original = layer.forward
         layer.forward = reference_forward
         try:
@@ -119,9 +149,18 @@ def histnetq_step_case(device: str, bags: int, n: int, in_features: int, n_class
         return (x, *params)
 
     x_bytes = bags * n * in_features * 4
-    return Case("histnetq_step", f"bags{bags} N{n} in{in_features} F{n_features} B{bins}",
-                torch.float32, device, make_inputs, with_fastdl, with_reference_histogram,
-                bytes_fwd=x_bytes, bytes_fwd_bwd=3 * x_bytes, **TOLERANCE[torch.float32])
+    return Case(
+        "histnetq_step",
+        f"bags{bags} N{n} in{in_features} F{n_features} B{bins}",
+        torch.float32,
+        device,
+        make_inputs,
+        with_fastdl,
+        with_reference_histogram,
+        bytes_fwd=x_bytes,
+        bytes_fwd_bwd=3 * x_bytes,
+        **TOLERANCE[torch.float32],
+    )
 
 
 def cases(device: str, quick: bool) -> list[Case]:

@@ -32,7 +32,9 @@ import fastdl
 from harness import FWD, Case
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = (
+    weakref.WeakKeyDictionary()
+)
 
 TOLERANCE = {
     torch.float32: dict(atol=1e-4, rtol=1e-4),
@@ -42,32 +44,40 @@ TOLERANCE = {
 
 def _patched(forward):
     """``forward`` run under fastdl.patch()."""
+
     def run(*args):
         with fastdl.patch():
             return forward(*args)
+
     return run
 
 
 def _converted(run):
     """``run(model, *args)`` on fastdl.nn.convert's copy of ``model`` (made once per model)."""
+
     def fastdl_run(model, *args):
         if model not in _CONVERTED:
             twin = copy.deepcopy(model)
             fastdl.nn.convert(twin)
             _CONVERTED[model] = twin
         return run(_CONVERTED[model], *args)
+
     return fastdl_run
 
 
 def _train_step(forward):
     """A training step of ``forward(model, *args)``: the gradients of every parameter of
     mean(output^2), with autograd on even where the harness times under no_grad."""
+
     def step(model, *args):
         with torch.enable_grad():
             out = forward(model, *args)
-            loss = sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+            loss = sum(
+                o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,))
+            )
             params = [p for p in model.parameters() if p.requires_grad]
             return torch.autograd.grad(loss, params)
+
     return step
 
 
@@ -90,8 +100,9 @@ def torchvision_case(device: str, name: str, batch: int, image: int, train: bool
     # gradients of mobilenet_v2 are 0.04 off its float64 ones (fastdl's: 0.05), so the check
     # there can only catch gross errors.
     tol = dict(atol=1e-1, rtol=1e-1) if train else dict(atol=1e-3, rtol=1e-3)
-    return Case(name, label, torch.float32, device, make_inputs, _converted(run), run,
-                modes=(FWD,), **tol)
+    return Case(
+        name, label, torch.float32, device, make_inputs, _converted(run), run, modes=(FWD,), **tol
+    )
 
 
 def _example(module: str):
@@ -109,8 +120,18 @@ def char_lm_case(device: str, batch: int, length: int, hidden: int) -> Case:
         return (model, torch.randint(0, 96, (batch, length), device=device))
 
     run = _train_step(lambda model, tokens: model(tokens)[0])
-    return Case("char_lm_step", f"B{batch} T{length} H{hidden} lstm x2", torch.float32, device,
-                make_inputs, _converted(run), run, modes=(FWD,), atol=1e-4, rtol=1e-3)
+    return Case(
+        "char_lm_step",
+        f"B{batch} T{length} H{hidden} lstm x2",
+        torch.float32,
+        device,
+        make_inputs,
+        _converted(run),
+        run,
+        modes=(FWD,),
+        atol=1e-4,
+        rtol=1e-3,
+    )
 
 
 def transformer_case(device: str, batch: int, length: int) -> Case:
@@ -123,8 +144,18 @@ def transformer_case(device: str, batch: int, length: int) -> Case:
         return (model, tokens.to(device), padding.to(device))
 
     run = _train_step(lambda model, tokens, padding: model(tokens, padding))
-    return Case("transformer_step", f"B{batch} L{length} d32 x2 padded", torch.float32, device,
-                make_inputs, _converted(run), run, modes=(FWD,), atol=1e-4, rtol=1e-3)
+    return Case(
+        "transformer_step",
+        f"B{batch} L{length} d32 x2 padded",
+        torch.float32,
+        device,
+        make_inputs,
+        _converted(run),
+        run,
+        modes=(FWD,),
+        atol=1e-4,
+        rtol=1e-3,
+    )
 
 
 def _encoder_flops(batch: int, seq: int, width: int, mlp: int, layers: int) -> float:
@@ -133,8 +164,9 @@ def _encoder_flops(batch: int, seq: int, width: int, mlp: int, layers: int) -> f
     return layers * (projections + 4.0 * tokens * seq * width)
 
 
-def bert_case(device: str, dtype: torch.dtype, batch: int, seq: int, width: int, layers: int,
-              heads: int) -> Case:
+def bert_case(
+    device: str, dtype: torch.dtype, batch: int, seq: int, width: int, layers: int, heads: int
+) -> Case:
     """A BERT-style encoder (transformers' BertModel from a config, random weights) over
     ``batch`` sequences of ``seq`` tokens, the last eighth of the second one padded (the
     padding mask reaches SDPA as a boolean mask)."""
@@ -144,22 +176,36 @@ def bert_case(device: str, dtype: torch.dtype, batch: int, seq: int, width: int,
         import transformers
 
         config = transformers.BertConfig(
-            vocab_size=30522, hidden_size=width, num_hidden_layers=layers,
-            num_attention_heads=heads, intermediate_size=mlp, max_position_embeddings=seq,
-            attn_implementation="sdpa")
+            vocab_size=30522,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=mlp,
+            max_position_embeddings=seq,
+            attn_implementation="sdpa",
+        )
         model = transformers.BertModel(config).to(device, dtype).eval()
         ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
         mask = torch.ones(batch, seq, dtype=torch.long, device=device)
-        mask[min(1, batch - 1), seq - seq // 8:] = 0
+        mask[min(1, batch - 1), seq - seq // 8 :] = 0
         return (model, ids, mask)
 
     def forward(model, ids, mask):
         return model(input_ids=ids, attention_mask=mask).last_hidden_state
 
     label = f"B{batch} L{seq} H{width} x{layers} heads{heads} padded"
-    return Case("hf_bert_forward", label, dtype, device, make_inputs, _patched(forward), forward,
-                modes=(FWD,), flops_fwd=_encoder_flops(batch, seq, width, mlp, layers),
-                **TOLERANCE[dtype])
+    return Case(
+        "hf_bert_forward",
+        label,
+        dtype,
+        device,
+        make_inputs,
+        _patched(forward),
+        forward,
+        modes=(FWD,),
+        flops_fwd=_encoder_flops(batch, seq, width, mlp, layers),
+        **TOLERANCE[dtype],
+    )
 
 
 def vit_case(device: str, dtype: torch.dtype, name: str, batch: int, image: int) -> Case:
@@ -179,13 +225,26 @@ def vit_case(device: str, dtype: torch.dtype, name: str, batch: int, image: int)
     seq = (image // patch) ** 2 + 1
     flops = _encoder_flops(batch, seq, width, 4 * width, layers)
     label = f"{name} B{batch} {image}x{image} ({seq} tokens)"
-    return Case("timm_vit_forward", label, dtype, device, make_inputs, _patched(forward), forward,
-                modes=(FWD,), flops_fwd=flops, **TOLERANCE[dtype])
+    return Case(
+        "timm_vit_forward",
+        label,
+        dtype,
+        device,
+        make_inputs,
+        _patched(forward),
+        forward,
+        modes=(FWD,),
+        flops_fwd=flops,
+        **TOLERANCE[dtype],
+    )
 
 
 # width, layers, patch size of the timm ViTs used here.
-_VIT_DIMS = {"vit_tiny_patch16_224": (192, 12, 16), "vit_small_patch16_224": (384, 12, 16),
-             "vit_base_patch16_224": (768, 12, 16)}
+_VIT_DIMS = {
+    "vit_tiny_patch16_224": (192, 12, 16),
+    "vit_small_patch16_224": (384, 12, 16),
+    "vit_base_patch16_224": (768, 12, 16),
+}
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -195,14 +254,25 @@ def cases(device: str, quick: bool) -> list[Case]:
     (197 tokens); ``quick``: resnet18 only, smaller LM/encoder batches, one BERT sequence of
     two layers, 2 ViT images. CUDA: bf16 BERT-base size (B8 L512 H768 x12) and ViT-Base B32."""
     if device == "cpu":
-        vision = [torchvision_case("cpu", name, 2, 224, train)
-                  for name in ("resnet18", "mobilenet_v2", "convnext_tiny") for train in (False, True)]
+        vision = [
+            torchvision_case("cpu", name, 2, 224, train)
+            for name in ("resnet18", "mobilenet_v2", "convnext_tiny")
+            for train in (False, True)
+        ]
         if quick:
-            return vision[:2] + [char_lm_case("cpu", 8, 32, 64), transformer_case("cpu", 16, 32),
-                                 bert_case("cpu", torch.float32, 1, 512, 256, 2, 4),
-                                 vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 2, 224)]
-        return vision + [char_lm_case("cpu", 16, 64, 128), transformer_case("cpu", 32, 64),
-                         bert_case("cpu", torch.float32, 2, 512, 256, 4, 4),
-                         vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 8, 224)]
-    return [bert_case("cuda", torch.bfloat16, 8, 512, 768, 12, 12),
-            vit_case("cuda", torch.bfloat16, "vit_base_patch16_224", 32, 224)]
+            return vision[:2] + [
+                char_lm_case("cpu", 8, 32, 64),
+                transformer_case("cpu", 16, 32),
+                bert_case("cpu", torch.float32, 1, 512, 256, 2, 4),
+                vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 2, 224),
+            ]
+        return vision + [
+            char_lm_case("cpu", 16, 64, 128),
+            transformer_case("cpu", 32, 64),
+            bert_case("cpu", torch.float32, 2, 512, 256, 4, 4),
+            vit_case("cpu", torch.float32, "vit_tiny_patch16_224", 8, 224),
+        ]
+    return [
+        bert_case("cuda", torch.bfloat16, 8, 512, 768, 12, 12),
+        vit_case("cuda", torch.bfloat16, "vit_base_patch16_224", 32, 224),
+    ]

@@ -28,8 +28,9 @@ def _param(size: int, device: str, dtype: torch.dtype, center: float) -> torch.T
     return (center + 0.1 * torch.randn(size)).to(device, dtype).requires_grad_()
 
 
-def layer_norm_case(device: str, dtype: torch.dtype, rows: int, features: int,
-                    param_grads: bool = True) -> Case:
+def layer_norm_case(
+    device: str, dtype: torch.dtype, rows: int, features: int, param_grads: bool = True
+) -> Case:
     """LayerNorm over the last dim of a (rows, features) input, with weight and bias (their
     gradients too unless ``param_grads`` is False)."""
 
@@ -40,13 +41,27 @@ def layer_norm_case(device: str, dtype: torch.dtype, rows: int, features: int,
 
     activation = rows * features * dtype.itemsize
     label = f"{rows}x{features}" + ("" if param_grads else " (grad of x only)")
-    return Case("layer_norm", label, dtype, device, make_inputs,
-                fastdl.functional.layer_norm, F.layer_norm,
-                bytes_fwd=2 * activation, bytes_fwd_bwd=5 * activation, **TOLERANCE[dtype])
+    return Case(
+        "layer_norm",
+        label,
+        dtype,
+        device,
+        make_inputs,
+        fastdl.functional.layer_norm,
+        F.layer_norm,
+        bytes_fwd=2 * activation,
+        bytes_fwd_bwd=5 * activation,
+        **TOLERANCE[dtype],
+    )
 
 
-def batch_norm_case(device: str, dtype: torch.dtype, shape: tuple[int, ...], training: bool,
-                    channels_last: bool = False) -> Case:
+def batch_norm_case(
+    device: str,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    training: bool,
+    channels_last: bool = False,
+) -> Case:
     """BatchNorm2d on an (N, C, H, W) input with weight, bias and running statistics
     (momentum 0.1); training updates the running statistics, eval uses them (fwd only)."""
     channels = shape[1]
@@ -62,10 +77,19 @@ def batch_norm_case(device: str, dtype: torch.dtype, shape: tuple[int, ...], tra
     label = "x".join(map(str, shape)) + (" train" if training else " eval")
     label += " channels_last" * channels_last
     activation = math.prod(shape) * dtype.itemsize
-    return Case("batch_norm", label, dtype, device, make_inputs,
-                fastdl.functional.batch_norm, F.batch_norm,
-                modes=(FWD, FWD_BWD) if training else (FWD,),
-                bytes_fwd=2 * activation, bytes_fwd_bwd=5 * activation, **TOLERANCE[dtype])
+    return Case(
+        "batch_norm",
+        label,
+        dtype,
+        device,
+        make_inputs,
+        fastdl.functional.batch_norm,
+        F.batch_norm,
+        modes=(FWD, FWD_BWD) if training else (FWD,),
+        bytes_fwd=2 * activation,
+        bytes_fwd_bwd=5 * activation,
+        **TOLERANCE[dtype],
+    )
 
 
 def cases(device: str, quick: bool) -> list[Case]:

@@ -26,8 +26,9 @@ def _out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
-def pool_case(op: str, device: str, dtype: torch.dtype, shape: tuple[int, int, int, int],
-              channels_last: bool) -> Case:
+def pool_case(
+    op: str, device: str, dtype: torch.dtype, shape: tuple[int, int, int, int], channels_last: bool
+) -> Case:
     n, c, h, w = shape
     k, s, p = (3, 2, 1) if op == "max_pool2d" else (2, 2, 0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -43,9 +44,18 @@ def pool_case(op: str, device: str, dtype: torch.dtype, shape: tuple[int, int, i
     y_bytes = outputs * dtype.itemsize
     idx_bytes = outputs * 8 if op == "max_pool2d" else 0
     label = "x".join(map(str, shape)) + f" k{k}s{s}" + " channels_last" * channels_last
-    return Case(op, label, dtype, device, make_inputs, ours, theirs,
-                bytes_fwd=x_bytes + y_bytes + idx_bytes,
-                bytes_fwd_bwd=2 * (x_bytes + y_bytes + idx_bytes), **TOLERANCE[dtype])
+    return Case(
+        op,
+        label,
+        dtype,
+        device,
+        make_inputs,
+        ours,
+        theirs,
+        bytes_fwd=x_bytes + y_bytes + idx_bytes,
+        bytes_fwd_bwd=2 * (x_bytes + y_bytes + idx_bytes),
+        **TOLERANCE[dtype],
+    )
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -57,5 +67,9 @@ def cases(device: str, quick: bool) -> list[Case]:
         shape = (4, 16, 32, 32) if quick else (8, 32, 32, 32)
     else:
         dtypes, shape = [torch.float32, torch.bfloat16], (32, 64, 112, 112)
-    return [pool_case(op, device, dtype, shape, cl)
-            for dtype in dtypes for op in ("max_pool2d", "avg_pool2d") for cl in (False, True)]
+    return [
+        pool_case(op, device, dtype, shape, cl)
+        for dtype in dtypes
+        for op in ("max_pool2d", "avg_pool2d")
+        for cl in (False, True)
+    ]

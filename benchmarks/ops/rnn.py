@@ -24,12 +24,21 @@ TOLERANCE = {
 
 
 def _weights(gates: int, inp: int, hidden: int, device: str, dtype: torch.dtype):
-    bound = hidden ** -0.5
-    mk = lambda *s: (torch.rand(*s, device=device, dtype=dtype) * 2 - 1).mul_(bound).requires_grad_()  # noqa: E731
-    return mk(gates * hidden, inp), mk(gates * hidden, hidden), mk(gates * hidden), mk(gates * hidden)
+    bound = hidden**-0.5
+    mk = lambda *s: (
+        (torch.rand(*s, device=device, dtype=dtype) * 2 - 1).mul_(bound).requires_grad_()
+    )  # noqa: E731
+    return (
+        mk(gates * hidden, inp),
+        mk(gates * hidden, hidden),
+        mk(gates * hidden),
+        mk(gates * hidden),
+    )
 
 
-def rnn_case(kind: str, device: str, dtype: torch.dtype, steps: int, batch: int, inp: int, hidden: int) -> Case:
+def rnn_case(
+    kind: str, device: str, dtype: torch.dtype, steps: int, batch: int, inp: int, hidden: int
+) -> Case:
     gates = 4 if kind == "lstm" else 3
 
     def make_inputs():
@@ -39,13 +48,17 @@ def rnn_case(kind: str, device: str, dtype: torch.dtype, steps: int, batch: int,
         return (x, h0, c0) + _weights(gates, inp, hidden, device, dtype)
 
     if kind == "lstm":
+
         def ours(x, h0, c0, *w):
             return F.lstm(x, h0, c0, *w)
 
         def theirs(x, h0, c0, *w):
-            out, h, c = torch.lstm(x, (h0.unsqueeze(0), c0.unsqueeze(0)), list(w), True, 1, 0.0, True, False, False)
+            out, h, c = torch.lstm(
+                x, (h0.unsqueeze(0), c0.unsqueeze(0)), list(w), True, 1, 0.0, True, False, False
+            )
             return out, h[0], c[0]
     else:
+
         def ours(x, h0, c0, *w):  # c0 is unused (no cell state)
             return F.gru(x, h0, *w)
 
@@ -54,11 +67,23 @@ def rnn_case(kind: str, device: str, dtype: torch.dtype, steps: int, batch: int,
             return out, h[0]
 
     flops = 2.0 * steps * batch * gates * hidden * (inp + hidden)
-    return Case(kind, f"T{steps} B{batch} I{inp} H{hidden}", dtype, device, make_inputs, ours, theirs,
-                flops_fwd=flops, flops_fwd_bwd=3 * flops, **TOLERANCE[dtype])
+    return Case(
+        kind,
+        f"T{steps} B{batch} I{inp} H{hidden}",
+        dtype,
+        device,
+        make_inputs,
+        ours,
+        theirs,
+        flops_fwd=flops,
+        flops_fwd_bwd=3 * flops,
+        **TOLERANCE[dtype],
+    )
 
 
-def cell_case(kind: str, device: str, dtype: torch.dtype, batch: int, inp: int, hidden: int) -> Case:
+def cell_case(
+    kind: str, device: str, dtype: torch.dtype, batch: int, inp: int, hidden: int
+) -> Case:
     gates = 4 if kind == "lstm" else 3
 
     def make_inputs():
@@ -74,8 +99,18 @@ def cell_case(kind: str, device: str, dtype: torch.dtype, batch: int, inp: int, 
         ours = lambda x, h, c, *w: F.gru_cell(x, h, *w)  # noqa: E731
         theirs = lambda x, h, c, *w: torch.gru_cell(x, h, *w)  # noqa: E731
     flops = 2.0 * batch * gates * hidden * (inp + hidden)
-    return Case(f"{kind}_cell", f"B{batch} I{inp} H{hidden}", dtype, device, make_inputs, ours, theirs,
-                flops_fwd=flops, flops_fwd_bwd=3 * flops, **TOLERANCE[dtype])
+    return Case(
+        f"{kind}_cell",
+        f"B{batch} I{inp} H{hidden}",
+        dtype,
+        device,
+        make_inputs,
+        ours,
+        theirs,
+        flops_fwd=flops,
+        flops_fwd_bwd=3 * flops,
+        **TOLERANCE[dtype],
+    )
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -84,16 +119,20 @@ def cases(device: str, quick: bool) -> list[Case]:
     I256 H256 fp32."""
     if device == "cpu":
         steps = 16 if quick else 64
-        return [rnn_case("lstm", "cpu", torch.float32, steps, 16, 128, 256),
-                rnn_case("gru", "cpu", torch.float32, steps, 16, 128, 256),
-                cell_case("lstm", "cpu", torch.float32, 16, 128, 256),
-                cell_case("gru", "cpu", torch.float32, 16, 128, 256),
-                rnn_case("lstm", "cpu", torch.bfloat16, steps, 16, 128, 256),
-                rnn_case("gru", "cpu", torch.bfloat16, steps, 16, 128, 256)]
+        return [
+            rnn_case("lstm", "cpu", torch.float32, steps, 16, 128, 256),
+            rnn_case("gru", "cpu", torch.float32, steps, 16, 128, 256),
+            cell_case("lstm", "cpu", torch.float32, 16, 128, 256),
+            cell_case("gru", "cpu", torch.float32, 16, 128, 256),
+            rnn_case("lstm", "cpu", torch.bfloat16, steps, 16, 128, 256),
+            rnn_case("gru", "cpu", torch.bfloat16, steps, 16, 128, 256),
+        ]
     out = []
     for kind in ("lstm", "gru"):
-        out += [rnn_case(kind, "cuda", torch.float32, 128, 64, 512, 512),
-                rnn_case(kind, "cuda", torch.float16, 128, 64, 512, 512),
-                rnn_case(kind, "cuda", torch.float32, 256, 8, 256, 256),
-                cell_case(kind, "cuda", torch.float32, 64, 512, 512)]
+        out += [
+            rnn_case(kind, "cuda", torch.float32, 128, 64, 512, 512),
+            rnn_case(kind, "cuda", torch.float16, 128, 64, 512, 512),
+            rnn_case(kind, "cuda", torch.float32, 256, 8, 256, 256),
+            cell_case(kind, "cuda", torch.float32, 64, 512, 512),
+        ]
     return out

@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 import fastdl
-from fastdl.reference import induced_attention_reference, reference_code_mab, set_transformer_reference
+from fastdl.reference import (
+    induced_attention_reference,
+    reference_code_mab,
+    set_transformer_reference,
+)
 from harness import Case
 
 TOLERANCE = dict(atol=2e-3, rtol=2e-3)  # float32 sums over up to 10^4 keys / 1.6 10^5 rows
@@ -35,20 +39,40 @@ def _shape(device: str, quick: bool) -> tuple[int, int, int, int, int]:
     return (4, 2500, 128, 4, 32) if device == "cpu" and quick else (16, 10000, 128, 4, 32)
 
 
-def attention_case(device: str, batch: int, heads: int, queries: int, keys: int, head_dim: int,
-                   label: str, dtype: torch.dtype = torch.float32) -> Case:
+def attention_case(
+    device: str,
+    batch: int,
+    heads: int,
+    queries: int,
+    keys: int,
+    head_dim: int,
+    label: str,
+    dtype: torch.dtype = torch.float32,
+) -> Case:
     def make_inputs():
-        shapes = [(batch, heads, queries, head_dim), (batch, heads, keys, head_dim),
-                  (batch, heads, keys, head_dim)]
+        shapes = [
+            (batch, heads, queries, head_dim),
+            (batch, heads, keys, head_dim),
+            (batch, heads, keys, head_dim),
+        ]
         return tuple(torch.randn(s, device=device, dtype=dtype, requires_grad=True) for s in shapes)
 
     io = batch * heads * (2 * queries + 2 * keys) * head_dim * dtype.itemsize
     flops = 4 * batch * heads * queries * keys * head_dim
-    return Case("induced_attention", f"{label} B{batch} h{heads} L{queries} S{keys} E{head_dim}",
-                dtype, device, make_inputs, fastdl.functional.induced_attention,
-                induced_attention_reference, bytes_fwd=io, bytes_fwd_bwd=3 * io,
-                flops_fwd=flops, flops_fwd_bwd=3.5 * flops,
-                **(TOLERANCE if dtype == torch.float32 else BF16_TOLERANCE))
+    return Case(
+        "induced_attention",
+        f"{label} B{batch} h{heads} L{queries} S{keys} E{head_dim}",
+        dtype,
+        device,
+        make_inputs,
+        fastdl.functional.induced_attention,
+        induced_attention_reference,
+        bytes_fwd=io,
+        bytes_fwd_bwd=3 * io,
+        flops_fwd=flops,
+        flops_fwd_bwd=3.5 * flops,
+        **(TOLERANCE if dtype == torch.float32 else BF16_TOLERANCE),
+    )
 
 
 class _ReferenceCodeISAB(nn.Module):
@@ -72,8 +96,15 @@ class _ReferenceSetTransformer(nn.Module):
         return set_transformer_reference(self.model, X)
 
 
-def _module_case(op: str, label: str, device: str, module: nn.Module, reference: nn.Module, x_shape,
-                 io_bytes: int) -> Case:
+def _module_case(
+    op: str,
+    label: str,
+    device: str,
+    module: nn.Module,
+    reference: nn.Module,
+    x_shape,
+    io_bytes: int,
+) -> Case:
     """fastdl's ``module`` against ``reference`` (a wrapper holding it as its first child), with
     the input and every parameter as arguments (torch.func.functional_call), so both sides
     differentiate and the harness compares all of them."""
@@ -84,29 +115,56 @@ def _module_case(op: str, label: str, device: str, module: nn.Module, reference:
         return torch.func.functional_call(module, dict(zip(names, params)), (x,))
 
     def with_reference(x, *params):
-        return torch.func.functional_call(reference, {f"{prefix}.{n}": p for n, p in zip(names, params)}, (x,))
+        return torch.func.functional_call(
+            reference, {f"{prefix}.{n}": p for n, p in zip(names, params)}, (x,)
+        )
 
     def make_inputs():
         x = torch.randn(*x_shape, device=device).requires_grad_()
         return (x, *[p.detach().clone().requires_grad_() for p in module.parameters()])
 
-    return Case(op, label, torch.float32, device, make_inputs, with_fastdl, with_reference,
-                bytes_fwd=io_bytes, bytes_fwd_bwd=3 * io_bytes, **TOLERANCE)
+    return Case(
+        op,
+        label,
+        torch.float32,
+        device,
+        make_inputs,
+        with_fastdl,
+        with_reference,
+        bytes_fwd=io_bytes,
+        bytes_fwd_bwd=3 * io_bytes,
+        **TOLERANCE,
+    )
 
 
 def isab_case(device: str, batch: int, n: int, d: int, heads: int, m: int) -> Case:
     torch.manual_seed(0)
     isab = fastdl.nn.ISAB(d, d, heads, m, ln=False, variant="reference").to(device)
-    return _module_case("isab", f"B{batch} n{n} d{d} h{heads} m{m}", device, isab, _ReferenceCodeISAB(isab),
-                        (batch, n, d), 2 * batch * n * d * 4)
+    return _module_case(
+        "isab",
+        f"B{batch} n{n} d{d} h{heads} m{m}",
+        device,
+        isab,
+        _ReferenceCodeISAB(isab),
+        (batch, n, d),
+        2 * batch * n * d * 4,
+    )
 
 
 def set_transformer_step_case(device: str, batch: int, n: int, dim_input: int = 32) -> Case:
     torch.manual_seed(0)
-    model = fastdl.models.SetTransformer(dim_input, 1, 4, num_inds=32, dim_hidden=128, num_heads=4,
-                                        variant="reference").to(device)
-    case = _module_case("set_transformer_step", f"B{batch} n{n} in{dim_input} hidden128 h4 m32", device, model,
-                        _ReferenceSetTransformer(model), (batch, n, dim_input), batch * n * dim_input * 4)
+    model = fastdl.models.SetTransformer(
+        dim_input, 1, 4, num_inds=32, dim_hidden=128, num_heads=4, variant="reference"
+    ).to(device)
+    case = _module_case(
+        "set_transformer_step",
+        f"B{batch} n{n} in{dim_input} hidden128 h4 m32",
+        device,
+        model,
+        _ReferenceSetTransformer(model),
+        (batch, n, dim_input),
+        batch * n * dim_input * 4,
+    )
     case.modes = ("fwd+bwd",)
     return case
 
@@ -114,11 +172,15 @@ def set_transformer_step_case(device: str, batch: int, n: int, dim_input: int = 
 def cases(device: str, quick: bool) -> list[Case]:
     batch, n, d, heads, m = _shape(device, quick)
     head_dim = d // heads
-    out = [attention_case(device, batch, heads, m, n, head_dim, "inds<-set"),
-           attention_case(device, batch, heads, n, m, head_dim, "set<-inds"),
-           isab_case(device, batch, n, d, heads, m)]
+    out = [
+        attention_case(device, batch, heads, m, n, head_dim, "inds<-set"),
+        attention_case(device, batch, heads, n, m, head_dim, "set<-inds"),
+        isab_case(device, batch, n, d, heads, m),
+    ]
     step = (8, 500) if device == "cpu" and quick else (16, 1000 if device == "cpu" else 10000)
     out.append(set_transformer_step_case(device, *step))
     if device == "cpu":  # bfloat16 (issue 13): the first shape
-        out.append(attention_case(device, batch, heads, m, n, head_dim, "inds<-set", torch.bfloat16))
+        out.append(
+            attention_case(device, batch, heads, m, n, head_dim, "inds<-set", torch.bfloat16)
+        )
     return out

@@ -10,6 +10,7 @@ import torch as _torch  # noqa: F401  (loads libtorch before libfastdl)
 
 from . import _C  # noqa: F401  (loading it registers the ops)
 from . import functional, models, nn  # functional registers the fake kernels too
+
 # fastdl.patch is the function (its module stays importable as sys.modules["fastdl.patch"]).
 from .patch import PATCHABLE_OPS, Patch, PatchStats, patch, patch_stats, reset_patch_stats
 
@@ -35,5 +36,17 @@ def cmake_prefix_path() -> str:
     return _os.path.join(_os.path.dirname(_C.__file__), "share", "cmake")
 
 
-__all__ = ["PATCHABLE_OPS", "Patch", "PatchStats", "build_info", "cmake_prefix_path", "functional",
-           "models", "nn", "patch", "patch_stats", "reset_patch_stats", "__version__"]
+__all__ = [
+    "PATCHABLE_OPS",
+    "Patch",
+    "PatchStats",
+    "build_info",
+    "cmake_prefix_path",
+    "functional",
+    "models",
+    "nn",
+    "patch",
+    "patch_stats",
+    "reset_patch_stats",
+    "__version__",
+]

@@ -26,5 +26,7 @@ def int_tuple(value: Optional[size_any], n: int, name: str, fn: str) -> list[int
     if len(value) == 1:
         return [int(value[0])] * n
     if len(value) != n:
-        raise ValueError(f"fastdl.{fn}: {name} must be a single int or a tuple of {n} ints, got {value}")
+        raise ValueError(
+            f"fastdl.{fn}: {name} must be a single int or a tuple of {n} ints, got {value}"
+        )
     return [int(v) for v in value]

@@ -54,8 +54,15 @@ _log = logging.getLogger("fastdl.patch")
 
 #: The torch.nn.functional names :func:`patch` can route to fastdl.
 PATCHABLE_OPS: tuple[str, ...] = (
-    "scaled_dot_product_attention", "layer_norm", "batch_norm", "conv1d", "conv2d",
-    "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+    "scaled_dot_product_attention",
+    "layer_norm",
+    "batch_norm",
+    "conv1d",
+    "conv2d",
+    "max_pool1d",
+    "max_pool2d",
+    "avg_pool1d",
+    "avg_pool2d",
 )
 
 _CUDA_BUILT = bool(_C.build_info()["cuda"])
@@ -89,6 +96,7 @@ def _original(name: str) -> Callable:
 
 # ------------------------------------------------------------------------------- routing
 
+
 def _eager() -> bool:
     return not torch.compiler.is_compiling()
 
@@ -105,8 +113,9 @@ def _count(name: str, route: str, reason: Optional[str] = None) -> None:
         _log.debug("fastdl.patch: %s falls back to torch: %s", name, reason)
 
 
-def _tensor_reason(tensors: Sequence[Optional[Tensor]], names: Sequence[str],
-                   loose: Sequence[str] = ()) -> Optional[str]:
+def _tensor_reason(
+    tensors: Sequence[Optional[Tensor]], names: Sequence[str], loose: Sequence[str] = ()
+) -> Optional[str]:
     """Why fastdl cannot take these tensors (None when it can): non-tensors, overrides,
     layouts, devices and dtypes without a kernel. All must be on the first one's device and, but for those named in
     ``loose`` (whose dtype the caller checks), of its dtype."""
@@ -165,9 +174,11 @@ def _dispatch(name: str, reason: Optional[str], args: tuple, kwargs: dict) -> ob
 # One per op, with torch.nn.functional's signature: decides whether fastdl can run the call
 # and passes the arguments, in torch's order, to fastdl or to torch.
 
+
 def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional[str]:
-    reason = _tensor_reason((query, key, value, attn_mask), ("query", "key", "value", "attn_mask"),
-                            loose=("attn_mask",))
+    reason = _tensor_reason(
+        (query, key, value, attn_mask), ("query", "key", "value", "attn_mask"), loose=("attn_mask",)
+    )
     if reason is not None:
         return reason
     if attn_mask is not None and attn_mask.dtype not in (torch.bool, query.dtype):
@@ -181,12 +192,16 @@ def _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal) -> Optional
     return None
 
 
-def _scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                  is_causal=False, scale=None, enable_gqa=False):
+def _scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
     reason = _sdpa_reason(query, key, value, attn_mask, dropout_p, is_causal)
-    return _dispatch("scaled_dot_product_attention", reason,
-                     (query, key, value, attn_mask, dropout_p, is_causal),
-                     {"scale": scale, "enable_gqa": enable_gqa})
+    return _dispatch(
+        "scaled_dot_product_attention",
+        reason,
+        (query, key, value, attn_mask, dropout_p, is_causal),
+        {"scale": scale, "enable_gqa": enable_gqa},
+    )
 
 
 def _param_dtype_reason(input, tensors, names) -> Optional[str]:
@@ -200,13 +215,13 @@ def _param_dtype_reason(input, tensors, names) -> Optional[str]:
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    reason = (_tensor_reason((input, weight, bias), ("input", "weight", "bias"),
-                             loose=("weight", "bias"))
-              or _param_dtype_reason(input, (weight, bias), ("weight", "bias")))
+    reason = _tensor_reason(
+        (input, weight, bias), ("input", "weight", "bias"), loose=("weight", "bias")
+    ) or _param_dtype_reason(input, (weight, bias), ("weight", "bias"))
     if reason is None:
         shape = normalized_shape
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if not shape or len(shape) > input.dim() or tuple(input.shape[-len(shape):]) != shape:
+        if not shape or len(shape) > input.dim() or tuple(input.shape[-len(shape) :]) != shape:
             reason = f"normalized_shape {list(shape)} is not the end of {list(input.shape)}"
     return _dispatch("layer_norm", reason, (input, normalized_shape, weight, bias, eps), {})
 
@@ -214,8 +229,9 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 def _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum):
     names = ("input", "running_mean", "running_var", "weight", "bias")
     tensors = (input, running_mean, running_var, weight, bias)
-    reason = (_tensor_reason(tensors, names, loose=names[1:])
-              or _param_dtype_reason(input, tensors[1:], names[1:]))
+    reason = _tensor_reason(tensors, names, loose=names[1:]) or _param_dtype_reason(
+        input, tensors[1:], names[1:]
+    )
     if reason is not None:
         return reason
     if input.dim() < 2:
@@ -229,11 +245,16 @@ def _batch_norm_reason(input, running_mean, running_var, weight, bias, training,
     return None
 
 
-def _batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-                momentum=0.1, eps=1e-5):
+def _batch_norm(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+):
     reason = _batch_norm_reason(input, running_mean, running_var, weight, bias, training, momentum)
-    return _dispatch("batch_norm", reason,
-                     (input, running_mean, running_var, weight, bias, training, momentum, eps), {})
+    return _dispatch(
+        "batch_norm",
+        reason,
+        (input, running_mean, running_var, weight, bias, training, momentum, eps),
+        {},
+    )
 
 
 def _conv_reason(input, weight, bias, dims: tuple[int, ...]) -> Optional[str]:
@@ -242,13 +263,21 @@ def _conv_reason(input, weight, bias, dims: tuple[int, ...]) -> Optional[str]:
 
 
 def _conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return _dispatch("conv1d", _conv_reason(input, weight, bias, (2, 3)),
-                     (input, weight, bias, stride, padding, dilation, groups), {})
+    return _dispatch(
+        "conv1d",
+        _conv_reason(input, weight, bias, (2, 3)),
+        (input, weight, bias, stride, padding, dilation, groups),
+        {},
+    )
 
 
 def _conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    return _dispatch("conv2d", _conv_reason(input, weight, bias, (3, 4)),
-                     (input, weight, bias, stride, padding, dilation, groups), {})
+    return _dispatch(
+        "conv2d",
+        _conv_reason(input, weight, bias, (3, 4)),
+        (input, weight, bias, stride, padding, dilation, groups),
+        {},
+    )
 
 
 def _pool_reason(input, dims: tuple[int, ...]) -> Optional[str]:
@@ -256,29 +285,54 @@ def _pool_reason(input, dims: tuple[int, ...]) -> Optional[str]:
     return _tensor_reason((input,), ("input",)) or _dims_reason(input, dims)
 
 
-def _max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                return_indices=False):
-    return _dispatch("max_pool1d", _pool_reason(input, (2, 3)),
-                     (input, kernel_size, stride, padding, dilation, ceil_mode, return_indices), {})
+def _max_pool1d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    return _dispatch(
+        "max_pool1d",
+        _pool_reason(input, (2, 3)),
+        (input, kernel_size, stride, padding, dilation, ceil_mode, return_indices),
+        {},
+    )
 
 
-def _max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                return_indices=False):
-    return _dispatch("max_pool2d", _pool_reason(input, (3, 4)),
-                     (input, kernel_size, stride, padding, dilation, ceil_mode, return_indices), {})
+def _max_pool2d(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+):
+    return _dispatch(
+        "max_pool2d",
+        _pool_reason(input, (3, 4)),
+        (input, kernel_size, stride, padding, dilation, ceil_mode, return_indices),
+        {},
+    )
 
 
-def _avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-                count_include_pad=True):
-    return _dispatch("avg_pool1d", _pool_reason(input, (2, 3)),
-                     (input, kernel_size, stride, padding, ceil_mode, count_include_pad), {})
+def _avg_pool1d(
+    input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True
+):
+    return _dispatch(
+        "avg_pool1d",
+        _pool_reason(input, (2, 3)),
+        (input, kernel_size, stride, padding, ceil_mode, count_include_pad),
+        {},
+    )
 
 
-def _avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
-                count_include_pad=True, divisor_override=None):
-    return _dispatch("avg_pool2d", _pool_reason(input, (3, 4)),
-                     (input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                      divisor_override), {})
+def _avg_pool2d(
+    input,
+    kernel_size,
+    stride=None,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+):
+    return _dispatch(
+        "avg_pool2d",
+        _pool_reason(input, (3, 4)),
+        (input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override),
+        {},
+    )
 
 
 _ROUTED: dict[str, Callable] = {name: globals()["_" + name] for name in PATCHABLE_OPS}
@@ -296,8 +350,10 @@ def _make_wrapper(name: str) -> Callable:
         return routed(*args, **kwargs)
 
     wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = (f"fastdl.patch's torch.nn.functional.{name}: fastdl's kernel where it "
-                       f"supports the call, torch's function otherwise.")
+    wrapper.__doc__ = (
+        f"fastdl.patch's torch.nn.functional.{name}: fastdl's kernel where it "
+        f"supports the call, torch's function otherwise."
+    )
     return wrapper
 
 
@@ -309,12 +365,14 @@ def routed(name: str) -> Callable:
     supports the call, torch's original otherwise, counted), whether or not a patch is active.
     For integrations that call fastdl explicitly (``fastdl.integrations.transformers``)."""
     if name not in _ROUTED:
-        raise ValueError(f"fastdl.patch.routed: name must be one of {list(PATCHABLE_OPS)}, "
-                         f"got {name!r}")
+        raise ValueError(
+            f"fastdl.patch.routed: name must be one of {list(PATCHABLE_OPS)}, got {name!r}"
+        )
     return _ROUTED[name]
 
 
 # ------------------------------------------------------------------------------- counts
+
 
 @dataclasses.dataclass(frozen=True)
 class PatchStats:
@@ -349,8 +407,9 @@ def _stats(counts: Counter, reasons: Counter, ops: Iterable[str]) -> PatchStats:
     def pick(route: str) -> dict[str, int]:
         return {op: n for (op, r), n in counts.items() if r == route and op in ops and n}
 
-    return PatchStats(pick("fastdl"), pick("fallback"),
-                      {k: n for k, n in reasons.items() if k[0] in ops and n})
+    return PatchStats(
+        pick("fastdl"), pick("fallback"), {k: n for k, n in reasons.items() if k[0] in ops and n}
+    )
 
 
 def patch_stats() -> PatchStats:
@@ -438,8 +497,11 @@ class Patch:
                     if getattr(F, name) is _WRAPPERS[name]:
                         setattr(F, name, _originals[name])
                     else:
-                        _log.warning("fastdl.patch: torch.nn.functional.%s was replaced by someone "
-                                     "else while patched; leaving it in place", name)
+                        _log.warning(
+                            "fastdl.patch: torch.nn.functional.%s was replaced by someone "
+                            "else while patched; leaving it in place",
+                            name,
+                        )
 
     def stats(self) -> PatchStats:
         """Counts of this patch's ops between its start and its undo (or now), from every
@@ -480,7 +542,9 @@ def patch(ops: Optional[Union[str, Iterable[str]]] = None) -> Patch:
         names = (ops,) if isinstance(ops, str) else tuple(ops)
         unknown = [n for n in names if n not in PATCHABLE_OPS]
         if unknown or not names:
-            raise ValueError(f"fastdl.patch: ops must name functions from {list(PATCHABLE_OPS)}, "
-                             f"got {list(names) if not unknown else unknown}")
+            raise ValueError(
+                f"fastdl.patch: ops must name functions from {list(PATCHABLE_OPS)}, "
+                f"got {list(names) if not unknown else unknown}"
+            )
         names = tuple(dict.fromkeys(names))  # once each, in order
     return Patch(names)

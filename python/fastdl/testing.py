@@ -29,8 +29,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _C
 
-__all__ = ["cuda_sim", "cuda_sim_available", "cuda_sim_library", "outside_cuda_sim",
-           "running_under_asan"]
+__all__ = [
+    "cuda_sim",
+    "cuda_sim_available",
+    "cuda_sim_library",
+    "outside_cuda_sim",
+    "running_under_asan",
+]
 
 _load_lock = threading.Lock()
 _loaded = False
@@ -65,8 +70,10 @@ def _load() -> None:
             return
         path = cuda_sim_library()
         if path is None:
-            raise RuntimeError("fastdl.testing.cuda_sim: this build has no CUDA emulator; rebuild "
-                               "with FASTDL_CUDA_SIM=ON (scripts/test_cuda_sim.sh does)")
+            raise RuntimeError(
+                "fastdl.testing.cuda_sim: this build has no CUDA emulator; rebuild "
+                "with FASTDL_CUDA_SIM=ON (scripts/test_cuda_sim.sh does)"
+            )
         torch.ops.load_library(path)
         _loaded = True
 
@@ -74,7 +81,9 @@ def _load() -> None:
 def _plain_tensors(args, kwargs) -> bool:
     """Whether every tensor among the arguments is a real (not fake, functional...) tensor."""
     leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in leaves if isinstance(t, torch.Tensor))
+    return all(
+        type(t) in (torch.Tensor, torch.nn.Parameter) for t in leaves if isinstance(t, torch.Tensor)
+    )
 
 
 class _CudaSimMode(TorchDispatchMode):
@@ -103,8 +112,11 @@ def _register_functionalized_ops() -> None:
     plain (dense) form with the emulator still in place, so their fastdl op comes back to it."""
     from torch._higher_order_ops import auto_functionalize as af
 
-    for hop, dense in ((af.auto_functionalized, af.auto_functionalized_dense),
-                       (af.auto_functionalized_v2, af.auto_functionalized_v2_dense)):
+    for hop, dense in (
+        (af.auto_functionalized, af.auto_functionalized_dense),
+        (af.auto_functionalized_v2, af.auto_functionalized_v2_dense),
+    ):
+
         @hop.py_impl(_CudaSimMode)
         def _run(mode, *args, _dense=dense, **kwargs):
             with mode:

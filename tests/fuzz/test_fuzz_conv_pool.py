@@ -54,6 +54,7 @@ def _conv(case: Case, dims: int) -> None:
                 if "b" in v:
                     m.bias.copy_(v["b"])
             return m(v["x"]), params
+
         check(case, Problem(t, run, grad=["x"]))
         return
 
@@ -63,6 +64,7 @@ def _conv(case: Case, dims: int) -> None:
         else:
             fn = F.conv1d if dims == 1 else F.conv2d
         return fn(v["x"], v["w"], v.get("b"), stride, padding, dilation, groups), {}
+
     check(case, Problem(t, run, grad=list(t)))
 
 
@@ -89,7 +91,9 @@ def _pool(case: Case, dims: int, kind: str) -> None:
     padding = [case.randint(f"pad{i}", 0, k // 2 + (1 if bad else 0)) for i, k in enumerate(kernel)]
     ceil_mode = case.flag("ceil_mode")
     batched = case.flag("batched", 0.85)
-    shape = ([case.size("N", 3)] if batched else []) + [case.size("C", 4)] + _spatial(case, dims, 11)
+    shape = (
+        ([case.size("N", 3)] if batched else []) + [case.size("C", 4)] + _spatial(case, dims, 11)
+    )
     t = {"x": tensor(case, "x", shape)}
     module = case.flag("module", 0.3)
     name = f"{kind}_pool{dims}d"
@@ -97,12 +101,12 @@ def _pool(case: Case, dims: int, kind: str) -> None:
         dilation = _ints(case, "dilation", dims, 1, 2)
         indices = case.flag("return_indices")
         args = (kernel, stride, padding, dilation, ceil_mode, indices)
-        cls = (nn.MaxPool1d if dims == 1 else nn.MaxPool2d)
+        cls = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
     else:
         include_pad = case.flag("count_include_pad")
         divisor = case.choice("divisor_override", [None, None, 1, 3]) if dims == 2 else None
         args = (kernel, stride, padding, ceil_mode, include_pad) + ((divisor,) if dims == 2 else ())
-        cls = (nn.AvgPool1d if dims == 1 else nn.AvgPool2d)
+        cls = nn.AvgPool1d if dims == 1 else nn.AvgPool2d
 
     # A window of only padding (dilation stepping over the whole input): torch returns an index
     # past the plane and its backward adds that gradient to the next plane's element (found by
@@ -112,15 +116,21 @@ def _pool(case: Case, dims: int, kind: str) -> None:
     empty_window = any(
         not any(0 <= o * s - p + j * d < n for j in range(k))
         for n, k, s, p, d in zip(shape[-dims:], kernel, stride_, padding, dil)
-        for o in range(_pool_outputs(n, k, s, p, d, ceil_mode)))
+        for o in range(_pool_outputs(n, k, s, p, d, ceil_mode))
+    )
 
     def run(side, dtype, v):
         if module:
             # nn.MaxPool's positional order is (..., dilation, return_indices, ceil_mode)
-            m = cls(*args[:4], ceil_mode=ceil_mode, return_indices=indices) if kind == "max" else cls(*args)
+            m = (
+                cls(*args[:4], ceil_mode=ceil_mode, return_indices=indices)
+                if kind == "max"
+                else cls(*args)
+            )
             m = getattr(fnn, cls.__name__).from_torch(m) if side == "fastdl" else m
             return m(v["x"]), {}
         return getattr(FF if side == "fastdl" else F, name)(v["x"], *args), {}
+
     check(case, Problem(t, run, grad=["x"], compare_grads=not (kind == "max" and empty_window)))
 
 

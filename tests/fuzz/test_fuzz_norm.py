@@ -14,7 +14,10 @@ MAX_ELEMENTS = 30000
 
 
 def _shape(case: Case, nd: int, large_last: int = 0) -> list[int]:
-    shape = [case.size(f"dim{i}", 6 if nd > 2 else 9, large=large_last if i == nd - 1 else 0) for i in range(nd)]
+    shape = [
+        case.size(f"dim{i}", 6 if nd > 2 else 9, large=large_last if i == nd - 1 else 0)
+        for i in range(nd)
+    ]
     while math.prod(shape) > MAX_ELEMENTS:
         shape[0] = max(1, shape[0] // 2)
         if math.prod(shape) > MAX_ELEMENTS:
@@ -26,7 +29,7 @@ def _layer_norm_problem(case: Case, module: bool) -> Problem:
     nd = case.randint("ndim", 1, 4)
     shape = _shape(case, nd, large_last=5000)
     k = case.randint("normalized_dims", 1, min(nd, 3))
-    normalized = shape[nd - k:]
+    normalized = shape[nd - k :]
     if case.flag("bad_normalized_shape", 0.06):
         normalized = normalized[:-1] + [normalized[-1] + 1]
     eps = case.choice("eps", [1e-5, 1e-5, 1e-12, 0.0, 0.5, -1e-6])
@@ -52,12 +55,18 @@ def _layer_norm_problem(case: Case, module: bool) -> Problem:
             if side != "fastdl":
                 return _torch_layer_norm(v["x"], normalized, m.weight, m.bias, eps), params
             return m(v["x"]), params
-        return Problem({"x": t["x"], **{k_: g for k_, g in t.items() if k_ != "x"}}, run, grad=["x"],
-                       non_finite_alike=eps == 0.0)
+
+        return Problem(
+            {"x": t["x"], **{k_: g for k_, g in t.items() if k_ != "x"}},
+            run,
+            grad=["x"],
+            non_finite_alike=eps == 0.0,
+        )
 
     def run(side, dtype, v):
         fn = FF.layer_norm if side == "fastdl" else _torch_layer_norm
         return fn(v["x"], normalized, v.get("w"), v.get("b"), eps), {}
+
     return Problem(t, run, grad=grad, non_finite_alike=eps == 0.0)
 
 
@@ -66,7 +75,7 @@ def _torch_layer_norm(x, normalized, w, b, eps):
     is the bias), where torch's one-pass variance of huge values (1e30) is not 0 and its
     weight gradient is NaN in float32 and ~1e15 in float64 (found by this fuzzer, cases 881,
     337, 385, 400): the equations' composition, whose variance is exact there."""
-    if math.prod(normalized) != 1 or list(x.shape[x.dim() - len(normalized):]) != list(normalized):
+    if math.prod(normalized) != 1 or list(x.shape[x.dim() - len(normalized) :]) != list(normalized):
         return F.layer_norm(x, normalized, w, b, eps)  # and torch's errors for a bad shape
     dims = tuple(range(x.dim() - len(normalized), x.dim()))
     mean = x.mean(dims, keepdim=True)
@@ -86,7 +95,11 @@ def test_layer_norm_module(case_index, fuzz_long):
 
 
 def _batch_norm_shape(case: Case, nd: int) -> list[int]:
-    shape = [case.size("N", 6, large=600)] + [case.size("C", 5)] + [case.size(f"s{i}", 5) for i in range(nd - 2)]
+    shape = (
+        [case.size("N", 6, large=600)]
+        + [case.size("C", 5)]
+        + [case.size(f"s{i}", 5) for i in range(nd - 2)]
+    )
     while math.prod(shape) > MAX_ELEMENTS:
         shape[0] = max(1, shape[0] // 2)
     return shape
@@ -102,7 +115,9 @@ def _for_torch_batch_norm(x: torch.Tensor) -> torch.Tensor:
         return x
     fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
     canonical = torch.empty(x.shape, memory_format=fmt).stride()
-    ambiguous = x.is_contiguous(memory_format=fmt) and not x.is_contiguous() and x.stride() != canonical
+    ambiguous = (
+        x.is_contiguous(memory_format=fmt) and not x.is_contiguous() and x.stride() != canonical
+    )
     return x.contiguous() if ambiguous else x
 
 
@@ -125,17 +140,34 @@ def test_batch_norm(case_index, fuzz_long):
 
     def run(side, dtype, v):
         if side == "fastdl":
-            return FF.batch_norm(v["x"], v.get("rm"), v.get("rv"), v.get("w"), v.get("b"), training, momentum,
-                                 eps), {}
+            return FF.batch_norm(
+                v["x"], v.get("rm"), v.get("rv"), v.get("w"), v.get("b"), training, momentum, eps
+            ), {}
         # torch 2.14's CPU backward reads a non-contiguous weight as if it were contiguous (wrong
         # input gradient; found by this fuzzer, see test_batch_norm.py::test_strided_weight): give
         # torch a contiguous copy, which is the same function of the same leaf.
         w = v.get("w")
         w = None if w is None else w.contiguous()
-        return F.batch_norm(_for_torch_batch_norm(v["x"]), v.get("rm"), v.get("rv"), w, v.get("b"), training,
-                            momentum, eps), {}
-    check(case, Problem(t, run, grad=[k for k in ("x", "w", "b") if k in t],
-                        state=["rm", "rv"] if running else []))
+        return F.batch_norm(
+            _for_torch_batch_norm(v["x"]),
+            v.get("rm"),
+            v.get("rv"),
+            w,
+            v.get("b"),
+            training,
+            momentum,
+            eps,
+        ), {}
+
+    check(
+        case,
+        Problem(
+            t,
+            run,
+            grad=[k for k in ("x", "w", "b") if k in t],
+            state=["rm", "rv"] if running else [],
+        ),
+    )
 
 
 def test_batch_norm_module(case_index, fuzz_long):
@@ -163,6 +195,11 @@ def test_batch_norm_module(case_index, fuzz_long):
     def run(side, dtype, v):
         m, params = module_pair(ref, getattr(fnn, kind.__name__), dtype, side)
         out = m(v["x"] if side == "fastdl" else _for_torch_batch_norm(v["x"]))
-        state = [m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()] if track else []
+        state = (
+            [m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()]
+            if track
+            else []
+        )
         return (out, *state), params
+
     check(case, Problem({"x": tensor(case, "x", shape)}, run, grad=["x"]))

@@ -23,16 +23,37 @@ def test_rnn(case_index, fuzz_long):
     kind = case.choice("module", ["LSTM", "GRU"])
     input_size, hidden = case.randint("input_size", 1, 5), case.randint("hidden_size", 1, 5)
     layers = case.randint("num_layers", 1, 2)
-    bidirectional, batch_first, bias = case.flag("bidirectional"), case.flag("batch_first"), case.flag("bias", 0.8)
+    bidirectional, batch_first, bias = (
+        case.flag("bidirectional"),
+        case.flag("batch_first"),
+        case.flag("bias", 0.8),
+    )
     proj = case.choice("proj_size", [0, 0, 1, 2]) if kind == "LSTM" else 0
     proj = proj if proj < hidden else 0
     batched = case.flag("batched", 0.85)
     T, N = case.size("seq_len", 7, large=60), case.size("batch", 4)
     packed = batched and N > 0 and T > 0 and case.flag("packed", 0.3)
     torch.manual_seed(case.seed)
-    ref = getattr(nn, kind)(input_size, hidden, layers, bias=bias, batch_first=batch_first,
-                            bidirectional=bidirectional, proj_size=proj) if kind == "LSTM" else \
-        nn.GRU(input_size, hidden, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional)
+    ref = (
+        getattr(nn, kind)(
+            input_size,
+            hidden,
+            layers,
+            bias=bias,
+            batch_first=batch_first,
+            bidirectional=bidirectional,
+            proj_size=proj,
+        )
+        if kind == "LSTM"
+        else nn.GRU(
+            input_size,
+            hidden,
+            layers,
+            bias=bias,
+            batch_first=batch_first,
+            bidirectional=bidirectional,
+        )
+    )
     shape = ([N, T] if batch_first else [T, N]) if batched else [T]
     t = {"x": tensor(case, "x", shape + [input_size])}
     dirs = 2 if bidirectional else 1
@@ -54,12 +75,15 @@ def test_rnn(case_index, fuzz_long):
         m, params = module_pair(ref, getattr(fnn, kind), dtype, side)
         x = v["x"]
         if packed:
-            x = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+            x = pack_padded_sequence(
+                x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted
+            )
         state = None
         if with_state:
             state = (v["h0"], v["c0"]) if kind == "LSTM" else v["h0"]
         out, final = m(x, state)
         return (_packed_output(out), final), params
+
     check(case, Problem(t, run, grad=[k for k in t]))
 
 
@@ -85,6 +109,7 @@ def test_rnn_cell(case_index, fuzz_long):
         if with_state:
             state = (v["h"], v["c"]) if kind == "LSTMCell" else v["h"]
         return m(v["x"], state), params
+
     check(case, Problem(t, run, grad=list(t)))
 
 
@@ -95,8 +120,11 @@ def test_peephole_lstm(case_index, fuzz_long):
     T, N = case.size("seq_len", 7, large=60), case.size("batch", 4)
     torch.manual_seed(case.seed)
     ref = fnn.PeepholeLSTM(input_size, hidden, bias=bias)
-    t = {"x": tensor(case, "x", [T, N, input_size]), "h0": tensor(case, "h0", [N, hidden]),
-         "c0": tensor(case, "c0", [N, hidden])}
+    t = {
+        "x": tensor(case, "x", [T, N, input_size]),
+        "h0": tensor(case, "h0", [N, hidden]),
+        "c0": tensor(case, "c0", [N, hidden]),
+    }
 
     def run(side, dtype, v):
         m = copy.deepcopy(ref).to(dtype)
@@ -104,8 +132,19 @@ def test_peephole_lstm(case_index, fuzz_long):
         if side == "fastdl":
             out, (h, c) = m(v["x"], (v["h0"].unsqueeze(0), v["c0"].unsqueeze(0)))
             return (out, h[0], c[0]), params
-        p = {name: getattr(m, f"{name}_l0") if bias or "bias" not in name else None
-             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peephole")}
-        return peephole_lstm(v["x"], v["h0"], v["c0"], p["weight_ih"], p["weight_hh"], p["bias_ih"],
-                             p["bias_hh"], p["weight_peephole"]), params
+        p = {
+            name: getattr(m, f"{name}_l0") if bias or "bias" not in name else None
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peephole")
+        }
+        return peephole_lstm(
+            v["x"],
+            v["h0"],
+            v["c0"],
+            p["weight_ih"],
+            p["weight_hh"],
+            p["bias_ih"],
+            p["bias_hh"],
+            p["weight_peephole"],
+        ), params
+
     check(case, Problem(t, run, grad=list(t)))

@@ -66,9 +66,9 @@ void launch(void (*kernel)(Params...), const LaunchConfig& c, Args&&... args) {
 #else
   TORCH_CHECK(c.grid.x > 0 && c.grid.y > 0 && c.grid.z > 0,
               "fastdl: empty CUDA grid launched from ", c.where.file_name(), ":", c.where.line());
-  // clang-format off (it does not know <<< >>> in .cuh files)
-  kernel<<<c.grid, c.block, c.shared_bytes, at::cuda::getCurrentCUDAStream()> > >(
-      std::forward<Args>(args)...);
+  // clang-format does not know <<< >>> in .cuh files (it splits the >>>).
+  // clang-format off
+  kernel<<<c.grid, c.block, c.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(std::forward<Args>(args)...);
   // clang-format on
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 #endif

@@ -20,7 +20,9 @@ from .._fake import stats_dtype
 _NAME = "fastdl.scaled_dot_product_attention"
 
 
-def _leading_shape(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) -> tuple[list[int], int]:
+def _leading_shape(
+    query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool
+) -> tuple[list[int], int]:
     """The broadcast leading dims of query/key/value (query's heads last when gqa), and key's heads."""
     if enable_gqa and query.dim() >= 3:
         batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
@@ -29,7 +31,8 @@ def _leading_shape(query: Tensor, key: Tensor, value: Tensor, enable_gqa: bool) 
             raise RuntimeError(
                 f"{_NAME}: with enable_gqa=True the number of query heads ({q_heads}) must be a "
                 f"multiple of the number of key heads ({k_heads}), which must equal the number of "
-                f"value heads ({v_heads})")
+                f"value heads ({v_heads})"
+            )
         return list(batch) + [q_heads], k_heads
     try:
         lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
@@ -87,13 +90,16 @@ def scaled_dot_product_attention(
     if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
         raise RuntimeError(
             f"{_NAME}: expected query, key, and value to all be at least 2 dimensional, but got "
-            f"query.dim: {query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead.")
+            f"query.dim: {query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead."
+        )
     if is_causal and attn_mask is not None:
         raise RuntimeError(f"{_NAME}: explicit attn_mask should not be set when is_causal=True")
     lead, kv_heads = _leading_shape(query, key, value, enable_gqa)
     q_heads = lead[-1] if lead else 1
     dtype, upcast = query.dtype, False
-    if _sums_broadcast_half_gradients_on_cpu((query, key, value), lead, (q_heads, kv_heads, kv_heads)):
+    if _sums_broadcast_half_gradients_on_cpu(
+        (query, key, value), lead, (q_heads, kv_heads, kv_heads)
+    ):
         # A broadcast input's gradient is a sum over the broadcast dims. The CPU kernels compute
         # half inputs in float32 anyway: entering in float32, the sum is rounded once.
         query, key, value, upcast = query.float(), key.float(), value.float(), True
@@ -109,14 +115,17 @@ def scaled_dot_product_attention(
         try:
             torch.broadcast_shapes(attn_mask.shape, target)
         except RuntimeError as exc:
-            raise RuntimeError(f"{_NAME}: attn_mask of shape {list(attn_mask.shape)} must be "
-                               f"broadcastable to {target}") from exc
+            raise RuntimeError(
+                f"{_NAME}: attn_mask of shape {list(attn_mask.shape)} must be "
+                f"broadcastable to {target}"
+            ) from exc
         mask4 = attn_mask.expand(target).reshape(q4.shape[0], q_heads, L, S)
     seed = None
     if dropout_p > 0.0:
         seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
-    output = torch.ops.fastdl.sdpa_forward(q4, k4, v4, mask4, float(dropout_p), bool(is_causal),
-                                           scale, seed)[0]
+    output = torch.ops.fastdl.sdpa_forward(
+        q4, k4, v4, mask4, float(dropout_p), bool(is_causal), scale, seed
+    )[0]
     if upcast:
         output = output.to(dtype)
     return output.reshape(*lead, L, value.shape[-1]) if lead else output.reshape(L, value.shape[-1])
@@ -125,29 +134,52 @@ def scaled_dot_product_attention(
 def _sums_broadcast_half_gradients_on_cpu(tensors, lead: list[int], heads) -> bool:
     """Whether a float16/bfloat16 CPU input that needs a gradient is broadcast (expanded)."""
     for t, h in zip(tensors, heads):
-        if (t.device.type == "cpu" and t.dtype in (torch.float16, torch.bfloat16) and t.requires_grad
-                and lead and tuple(t.shape) != (*lead[:-1], h, *t.shape[-2:])):
+        if (
+            t.device.type == "cpu"
+            and t.dtype in (torch.float16, torch.bfloat16)
+            and t.requires_grad
+            and lead
+            and tuple(t.shape) != (*lead[:-1], h, *t.shape[-2:])
+        ):
             return True
     return False
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
 
+
 @register_fake("fastdl::sdpa_forward")
-def _sdpa_forward(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                  dropout_seed=None):
-    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
-                 lambda: "fastdl.scaled_dot_product_attention: query, key and value must be 4-d")
+def _sdpa_forward(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, dropout_seed=None
+):
+    torch._check(
+        query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+        lambda: "fastdl.scaled_dot_product_attention: query, key and value must be 4-d",
+    )
     B, Hq, L, _ = query.shape
     output = query.new_empty((B, Hq, L, value.shape[-1]))
     return output, query.new_empty((B, Hq, L), dtype=stats_dtype(query))
 
 
 @register_fake("fastdl::sdpa_backward")
-def _sdpa_backward(grad_output, query, key, value, attn_mask, output, logsumexp, dropout_p,
-                   is_causal, scale, dropout_seed, output_mask):
-    grads = [t.new_empty(t.shape) if wanted else None
-             for t, wanted in zip((query, key, value), output_mask[:3])]
+def _sdpa_backward(
+    grad_output,
+    query,
+    key,
+    value,
+    attn_mask,
+    output,
+    logsumexp,
+    dropout_p,
+    is_causal,
+    scale,
+    dropout_seed,
+    output_mask,
+):
+    grads = [
+        t.new_empty(t.shape) if wanted else None
+        for t, wanted in zip((query, key, value), output_mask[:3])
+    ]
     B, Hq, L, _ = query.shape
     grad_mask = query.new_empty((B, Hq, L, key.shape[2])) if output_mask[3] else None
     return (*grads, grad_mask)
@@ -160,8 +192,20 @@ def _sdpa_weights(query, key, attn_mask, dropout_p, is_causal, scale, dropout_se
 
 
 @register_fake("fastdl::sdpa_weights_backward")
-def _sdpa_weights_backward(grad_weights, query, key, attn_mask, dropout_p, is_causal, scale,
-                           dropout_seed, logsumexp, output_mask):
-    return (query.new_empty(query.shape) if output_mask[0] else None,
-            key.new_empty(key.shape) if output_mask[1] else None,
-            grad_weights.new_empty(grad_weights.shape) if output_mask[2] else None)
+def _sdpa_weights_backward(
+    grad_weights,
+    query,
+    key,
+    attn_mask,
+    dropout_p,
+    is_causal,
+    scale,
+    dropout_seed,
+    logsumexp,
+    output_mask,
+):
+    return (
+        query.new_empty(query.shape) if output_mask[0] else None,
+        key.new_empty(key.shape) if output_mask[1] else None,
+        grad_weights.new_empty(grad_weights.shape) if output_mask[2] else None,
+    )

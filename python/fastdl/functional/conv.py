@@ -19,10 +19,15 @@ from torch.library import register_fake
 from .._fake import pair, empty_in_layout
 
 
-
-
-def _resolve_padding(input: Tensor, weight: Tensor, padding: Union[str, size_any], stride: list[int],
-                     dilation: list[int], n: int, fn: str) -> tuple[Tensor, list[int]]:
+def _resolve_padding(
+    input: Tensor,
+    weight: Tensor,
+    padding: Union[str, size_any],
+    stride: list[int],
+    dilation: list[int],
+    n: int,
+    fn: str,
+) -> tuple[Tensor, list[int]]:
     """The (possibly zero-padded) input and the symmetric padding the op runs with."""
     if not isinstance(padding, str):
         return input, int_tuple(padding, n, "padding", fn)
@@ -77,10 +82,14 @@ def conv2d(
     stride_ = int_tuple(stride, 2, "stride", "conv2d")
     dilation_ = int_tuple(dilation, 2, "dilation", "conv2d")
     if isinstance(padding, str) and weight.dim() != 4:
-        raise RuntimeError(f"fastdl.conv2d: weight must be a 4-d (out_channels, in_channels / groups, kH, kW) "
-                           f"tensor, got shape {list(weight.shape)}")
+        raise RuntimeError(
+            f"fastdl.conv2d: weight must be a 4-d (out_channels, in_channels / groups, kH, kW) "
+            f"tensor, got shape {list(weight.shape)}"
+        )
     input, padding_ = _resolve_padding(input, weight, padding, stride_, dilation_, 2, "conv2d")
-    return torch.ops.fastdl.conv2d_forward(input, weight, bias, stride_, padding_, dilation_, groups)
+    return torch.ops.fastdl.conv2d_forward(
+        input, weight, bias, stride_, padding_, dilation_, groups
+    )
 
 
 def conv1d(
@@ -96,18 +105,27 @@ def conv1d(
     :func:`torch.nn.functional.conv1d` (arguments as :func:`conv2d`, one int each; weight
     ``(C_out, C_in / groups, k)``). Runs the 2-d op on an ``(N, C_in, 1, L)`` view."""
     if input.dim() not in (2, 3):
-        raise RuntimeError(f"fastdl.conv1d: expected a 2-d (unbatched) or 3-d (batched) input, but got input "
-                           f"of size: {list(input.shape)}")
+        raise RuntimeError(
+            f"fastdl.conv1d: expected a 2-d (unbatched) or 3-d (batched) input, but got input "
+            f"of size: {list(input.shape)}"
+        )
     if weight.dim() != 3:
-        raise RuntimeError(f"fastdl.conv1d: weight must be a 3-d (out_channels, in_channels / groups, k) "
-                           f"tensor, got shape {list(weight.shape)}")
+        raise RuntimeError(
+            f"fastdl.conv1d: weight must be a 3-d (out_channels, in_channels / groups, k) "
+            f"tensor, got shape {list(weight.shape)}"
+        )
     stride_ = [1] + int_tuple(stride, 1, "stride", "conv1d")
     dilation_ = [1] + int_tuple(dilation, 1, "dilation", "conv1d")
-    padding_ = padding if isinstance(padding, str) else [0] + int_tuple(padding, 1, "padding", "conv1d")
-    return conv2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, stride_, padding_, dilation_, groups).squeeze(-2)
+    padding_ = (
+        padding if isinstance(padding, str) else [0] + int_tuple(padding, 1, "padding", "conv1d")
+    )
+    return conv2d(
+        input.unsqueeze(-2), weight.unsqueeze(-2), bias, stride_, padding_, dilation_, groups
+    ).squeeze(-2)
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
+
 
 def _conv_size(size, kernel, stride, pad, dilation):
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
@@ -115,8 +133,13 @@ def _conv_size(size, kernel, stride, pad, dilation):
 
 @register_fake("fastdl::conv2d_forward")
 def _conv2d_forward(input, weight, bias=None, stride=(1,), padding=(0,), dilation=(1,), groups=1):
-    torch._check(input.dim() in (3, 4), lambda: f"fastdl.conv2d: input must be 3-d or 4-d, got {list(input.shape)}")
-    torch._check(weight.dim() == 4, lambda: f"fastdl.conv2d: weight must be 4-d, got {list(weight.shape)}")
+    torch._check(
+        input.dim() in (3, 4),
+        lambda: f"fastdl.conv2d: input must be 3-d or 4-d, got {list(input.shape)}",
+    )
+    torch._check(
+        weight.dim() == 4, lambda: f"fastdl.conv2d: weight must be 4-d, got {list(weight.shape)}"
+    )
     sh, sw = pair(stride)
     ph, pw = pair(padding)
     dh, dw = pair(dilation)

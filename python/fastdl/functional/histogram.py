@@ -51,13 +51,18 @@ def histogram(
     Returns:
         ``(bags, F, B)``.
     """
-    return torch.ops.fastdl.histogram_forward(x, centers, widths, kernel, mask, normalize, sharpness)
+    return torch.ops.fastdl.histogram_forward(
+        x, centers, widths, kernel, mask, normalize, sharpness
+    )
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
 
+
 @register_fake("fastdl::histogram_forward")
-def _histogram_forward(x, centers, widths, kernel="soft", mask=None, normalize=True, sharpness=1000.0):
+def _histogram_forward(
+    x, centers, widths, kernel="soft", mask=None, normalize=True, sharpness=1000.0
+):
     bins = centers.shape[-1]
     if x.dim() == 2:
         return x.new_empty((x.shape[1], bins))
@@ -65,9 +70,13 @@ def _histogram_forward(x, centers, widths, kernel="soft", mask=None, normalize=T
 
 
 @register_fake("fastdl::histogram_backward")
-def _histogram_backward(grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask):
+def _histogram_backward(
+    grad_output, x, centers, widths, kernel, mask, normalize, sharpness, output_mask
+):
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0] else None,
-        torch.empty_like(centers, memory_format=torch.contiguous_format) if output_mask[1] else None,
+        torch.empty_like(centers, memory_format=torch.contiguous_format)
+        if output_mask[1]
+        else None,
         torch.empty_like(widths, memory_format=torch.contiguous_format) if output_mask[2] else None,
     )

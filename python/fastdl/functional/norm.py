@@ -69,13 +69,16 @@ def batch_norm(
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
 
+
 @register_fake("fastdl::layer_norm_forward")
 def _layer_norm_forward(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     nd = len(normalized_shape)
     torch._check(
-        tuple(input.shape[input.dim() - nd:]) == tuple(normalized_shape),
-        lambda: f"fastdl.layer_norm: normalized_shape {list(normalized_shape)} must match the "
-        f"trailing dimensions of input, got input of shape {list(input.shape)}",
+        tuple(input.shape[input.dim() - nd :]) == tuple(normalized_shape),
+        lambda: (
+            f"fastdl.layer_norm: normalized_shape {list(normalized_shape)} must match the "
+            f"trailing dimensions of input, got input of shape {list(input.shape)}"
+        ),
     )
     stats_shape = list(input.shape[: input.dim() - nd]) + [1] * nd
     out = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -92,17 +95,32 @@ def _bias_grad_dtype(input: torch.Tensor, weight) -> torch.dtype:
 @register_fake("fastdl::layer_norm_backward")
 def _layer_norm_backward(grad_output, input, normalized_shape, mean, rstd, weight, output_mask):
     param = weight if weight is not None else input
-    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None
-    grad_weight = param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
-    grad_bias = (input.new_empty(normalized_shape, dtype=_bias_grad_dtype(input, weight))
-                 if output_mask[2] else None)
+    grad_input = (
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None
+    )
+    grad_weight = (
+        param.new_empty(normalized_shape) if output_mask[1] and weight is not None else None
+    )
+    grad_bias = (
+        input.new_empty(normalized_shape, dtype=_bias_grad_dtype(input, weight))
+        if output_mask[2]
+        else None
+    )
     return grad_input, grad_weight, grad_bias
 
 
 def _batch_norm_memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    ):
         return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+    if (
+        x.dim() == 5
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
+        and not x.is_contiguous()
+    ):
         return torch.channels_last_3d
     return torch.contiguous_format
 
@@ -114,10 +132,17 @@ def _batch_norm_empty_1d_channels(*per_channel):
 
 @register_fake("fastdl::batch_norm_forward")
 def _batch_norm_forward(input, weight, bias, running_mean, running_var, training, momentum, eps):
-    torch._check(input.dim() >= 2 or (input.dim() == 1 and input.numel() == 0),
-                 lambda: f"fastdl.batch_norm: input must have shape (N, C) or (N, C, *), got {list(input.shape)}")
-    channels = input.shape[1] if input.dim() >= 2 else _batch_norm_empty_1d_channels(
-        weight, bias, running_mean, running_var)
+    torch._check(
+        input.dim() >= 2 or (input.dim() == 1 and input.numel() == 0),
+        lambda: (
+            f"fastdl.batch_norm: input must have shape (N, C) or (N, C, *), got {list(input.shape)}"
+        ),
+    )
+    channels = (
+        input.shape[1]
+        if input.dim() >= 2
+        else _batch_norm_empty_1d_channels(weight, bias, running_mean, running_var)
+    )
     out = torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
     dtype = stats_dtype(input)
     return out, input.new_empty((channels,), dtype=dtype), input.new_empty((channels,), dtype=dtype)
@@ -127,9 +152,15 @@ def _batch_norm_forward(input, weight, bias, running_mean, running_var, training
 def _batch_norm_backward(grad_output, input, weight, save_mean, save_invstd, training, output_mask):
     channels = input.shape[1] if input.dim() >= 2 else save_mean.shape[0]
     param = weight if weight is not None else input
-    grad_input = (torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
-                  if output_mask[0] else None)
+    grad_input = (
+        torch.empty_like(input, memory_format=_batch_norm_memory_format(input))
+        if output_mask[0]
+        else None
+    )
     grad_weight = param.new_empty((channels,)) if output_mask[1] and weight is not None else None
-    grad_bias = (input.new_empty((channels,), dtype=_bias_grad_dtype(input, weight))
-                 if output_mask[2] else None)
+    grad_bias = (
+        input.new_empty((channels,), dtype=_bias_grad_dtype(input, weight))
+        if output_mask[2]
+        else None
+    )
     return grad_input, grad_weight, grad_bias

@@ -53,8 +53,9 @@ def lstm(
     Returns:
         ``(output, h_n, c_n)``: ``(seq_len, batch, proj or hidden)``, and the final states.
     """
-    out = torch.ops.fastdl.lstm_forward(input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh,
-                                        weight_hr, peephole, lengths, reverse)
+    out = torch.ops.fastdl.lstm_forward(
+        input, hx, cx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, peephole, lengths, reverse
+    )
     return out[0], out[1], out[2]
 
 
@@ -81,7 +82,9 @@ def gru(
     Returns:
         ``(output, h_n)``: ``(seq_len, batch, hidden)`` and ``(batch, hidden)``.
     """
-    out = torch.ops.fastdl.gru_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse)
+    out = torch.ops.fastdl.gru_forward(
+        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse
+    )
     return out[0], out[1]
 
 
@@ -97,7 +100,9 @@ def lstm_cell(
     each ``(batch, hidden)``; returns ``(h', c')``. One input GEMM, one recurrent GEMM and one
     fused pointwise kernel."""
     if input.dim() != 2:
-        raise ValueError(f"fastdl.lstm_cell: input must have shape (batch, input_size), got {list(input.shape)}")
+        raise ValueError(
+            f"fastdl.lstm_cell: input must have shape (batch, input_size), got {list(input.shape)}"
+        )
     if input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         # torch's CPU autocast runs lstm in bfloat16 but has no rule for lstm_cell: as torch,
         # the cell keeps its inputs' dtype.
@@ -119,51 +124,129 @@ def gru_cell(
     """One GRU step, as ``torch.nn.GRUCell``: ``input (batch, input_size)``, ``hx (batch,
     hidden)``; returns ``h'``."""
     if input.dim() != 2:
-        raise ValueError(f"fastdl.gru_cell: input must have shape (batch, input_size), got {list(input.shape)}")
+        raise ValueError(
+            f"fastdl.gru_cell: input must have shape (batch, input_size), got {list(input.shape)}"
+        )
     return gru(input.unsqueeze(0), hx, weight_ih, weight_hh, bias_ih, bias_hh)[1]
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
 
+
 def _rnn_check_input(op, input, weight_ih, gates):
-    torch._check(input.dim() == 3, lambda: f"{op}: input must have 3 dimensions (seq_len, batch, input_size), got {list(input.shape)}")
-    torch._check(weight_ih.dim() == 2 and weight_ih.shape[1] == input.shape[2],
-                 lambda: f"{op}: weight_ih must have shape [{gates} * hidden_size, input_size] with input_size = {input.shape[2]}, got {list(weight_ih.shape)}")
+    torch._check(
+        input.dim() == 3,
+        lambda: (
+            f"{op}: input must have 3 dimensions (seq_len, batch, input_size), got {list(input.shape)}"
+        ),
+    )
+    torch._check(
+        weight_ih.dim() == 2 and weight_ih.shape[1] == input.shape[2],
+        lambda: (
+            f"{op}: weight_ih must have shape [{gates} * hidden_size, input_size] with input_size = {input.shape[2]}, got {list(weight_ih.shape)}"
+        ),
+    )
     return input.shape[0], input.shape[1], weight_ih.shape[0] // gates
 
 
 @register_fake("fastdl::lstm_forward")
-def _lstm_forward(input, hx, cx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None,
-                  peephole=None, lengths=None, reverse=False):
+def _lstm_forward(
+    input,
+    hx,
+    cx,
+    weight_ih,
+    weight_hh,
+    bias_ih=None,
+    bias_hh=None,
+    weight_hr=None,
+    peephole=None,
+    lengths=None,
+    reverse=False,
+):
     T, B, H = _rnn_check_input("fastdl.lstm", input, weight_ih, 4)
     P = weight_hr.shape[0] if weight_hr is not None else H
     new = input.new_empty
     state = stats_dtype(input)  # gates and cells stay float32 for half inputs (rnn.h)
-    return (new((T, B, P)), new((B, P)), new((B, H)), new((T, B, 4 * H), dtype=state),
-            new((T, B, H), dtype=state), new((T, B, P)),
-            new((T if weight_hr is not None else 0, B, H)))
+    return (
+        new((T, B, P)),
+        new((B, P)),
+        new((B, H)),
+        new((T, B, 4 * H), dtype=state),
+        new((T, B, H), dtype=state),
+        new((T, B, P)),
+        new((T if weight_hr is not None else 0, B, H)),
+    )
 
 
 @register_fake("fastdl::lstm_backward")
-def _lstm_backward(grad_output, grad_hy, grad_cy, input, hx, cx, weight_ih, weight_hh, weight_hr,
-                   peephole, lengths, reverse, gates, cells, hiddens, hidden_pre, output_mask):
-    like = [input, hx, cx, weight_ih, weight_hh, weight_ih.new_empty(weight_ih.shape[0]),
-            weight_ih.new_empty(weight_ih.shape[0]), weight_hr, peephole]
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m and t is not None else None
-                 for m, t in zip(output_mask, like))
+def _lstm_backward(
+    grad_output,
+    grad_hy,
+    grad_cy,
+    input,
+    hx,
+    cx,
+    weight_ih,
+    weight_hh,
+    weight_hr,
+    peephole,
+    lengths,
+    reverse,
+    gates,
+    cells,
+    hiddens,
+    hidden_pre,
+    output_mask,
+):
+    like = [
+        input,
+        hx,
+        cx,
+        weight_ih,
+        weight_hh,
+        weight_ih.new_empty(weight_ih.shape[0]),
+        weight_ih.new_empty(weight_ih.shape[0]),
+        weight_hr,
+        peephole,
+    ]
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format) if m and t is not None else None
+        for m, t in zip(output_mask, like)
+    )
 
 
 @register_fake("fastdl::gru_forward")
-def _gru_forward(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, lengths=None, reverse=False):
+def _gru_forward(
+    input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, lengths=None, reverse=False
+):
     T, B, H = _rnn_check_input("fastdl.gru", input, weight_ih, 3)
     new = input.new_empty
     return new((T, B, H)), new((B, H)), new((T, B, 4 * H), dtype=stats_dtype(input)), new((T, B, H))
 
 
 @register_fake("fastdl::gru_backward")
-def _gru_backward(grad_output, grad_hy, input, hx, weight_ih, weight_hh, lengths, reverse, work,
-                  hiddens, output_mask):
-    like = [input, hx, weight_ih, weight_hh, weight_ih.new_empty(weight_ih.shape[0]),
-            weight_ih.new_empty(weight_ih.shape[0])]
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
-                 for m, t in zip(output_mask, like))
+def _gru_backward(
+    grad_output,
+    grad_hy,
+    input,
+    hx,
+    weight_ih,
+    weight_hh,
+    lengths,
+    reverse,
+    work,
+    hiddens,
+    output_mask,
+):
+    like = [
+        input,
+        hx,
+        weight_ih,
+        weight_hh,
+        weight_ih.new_empty(weight_ih.shape[0]),
+        weight_ih.new_empty(weight_ih.shape[0]),
+    ]
+    return tuple(
+        torch.empty_like(t, memory_format=torch.contiguous_format) if m else None
+        for m, t in zip(output_mask, like)
+    )

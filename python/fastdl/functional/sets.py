@@ -66,16 +66,21 @@ def induced_attention_with_lse(
 ) -> Tuple[Tensor, Tensor]:
     """:func:`induced_attention` and each query row's log-sum-exp of its scaled scores,
     ``(batch, heads, L)`` (float32 for half inputs; ``-inf`` for a row with no key)."""
-    out, lse = torch.ops.fastdl.induced_attention_forward(query, key, value, key_padding_mask, scale)
+    out, lse = torch.ops.fastdl.induced_attention_forward(
+        query, key, value, key_padding_mask, scale
+    )
     return out, lse
 
 
 # ---- fake kernels: shapes and dtypes for torch.compile, torch.export, FakeTensor ----
 
+
 @register_fake("fastdl::induced_attention_forward")
 def _induced_attention_forward(query, key, value, key_padding_mask=None, scale=None):
-    torch._check(query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
-                 lambda: "fastdl.induced_attention: query, key and value must be 4-d (batch, heads, L|S, E)")
+    torch._check(
+        query.dim() == 4 and key.dim() == 4 and value.dim() == 4,
+        lambda: "fastdl.induced_attention: query, key and value must be 4-d (batch, heads, L|S, E)",
+    )
     b, h, l, _ = query.shape
     # The output is laid out as (batch, L, heads, Ev), so merging the heads is free.
     out = query.new_empty((b, l, h, value.shape[3])).transpose(1, 2)
@@ -87,7 +92,10 @@ def _induced_rows_ready(t):
 
 
 @register_fake("fastdl::induced_attention_backward")
-def _induced_attention_backward(grad_output, query, key, value, key_padding_mask, output, lse, scale,
-                                output_mask):
-    return tuple(_induced_rows_ready(torch.empty_like(_induced_rows_ready(t))) if need else None
-                 for t, need in zip((query, key, value), output_mask))
+def _induced_attention_backward(
+    grad_output, query, key, value, key_padding_mask, output, lse, scale, output_mask
+):
+    return tuple(
+        _induced_rows_ready(torch.empty_like(_induced_rows_ready(t))) if need else None
+        for t, need in zip((query, key, value), output_mask)
+    )

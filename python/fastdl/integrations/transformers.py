@@ -33,10 +33,17 @@ NAME = "fastdl"
 _warned_weights = False
 
 
-def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                      attention_mask: Optional[Tensor], dropout: float = 0.0,
-                      scaling: Optional[float] = None, is_causal: Optional[bool] = None,
-                      **kwargs) -> tuple[Tensor, None]:
+def attention_forward(
+    module: torch.nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Optional[Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    is_causal: Optional[bool] = None,
+    **kwargs,
+) -> tuple[Tensor, None]:
     """One attention layer's core, in transformers' attention-function convention.
 
     Args:
@@ -59,13 +66,19 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
     """
     global _warned_weights
     if kwargs.get("softcap") is not None:
-        raise ValueError("fastdl attention: softcap is not supported; use attn_implementation="
-                         "'eager' or 'flex_attention' for models with logit soft-capping")
+        raise ValueError(
+            "fastdl attention: softcap is not supported; use attn_implementation="
+            "'eager' or 'flex_attention' for models with logit soft-capping"
+        )
     if kwargs.get("output_attentions") and not _warned_weights:
         _warned_weights = True
         import warnings
-        warnings.warn("fastdl attention returns no attention weights (output_attentions=True "
-                      "gives None); use attn_implementation='eager' to get them", stacklevel=2)
+
+        warnings.warn(
+            "fastdl attention returns no attention weights (output_attentions=True "
+            "gives None); use attn_implementation='eager' to get them",
+            stacklevel=2,
+        )
     q_len, kv_len = query.shape[2], key.shape[2]
     mask = attention_mask
     if mask is not None and mask.shape[-1] > kv_len:
@@ -94,8 +107,15 @@ def attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor, value
             mask = bias + mask
         mask, causal = mask.to(query.dtype), False
     output = routed("scaled_dot_product_attention")(
-        query, key, value, attn_mask=mask, dropout_p=float(dropout), is_causal=causal,
-        scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=float(dropout),
+        is_causal=causal,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -113,12 +133,16 @@ def register(name: str = NAME) -> str:
     try:
         import transformers
     except ImportError as exc:
-        raise ImportError("fastdl.integrations.transformers.register needs transformers "
-                          "(pip install 'fastdl[transformers]')") from exc
+        raise ImportError(
+            "fastdl.integrations.transformers.register needs transformers "
+            "(pip install 'fastdl[transformers]')"
+        ) from exc
     interface = getattr(transformers, "AttentionInterface", None)
     if interface is None:
-        raise ImportError(f"fastdl.integrations.transformers.register needs transformers 4.48 or "
-                          f"later (AttentionInterface), found {transformers.__version__}")
+        raise ImportError(
+            f"fastdl.integrations.transformers.register needs transformers 4.48 or "
+            f"later (AttentionInterface), found {transformers.__version__}"
+        )
     interface.register(name, attention_forward)
     try:
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

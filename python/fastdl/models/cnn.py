@@ -25,7 +25,6 @@ POOLINGS = ("avg", "max")
 BACKENDS = ("fastdl", "torch")
 
 
-
 def _check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
@@ -40,8 +39,10 @@ def _layer(backend: str, name: str) -> type[nn.Module]:
         return getattr(nn, name)
     layer = getattr(fnn, name, None)
     if layer is None:
-        raise NotImplementedError(f"fastdl.nn.{name} is not available in this build of fastdl; "
-                                  f"use backend='torch' for the pure-torch model")
+        raise NotImplementedError(
+            f"fastdl.nn.{name} is not available in this build of fastdl; "
+            f"use backend='torch' for the pure-torch model"
+        )
     return layer
 
 
@@ -97,16 +98,24 @@ class LeNet5(_TwinMixin, nn.Module):
 
     input_size = (32, 32)
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, activation: str = "tanh",
-                 pooling: str = "avg", *, backend: str = "fastdl"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        activation: str = "tanh",
+        pooling: str = "avg",
+        *,
+        backend: str = "fastdl",
+    ):
         super().__init__()
         positive_int(in_channels, "in_channels")
         positive_int(num_classes, "num_classes")
         _check_choice(activation, "activation", tuple(ACTIVATIONS))
         _check_choice(pooling, "pooling", POOLINGS)
         _check_choice(backend, "backend", BACKENDS)
-        self._config = dict(in_channels=in_channels, num_classes=num_classes,
-                            activation=activation, pooling=pooling)
+        self._config = dict(
+            in_channels=in_channels, num_classes=num_classes, activation=activation, pooling=pooling
+        )
         self.in_channels, self.num_classes = in_channels, num_classes
         self.activation, self.pooling, self.backend = activation, pooling, backend
 
@@ -114,26 +123,36 @@ class LeNet5(_TwinMixin, nn.Module):
         Pool = _layer(backend, "AvgPool2d" if pooling == "avg" else "MaxPool2d")
         Act = ACTIVATIONS[activation]
         self.features = nn.Sequential(
-            Conv2d(in_channels, 6, kernel_size=5), Act(), Pool(kernel_size=2, stride=2),
-            Conv2d(6, 16, kernel_size=5), Act(), Pool(kernel_size=2, stride=2),
+            Conv2d(in_channels, 6, kernel_size=5),
+            Act(),
+            Pool(kernel_size=2, stride=2),
+            Conv2d(6, 16, kernel_size=5),
+            Act(),
+            Pool(kernel_size=2, stride=2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), Act(),
-            nn.Linear(120, 84), Act(),
+            nn.Linear(16 * 5 * 5, 120),
+            Act(),
+            nn.Linear(120, 84),
+            Act(),
             nn.Linear(84, num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels or tuple(x.shape[-2:]) != self.input_size:
-            raise ValueError(f"LeNet5 expects input of shape (N, {self.in_channels}, 32, 32), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"LeNet5 expects input of shape (N, {self.in_channels}, 32, 32), "
+                f"got {tuple(x.shape)}"
+            )
         return self.classifier(self.features(x))
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
-                f"activation={self.activation!r}, pooling={self.pooling!r}, "
-                f"backend={self.backend!r}")
+        return (
+            f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
+            f"activation={self.activation!r}, pooling={self.pooling!r}, "
+            f"backend={self.backend!r}"
+        )
 
 
 class ResNetBlock(_TwinMixin, nn.Module):
@@ -153,8 +172,9 @@ class ResNetBlock(_TwinMixin, nn.Module):
         backend: ``"fastdl"`` (fastdl.nn.Conv2d and BatchNorm2d) or ``"torch"``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 backend: str = "fastdl"):
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, *, backend: str = "fastdl"
+    ):
         super().__init__()
         positive_int(in_channels, "in_channels")
         positive_int(out_channels, "out_channels")
@@ -185,5 +205,7 @@ class ResNetBlock(_TwinMixin, nn.Module):
         return self.relu(out + self.shortcut(x))
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
-                f"stride={self.stride}, backend={self.backend!r}")
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"stride={self.stride}, backend={self.backend!r}"
+        )

@@ -37,9 +37,13 @@ def _sizes(value: Sizes, name: str) -> list[int]:
     return sizes
 
 
-
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0,
-        activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def mlp(
+    in_features: int,
+    hidden: Sequence[int],
+    out_features: int,
+    dropout: float = 0.0,
+    activation: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
     """``Linear -> activation -> Dropout`` for each size in ``hidden``, then a last ``Linear``
     to ``out_features`` (no activation after it)."""
     layers: list[nn.Module] = []
@@ -53,19 +57,23 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: flo
     return nn.Sequential(*layers)
 
 
-def _check_bags(x: Tensor, mask: Optional[Tensor],
-                in_features: int) -> tuple[Tensor, Optional[Tensor], bool]:
+def _check_bags(
+    x: Tensor, mask: Optional[Tensor], in_features: int
+) -> tuple[Tensor, Optional[Tensor], bool]:
     """Validate ``x``/``mask``; return them batched (a 2-d ``x`` becomes one bag) and whether
     ``x`` was unbatched. Masked-out elements of ``x`` are zeroed so that whatever padding holds
     (even NaN) cannot leak into the per-element network."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
     if x.dim() not in (2, 3):
-        raise ValueError(f"x must be (bags, N, in_features) or (N, in_features), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be (bags, N, in_features) or (N, in_features), got shape {tuple(x.shape)}"
+        )
     if x.shape[-1] != in_features:
-        raise ValueError(f"x must have in_features={in_features} in its last dimension, "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have in_features={in_features} in its last dimension, "
+            f"got shape {tuple(x.shape)}"
+        )
     unbatched = x.dim() == 2
     if unbatched:
         x = x.unsqueeze(0)
@@ -74,8 +82,9 @@ def _check_bags(x: Tensor, mask: Optional[Tensor],
         if mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
         if tuple(mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f"mask must have shape (bags, N) = {tuple(x.shape[:2])}, "
-                             f"got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must have shape (bags, N) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
+            )
         x = x.masked_fill(~mask.unsqueeze(-1), 0)
     return x, mask, unbatched
 
@@ -141,9 +150,16 @@ class DeepSets(nn.Module):
         apply ``softmax(-1)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden: Sizes = 64, pooling: str = "mean",
-                 phi: Optional[nn.Module] = None, rho: Optional[nn.Module] = None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sizes = 64,
+        pooling: str = "mean",
+        phi: Optional[nn.Module] = None,
+        rho: Optional[nn.Module] = None,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.in_features = positive_int(in_features, "in_features")
         self.out_features = positive_int(out_features, "out_features")
@@ -163,8 +179,10 @@ class DeepSets(nn.Module):
         return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"pooling={self.pooling!r}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"pooling={self.pooling!r}"
+        )
 
 
 class HistNetQ(nn.Module):
@@ -199,10 +217,19 @@ class HistNetQ(nn.Module):
             False for sigmoid, True for the others).
     """
 
-    def __init__(self, in_features: int, n_classes: int, n_bins: int = 8, histogram: str = "soft",
-                 n_features: int = 32, feature_extractor: Optional[nn.Module] = None,
-                 extractor_hidden: Sizes = 64, hidden: Sizes = 128, dropout: float = 0.0,
-                 learnable: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        n_bins: int = 8,
+        histogram: str = "soft",
+        n_features: int = 32,
+        feature_extractor: Optional[nn.Module] = None,
+        extractor_hidden: Sizes = 64,
+        hidden: Sizes = 128,
+        dropout: float = 0.0,
+        learnable: Optional[bool] = None,
+    ) -> None:
         super().__init__()
         self.in_features = positive_int(in_features, "in_features")
         self.n_classes = positive_int(n_classes, "n_classes")
@@ -210,10 +237,15 @@ class HistNetQ(nn.Module):
         if histogram not in HISTOGRAMS:
             raise ValueError(f"histogram must be one of {tuple(HISTOGRAMS)}, got {histogram!r}")
         self.histogram_kind = histogram
-        ex_sizes = [] if extractor_hidden in ((), []) else _sizes(extractor_hidden, "extractor_hidden")
+        ex_sizes = (
+            [] if extractor_hidden in ((), []) else _sizes(extractor_hidden, "extractor_hidden")
+        )
         q_sizes = [] if hidden in ((), []) else _sizes(hidden, "hidden")
-        self.feature_extractor = (feature_extractor if feature_extractor is not None else
-                                  mlp(in_features, ex_sizes, n_features, dropout, nn.LeakyReLU))
+        self.feature_extractor = (
+            feature_extractor
+            if feature_extractor is not None
+            else mlp(in_features, ex_sizes, n_features, dropout, nn.LeakyReLU)
+        )
         kwargs = {} if learnable is None else {"learnable": learnable}
         self.histogram = HISTOGRAMS[histogram](n_features, n_bins, flatten=True, **kwargs)
         self.quantifier = mlp(n_features * n_bins, q_sizes, n_classes, dropout, nn.LeakyReLU)
@@ -228,8 +260,10 @@ class HistNetQ(nn.Module):
         return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, n_classes={self.n_classes}, "
-                f"histogram={self.histogram_kind!r}")
+        return (
+            f"in_features={self.in_features}, n_classes={self.n_classes}, "
+            f"histogram={self.histogram_kind!r}"
+        )
 
 
 class SetTransformer(nn.Module):
@@ -262,20 +296,31 @@ class SetTransformer(nn.Module):
         (the attention over it is 0). Output ``(bags, num_outputs, dim_output)``.
     """
 
-    def __init__(self, dim_input: int, num_outputs: int, dim_output: int, num_inds: int = 32,
-                 dim_hidden: int = 128, num_heads: int = 4, ln: bool = False, variant: str = "paper") -> None:
+    def __init__(
+        self,
+        dim_input: int,
+        num_outputs: int,
+        dim_output: int,
+        num_inds: int = 32,
+        dim_hidden: int = 128,
+        num_heads: int = 4,
+        ln: bool = False,
+        variant: str = "paper",
+    ) -> None:
         super().__init__()
         self.dim_input = positive_int(dim_input, "dim_input")
         self.num_outputs = positive_int(num_outputs, "num_outputs")
         self.dim_output = positive_int(dim_output, "dim_output")
         self.enc = nn.Sequential(
             fnn.ISAB(dim_input, dim_hidden, num_heads, num_inds, ln=ln, variant=variant),
-            fnn.ISAB(dim_hidden, dim_hidden, num_heads, num_inds, ln=ln, variant=variant))
+            fnn.ISAB(dim_hidden, dim_hidden, num_heads, num_inds, ln=ln, variant=variant),
+        )
         self.dec = nn.Sequential(
             fnn.PMA(dim_hidden, num_heads, num_outputs, ln=ln, variant=variant),
             fnn.SAB(dim_hidden, dim_hidden, num_heads, ln=ln, variant=variant),
             fnn.SAB(dim_hidden, dim_hidden, num_heads, ln=ln, variant=variant),
-            nn.Linear(dim_hidden, dim_output))
+            nn.Linear(dim_hidden, dim_output),
+        )
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         x, mask, unbatched = _check_bags(x, mask, self.dim_input)
@@ -286,5 +331,7 @@ class SetTransformer(nn.Module):
         return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
-        return (f"dim_input={self.dim_input}, num_outputs={self.num_outputs}, "
-                f"dim_output={self.dim_output}")
+        return (
+            f"dim_input={self.dim_input}, num_outputs={self.num_outputs}, "
+            f"dim_output={self.dim_output}"
+        )

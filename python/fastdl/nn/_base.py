@@ -26,8 +26,9 @@ class FastdlModule:
         if not issubclass(cls, twin):
             raise TypeError(f"{cls.__name__} must subclass its torch twin {twin.__name__}")
         if twin in TWINS:
-            raise TypeError(f"{twin.__name__} has two fastdl twins: {TWINS[twin].__name__}, "
-                            f"{cls.__name__}")
+            raise TypeError(
+                f"{twin.__name__} has two fastdl twins: {TWINS[twin].__name__}, {cls.__name__}"
+            )
         TWINS[twin] = cls
 
     @classmethod
@@ -37,9 +38,15 @@ class FastdlModule:
         hooks. The containers (parameter, buffer and hook dicts) are copies, so later
         changes to one module do not leak into the other."""
         if type(module) is not cls.torch_type:
-            raise TypeError(f"{cls.__name__}.from_torch expects a {cls.torch_type.__name__}, "
-                            f"got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_torch expects a {cls.torch_type.__name__}, "
+                f"got {type(module).__name__}"
+            )
         new = cls.__new__(cls)
-        new.__dict__.update({key: copy.copy(value) if isinstance(value, (dict, set, list)) else value
-                             for key, value in vars(module).items()})
+        new.__dict__.update(
+            {
+                key: copy.copy(value) if isinstance(value, (dict, set, list)) else value
+                for key, value in vars(module).items()
+            }
+        )
         return new

@@ -24,9 +24,18 @@ class Conv1d(FastdlModule, nn.Conv1d):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
-            return functional.conv1d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
-                            weight, bias, self.stride, 0, self.dilation, self.groups)
-        return functional.conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return functional.conv1d(
+                torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                weight,
+                bias,
+                self.stride,
+                0,
+                self.dilation,
+                self.groups,
+            )
+        return functional.conv1d(
+            input, weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.weight, self.bias)
@@ -39,9 +48,18 @@ class Conv2d(FastdlModule, nn.Conv2d):
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
-            return functional.conv2d(torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
-                            weight, bias, self.stride, 0, self.dilation, self.groups)
-        return functional.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            return functional.conv2d(
+                torch_F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode),
+                weight,
+                bias,
+                self.stride,
+                0,
+                self.dilation,
+                self.groups,
+            )
+        return functional.conv2d(
+            input, weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         return self._conv_forward(input, self.weight, self.bias)

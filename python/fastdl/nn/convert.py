@@ -30,7 +30,9 @@ class ConversionReport:
 
     def __str__(self) -> str:
         lines = [f"fastdl.nn.convert: swapped {len(self.swapped)} layer(s)"]
-        lines += [f"  {name or '<root>'}: {old} -> fastdl.nn.{new}" for name, old, new in self.swapped]
+        lines += [
+            f"  {name or '<root>'}: {old} -> fastdl.nn.{new}" for name, old, new in self.swapped
+        ]
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)}:")
             lines += [f"  {name}: {kind} ({why})" for name, kind, why in self.skipped]
@@ -45,7 +47,9 @@ def _names(types: TypeFilter) -> Optional[set[str]]:
     return {t if isinstance(t, str) else t.__name__ for t in types}
 
 
-def convert(model: nn.Module, include: TypeFilter = None, exclude: TypeFilter = None) -> ConversionReport:
+def convert(
+    model: nn.Module, include: TypeFilter = None, exclude: TypeFilter = None
+) -> ConversionReport:
     """Replace every supported torch.nn layer in ``model`` by its fastdl.nn twin, in place.
 
     The new layers hold the very same parameter and buffer tensors (so an optimizer built
@@ -68,8 +72,10 @@ def convert(model: nn.Module, include: TypeFilter = None, exclude: TypeFilter = 
     for names, arg in ((include_names, "include"), (exclude_names, "exclude")):
         unknown = (names or set()) - known
         if unknown:
-            raise ValueError(f"convert: {arg} names layer types fastdl cannot convert: "
-                             f"{sorted(unknown)}; supported: {sorted(known)}")
+            raise ValueError(
+                f"convert: {arg} names layer types fastdl cannot convert: "
+                f"{sorted(unknown)}; supported: {sorted(known)}"
+            )
     report = ConversionReport()
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
@@ -78,8 +84,12 @@ def convert(model: nn.Module, include: TypeFilter = None, exclude: TypeFilter = 
             target = CONVERSIONS.get(kind)
             if target is None:
                 for torch_type in CONVERSIONS:
-                    if isinstance(child, torch_type) and not isinstance(child, tuple(CONVERSIONS.values())):
-                        report.skipped.append((name, kind.__name__, f"subclass of {torch_type.__name__}"))
+                    if isinstance(child, torch_type) and not isinstance(
+                        child, tuple(CONVERSIONS.values())
+                    ):
+                        report.skipped.append(
+                            (name, kind.__name__, f"subclass of {torch_type.__name__}")
+                        )
                 continue
             if include_names is not None and kind.__name__ not in include_names:
                 report.skipped.append((name, kind.__name__, "not in include"))

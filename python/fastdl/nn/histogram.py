@@ -28,7 +28,6 @@ from .._args import positive_int
 __all__ = ["HardHistogram", "RBFHistogram", "SigmoidHistogram", "SoftHistogram"]
 
 
-
 class _Histogram(nn.Module):
     """Shared body of the histogram layers: centres/widths as (F, B) parameters or buffers,
     argument checks, and the forward on :func:`fastdl.functional.histogram`."""
@@ -37,9 +36,17 @@ class _Histogram(nn.Module):
     #: Whether centres and widths are learnable when ``learnable`` is not given.
     default_learnable: bool = True
 
-    def __init__(self, n_features: int, n_bins: int, learnable: Optional[bool] = None,
-                 flatten: bool = True, normalize: bool = True, sharpness: float = 1000.0,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_bins: int,
+        learnable: Optional[bool] = None,
+        flatten: bool = True,
+        normalize: bool = True,
+        sharpness: float = 1000.0,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         self.n_features = positive_int(n_features, "n_features")
         self.n_bins = positive_int(n_bins, "n_bins")
@@ -86,18 +93,25 @@ class _Histogram(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
         if x.dim() not in (2, 3):
-            raise ValueError(f"x must be (bags, N, n_features) or (N, n_features), "
-                             f"got a {x.dim()}-d tensor of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"x must be (bags, N, n_features) or (N, n_features), "
+                f"got a {x.dim()}-d tensor of shape {tuple(x.shape)}"
+            )
         if x.shape[-1] != self.n_features:
-            raise ValueError(f"x must have n_features={self.n_features} in its last dimension, "
-                             f"got shape {tuple(x.shape)}")
-        out = functional.histogram(x, self.centers, self.widths, self.kernel, mask, self.normalize,
-                          self.sharpness)
+            raise ValueError(
+                f"x must have n_features={self.n_features} in its last dimension, "
+                f"got shape {tuple(x.shape)}"
+            )
+        out = functional.histogram(
+            x, self.centers, self.widths, self.kernel, mask, self.normalize, self.sharpness
+        )
         return out.flatten(-2) if self.flatten else out
 
     def extra_repr(self) -> str:
-        s = (f"n_features={self.n_features}, n_bins={self.n_bins}, learnable={self.learnable}, "
-             f"flatten={self.flatten}")
+        s = (
+            f"n_features={self.n_features}, n_bins={self.n_bins}, learnable={self.learnable}, "
+            f"flatten={self.flatten}"
+        )
         if not self.normalize:
             s += ", normalize=False"
         return s
@@ -124,11 +138,22 @@ class SigmoidHistogram(_Histogram):
     kernel = "sigmoid"
     default_learnable = False
 
-    def __init__(self, n_features: int, n_bins: int, learnable: bool = False, flatten: bool = True,
-                 normalize: bool = True, sharpness: float = 1000.0, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_bins: int,
+        learnable: bool = False,
+        flatten: bool = True,
+        normalize: bool = True,
+        sharpness: float = 1000.0,
+        device=None,
+        dtype=None,
+    ) -> None:
         if not sharpness > 0:
             raise ValueError(f"sharpness must be positive, got {sharpness!r}")
-        super().__init__(n_features, n_bins, learnable, flatten, normalize, sharpness, device, dtype)
+        super().__init__(
+            n_features, n_bins, learnable, flatten, normalize, sharpness, device, dtype
+        )
 
     def initial_widths(self) -> float:
         return 1.0 / self.n_bins
@@ -156,8 +181,16 @@ class SoftHistogram(_Histogram):
 
     kernel = "soft"
 
-    def __init__(self, n_features: int, n_bins: int, learnable: bool = True, flatten: bool = True,
-                 normalize: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_bins: int,
+        learnable: bool = True,
+        flatten: bool = True,
+        normalize: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(n_features, n_bins, learnable, flatten, normalize, 1000.0, device, dtype)
 
     def initial_widths(self) -> float:
@@ -182,8 +215,16 @@ class RBFHistogram(_Histogram):
 
     kernel = "rbf"
 
-    def __init__(self, n_features: int, n_bins: int, learnable: bool = True, flatten: bool = True,
-                 normalize: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_bins: int,
+        learnable: bool = True,
+        flatten: bool = True,
+        normalize: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(n_features, n_bins, learnable, flatten, normalize, 1000.0, device, dtype)
 
     def initial_widths(self) -> float:
@@ -211,8 +252,16 @@ class HardHistogram(_Histogram):
 
     kernel = "hard"
 
-    def __init__(self, n_features: int, n_bins: int, learnable: bool = True, flatten: bool = True,
-                 normalize: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        n_features: int,
+        n_bins: int,
+        learnable: bool = True,
+        flatten: bool = True,
+        normalize: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(n_features, n_bins, learnable, flatten, normalize, 1000.0, device, dtype)
 
     def initial_widths(self) -> float:

@@ -19,8 +19,15 @@ class MaxPool1d(FastdlModule, nn.MaxPool1d):
     torch_type = nn.MaxPool1d
 
     def forward(self, input: Tensor):
-        return functional.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+        return functional.max_pool1d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
 
 
 class MaxPool2d(FastdlModule, nn.MaxPool2d):
@@ -29,8 +36,15 @@ class MaxPool2d(FastdlModule, nn.MaxPool2d):
     torch_type = nn.MaxPool2d
 
     def forward(self, input: Tensor):
-        return functional.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+        return functional.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
 
 
 class AvgPool1d(FastdlModule, nn.AvgPool1d):
@@ -39,8 +53,14 @@ class AvgPool1d(FastdlModule, nn.AvgPool1d):
     torch_type = nn.AvgPool1d
 
     def forward(self, input: Tensor) -> Tensor:
-        return functional.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad)
+        return functional.avg_pool1d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+        )
 
 
 class AvgPool2d(FastdlModule, nn.AvgPool2d):
@@ -49,5 +69,12 @@ class AvgPool2d(FastdlModule, nn.AvgPool2d):
     torch_type = nn.AvgPool2d
 
     def forward(self, input: Tensor) -> Tensor:
-        return functional.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad, self.divisor_override)
+        return functional.avg_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )

@@ -35,9 +35,12 @@ class _FusedRNN(FastdlModule):
     def _layer_weights(self, layer: int, direction: int) -> dict[str, Optional[Tensor]]:
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
-        weights = dict(weight_ih=get("weight_ih"), weight_hh=get("weight_hh"),
-                       bias_ih=get("bias_ih") if self.bias else None,
-                       bias_hh=get("bias_hh") if self.bias else None)
+        weights = dict(
+            weight_ih=get("weight_ih"),
+            weight_hh=get("weight_hh"),
+            bias_ih=get("bias_ih") if self.bias else None,
+            bias_hh=get("bias_hh") if self.bias else None,
+        )
         if self._is_lstm:
             weights["weight_hr"] = get("weight_hr") if self.proj_size > 0 else None
             weights["peephole"] = get("weight_peephole")
@@ -54,12 +57,19 @@ class _FusedRNN(FastdlModule):
                 index = layer * directions + direction
                 w = self._layer_weights(layer, direction)
                 if self._is_lstm:
-                    out, h, c = functional.lstm(layer_input, h0[index], c0[index], lengths=lengths,
-                                                reverse=direction == 1, **w)
+                    out, h, c = functional.lstm(
+                        layer_input,
+                        h0[index],
+                        c0[index],
+                        lengths=lengths,
+                        reverse=direction == 1,
+                        **w,
+                    )
                     c_n.append(c)
                 else:
-                    out, h = functional.gru(layer_input, h0[index], lengths=lengths,
-                                            reverse=direction == 1, **w)
+                    out, h = functional.gru(
+                        layer_input, h0[index], lengths=lengths, reverse=direction == 1, **w
+                    )
                 outputs.append(out)
                 h_n.append(h)
             layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
@@ -75,7 +85,9 @@ class _FusedRNN(FastdlModule):
 
     def _state_zeros(self, batch: int, size: int, like: Tensor) -> Tensor:
         directions = 2 if self.bidirectional else 1
-        return torch.zeros(self.num_layers * directions, batch, size, dtype=like.dtype, device=like.device)
+        return torch.zeros(
+            self.num_layers * directions, batch, size, dtype=like.dtype, device=like.device
+        )
 
     def forward(self, input, hx=None):  # noqa: C901 (torch's own flow, kept recognisable)
         self._update_flat_weights()
@@ -95,7 +107,9 @@ class _FusedRNN(FastdlModule):
             self.check_forward_args(input, hx, batch_sizes)
         else:
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+                raise ValueError(
+                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
@@ -108,19 +122,27 @@ class _FusedRNN(FastdlModule):
                     hx = (hx, self._state_zeros(max_batch, self.hidden_size, input))
             elif self._is_lstm:
                 if is_batched and (hx[0].dim() != 3 or hx[1].dim() != 3):
-                    raise RuntimeError("For batched 3-D input, hx and cx should also be 3-D but got "
-                                       f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                    raise RuntimeError(
+                        "For batched 3-D input, hx and cx should also be 3-D but got "
+                        f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                    )
                 if not is_batched:
                     if hx[0].dim() != 2 or hx[1].dim() != 2:
-                        raise RuntimeError("For unbatched 2-D input, hx and cx should also be 2-D but got "
-                                           f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                            f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
             else:
                 if is_batched and hx.dim() != 3:
-                    raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+                    raise RuntimeError(
+                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                    )
                 if not is_batched:
                     if hx.dim() != 2:
-                        raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor")
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
                     hx = hx.unsqueeze(1)
             self.check_forward_args(input, hx, batch_sizes)
 
@@ -135,11 +157,15 @@ class _FusedRNN(FastdlModule):
         hidden = (h_n, c_n) if self._is_lstm else h_n
 
         if isinstance(orig_input, PackedSequence):
-            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                    self.permute_hidden(hidden, unsorted_indices))
+            return (
+                PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(hidden, unsorted_indices),
+            )
         if not is_batched:
             output = output.squeeze(batch_dim)
-            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if self._is_lstm else hidden.squeeze(1)
+            hidden = (
+                (hidden[0].squeeze(1), hidden[1].squeeze(1)) if self._is_lstm else hidden.squeeze(1)
+            )
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
@@ -177,19 +203,24 @@ class PeepholeLSTM(LSTM):
         factory = dict(device=self.weight_ih_l0.device, dtype=self.weight_ih_l0.dtype)
         for layer in range(self.num_layers):
             for suffix in ("", "_reverse") if self.bidirectional else ("",):
-                p = nn.Parameter(torch.empty(3, self.hidden_size, **factory).uniform_(-bound, bound))
+                p = nn.Parameter(
+                    torch.empty(3, self.hidden_size, **factory).uniform_(-bound, bound)
+                )
                 self.register_parameter(f"weight_peephole_l{layer}{suffix}", p)
 
 
-def _batched_cell_inputs(cell: str, input: Tensor, states, count: int, hidden_size: int,
-                         state_name) -> tuple[Tensor, list[Tensor], bool]:
+def _batched_cell_inputs(
+    cell: str, input: Tensor, states, count: int, hidden_size: int, state_name
+) -> tuple[Tensor, list[Tensor], bool]:
     """A cell's input and ``count`` states as batched tensors (zeros when ``states`` is None),
     and whether the input was batched; torch's errors for inputs of the wrong rank."""
     if input.dim() not in (1, 2):
         raise ValueError(f"{cell}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     for idx, value in enumerate(states or ()):
         if value.dim() not in (1, 2):
-            raise ValueError(f"{cell}: Expected {state_name(idx)} to be 1D or 2D, got {value.dim()}D instead")
+            raise ValueError(
+                f"{cell}: Expected {state_name(idx)} to be 1D or 2D, got {value.dim()}D instead"
+            )
     is_batched = input.dim() == 2
     if not is_batched:
         input = input.unsqueeze(0)
@@ -204,10 +235,15 @@ class LSTMCell(FastdlModule, nn.LSTMCell):
 
     torch_type = nn.LSTMCell
 
-    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
-        input, (h0, c0), is_batched = _batched_cell_inputs("LSTMCell", input, hx, 2, self.hidden_size,
-                                                           lambda idx: f"hx[{idx}]")
-        h, c = functional.lstm_cell(input, (h0, c0), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+    def forward(
+        self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None
+    ) -> tuple[Tensor, Tensor]:
+        input, (h0, c0), is_batched = _batched_cell_inputs(
+            "LSTMCell", input, hx, 2, self.hidden_size, lambda idx: f"hx[{idx}]"
+        )
+        h, c = functional.lstm_cell(
+            input, (h0, c0), self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
         return (h.squeeze(0), c.squeeze(0)) if not is_batched else (h, c)
 
 
@@ -217,7 +253,15 @@ class GRUCell(FastdlModule, nn.GRUCell):
     torch_type = nn.GRUCell
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        input, (hx,), is_batched = _batched_cell_inputs("GRUCell", input, None if hx is None else (hx,), 1,
-                                                        self.hidden_size, lambda idx: "hidden")
-        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        input, (hx,), is_batched = _batched_cell_inputs(
+            "GRUCell",
+            input,
+            None if hx is None else (hx,),
+            1,
+            self.hidden_size,
+            lambda idx: "hidden",
+        )
+        h = functional.gru_cell(
+            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
         return h.squeeze(0) if not is_batched else h

@@ -48,14 +48,15 @@ __all__ = ["ISAB", "MAB", "PMA", "SAB", "VARIANTS"]
 VARIANTS = ("paper", "reference")
 
 
-
 def _batched(x: Tensor, features: int, name: str) -> tuple[Tensor, bool]:
     """``x`` as (batch, n, features) and whether it came unbatched (n, features)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
     if x.dim() not in (2, 3) or x.shape[-1] != features:
-        raise ValueError(f"{name} must have shape (batch, n, {features}) or (n, {features}), "
-                         f"got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (batch, n, {features}) or (n, {features}), "
+            f"got {tuple(x.shape)}"
+        )
     return (x.unsqueeze(0), True) if x.dim() == 2 else (x, False)
 
 
@@ -63,13 +64,17 @@ def _check_mask(mask: Optional[Tensor], keys: Tensor, unbatched: bool) -> Option
     if mask is None:
         return None
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise ValueError("key_padding_mask must be a bool tensor (True = padded element), got "
-                         f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}")
+        raise ValueError(
+            "key_padding_mask must be a bool tensor (True = padded element), got "
+            f"{mask.dtype if isinstance(mask, Tensor) else type(mask).__name__}"
+        )
     if unbatched:
         mask = mask.unsqueeze(0)
     if tuple(mask.shape) != tuple(keys.shape[:2]):
-        raise ValueError(f"key_padding_mask must have shape (batch, n_keys) = {tuple(keys.shape[:2])}, "
-                         f"got {tuple(mask.shape) if not unbatched else tuple(mask.shape[1:])}")
+        raise ValueError(
+            f"key_padding_mask must have shape (batch, n_keys) = {tuple(keys.shape[:2])}, "
+            f"got {tuple(mask.shape) if not unbatched else tuple(mask.shape[1:])}"
+        )
     return mask
 
 
@@ -89,8 +94,15 @@ class MAB(nn.Module):
         ``key_padding_mask`` ``(batch, m)``; output ``(batch, n, dim_V)``.
     """
 
-    def __init__(self, dim_Q: int, dim_K: int, dim_V: int, num_heads: int, ln: bool = False,
-                 variant: str = "paper") -> None:
+    def __init__(
+        self,
+        dim_Q: int,
+        dim_K: int,
+        dim_V: int,
+        num_heads: int,
+        ln: bool = False,
+        variant: str = "paper",
+    ) -> None:
         super().__init__()
         self.dim_Q = positive_int(dim_Q, "dim_Q")
         self.dim_K = positive_int(dim_K, "dim_K")
@@ -115,7 +127,9 @@ class MAB(nn.Module):
     @property
     def scale(self) -> float:
         """The attention's score factor: 1/sqrt(dim_V / num_heads) (paper) or 1/sqrt(dim_V)."""
-        return 1.0 / math.sqrt(self.dim_V // self.num_heads if self.variant == "paper" else self.dim_V)
+        return 1.0 / math.sqrt(
+            self.dim_V // self.num_heads if self.variant == "paper" else self.dim_V
+        )
 
     def _heads(self, x: Tensor) -> Tensor:  # (B, n, dim_V) -> (B, heads, n, dim_V / heads)
         b, n, _ = x.shape
@@ -125,11 +139,15 @@ class MAB(nn.Module):
         X, unbatched = _batched(X, self.dim_Q, "X")
         Y, unbatched_y = _batched(Y, self.dim_K, "Y")
         if unbatched != unbatched_y or X.shape[0] != Y.shape[0]:
-            raise ValueError(f"X and Y must have the same batch size, got shapes {tuple(X.shape)} "
-                             f"and {tuple(Y.shape)}")
+            raise ValueError(
+                f"X and Y must have the same batch size, got shapes {tuple(X.shape)} "
+                f"and {tuple(Y.shape)}"
+            )
         mask = _check_mask(key_padding_mask, Y, unbatched)
         Q, K, V = self.fc_q(X), self.fc_k(Y), self.fc_v(Y)
-        O = fastdl.functional.induced_attention(self._heads(Q), self._heads(K), self._heads(V), mask, self.scale)
+        O = fastdl.functional.induced_attention(
+            self._heads(Q), self._heads(K), self._heads(V), mask, self.scale
+        )
         O = O.transpose(1, 2).reshape(Q.shape)
         if self.variant == "paper":
             H = (X if self.dim_Q == self.dim_V else Q) + self.fc_mh(O)
@@ -143,16 +161,19 @@ class MAB(nn.Module):
         return out[0] if unbatched else out
 
     def extra_repr(self) -> str:
-        return (f"dim_Q={self.dim_Q}, dim_K={self.dim_K}, dim_V={self.dim_V}, num_heads={self.num_heads}, "
-                f"ln={self.ln}, variant={self.variant!r}")
+        return (
+            f"dim_Q={self.dim_Q}, dim_K={self.dim_K}, dim_V={self.dim_V}, num_heads={self.num_heads}, "
+            f"ln={self.ln}, variant={self.variant!r}"
+        )
 
 
 class SAB(nn.Module):
     """Set attention block ``SAB(X) = MAB(X, X)``: every element attends to every element
     (O(n^2)); permutation equivariant. ``key_padding_mask`` ``(batch, n)``: True = padding."""
 
-    def __init__(self, dim_in: int, dim_out: int, num_heads: int, ln: bool = False,
-                 variant: str = "paper") -> None:
+    def __init__(
+        self, dim_in: int, dim_out: int, num_heads: int, ln: bool = False, variant: str = "paper"
+    ) -> None:
         super().__init__()
         self.mab = MAB(dim_in, dim_in, dim_out, num_heads, ln=ln, variant=variant)
 
@@ -173,8 +194,15 @@ class ISAB(nn.Module):
     ``key_padding_mask`` ``(batch, n)`` (True = padding) hides padded elements from the
     inducing points; the padded rows' own outputs are computed but meaningless."""
 
-    def __init__(self, dim_in: int, dim_out: int, num_heads: int, num_inds: int, ln: bool = False,
-                 variant: str = "paper") -> None:
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        num_heads: int,
+        num_inds: int,
+        ln: bool = False,
+        variant: str = "paper",
+    ) -> None:
         super().__init__()
         self.num_inds = positive_int(num_inds, "num_inds")
         self.I = _xavier_parameter(num_inds, dim_out)
@@ -197,8 +225,9 @@ class PMA(nn.Module):
     ``S`` (parameter ``(1, num_seeds, dim)``); permutation invariant. Output ``(batch,
     num_seeds, dim)``. ``key_padding_mask`` ``(batch, n)``: True = padding."""
 
-    def __init__(self, dim: int, num_heads: int, num_seeds: int, ln: bool = False,
-                 variant: str = "paper") -> None:
+    def __init__(
+        self, dim: int, num_heads: int, num_seeds: int, ln: bool = False, variant: str = "paper"
+    ) -> None:
         super().__init__()
         self.num_seeds = positive_int(num_seeds, "num_seeds")
         self.S = _xavier_parameter(num_seeds, dim)

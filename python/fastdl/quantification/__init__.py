@@ -27,7 +27,17 @@ from .losses import BAG_LOSSES, bag_loss, mae_loss, mrae_loss, mse_loss
 from .methods import DeepSetsQuantifier, HistNetQuantifier, SetTransformerQuantifier
 
 __all__ = [
-    "BAG_LOSSES", "BagQuantifier", "DeepSetsQuantifier", "HistNetQuantifier", "LeQuaData",
-    "PROTOCOLS", "SamplesFromFolder", "SetTransformerQuantifier", "bag_loss", "load_lequa",
-    "mae_loss", "mrae_loss", "mse_loss",
+    "BAG_LOSSES",
+    "BagQuantifier",
+    "DeepSetsQuantifier",
+    "HistNetQuantifier",
+    "LeQuaData",
+    "PROTOCOLS",
+    "SamplesFromFolder",
+    "SetTransformerQuantifier",
+    "bag_loss",
+    "load_lequa",
+    "mae_loss",
+    "mrae_loss",
+    "mse_loss",
 ]

@@ -20,8 +20,10 @@ try:
     from quapy.protocol import APP, NPP, UPP, AbstractProtocol, AbstractStochasticSeededProtocol
     from tqdm.auto import tqdm  # a dependency of QuaPy
 except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("fastdl.quantification needs QuaPy: pip install 'fastdl[quantification]' "
-                      "(or pip install quapy)") from err
+    raise ImportError(
+        "fastdl.quantification needs QuaPy: pip install 'fastdl[quantification]' "
+        "(or pip install quapy)"
+    ) from err
 
 import fastdl
 
@@ -57,8 +59,9 @@ def _as_matrix(X: Any, name: str = "X") -> np.ndarray:
         X = X.toarray()
     X = np.asarray(X, dtype=np.float32)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-d array (examples, features), "
-                         f"got shape {X.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty 2-d array (examples, features), got shape {X.shape}"
+        )
     if not np.isfinite(X).all():
         raise ValueError(f"{name} must hold finite values only")
     return X
@@ -79,8 +82,11 @@ def _seeded(seed: Optional[int], device: torch.device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         yield
@@ -173,8 +179,9 @@ class BagQuantifier(BaseQuantifier):
         X = _as_matrix(X)
         y = np.asarray(y)
         if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(f"y must be 1-d with one label per row of X ({len(X)}), "
-                             f"got shape {y.shape}")
+            raise ValueError(
+                f"y must be 1-d with one label per row of X ({len(X)}), got shape {y.shape}"
+            )
         classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y must hold at least 2 classes, got {classes.tolist()}")
@@ -191,15 +198,15 @@ class BagQuantifier(BaseQuantifier):
             while True:
                 drawn = [next(bags) for _ in range(self.batch_size)]
                 index = torch.as_tensor(np.stack([b[0] for b in drawn]), device=device)
-                p = torch.as_tensor(np.stack([b[1] for b in drawn]), dtype=torch.float32,
-                                    device=device)
+                p = torch.as_tensor(
+                    np.stack([b[1] for b in drawn]), dtype=torch.float32, device=device
+                )
                 yield features[index], p, None
 
         self._train(batches(), len(classes), device, eps=1.0 / (2 * self.bag_size))
         return self
 
-    def fit_bags(self, bags: Union[AbstractProtocol, Iterable[tuple[Any, Any]]]
-                 ) -> "BagQuantifier":
+    def fit_bags(self, bags: Union[AbstractProtocol, Iterable[tuple[Any, Any]]]) -> "BagQuantifier":
         """Train on bags labelled by their prevalences only, with no example labels: LeQua's
         development samples (:func:`fastdl.quantification.load_lequa`), any QuaPy protocol
         or an iterable of ``(X_bag, prevalence)`` pairs. Each step takes ``batch_size`` of
@@ -226,10 +233,12 @@ class BagQuantifier(BaseQuantifier):
         width = int(sizes.max())
         padded = torch.zeros(len(Xs), width, Xs[0].shape[1])
         for i, x in enumerate(Xs):
-            padded[i, :len(x)] = torch.from_numpy(x)
+            padded[i, : len(x)] = torch.from_numpy(x)
         padded = self._to_device(padded.view(-1, padded.shape[-1])).view(padded.shape)
-        present = torch.arange(width, device=device)[None, :] < \
-            torch.as_tensor(sizes, device=device)[:, None]
+        present = (
+            torch.arange(width, device=device)[None, :]
+            < torch.as_tensor(sizes, device=device)[:, None]
+        )
         target = torch.as_tensor(ps, dtype=torch.float32, device=device)
         rng = np.random.default_rng(self.seed)
         uniform = bool((sizes == width).all())
@@ -249,24 +258,31 @@ class BagQuantifier(BaseQuantifier):
         _non_negative_float(self.lr, "lr", positive=True)
         _non_negative_float(self.weight_decay, "weight_decay")
         bag_loss(self.loss)  # raises naming `loss`
-        if self.seed is not None and (isinstance(self.seed, bool)
-                                      or not isinstance(self.seed, (int, np.integer))):
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+        ):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         if self.protocol_params is not None and not isinstance(self.protocol_params, dict):
-            raise ValueError(f"protocol_params must be a dict or None, "
-                             f"got {self.protocol_params!r}")
+            raise ValueError(
+                f"protocol_params must be a dict or None, got {self.protocol_params!r}"
+            )
 
     def _protocol_class(self) -> type:
         if isinstance(self.protocol, str):
             if self.protocol.lower() not in PROTOCOLS:
-                raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)} or a QuaPy "
-                                 f"protocol class, got {self.protocol!r}")
+                raise ValueError(
+                    f"protocol must be one of {tuple(PROTOCOLS)} or a QuaPy "
+                    f"protocol class, got {self.protocol!r}"
+                )
             return PROTOCOLS[self.protocol.lower()]
-        if isinstance(self.protocol, type) and issubclass(self.protocol,
-                                                          AbstractStochasticSeededProtocol):
+        if isinstance(self.protocol, type) and issubclass(
+            self.protocol, AbstractStochasticSeededProtocol
+        ):
             return self.protocol
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)} or a QuaPy protocol "
-                         f"class, got {self.protocol!r}")
+        raise ValueError(
+            f"protocol must be one of {tuple(PROTOCOLS)} or a QuaPy protocol "
+            f"class, got {self.protocol!r}"
+        )
 
     def _resolve_device(self) -> torch.device:
         if self.device is None:
@@ -275,20 +291,23 @@ class BagQuantifier(BaseQuantifier):
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or None, "
-                             f"got {self.device!r}") from err
+            raise ValueError(
+                f"device must be 'cpu', 'cuda', 'cuda:N' or None, got {self.device!r}"
+            ) from err
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError(f"device={self.device!r}: torch sees no CUDA device")
             if not fastdl.build_info()["cuda"]:
-                raise RuntimeError(f"device={self.device!r}: fastdl was built without its "
-                                   f"CUDA kernels")
+                raise RuntimeError(
+                    f"device={self.device!r}: fastdl was built without its CUDA kernels"
+                )
         elif device.type != "cpu":
             raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or None, got {self.device!r}")
         return device
 
-    def _protocol_bags(self, data: LabelledCollection,
-                       protocol_cls: type) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _protocol_bags(
+        self, data: LabelledCollection, protocol_cls: type
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Endless ``(row indices, prevalence)`` bags: rounds of the protocol, each with a seed
         drawn from ``seed`` and shuffled (APP yields its grid in order)."""
         rng = np.random.default_rng(self.seed)
@@ -322,19 +341,26 @@ class BagQuantifier(BaseQuantifier):
             x = (x - self.mean_) / self.scale_
         return x
 
-    def _train(self, batches: Iterator[tuple[Tensor, Tensor, Optional[Tensor]]], n_classes: int,
-               device: torch.device, eps: float) -> None:
+    def _train(
+        self,
+        batches: Iterator[tuple[Tensor, Tensor, Optional[Tensor]]],
+        n_classes: int,
+        device: torch.device,
+        eps: float,
+    ) -> None:
         loss_fn = bag_loss(self.loss)
         with _seeded(self.seed, device):
             model = self._build_model(self.n_features_in_, n_classes).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             # A high rate early and a settled model at the end, without a validation split.
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.steps,
-                                                               eta_min=self.lr / 10)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=self.steps, eta_min=self.lr / 10
+            )
             model.train()
             losses: list[float] = []
-            bar = tqdm(range(self.steps), desc=type(self).__name__, disable=not self.progress,
-                       leave=False)
+            bar = tqdm(
+                range(self.steps), desc=type(self).__name__, disable=not self.progress, leave=False
+            )
             for step in bar:
                 x, p, mask = next(batches)
                 value = loss_fn(model(x, mask), p, eps)
@@ -368,8 +394,9 @@ class BagQuantifier(BaseQuantifier):
         Xs = [_as_matrix(x) for x in bags]
         for x in Xs:
             if x.shape[1] != self.n_features_in_:
-                raise ValueError(f"X must have {self.n_features_in_} features (as in fit), "
-                                 f"got {x.shape[1]}")
+                raise ValueError(
+                    f"X must have {self.n_features_in_} features (as in fit), got {x.shape[1]}"
+                )
         if not Xs:
             return np.empty((0, len(self.classes_)))
         sizes = [len(x) for x in Xs]
@@ -380,8 +407,10 @@ class BagQuantifier(BaseQuantifier):
             else:
                 x = torch.zeros(len(Xs), width, self.n_features_in_, device=self.device_)
                 for i, xi in enumerate(Xs):
-                    x[i, :len(xi)] = self._to_device(xi)
-                mask = torch.arange(width, device=self.device_)[None, :] < \
-                    torch.as_tensor(sizes, device=self.device_)[:, None]
+                    x[i, : len(xi)] = self._to_device(xi)
+                mask = (
+                    torch.arange(width, device=self.device_)[None, :]
+                    < torch.as_tensor(sizes, device=self.device_)[:, None]
+                )
             p = self.model_(x, mask)
         return p.double().cpu().numpy()

@@ -44,8 +44,10 @@ def read_vectors(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
     labelled = header[0].strip() == "label"
     names = header[1:] if labelled else header
     if any(not name.strip().lstrip("-").isdigit() for name in names):
-        raise ValueError(f"{path} is not a LeQua vector file (header {header[:3]}...): the "
-                         f"raw-text tasks (2022 T2A, T2B) must be vectorised first")
+        raise ValueError(
+            f"{path} is not a LeQua vector file (header {header[:3]}...): the "
+            f"raw-text tasks (2022 T2A, T2B) must be vectorised first"
+        )
     table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     if table.shape[0] == 0:
         raise ValueError(f"{path} holds no example")
@@ -59,17 +61,27 @@ def read_prevalences(path: str) -> tuple[np.ndarray, np.ndarray]:
     checked to be on the simplex as LeQua's format checker does."""
     with open(path) as f:
         header = [h.strip() for h in f.readline().strip().split(",")]
-    if header[0] != "id" or header[1:] != [str(i) for i in range(len(header) - 1)] \
-            or len(header) < 3:
-        raise ValueError(f"{path}: the header must be 'id,0,1,...,n-1' with n >= 2 classes, "
-                         f"got {','.join(header[:4])}...")
+    if (
+        header[0] != "id"
+        or header[1:] != [str(i) for i in range(len(header) - 1)]
+        or len(header) < 3
+    ):
+        raise ValueError(
+            f"{path}: the header must be 'id,0,1,...,n-1' with n >= 2 classes, "
+            f"got {','.join(header[:4])}..."
+        )
     table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
     ids, prevalences = table[:, 0].astype(np.int64), table[:, 1:]
-    bad = np.flatnonzero((np.abs(prevalences.sum(1) - 1) > SUM_TOLERANCE)
-                         | (prevalences < 0).any(1) | (prevalences > 1).any(1))
+    bad = np.flatnonzero(
+        (np.abs(prevalences.sum(1) - 1) > SUM_TOLERANCE)
+        | (prevalences < 0).any(1)
+        | (prevalences > 1).any(1)
+    )
     if len(bad):
-        raise ValueError(f"{path}: the prevalences of ids {ids[bad[:5]].tolist()} are not on the "
-                         f"simplex (each in [0, 1], summing to 1 within {SUM_TOLERANCE})")
+        raise ValueError(
+            f"{path}: the prevalences of ids {ids[bad[:5]].tolist()} are not on the "
+            f"simplex (each in [0, 1], summing to 1 within {SUM_TOLERANCE})"
+        )
     return ids, prevalences
 
 
@@ -86,8 +98,9 @@ class SamplesFromFolder(AbstractProtocol):
         self.ids, self.prevalences = read_prevalences(prevalence_file)
         missing = [i for i in self.ids if not os.path.exists(self._path(i))]
         if missing:
-            raise FileNotFoundError(f"{folder} lacks the samples of ids {missing[:5]} listed in "
-                                    f"{prevalence_file}")
+            raise FileNotFoundError(
+                f"{folder} lacks the samples of ids {missing[:5]} listed in {prevalence_file}"
+            )
 
     def _path(self, sample_id: int) -> str:
         return os.path.join(self.folder, f"{sample_id}.txt")
@@ -120,13 +133,15 @@ class LeQuaData(NamedTuple):
 
 def _public_folder(path: str, task: Optional[str]) -> str:
     path = os.path.expanduser(path)
-    candidates = ([os.path.join(path, task, "public"), os.path.join(path, task)] if task else [])
+    candidates = [os.path.join(path, task, "public"), os.path.join(path, task)] if task else []
     candidates += [os.path.join(path, "public"), path]
     for folder in candidates:
         if os.path.exists(os.path.join(folder, "dev_prevalences.txt")):
             return folder
-    raise FileNotFoundError(f"no LeQua task folder (one holding dev_prevalences.txt) under "
-                            f"path={path!r} with task={task!r}; looked in {candidates}")
+    raise FileNotFoundError(
+        f"no LeQua task folder (one holding dev_prevalences.txt) under "
+        f"path={path!r} with task={task!r}; looked in {candidates}"
+    )
 
 
 def load_lequa(path: str, task: Optional[str] = None) -> LeQuaData:
@@ -145,16 +160,20 @@ def load_lequa(path: str, task: Optional[str] = None) -> LeQuaData:
         :class:`SamplesFromFolder` protocols.
     """
     folder = _public_folder(path, task)
-    dev = SamplesFromFolder(os.path.join(folder, "dev_samples"),
-                            os.path.join(folder, "dev_prevalences.txt"))
+    dev = SamplesFromFolder(
+        os.path.join(folder, "dev_samples"), os.path.join(folder, "dev_prevalences.txt")
+    )
     n_classes = dev.n_classes
     test = None
     if os.path.exists(os.path.join(folder, "test_prevalences.txt")):
-        test = SamplesFromFolder(os.path.join(folder, "test_samples"),
-                                 os.path.join(folder, "test_prevalences.txt"))
+        test = SamplesFromFolder(
+            os.path.join(folder, "test_samples"), os.path.join(folder, "test_prevalences.txt")
+        )
         if test.n_classes != n_classes:
-            raise ValueError(f"{folder}: test_prevalences.txt has {test.n_classes} classes, "
-                             f"dev_prevalences.txt {n_classes}")
+            raise ValueError(
+                f"{folder}: test_prevalences.txt has {test.n_classes} classes, "
+                f"dev_prevalences.txt {n_classes}"
+            )
 
     train = None
     train_file = os.path.join(folder, "training_data.txt")
@@ -167,14 +186,19 @@ def load_lequa(path: str, task: Optional[str] = None) -> LeQuaData:
         ids, _ = read_prevalences(os.path.join(folder, "training_prevalences.txt"))
         parts = [read_vectors(os.path.join(folder, "training_samples", f"{i}.txt")) for i in ids]
         if any(y is None for _, y in parts):
-            raise ValueError(f"{folder}/training_samples: every training sample needs a "
-                             f"'label' column")
-        train = LabelledCollection(np.concatenate([X for X, _ in parts]),
-                                   np.concatenate([y for _, y in parts]),
-                                   classes=np.arange(n_classes))
+            raise ValueError(
+                f"{folder}/training_samples: every training sample needs a 'label' column"
+            )
+        train = LabelledCollection(
+            np.concatenate([X for X, _ in parts]),
+            np.concatenate([y for _, y in parts]),
+            classes=np.arange(n_classes),
+        )
     if train is not None and (train.labels.min() < 0 or train.labels.max() >= n_classes):
-        raise ValueError(f"{folder}: training labels must be 0..{n_classes - 1}, as the "
-                         f"prevalence files' columns")
+        raise ValueError(
+            f"{folder}: training labels must be 0..{n_classes - 1}, as the "
+            f"prevalence files' columns"
+        )
 
     names = None
     label_map = os.path.join(folder, "label_map.txt")

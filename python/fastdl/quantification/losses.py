@@ -19,8 +19,10 @@ __all__ = ["BAG_LOSSES", "bag_loss", "mae_loss", "mrae_loss", "mse_loss", "smoot
 
 def _check_pair(p_hat: Tensor, p: Tensor) -> None:
     if p_hat.shape != p.shape or p_hat.dim() != 2:
-        raise ValueError(f"p_hat and p must both be (bags, n_classes), got shapes "
-                         f"{tuple(p_hat.shape)} and {tuple(p.shape)}")
+        raise ValueError(
+            f"p_hat and p must both be (bags, n_classes), got shapes "
+            f"{tuple(p_hat.shape)} and {tuple(p.shape)}"
+        )
 
 
 def smooth(p: Tensor, eps: float) -> Tensor:

@@ -38,19 +38,41 @@ class HistNetQuantifier(BagQuantifier):
         dropout: dropout in both MLPs.
     """
 
-    def __init__(self, n_bins: int = 8, histogram: str = "soft", n_features: int = 32,
-                 extractor_hidden: Sizes = 64, hidden: Sizes = 128, dropout: float = 0.0, *,
-                 protocol: Protocol = "upp", protocol_params: Optional[dict] = None,
-                 bag_size: int = 100, batch_size: int = 16, steps: int = 1000, lr: float = 3e-3,
-                 weight_decay: float = 0.0, loss: str = "mae", standardize: bool = True,
-                 device: Optional[str] = "cpu", seed: Optional[int] = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        n_bins: int = 8,
+        histogram: str = "soft",
+        n_features: int = 32,
+        extractor_hidden: Sizes = 64,
+        hidden: Sizes = 128,
+        dropout: float = 0.0,
+        *,
+        protocol: Protocol = "upp",
+        protocol_params: Optional[dict] = None,
+        bag_size: int = 100,
+        batch_size: int = 16,
+        steps: int = 1000,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        loss: str = "mae",
+        standardize: bool = True,
+        device: Optional[str] = "cpu",
+        seed: Optional[int] = 0,
+        progress: bool = True,
+    ) -> None:
         _store_params(self, locals())
 
     def _build_model(self, in_features: int, n_classes: int) -> nn.Module:
-        return models.HistNetQ(in_features, n_classes, n_bins=self.n_bins, histogram=self.histogram,
-                               n_features=self.n_features, extractor_hidden=self.extractor_hidden,
-                               hidden=self.hidden, dropout=self.dropout)
+        return models.HistNetQ(
+            in_features,
+            n_classes,
+            n_bins=self.n_bins,
+            histogram=self.histogram,
+            n_features=self.n_features,
+            extractor_hidden=self.extractor_hidden,
+            hidden=self.hidden,
+            dropout=self.dropout,
+        )
 
 
 class DeepSetsQuantifier(BagQuantifier):
@@ -63,17 +85,37 @@ class DeepSetsQuantifier(BagQuantifier):
         dropout: dropout after every hidden layer.
     """
 
-    def __init__(self, hidden: Sizes = (64, 32), pooling: str = "mean", dropout: float = 0.0, *,
-                 protocol: Protocol = "upp", protocol_params: Optional[dict] = None,
-                 bag_size: int = 100, batch_size: int = 16, steps: int = 1000, lr: float = 3e-3,
-                 weight_decay: float = 0.0, loss: str = "mae", standardize: bool = True,
-                 device: Optional[str] = "cpu", seed: Optional[int] = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        hidden: Sizes = (64, 32),
+        pooling: str = "mean",
+        dropout: float = 0.0,
+        *,
+        protocol: Protocol = "upp",
+        protocol_params: Optional[dict] = None,
+        bag_size: int = 100,
+        batch_size: int = 16,
+        steps: int = 1000,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        loss: str = "mae",
+        standardize: bool = True,
+        device: Optional[str] = "cpu",
+        seed: Optional[int] = 0,
+        progress: bool = True,
+    ) -> None:
         _store_params(self, locals())
 
     def _build_model(self, in_features: int, n_classes: int) -> nn.Module:
-        return PrevalenceHead(models.DeepSets(in_features, n_classes, hidden=self.hidden,
-                                              pooling=self.pooling, dropout=self.dropout))
+        return PrevalenceHead(
+            models.DeepSets(
+                in_features,
+                n_classes,
+                hidden=self.hidden,
+                pooling=self.pooling,
+                dropout=self.dropout,
+            )
+        )
 
 
 class SetTransformerQuantifier(BagQuantifier):
@@ -90,20 +132,40 @@ class SetTransformerQuantifier(BagQuantifier):
         ln: layer norms in every block.
     """
 
-    def __init__(self, dim_hidden: int = 64, num_heads: int = 4, num_inds: int = 16,
-                 ln: bool = True, *,
-                 protocol: Protocol = "upp", protocol_params: Optional[dict] = None,
-                 bag_size: int = 100, batch_size: int = 16, steps: int = 1000, lr: float = 1e-3,
-                 weight_decay: float = 0.0, loss: str = "mae", standardize: bool = True,
-                 device: Optional[str] = "cpu", seed: Optional[int] = 0,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        dim_hidden: int = 64,
+        num_heads: int = 4,
+        num_inds: int = 16,
+        ln: bool = True,
+        *,
+        protocol: Protocol = "upp",
+        protocol_params: Optional[dict] = None,
+        bag_size: int = 100,
+        batch_size: int = 16,
+        steps: int = 1000,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        loss: str = "mae",
+        standardize: bool = True,
+        device: Optional[str] = "cpu",
+        seed: Optional[int] = 0,
+        progress: bool = True,
+    ) -> None:
         _store_params(self, locals())
 
     def _build_model(self, in_features: int, n_classes: int) -> nn.Module:
-        return PrevalenceHead(models.SetTransformer(in_features, 1, n_classes,
-                                                    num_inds=self.num_inds,
-                                                    dim_hidden=self.dim_hidden,
-                                                    num_heads=self.num_heads, ln=self.ln))
+        return PrevalenceHead(
+            models.SetTransformer(
+                in_features,
+                1,
+                n_classes,
+                num_inds=self.num_inds,
+                dim_hidden=self.dim_hidden,
+                num_heads=self.num_heads,
+                ln=self.ln,
+            )
+        )
 
 
 for _cls in (HistNetQuantifier, DeepSetsQuantifier, SetTransformerQuantifier):

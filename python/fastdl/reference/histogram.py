@@ -28,15 +28,19 @@ def histogram_reference(
         mask = None if mask is None else mask.unsqueeze(0)
     d = x.unsqueeze(-1) - centers  # (bags, N, F, B); centers (F, B) or (B,) broadcast
     if kernel == "sigmoid":
-        v = torch.sigmoid(sharpness * (d + widths / 2)) - torch.sigmoid(sharpness * (d - widths / 2))
+        v = torch.sigmoid(sharpness * (d + widths / 2)) - torch.sigmoid(
+            sharpness * (d - widths / 2)
+        )
     elif kernel == "soft":
         v = torch.relu(1 - widths * d.abs())
     elif kernel == "rbf":
-        v = torch.exp(-(widths * d.abs()) ** 2)
+        v = torch.exp(-((widths * d.abs()) ** 2))
     elif kernel == "hard":
         # Forward: the indicator [|d| < b]; backward: the slope of HistNetQ's 1.01**(b - |d|)
         # on the same support (a straight-through surrogate).
-        surrogate = torch.where(d.abs() < widths, HARD_SURROGATE_BASE ** (widths - d.abs()), torch.zeros_like(d))
+        surrogate = torch.where(
+            d.abs() < widths, HARD_SURROGATE_BASE ** (widths - d.abs()), torch.zeros_like(d)
+        )
         indicator = (d.abs() < widths).to(x.dtype)
         v = indicator + (surrogate - surrogate.detach())
     else:

@@ -18,9 +18,17 @@ import torch
 from torch import Tensor
 
 
-def peephole_lstm(input: Tensor, hx: Tensor, cx: Tensor, weight_ih: Tensor, weight_hh: Tensor,
-                  bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], peephole: Tensor,
-                  reverse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def peephole_lstm(
+    input: Tensor,
+    hx: Tensor,
+    cx: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Optional[Tensor],
+    bias_hh: Optional[Tensor],
+    peephole: Tensor,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One peephole LSTM layer over a time-major ``input`` (seq_len, batch, input_size);
     returns ``(output, h_n, c_n)`` like :func:`fastdl.functional.lstm`."""
     h, c = hx, cx

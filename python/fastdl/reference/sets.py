@@ -13,9 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def induced_attention_reference(query: Tensor, key: Tensor, value: Tensor,
-                                key_padding_mask: Optional[Tensor] = None,
-                                scale: Optional[float] = None) -> Tensor:
+def induced_attention_reference(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Optional[Tensor] = None,
+    scale: Optional[float] = None,
+) -> Tensor:
     """Reference for :func:`fastdl.functional.induced_attention` (same arguments and result):
     ``softmax(scale * q k^T) v`` with padded keys (mask True) left out, and zeros (with zero
     gradients) for a query row that has no key left."""
@@ -59,13 +63,20 @@ def mab_reference(mab, X: Tensor, Y: Tensor, key_padding_mask: Optional[Tensor] 
         return F.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
 
     def norm(layer, x):
-        return F.layer_norm(x, layer.normalized_shape, layer.weight.to(dtype), layer.bias.to(dtype), layer.eps)
+        return F.layer_norm(
+            x, layer.normalized_shape, layer.weight.to(dtype), layer.bias.to(dtype), layer.eps
+        )
 
     heads, dim_V = mab.num_heads, mab.dim_V
     Q, K, V = lin(mab.fc_q, X), lin(mab.fc_k, Y), lin(mab.fc_v, Y)
     scale = 1.0 / math.sqrt(dim_V // heads if mab.variant == "paper" else dim_V)
-    O = induced_attention_reference(_split_heads(Q, heads), _split_heads(K, heads), _split_heads(V, heads),
-                                    key_padding_mask, scale)
+    O = induced_attention_reference(
+        _split_heads(Q, heads),
+        _split_heads(K, heads),
+        _split_heads(V, heads),
+        key_padding_mask,
+        scale,
+    )
     O = O.transpose(1, 2).reshape(Q.shape)
     if mab.variant == "paper":
         H = (X if X.shape[-1] == dim_V else Q) + lin(mab.fc_mh, O)
@@ -85,16 +96,30 @@ def reference_code_mab(mab, Q: Tensor, K: Tensor) -> Tensor:
     ``variant="reference"`` must agree with it, so weights port both ways."""
     dtype = Q.dtype
     Q = F.linear(Q, mab.fc_q.weight.to(dtype), mab.fc_q.bias.to(dtype))
-    K, V = (F.linear(K, layer.weight.to(dtype), layer.bias.to(dtype)) for layer in (mab.fc_k, mab.fc_v))
+    K, V = (
+        F.linear(K, layer.weight.to(dtype), layer.bias.to(dtype)) for layer in (mab.fc_k, mab.fc_v)
+    )
     dim_split = mab.dim_V // mab.num_heads
     Q_, K_, V_ = (torch.cat(t.split(dim_split, 2), 0) for t in (Q, K, V))
     A = torch.softmax(Q_.bmm(K_.transpose(1, 2)) / math.sqrt(mab.dim_V), 2)
     O = torch.cat((Q_ + A.bmm(V_)).split(Q.size(0), 0), 2)
     if mab.ln:
-        O = F.layer_norm(O, mab.ln0.normalized_shape, mab.ln0.weight.to(dtype), mab.ln0.bias.to(dtype), mab.ln0.eps)
+        O = F.layer_norm(
+            O,
+            mab.ln0.normalized_shape,
+            mab.ln0.weight.to(dtype),
+            mab.ln0.bias.to(dtype),
+            mab.ln0.eps,
+        )
     O = O + F.relu(F.linear(O, mab.fc_o.weight.to(dtype), mab.fc_o.bias.to(dtype)))
     if mab.ln:
-        O = F.layer_norm(O, mab.ln1.normalized_shape, mab.ln1.weight.to(dtype), mab.ln1.bias.to(dtype), mab.ln1.eps)
+        O = F.layer_norm(
+            O,
+            mab.ln1.normalized_shape,
+            mab.ln1.weight.to(dtype),
+            mab.ln1.bias.to(dtype),
+            mab.ln1.eps,
+        )
     return O
 
 

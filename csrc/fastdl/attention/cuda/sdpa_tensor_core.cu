@@ -73,14 +73,47 @@ __device__ __forceinline__ void mma_accumulate(
   }
 }
 
+// A warp's 16 rows of scores: ss[wr .. wr + 16) x kTcKeys = Q_w K^T (K row-major is K^T
+// column-major).
+template <typename T, int D>
+__device__ __forceinline__ void warp_scores(const T* qs, const T* ks, float* ss, int wr) {
+  namespace wmma = nvcuda::wmma;
+  using W = typename WmmaType<T>::type;
+  using L = TcLayout<D>;
+  const W* q_w = reinterpret_cast<const W*>(qs + wr * L::qk_pitch);
+  for (int n = 0; n < kTcKeys / 16; ++n) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    mma_accumulate<W, wmma::col_major>(acc, q_w, L::qk_pitch,
+                                       reinterpret_cast<const W*>(ks + n * 16 * L::qk_pitch),
+                                       L::qk_pitch, 16, D / 16);
+    wmma::store_matrix_sync(ss + wr * L::s_pitch + n * 16, acc, L::s_pitch, wmma::mem_row_major);
+  }
+}
+
+// A warp's 16 output rows: os[wr .. wr + 16) += P_w V.
+template <typename T, int D>
+__device__ __forceinline__ void warp_add_pv(const T* ps, const T* vs, float* os, int wr) {
+  namespace wmma = nvcuda::wmma;
+  using W = typename WmmaType<T>::type;
+  using L = TcLayout<D>;
+  const W* p_w = reinterpret_cast<const W*>(ps + wr * L::p_pitch);
+  for (int n = 0; n < D / 16; ++n) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::load_matrix_sync(acc, os + wr * L::o_pitch + n * 16, L::o_pitch, wmma::mem_row_major);
+    mma_accumulate<W, wmma::row_major>(acc, p_w, L::p_pitch,
+                                       reinterpret_cast<const W*>(vs + n * 16), L::v_pitch,
+                                       16 * L::v_pitch, kTcKeys / 16);
+    wmma::store_matrix_sync(os + wr * L::o_pitch + n * 16, acc, L::o_pitch, wmma::mem_row_major);
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcWarps * 32)
     forward_tensor_core_kernel(Params<T> p, T* out, float* lse, int64_t row_blocks) {
 // WMMA on 16-bit types needs sm_80 (bfloat16); older architectures compile an empty body (the
 // launcher only takes this kernel on sm_80+).
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
-  using W = typename WmmaType<T>::type;
   using L = TcLayout<D>;
   // WMMA loads and stores want 256-bit aligned addresses: every offset below is a multiple of
   // 32 bytes (the pitches times 16 rows, 16-column steps), from a 128-byte aligned base.
@@ -112,16 +145,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     stage_tile16<T, D>(ks, L::qk_pitch, tile, [&](int r) { return p.k_row(b, kv_h, k0 + r); });
     stage_tile16<T, D>(vs, L::v_pitch, tile, [&](int r) { return p.v_row(b, kv_h, k0 + r); });
     __syncthreads();
-    // Scores: ss[wr .. wr + 16) x 64 = Q_w K^T (K row-major is K^T column-major).
-    const W* q_w = reinterpret_cast<const W*>(qs + wr * L::qk_pitch);
-    for (int n = 0; n < kTcKeys / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.0f);
-      mma_accumulate<W, wmma::col_major>(acc, q_w, L::qk_pitch,
-                                         reinterpret_cast<const W*>(ks + n * 16 * L::qk_pitch),
-                                         L::qk_pitch, 16, D / 16);
-      wmma::store_matrix_sync(ss + wr * L::s_pitch + n * 16, acc, L::s_pitch, wmma::mem_row_major);
-    }
+    warp_scores<T, D>(qs, ks, ss, wr);
     __syncwarp();
     // Online softmax, one row at a time, two keys per lane.
 #pragma unroll
@@ -148,16 +172,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       for (int e = lane; e < D; e += 32) os[(wr + r) * L::o_pitch + e] *= correction;
     }
     __syncwarp();
-    // os[wr .. wr + 16) += P_w V.
-    const W* p_w = reinterpret_cast<const W*>(ps + wr * L::p_pitch);
-    for (int n = 0; n < D / 16; ++n) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, os + wr * L::o_pitch + n * 16, L::o_pitch, wmma::mem_row_major);
-      mma_accumulate<W, wmma::row_major>(acc, p_w, L::p_pitch,
-                                         reinterpret_cast<const W*>(vs + n * 16), L::v_pitch,
-                                         16 * L::v_pitch, kTcKeys / 16);
-      wmma::store_matrix_sync(os + wr * L::o_pitch + n * 16, acc, L::o_pitch, wmma::mem_row_major);
-    }
+    warp_add_pv<T, D>(ps, vs, os, wr);
     __syncwarp();
   }
   __syncthreads();  // with no keys at all, the zeroed accumulators come from other warps
