@@ -6,7 +6,6 @@
 #include "fastdl/rnn/cpu/rnn_kernels.h"
 
 #include "fastdl/common/cpu/gemm.h"
-#include "fastdl/common/cpu/half.h"
 #include "fastdl/common/cpu/matmul.h"
 #include "fastdl/common/cpu/vec.h"
 #include "fastdl/common/cpu_isa.h"
@@ -17,13 +16,9 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
-#include <tuple>
-#include <type_traits>
 #include <cstring>
 #include <vector>
 
